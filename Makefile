@@ -1,0 +1,58 @@
+# iris_mesh: the local cluster (3 cores + 2 edges on 127.0.0.1, found by mDNS) and the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_OK := $(VENV)/.installed
+MESHCTL := tools/meshctl
+CORES := core1 core2 core3
+EDGES := edge1 edge2
+MESH_WAIT_S ?= 30
+
+.PHONY: run venv cookie start_core start_edge1 start_edge2 mesh status stop clean test bench
+
+run: start_core start_edge1 start_edge2 mesh ## start the local cluster (creates the venv and cookie on first use)
+
+venv: $(VENV_OK)
+
+$(VENV_OK): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+cookie: var/cookie
+
+# Made once; every node of the local cluster and meshctl read it (like ~/.erlang.cookie).
+var/cookie:
+	@mkdir -p var
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
+	@chmod 600 $@
+	@echo "created the cluster cookie $@ (mode 0600)"
+
+start_core: venv cookie ## start the cores that are not running
+	@tools/cluster.sh start $(CORES)
+
+start_edge1: venv cookie
+	@tools/cluster.sh start edge1
+
+start_edge2: venv cookie
+	@tools/cluster.sh start edge2
+
+mesh: venv ## wait until every node sees every other alive
+	@$(MESHCTL) mesh --expect $(words $(CORES) $(EDGES)) --wait $(MESH_WAIT_S)
+
+status: venv
+	@$(MESHCTL) status
+
+stop: ## SIGTERM by pid, SIGKILL by pid after a grace period
+	@tools/cluster.sh stop $(CORES) $(EDGES)
+
+clean: stop
+	rm -rf var build *.egg-info
+
+test: venv
+	$(VENV)/bin/python -m pytest
+
+bench: venv
+	$(VENV)/bin/python bench/failure_detection.py
+	$(VENV)/bin/python bench/mesh_throughput.py

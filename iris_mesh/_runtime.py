@@ -1,0 +1,208 @@
+"""NodeRuntime: the engine's handler. Dispatches mesh and admin ops by table, runs on the engine thread."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any, Callable
+
+from loguru import logger
+
+from iris_mesh.membership import MembershipService, Placement
+from iris_mesh.sockets import AdminRequest, Engine
+
+__all__ = ["NodeRuntime"]
+
+_PING_TIMEOUT_S = 2.0
+
+MeshHandler = Callable[[dict[str, Any], float], None]
+AdminHandler = Callable[[AdminRequest, float], None]
+
+
+class _PendingPing:
+    __slots__ = ("request", "node_id", "sent_at")
+
+    def __init__(self, request: AdminRequest, node_id: str, sent_at: float) -> None:
+        self.request = request
+        self.node_id = node_id
+        self.sent_at = sent_at
+
+
+class NodeRuntime:
+    """Glue between the engine and the node's services; every method runs on the engine thread."""
+
+    def __init__(self, *, membership: MembershipService, placement: Placement, started_at: float) -> None:
+        self.membership = membership
+        self.placement = placement
+        self._started_at = started_at
+        self._engine: Engine | None = None
+        self._pings: dict[bytes, _PendingPing] = {}
+        self._mesh_ops: dict[str, MeshHandler] = {
+            "ping": self._mesh_ping,
+            "pong": self._mesh_pong,
+            "forget": self._mesh_forget,
+        }
+        self._admin_ops: dict[str, AdminHandler] = {
+            "status": self._admin_status,
+            "nodes": self._admin_nodes,
+            "ping": self._admin_ping,
+            "replicas": self._admin_replicas,
+            "forget": self._admin_forget,
+        }
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None
+        return self._engine
+
+    # ---- EngineHandler ---------------------------------------------------------
+
+    def async_on_start(self, engine: Engine, now: float) -> None:
+        self._engine = engine
+        ports = engine.ports
+        assert ports is not None
+        card = self.membership.card
+        self.membership.card = card.with_(mesh_port=ports.mesh, hb_port=ports.heartbeat, admin_port=ports.admin)
+        self.membership.async_attach(engine, now)
+
+    def async_on_hello(self, msg: dict[str, Any], now: float) -> None:
+        self.membership.async_on_hello(msg, now)
+
+    def async_on_mesh(self, msg: dict[str, Any], now: float) -> None:
+        handler = self._mesh_ops.get(msg["op"])
+        if handler is None:
+            self.engine.counters["mesh_unknown_op"] += 1
+            return
+        handler(msg, now)
+
+    def async_on_heartbeat(self, msg: dict[str, Any], now: float) -> None:
+        if msg["op"] == "hb":
+            self.membership.async_on_heartbeat(msg, now)
+        else:
+            self.engine.counters["hb_unknown_op"] += 1
+
+    def async_on_admin(self, request: AdminRequest, now: float) -> None:
+        handler = self._admin_ops.get(request.msg["op"])
+        if handler is None:
+            request.error("unknown_op", f"unknown admin operation {request.msg['op']!r}; known: {sorted(self._admin_ops)}")
+            return
+        try:
+            handler(request, now)
+        except Exception as exc:
+            logger.exception("admin operation {} failed", request.msg["op"])
+            request.error("internal", f"{type(exc).__name__}: {exc}")
+
+    def async_after_batch(self, now: float) -> None:
+        pass
+
+    def async_tick(self, now: float) -> float:
+        if self._pings:
+            for nonce, ping in list(self._pings.items()):
+                if now - ping.sent_at >= _PING_TIMEOUT_S:
+                    del self._pings[nonce]
+                    ping.request.reply(
+                        {"ok": False, "error": "pang", "detail": f"no answer from {ping.node_id} within {_PING_TIMEOUT_S} s"}
+                    )
+        return self.membership.async_tick(now)
+
+    def async_on_stop(self, now: float) -> None:
+        logger.info("node {} stopped", self.membership.card.node_id)
+
+    # ---- mesh ops -------------------------------------------------------------------
+
+    def _mesh_ping(self, msg: dict[str, Any], now: float) -> None:
+        self.engine.async_send(msg["src"], "pong", nonce=msg.get("nonce"))
+
+    def _mesh_pong(self, msg: dict[str, Any], now: float) -> None:
+        nonce = msg.get("nonce")
+        ping = self._pings.pop(nonce, None) if isinstance(nonce, bytes) else None
+        if ping is None or ping.node_id != msg["src"]:
+            return
+        ping.request.reply(
+            {"ok": True, "node": msg["src"], "incarnation": msg["inc"], "rtt_ms": round((now - ping.sent_at) * 1000, 3)}
+        )
+
+    def _mesh_forget(self, msg: dict[str, Any], now: float) -> None:
+        node_id = msg.get("node")
+        if not isinstance(node_id, str) or node_id == self.membership.card.node_id:
+            return
+        try:
+            self.membership.async_forget(node_id)
+        except ValueError as exc:
+            logger.warning("{} asked to forget {}, refused: {}", msg["src"], node_id, exc)
+
+    # ---- admin ops -------------------------------------------------------------------
+
+    def _status(self, now: float) -> dict[str, Any]:
+        status = self.membership.status_view()
+        counters = dict(self.engine.counters)
+        counters.update(self.membership.counters)
+        status.update(
+            pid=os.getpid(),
+            uptime_s=round(now - self._started_at, 3),
+            ports={"mesh": self.membership.card.mesh_port, "heartbeat": self.membership.card.hb_port,
+                   "admin": self.membership.card.admin_port},
+            host=self.membership.card.host,
+            counters=counters,
+        )
+        return status
+
+    def _admin_status(self, request: AdminRequest, now: float) -> None:
+        request.reply({"ok": True, "status": self._status(now)})
+
+    def _admin_nodes(self, request: AdminRequest, now: float) -> None:
+        request.reply({"ok": True, "from": self.membership.card.node_id, "nodes": self.membership.nodes_view(now)})
+
+    def _admin_ping(self, request: AdminRequest, now: float) -> None:
+        node_id = request.msg.get("node")
+        if not isinstance(node_id, str) or not node_id:
+            request.error("bad_request", "ping needs a text 'node'")
+            return
+        if node_id == self.membership.card.node_id:
+            request.reply({"ok": True, "node": node_id, "incarnation": self.membership.card.incarnation, "rtt_ms": 0.0})
+            return
+        if node_id not in self.membership.cards:
+            request.error("unknown_node", f"{node_id} is not a known node of this cluster")
+            return
+        nonce = secrets.token_bytes(8)
+        if not self.engine.async_send(node_id, "ping", nonce=nonce):
+            request.error("pang", f"{node_id} is not connected (state: {self.membership.state_of(node_id)})")
+            return
+        self._pings[nonce] = _PendingPing(request, node_id, now)
+
+    def _admin_replicas(self, request: AdminRequest, now: float) -> None:
+        key = request.msg.get("key")
+        if not isinstance(key, (str, bytes)) or not key:
+            request.error("bad_request", "replicas needs a non-empty 'key'")
+            return
+        expected = self.membership.guard.expected_cores
+        replicas = self.placement.replicas(key, expected)
+        rows = [{"node_id": node_id, "state": self.membership.state_of(node_id)} for node_id in replicas]
+        live = sum(1 for row in rows if row["state"] in ("alive", "suspect"))
+        quorum = self.placement.replication_factor // 2 + 1
+        request.reply(
+            {
+                "ok": True,
+                "key": key if isinstance(key, str) else key.hex(),
+                "region": self.membership.card.region,
+                "replication_factor": self.placement.replication_factor,
+                "quorum": quorum,
+                "replicas": rows,
+                "live": live,
+                "quorum_available": live >= quorum,
+            }
+        )
+
+    def _admin_forget(self, request: AdminRequest, now: float) -> None:
+        node_id = request.msg.get("node")
+        if not isinstance(node_id, str) or not node_id:
+            request.error("bad_request", "forget needs a text 'node'")
+            return
+        try:
+            done = self.membership.async_forget(node_id)
+        except ValueError as exc:
+            request.error("refused", str(exc))
+            return
+        for peer in list(self.membership.cards):
+            self.engine.async_send(peer, "forget", node=node_id)
+        request.reply({"ok": True, "detail": done})

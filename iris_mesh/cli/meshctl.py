@@ -1,0 +1,328 @@
+"""`meshctl`: inspect and operate an iris_mesh cluster.
+
+Exit codes: 0 ok, 1 a check failed (safe mode, a node down, no quorum), 2 cannot
+reach the cluster (or bad usage / authentication failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from iris_mesh.membership import PeerCard, browse_cluster
+from iris_mesh.sockets import AdminClient, AdminError, ClusterKeys, cluster_keys
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_UNREACHABLE = 2
+DEFAULT_COOKIE_FILE = "var/cookie"
+
+
+class CtlError(Exception):
+    """Ends the command with a message and an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_UNREACHABLE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---- finding the cluster --------------------------------------------------------------
+
+
+class Target:
+    """How this invocation reaches the cluster: one --node, or every node found by mDNS."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.keys = cluster_keys(_read_cookie(args.cookie_file))
+        self.timeout_s: float = args.timeout
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        """(name, admin endpoint) of every node to ask; raises CtlError if there is none."""
+        if self.args.node:
+            return [(self.args.node, _endpoint(self.args.node))]
+        cards = self.browse()
+        if not cards:
+            raise CtlError(
+                f"no node of cluster {self.args.cluster!r} answered mDNS on "
+                f"{', '.join(self.args.mdns_interface)} within {self.args.mdns_timeout} s "
+                "(is the cluster running? use --node HOST:PORT to name one)"
+            )
+        cards.sort(key=lambda c: (c.role != "core", c.node_id))
+        return [(c.node_id, c.admin_endpoint) for c in cards]
+
+    def browse(self) -> list[PeerCard]:
+        cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface, timeout_s=self.args.mdns_timeout)
+        newest: dict[str, PeerCard] = {}
+        for card in cards:
+            if card.key_fp != self.keys.fingerprint:
+                continue  # another cookie's cluster under the same name: not ours to talk to
+            if card.node_id not in newest or newest[card.node_id].incarnation < card.incarnation:
+                newest[card.node_id] = card
+        return list(newest.values())
+
+    def request(self, endpoint: str, op: str, **fields: Any) -> dict[str, Any]:
+        with AdminClient(endpoint, self.keys, timeout_s=self.timeout_s) as client:
+            reply = client.request(op, **fields)
+        return reply
+
+    def first(self, op: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+        """Ask the first node that answers; auth failures end the command at once."""
+        errors = []
+        for name, endpoint in self.endpoints():
+            try:
+                return name, self.request(endpoint, op, **fields)
+            except AdminError as exc:
+                if exc.code == "auth_failed":
+                    raise CtlError(str(exc)) from None
+                errors.append(f"{name}: {exc}")
+        raise CtlError("no node answered: " + "; ".join(errors))
+
+    def each(self, op: str, **fields: Any) -> list[tuple[str, dict[str, Any] | AdminError]]:
+        endpoints = self.endpoints()
+
+        def ask(item: tuple[str, str]) -> tuple[str, dict[str, Any] | AdminError]:
+            try:
+                return item[0], self.request(item[1], op, **fields)
+            except AdminError as exc:
+                return item[0], exc
+
+        with ThreadPoolExecutor(max_workers=min(16, len(endpoints))) as pool:
+            results = list(pool.map(ask, endpoints))
+        auth = [r for _, r in results if isinstance(r, AdminError) and r.code == "auth_failed"]
+        if auth and len(auth) == len(results):
+            raise CtlError(str(auth[0]))
+        return results
+
+
+def _endpoint(node: str) -> str:
+    host, sep, port = node.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise CtlError(f"--node must be HOST:PORT (the node's admin port), got {node!r}")
+    return f"tcp://{host}:{port}"
+
+
+def _read_cookie(cookie_file: str | None) -> bytes:
+    if cookie_file:
+        path = Path(cookie_file)
+    elif os.environ.get("IRIS_MESH_COOKIE"):
+        return os.environ["IRIS_MESH_COOKIE"].strip().encode()
+    else:
+        path = Path(DEFAULT_COOKIE_FILE)
+    try:
+        cookie = path.read_bytes().strip()
+    except OSError as exc:
+        raise CtlError(
+            f"cannot read the cluster cookie from {path}: {exc.strerror} "
+            "(use --cookie-file, set IRIS_MESH_COOKIE, or run from the directory of `make run`)"
+        ) from None
+    if not cookie:
+        raise CtlError(f"the cookie file {path} is empty")
+    return cookie
+
+
+# ---- output helpers -------------------------------------------------------------------------
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text)
+
+
+def _checked(reply: dict[str, Any]) -> dict[str, Any]:
+    if not reply.get("ok"):
+        raise CtlError(f"{reply.get('error', 'error')}: {reply.get('detail', '')}", EXIT_CHECK_FAILED)
+    return reply
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+
+def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
+    name, reply = target.first("nodes")
+    nodes = _checked(reply)["nodes"]
+    rows = [["NODE", "ROLE", "REGION", "STATE", "INC", "ADDRESS", "ADMIN", "SILENT"]]
+    for node in nodes:
+        silent = "-" if node["self"] or node["silent_s"] is None else f"{node['silent_s']:.2f}s"
+        rows.append([
+            node["node_id"] + ("*" if node["self"] else ""), node["role"], node["region"], node["state"],
+            str(node["incarnation"]), f"{node['host']}:{node['mesh_port']}", str(node["admin_port"]), silent,
+        ])
+    down = [n["node_id"] for n in nodes if n["state"] != "alive"]
+    text = f"nodes seen by {reply['from']} (* = itself)\n{_table(rows)}"
+    if down:
+        text += f"\nnot alive: {', '.join(down)}"
+    _emit(args, {"from": reply["from"], "nodes": nodes}, text)
+    return EXIT_OK
+
+
+def cmd_status(target: Target, args: argparse.Namespace) -> int:
+    results = target.each("status")
+    if all(isinstance(result, AdminError) for _, result in results):
+        raise CtlError("; ".join(f"{name}: {result}" for name, result in results))
+    entries: list[dict[str, Any]] = []
+    rows = [["NODE", "ROLE", "REGION", "MODE", "CORES", "WRITES", "PEERS NOT ALIVE", "REASON"]]
+    ok = True
+    for name, result in results:
+        if isinstance(result, AdminError) or not result.get("ok"):
+            detail = str(result) if isinstance(result, AdminError) else result.get("detail", "")
+            entries.append({"node_id": name, "reachable": False, "error": detail})
+            rows.append([name, "?", "?", "unreachable", "-", "-", "-", detail])
+            ok = False
+            continue
+        status = dict(result["status"], reachable=True)
+        entries.append(status)
+        not_alive = [f"{peer} {state}" for peer, state in status["peers"].items() if state != "alive"]
+        ok = ok and status["safe_for_writes"] and not not_alive
+        rows.append([
+            status["node_id"], status["role"], status["region"], status["mode"],
+            f"{status['visible_cores']}/{status['expected_cores']}",
+            "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-", status["reason"],
+        ])
+    summary = "all nodes alive, writes safe" if ok else "CHECK FAILED: see the rows above"
+    _emit(args, {"ok": ok, "nodes": entries}, f"{_table(rows)}\n{summary}")
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def cmd_ping(target: Target, args: argparse.Namespace) -> int:
+    name, reply = target.first("ping", node=args.target_node)
+    if reply.get("ok"):
+        _emit(args, reply, f"pong from {reply['node']} in {reply['rtt_ms']:.2f} ms (incarnation {reply['incarnation']}, asked via {name})")
+        return EXIT_OK
+    _emit(args, reply, f"pang: {reply.get('detail', reply.get('error'))}")
+    return EXIT_CHECK_FAILED
+
+
+def cmd_replicas(target: Target, args: argparse.Namespace) -> int:
+    _, reply = target.first("replicas", key=args.key)
+    reply = _checked(reply)
+    replicas = ", ".join(f"{r['node_id']} ({r['state']})" for r in reply["replicas"])
+    verdict = "quorum writes possible" if reply["quorum_available"] else "NO QUORUM: quorum writes will fail"
+    text = (
+        f"key {reply['key']!r} in region {reply['region']}: {replicas}\n"
+        f"{reply['live']} of {len(reply['replicas'])} live, quorum {reply['quorum']}: {verdict}"
+    )
+    _emit(args, reply, text)
+    return EXIT_OK if reply["quorum_available"] else EXIT_CHECK_FAILED
+
+
+def cmd_forget(target: Target, args: argparse.Namespace) -> int:
+    _, reply = target.first("forget", node=args.target_node)
+    reply = _checked(reply)
+    _emit(args, reply, reply["detail"])
+    return EXIT_OK
+
+
+def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
+    """Wait until `--expect` nodes are found and every one sees every other alive."""
+    deadline = time.monotonic() + args.wait
+    last_problem = "nothing checked yet"
+    last_print = 0.0
+    while True:
+        try:
+            problem, seen = _mesh_problem(target, args.expect)
+        except CtlError as exc:
+            if "authentication failed" in str(exc):
+                raise
+            problem, seen = str(exc), {}
+        if problem is None:
+            _emit(args, {"ok": True, "nodes": seen}, f"mesh complete: {len(seen)} nodes, each sees every other alive")
+            return EXIT_OK
+        last_problem = problem
+        now = time.monotonic()
+        if now >= deadline:
+            _emit(args, {"ok": False, "problem": last_problem, "nodes": seen},
+                  f"mesh NOT complete after {args.wait} s: {last_problem}")
+            return EXIT_CHECK_FAILED
+        if not args.json and now - last_print >= 2.0:
+            print(f"waiting for the mesh: {problem}", file=sys.stderr)
+            last_print = now
+        time.sleep(min(0.25, max(0.0, deadline - now)))
+
+
+def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[str, list[str]]]:
+    seen: dict[str, list[str]] = {}
+    unreachable = []
+    for name, result in target.each("nodes"):
+        if isinstance(result, AdminError) or not result.get("ok"):
+            unreachable.append(name)
+            continue
+        seen[result["from"]] = sorted(n["node_id"] for n in result["nodes"] if n["state"] == "alive" and not n["self"])
+    if unreachable:
+        return f"not answering: {', '.join(sorted(unreachable))}", seen
+    if expect is not None and len(seen) < expect:
+        return f"{len(seen)} of {expect} nodes found ({', '.join(sorted(seen))})", seen
+    everyone = set(seen)
+    for node_id, peers in sorted(seen.items()):
+        missing = everyone - set(peers) - {node_id}
+        if missing:
+            return f"{node_id} does not see {', '.join(sorted(missing))} alive", seen
+    return None, seen
+
+
+# ---- argument parsing ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    parser = argparse.ArgumentParser(
+        prog="meshctl",
+        description="Inspect and operate an iris_mesh cluster. Exit: 0 ok, 1 check failed, 2 cannot reach.",
+        parents=[common],
+    )
+    parser.add_argument("--cluster", default="iris", help="cluster name to find by mDNS (default: iris)")
+    parser.add_argument("--node", help="HOST:PORT of a node's admin port (skips mDNS)")
+    parser.add_argument("--cookie-file", help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
+    parser.add_argument("--mdns-interface", action="append", help="address to run mDNS on (default: 127.0.0.1)")
+    parser.add_argument("--mdns-timeout", type=float, default=1.5, help="seconds to listen for mDNS answers")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for a node's answer")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[Target, argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, parents=[common], description=help_text)
+        sub.set_defaults(fn=fn)
+        return sub
+
+    add("nodes", cmd_nodes, "the nodes one node sees, with their state (like nodes())")
+    add("status", cmd_status, "per node: safe for writes?, visible cores, peers not alive")
+    add("ping", cmd_ping, "ping a node over the mesh (like net_adm:ping)").add_argument("target_node", metavar="NODE")
+    add("replicas", cmd_replicas, "the replica set of a key and how many are live").add_argument("key", metavar="KEY")
+    add("forget", cmd_forget, "drop a dead node from the expected core set, everywhere").add_argument(
+        "target_node", metavar="NODE")
+    mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive")
+    mesh.add_argument("--expect", type=int, help="number of nodes the mesh must have")
+    mesh.add_argument("--wait", type=float, default=30.0, help="deadline in seconds (default 30)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.mdns_interface = args.mdns_interface or ["127.0.0.1"]
+    try:
+        target = Target(args)
+        return args.fn(target, args)
+    except CtlError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_UNREACHABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""`iris-mesh node --config FILE`: run one node in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from loguru import logger
+
+from iris_mesh import PROTOCOL_VERSION, __version__
+from iris_mesh.cli._logging import setup_logging
+from iris_mesh.config import ConfigError, load_config, read_cookie
+from iris_mesh.sockets import BindError
+from iris_mesh.store import StoreError
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+EXIT_START = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris-mesh", description="Run an iris_mesh node.")
+    parser.add_argument("--version", action="version", version=f"iris_mesh {__version__} (protocol {PROTOCOL_VERSION})")
+    commands = parser.add_subparsers(dest="command", required=True)
+    node = commands.add_parser("node", help="run one node in the foreground")
+    node.add_argument("--config", required=True, help="TOML config file (see config/default.toml)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        cookie = read_cookie(config)
+    except ConfigError as exc:
+        print(f"iris-mesh: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.node_id, config.log_level)
+    from iris_mesh.node import Node  # after logging is set up: importing starts nothing
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    node = Node(config, cookie)
+    try:
+        node.start()
+    except (StoreError, BindError) as exc:
+        logger.error("cannot start: {}", exc)
+        return EXIT_START
+    try:
+        stop.wait()
+        logger.info("stopping on signal")
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

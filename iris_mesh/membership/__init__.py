@@ -1,0 +1,26 @@
+"""Membership: discovery (the only importer of zeroconf), failure detection, partition guard, placement."""
+
+from __future__ import annotations
+
+from iris_mesh.membership._discovery import Discovery, browse_cluster
+from iris_mesh.membership._failure_detector import FailureDetector, PeerState, PeerStatus, Transition
+from iris_mesh.membership._partition_guard import GuardDecision, PartitionGuard
+from iris_mesh.membership._peer import CardError, PeerCard
+from iris_mesh.membership._placement import Placement, rendezvous_replicas
+from iris_mesh.membership._service import MembershipService
+
+__all__ = [
+    "CardError",
+    "Discovery",
+    "FailureDetector",
+    "GuardDecision",
+    "MembershipService",
+    "PartitionGuard",
+    "PeerCard",
+    "PeerState",
+    "PeerStatus",
+    "Placement",
+    "Transition",
+    "browse_cluster",
+    "rendezvous_replicas",
+]

@@ -1,0 +1,357 @@
+"""MembershipService: who is in the mesh, who is alive, and may this node accept writes.
+
+It is the glue between what the engine hears (HELLOs, heartbeats, mDNS
+discoveries) and the sans-IO pieces (failure detector, partition guard). It
+never touches a socket itself: it acts through `MeshIO`, which the engine
+implements, and every method runs on the node's engine thread (`async_*`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Protocol
+
+from loguru import logger
+
+from iris_mesh.membership._failure_detector import FailureDetector, PeerState, Transition
+from iris_mesh.membership._partition_guard import GuardDecision, PartitionGuard
+from iris_mesh.membership._peer import CardError, PeerCard
+
+__all__ = ["MembershipService", "MeshIO", "ExpectedCoresStore"]
+
+# A peer whose heartbeat shows it has not accepted our HELLO gets it again, at most this often.
+_REHELLO_INTERVAL_S = 0.5
+# Full peer cards ride on every Nth heartbeat (gossip), so a node that knows one
+# member learns all of them even without mDNS.
+_GOSSIP_EVERY = 4
+_SEED_RETRY_S = 1.0
+_FLAP_WINDOW_S = 30.0
+_FLAP_LIMIT = 6
+
+
+class MeshIO(Protocol):
+    """What the service needs from the engine (engine thread only)."""
+
+    def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool: ...
+    def async_disconnect_peer(self, node_id: str) -> None: ...
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
+    def async_open_seed(self, endpoint: str) -> None: ...
+    def async_close_seed(self, endpoint: str) -> None: ...
+    def async_seed_endpoints(self) -> set[str]: ...
+    def async_send_seed(self, endpoint: str, op: str, **fields: Any) -> bool: ...
+    def async_publish(self, op: str, **fields: Any) -> None: ...
+    def async_hellos(self) -> dict[str, int]: ...
+
+
+class ExpectedCoresStore(Protocol):
+    def save_expected_cores(self, region: str, cores: frozenset[str]) -> None: ...
+
+
+class MembershipService:
+    """Membership of one node; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        card: PeerCard,
+        detector: FailureDetector,
+        guard: PartitionGuard,
+        expected_store: ExpectedCoresStore,
+        heartbeat_interval_s: float,
+        seeds: Iterable[str] = (),
+    ) -> None:
+        self.card = card
+        self.detector = detector
+        self.guard = guard
+        self._expected_store = expected_store
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._seeds = [s if s.startswith("tcp://") else f"tcp://{s}" for s in seeds]
+        self._io: MeshIO | None = None
+        self.cards: dict[str, PeerCard] = {}
+        self._next_heartbeat = 0.0
+        self._heartbeats_sent = 0
+        self._gossip_due = True
+        self._hello_sent_at: dict[str, float] = {}
+        # Peers whose HELLO could not be queued yet (a fresh link queues nothing until
+        # its connection is up); retried on every tick until one goes out.
+        self._hello_pending: set[str] = set()
+        self._ignored: set[tuple[str, str]] = set()
+        self._flaps: dict[str, list[float]] = {}
+        self._next_seed_check = 0.0
+        self._last_decision: GuardDecision | None = None
+        self.counters: dict[str, int] = {"bad_cards": 0}
+        self._on_peer_change: list[Callable[[Transition, float], None]] = []
+
+    # ---- wiring --------------------------------------------------------------
+
+    def async_attach(self, io: MeshIO, now: float) -> None:
+        self._io = io
+        self._next_heartbeat = now
+        self.async_tick(now)
+
+    def add_peer_listener(self, fn: Callable[[Transition, float], None]) -> None:
+        """Call fn(transition, now) on the engine thread for each peer state change."""
+        self._on_peer_change.append(fn)
+
+    # ---- inputs ----------------------------------------------------------------
+
+    def async_on_discovered(self, card: PeerCard, now: float) -> None:
+        """A card seen by mDNS: a candidate to connect to, not yet a member."""
+        if self._acceptable(card, "mDNS"):
+            self._learn(card, now)
+
+    def async_on_hello(self, msg: dict[str, Any], now: float) -> None:
+        card = self._card_from(msg.get("card"))
+        if card is None or card.node_id != msg["src"] or not self._acceptable(card, "HELLO"):
+            return
+        self._learn(card.with_(incarnation=msg["inc"]), now)
+        self._heard(msg["src"], msg["inc"], now)
+
+    def async_on_heartbeat(self, msg: dict[str, Any], now: float) -> None:
+        src = msg["src"]
+        if src == self.card.node_id:
+            return
+        card = self._card_from(msg.get("card"))
+        if card is None or card.node_id != src or not self._acceptable(card, "heartbeat"):
+            return
+        self._learn(card.with_(incarnation=msg["inc"]), now)
+        self._heard(src, msg["inc"], now)
+        linked = msg.get("ln")
+        if isinstance(linked, dict) and linked.get(self.card.node_id) != self.card.incarnation:
+            self._say_hello(src, now)
+        for raw in msg.get("peers") or ():
+            gossiped = self._card_from(raw)
+            if gossiped is not None and gossiped.node_id != self.card.node_id and self._acceptable(gossiped, "gossip"):
+                self._learn(gossiped, now)
+
+    def async_tick(self, now: float) -> float:
+        """Heartbeat, failure detection and partition guard; returns seconds until the next tick."""
+        assert self._io is not None
+        if now >= self._next_heartbeat:
+            self._publish_heartbeat()
+            self._next_heartbeat = now + self._heartbeat_interval_s
+        for node_id in list(self._hello_pending):
+            if node_id in self.cards:
+                self._say_hello(node_id, now, force=True)
+            else:
+                self._hello_pending.discard(node_id)
+        for transition in self.detector.tick(now):
+            self._on_transition(transition, now)
+        self._evaluate_guard(now)
+        if now >= self._next_seed_check:
+            all_sent = self._tend_seeds()
+            self._next_seed_check = now + (_SEED_RETRY_S if all_sent else 0.05)
+        return max(0.0, min(self._next_heartbeat - now, 0.05))
+
+    # ---- queries (engine thread) -------------------------------------------------
+
+    def is_safe_for_writes(self) -> bool:
+        return self.guard.is_safe_for_writes()
+
+    def visible_cores(self) -> set[str]:
+        visible = {
+            node_id
+            for node_id in self.detector.visible()
+            if (card := self.cards.get(node_id)) is not None and card.role == "core" and card.region == self.card.region
+        }
+        if self.card.role == "core":
+            visible.add(self.card.node_id)
+        return visible
+
+    def state_of(self, node_id: str) -> str:
+        if node_id == self.card.node_id:
+            return PeerState.ALIVE.value
+        state = self.detector.state(node_id)
+        return state.value if state is not None else "unknown"
+
+    def nodes_view(self, now: float) -> list[dict[str, Any]]:
+        """Every node this one knows, itself first: the data behind `meshctl nodes`."""
+        snapshot = self.detector.snapshot(now)
+        rows = [self._row(self.card, "alive", 0.0, True)]
+        for node_id in sorted(set(self.cards) | set(snapshot)):
+            card = self.cards.get(node_id)
+            status = snapshot.get(node_id)
+            if card is None:
+                continue
+            if status is None:
+                rows.append(self._row(card, "unknown", None, False))
+            else:
+                rows.append(self._row(card.with_(incarnation=status.incarnation), status.state.value, status.silent_for_s, False))
+        return rows
+
+    def status_view(self) -> dict[str, Any]:
+        expected = self.guard.expected_cores
+        visible = self.visible_cores() & expected
+        return {
+            "node_id": self.card.node_id,
+            "role": self.card.role,
+            "region": self.card.region,
+            "incarnation": self.card.incarnation,
+            "safe_for_writes": self.guard.is_safe_for_writes(),
+            "mode": "normal" if self.guard.is_safe_for_writes() else "safe",
+            "reason": self.guard.reason,
+            "visible_cores": len(visible),
+            "expected_cores": len(expected),
+            "expected": sorted(expected),
+            "missing": sorted(expected - visible),
+            "peers": {node_id: self.state_of(node_id) for node_id in sorted(self.cards)},
+        }
+
+    # ---- operator actions ----------------------------------------------------------
+
+    def async_forget(self, node_id: str) -> str:
+        """Drop a dead node from the expected core set and the view; returns what was done."""
+        if node_id == self.card.node_id:
+            raise ValueError("a node cannot forget itself")
+        state = self.detector.state(node_id)
+        if state is not None and state is not PeerState.DEAD:
+            raise ValueError(f"{node_id} is {state.value}; stop it before forgetting it")
+        shrunk = self.guard.forget_core(node_id)
+        if shrunk:
+            self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
+        self.detector.forget(node_id)
+        self.cards.pop(node_id, None)
+        self._hello_sent_at.pop(node_id, None)
+        self._hello_pending.discard(node_id)
+        assert self._io is not None
+        self._io.async_disconnect_peer(node_id)
+        done = f"forgot {node_id}" + (
+            f"; expected cores of region {self.card.region} are now {sorted(self.guard.expected_cores)}" if shrunk else ""
+        )
+        logger.warning("operator: {}", done)
+        return done
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _row(self, card: PeerCard, state: str, silent: float | None, is_self: bool) -> dict[str, Any]:
+        return {
+            "node_id": card.node_id,
+            "role": card.role,
+            "region": card.region,
+            "state": state,
+            "self": is_self,
+            "incarnation": card.incarnation,
+            "host": card.host,
+            "mesh_port": card.mesh_port,
+            "heartbeat_port": card.hb_port,
+            "admin_port": card.admin_port,
+            "client_port": card.client_port,
+            "silent_s": None if silent is None else round(silent, 3),
+        }
+
+    def _card_from(self, raw: Any) -> PeerCard | None:
+        try:
+            return PeerCard.from_wire(raw)
+        except CardError:
+            self.counters["bad_cards"] += 1
+            return None
+
+    def _acceptable(self, card: PeerCard, how: str) -> bool:
+        if card.node_id == self.card.node_id or card.cluster != self.card.cluster:
+            return False
+        if card.key_fp != self.card.key_fp or card.version != self.card.version:
+            key = (card.node_id, f"{card.key_fp}/{card.version}")
+            if key not in self._ignored:
+                self._ignored.add(key)
+                logger.warning(
+                    "ignoring node {} at {} (seen by {}): it uses a different cookie or protocol "
+                    "(key fingerprint {}, ours {}; protocol {}, ours {})",
+                    card.node_id, card.host, how, card.key_fp, self.card.key_fp, card.version, self.card.version,
+                )
+            return False
+        return True
+
+    def _learn(self, card: PeerCard, now: float) -> None:
+        assert self._io is not None
+        known = self.cards.get(card.node_id)
+        if known is not None and known.incarnation > card.incarnation:
+            return  # an older process's card (stale mDNS cache or gossip)
+        if known is not None and known == card:
+            return
+        self.cards[card.node_id] = card
+        # A seed link and a peer link to the same node would share our identity and fight over it.
+        if card.mesh_endpoint in self._io.async_seed_endpoints():
+            self._io.async_close_seed(card.mesh_endpoint)
+        if self._io.async_connect_peer(card.node_id, card.mesh_endpoint, card.hb_endpoint):
+            logger.debug("linking to {} at {} (incarnation {})", card.node_id, card.mesh_endpoint, card.incarnation)
+            self._say_hello(card.node_id, now, force=True)
+        elif known is not None and known.incarnation != card.incarnation:
+            self._say_hello(card.node_id, now, force=True)
+
+    def _say_hello(self, node_id: str, now: float, force: bool = False) -> None:
+        assert self._io is not None
+        last = self._hello_sent_at.get(node_id)
+        if not force and last is not None and now - last < _REHELLO_INTERVAL_S:
+            return
+        if self._io.async_send(node_id, "hello", card=self.card.to_wire()):
+            self._hello_sent_at[node_id] = now
+            self._hello_pending.discard(node_id)
+        else:
+            self._hello_pending.add(node_id)
+
+    def _heard(self, node_id: str, incarnation: int, now: float) -> None:
+        for transition in self.detector.heard(node_id, incarnation, now):
+            self._on_transition(transition, now)
+
+    def _on_transition(self, transition: Transition, now: float) -> None:
+        card = self.cards.get(transition.node_id)
+        if transition.new is PeerState.ALIVE and card is not None and card.role == "core" and card.region == self.card.region:
+            if self.guard.add_core(card.node_id):
+                self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
+                logger.info("expected cores of region {} are now {}", self.card.region, sorted(self.guard.expected_cores))
+        if transition.new is PeerState.ALIVE:
+            self._gossip_due = True  # tell everyone about the newcomer now, not in a second
+        self._log_transition(transition, now)
+        for listener in self._on_peer_change:
+            listener(transition, now)
+        self._evaluate_guard(now)
+
+    def _log_transition(self, transition: Transition, now: float) -> None:
+        times = [t for t in self._flaps.get(transition.node_id, []) if now - t < _FLAP_WINDOW_S]
+        times.append(now)
+        self._flaps[transition.node_id] = times
+        if len(times) > _FLAP_LIMIT:
+            if len(times) == _FLAP_LIMIT + 1:
+                logger.warning("{} is flapping; its state changes are logged at DEBUG for a while", transition.node_id)
+            logger.debug(transition.reason)
+        elif transition.new is PeerState.ALIVE:
+            logger.info(transition.reason)
+        else:
+            logger.warning(transition.reason)
+
+    def _evaluate_guard(self, now: float) -> None:
+        decision = self.guard.evaluate(self.visible_cores(), now)
+        if decision.changed:
+            if decision.safe_for_writes:
+                logger.success(decision.reason)
+            else:
+                logger.error(decision.reason)
+        self._last_decision = decision
+
+    def _publish_heartbeat(self) -> None:
+        assert self._io is not None
+        self._heartbeats_sent += 1
+        fields: dict[str, Any] = {
+            "card": self.card.to_wire(),
+            "ln": self._io.async_hellos(),
+            "safe": self.guard.is_safe_for_writes(),
+        }
+        if self._gossip_due or self._heartbeats_sent % _GOSSIP_EVERY == 0:
+            self._gossip_due = False
+            visible = self.detector.visible()
+            fields["peers"] = [self.cards[n].to_wire() for n in sorted(visible) if n in self.cards]
+        self._io.async_publish("hb", **fields)
+
+    def _tend_seeds(self) -> bool:
+        """Say HELLO on a seed link to each seed endpoint of no known node; False if one could not be sent yet."""
+        assert self._io is not None
+        # A known node keeps its peer link (zmq reconnects it), so only unknown seeds need one.
+        linked = {card.mesh_endpoint for card in self.cards.values()}
+        open_seeds = self._io.async_seed_endpoints()
+        all_sent = True
+        for endpoint in self._seeds:
+            if endpoint in linked:
+                continue
+            if endpoint not in open_seeds:
+                self._io.async_open_seed(endpoint)
+            all_sent = self._io.async_send_seed(endpoint, "hello", card=self.card.to_wire()) and all_sent
+        return all_sent

@@ -1,0 +1,165 @@
+"""Composition root: a NodeConfig becomes a running node (storage, engine, membership, discovery)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from loguru import logger
+
+from iris_mesh import PROTOCOL_VERSION
+from iris_mesh.config import NodeConfig
+from iris_mesh.membership import (
+    Discovery,
+    FailureDetector,
+    MembershipService,
+    PartitionGuard,
+    PeerCard,
+    Placement,
+)
+from iris_mesh.sockets import Engine, SocketTuning, cluster_keys
+from iris_mesh.store import Database, NodeMeta
+from iris_mesh._runtime import NodeRuntime
+
+__all__ = ["Node"]
+
+T = TypeVar("T")
+
+
+class Node:
+    """One iris_mesh node. `start` returns once every socket is bound and the node is announced."""
+
+    def __init__(self, config: NodeConfig, cookie: bytes) -> None:
+        self.config = config
+        self._keys = cluster_keys(cookie)
+        self._db: Database | None = None
+        self._engine: Engine | None = None
+        self._discovery: Discovery | None = None
+        self.runtime: NodeRuntime | None = None
+        self.incarnation = 0
+
+    def start(self) -> None:
+        config = self.config
+        self._db = Database(config.data_path)
+        try:
+            self._start_on(self._db)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_on(self, db: Database) -> None:
+        config = self.config
+        meta = NodeMeta(db)
+        meta.claim(config.node_id)
+        self.incarnation = meta.bump_incarnation()
+        expected = set(meta.expected_cores(config.region)) | set(config.expected_cores)
+        if config.role == "core":
+            expected.add(config.node_id)
+        meta.save_expected_cores(config.region, frozenset(expected))
+        card = PeerCard(
+            cluster=config.cluster,
+            node_id=config.node_id,
+            role=config.role,
+            region=config.region,
+            host=config.advertised_address,
+            mesh_port=0,
+            hb_port=0,
+            admin_port=0,
+            client_port=0,
+            version=PROTOCOL_VERSION,
+            incarnation=self.incarnation,
+            key_fp=self._keys.fingerprint,
+        )
+        membership = MembershipService(
+            card=card,
+            detector=FailureDetector(suspect_after_s=config.suspect_after_s, dead_after_s=config.dead_after_s),
+            guard=PartitionGuard(
+                self_id=config.node_id,
+                self_is_core=config.role == "core",
+                safe_mode_exit_s=config.safe_mode_exit_s,
+                expected_cores=expected if config.role == "core" else expected - {config.node_id},
+            ),
+            expected_store=meta,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            seeds=config.seeds,
+        )
+        self.runtime = NodeRuntime(
+            membership=membership,
+            placement=Placement(replication_factor=config.replication_factor),
+            started_at=time.monotonic(),
+        )
+        self._engine = Engine(
+            node_id=config.node_id,
+            incarnation=self.incarnation,
+            keys=self._keys,
+            handler=self.runtime,
+            bind_address=config.bind_address,
+            mesh_port=config.mesh_port,
+            heartbeat_port=config.heartbeat_port,
+            admin_port=config.admin_port,
+            tuning=SocketTuning(max_frame_bytes=config.max_frame_bytes, link_send_hwm=config.link_send_hwm),
+        )
+        ports = self._engine.start()
+        self.card = membership.card
+        logger.info(
+            "node {} ({}, region {}, cluster {}) serving on {}: mesh {}, heartbeat {}, admin {}; incarnation {}",
+            config.node_id, config.role, config.region, config.cluster, config.advertised_address,
+            ports.mesh, ports.heartbeat, ports.admin, self.incarnation,
+        )
+        self._write_endpoints_file()
+        if config.mdns:
+            engine = self._engine
+
+            def found(peer: PeerCard) -> None:
+                engine.post(lambda now: membership.async_on_discovered(peer, now))
+
+            self._discovery = Discovery(self.card, interfaces=list(config.mdns_interfaces), on_found=found)
+            self._discovery.start()
+        elif not config.seeds:
+            logger.warning("mDNS is off and no seeds are configured: this node waits for others to find it")
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.config.data_path / "node.json"
+
+    def _write_endpoints_file(self) -> None:
+        """Record where this process serves, for operators and tools (`meshctl --node`)."""
+        card = self.card
+        info = {
+            "node_id": card.node_id, "pid": os.getpid(), "incarnation": card.incarnation, "host": card.host,
+            "mesh_port": card.mesh_port, "heartbeat_port": card.hb_port, "admin_port": card.admin_port,
+            "admin": f"{card.host}:{card.admin_port}",
+        }
+        tmp = self.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(self.endpoints_file)
+
+    def call(self, fn: Callable[[NodeRuntime, float], T], timeout_s: float = 5.0) -> T:
+        """Run fn(runtime, now) on the engine thread and return its result."""
+        assert self._engine is not None and self.runtime is not None
+        runtime = self.runtime
+        return self._engine.call(lambda now: fn(runtime, now), timeout_s)
+
+    @property
+    def ports(self) -> Any:
+        assert self._engine is not None
+        return self._engine.ports
+
+    def stop(self) -> None:
+        """Say goodbye on mDNS, close every socket, close the database. Idempotent."""
+        if self._discovery is not None:
+            try:
+                self._discovery.close()
+            except Exception:
+                logger.exception("closing mDNS discovery failed")
+            self._discovery = None
+        if self._engine is not None:
+            self._engine.stop()
+            self._engine = None
+            self.endpoints_file.unlink(missing_ok=True)
+        if self._db is not None:
+            self._db.close()
+            self._db = None

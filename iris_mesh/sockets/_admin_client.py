@@ -1,0 +1,97 @@
+"""AdminClient: meshctl's side of the admin endpoint (CURVE DEALER with a handshake monitor)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import zmq
+import zmq.utils.monitor as zmq_monitor
+
+from iris_mesh.sockets._codec import FrameError, decode, encode, envelope
+from iris_mesh.sockets._curve import ClusterKeys
+
+__all__ = ["AdminClient", "AdminError"]
+
+_AUTH_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+}
+
+
+class AdminError(Exception):
+    """A request could not be answered. `code`: unreachable, auth_failed, bad_reply."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class AdminClient:
+    """Sends admin requests to one node and waits for each answer with a deadline."""
+
+    def __init__(self, endpoint: str, keys: ClusterKeys, *, timeout_s: float = 3.0) -> None:
+        self.endpoint = endpoint
+        self._timeout_s = timeout_s
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.linger = 0
+        self._sock.sndhwm = 100
+        self._sock.reconnect_ivl = 100
+        self._sock.reconnect_ivl_max = 500
+        self._sock.handshake_ivl = int(timeout_s * 1000)
+        keys.client(self._sock)
+        self._monitor = self._sock.get_monitor_socket()
+        self._sock.connect(endpoint)
+        self._rids = itertools.count(1)
+        self._handshaken = False
+
+    def request(self, op: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request and return the reply map; raises AdminError."""
+        rid = next(self._rids)
+        timeout = self._timeout_s if timeout_s is None else timeout_s
+        self._sock.send(encode(envelope(op, rid=rid, **fields)))
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if self._handshaken:
+                    raise AdminError("unreachable", f"{self.endpoint} did not answer {op!r} within {timeout} s")
+                raise AdminError("unreachable", f"cannot reach {self.endpoint} within {timeout} s (is the node running?)")
+            for sock, _ in poller.poll(int(left * 1000) + 1):
+                if sock is self._monitor:
+                    self._on_event(zmq_monitor.recv_monitor_message(self._monitor))
+                    continue
+                try:
+                    reply = decode(self._sock.recv())
+                except FrameError as exc:
+                    raise AdminError("bad_reply", f"unreadable reply from {self.endpoint}: {exc}") from None
+                if reply.get("rid") == rid:
+                    return reply
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._handshaken = True
+        elif event["event"] in _AUTH_FAILED:
+            raise AdminError(
+                "auth_failed",
+                f"authentication failed at {self.endpoint}: this cookie is not the cluster's "
+                "(check --cookie-file or IRIS_MESH_COOKIE)",
+            )
+
+    def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(0)
+        self._sock.close(0)
+        self._ctx.term()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,93 @@
+"""CBOR frame codec shared by mesh links, heartbeats, the admin endpoint and clients.
+
+Frame layout (DESIGN.md section 3): one ZeroMQ message part holding one CBOR
+map (RFC 8949) with short text keys. Every frame has
+
+    v    protocol version (int)
+    op   operation name (text)
+
+Mesh frames (links and heartbeats) also carry
+
+    src  sending node id (text)
+    inc  sender's incarnation (int): tells a restarted process from its old self
+    seq  per-link (or per-publisher) sequence number (int): tells gaps
+
+Decoding never raises anything but FrameError: the engine counts and drops bad
+frames (mesh) or answers them with an error (admin, client gateway).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Mapping
+
+import cbor2
+
+from iris_mesh import PROTOCOL_VERSION
+
+__all__ = ["FrameError", "encode", "envelope", "decode", "decode_mesh", "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME_BYTES"]
+
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+# Our maps are shallow; a hostile frame must not recurse the decoder deep.
+_MAX_DEPTH = 16
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted. `code` is a documented error code."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+def encode(msg: Mapping[str, Any]) -> bytes:
+    """Encode one frame; the caller supplies `v` and `op` (see `envelope`)."""
+    return cbor2.dumps(msg)
+
+
+def envelope(op: str, **fields: Any) -> dict[str, Any]:
+    """A frame map with the current protocol version."""
+    return {"v": PROTOCOL_VERSION, "op": op, **fields}
+
+
+def decode(frame: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict[str, Any]:
+    """Decode and check the envelope of one frame, or raise FrameError."""
+    if len(frame) > max_frame_bytes:
+        raise FrameError("too_large", f"frame of {len(frame)} bytes exceeds the limit of {max_frame_bytes}")
+    buffer = io.BytesIO(frame)
+    try:
+        msg = cbor2.CBORDecoder(
+            buffer,
+            max_depth=_MAX_DEPTH,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+        ).decode()
+    except Exception as exc:  # cbor2 raises several types on hostile input; all mean "bad frame"
+        raise FrameError("bad_frame", f"not valid CBOR: {exc}") from None
+    if buffer.tell() != len(frame):
+        raise FrameError("bad_frame", f"{len(frame) - buffer.tell()} bytes of trailing data after the CBOR map")
+    if not isinstance(msg, dict):
+        raise FrameError("bad_frame", f"frame is a CBOR {type(msg).__name__}, not a map")
+    version = msg.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FrameError("bad_frame", "frame has no integer 'v' (protocol version)")
+    if version != PROTOCOL_VERSION:
+        raise FrameError("bad_version", f"protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})")
+    op = msg.get("op")
+    if not isinstance(op, str) or not op:
+        raise FrameError("bad_frame", "frame has no text 'op'")
+    return msg
+
+
+def decode_mesh(frame: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict[str, Any]:
+    """Decode a mesh frame: the envelope plus text `src`, integer `inc` and `seq`."""
+    msg = decode(frame, max_frame_bytes=max_frame_bytes)
+    if not isinstance(msg.get("src"), str) or not msg["src"]:
+        raise FrameError("bad_frame", "mesh frame has no text 'src'")
+    for key in ("inc", "seq"):
+        value = msg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise FrameError("bad_frame", f"mesh frame has no non-negative integer {key!r}")
+    return msg

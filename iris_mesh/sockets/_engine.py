@@ -1,0 +1,501 @@
+"""The engine: one thread that owns every zmq socket of a node and runs one poller loop.
+
+Other threads talk to it only through `post`/`call`, which queue a callable and
+wake the loop through an inproc pipe. Everything named `async_*` runs on the
+engine thread and must not block: sends are non-blocking and a full queue drops
+the frame (counted), so a congested or dead peer never stalls the loop.
+
+The node's logic is an `EngineHandler`: it gets decoded frames and ticks, and
+acts through the engine's `async_*` methods.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TypeVar
+
+import zmq
+from loguru import logger
+
+from iris_mesh.sockets._codec import FrameError, decode, decode_mesh, encode, envelope
+from iris_mesh.sockets._curve import ZAP_ENDPOINT, ClusterKeys, ZapPolicy
+from iris_mesh.sockets._options import (
+    SocketTuning,
+    bind,
+    make_admin,
+    make_inbox,
+    make_link,
+    make_pub,
+    make_sub,
+)
+
+__all__ = ["Engine", "EngineHandler", "AdminRequest", "BoundPorts", "EngineError"]
+
+T = TypeVar("T")
+
+# How many frames one socket may hand over per loop turn, so timers (heartbeats)
+# are never starved by a flood on one socket.
+_BATCH = 512
+_MAX_WAIT_S = 0.05
+_engine_ids = itertools.count(1)
+
+
+class EngineError(RuntimeError):
+    """The engine could not start, or a call into it failed or timed out."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoundPorts:
+    mesh: int
+    heartbeat: int
+    admin: int
+
+
+class AdminRequest:
+    """One meshctl request; `reply` may be called later (e.g. after a mesh ping), once."""
+
+    __slots__ = ("msg", "_engine", "_route", "_answered")
+
+    def __init__(self, msg: dict[str, Any], engine: Engine, route: bytes) -> None:
+        self.msg = msg
+        self._engine = engine
+        self._route = route
+        self._answered = False
+
+    def reply(self, body: dict[str, Any]) -> None:
+        """Send the answer (engine thread only). `body` gets `v`, `op`="reply" and the request's `rid`."""
+        if self._answered:
+            return
+        self._answered = True
+        frame = envelope("reply", rid=self.msg.get("rid"), **body)
+        self._engine.async_send_admin(self._route, frame)
+
+    def error(self, code: str, detail: str) -> None:
+        self.reply({"ok": False, "error": code, "detail": detail})
+
+
+class EngineHandler(Protocol):
+    """The node logic driven by the engine; every method runs on the engine thread."""
+
+    def async_on_start(self, engine: Engine, now: float) -> None: ...
+    def async_on_hello(self, msg: dict[str, Any], now: float) -> None: ...
+    def async_on_mesh(self, msg: dict[str, Any], now: float) -> None: ...
+    def async_on_heartbeat(self, msg: dict[str, Any], now: float) -> None: ...
+    def async_on_admin(self, request: AdminRequest, now: float) -> None: ...
+    def async_after_batch(self, now: float) -> None: ...
+    def async_tick(self, now: float) -> float: ...
+    def async_on_stop(self, now: float) -> None: ...
+
+
+class _Link:
+    __slots__ = ("sock", "endpoint", "hb_endpoint", "seq")
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, hb_endpoint: str | None) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.hb_endpoint = hb_endpoint
+        self.seq = 0
+
+
+class Engine:
+    """Owns the zmq context and sockets of one node; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        incarnation: int,
+        keys: ClusterKeys,
+        handler: EngineHandler,
+        bind_address: str,
+        mesh_port: int = 0,
+        heartbeat_port: int = 0,
+        admin_port: int = 0,
+        tuning: SocketTuning | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self._identity = node_id.encode()
+        self._keys = keys
+        self._handler = handler
+        self._bind_address = bind_address
+        self._wanted_ports = (mesh_port, heartbeat_port, admin_port)
+        self._tuning = tuning or SocketTuning()
+        self._clock = clock
+        self._name = f"iris-engine-{node_id}-{next(_engine_ids)}"
+        self._mailbox: collections.deque[Callable[[float], None]] = collections.deque()
+        self._wake_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.ports: BoundPorts | None = None
+        self.counters: collections.Counter[str] = collections.Counter()
+        # Inbox state: which (node id, incarnation) said HELLO on which routing id.
+        self._hellos: dict[bytes, tuple[str, int]] = {}
+        self._links: dict[str, _Link] = {}
+        self._seeds: dict[str, zmq.Socket] = {}
+        self._sub_endpoints: set[str] = set()
+        self._pub_seq = 0
+        self._ctx: zmq.Context | None = None
+        self._wake_push: zmq.Socket | None = None
+        self._last_error_log = 0.0
+
+    # ---- facade: any thread -------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> BoundPorts:
+        """Start the engine thread; returns the bound ports once it is serving."""
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise EngineError(f"engine of {self.node_id} did not start within {timeout_s} s")
+        if self._start_error is not None:
+            self._thread.join(timeout_s)
+            raise self._start_error
+        assert self.ports is not None
+        return self.ports
+
+    def post(self, fn: Callable[[float], None]) -> None:
+        """Run fn(now) on the engine thread soon. Thread-safe."""
+        self._mailbox.append(fn)
+        with self._wake_lock:
+            if self._wake_push is not None:
+                try:
+                    self._wake_push.send(b"", zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # the loop is already awake with wake-ups queued
+
+    def call(self, fn: Callable[[float], T], timeout_s: float = 5.0) -> T:
+        """Run fn(now) on the engine thread and return its result. Thread-safe."""
+        done = threading.Event()
+        box: list[Any] = []
+
+        def run(now: float) -> None:
+            try:
+                box.append((True, fn(now)))
+            except BaseException as exc:  # handed back to the caller's thread
+                box.append((False, exc))
+            done.set()
+
+        self.post(run)
+        if not done.wait(timeout_s):
+            raise EngineError(f"engine of {self.node_id} did not answer within {timeout_s} s")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the loop, close every socket and the context. Idempotent."""
+        if self._thread is None:
+            return
+
+        def halt(_now: float) -> None:
+            self._stopping = True
+
+        self.post(halt)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise EngineError(f"engine of {self.node_id} did not stop within {timeout_s} s")
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- engine thread: actions for the handler ----------------------------
+
+    def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
+        """Open (or re-point) the mesh link and heartbeat subscription to a peer. True if anything changed."""
+        link = self._links.get(node_id)
+        if link is not None and link.endpoint == mesh_endpoint and link.hb_endpoint == hb_endpoint:
+            return False
+        if link is not None:
+            self.async_disconnect_peer(node_id)
+        sock = make_link(self._ctx, self._keys, self._tuning, self._identity)
+        sock.connect(mesh_endpoint)
+        self._links[node_id] = _Link(sock, mesh_endpoint, hb_endpoint)
+        if hb_endpoint not in self._sub_endpoints:
+            self._sub.connect(hb_endpoint)
+            self._sub_endpoints.add(hb_endpoint)
+        return True
+
+    def async_disconnect_peer(self, node_id: str) -> None:
+        link = self._links.pop(node_id, None)
+        if link is None:
+            return
+        link.sock.close(0)
+        if link.hb_endpoint and link.hb_endpoint in self._sub_endpoints:
+            if not any(other.hb_endpoint == link.hb_endpoint for other in self._links.values()):
+                self._sub_endpoints.discard(link.hb_endpoint)
+                try:
+                    self._sub.disconnect(link.hb_endpoint)
+                except zmq.ZMQError:
+                    pass  # never completed the connect; nothing to undo
+
+    def async_has_link(self, node_id: str) -> bool:
+        return node_id in self._links
+
+    def async_link_endpoints(self) -> dict[str, str]:
+        return {node_id: link.endpoint for node_id, link in self._links.items()}
+
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool:
+        """Send one mesh frame to a peer; False (and counted) if there is no link or its queue is full."""
+        link = self._links.get(node_id)
+        if link is None:
+            self.counters["send_no_link"] += 1
+            return False
+        link.seq += 1
+        frame = encode(envelope(op, src=self.node_id, inc=self.incarnation, seq=link.seq, **fields))
+        try:
+            link.sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["send_dropped"] += 1  # link not connected, or its queue is full
+            return False
+        self.counters["mesh_out"] += 1
+        return True
+
+    def async_open_seed(self, endpoint: str) -> None:
+        """Open a link to a seed endpoint whose node id is not known yet."""
+        if endpoint in self._seeds:
+            return
+        sock = make_link(self._ctx, self._keys, self._tuning, self._identity)
+        sock.connect(endpoint)
+        self._seeds[endpoint] = sock
+
+    def async_close_seed(self, endpoint: str) -> None:
+        sock = self._seeds.pop(endpoint, None)
+        if sock is not None:
+            sock.close(0)
+
+    def async_seed_endpoints(self) -> set[str]:
+        return set(self._seeds)
+
+    def async_send_seed(self, endpoint: str, op: str, **fields: Any) -> bool:
+        sock = self._seeds.get(endpoint)
+        if sock is None:
+            return False
+        frame = encode(envelope(op, src=self.node_id, inc=self.incarnation, seq=0, **fields))
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def async_publish(self, op: str, **fields: Any) -> None:
+        """Publish one heartbeat/gossip frame to every subscriber."""
+        self._pub_seq += 1
+        frame = encode(envelope(op, src=self.node_id, inc=self.incarnation, seq=self._pub_seq, **fields))
+        try:
+            self._pub.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["publish_dropped"] += 1
+
+    def async_hellos(self) -> dict[str, int]:
+        """Peers whose HELLO our inbox accepted: node id -> incarnation."""
+        return {node_id: inc for node_id, inc in self._hellos.values()}
+
+    def async_send_admin(self, route: bytes, frame: dict[str, Any]) -> None:
+        try:
+            self._admin.send_multipart([route, encode(frame)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            # The client went away or is not reading: its problem, never ours.
+            self.counters["admin_reply_dropped"] += 1
+
+    @property
+    def zap_denied(self) -> int:
+        return self._zap_policy.denied
+
+    # ---- engine thread: the loop -------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._open()
+        except BaseException as exc:
+            self._start_error = exc
+            self._close()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        finally:
+            try:
+                self._handler.async_on_stop(self._clock())
+            except Exception:
+                logger.exception("error while stopping node {}", self.node_id)
+            self._close()
+
+    def _open(self) -> None:
+        self._ctx = zmq.Context()
+        self._zap = self._ctx.socket(zmq.ROUTER)
+        self._zap.linger = 0
+        self._zap.bind(ZAP_ENDPOINT)
+        self._zap_policy = ZapPolicy(self._keys)
+        wake_endpoint = f"inproc://{self._name}-wake"
+        self._wake_pull = self._ctx.socket(zmq.PULL)
+        self._wake_pull.linger = 0
+        self._wake_pull.bind(wake_endpoint)
+        wake_push = self._ctx.socket(zmq.PUSH)
+        wake_push.linger = 0
+        wake_push.sndhwm = 16
+        wake_push.connect(wake_endpoint)
+        tuning = self._tuning
+        self._inbox = make_inbox(self._ctx, self._keys, tuning)
+        self._pub = make_pub(self._ctx, self._keys, tuning)
+        self._sub = make_sub(self._ctx, self._keys, tuning)
+        self._admin = make_admin(self._ctx, self._keys, tuning)
+        mesh_port, hb_port, admin_port = self._wanted_ports
+        self.ports = BoundPorts(
+            mesh=bind(self._inbox, self._bind_address, mesh_port, "mesh inbox"),
+            heartbeat=bind(self._pub, self._bind_address, hb_port, "heartbeat"),
+            admin=bind(self._admin, self._bind_address, admin_port, "admin"),
+        )
+        self._poller = zmq.Poller()
+        for sock in (self._zap, self._wake_pull, self._inbox, self._sub, self._admin):
+            self._poller.register(sock, zmq.POLLIN)
+        with self._wake_lock:
+            self._wake_push = wake_push
+        self._handler.async_on_start(self, self._clock())
+
+    def _close(self) -> None:
+        with self._wake_lock:
+            if self._wake_push is not None:
+                self._wake_push.close(0)
+            self._wake_push = None
+        for link in self._links.values():
+            link.sock.close(0)
+        self._links.clear()
+        for sock in self._seeds.values():
+            sock.close(0)
+        self._seeds.clear()
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+
+    def _loop(self) -> None:
+        handlers = {
+            self._zap: self._drain_zap,
+            self._wake_pull: self._drain_mailbox,
+            self._inbox: self._drain_inbox,
+            self._sub: self._drain_sub,
+            self._admin: self._drain_admin,
+        }
+        next_tick = self._clock()
+        while not self._stopping:
+            now = self._clock()
+            if now >= next_tick:
+                next_tick = now + max(0.001, min(self._guard(self._handler.async_tick, now, default=_MAX_WAIT_S), _MAX_WAIT_S))
+            wait_ms = max(0, int((next_tick - self._clock()) * 1000))
+            ready = self._poller.poll(wait_ms)
+            if not ready and not self._mailbox:
+                continue
+            now = self._clock()
+            for sock, _ in ready:
+                handlers[sock](now)
+            if self._mailbox:
+                self._run_mailbox(now)
+            self._guard(self._handler.async_after_batch, now)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
+        """Call handler code; an exception is logged (rate-limited) and counted, never kills the loop."""
+        try:
+            return fn(*args)
+        except Exception:
+            self.counters["handler_errors"] += 1
+            now = time.monotonic()
+            if now - self._last_error_log > 5.0:
+                self._last_error_log = now
+                logger.exception("node {} handler failed (errors so far: {})", self.node_id, self.counters["handler_errors"])
+            return default
+
+    def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
+        batch: list[list[bytes]] = []
+        for _ in range(_BATCH):
+            try:
+                batch.append(sock.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return batch
+
+    def _drain_zap(self, _now: float) -> None:
+        for frames in self._drain(self._zap):
+            # ROUTER envelope: routing id, empty delimiter, then the ZAP request.
+            if len(frames) < 3:
+                continue
+            answer = self._zap_policy.async_reply(frames[2:])
+            if answer is not None:
+                self._zap.send_multipart(frames[:2] + answer)
+                if answer[2] != b"200":
+                    self.counters["auth_denied"] += 1
+
+    def _drain_mailbox(self, now: float) -> None:
+        self._drain(self._wake_pull)
+        self._run_mailbox(now)
+
+    def _run_mailbox(self, now: float) -> None:
+        while self._mailbox:
+            fn = self._mailbox.popleft()
+            self._guard(fn, now)
+
+    def _drain_inbox(self, now: float) -> None:
+        limit = self._tuning.max_frame_bytes
+        for frames in self._drain(self._inbox):
+            if len(frames) != 2:
+                self.counters["mesh_dropped_malformed"] += 1
+                continue
+            route, frame = frames
+            try:
+                msg = decode_mesh(frame, max_frame_bytes=limit)
+            except FrameError:
+                self.counters["mesh_dropped_malformed"] += 1
+                continue
+            if msg["op"] == "hello":
+                if msg["src"].encode() != route:
+                    self.counters["mesh_dropped_malformed"] += 1
+                    continue
+                self._hellos[route] = (msg["src"], msg["inc"])
+                self.counters["mesh_in"] += 1
+                self._guard(self._handler.async_on_hello, msg, now)
+                continue
+            if self._hellos.get(route) != (msg["src"], msg["inc"]):
+                # Anything before HELLO (or from an older incarnation) is dropped.
+                self.counters["mesh_dropped_before_hello"] += 1
+                continue
+            self.counters["mesh_in"] += 1
+            self._guard(self._handler.async_on_mesh, msg, now)
+
+    def _drain_sub(self, now: float) -> None:
+        limit = self._tuning.max_frame_bytes
+        for frames in self._drain(self._sub):
+            if len(frames) != 1:
+                self.counters["hb_dropped_malformed"] += 1
+                continue
+            try:
+                msg = decode_mesh(frames[0], max_frame_bytes=limit)
+            except FrameError:
+                self.counters["hb_dropped_malformed"] += 1
+                continue
+            self.counters["hb_in"] += 1
+            self._guard(self._handler.async_on_heartbeat, msg, now)
+
+    def _drain_admin(self, now: float) -> None:
+        limit = self._tuning.max_frame_bytes
+        for frames in self._drain(self._admin):
+            if len(frames) != 2:
+                self.counters["admin_dropped_malformed"] += 1
+                continue
+            route, frame = frames
+            try:
+                msg = decode(frame, max_frame_bytes=limit)
+            except FrameError as exc:
+                self.counters["admin_dropped_malformed"] += 1
+                self.async_send_admin(route, envelope("reply", ok=False, error=exc.code, detail=str(exc)))
+                continue
+            request = AdminRequest(msg, self, route)
+            self._guard(self._handler.async_on_admin, request, now)

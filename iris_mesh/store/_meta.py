@@ -1,0 +1,46 @@
+"""Node metadata kept in the `meta` table: incarnation and expected core sets."""
+
+from __future__ import annotations
+
+import json
+
+from iris_mesh.store._db import Database, StoreError
+
+__all__ = ["NodeMeta"]
+
+_INCARNATION = b"incarnation"
+_NODE_ID = b"node_id"
+_EXPECTED_PREFIX = b"expected_cores\x00"
+
+
+class NodeMeta:
+    """Reads and writes the node's identity metadata; every write is synced before it returns."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def claim(self, node_id: str) -> None:
+        """Bind the data directory to `node_id`; a directory of another node is refused."""
+        stored = self._db.get("meta", _NODE_ID)
+        if stored is None:
+            self._db.put_synced("meta", _NODE_ID, node_id.encode())
+        elif stored.decode() != node_id:
+            raise StoreError(
+                f"{self._db.path} belongs to node {stored.decode()!r}, not {node_id!r}; refusing to start"
+            )
+
+    def bump_incarnation(self) -> int:
+        """Return a new incarnation, larger than any earlier start of this node."""
+        raw = self._db.get("meta", _INCARNATION)
+        incarnation = (int.from_bytes(raw, "big") if raw else 0) + 1
+        self._db.put_synced("meta", _INCARNATION, incarnation.to_bytes(8, "big"))
+        return incarnation
+
+    def expected_cores(self, region: str) -> list[str]:
+        raw = self._db.get("meta", _EXPECTED_PREFIX + region.encode())
+        return sorted(json.loads(raw)) if raw else []
+
+    def save_expected_cores(self, region: str, cores: frozenset[str] | set[str]) -> None:
+        self._db.put_synced("meta", _EXPECTED_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())

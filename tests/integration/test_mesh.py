@@ -1,0 +1,146 @@
+"""The mesh on loopback with real node processes: formation, failure detection, restarts, safe mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support.nodes import CORES, LocalCluster
+from support.waiting import wait_until
+
+ALL = [*CORES, "edge1", "edge2"]
+
+
+def meshctl(cluster: LocalCluster, *args: str, timeout_s: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iris_mesh.cli.meshctl", *args],
+        capture_output=True, text=True, timeout=timeout_s,
+        env={"IRIS_MESH_COOKIE": cluster.cookie.decode(), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_five_nodes_form_a_full_mesh_by_mdns(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id)
+    for node_id in ("edge1", "edge2"):
+        local_cluster.add(node_id, role="edge")
+    started = time.monotonic()
+    local_cluster.start(*ALL)
+    local_cluster.wait_full_mesh(ALL, timeout_s=15.0)
+    print(f"full mesh of 5 after {time.monotonic() - started:.2f} s")
+    wait_until(lambda: all(local_cluster.nodes[n].status()["safe_for_writes"] for n in ALL), 10.0, "every node to accept writes")
+
+    done = meshctl(local_cluster, "--cluster", local_cluster.name, "mesh", "--expect", "5", "--wait", "10")
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = meshctl(local_cluster, "--cluster", local_cluster.name, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "all nodes alive, writes safe" in status.stdout
+    for node_id in ALL:
+        assert node_id in status.stdout
+
+
+def test_mesh_forms_from_seeds_with_mdns_off(local_cluster: LocalCluster) -> None:
+    first = local_cluster.add("core1", mdns=False)
+    first.start()
+    for node_id in ("core2", "core3"):
+        local_cluster.add(node_id, mdns=False, seeds=[first.mesh])
+    local_cluster.add("edge1", role="edge", mdns=False, seeds=[first.mesh])
+    local_cluster.start("core2", "core3", "edge1")
+    local_cluster.wait_full_mesh(["core1", "core2", "core3", "edge1"])
+    # Nobody was announced on mDNS, so meshctl must be pointed at a node.
+    nodes = meshctl(local_cluster, "--node", local_cluster.nodes["core3"].admin, "nodes", "--json")
+    assert nodes.returncode == 0, nodes.stderr
+    assert '"edge1"' in nodes.stdout
+
+
+def test_killed_node_is_marked_dead_and_rejoins_with_a_higher_incarnation(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id)
+    local_cluster.add("edge1", role="edge")
+    local_cluster.start(*CORES, "edge1")
+    local_cluster.wait_full_mesh([*CORES, "edge1"])
+    victim = local_cluster.nodes["core2"]
+    old_incarnation = victim.incarnation
+
+    victim.kill()
+    survivors = ["core1", "core3", "edge1"]
+    wait_until(
+        lambda: all(local_cluster.nodes[n].states().get("core2") == "dead" for n in survivors),
+        5.0, "every survivor to mark core2 dead",
+    )
+    # One core of three down: the other two still have a majority.
+    assert all(local_cluster.nodes[n].status()["safe_for_writes"] for n in ("core1", "core3"))
+
+    victim.start()
+    assert victim.incarnation > old_incarnation
+    local_cluster.wait_full_mesh([*CORES, "edge1"])
+    for node_id in survivors:
+        rows = {n["node_id"]: n for n in local_cluster.nodes[node_id].request("nodes")["nodes"]}
+        assert rows["core2"]["incarnation"] == victim.incarnation
+
+
+def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id)
+    local_cluster.start(*CORES)
+    local_cluster.wait_full_mesh(list(CORES))
+    core1 = local_cluster.nodes["core1"]
+    wait_until(lambda: core1.status()["safe_for_writes"], 10.0, "core1 to accept writes")
+
+    local_cluster.nodes["core2"].kill()
+    local_cluster.nodes["core3"].kill()
+    def in_safe_mode() -> dict | None:
+        status = core1.status()
+        return None if status["safe_for_writes"] else status
+
+    status = wait_until(in_safe_mode, 5.0, "core1 to enter safe mode")
+    assert status["visible_cores"] == 1 and status["expected_cores"] == 3
+    wait_until(
+        lambda: "PARTITION DETECTED - entering safe mode (1 of 3 cores visible)" in core1.log_path.read_text(),
+        5.0, "the safe-mode log line",
+    )
+    failed = meshctl(local_cluster, "--node", core1.admin, "status")
+    assert failed.returncode == 1, failed.stdout
+    assert "REFUSED" in failed.stdout
+
+    local_cluster.start("core2", "core3")
+    wait_until(lambda: core1.status()["safe_for_writes"], 10.0, "core1 to leave safe mode")
+    assert core1.log_path.read_text().count("PARTITION DETECTED") == 1
+    assert "leaving safe mode" in core1.log_path.read_text()
+
+
+def test_ping_and_replicas_through_meshctl(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id)
+    local_cluster.start(*CORES)
+    local_cluster.wait_full_mesh(list(CORES))
+    admin = local_cluster.nodes["core1"].admin
+
+    pong = meshctl(local_cluster, "--node", admin, "ping", "core3")
+    assert pong.returncode == 0 and "pong from core3" in pong.stdout, pong.stdout + pong.stderr
+    unknown = meshctl(local_cluster, "--node", admin, "ping", "nosuchnode")
+    assert unknown.returncode == 1
+
+    replicas = meshctl(local_cluster, "--node", admin, "replicas", "test_key", "--json")
+    assert replicas.returncode == 0, replicas.stderr
+    assert '"live": 3' in replicas.stdout
+
+    local_cluster.nodes["core2"].kill()
+    wait_until(lambda: local_cluster.nodes["core1"].states()["core2"] == "dead", 5.0, "core2 dead")
+    two_live = meshctl(local_cluster, "--node", admin, "replicas", "test_key")
+    assert two_live.returncode == 0 and "2 of 3 live" in two_live.stdout, two_live.stdout
+    local_cluster.nodes["core3"].kill()
+    wait_until(lambda: local_cluster.nodes["core1"].states()["core3"] == "dead", 5.0, "core3 dead")
+    no_quorum = meshctl(local_cluster, "--node", admin, "replicas", "test_key")
+    assert no_quorum.returncode == 1 and "NO QUORUM" in no_quorum.stdout
+
+
+def test_meshctl_cannot_reach_exits_2(local_cluster: LocalCluster) -> None:
+    started = time.monotonic()
+    result = meshctl(local_cluster, "--node", "127.0.0.1:9", "--timeout", "1", "status")
+    assert result.returncode == 2
+    assert "cannot reach" in result.stdout + result.stderr
+    assert time.monotonic() - started < 10

@@ -1,0 +1,92 @@
+"""The frame codec: round trips, limits, and hostile input never escaping as anything but FrameError."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iris_mesh import PROTOCOL_VERSION
+from iris_mesh.sockets import FrameError, decode, decode_mesh, encode, envelope
+
+
+def test_round_trip_keeps_every_field() -> None:
+    msg = envelope("hello", src="core1", inc=3, seq=7, body=b"\x00\xff", peers=[{"id": "a"}])
+    assert decode_mesh(encode(msg)) == msg
+
+
+def test_envelope_carries_the_protocol_version() -> None:
+    assert envelope("ping") == {"v": PROTOCOL_VERSION, "op": "ping"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"", "bad_frame"),
+        (b"\xff", "bad_frame"),
+        (cbor2.dumps([1, 2]), "bad_frame"),
+        (cbor2.dumps({"op": "x"}), "bad_frame"),
+        (cbor2.dumps({"v": True, "op": "x"}), "bad_frame"),
+        (cbor2.dumps({"v": PROTOCOL_VERSION + 1, "op": "x"}), "bad_version"),
+        (cbor2.dumps({"v": PROTOCOL_VERSION, "op": ""}), "bad_frame"),
+        (cbor2.dumps({"v": PROTOCOL_VERSION, "op": 5}), "bad_frame"),
+        (cbor2.dumps({"v": PROTOCOL_VERSION, "op": "x"}) + b"\x00", "bad_frame"),
+        (b"\x81" * 100 + b"\x00", "bad_frame"),  # nested 100 deep
+        (b"\xa2\x61a\x01\x61a\x02", "bad_frame"),  # duplicate key
+    ],
+)
+def test_bad_frames_are_refused_with_a_code(frame: bytes, code: str) -> None:
+    with pytest.raises(FrameError) as info:
+        decode(frame)
+    assert info.value.code == code
+
+
+def test_frame_over_the_limit_is_refused_before_decoding() -> None:
+    frame = encode(envelope("x", body=b"a" * 2000))
+    assert decode(frame, max_frame_bytes=len(frame))["body"] == b"a" * 2000
+    with pytest.raises(FrameError) as info:
+        decode(frame, max_frame_bytes=len(frame) - 1)
+    assert info.value.code == "too_large"
+
+
+@pytest.mark.parametrize("missing", ["src", "inc", "seq"])
+def test_mesh_frames_need_src_inc_seq(missing: str) -> None:
+    msg = envelope("hb", src="core1", inc=1, seq=1)
+    del msg[missing]
+    with pytest.raises(FrameError):
+        decode_mesh(encode(msg))
+
+
+def test_mesh_frame_with_negative_seq_is_refused() -> None:
+    with pytest.raises(FrameError):
+        decode_mesh(encode(envelope("hb", src="core1", inc=1, seq=-1)))
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=512))
+def test_random_bytes_never_raise_anything_but_frame_error(data: bytes) -> None:
+    try:
+        decode_mesh(data)
+    except FrameError:
+        pass
+
+
+_cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500)
+@given(st.dictionaries(st.sampled_from(["v", "op", "src", "inc", "seq", "card", "x"]), _cbor_values, max_size=7))
+def test_generated_maps_decode_or_fail_cleanly(msg: dict) -> None:
+    frame = cbor2.dumps(msg)
+    try:
+        out = decode_mesh(frame)
+    except FrameError:
+        return
+    # Whatever is accepted has a well-formed envelope.
+    assert out["v"] == PROTOCOL_VERSION and isinstance(out["op"], str) and out["op"]
+    assert isinstance(out["src"], str) and isinstance(out["inc"], int) and isinstance(out["seq"], int)

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Start and stop the nodes of the local cluster by pid file (var/run/NODE.pid).
+# Usage: tools/cluster.sh start NODE... | stop NODE... | running NODE
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV_BIN=.venv/bin
+RUN=var/run
+LOG=var/log
+STOP_GRACE_S=${STOP_GRACE_S:-10}
+START_WAIT_S=${START_WAIT_S:-15}
+
+pid_of() { # prints the pid of NODE if it is running (and really is an iris-mesh node)
+  local file="$RUN/$1.pid" pid
+  [ -f "$file" ] || return 1
+  pid=$(cat "$file")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  # A stale pid file may name a pid the system gave to another program since.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "iris-mesh node --config config/$1.toml" || return 1
+  echo "$pid"
+}
+
+start() {
+  mkdir -p "$RUN" "$LOG"
+  local node pid started=()
+  for node in "$@"; do
+    if pid=$(pid_of "$node"); then
+      echo "$node is already running (pid $pid)"
+      continue
+    fi
+    [ -f "config/$node.toml" ] || { echo "no config/$node.toml" >&2; exit 2; }
+    echo "--- starting $node at $(date -u +%FT%TZ)" >>"$LOG/$node.log"
+    nohup "$VENV_BIN/iris-mesh" node --config "config/$node.toml" >>"$LOG/$node.log" 2>&1 </dev/null &
+    echo $! >"$RUN/$node.pid"
+    started+=("$node")
+  done
+  for node in "${started[@]}"; do
+    wait_serving "$node"
+  done
+}
+
+wait_serving() { # the node logs "serving on" once its sockets are bound and it is announced
+  local node=$1 deadline=$((SECONDS + START_WAIT_S)) pid
+  pid=$(cat "$RUN/$node.pid")
+  local from; from=$(grep -n -- "--- starting $node" "$LOG/$node.log" | tail -1 | cut -d: -f1)
+  while :; do
+    if tail -n +"$from" "$LOG/$node.log" | grep -q "serving on"; then
+      echo "$node started (pid $pid, log $LOG/$node.log)"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$node exited during start-up; last lines of $LOG/$node.log:" >&2
+      tail -n 15 "$LOG/$node.log" >&2
+      rm -f "$RUN/$node.pid"
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "$node did not report serving within ${START_WAIT_S}s; see $LOG/$node.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+stop() {
+  local node pid pids=() names=()
+  for node in "$@"; do
+    if pid=$(pid_of "$node"); then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid"); names+=("$node")
+    else
+      rm -f "$RUN/$node.pid"
+    fi
+  done
+  local deadline=$((SECONDS + STOP_GRACE_S)) i
+  while [ "${#pids[@]}" -gt 0 ]; do
+    local alive=() alive_names=()
+    for i in "${!pids[@]}"; do
+      if kill -0 "${pids[$i]}" 2>/dev/null; then
+        alive+=("${pids[$i]}"); alive_names+=("${names[$i]}")
+      else
+        echo "${names[$i]} stopped"; rm -f "$RUN/${names[$i]}.pid"
+      fi
+    done
+    pids=("${alive[@]+"${alive[@]}"}"); names=("${alive_names[@]+"${alive_names[@]}"}")
+    [ "${#pids[@]}" -eq 0 ] && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      for i in "${!pids[@]}"; do
+        echo "${names[$i]} did not stop within ${STOP_GRACE_S}s: SIGKILL pid ${pids[$i]}"
+        kill -KILL "${pids[$i]}" 2>/dev/null || true
+        rm -f "$RUN/${names[$i]}.pid"
+      done
+      break
+    fi
+    sleep 0.1
+  done
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  start) start "$@" ;;
+  stop) stop "$@" ;;
+  running) pid_of "$1" >/dev/null ;;
+  *) echo "usage: $0 start|stop NODE... | running NODE" >&2; exit 2 ;;
+esac
