@@ -41,6 +41,8 @@ class NodeRuntime:
             "ping": self._mesh_ping,
             "pong": self._mesh_pong,
             "forget": self._mesh_forget,
+            # Carries nothing: counted in mesh_in, for link diagnostics and bench/mesh_throughput.py.
+            "noop": lambda msg, now: None,
         }
         self._admin_ops: dict[str, AdminHandler] = {
             "status": self._admin_status,

@@ -241,6 +241,12 @@ def _check_invariants(config: NodeConfig) -> None:
             " list the addresses to announce on, or set mdns = false and give seeds",
             keys=("mdns_interfaces", "mdns"),
         )
+    if config.mdns and len(config.cluster) + 1 + len(config.node_id) > 63:
+        raise ConfigError(
+            f"config keys 'cluster' and 'node_id': the mDNS name {config.cluster}-{config.node_id!s}"
+            " is longer than 63 bytes; shorten one of them",
+            keys=("cluster", "node_id"),
+        )
     if not config.mdns and not config.seeds and config.role == "edge":
         raise ConfigError(
             "config key 'seeds': an edge needs seeds when mdns = false;"

@@ -156,7 +156,10 @@ class Discovery:
             self._announcing = _call_on_loop(zc, self._async_reannounce(zc, info, self._announcing))
 
     def close(self) -> None:
-        """Unregister (goodbye packets) and stop; idempotent; joins every thread it started."""
+        """Unregister (goodbye packets, ~0.25 s) and stop; idempotent; joins every thread it started.
+
+        Call it from any thread but the callbacks' own: it waits for the browser thread to finish.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -168,7 +171,8 @@ class Discovery:
         # Stop the browser first so no callback runs once close() has returned.
         if browser is not None:
             browser.cancel()
-        # A late announcement after the goodbye would bring us back to life in peers' caches.
+        # Pending announcements must not interleave with the goodbyes (zeroconf only stops
+        # sending once its goodbyes are out).
         if announcing is not None:
             try:
                 _call_on_loop(zc, _async_cancel(announcing))

@@ -47,6 +47,7 @@ __all__ = [
     "check_environment",
     "netns_list",
     "pid_alive",
+    "poll",
     "sweep_stale_namespaces",
     "wait_until",
 ]
@@ -94,6 +95,27 @@ def _tail(text: str | bytes | None, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+_poll_pause = threading.Event().wait  # the pause between polls of a condition, not a fixed sleep
+
+
+def poll(predicate: Callable[[], T], timeout_s: float, *, interval_s: float = 0.05, max_interval_s: float = 0.5) -> T | None:
+    """Poll `predicate` until it returns something truthy (returned) or `timeout_s` passes (None).
+
+    The interval grows from `interval_s` to `max_interval_s`; the predicate
+    runs once more at the deadline. Exceptions from it propagate at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            return None
+        _poll_pause(min(interval_s, remaining_s))
+        interval_s = min(interval_s * 1.5, max_interval_s)
+
+
 def wait_until(
     predicate: Callable[[], T],
     timeout_s: float,
@@ -106,22 +128,15 @@ def wait_until(
     """Poll `predicate` until it returns something truthy, and return that.
 
     Raises AssertionError naming `what` (plus `details()`, if given) when
-    `timeout_s` passes first. The poll interval grows from `interval_s` to
-    `max_interval_s`. Exceptions from `predicate` propagate at once.
+    `timeout_s` passes first. Exceptions from `predicate` propagate at once.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            message = f"timed out after {timeout_s:g} s waiting for {what}"
-            if details is not None:
-                message += "\n" + details()
-            raise AssertionError(message)
-        time.sleep(min(interval_s, remaining_s))
-        interval_s = min(interval_s * 1.5, max_interval_s)
+    result = poll(predicate, timeout_s, interval_s=interval_s, max_interval_s=max_interval_s)
+    if result:
+        return result
+    message = f"timed out after {timeout_s:g} s waiting for {what}"
+    if details is not None:
+        message += "\n" + details()
+    raise AssertionError(message)
 
 
 def _ip_binary() -> str | None:
@@ -236,15 +251,12 @@ def _kill_everything_in(name: str, grace_s: float) -> list[int]:
         return []
     for pid in pids:
         _signal_pid_in_netns(pid, netns, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _netns_pids(name) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if poll(lambda: not _netns_pids(name), grace_s):
+        return []
     for pid in _netns_pids(name):
         _signal_pid_in_netns(pid, netns, signal.SIGKILL)
-    deadline = time.monotonic() + STRAY_KILL_TIMEOUT_S
-    while (left := _netns_pids(name)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
+    poll(lambda: not _netns_pids(name), STRAY_KILL_TIMEOUT_S)
+    return _netns_pids(name)
 
 
 def _delete_set(namespaces: Sequence[str], grace_s: float) -> list[str]:

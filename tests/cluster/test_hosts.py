@@ -105,13 +105,14 @@ MCAST_SENDER = textwrap.dedent(
 SPAWNER = textwrap.dedent(
     """
     import subprocess, sys
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     print(child.pid, flush=True)
     child.wait()
     """
 )
 
-IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('READY', flush=True); time.sleep(600)"
+IGNORES_SIGTERM = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('READY', flush=True); signal.pause()"
+PAUSE = "import signal; signal.pause()"  # runs until a signal ends it
 
 
 def read_line(proc: subprocess.Popen[Any], timeout_s: float, what: str) -> str:
@@ -251,7 +252,7 @@ def _start_leftovers(hosts: TestHosts) -> list[int]:
     """In every host: a sleeper, a SIGTERM-ignorer and an untracked grandchild; their pids."""
     pids = []
     for h in hosts:
-        sleeper = h.run([PY, "-c", "import time; time.sleep(600)"])
+        sleeper = h.run([PY, "-c", PAUSE])
         stubborn = h.run([PY, "-c", IGNORES_SIGTERM], stdout=subprocess.PIPE, text=True)
         spawner = h.run([PY, "-c", SPAWNER], stdout=subprocess.PIPE, text=True)
         assert read_line(stubborn, 10.0, "SIGTERM-ignoring process") == "READY"
@@ -282,13 +283,13 @@ def test_context_manager_removes_everything_on_keyboard_interrupt():
 
 CRASHING_CREATOR = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys
     sys.path.insert(0, sys.argv[1])
     from _hosts import TestHosts
     hosts = TestHosts(2).__enter__()
-    sleeper = hosts[0].run([sys.executable, "-c", "import time; time.sleep(600)"])
+    sleeper = hosts[0].run([sys.executable, "-c", "import signal; signal.pause()"])
     print(" ".join(hosts.names), sleeper.pid, flush=True)
-    time.sleep(600)
+    signal.pause()  # until the test kills this creator
     """
 )
 

@@ -309,6 +309,18 @@ def test_malformed_txt_records_are_ignored(cluster: str, start_node: Callable[..
         raw.close()
 
 
+def test_a_node_closed_right_after_start_leaves_no_ghost(cluster: str,
+                                                         start_node: Callable[..., tuple[Discovery, Seen]]) -> None:
+    _, seen_a = start_node(make_card(cluster, "a"))
+    short_lived = Discovery(make_card(cluster, "b", port=22000), interfaces=LOOPBACK, on_found=lambda card: None)
+    short_lived.start()
+    short_lived.close()  # its 2nd and 3rd announcements were still pending: none may follow the goodbye
+    wait_until(lambda: seen_a.lost == ["b"], DEADLINE_S, "a to hear b's goodbye")
+    # Past the time b's remaining announcements (225 and 450 ms after start) would have gone out:
+    assert [card.node_id for card in browse_cluster(cluster, interfaces=LOOPBACK, timeout_s=1.0)] == ["a"]
+    assert seen_a.lost == ["b"] and len(seen_a.cards) == 1, (seen_a.cards, seen_a.lost)
+
+
 def test_close_is_idempotent_and_leaves_no_threads(cluster: str) -> None:
     before = set(threading.enumerate())
     discovery = Discovery(make_card(cluster, "a"), interfaces=LOOPBACK, on_found=lambda card: None)

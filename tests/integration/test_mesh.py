@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -144,3 +145,48 @@ def test_meshctl_cannot_reach_exits_2(local_cluster: LocalCluster) -> None:
     assert result.returncode == 2
     assert "cannot reach" in result.stdout + result.stderr
     assert time.monotonic() - started < 10
+
+
+def test_a_stopped_peer_never_blocks_the_others(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id)
+    local_cluster.start(*CORES)
+    local_cluster.wait_full_mesh(list(CORES))
+    frozen = local_cluster.nodes["core3"]
+    frozen.kill(signal.SIGSTOP)
+    try:
+        core1 = local_cluster.nodes["core1"]
+        wait_until(lambda: core1.states()["core3"] == "dead", 5.0, "core1 to mark the stopped core3 dead")
+        # core1 keeps serving: ping to the frozen node fails fast, ping to core2 works.
+        started = time.monotonic()
+        assert core1.request("ping", node="core3", timeout_s=5.0)["ok"] is False
+        assert time.monotonic() - started < 4.0
+        assert core1.request("ping", node="core2")["ok"] is True
+        assert core1.status()["safe_for_writes"] is True
+    finally:
+        frozen.kill(signal.SIGCONT)
+    local_cluster.wait_full_mesh(list(CORES))
+
+
+def test_forget_shrinks_the_expected_core_set_everywhere(local_cluster: LocalCluster) -> None:
+    for node_id in (*CORES, "core4"):
+        local_cluster.add(node_id)
+    local_cluster.start(*CORES, "core4")
+    everyone = [*CORES, "core4"]
+    local_cluster.wait_full_mesh(everyone)
+    core1 = local_cluster.nodes["core1"]
+    wait_until(lambda: core1.status()["expected_cores"] == 4, 5.0, "core4 to join the expected set")
+
+    refused = meshctl(local_cluster, "--node", core1.admin, "forget", "core4")
+    assert refused.returncode == 1 and "stop it before forgetting it" in refused.stderr
+
+    local_cluster.nodes["core4"].stop()
+    wait_until(lambda: core1.states().get("core4") == "dead", 5.0, "core4 dead")
+    done = meshctl(local_cluster, "--node", core1.admin, "forget", "core4")
+    assert done.returncode == 0, done.stderr
+    for node_id in CORES:
+        wait_until(lambda: local_cluster.nodes[node_id].status()["expected_cores"] == 3, 5.0, f"{node_id} to forget core4")
+    # The shrunk set survives a restart (it is persisted in meta).
+    local_cluster.nodes["core2"].stop()
+    local_cluster.nodes["core2"].start()
+    assert local_cluster.nodes["core2"].status()["expected_cores"] == 3

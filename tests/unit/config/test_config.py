@@ -374,3 +374,9 @@ def test_env_default_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IRIS_MESH_NODE_ID", "from-os")
     assert load_config(None).node_id == "from-os"
     assert os.environ["IRIS_MESH_NODE_ID"] == "from-os"
+
+
+def test_mdns_name_must_fit_one_dns_label() -> None:
+    with pytest.raises(ConfigError, match="longer than 63 bytes"):
+        load_config(None, env={"IRIS_MESH_NODE_ID": "n" * 40, "IRIS_MESH_CLUSTER": "c" * 30})
+    assert load_config(None, env={"IRIS_MESH_NODE_ID": "n" * 40, "IRIS_MESH_CLUSTER": "c" * 30, "IRIS_MESH_MDNS": "false"}).mdns is False
