@@ -98,7 +98,9 @@ def _tail(text: str | bytes | None, lines: int = 30) -> str:
 _poll_pause = threading.Event().wait  # the pause between polls of a condition, not a fixed sleep
 
 
-def poll(predicate: Callable[[], T], timeout_s: float, *, interval_s: float = 0.05, max_interval_s: float = 0.5) -> T | None:
+def poll(
+    predicate: Callable[[], T], timeout_s: float, *, interval_s: float = 0.05, max_interval_s: float = 0.5
+) -> T | None:
     """Poll `predicate` until it returns something truthy (returned) or `timeout_s` passes (None).
 
     The interval grows from `interval_s` to `max_interval_s`; the predicate
@@ -253,9 +255,14 @@ def _kill_everything_in(name: str, grace_s: float) -> list[int]:
         _signal_pid_in_netns(pid, netns, signal.SIGTERM)
     if poll(lambda: not _netns_pids(name), grace_s):
         return []
-    for pid in _netns_pids(name):
-        _signal_pid_in_netns(pid, netns, signal.SIGKILL)
-    poll(lambda: not _netns_pids(name), STRAY_KILL_TIMEOUT_S)
+
+    def kill_the_rest() -> bool:  # again and again: a dying process may have forked
+        left = _netns_pids(name)
+        for pid in left:
+            _signal_pid_in_netns(pid, netns, signal.SIGKILL)
+        return not left
+
+    poll(kill_the_rest, STRAY_KILL_TIMEOUT_S)
     return _netns_pids(name)
 
 
@@ -321,7 +328,7 @@ def _sigint_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     if received:
         raise KeyboardInterrupt
 

@@ -35,12 +35,14 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def netns_ready() -> None:
-    """Skip unless we can make namespaces; once per session, sweep sets left by dead runs."""
+    """Skip unless we can make test hosts; once per session, sweep sets left by dead runs."""
     try:
         check_environment()
+        sweep_stale_namespaces()
+        with TestHosts(1):  # the real thing once: netns, bridge, veth
+            pass
     except HostsUnavailable as exc:
         _unavailable(str(exc))
-    sweep_stale_namespaces()
 
 
 @pytest.fixture

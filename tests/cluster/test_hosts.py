@@ -111,7 +111,9 @@ SPAWNER = textwrap.dedent(
     """
 )
 
-IGNORES_SIGTERM = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('READY', flush=True); signal.pause()"
+IGNORES_SIGTERM = (
+    "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('READY', flush=True); signal.pause()"
+)
 PAUSE = "import signal; signal.pause()"  # runs until a signal ends it
 
 
@@ -129,7 +131,10 @@ def read_line(proc: subprocess.Popen[Any], timeout_s: float, what: str) -> str:
 
 
 def start_greeters(hosts: TestHosts) -> None:
-    procs = [h.run([PY, "-c", GREETER, h.address, str(PROBE_PORT), h.name], stdout=subprocess.PIPE, text=True) for h in hosts]
+    procs = [
+        h.run([PY, "-c", GREETER, h.address, str(PROBE_PORT), h.name], stdout=subprocess.PIPE, text=True)
+        for h in hosts
+    ]
     for host, proc in zip(hosts, procs):
         assert read_line(proc, 10.0, f"greeter on {host.name}") == "READY"
 
@@ -189,7 +194,9 @@ def test_topology_names_addresses_and_routes(make_hosts):
         assert name in netns_list()
     assert len({h.address for h in hosts}) == 3
     assert all(h.address.rsplit(".", 1)[0] == hosts.subnet.rsplit(".", 1)[0] for h in hosts)
-    bridge = subprocess.run(["ip", "-n", hosts.switch, "-d", "link", "show", "br0"], capture_output=True, text=True, check=True)
+    bridge = subprocess.run(
+        ["ip", "-n", hosts.switch, "-d", "link", "show", "br0"], capture_output=True, text=True, check=True
+    )
     assert "mcast_snooping 0" in bridge.stdout
     for h in hosts:
         assert "224.0.0.0/4 dev eth0" in h.check_output(["ip", "route", "show"], 10.0)

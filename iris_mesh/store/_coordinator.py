@@ -1,0 +1,536 @@
+"""Quorum coordinator: one node's side of a read or write of one key against that key's replicas.
+
+DESIGN.md sections 4 and 5. Sans-IO: the engine calls `put`/`get` with the
+key's replica set (rendezvous hashing over the *expected* cores, chosen
+elsewhere) and the replicas it currently counts as live, sends every
+`Outbound` of the returned `Step` over the mesh (a message to the node's own
+id is applied locally through the same path), feeds replies back through
+`on_write_ack`/`on_read_reply`, and calls `tick` from its poll loop
+(`next_deadline` says when). Each caller request gets exactly one `Done`.
+
+Writes use strict quorum: a dead replica stays in the set, gets no message,
+and every live replica that receives the write also keeps a durable hint for
+it (`hint_for`). A write stays tracked after its answer until every replica it
+was sent to has answered or `hint_linger_s` has passed; a replica that never
+acknowledged by then gets a hint on the first replica that did. Reads repair
+every replica that answered with an older version (or nothing), also when its
+reply comes after the answer, until all live replicas replied or `timeout_s`
+passed. Repairs and hint writes carry negative request ids, which never
+collide with caller ids (those must be >= 0); their acks are absorbed.
+
+Timeouts fire only in `tick`: a reply that arrives late but before the tick
+that would expire its request still counts.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from iris_mesh.store._versioned import Versioned
+
+__all__ = [
+    "DURABILITIES",
+    "ERROR_CODES",
+    "Done",
+    "Outbound",
+    "QuorumCoordinator",
+    "ReplicaRead",
+    "ReplicaWrite",
+    "Step",
+]
+
+DURABILITIES = ("guaranteed", "quorum", "best_effort")
+ERROR_CODES = ("unavailable", "partition_detected", "bad_request")
+
+_OK = "ok"
+_UNAVAILABLE = "unavailable"
+_PARTITION = "partition_detected"
+_BAD_REQUEST = "bad_request"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWrite:
+    """Ask a replica to apply `item` if newer than what it has, fsync (if `sync`), then ack.
+
+    The receiver also keeps a durable hint for each replica in `hint_for`.
+    """
+
+    req: int
+    table: str
+    key: bytes
+    item: Versioned
+    hint_for: tuple[str, ...] = ()
+    sync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRead:
+    """Ask a replica for its current version of a key (None if it has nothing)."""
+
+    req: int
+    table: str
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message for the engine to send to `node` (its own node id included)."""
+
+    node: str
+    message: ReplicaWrite | ReplicaRead
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The answer to one put/get, emitted exactly once per caller request id.
+
+    For reads `item` is the newest version found (a tombstone means deleted).
+    `acked_by` lists the replicas that acknowledged (writes) or replied (reads),
+    in arrival order.
+    """
+
+    req: int
+    ok: bool
+    code: str
+    detail: str
+    item: Versioned | None = None
+    acked_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one call asks the engine to do: send `outbound`, hand `done` to the requesters."""
+
+    outbound: tuple[Outbound, ...] = ()
+    done: tuple[Done, ...] = ()
+
+
+_NOTHING = Step()
+
+
+class _Write:
+    __slots__ = (
+        "req",
+        "table",
+        "key",
+        "item",
+        "durability",
+        "sent_to",
+        "required",
+        "sync",
+        "acked",
+        "failed",
+        "answered",
+        "timer_at",
+    )
+
+    def __init__(
+        self,
+        req: int,
+        table: str,
+        key: bytes,
+        item: Versioned,
+        durability: str,
+        sent_to: tuple[str, ...],
+        required: int,
+        sync: bool,
+    ) -> None:
+        self.req = req
+        self.table = table
+        self.key = key
+        self.item = item
+        self.durability = durability
+        self.sent_to = sent_to
+        self.required = required
+        self.sync = sync
+        self.acked: list[str] = []  # "ok" acks, in arrival order
+        self.failed: dict[str, str] = {}  # replica -> error code
+        self.answered = False
+        self.timer_at = 0.0
+
+    def heard_from(self, node: str) -> bool:
+        return node in self.failed or node in self.acked
+
+    def outstanding(self) -> int:
+        return len(self.sent_to) - len(self.acked) - len(self.failed)
+
+
+class _Read:
+    __slots__ = (
+        "req",
+        "table",
+        "key",
+        "sent_to",
+        "required",
+        "replied",
+        "known",
+        "failed",
+        "newest",
+        "answered",
+        "timer_at",
+    )
+
+    def __init__(self, req: int, table: str, key: bytes, sent_to: tuple[str, ...], required: int) -> None:
+        self.req = req
+        self.table = table
+        self.key = key
+        self.sent_to = sent_to
+        self.required = required
+        self.replied: list[str] = []  # good replies, in arrival order
+        # What each replica that replied holds, as far as we know: its reply,
+        # or the repair we sent it since (repairs apply only if newer).
+        self.known: dict[str, Versioned | None] = {}
+        self.failed: dict[str, str] = {}
+        self.newest: Versioned | None = None
+        self.answered = False
+        self.timer_at = 0.0
+
+    def heard_from(self, node: str) -> bool:
+        return node in self.failed or node in self.known
+
+    def outstanding(self) -> int:
+        return len(self.sent_to) - len(self.replied) - len(self.failed)
+
+
+class QuorumCoordinator:
+    """Coordinates quorum reads and writes of single keys; not thread-safe, engine thread only."""
+
+    __slots__ = (
+        "_rf",
+        "_w",
+        "_r",
+        "_timeout_s",
+        "_hint_linger_s",
+        "_writes",
+        "_reads",
+        "_timers",
+        "_timer_seq",
+        "_internal_ids",
+    )
+
+    def __init__(
+        self,
+        *,
+        replication_factor: int = 3,
+        write_quorum: int | None = None,
+        read_quorum: int | None = None,
+        timeout_s: float = 2.0,
+        hint_linger_s: float | None = None,
+    ) -> None:
+        """W and R default to RF // 2 + 1; ValueError unless 1 <= W, R <= RF, timeout_s > 0, linger >= 0."""
+        if replication_factor < 1:
+            raise ValueError(f"replication_factor must be >= 1, got {replication_factor}")
+        majority = replication_factor // 2 + 1
+        w = majority if write_quorum is None else write_quorum
+        r = majority if read_quorum is None else read_quorum
+        if not 1 <= w <= replication_factor:
+            raise ValueError(f"write_quorum must be in 1..replication_factor={replication_factor}, got {w}")
+        if not 1 <= r <= replication_factor:
+            raise ValueError(f"read_quorum must be in 1..replication_factor={replication_factor}, got {r}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        linger = timeout_s if hint_linger_s is None else hint_linger_s
+        if not linger >= 0:
+            raise ValueError(f"hint_linger_s must be >= 0, got {hint_linger_s}")
+        self._rf = replication_factor
+        self._w = w
+        self._r = r
+        self._timeout_s = timeout_s
+        self._hint_linger_s = linger
+        self._writes: dict[int, _Write] = {}
+        self._reads: dict[int, _Read] = {}
+        # (when, seq, req); stale entries are skipped when popped, which is
+        # cheaper than removing them from the heap when a request finishes.
+        self._timers: list[tuple[float, int, int]] = []
+        self._timer_seq = itertools.count()
+        self._internal_ids = itertools.count(-1, -1)
+
+    @property
+    def replication_factor(self) -> int:
+        return self._rf
+
+    @property
+    def write_quorum(self) -> int:
+        return self._w
+
+    @property
+    def read_quorum(self) -> int:
+        return self._r
+
+    # --- writes -----------------------------------------------------------------------
+
+    def put(
+        self,
+        req: int,
+        table: str,
+        key: bytes,
+        item: Versioned,
+        *,
+        replicas: Sequence[str],
+        live: Collection[str],
+        durability: str = "quorum",
+        now: float,
+    ) -> Step:
+        """Write `item` (a tombstone deletes) to the live replicas and answer once enough have fsync'd it.
+
+        Required acks: W for "quorum", every replica for "guaranteed" (never
+        fewer than W), none for "best_effort" (answered at once, unsynced
+        writes, but at least one replica must be live). With too few live
+        replicas the answer is an immediate `unavailable` and nothing is sent.
+
+        An "unavailable" answer (or "partition_detected") after the write was
+        sent, on a timeout or failed replicas, does NOT mean the write did not
+        happen: it may have been applied on some replicas, and hints or read
+        repair may spread it to the rest later. Retrying with the same key and
+        the same value (idempotent keys) is safe and is what callers should do.
+        Only an immediate answer with nothing sent means nothing was written.
+
+        ValueError if `req` is negative (reserved for internal writes) or
+        still tracked; a bad durability or replica set is answered with
+        `bad_request`.
+        """
+        self._check_req(req)
+        problem = self._replica_set_problem(replicas)
+        if problem is None and durability not in DURABILITIES:
+            problem = f"unknown durability {durability!r}; expected one of {DURABILITIES}"
+        if problem is not None:
+            return Step(done=(Done(req, False, _BAD_REQUEST, problem),))
+
+        targets = tuple(node for node in replicas if node in live)
+        down = tuple(node for node in replicas if node not in live)
+        if durability == "best_effort":
+            required = 0
+        elif durability == "guaranteed":
+            # A short replica set (fewer cores than RF) must not make
+            # "guaranteed" weaker than "quorum".
+            required = max(len(replicas), self._w)
+        else:
+            required = self._w
+        # best_effort needs someone to send to, or the write would go nowhere.
+        needed_live = max(required, 1)
+        if len(targets) < needed_live:
+            detail = (
+                f"only {len(targets)} of {len(replicas)} replicas live; "
+                f"a {durability} write needs {needed_live}"
+            )
+            if len(replicas) < needed_live:
+                detail += f" (only {len(replicas)} cores hold this key, replication factor {self._rf})"
+            return Step(done=(Done(req, False, _UNAVAILABLE, detail),))
+
+        sync = durability != "best_effort"
+        message = ReplicaWrite(req, table, key, item, hint_for=down, sync=sync)
+        outbound = tuple(Outbound(node, message) for node in targets)
+        write = _Write(req, table, key, item, durability, targets, required, sync)
+        self._writes[req] = write
+        if required == 0:
+            write.answered = True
+            self._arm(write, now + self._hint_linger_s)
+            detail = f"sent to {len(targets)} of {len(replicas)} replicas without waiting for acks"
+            return Step(outbound, (Done(req, True, _OK, detail),))
+        self._arm(write, now + self._timeout_s)
+        return Step(outbound)
+
+    def on_write_ack(self, node: str, req: int, code: str, now: float) -> Step:
+        """A replica's answer to a ReplicaWrite: "ok" once applied and synced, else an error code.
+
+        Acks from nodes the write was not sent to, repeated acks and acks for
+        unknown, finished or internal (negative) requests are ignored.
+        """
+        write = self._writes.get(req)
+        if write is None or node not in write.sent_to or write.heard_from(node):
+            return _NOTHING
+        if code == _OK:
+            write.acked.append(node)
+        else:
+            write.failed[node] = code
+
+        done: tuple[Done, ...] = ()
+        if not write.answered:
+            if len(write.acked) >= write.required:
+                done = (self._write_ok(write),)
+            elif len(write.acked) + write.outstanding() < write.required:
+                done = (self._write_failed(write),)
+            if done:
+                write.answered = True
+                self._arm(write, now + self._hint_linger_s)
+        if write.answered and write.outstanding() == 0:
+            return Step(self._finish_write(write), done)
+        return Step(done=done)
+
+    def _write_ok(self, write: _Write) -> Done:
+        detail = (
+            f"stored on {', '.join(write.acked)} "
+            f"({len(write.acked)} of {write.required} required acks, {write.durability})"
+        )
+        return Done(write.req, True, _OK, detail, acked_by=tuple(write.acked))
+
+    def _write_failed(self, write: _Write) -> Done:
+        code = _PARTITION if _PARTITION in write.failed.values() else _UNAVAILABLE
+        detail = (
+            f"{write.durability} write cannot reach {write.required} acks: {_answers(write.failed)} "
+            f"({len(write.acked)} acknowledged); the write may or may not have been applied"
+        )
+        return Done(write.req, False, code, detail, acked_by=tuple(write.acked))
+
+    def _write_timed_out(self, write: _Write) -> Done:
+        detail = (
+            f"only {len(write.acked)} of {write.required} required replicas acknowledged within "
+            f"{self._timeout_s:.1f} s; the write may or may not have been applied"
+        )
+        if write.failed:
+            detail += f" ({_answers(write.failed)})"
+        return Done(write.req, False, _UNAVAILABLE, detail, acked_by=tuple(write.acked))
+
+    def _finish_write(self, write: _Write) -> tuple[Outbound, ...]:
+        """Stop tracking; a durable hint, on the first replica that acked, for each that did not."""
+        del self._writes[write.req]
+        missed = tuple(node for node in write.sent_to if node not in write.acked)
+        if not missed or not write.acked:
+            return ()
+        hint = ReplicaWrite(
+            next(self._internal_ids), write.table, write.key, write.item, hint_for=missed, sync=write.sync
+        )
+        return (Outbound(write.acked[0], hint),)
+
+    # --- reads ------------------------------------------------------------------------
+
+    def get(
+        self, req: int, table: str, key: bytes, *, replicas: Sequence[str], live: Collection[str], now: float
+    ) -> Step:
+        """Read the newest version of a key from R replicas (a tombstone means deleted), with read repair.
+
+        Fewer than R live replicas is an immediate `unavailable`. ValueError
+        if `req` is negative or still tracked; a bad replica set is answered
+        with `bad_request`.
+        """
+        self._check_req(req)
+        problem = self._replica_set_problem(replicas)
+        if problem is not None:
+            return Step(done=(Done(req, False, _BAD_REQUEST, problem),))
+        targets = tuple(node for node in replicas if node in live)
+        if len(targets) < self._r:
+            detail = f"only {len(targets)} of {len(replicas)} replicas live; a read needs {self._r}"
+            return Step(done=(Done(req, False, _UNAVAILABLE, detail),))
+        read = _Read(req, table, key, targets, self._r)
+        self._reads[req] = read
+        self._arm(read, now + self._timeout_s)
+        message = ReplicaRead(req, table, key)
+        return Step(tuple(Outbound(node, message) for node in targets))
+
+    def on_read_reply(self, node: str, req: int, item: Versioned | None, code: str, now: float) -> Step:
+        """A replica's answer to a ReplicaRead: "ok" with its version (None: it has none), else an error code.
+
+        Replies from nodes the read was not sent to, repeated replies and
+        replies for unknown or finished requests are ignored.
+        """
+        read = self._reads.get(req)
+        if read is None or node not in read.sent_to or read.heard_from(node):
+            return _NOTHING
+        if code == _OK:
+            read.replied.append(node)
+            read.known[node] = item
+            if item is not None and item.newer_than(read.newest):
+                read.newest = item
+        else:
+            read.failed[node] = code
+
+        done: tuple[Done, ...] = ()
+        if not read.answered:
+            if len(read.replied) >= read.required:
+                detail = f"newest of {len(read.replied)} replies ({read.required} required)"
+                done = (Done(read.req, True, _OK, detail, item=read.newest, acked_by=tuple(read.replied)),)
+            elif len(read.replied) + read.outstanding() < read.required:
+                code_out = _PARTITION if _PARTITION in read.failed.values() else _UNAVAILABLE
+                detail = (
+                    f"read cannot reach {read.required} replies: {_answers(read.failed)} "
+                    f"({len(read.replied)} replied)"
+                )
+                done = (Done(read.req, False, code_out, detail, acked_by=tuple(read.replied)),)
+            read.answered = bool(done)
+        # Repairs wait for the answer: before it, a newer reply may still come.
+        outbound = self._repairs(read) if read.answered else ()
+        if read.outstanding() == 0:
+            del self._reads[read.req]
+        return Step(outbound, done)
+
+    def _repairs(self, read: _Read) -> tuple[Outbound, ...]:
+        newest = read.newest
+        if newest is None:
+            return ()
+        outbound = []
+        for node in read.replied:
+            if newest.newer_than(read.known[node]):
+                read.known[node] = newest
+                repair = ReplicaWrite(next(self._internal_ids), read.table, read.key, newest, sync=True)
+                outbound.append(Outbound(node, repair))
+        return tuple(outbound)
+
+    # --- time -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> Step:
+        """Fire every timer due at `now`: time out unanswered requests, end write lingers with hints."""
+        outbound: list[Outbound] = []
+        done: list[Done] = []
+        while self._timers and self._timers[0][0] <= now:
+            when, _, req = heapq.heappop(self._timers)
+            write = self._writes.get(req)
+            if write is not None and write.timer_at == when:
+                if not write.answered:
+                    # Every replica has had timeout_s: no point lingering further.
+                    done.append(self._write_timed_out(write))
+                outbound.extend(self._finish_write(write))
+                continue
+            read = self._reads.get(req)
+            if read is not None and read.timer_at == when:
+                del self._reads[req]
+                if not read.answered:
+                    detail = (
+                        f"only {len(read.replied)} of {read.required} required replicas replied "
+                        f"within {self._timeout_s:.1f} s"
+                    )
+                    done.append(Done(req, False, _UNAVAILABLE, detail, acked_by=tuple(read.replied)))
+        if not outbound and not done:
+            return _NOTHING
+        return Step(tuple(outbound), tuple(done))
+
+    def next_deadline(self) -> float | None:
+        """When `tick` next has work (monotonic seconds), or None: the engine's poll timeout."""
+        while self._timers:
+            when, _, req = self._timers[0]
+            tracked = self._writes.get(req) or self._reads.get(req)
+            if tracked is not None and tracked.timer_at == when:
+                return when
+            heapq.heappop(self._timers)
+        return None
+
+    def pending(self) -> int:
+        """Requests still tracked: unanswered, lingering for hints, or waiting for read-repair replies."""
+        return len(self._writes) + len(self._reads)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _arm(self, tracked: _Write | _Read, when: float) -> None:
+        tracked.timer_at = when
+        heapq.heappush(self._timers, (when, next(self._timer_seq), tracked.req))
+
+    def _check_req(self, req: int) -> None:
+        if req < 0:
+            raise ValueError(f"request id {req} is negative; negative ids are reserved for repairs and hints")
+        if req in self._writes or req in self._reads:
+            raise ValueError(f"request id {req} is still tracked; request ids must be unique")
+
+    def _replica_set_problem(self, replicas: Sequence[str]) -> str | None:
+        if not replicas:
+            return "empty replica set"
+        if len(set(replicas)) != len(replicas):
+            return f"replica set lists a node twice: {list(replicas)}"
+        if len(replicas) > self._rf:
+            return f"{len(replicas)} replicas for replication factor {self._rf}"
+        return None
+
+
+def _answers(failed: dict[str, str]) -> str:
+    return ", ".join(f"{node} answered {code}" for node, code in failed.items())
