@@ -194,19 +194,20 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 @contextlib.contextmanager
 def session(prefix: str) -> Iterator[Session]:
     """A Session whose processes are stopped and whose temp root is removed on any exit."""
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a benchmark started in the background inherits SIGINT ignored.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     root = Path(tempfile.mkdtemp(prefix=f"iris-bench-{prefix}-"))
     bench = Session(root)
     try:
         yield bench
     finally:
-        # A second Ctrl-C must not leave processes behind: clean-up ignores it.
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C (or SIGTERM) must not cut the clean-up short.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         try:
             bench.stop_all()
             shutil.rmtree(root, ignore_errors=True)
         finally:
-            signal.signal(signal.SIGINT, old_int)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 

@@ -10,6 +10,7 @@ from loguru import logger
 
 from iris_mesh.membership import MembershipService, Placement
 from iris_mesh.sockets import AdminRequest, Engine
+from iris_mesh.store import LocalStore, StoreAdmin, StoreService
 
 __all__ = ["NodeRuntime"]
 
@@ -31,9 +32,18 @@ class _PendingPing:
 class NodeRuntime:
     """Glue between the engine and the node's services; every method runs on the engine thread."""
 
-    def __init__(self, *, membership: MembershipService, placement: Placement, started_at: float) -> None:
+    def __init__(
+        self,
+        *,
+        membership: MembershipService,
+        placement: Placement,
+        store: StoreService,
+        store_admin: StoreAdmin,
+        started_at: float,
+    ) -> None:
         self.membership = membership
         self.placement = placement
+        self.store = store
         self._started_at = started_at
         self._engine: Engine | None = None
         self._pings: dict[bytes, _PendingPing] = {}
@@ -43,6 +53,7 @@ class NodeRuntime:
             "forget": self._mesh_forget,
             # Carries nothing: counted in mesh_in, for link diagnostics and bench/mesh_throughput.py.
             "noop": lambda msg, now: None,
+            **store.mesh_ops(),
         }
         self._admin_ops: dict[str, AdminHandler] = {
             "status": self._admin_status,
@@ -50,6 +61,7 @@ class NodeRuntime:
             "ping": self._admin_ping,
             "replicas": self._admin_replicas,
             "forget": self._admin_forget,
+            **store_admin.ops(),
         }
 
     @property
@@ -66,6 +78,9 @@ class NodeRuntime:
         card = self.membership.card
         self.membership.card = card.with_(mesh_port=ports.mesh, hb_port=ports.heartbeat, admin_port=ports.admin)
         self.membership.async_attach(engine, now)
+        self.store.async_attach(engine)
+        if self.store.local is not None:
+            self.store.local.start()
 
     def async_on_hello(self, msg: dict[str, Any], now: float) -> None:
         self.membership.async_on_hello(msg, now)
@@ -95,7 +110,7 @@ class NodeRuntime:
             request.error("internal", f"{type(exc).__name__}: {exc}")
 
     def async_after_batch(self, now: float) -> None:
-        pass
+        self.store.async_after_batch(now)
 
     def async_tick(self, now: float) -> float:
         if self._pings:
@@ -105,9 +120,12 @@ class NodeRuntime:
                     ping.request.reply(
                         {"ok": False, "error": "pang", "detail": f"no answer from {ping.node_id} within {_PING_TIMEOUT_S} s"}
                     )
+        self.store.async_tick(now)
         return self.membership.async_tick(now)
 
     def async_on_stop(self, now: float) -> None:
+        if self.store.local is not None:
+            self.store.local.close()
         logger.info("node {} stopped", self.membership.card.node_id)
 
     # ---- mesh ops -------------------------------------------------------------------
@@ -139,6 +157,7 @@ class NodeRuntime:
         status = self.membership.status_view()
         counters = dict(self.engine.counters)
         counters.update(self.membership.counters)
+        counters.update(self.store.counters)
         status.update(
             pid=os.getpid(),
             uptime_s=round(now - self._started_at, 3),

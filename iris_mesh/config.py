@@ -78,6 +78,9 @@ class NodeConfig:
     dead_after_s: float = 1.2
     safe_mode_exit_s: float = 1.0
     replication_factor: int = 3
+    write_quorum: int = 0
+    read_quorum: int = 0
+    store_timeout_s: float = 2.0
     max_frame_bytes: int = 1048576
     link_send_hwm: int = 10000
     log_level: str = "INFO"
@@ -172,6 +175,9 @@ _RULES: dict[str, _Rule] = {
     "dead_after_s": _SECONDS,
     "safe_mode_exit_s": _SECONDS,
     "replication_factor": _Rule("an integer >= 1", lambda v: v >= 1),
+    "write_quorum": _Rule("an integer >= 0 (0 = a majority of replication_factor)", lambda v: v >= 0),
+    "read_quorum": _Rule("an integer >= 0 (0 = a majority of replication_factor)", lambda v: v >= 0),
+    "store_timeout_s": _SECONDS,
     "max_frame_bytes": _Rule("an integer >= 1024", lambda v: v >= 1024),
     "link_send_hwm": _Rule("an integer >= 1", lambda v: v >= 1),
     "log_level": _Rule("one of " + ", ".join(LOG_LEVELS), lambda v: v in LOG_LEVELS),
@@ -241,6 +247,13 @@ def _check_invariants(config: NodeConfig) -> None:
             " list the addresses to announce on, or set mdns = false and give seeds",
             keys=("mdns_interfaces", "mdns"),
         )
+    for key in ("write_quorum", "read_quorum"):
+        if getattr(config, key) > config.replication_factor:
+            raise ConfigError(
+                f"config key {key!r}: {getattr(config, key)} is more than replication_factor"
+                f" ({config.replication_factor})",
+                keys=(key, "replication_factor"),
+            )
     if config.mdns and len(config.cluster) + 1 + len(config.node_id) > 63:
         raise ConfigError(
             f"config keys 'cluster' and 'node_id': the mDNS name {config.cluster}-{config.node_id!s}"

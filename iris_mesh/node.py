@@ -21,7 +21,16 @@ from iris_mesh.membership import (
     Placement,
 )
 from iris_mesh.sockets import Engine, SocketTuning, cluster_keys
-from iris_mesh.store import Database, NodeMeta
+from iris_mesh.store import (
+    Database,
+    HybridClock,
+    LocalStore,
+    NodeMeta,
+    QuorumCoordinator,
+    StoreAdmin,
+    StoreService,
+    checkpoint,
+)
 from iris_mesh._runtime import NodeRuntime
 
 __all__ = ["Node"]
@@ -86,9 +95,27 @@ class Node:
             heartbeat_interval_s=config.heartbeat_interval_s,
             seeds=config.seeds,
         )
+        placement = Placement(replication_factor=config.replication_factor)
+        local = LocalStore(db, post=lambda fn: self._post(fn)) if config.role == "core" else None
+        store = StoreService(
+            node_id=config.node_id,
+            local=local,
+            coordinator=QuorumCoordinator(
+                replication_factor=config.replication_factor,
+                write_quorum=config.write_quorum or None,
+                read_quorum=config.read_quorum or None,
+                timeout_s=config.store_timeout_s,
+            ),
+            clock=HybridClock(config.node_id),
+            replicas_for=lambda key: placement.replicas(key, membership.guard.expected_cores),
+            membership=membership,
+            wall_ms=lambda: time.time_ns() // 1_000_000,
+        )
         self.runtime = NodeRuntime(
             membership=membership,
-            placement=Placement(replication_factor=config.replication_factor),
+            placement=placement,
+            store=store,
+            store_admin=StoreAdmin(store, checkpoint=(lambda dest: checkpoint(db, dest)) if local else None),
             started_at=time.monotonic(),
         )
         self._engine = Engine(
@@ -120,6 +147,10 @@ class Node:
             self._discovery.start()
         elif not config.seeds:
             logger.warning("mDNS is off and no seeds are configured: this node waits for others to find it")
+
+    def _post(self, fn: Callable[[float], None]) -> None:
+        if self._engine is not None:
+            self._engine.post(fn)
 
     @property
     def endpoints_file(self) -> Path:

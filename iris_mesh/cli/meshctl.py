@@ -69,8 +69,8 @@ class Target:
                 newest[card.node_id] = card
         return list(newest.values())
 
-    def request(self, endpoint: str, op: str, **fields: Any) -> dict[str, Any]:
-        with AdminClient(endpoint, self.keys, timeout_s=self.timeout_s) as client:
+    def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+        with AdminClient(endpoint, self.keys, timeout_s=timeout_s or self.timeout_s) as client:
             reply = client.request(op, **fields)
         return reply
 
@@ -86,12 +86,12 @@ class Target:
                 errors.append(f"{name}: {exc}")
         raise CtlError("no node answered: " + "; ".join(errors))
 
-    def each(self, op: str, **fields: Any) -> list[tuple[str, dict[str, Any] | AdminError]]:
+    def each(self, op: str, timeout_s: float | None = None, **fields: Any) -> list[tuple[str, dict[str, Any] | AdminError]]:
         endpoints = self.endpoints()
 
         def ask(item: tuple[str, str]) -> tuple[str, dict[str, Any] | AdminError]:
             try:
-                return item[0], self.request(item[1], op, **fields)
+                return item[0], self.request(item[1], op, timeout_s, **fields)
             except AdminError as exc:
                 return item[0], exc
 
@@ -138,7 +138,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text)
+    print(json.dumps(_jsonable(data), indent=2, sort_keys=True) if args.json else text)
 
 
 def _checked(reply: dict[str, Any]) -> dict[str, Any]:
@@ -272,6 +272,112 @@ def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[
     return None, seen
 
 
+def _value_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return "0x" + value.hex()
+    return str(value)
+
+
+def _jsonable(data: Any) -> Any:
+    if isinstance(data, bytes):
+        return _value_text(data)
+    if isinstance(data, dict):
+        return {k: _jsonable(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_jsonable(v) for v in data]
+    return data
+
+
+def cmd_put(target: Target, args: argparse.Namespace) -> int:
+    name, reply = target.first("put", table=args.table, key=args.key, value=args.value, durability=args.durability)
+    if reply.get("ok"):
+        _emit(args, reply, f"ok: {args.table}/{args.key} stored ({args.durability}), acknowledged by "
+                           f"{', '.join(reply['acked_by']) or 'none yet'} (coordinated by {name})")
+        return EXIT_OK
+    _emit(args, reply, f"FAILED: {reply.get('error')}: {reply.get('detail')}")
+    return EXIT_CHECK_FAILED
+
+
+def cmd_delete(target: Target, args: argparse.Namespace) -> int:
+    name, reply = target.first("delete", table=args.table, key=args.key, durability=args.durability)
+    if reply.get("ok"):
+        _emit(args, reply, f"ok: {args.table}/{args.key} deleted, acknowledged by {', '.join(reply['acked_by'])}")
+        return EXIT_OK
+    _emit(args, reply, f"FAILED: {reply.get('error')}: {reply.get('detail')}")
+    return EXIT_CHECK_FAILED
+
+
+def cmd_get(target: Target, args: argparse.Namespace) -> int:
+    fields: dict[str, Any] = {"table": args.table, "key": args.key}
+    if args.replica:
+        fields["replica"] = args.replica
+    _, reply = target.first("get", **fields)
+    if not reply.get("ok"):
+        _emit(args, _jsonable(reply), f"FAILED: {reply.get('error')}: {reply.get('detail')}")
+        return EXIT_CHECK_FAILED
+    where = f"replica {args.replica}" if args.replica else "quorum read"
+    if not reply["found"]:
+        deleted = " (deleted)" if reply.get("version") else ""
+        _emit(args, _jsonable(reply), f"{args.table}/{args.key}: not found{deleted} ({where})")
+        return EXIT_CHECK_FAILED
+    version = reply["version"]
+    _emit(args, _jsonable(reply), f"{_value_text(reply['value'])}\n(version {version['hlc']} by {version['node']}, {where})")
+    return EXIT_OK
+
+
+def cmd_tables(target: Target, args: argparse.Namespace) -> int:
+    results = target.each("tables")
+    cores = [(name, r) for name, r in results if isinstance(r, dict) and r.get("ok") and r["role"] == "core"]
+    failed = [name for name, r in results if isinstance(r, AdminError) or not r.get("ok")]
+    if not cores:
+        raise CtlError("no core answered: " + ", ".join(failed))
+    tables = sorted({t for _, r in cores for t in r["tables"]})
+    rows = [["TABLE", *[r["node"] for _, r in cores]]]
+    for table in tables:
+        rows.append([table, *[str(r["tables"].get(table, "-")) for _, r in cores]])
+    text = _table(rows) + (f"\nnot answering: {', '.join(failed)}" if failed else "")
+    _emit(args, {"ok": not failed, "cores": {r["node"]: r["tables"] for _, r in cores}, "not_answering": failed}, text)
+    return EXIT_OK if not failed else EXIT_CHECK_FAILED
+
+
+def cmd_backup(target: Target, args: argparse.Namespace) -> int:
+    directory = str(Path(args.dir).resolve())
+    results = target.each("backup", dir=directory, timeout_s=60.0)
+    lines, ok, done = [], True, {}
+    for name, result in results:
+        if isinstance(result, AdminError) or not result.get("ok"):
+            ok = False
+            lines.append(f"{name}: FAILED {result if isinstance(result, AdminError) else result.get('detail')}")
+        elif "path" in result:
+            done[result["node"]] = result["path"]
+            lines.append(f"{result['node']}: checkpoint in {result['path']}")
+    _emit(args, {"ok": ok, "checkpoints": done}, "\n".join(lines))
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from iris_mesh.store import StoreError, restore
+
+    source = Path(args.dir)
+    nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
+    if not nodes:
+        raise CtlError(f"{source} holds no node checkpoints (expected one directory per core)", EXIT_CHECK_FAILED)
+    restored = {}
+    for checkpoint_dir in nodes:
+        data_dir = Path(args.data_root) / checkpoint_dir.name
+        print(f"restoring {checkpoint_dir.name} from {checkpoint_dir} into {data_dir} ...", file=sys.stderr)
+        try:
+            restore(checkpoint_dir, data_dir)
+        except StoreError as exc:
+            raise CtlError(f"restore of {checkpoint_dir.name} failed: {exc}", EXIT_CHECK_FAILED) from None
+        restored[checkpoint_dir.name] = str(data_dir)
+    _emit(args, {"ok": True, "restored": restored}, "restored " + ", ".join(restored) + "; start the cluster again")
+    return EXIT_OK
+
+
 # ---- argument parsing ---------------------------------------------------------------------------
 
 
@@ -302,6 +408,24 @@ def _parser() -> argparse.ArgumentParser:
     add("replicas", cmd_replicas, "the replica set of a key and how many are live").add_argument("key", metavar="KEY")
     add("forget", cmd_forget, "drop a dead node from the expected core set, everywhere").add_argument(
         "target_node", metavar="NODE")
+    for name, fn, text in (("put", cmd_put, "write a key on its replicas (operator tool)"),
+                           ("delete", cmd_delete, "delete a key on its replicas (leaves a tombstone)")):
+        sub = add(name, fn, text)
+        sub.add_argument("table")
+        sub.add_argument("key")
+        if name == "put":
+            sub.add_argument("value")
+        sub.add_argument("--durability", default="quorum", choices=["quorum", "guaranteed", "best_effort"])
+    get = add("get", cmd_get, "read a key (quorum read with repair, or one replica's copy with --replica)")
+    get.add_argument("table")
+    get.add_argument("key")
+    get.add_argument("--replica", metavar="NODE", help="read only this core's copy, as it is")
+    add("tables", cmd_tables, "rows per table on every core")
+    add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument("dir")
+    restore = commands.add_parser("restore", parents=[common], help="put a backup back (cluster stopped)")
+    restore.add_argument("dir")
+    restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
+    restore.set_defaults(fn=None, offline=cmd_restore)
     mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive")
     mesh.add_argument("--expect", type=int, help="number of nodes the mesh must have")
     mesh.add_argument("--wait", type=float, default=30.0, help="deadline in seconds (default 30)")
@@ -313,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     args.mdns_interface = args.mdns_interface or ["127.0.0.1"]
     try:
+        if getattr(args, "offline", None):
+            return args.offline(args)
         target = Target(args)
         return args.fn(target, args)
     except CtlError as exc:

@@ -147,6 +147,9 @@ class MembershipService:
     def is_safe_for_writes(self) -> bool:
         return self.guard.is_safe_for_writes()
 
+    def expected_cores(self) -> frozenset[str]:
+        return self.guard.expected_cores
+
     def visible_cores(self) -> set[str]:
         visible = {
             node_id

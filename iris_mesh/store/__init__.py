@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+from iris_mesh.store._admin import StoreAdmin
+from iris_mesh.store._backup import checkpoint, restore
+from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
+from iris_mesh.store._local import LocalStore
 from iris_mesh.store._meta import NodeMeta
+from iris_mesh.store._service import USER_TABLES, StoreService
+from iris_mesh.store._versioned import HybridClock, Version, Versioned
 
-__all__ = ["Database", "NodeMeta", "StoreError", "TABLES"]
+__all__ = [
+    "DURABILITIES",
+    "Database",
+    "Done",
+    "HybridClock",
+    "LocalStore",
+    "NodeMeta",
+    "QuorumCoordinator",
+    "StoreAdmin",
+    "StoreError",
+    "StoreService",
+    "TABLES",
+    "USER_TABLES",
+    "Version",
+    "Versioned",
+    "checkpoint",
+    "restore",
+]

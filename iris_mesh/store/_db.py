@@ -1,61 +1,118 @@
 """The node's RocksDB: one database per node, one column family per table.
 
-Atomicity: a single `put`/`delete` on one column family is atomic; a
-`WriteBatch` across column families is atomic as a whole. A write is durable
-across a crash of the process or machine only once the WAL is synced
-(`sync=True` below, or `flush_wal(True)`).
+Atomicity: a single `put`/`delete` on one column family is atomic, and so is one
+`write(ops)` as a whole, across column families (one RocksDB WriteBatch): after a
+crash either every op of the batch is there or none is.
+
+Durability: every write goes to the write-ahead log (the WAL is never disabled
+and RocksDB hands each write to the OS before the call returns; rocksdict has
+no manual-WAL-flush mode, and none is set). So:
+
+- once `write` (or any put) has returned, the data survives SIGKILL or a crash
+  of this process, because it is in the OS page cache;
+- it survives power loss or a kernel crash only once the WAL is fsync'd:
+  `put_synced`, or `flush_wal_synced()` after the write returned.
+
+Recovery replays the WAL up to the first damaged record (point-in-time
+recovery), which after power loss can only be the unsynced tail.
+
+Threads: RocksDB is thread-safe and so are these methods, except `close`, which
+must run after every other user is done. `put_synced` holds the GIL for its whole
+fsync; `flush_wal_synced` releases it, so group commit syncs with that one.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Iterable, Iterator
 
-from rocksdict import Options, Rdict, WriteOptions
+from rocksdict import Checkpoint, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
-__all__ = ["Database", "StoreError", "TABLES"]
+__all__ = ["Database", "StoreError", "TABLES", "held_by_this_process"]
 
 TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
+# Column families another part of the node may create later; not foreign.
+_KNOWN_EXTRA = frozenset({"default", "raft"})
+
+# Databases open in this process (resolved paths). RocksDB's file lock does not
+# stop a second open from the same process in a way the caller can test without
+# risk (closing any descriptor of LOCK drops the process's POSIX lock), so
+# `held_by_this_process` answers from here.
+_open_here: set[Path] = set()
+_open_here_lock = threading.Lock()
 
 
 class StoreError(RuntimeError):
     """The node's data directory cannot be used; the node must not start."""
 
 
+def held_by_this_process(path: Path) -> bool:
+    """Whether a `Database` of this process has `path` open."""
+    with _open_here_lock:
+        return path.resolve() in _open_here
+
+
 def _options() -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    opts.set_paranoid_checks(True)
+    opts.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
     return opts
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse, before RocksDB writes anything there, a directory that is not ours."""
+    if not any(path.iterdir()):
+        return
+    if not (path / "CURRENT").exists():
+        raise StoreError(
+            f"{path} is not empty and is not a RocksDB database; refusing to touch it "
+            "(point data_dir at an empty or iris_mesh directory)"
+        )
+    try:
+        existing = set(Rdict.list_cf(str(path), _options()))
+    except Exception as exc:
+        raise StoreError(
+            f"the database in {path} is damaged ({exc}); refusing to open it. "
+            "Restore a backup (meshctl restore) or move the directory away to let the node resync"
+        ) from None
+    foreign = existing - set(TABLES) - _KNOWN_EXTRA
+    if foreign:
+        raise StoreError(f"{path} holds tables this node does not know ({sorted(foreign)}); refusing to open it")
+    if "meta" not in existing:
+        raise StoreError(f"{path} is a RocksDB database of another program (no iris_mesh tables); refusing to open it")
 
 
 class Database:
     """An open RocksDB with every table as a column family (byte keys, byte values)."""
 
-    __slots__ = ("path", "_db", "_tables", "_sync")
+    __slots__ = ("path", "_db", "_tables", "_handles", "_sync", "_closed", "_resolved")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        if any(path.iterdir()) and not (path / "CURRENT").exists():
-            raise StoreError(
-                f"{path} is not empty and is not a RocksDB database; refusing to touch it "
-                "(point data_dir at an empty or iris_mesh directory)"
-            )
-        if (path / "CURRENT").exists():
-            try:
-                existing = set(Rdict.list_cf(str(path), _options()))
-            except Exception as exc:
-                raise StoreError(f"cannot read the database in {path}: {exc}") from None
-            foreign = existing - set(TABLES) - {"default", "raft"}
-            if foreign:
-                raise StoreError(f"{path} holds tables this node does not know ({sorted(foreign)}); refusing to open it")
+        self._resolved = path.resolve()
+        if held_by_this_process(path):
+            raise StoreError(f"the database in {path} is already open in this process")
+        _check_directory(path)
         try:
             self._db = Rdict(str(path), _options(), column_families={name: Options(raw_mode=True) for name in TABLES})
         except Exception as exc:
-            raise StoreError(f"cannot open the database in {path}: {exc}") from None
+            text = str(exc)
+            if "lock" in text.lower():
+                raise StoreError(
+                    f"the database in {path} is in use by another process (a running node?): {text}"
+                ) from None
+            raise StoreError(f"cannot open the database in {path}: {text}") from None
         self._tables = {name: self._db.get_column_family(name) for name in TABLES}
+        self._handles = {name: self._db.get_column_family_handle(name) for name in TABLES}
         self._sync = WriteOptions()
         self._sync.sync = True
+        self._closed = False
+        with _open_here_lock:
+            _open_here.add(self._resolved)
 
     def get(self, table: str, key: bytes) -> bytes | None:
         return self._tables[table].get(key)
@@ -64,8 +121,54 @@ class Database:
         """Put and fsync the WAL before returning (for rare metadata writes only: holds the GIL during the sync)."""
         self._tables[table].put(key, value, self._sync)
 
+    def write(self, ops: Iterable[tuple[str, bytes, bytes | None]]) -> int:
+        """Apply (table, key, value) puts and (table, key, None) deletes as one atomic batch, without fsync; returns how many."""
+        batch = WriteBatch(raw_mode=True)
+        count = 0
+        for table, key, value in ops:
+            if value is None:
+                batch.delete(key, self._handles[table])
+            else:
+                batch.put(key, value, self._handles[table])
+            count += 1
+        if count:
+            self._db.write(batch)
+        return count
+
+    def flush_wal_synced(self) -> None:
+        """Fsync the WAL: every write that returned before this call is now safe from power loss. Releases the GIL."""
+        self._db.flush_wal(True)
+
+    def iterate(self, table: str, *, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs in key order from the first key >= max(prefix, start) while keys start with `prefix`.
+
+        The iterator reads one consistent snapshot taken when it starts.
+        """
+        it = self._tables[table].iter()
+        it.seek(max(prefix, start))
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return
+            yield key, it.value()
+            it.next()
+
+    def checkpoint(self, dest: Path) -> None:
+        """Write a consistent point-in-time copy (hard links where possible) to `dest`, which must not exist."""
+        Checkpoint(self._db).create_checkpoint(str(dest))
+
     def close(self) -> None:
-        for table in self._tables.values():
-            table.close()
-        self._tables = {}
-        self._db.close()
+        """Sync the WAL and close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._db.flush_wal(True)
+        finally:
+            for table in self._tables.values():
+                table.close()
+            self._tables = {}
+            self._handles = {}
+            self._db.close()
+            with _open_here_lock:
+                _open_here.discard(self._resolved)

@@ -1,0 +1,327 @@
+"""StoreService: quorum reads and writes over the mesh, replica apply, hint handoff. Engine thread only.
+
+Mesh frames (each a batch: one frame per peer per engine loop turn):
+
+    sput  {w: [[req, table, key, versioned, hint_for, sync], ...]}   apply (if newer), fsync, then ack
+    sack  {a: [[req, code], ...]}                                     code: ok | partition_detected | ...
+    sget  {r: [[req, table, key], ...]}                               read the local replica
+    sval  {r: [[req, versioned or null, code], ...]}
+
+`versioned` is the on-disk encoding of `Versioned` (see `_versioned.py`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any, Callable, Protocol
+
+from loguru import logger
+
+from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
+from iris_mesh.store._local import LocalStore
+from iris_mesh.store._versioned import HybridClock, Versioned, VersionError, decode_versioned, encode_versioned
+
+__all__ = ["StoreService", "USER_TABLES", "StoreMembership", "StoreMesh"]
+
+# Tables applications and operators may read and write; `hints` and `meta` are the node's own.
+USER_TABLES = ("offline_msg", "cross_region_queue", "presence")
+_HANDOFF_INTERVAL_S = 0.5
+_HANDOFF_BATCH = 500
+_HANDOFF_TIMEOUT_S = 5.0
+_LIVE_STATES = ("alive", "suspect")
+
+OnDone = Callable[[Done], None]
+
+
+class StoreMembership(Protocol):
+    """What the store needs to know about the cluster (engine thread)."""
+
+    def is_safe_for_writes(self) -> bool: ...
+    def state_of(self, node_id: str) -> str: ...
+    def expected_cores(self) -> frozenset[str]: ...
+
+
+class StoreMesh(Protocol):
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
+
+
+class StoreService:
+    """Runs on every node (edges coordinate; cores also hold replicas)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        local: LocalStore | None,
+        coordinator: QuorumCoordinator,
+        clock: HybridClock,
+        replicas_for: Callable[[bytes], list[str]],
+        membership: StoreMembership,
+        wall_ms: Callable[[], int],
+    ) -> None:
+        self.node_id = node_id
+        self.local = local
+        self.coordinator = coordinator
+        self.clock = clock
+        self._replicas_for = replicas_for
+        self._membership = membership
+        self._wall_ms = wall_ms
+        self._mesh: StoreMesh | None = None
+        self._ids = itertools.count(1)
+        self._callbacks: dict[int, OnDone] = {}
+        self._direct_reads: dict[int, Callable[[Versioned | None, str], None]] = {}
+        self._handoffs: dict[int, tuple[str, str, bytes, Versioned, float]] = {}
+        self._last_now = 0.0
+        self._handoff_keys: set[tuple[str, str, bytes]] = set()
+        self._next_handoff = 0.0
+        # Outgoing batches, flushed once per loop turn.
+        self._out_writes: dict[str, list[list[Any]]] = defaultdict(list)
+        self._out_reads: dict[str, list[list[Any]]] = defaultdict(list)
+        self._out_acks: dict[str, list[list[Any]]] = defaultdict(list)
+        self._out_values: dict[str, list[list[Any]]] = defaultdict(list)
+        self.counters: dict[str, int] = defaultdict(int)
+
+    def async_attach(self, mesh: StoreMesh) -> None:
+        self._mesh = mesh
+
+    def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
+        return {"sput": self._on_sput, "sack": self._on_sack, "sget": self._on_sget, "sval": self._on_sval}
+
+    # ---- the API (engine thread) --------------------------------------------------
+
+    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: OnDone, now: float) -> None:
+        """Write (or, with value None, delete) a key on its replicas; on_done gets exactly one Done.
+
+        An `unavailable` answer after the write was sent does not mean it was not applied: retry
+        with the same key and value (idempotent) to be sure.
+        """
+        req = next(self._ids)
+        problem = self._bad_table(table)
+        if problem:
+            on_done(Done(req, False, "bad_request", problem))
+            return
+        if not self._membership.is_safe_for_writes():
+            on_done(Done(req, False, "partition_detected", f"{self.node_id} is in safe mode: it does not see a majority of cores"))
+            return
+        item = Versioned(self.clock.now(self._wall_ms()), value)
+        replicas = self._replicas_for(key)
+        self._callbacks[req] = on_done
+        self._run(self.coordinator.put(req, table, key, item, replicas=replicas, live=self._live(replicas),
+                                       durability=durability, now=now))
+
+    def async_get(self, table: str, key: bytes, *, on_done: OnDone, now: float) -> None:
+        """Quorum read with read repair; Done.item is the newest version (a tombstone means deleted)."""
+        req = next(self._ids)
+        problem = self._bad_table(table)
+        if problem:
+            on_done(Done(req, False, "bad_request", problem))
+            return
+        replicas = self._replicas_for(key)
+        self._callbacks[req] = on_done
+        self._run(self.coordinator.get(req, table, key, replicas=replicas, live=self._live(replicas), now=now))
+
+    def async_read_replica(self, node: str, table: str, key: bytes, on_reply: Callable[[Versioned | None, str], None]) -> None:
+        """Read one replica's copy as it is, with no quorum and no repair (for `meshctl get --replica`)."""
+        req = next(self._ids)
+        self._direct_reads[req] = on_reply
+        self._route_read(node, ReplicaRead(req, table, key))
+
+    def replicas(self, key: bytes) -> list[str]:
+        return self._replicas_for(key)
+
+    # ---- engine hooks --------------------------------------------------------------------
+
+    def async_after_batch(self, now: float) -> None:
+        assert self._mesh is not None
+        self._last_now = now
+        for out, op, field in (
+            (self._out_writes, "sput", "w"), (self._out_reads, "sget", "r"),
+            (self._out_acks, "sack", "a"), (self._out_values, "sval", "r"),
+        ):
+            if not out:
+                continue
+            for node, entries in out.items():
+                if not self._mesh.async_send(node, op, **{field: entries}):
+                    self.counters[f"{op}_not_sent"] += len(entries)
+            out.clear()
+        if self.local is not None:
+            self.local.async_end_of_batch()
+
+    def async_tick(self, now: float) -> None:
+        self._last_now = now
+        self._run(self.coordinator.tick(now))
+        if self.local is not None and now >= self._next_handoff:
+            self._next_handoff = now + _HANDOFF_INTERVAL_S
+            self._hand_off_hints(now)
+
+    # ---- replica side ------------------------------------------------------------------------
+
+    def _on_sput(self, msg: dict[str, Any], now: float) -> None:
+        entries = msg.get("w")
+        if not isinstance(entries, list):
+            self.counters["bad_store_frames"] += 1
+            return
+        for entry in entries:
+            self._apply_write(msg["src"], entry)
+
+    def _apply_write(self, src: str, entry: Any) -> None:
+        try:
+            req, table, key, raw, hint_for, sync = entry
+            item = decode_versioned(raw)
+            if not (isinstance(req, int) and isinstance(key, bytes) and isinstance(hint_for, list)):
+                raise ValueError("bad field types")
+        except (TypeError, ValueError, VersionError):
+            self.counters["bad_store_frames"] += 1
+            return
+        if self.local is None or table not in USER_TABLES:
+            self._ack(src, req, "bad_request")
+            return
+        if not self._membership.is_safe_for_writes():
+            self._ack(src, req, "partition_detected")
+            return
+        self.clock.observe(item.version)
+        self.local.async_apply(table, key, item, lambda ok: self._ack(src, req, "ok" if ok else "unavailable"), sync=bool(sync))
+        for target in hint_for:
+            if isinstance(target, str) and target != self.node_id:
+                self.local.async_put_hint(target, table, key, item)
+
+    def _on_sget(self, msg: dict[str, Any], now: float) -> None:
+        entries = msg.get("r")
+        if not isinstance(entries, list):
+            self.counters["bad_store_frames"] += 1
+            return
+        for entry in entries:
+            self._read_local(msg["src"], entry)
+
+    def _read_local(self, src: str, entry: Any) -> None:
+        try:
+            req, table, key = entry
+            if not isinstance(req, int) or not isinstance(key, bytes):
+                raise ValueError("bad field types")
+        except (TypeError, ValueError):
+            self.counters["bad_store_frames"] += 1
+            return
+        if self.local is None or table not in USER_TABLES:
+            self._reply_value(src, req, None, "bad_request")
+            return
+        item = self.local.read(table, key)
+        self._reply_value(src, req, item, "ok")
+
+    def _ack(self, node: str, req: int, code: str) -> None:
+        if node == self.node_id:
+            self._on_ack(node, req, code, None)
+        else:
+            self._out_acks[node].append([req, code])
+
+    def _reply_value(self, node: str, req: int, item: Versioned | None, code: str) -> None:
+        if node == self.node_id:
+            self._on_value(node, req, item, code, None)
+        else:
+            self._out_values[node].append([req, None if item is None else encode_versioned(item), code])
+
+    # ---- coordinator side -----------------------------------------------------------------------
+
+    def _on_sack(self, msg: dict[str, Any], now: float) -> None:
+        for entry in msg.get("a") or ():
+            try:
+                req, code = entry
+            except (TypeError, ValueError):
+                self.counters["bad_store_frames"] += 1
+                continue
+            if isinstance(req, int) and isinstance(code, str):
+                self._on_ack(msg["src"], req, code, now)
+
+    def _on_ack(self, node: str, req: int, code: str, now: float | None) -> None:
+        handoff = self._handoffs.pop(req, None)
+        if handoff is not None:
+            target, table, key, item, _sent_at = handoff
+            self._handoff_keys.discard((target, table, key))
+            if code == "ok" and self.local is not None:
+                self.local.async_drop_hint(target, table, key, item)
+            return
+        self._run(self.coordinator.on_write_ack(node, req, code, self._now(now)))
+
+    def _on_sval(self, msg: dict[str, Any], now: float) -> None:
+        for entry in msg.get("r") or ():
+            try:
+                req, raw, code = entry
+                item = None if raw is None else decode_versioned(raw)
+            except (TypeError, ValueError, VersionError):
+                self.counters["bad_store_frames"] += 1
+                continue
+            if isinstance(req, int) and isinstance(code, str):
+                self._on_value(msg["src"], req, item, code, now)
+
+    def _on_value(self, node: str, req: int, item: Versioned | None, code: str, now: float | None) -> None:
+        direct = self._direct_reads.pop(req, None)
+        if direct is not None:
+            direct(item, code)
+            return
+        if item is not None:
+            self.clock.observe(item.version)
+        self._run(self.coordinator.on_read_reply(node, req, item, code, self._now(now)))
+
+    def _run(self, step: Step) -> None:
+        for outbound in step.outbound:
+            self._route(outbound)
+        for done in step.done:
+            callback = self._callbacks.pop(done.req, None)
+            if callback is not None:
+                callback(done)
+
+    def _route(self, outbound: Outbound) -> None:
+        message = outbound.message
+        if isinstance(message, ReplicaWrite):
+            entry = [message.req, message.table, message.key, encode_versioned(message.item), list(message.hint_for), message.sync]
+            if outbound.node == self.node_id:
+                self._apply_write(self.node_id, entry)
+            else:
+                self._out_writes[outbound.node].append(entry)
+        else:
+            self._route_read(outbound.node, message)
+
+    def _route_read(self, node: str, message: ReplicaRead) -> None:
+        entry = [message.req, message.table, message.key]
+        if node == self.node_id:
+            self._read_local(self.node_id, entry)
+        else:
+            self._out_reads[node].append(entry)
+
+    # ---- hints -------------------------------------------------------------------------------------
+
+    def _hand_off_hints(self, now: float) -> None:
+        """Send hinted writes to replicas that are back; a hint is dropped once its replica acked."""
+        assert self.local is not None
+        for req, (target, table, key, _item, sent_at) in list(self._handoffs.items()):
+            if now - sent_at > _HANDOFF_TIMEOUT_S:  # never acked (the replica died again): retry later
+                del self._handoffs[req]
+                self._handoff_keys.discard((target, table, key))
+        for target in sorted(self._membership.expected_cores() - {self.node_id}):
+            if self._membership.state_of(target) != "alive":
+                continue
+            for table, key, item in self.local.hints_for(target, limit=_HANDOFF_BATCH):
+                if (target, table, key) in self._handoff_keys:
+                    continue
+                req = next(self._ids)
+                self._handoffs[req] = (target, table, key, item, now)
+                self._handoff_keys.add((target, table, key))
+                self._out_writes[target].append([req, table, key, encode_versioned(item), [], True])
+                self.counters["hints_handed_off"] += 1
+
+    # ---- helpers -------------------------------------------------------------------------------------
+
+    def _live(self, replicas: list[str]) -> list[str]:
+        return [n for n in replicas if n == self.node_id or self._membership.state_of(n) in _LIVE_STATES]
+
+    def _bad_table(self, table: str) -> str | None:
+        if table not in USER_TABLES:
+            return f"unknown table {table!r}; tables: {', '.join(USER_TABLES)}"
+        return None
+
+    def _now(self, now: float | None) -> float:
+        # Local acks come from storage callbacks that carry no `now`; the coordinator only
+        # uses it to order deadlines, so the time of the current loop turn is close enough.
+        if now is not None:
+            self._last_now = now
+        return self._last_now

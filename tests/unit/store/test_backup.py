@@ -1,0 +1,239 @@
+"""Backups: online checkpoints while writes go on, and an offline restore that never loses the old data by accident."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from rocksdict import Options, Rdict
+
+from iris_mesh.store._backup import checkpoint, restore
+from iris_mesh.store._db import TABLES, Database, StoreError
+from iris_mesh.store._local import LocalStore
+from iris_mesh.store._versioned import Version, Versioned
+from support.waiting import wait_until
+
+
+def v(hlc: int, value: bytes | None = b"x") -> Versioned:
+    return Versioned(Version(hlc, "n1"), value)
+
+
+def tree(path: Path) -> dict[str, tuple[int, str]]:
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def dump(path: Path) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Every row of every table."""
+    db = Database(path)
+    try:
+        return {table: list(db.iterate(table)) for table in TABLES}
+    finally:
+        db.close()
+
+
+def commit_now(db: Database, writes: list[tuple[str, bytes, Versioned]]) -> None:
+    """Apply writes through a LocalStore and wait until they are durable (test thread as engine)."""
+    mailbox: collections.deque[Callable[[float], None]] = collections.deque()
+    store = LocalStore(db, post=mailbox.append)
+    store.start()
+    done: list[bool] = []
+    for table, key, item in writes:
+        store.async_apply(table, key, item, done.append)
+
+    def turn() -> bool:
+        while mailbox:
+            mailbox.popleft()(0.0)
+        store.async_end_of_batch()
+        return len(done) == len(writes)
+
+    wait_until(turn, 10.0, "the writes to be durable", interval_s=0.001)
+    assert all(done)
+    store.close()
+
+
+class EngineThread:
+    """A tiny real engine loop: one turn writes key i to two tables in one batch, then runs completions."""
+
+    def __init__(self, db: Database) -> None:
+        self.mailbox: collections.deque[Callable[[float], None]] = collections.deque()
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.store = LocalStore(db, post=self.post)
+        self.acked = 0
+        self.thread = threading.Thread(target=self.run, name="test-engine")
+
+    def post(self, fn: Callable[[float], None]) -> None:
+        self.mailbox.append(fn)
+        self.wake.set()
+
+    def run(self) -> None:
+        self.store.start()
+        i = 0
+        while not self.stop.is_set():
+            key = b"%08d" % i
+            self.store.async_apply("offline_msg", key, v(i + 1, key), self.on_durable)
+            self.store.async_apply("presence", key, v(i + 1, key))
+            i += 1
+            self.store.async_end_of_batch()
+            self.wake.wait(0.002)
+            self.wake.clear()
+            while self.mailbox:
+                self.mailbox.popleft()(0.0)
+        self.store.close()
+
+    def on_durable(self, ok: bool) -> None:
+        self.acked += ok
+
+
+def test_checkpoint_while_writes_continue_is_consistent(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    engine = EngineThread(db)
+    engine.thread.start()
+    try:
+        wait_until(lambda: engine.acked >= 50, 30.0, "writes to be flowing")
+        first = checkpoint(db, tmp_path / "backup1")
+        acked_at_first = engine.acked
+        wait_until(lambda: engine.acked >= acked_at_first + 50, 30.0, "writes to go on after the checkpoint")
+        second = checkpoint(db, tmp_path / "backups" / "two")
+    finally:
+        engine.stop.set()
+        engine.thread.join(30)
+        db.close()
+    sizes = []
+    for backup in (first, second):
+        rows = dump(backup)
+        msgs = [int(k) for k, _ in rows["offline_msg"]]
+        presence = [int(k) for k, _ in rows["presence"]]
+        # batches commit in order and atomically: a prefix of the writes, both tables alike
+        assert msgs == list(range(len(msgs))), "a checkpoint has a gap"
+        assert presence == msgs, "a checkpoint split a batch"
+        sizes.append(len(msgs))
+    assert 50 <= sizes[0] < sizes[1]
+
+
+def test_checkpoint_into_an_existing_directory_is_refused(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    try:
+        (tmp_path / "taken").mkdir()
+        with pytest.raises(StoreError, match="already exists"):
+            checkpoint(db, tmp_path / "taken")
+    finally:
+        db.close()
+
+
+def test_restore_replaces_the_state_exactly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    db = Database(data)
+    commit_now(db, [("offline_msg", b"a", v(1)), ("offline_msg", b"b", v(1)), ("presence", b"u", v(1, None))])
+    db.put_synced("meta", b"node_id", b"core1")
+    backup = checkpoint(db, tmp_path / "backup")
+    commit_now(db, [("offline_msg", b"a", v(2, None)), ("offline_msg", b"c", v(2)), ("hints", b"h", v(2))])
+    db.close()
+    at_checkpoint = dump(backup)
+    assert dump(data) != at_checkpoint
+    restore(backup, data)
+    assert dump(data) == at_checkpoint
+    assert dump(data)["offline_msg"][0][0] == b"a"  # the later delete is gone with the rest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]  # no temp or old copies left
+
+
+def test_restore_into_a_missing_data_directory(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    commit_now(db, [("offline_msg", b"a", v(1))])
+    backup = checkpoint(db, tmp_path / "backup")
+    db.close()
+    before = tree(backup)
+    restore(backup, tmp_path / "new" / "data")
+    assert dump(tmp_path / "new" / "data") == dump(tmp_path / "db")
+    assert tree(backup) == before  # restore copies; the backup stays usable
+
+
+def test_restore_refuses_while_the_database_is_open(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    db = Database(data)
+    commit_now(db, [("offline_msg", b"a", v(1))])
+    backup = checkpoint(db, tmp_path / "backup")
+    commit_now(db, [("offline_msg", b"b", v(1))])
+    try:
+        with pytest.raises(StoreError, match="open in this process"):
+            restore(backup, data)
+        assert db.get("offline_msg", b"b") is not None
+    finally:
+        db.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import sys
+            from pathlib import Path
+            from iris_mesh.store._db import Database
+            db = Database(Path(sys.argv[1]))
+            print("open", flush=True)
+            sys.stdin.read()
+            db.close()
+            """
+        ), str(data)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        with pytest.raises(StoreError, match="in use by another process"):
+            restore(backup, data)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+    assert [k for k, _ in dump(data)["offline_msg"]] == [b"a", b"b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "damaged", "foreign"])
+def test_restore_refuses_a_checkpoint_that_is_not_a_valid_database(tmp_path: Path, kind: str) -> None:
+    data = tmp_path / "data"
+    db = Database(data)
+    commit_now(db, [("offline_msg", b"a", v(1))])
+    db.close()
+    bad = tmp_path / "bad"
+    if kind == "empty":
+        bad.mkdir()
+    elif kind == "garbage":
+        bad.mkdir()
+        (bad / "CURRENT").write_text("nonsense\n")
+    elif kind == "damaged":
+        db = Database(tmp_path / "src")
+        checkpoint(db, bad)
+        db.close()
+        for manifest in bad.glob("MANIFEST-*"):
+            manifest.write_bytes(b"\x00" * 64)
+    else:
+        other = Rdict(str(bad), Options(raw_mode=True))
+        other[b"k"] = b"v"
+        other.close()
+    before = tree(data)
+    with pytest.raises(StoreError, match="nothing was changed|not a database checkpoint"):
+        restore(bad, data)
+    assert tree(data) == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp copies left
+
+
+def test_restore_refuses_to_replace_a_directory_that_is_not_a_database(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    backup = checkpoint(db, tmp_path / "backup")
+    db.close()
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "file.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not a database"):
+        restore(backup, target)
+    assert (target / "file.txt").read_text() == "keep me"

@@ -1,0 +1,143 @@
+"""Database: tables as column families, atomic batches, and refusing directories that are not ours."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from rocksdict import Options, Rdict
+
+from iris_mesh.store._db import TABLES, Database, StoreError, held_by_this_process
+
+
+def tree(path: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under `path` with its size, mtime and content hash."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def make_db(path: Path) -> None:
+    db = Database(path)
+    db.write([("offline_msg", b"k", b"v")])
+    db.close()
+
+
+def test_write_is_one_batch_across_tables_and_iterate_follows_key_order(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    try:
+        assert db.write([("offline_msg", b"b", b"2"), ("presence", b"u", b"on"), ("offline_msg", b"a", b"1")]) == 3
+        assert db.write([("offline_msg", b"b", None), ("offline_msg", b"c", b"3")]) == 2
+        assert db.write([]) == 0
+        db.flush_wal_synced()
+        assert db.get("presence", b"u") == b"on"
+        assert db.get("offline_msg", b"b") is None
+        assert list(db.iterate("offline_msg")) == [(b"a", b"1"), (b"c", b"3")]
+        assert list(db.iterate("offline_msg", start=b"b")) == [(b"c", b"3")]
+        assert list(db.iterate("offline_msg", prefix=b"a")) == [(b"a", b"1")]
+        assert list(db.iterate("presence", prefix=b"x")) == []
+        db.put_synced("meta", b"node_id", b"core1")
+        assert db.get("meta", b"node_id") == b"core1"
+    finally:
+        db.close()
+    db.close()  # idempotent
+
+
+def test_data_is_there_after_reopen_and_the_open_is_tracked(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    make_db(path)
+    assert not held_by_this_process(path)
+    db = Database(path)
+    try:
+        assert held_by_this_process(path)
+        assert db.get("offline_msg", b"k") == b"v"
+    finally:
+        db.close()
+    assert not held_by_this_process(path)
+
+
+def test_a_directory_that_is_not_a_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.mkdir()
+    (path / "notes.txt").write_text("someone's files")
+    before = tree(path)
+    with pytest.raises(StoreError, match="not a RocksDB database"):
+        Database(path)
+    assert tree(path) == before
+
+
+@pytest.mark.parametrize("damage", ["CURRENT", "MANIFEST"])
+def test_a_damaged_database_is_refused_and_left_alone(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "db"
+    make_db(path)
+    if damage == "CURRENT":
+        (path / "CURRENT").write_text("MANIFEST-999999\n")
+    else:
+        for manifest in path.glob("MANIFEST-*"):
+            manifest.write_bytes(b"\x00garbage" * 10)
+    before = tree(path)
+    with pytest.raises(StoreError, match="damaged"):
+        Database(path)
+    assert tree(path) == before
+
+
+def test_a_rocksdb_of_another_program_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other"
+    other = Rdict(str(path), Options(raw_mode=True))
+    other[b"theirs"] = b"data"
+    other.close()
+    before = tree(path)
+    with pytest.raises(StoreError, match="another program"):
+        Database(path)
+    assert tree(path) == before
+
+
+def test_a_database_with_unknown_tables_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    cfs = {name: Options(raw_mode=True) for name in (*TABLES, "mystery")}
+    Rdict(str(path), opts, column_families=cfs).close()
+    with pytest.raises(StoreError, match="mystery"):
+        Database(path)
+
+
+def test_a_database_in_use_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    db = Database(path)
+    try:
+        with pytest.raises(StoreError, match="already open in this process"):
+            Database(path)
+    finally:
+        db.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import sys
+            from pathlib import Path
+            from iris_mesh.store._db import Database
+            db = Database(Path(sys.argv[1]))
+            print("open", flush=True)
+            sys.stdin.read()
+            db.close()
+            """
+        ), str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        with pytest.raises(StoreError, match="in use by another process"):
+            Database(path)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+    Database(path).close()
