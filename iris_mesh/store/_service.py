@@ -16,8 +16,6 @@ import itertools
 from collections import defaultdict
 from typing import Any, Callable, Protocol
 
-from loguru import logger
-
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._versioned import HybridClock, Versioned, VersionError, decode_versioned, encode_versioned
@@ -30,8 +28,34 @@ _HANDOFF_INTERVAL_S = 0.5
 _HANDOFF_BATCH = 500
 _HANDOFF_TIMEOUT_S = 5.0
 _LIVE_STATES = ("alive", "suspect")
+# Outgoing batches are cut into frames of at most this many bytes (well under max_frame_bytes).
+_FRAME_BUDGET_BYTES = 256 * 1024
+_ENTRY_OVERHEAD_BYTES = 32
+# A value must fit in one mesh frame with room to spare (max_frame_bytes is at least 1 MiB by default).
+MAX_VALUE_BYTES = 512 * 1024
 
 OnDone = Callable[[Done], None]
+
+
+def _entry_size(entry: list[Any]) -> int:
+    return _ENTRY_OVERHEAD_BYTES + sum(len(part) for part in entry if isinstance(part, (bytes, str)))
+
+
+def _chunks(entries: list[list[Any]]) -> list[list[list[Any]]]:
+    """Split a batch so that no frame outgrows the frame budget."""
+    chunks: list[list[list[Any]]] = []
+    current: list[list[Any]] = []
+    size = 0
+    for entry in entries:
+        entry_size = _entry_size(entry)
+        if current and size + entry_size > _FRAME_BUDGET_BYTES:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry_size
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 class StoreMembership(Protocol):
@@ -101,6 +125,9 @@ class StoreService:
         if problem:
             on_done(Done(req, False, "bad_request", problem))
             return
+        if value is not None and len(value) > MAX_VALUE_BYTES:
+            on_done(Done(req, False, "too_large", f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}"))
+            return
         if not self._membership.is_safe_for_writes():
             on_done(Done(req, False, "partition_detected", f"{self.node_id} is in safe mode: it does not see a majority of cores"))
             return
@@ -142,8 +169,9 @@ class StoreService:
             if not out:
                 continue
             for node, entries in out.items():
-                if not self._mesh.async_send(node, op, **{field: entries}):
-                    self.counters[f"{op}_not_sent"] += len(entries)
+                for chunk in _chunks(entries):
+                    if not self._mesh.async_send(node, op, **{field: chunk}):
+                        self.counters[f"{op}_not_sent"] += len(chunk)
             out.clear()
         if self.local is not None:
             self.local.async_end_of_batch()
