@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -23,6 +24,7 @@ from iris_mesh.membership import (
 from iris_mesh.sockets import Engine, SocketTuning, cluster_keys
 from iris_mesh.store import (
     Database,
+    Done,
     HybridClock,
     LocalStore,
     NodeMeta,
@@ -173,6 +175,42 @@ class Node:
         assert self._engine is not None and self.runtime is not None
         runtime = self.runtime
         return self._engine.call(lambda now: fn(runtime, now), timeout_s)
+
+    def put(self, table: str, key: bytes, value: bytes | None, *, durability: str = "quorum", timeout_s: float = 10.0) -> Done:
+        """Write (value None: delete) a key on its replicas; blocks until answered. Thread-safe.
+
+        `Done.ok` False with code `unavailable` after a timeout does not mean the write did not
+        happen: retry with the same key and value, which is idempotent.
+        """
+        return self._wait(lambda runtime, now, done: runtime.store.async_put(
+            table, key, value, durability=durability, on_done=done, now=now), timeout_s)
+
+    def get(self, table: str, key: bytes, *, timeout_s: float = 10.0) -> Done:
+        """Quorum read; `Done.item` is the newest version (None or a tombstone: not found). Thread-safe."""
+        return self._wait(lambda runtime, now, done: runtime.store.async_get(table, key, on_done=done, now=now), timeout_s)
+
+    def put_async(self, table: str, key: bytes, value: bytes | None, on_done: Callable[[Done], None], *,
+                  durability: str = "quorum") -> None:
+        """Start a write; on_done(Done) runs on the engine thread (keep it short). Thread-safe."""
+        assert self._engine is not None and self.runtime is not None
+        runtime = self.runtime
+        self._engine.post(lambda now: runtime.store.async_put(table, key, value, durability=durability,
+                                                               on_done=on_done, now=now))
+
+    def _wait(self, start: Callable[[NodeRuntime, float, Callable[[Done], None]], None], timeout_s: float) -> Done:
+        assert self._engine is not None and self.runtime is not None
+        runtime = self.runtime
+        answered = threading.Event()
+        box: list[Done] = []
+
+        def done(result: Done) -> None:
+            box.append(result)
+            answered.set()
+
+        self._engine.post(lambda now: start(runtime, now, done))
+        if not answered.wait(timeout_s):
+            raise TimeoutError(f"no answer from the store within {timeout_s} s")
+        return box[0]
 
     @property
     def ports(self) -> Any:

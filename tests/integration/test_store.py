@@ -1,0 +1,206 @@
+"""The replicated store with real node processes: quorum, failures, crash durability, restarts, backups."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
+from support.nodes import CORES, LocalCluster, NodeProcess
+from support.waiting import wait_until
+from test_mesh import meshctl
+
+
+def _cores(cluster: LocalCluster, *extra: str, **settings) -> list[str]:
+    names = [*CORES, *extra]
+    for node_id in names:
+        cluster.add(node_id, expected_cores=names, **settings)
+    cluster.start(*names)
+    cluster.wait_full_mesh(names)
+    for node_id in names:
+        wait_until(lambda: cluster.nodes[node_id].status()["safe_for_writes"], 10.0, f"{node_id} to accept writes")
+    return names
+
+
+def _put(node: NodeProcess, key: str, value: str, **fields) -> dict:
+    return node.request("put", table="offline_msg", key=key, value=value, timeout_s=10.0, **fields)
+
+
+def _get(node: NodeProcess, key: str, **fields) -> dict:
+    return node.request("get", table="offline_msg", key=key, timeout_s=10.0, **fields)
+
+
+def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster) -> None:
+    _cores(local_cluster)
+    core1 = local_cluster.nodes["core1"]
+    assert _put(core1, "alice", "hello")["ok"]
+    local_cluster.nodes["core3"].kill()
+    wait_until(lambda: core1.states()["core3"] == "dead", 5.0, "core3 dead")
+
+    written = _put(core1, "bob", "hi bob")
+    assert written["ok"], written
+    assert sorted(written["acked_by"]) == ["core1", "core2"]
+    for key, value in (("alice", b"hello"), ("bob", b"hi bob")):
+        read = _get(local_cluster.nodes["core2"], key)
+        assert read["ok"] and read["found"] and read["value"] == value
+    # The missed write is kept as a hint for core3 on the replicas that took it.
+    counts = core1.request("tables")["tables"]
+    assert counts["hints"] >= 1
+
+
+def test_write_with_two_replicas_down_fails_fast_with_unavailable(local_cluster: LocalCluster) -> None:
+    names = _cores(local_cluster, "core4", "core5")
+    core1 = local_cluster.nodes["core1"]
+    # A key none of whose replicas is core1, so that core1 can coordinate while two of them are down.
+    key = next(k for k in (f"user{i}" for i in range(1000))
+               if "core1" not in [r["node_id"] for r in core1.request("replicas", key=k)["replicas"]])
+    replicas = [r["node_id"] for r in core1.request("replicas", key=key)["replicas"]]
+    for victim in replicas[:2]:
+        local_cluster.nodes[victim].kill()
+    wait_until(lambda: all(core1.states()[v] == "dead" for v in replicas[:2]), 5.0, "two replicas dead")
+    assert core1.status()["safe_for_writes"]  # 3 of 5 cores: still a majority
+
+    started = time.monotonic()
+    failed = _put(core1, key, "v")
+    assert failed["ok"] is False and failed["code"] == "unavailable", failed
+    assert time.monotonic() - started < 2.0  # store_timeout_s
+    assert _get(core1, key)["error"] == "unavailable"
+    assert len(names) == 5
+
+
+def test_core_in_safe_mode_refuses_writes_but_still_reads(local_cluster: LocalCluster) -> None:
+    _cores(local_cluster)
+    core1 = local_cluster.nodes["core1"]
+    assert _put(core1, "carol", "before")["ok"]
+    local_cluster.nodes["core2"].kill()
+    local_cluster.nodes["core3"].kill()
+    wait_until(lambda: not core1.status()["safe_for_writes"], 5.0, "core1 in safe mode")
+    refused = _put(core1, "carol", "during")
+    assert refused["ok"] is False and refused["code"] == "partition_detected"
+    replica = _get(core1, "carol", replica="core1")
+    assert replica["found"] and replica["value"] == b"before"
+
+
+class _Writer(threading.Thread):
+    """Writes unique keys with quorum through one node and records which were acknowledged."""
+
+    def __init__(self, node: NodeProcess) -> None:
+        super().__init__(name="test-writer", daemon=True)
+        self._endpoint = f"tcp://{node.admin}"
+        self._keys = cluster_keys(node.cookie)
+        self.acked: list[str] = []
+        self.attempts = 0
+        self.errors: dict[str, int] = {}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        client = AdminClient(self._endpoint, self._keys, timeout_s=5.0)
+        try:
+            while not self.halt.is_set():
+                key = f"m{self.attempts:06d}"
+                self.attempts += 1
+                try:
+                    reply = client.request("put", table="offline_msg", key=key, value=f"value of {key}")
+                except AdminError as exc:
+                    self.errors[exc.code] = self.errors.get(exc.code, 0) + 1
+                    client.close()
+                    client = AdminClient(self._endpoint, self._keys, timeout_s=5.0)
+                    continue
+                if reply.get("ok"):
+                    self.acked.append(key)
+                else:
+                    self.errors[reply.get("code", "?")] = self.errors.get(reply.get("code", "?"), 0) + 1
+        finally:
+            client.close()
+
+
+def test_no_acknowledged_write_is_lost_to_crashes(local_cluster: LocalCluster) -> None:
+    _cores(local_cluster)
+    edge = local_cluster.add("edge1", role="edge")
+    edge.start()
+    local_cluster.wait_full_mesh([*CORES, "edge1"])
+    wait_until(lambda: edge.status()["safe_for_writes"], 10.0, "edge1 to accept writes")
+    rng = random.Random(7)
+    writer = _Writer(edge)
+    writer.start()
+    try:
+        for _ in range(4):
+            acked_before = len(writer.acked)
+            wait_until(lambda: len(writer.acked) >= acked_before + 200, 20.0, "200 more acknowledged writes")
+            victim = local_cluster.nodes[rng.choice(CORES)]
+            victim.kill()
+            victim.start()
+        # Every core at once.
+        for node_id in CORES:
+            local_cluster.nodes[node_id].proc.kill()
+        writer.halt.set()
+        writer.join(timeout=30)
+    finally:
+        writer.halt.set()
+    for node_id in CORES:
+        local_cluster.nodes[node_id].proc.wait(timeout=10)
+    local_cluster.start(*CORES)
+    wait_until(lambda: edge.status()["safe_for_writes"], 15.0, "the restarted cluster to accept writes")
+
+    keys = cluster_keys(edge.cookie)
+    lost = []
+    with AdminClient(f"tcp://{edge.admin}", keys, timeout_s=10.0) as client:
+        for key in writer.acked:
+            reply = client.request("get", table="offline_msg", key=key)
+            if not (reply.get("ok") and reply.get("found") and reply["value"] == f"value of {key}".encode()):
+                lost.append((key, reply))
+    print(f"attempts={writer.attempts} acked={len(writer.acked)} lost={len(lost)} errors={writer.errors}")
+    assert len(writer.acked) >= 800
+    assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:3]}"
+
+
+def test_whole_cluster_restart_keeps_data_and_is_writable_within_10s(local_cluster: LocalCluster) -> None:
+    _cores(local_cluster)
+    core1 = local_cluster.nodes["core1"]
+    for i in range(50):
+        assert _put(core1, f"k{i}", f"v{i}")["ok"]
+    local_cluster.stop()
+    started = time.monotonic()
+    local_cluster.start(*CORES)
+    wait_until(lambda: _put(local_cluster.nodes["core2"], "after", "restart")["ok"], 10.0, "a quorum write after restart")
+    print(f"writable {time.monotonic() - started:.2f} s after the restart began")
+    for i in range(50):
+        read = _get(local_cluster.nodes["core3"], f"k{i}")
+        assert read["found"] and read["value"] == f"v{i}".encode()
+
+
+def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    _cores(local_cluster)
+    core1 = local_cluster.nodes["core1"]
+    for i in range(20):
+        assert _put(core1, f"b{i}", f"v{i}")["ok"]
+    backup_dir = tmp_path / "backup-1"
+    # The backup of every core: meshctl finds them all by mDNS.
+    backup = meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(backup_dir))
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert sorted(p.name for p in backup_dir.iterdir()) == list(CORES)
+    assert _put(core1, "b0", "changed after backup")["ok"]
+    assert _put(core1, "late", "written after backup")["ok"]
+
+    local_cluster.stop()
+    restore = meshctl(local_cluster, "restore", str(backup_dir), "--data-root", str(local_cluster.root / "data"))
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    local_cluster.start(*CORES)
+    core2 = local_cluster.nodes["core2"]
+    wait_until(lambda: core2.status()["safe_for_writes"], 10.0, "the restored cluster to accept writes")
+    for i in range(20):
+        read = _get(core2, f"b{i}")
+        assert read["found"] and read["value"] == f"v{i}".encode(), read
+    assert not _get(core2, "late")["found"]
+
+
+def test_restore_refuses_while_the_node_runs(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    _cores(local_cluster)
+    backup_dir = tmp_path / "backup-2"
+    assert meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(backup_dir)).returncode == 0
+    refused = meshctl(local_cluster, "restore", str(backup_dir), "--data-root", str(local_cluster.root / "data"))
+    assert refused.returncode == 1
+    assert "core1" in refused.stderr
+    assert _get(local_cluster.nodes["core1"], "anything")["ok"]
