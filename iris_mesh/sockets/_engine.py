@@ -130,6 +130,8 @@ class Engine:
         self._name = f"iris-engine-{node_id}-{next(_engine_ids)}"
         self._mailbox: collections.deque[Callable[[float], None]] = collections.deque()
         self._wake_lock = threading.Lock()
+        # True while a wake-up byte is on its way to the loop: further posts need not send one.
+        self._wake_pending = False
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._stopping = False
@@ -163,8 +165,11 @@ class Engine:
     def post(self, fn: Callable[[float], None]) -> None:
         """Run fn(now) on the engine thread soon. Thread-safe."""
         self._mailbox.append(fn)
+        if self._wake_pending:
+            return
         with self._wake_lock:
-            if self._wake_push is not None:
+            if self._wake_push is not None and not self._wake_pending:
+                self._wake_pending = True
                 try:
                     self._wake_push.send(b"", zmq.NOBLOCK)
                 except zmq.Again:
@@ -436,6 +441,8 @@ class Engine:
 
     def _drain_mailbox(self, now: float) -> None:
         self._drain(self._wake_pull)
+        # Cleared before the mailbox runs, so a post that lands meanwhile sends a fresh wake-up.
+        self._wake_pending = False
         self._run_mailbox(now)
 
     def _run_mailbox(self, now: float) -> None:
