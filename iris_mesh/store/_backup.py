@@ -33,6 +33,7 @@ def checkpoint(db: Database, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         db.checkpoint(dest)
+        _fsync_tree(dest)  # "backup done" means on disk, also after power loss
     except Exception as exc:
         raise StoreError(f"checkpoint into {dest} failed: {exc}") from None
     return dest

@@ -43,7 +43,7 @@ OnDurable = Callable[[bool], None]
 class _Batch:
     """The writes of one group commit. Engine thread: ops, callbacks; committer: reads ops."""
 
-    __slots__ = ("ops", "early", "durable", "live_delta", "written", "writes")
+    __slots__ = ("ops", "early", "durable", "live_delta", "written")
 
     def __init__(self) -> None:
         # (table, key) -> new value, or None for a delete
@@ -52,7 +52,6 @@ class _Batch:
         self.durable: list[OnDurable] = []
         self.live_delta: dict[str, int] = {}
         self.written = False
-        self.writes = 0  # staged operations, counting those replaced within the batch
 
 
 def _is_live(item: Versioned | None) -> bool:
@@ -109,8 +108,10 @@ class LocalStore:
 
     def start(self) -> None:
         """Start the committer thread."""
-        if self._thread is not None or self._closed:
-            return
+        if self._thread is None and not self._closed:
+            self._spawn()
+
+    def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._commit_loop, name=f"store-commit:{self._db.path.name}", daemon=True)
         self._thread.start()
 
@@ -125,7 +126,9 @@ class LocalStore:
             return
         self._closed = True
         if self._thread is None:
-            self.start()
+            if not self._staged.ops:
+                return
+            self._spawn()
         assert self._thread is not None
         with self._cond:
             self._cond.wait_for(lambda: self._handoff is None and not self._committing)
@@ -255,7 +258,8 @@ class LocalStore:
 
     def count(self, table: str) -> int:
         """Committed live rows (tombstones excluded). O(1): counted at open, then kept up to date."""
-        self._check_table(table)
+        if table not in self._live:
+            raise ValueError(f"{table!r} is not a versioned table (one of {', '.join(VERSIONED_TABLES)})")
         return self._live[table]
 
     def stats(self) -> dict[str, int]:
@@ -286,7 +290,6 @@ class LocalStore:
     def _stage(self, table: str, key: bytes, item: Versioned | None, current: Versioned | None) -> None:
         staged = self._staged
         staged.ops[(table, key)] = item
-        staged.writes += 1
         delta = _is_live(item) - _is_live(current)
         if delta:
             staged.live_delta[table] = staged.live_delta.get(table, 0) + delta
@@ -343,12 +346,14 @@ class LocalStore:
                 batch = self._handoff
                 if batch is None:
                     return
+                # Taken now: the completion posted by _commit may let the engine hand
+                # over the next batch before this commit's bookkeeping ends.
+                self._handoff = None
                 self._committing = True
             try:
                 self._commit(batch)
             finally:
                 with self._cond:
-                    self._handoff = None
                     self._committing = False
                     self._cond.notify_all()
 
