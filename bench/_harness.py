@@ -38,6 +38,8 @@ __all__ = [
     "LogEvent",
     "NodeProcess",
     "Session",
+    "cpu_busy_pct",
+    "cpu_times",
     "emit_result",
     "new_cookie",
     "progress",
@@ -45,6 +47,7 @@ __all__ = [
     "session",
     "unique_cluster",
     "wait_until",
+    "warn_if_busy",
 ]
 
 T = TypeVar("T")
@@ -77,6 +80,30 @@ def emit_result(result: Mapping[str, Any]) -> None:
     """Print the benchmark's result: one JSON object, the last line of stdout."""
     sys.stdout.flush()
     print(json.dumps(result, separators=(",", ":")), flush=True)
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy_pct(sample_s: float = 1.0) -> float:
+    """How busy the machine's CPUs are right now (other work skews every benchmark), in percent."""
+    busy0, total0 = cpu_times()
+    _pause(sample_s)
+    busy1, total1 = cpu_times()
+    return round(100.0 * (busy1 - busy0) / max(total1 - total0, 1), 1)
+
+
+def warn_if_busy(sample_s: float = 1.0, limit_pct: float = 20.0) -> float:
+    """Sample `cpu_busy_pct`, warn on stderr above `limit_pct`, return it."""
+    busy = cpu_busy_pct(sample_s)
+    if busy > limit_pct:
+        progress(f"warning: the CPUs are {busy} % busy before the start; other work skews the results")
+    return busy
 
 
 def unique_cluster(prefix: str) -> str:

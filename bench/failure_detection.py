@@ -37,6 +37,7 @@ from _harness import (
     LogEvent,
     NodeProcess,
     Session,
+    cpu_times,
     emit_result,
     new_cookie,
     progress,
@@ -44,6 +45,7 @@ from _harness import (
     session,
     unique_cluster,
     wait_until,
+    warn_if_busy,
 )
 from iris_mesh.config import NodeConfig
 
@@ -165,21 +167,13 @@ def _run_kills(cluster: Cluster, kills: int, detect_timeout_s: float, rng: rando
     return rounds
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
 def _run_load(bench: Session, cluster: Cluster, seconds: float, hogs_per_cpu: int, grace_s: float) -> dict[str, Any]:
     cpus = os.cpu_count() or 1
     offsets = {n: node.log_size() for n, node in cluster.nodes.items()}
     # Each hog also ends by itself shortly after the window, should this process vanish.
     hog = f"import time\nend = time.monotonic() + {seconds + 30.0}\nwhile time.monotonic() < end:\n    pass\n"
     hogs = []
-    busy0, total0 = _cpu_times()
+    busy0, total0 = cpu_times()
     started_at = time.time()
     try:
         for _ in range(hogs_per_cpu * cpus):
@@ -196,7 +190,7 @@ def _run_load(bench: Session, cluster: Cluster, seconds: float, hogs_per_cpu: in
         for proc in hogs:
             bench.stop(proc)
         stopped_at = time.time()
-    busy1, total1 = _cpu_times()
+    busy1, total1 = cpu_times()
     _pause(grace_s)
     events: list[LogEvent] = []
     for node_id, node in cluster.nodes.items():
@@ -220,9 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     timings = NodeConfig(node_id="x")
-    loadavg_before = round(os.getloadavg()[0], 2)  # other work on the machine skews detection times
-    if loadavg_before > 0.5 * (os.cpu_count() or 1):
-        progress(f"warning: load average is {loadavg_before} before the start; other work skews the results")
+    busy_before = warn_if_busy()
     with session("fd") as bench:
         cluster = Cluster(bench, new_cookie())
         progress(f"starting 4 nodes (cluster {cluster.name}, mDNS off, seed {SURVIVORS[0]})")
@@ -263,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "goal_false_suspicions_per_min": GOAL_FALSE_SUSPICIONS_PER_MIN,
         "goal_met": missed == 0 and p99 <= GOAL_P99_S and load["per_min"] <= GOAL_FALSE_SUSPICIONS_PER_MIN,
         "cpus": os.cpu_count(),
-        "loadavg_1m_before": loadavg_before,
+        "cpu_busy_pct_before": busy_before,
         "random_seed": seed,
     }
 
