@@ -10,7 +10,7 @@ from loguru import logger
 
 from iris_mesh.membership import MembershipService, Placement
 from iris_mesh.sockets import AdminRequest, Engine
-from iris_mesh.store import LocalStore, StoreAdmin, StoreService
+from iris_mesh.store import StoreAdmin, StoreService, partition_key
 
 __all__ = ["NodeRuntime"]
 
@@ -120,8 +120,9 @@ class NodeRuntime:
                     ping.request.reply(
                         {"ok": False, "error": "pang", "detail": f"no answer from {ping.node_id} within {_PING_TIMEOUT_S} s"}
                     )
-        self.store.async_tick(now)
-        return self.membership.async_tick(now)
+        store_wait_s = self.store.async_tick(now)
+        wait_s = self.membership.async_tick(now)
+        return wait_s if store_wait_s is None else min(wait_s, store_wait_s)
 
     def async_on_stop(self, now: float) -> None:
         if self.store.local is not None:
@@ -197,7 +198,7 @@ class NodeRuntime:
             request.error("bad_request", "replicas needs a non-empty 'key'")
             return
         expected = self.membership.guard.expected_cores
-        replicas = self.placement.replicas(key, expected)
+        replicas = self.placement.replicas(partition_key(key if isinstance(key, bytes) else key.encode()), expected)
         rows = [{"node_id": node_id, "state": self.membership.state_of(node_id)} for node_id in replicas]
         live = sum(1 for row in rows if row["state"] in ("alive", "suspect"))
         quorum = self.placement.replication_factor // 2 + 1

@@ -32,6 +32,7 @@ from iris_mesh.store import (
     StoreAdmin,
     StoreService,
     checkpoint,
+    partition_key,
 )
 from iris_mesh._runtime import NodeRuntime
 
@@ -109,9 +110,11 @@ class Node:
                 timeout_s=config.store_timeout_s,
             ),
             clock=HybridClock(config.node_id),
-            replicas_for=lambda key: placement.replicas(key, membership.guard.expected_cores),
+            replicas_for=lambda key: placement.replicas(partition_key(key), membership.guard.expected_cores),
             membership=membership,
             wall_ms=lambda: time.time_ns() // 1_000_000,
+            anti_entropy_interval_s=config.anti_entropy_interval_s,
+            tombstone_grace_s=config.tombstone_grace_s,
         )
         self.runtime = NodeRuntime(
             membership=membership,

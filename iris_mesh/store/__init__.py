@@ -7,7 +7,9 @@ from iris_mesh.store._backup import checkpoint, restore
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
+from iris_mesh.store._keys import compose, partition_key
 from iris_mesh.store._meta import NodeMeta
+from iris_mesh.store._scan import QuorumScanner, ScanDone
 from iris_mesh.store._service import USER_TABLES, StoreService
 from iris_mesh.store._versioned import HybridClock, Version, Versioned
 
@@ -26,6 +28,10 @@ __all__ = [
     "USER_TABLES",
     "Version",
     "Versioned",
+    "QuorumScanner",
+    "ScanDone",
     "checkpoint",
+    "compose",
+    "partition_key",
     "restore",
 ]
