@@ -27,6 +27,7 @@ from iris_mesh.sockets._options import (
     SocketTuning,
     bind,
     make_admin,
+    make_gateway,
     make_inbox,
     make_link,
     make_pub,
@@ -53,6 +54,7 @@ class BoundPorts:
     mesh: int
     heartbeat: int
     admin: int
+    client: int = 0  # 0: this node has no client gateway
 
 
 class AdminRequest:
@@ -86,6 +88,7 @@ class EngineHandler(Protocol):
     def async_on_mesh(self, msg: dict[str, Any], now: float) -> None: ...
     def async_on_heartbeat(self, msg: dict[str, Any], now: float) -> None: ...
     def async_on_admin(self, request: AdminRequest, now: float) -> None: ...
+    def async_on_client(self, route: bytes, msg: dict[str, Any], now: float) -> None: ...
     def async_after_batch(self, now: float) -> None: ...
     def async_tick(self, now: float) -> float: ...
     def async_on_stop(self, now: float) -> None: ...
@@ -115,6 +118,7 @@ class Engine:
         mesh_port: int = 0,
         heartbeat_port: int = 0,
         admin_port: int = 0,
+        client_port: int | None = None,
         tuning: SocketTuning | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -125,6 +129,8 @@ class Engine:
         self._handler = handler
         self._bind_address = bind_address
         self._wanted_ports = (mesh_port, heartbeat_port, admin_port)
+        self._client_port = client_port
+        self._gateway: zmq.Socket | None = None
         self._tuning = tuning or SocketTuning()
         self._clock = clock
         self._name = f"iris-engine-{node_id}-{next(_engine_ids)}"
@@ -312,6 +318,17 @@ class Engine:
             # The client went away or is not reading: its problem, never ours.
             self.counters["admin_reply_dropped"] += 1
 
+    def async_send_client(self, route: bytes, frame: dict[str, Any]) -> bool:
+        """Send one frame to a client session; False (counted) if it is gone or its queue is full."""
+        assert self._gateway is not None
+        try:
+            self._gateway.send_multipart([route, encode(frame)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.counters["client_send_dropped"] += 1
+            return False
+        self.counters["client_out"] += 1
+        return True
+
     @property
     def zap_denied(self) -> int:
         return self._zap_policy.denied
@@ -356,14 +373,20 @@ class Engine:
         self._sub = make_sub(self._ctx, self._keys, tuning)
         self._admin = make_admin(self._ctx, self._keys, tuning)
         mesh_port, hb_port, admin_port = self._wanted_ports
+        client = 0
+        if self._client_port is not None:
+            self._gateway = make_gateway(self._ctx, self._keys, tuning)
+            client = bind(self._gateway, self._bind_address, self._client_port, "client gateway")
         self.ports = BoundPorts(
             mesh=bind(self._inbox, self._bind_address, mesh_port, "mesh inbox"),
             heartbeat=bind(self._pub, self._bind_address, hb_port, "heartbeat"),
             admin=bind(self._admin, self._bind_address, admin_port, "admin"),
+            client=client,
         )
         self._poller = zmq.Poller()
-        for sock in (self._zap, self._wake_pull, self._inbox, self._sub, self._admin):
-            self._poller.register(sock, zmq.POLLIN)
+        for sock in (self._zap, self._wake_pull, self._inbox, self._sub, self._admin, self._gateway):
+            if sock is not None:
+                self._poller.register(sock, zmq.POLLIN)
         with self._wake_lock:
             self._wake_push = wake_push
         self._handler.async_on_start(self, self._clock())
@@ -391,6 +414,8 @@ class Engine:
             self._sub: self._drain_sub,
             self._admin: self._drain_admin,
         }
+        if self._gateway is not None:
+            handlers[self._gateway] = self._drain_gateway
         next_tick = self._clock()
         while not self._stopping:
             now = self._clock()
@@ -506,3 +531,21 @@ class Engine:
                 continue
             request = AdminRequest(msg, self, route)
             self._guard(self._handler.async_on_admin, request, now)
+
+    def _drain_gateway(self, now: float) -> None:
+        assert self._gateway is not None
+        limit = self._tuning.max_frame_bytes
+        for frames in self._drain(self._gateway):
+            route = frames[0]
+            if len(frames) != 2:
+                self.counters["client_dropped_malformed"] += 1
+                self.async_send_client(route, envelope("error", code="bad_frame", detail="a frame must be exactly one message part"))
+                continue
+            try:
+                msg = decode(frames[1], max_frame_bytes=limit)
+            except FrameError as exc:
+                self.counters["client_dropped_malformed"] += 1
+                self.async_send_client(route, envelope("error", code=exc.code, detail=str(exc)))
+                continue
+            self.counters["client_in"] += 1
+            self._guard(self._handler.async_on_client, route, msg, now)

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import zmq
 
-from iris_mesh.sockets._curve import ZAP_DOMAIN_MESH, ClusterKeys
+from iris_mesh.sockets._curve import ZAP_DOMAIN_CLIENT, ZAP_DOMAIN_MESH, ClusterKeys
 
-__all__ = ["SocketTuning", "bind", "make_inbox", "make_link", "make_pub", "make_sub", "make_admin", "BindError"]
+__all__ = [
+    "SocketTuning", "bind", "make_inbox", "make_link", "make_pub", "make_sub", "make_admin", "make_gateway", "BindError",
+]
 
 
 class BindError(OSError):
@@ -30,6 +32,8 @@ class SocketTuning:
     # (a cut cable, a partition), so zmq reconnects as soon as the path heals.
     zmtp_heartbeat_ivl_ms: int = 500
     zmtp_heartbeat_timeout_ms: int = 1_500
+    # Frames queued to one client before further ones are dropped (its deliveries wait in the store).
+    client_send_hwm: int = 10_000
 
 
 def _common(sock: zmq.Socket, tuning: SocketTuning) -> None:
@@ -114,4 +118,16 @@ def make_admin(ctx: zmq.Context, keys: ClusterKeys, tuning: SocketTuning) -> zmq
     sock.sndhwm = 1_000
     sock.router_mandatory = 1
     keys.server(sock, ZAP_DOMAIN_MESH)
+    return sock
+
+
+def make_gateway(ctx: zmq.Context, keys: ClusterKeys, tuning: SocketTuning) -> zmq.Socket:
+    """ROUTER for client SDKs: CURVE with the cluster's server key, any client key (ZAP domain `client`)."""
+    sock = ctx.socket(zmq.ROUTER)
+    _common(sock, tuning)
+    sock.rcvhwm = 10_000
+    sock.sndhwm = tuning.client_send_hwm
+    sock.router_mandatory = 1
+    sock.router_handover = 1
+    keys.server(sock, ZAP_DOMAIN_CLIENT)
     return sock

@@ -1,0 +1,599 @@
+"""EdgeService: the client gateway's brain. Sessions, sends, live delivery, inboxes, presence. Engine thread only.
+
+A send from user A to user B, accepted on A's edge (the origin):
+1. Sends of one (A, B) pair are handled one at a time, in arrival order, so
+   B sees them in send order whatever path each takes.
+2. The origin looks up B's presence (cached briefly). If B has sessions on
+   some edges, it offers the message to them (`mdeliver`); the first edge whose
+   session acks it answers `mdelivered`, and A gets `sent{delivered}`.
+3. Otherwise (no session, every edge declined, or no ack within
+   `deliver_timeout_s`) the message is written to B's offline inbox with a
+   quorum and fsync; A gets `sent{stored}` and B's edges are told (`minbox`),
+   so B's online sessions get the stored message pushed to them.
+
+An edge declines a live delivery while any session of B may still be owed
+stored messages (it has not synced, or its inbox changed): the message then
+goes to the inbox behind them, which keeps per-sender order across the switch
+between online and offline. A message leaves the inbox only when B acks it.
+
+Mesh frames between edges:
+    mdeliver     {id, from, to, ts, body}      offer a live delivery
+    mdelivered   {id, to}                      a session of `to` acked it
+    mdeclined    {id, to, reason}              no session could take it
+    minbox       {to}                          `to` has new stored messages
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loguru import logger
+
+from iris_mesh.messaging._inbox import (
+    StoredMessage,
+    decode_presence,
+    decode_stored,
+    encode_presence,
+    encode_stored,
+    inbox_key,
+    inbox_prefix,
+    message_id_of,
+    presence_key,
+    presence_prefix,
+)
+from iris_mesh.messaging._protocol import (
+    AckRequest,
+    Delivery,
+    HelloRequest,
+    Limits,
+    LoginRequest,
+    LogoutRequest,
+    PingRequest,
+    PresenceRequest,
+    ProtocolError,
+    SendRequest,
+    SyncRequest,
+    build_deliver,
+    build_error,
+    build_hello,
+    build_inbox,
+    build_ok,
+    build_pong,
+    build_presence,
+    build_sent,
+    is_valid_user,
+    parse_request,
+)
+from iris_mesh.messaging._rate import RateLimiter
+from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
+from iris_mesh.messaging._tokens import TokenError, verify_token
+
+__all__ = ["EdgeService", "EdgeSettings"]
+
+_RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this long
+_PRESENCE_TTL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    deliver_timeout_s: float = 5.0
+    session_idle_timeout_s: float = 30.0
+    limits: Limits = field(default_factory=Limits)
+
+
+class Gateway(Protocol):
+    def async_send_client(self, route: bytes, frame: dict[str, Any]) -> bool: ...
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
+
+
+class Store(Protocol):
+    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: Callable[[Any], None], now: float) -> None: ...
+    def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int, on_done: Callable[[Any], None], now: float) -> None: ...
+
+
+class _Send:
+    """One message on its way, with every client request waiting for its outcome."""
+
+    __slots__ = ("sender", "to", "id", "body", "ts_ms", "waiters", "offered", "declined", "deadline", "done")
+
+    def __init__(self, sender: str, to: str, msg_id: bytes, body: bytes, ts_ms: int) -> None:
+        self.sender = sender
+        self.to = to
+        self.id = msg_id
+        self.body = body
+        self.ts_ms = ts_ms
+        self.waiters: list[tuple[bytes, int]] = []
+        self.offered: set[str] = set()
+        self.declined: set[str] = set()
+        self.deadline = 0.0
+        self.done = False
+
+
+class EdgeService:
+    """Runs on edges; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        token_secret: bytes,
+        store: Store,
+        is_alive: Callable[[str], bool],
+        live_edges: Callable[[], list[str]],
+        wall_ms: Callable[[], int],
+        wall_s: Callable[[], float],
+        settings: EdgeSettings,
+    ) -> None:
+        self.node_id = node_id
+        self._secret = token_secret
+        self._store = store
+        self._is_alive = is_alive
+        self._live_edges = live_edges
+        self._wall_ms = wall_ms
+        self._wall_s = wall_s
+        self._settings = settings
+        self._limits = settings.limits
+        self._gateway: Gateway | None = None
+        self.sessions = SessionTable()
+        self._rates: dict[str, RateLimiter] = {}
+        self._pairs: dict[tuple[str, str], collections.deque[_Send]] = {}
+        self._inflight: dict[tuple[str, bytes], _Send] = {}
+        self._live: dict[tuple[str, bytes], _Send] = {}  # (recipient, id) -> send awaiting a live ack
+        self._recent: collections.OrderedDict[tuple[str, bytes], tuple[str, float]] = collections.OrderedDict()
+        self._presence: dict[str, tuple[list[str], float]] = {}
+        self._now = 0.0
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._client_ops: dict[type, Callable[[Session, Any, float], None]] = {
+            HelloRequest: self._hello,
+            LoginRequest: self._login,
+            LogoutRequest: self._logout,
+            PingRequest: self._ping,
+            SendRequest: self._send,
+            AckRequest: self._ack,
+            SyncRequest: self._sync,
+            PresenceRequest: self._presence_op,
+        }
+
+    def async_attach(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
+        return {
+            "mdeliver": self._on_mdeliver,
+            "mdelivered": self._on_mdelivered,
+            "mdeclined": self._on_mdeclined,
+            "minbox": self._on_minbox,
+        }
+
+    # ---- client frames -------------------------------------------------------------------
+
+    def async_on_client(self, route: bytes, msg: dict[str, Any], now: float) -> None:
+        self._now = now
+        session = self.sessions.touch(route, now)
+        try:
+            request = parse_request(msg, self._limits)
+        except ProtocolError as exc:
+            self.counters["client_errors"] += 1
+            self._to_client(route, exc.to_frame())
+            return
+        handler = self._client_ops[type(request)]
+        needs_login = not isinstance(request, (HelloRequest, LoginRequest, PingRequest))
+        if needs_login and session.user is None:
+            self._to_client(route, build_error("not_logged_in", f"log in before {request.op}", cid=getattr(request, "cid", None)))
+            return
+        handler(session, request, now)
+
+    def _hello(self, session: Session, request: HelloRequest, now: float) -> None:
+        self._to_client(session.route, build_hello(self.node_id, self._limits))
+
+    def _ping(self, session: Session, request: PingRequest, now: float) -> None:
+        self._to_client(session.route, build_pong(request.cid))
+
+    def _login(self, session: Session, request: LoginRequest, now: float) -> None:
+        if session.user is not None:
+            if session.user == request.user:
+                self._to_client(session.route, build_ok(request.cid))
+            else:
+                self._to_client(session.route, build_error(
+                    "bad_request", f"this session is logged in as {session.user}; log out first", cid=request.cid))
+            return
+        try:
+            verify_token(self._secret, request.token, request.user, int(self._wall_s()))
+        except TokenError as exc:
+            self.counters["auth_failed"] += 1
+            self._to_client(session.route, build_error("auth_failed", f"login refused: {exc.reason}", cid=request.cid))
+            return
+        first_here = not self.sessions.of_user(request.user)
+        self.sessions.log_in(session, request.user)
+        self._to_client(session.route, build_ok(request.cid))
+        logger.debug("{} logged in ({} sessions on this edge)", request.user, len(self.sessions.of_user(request.user)))
+        if first_here:
+            self._write_presence(request.user, True, now)
+
+    def _logout(self, session: Session, request: LogoutRequest, now: float) -> None:
+        self._to_client(session.route, build_ok(request.cid))
+        self._end_session(session.route, now)
+
+    def _end_session(self, route: bytes, now: float) -> None:
+        session = self.sessions.remove(route)
+        if session is None or session.user is None:
+            return
+        if not self.sessions.of_user(session.user):
+            self._write_presence(session.user, False, now)
+
+    # ---- sending (origin edge) --------------------------------------------------------------
+
+    def _send(self, session: Session, request: SendRequest, now: float) -> None:
+        assert session.user is not None
+        sender = session.user
+        known = self._recent.get((sender, request.id))
+        if known is not None:
+            self._to_client(session.route, build_sent(request.cid, request.id, known[0]))
+            return
+        inflight = self._inflight.get((sender, request.id))
+        if inflight is not None:
+            inflight.waiters.append((session.route, request.cid))
+            return
+        if session.pending_sends >= self._limits.max_pending_deliveries:
+            self._to_client(session.route, build_error(
+                "too_many_pending", f"{session.pending_sends} sends are waiting for their answer", cid=request.cid))
+            return
+        limiter = self._rates.get(sender)
+        if limiter is None:
+            limiter = self._rates[sender] = RateLimiter(self._limits.send_rate_per_s, self._limits.send_burst)
+        wait = limiter.try_take(now)
+        if wait > 0:
+            self._to_client(session.route, build_error(
+                "rate_limited", f"{sender} sends faster than {self._limits.send_rate_per_s}/s",
+                cid=request.cid, retry_after_s=wait))
+            return
+        send = _Send(sender, request.to, request.id, request.body, self._wall_ms())
+        send.waiters.append((session.route, request.cid))
+        session.pending_sends += 1
+        self._inflight[(sender, request.id)] = send
+        queue = self._pairs.setdefault((sender, request.to), collections.deque())
+        queue.append(send)
+        if len(queue) == 1:
+            self._start(send, now)
+
+    def _start(self, send: _Send, now: float) -> None:
+        self._lookup_presence(send.to, now, lambda edges: self._offer(send, edges, now))
+
+    def _offer(self, send: _Send, edges: list[str], now: float) -> None:
+        if send.done:
+            return
+        targets = [edge for edge in edges if edge == self.node_id or self._is_alive(edge)]
+        if not targets:
+            self._store_message(send, now)
+            return
+        send.deadline = now + self._settings.deliver_timeout_s
+        self._live[(send.to, send.id)] = send
+        for edge in targets:
+            send.offered.add(edge)
+            if edge == self.node_id:
+                self._deliver_here(self.node_id, send.id, send.sender, send.to, send.ts_ms, send.body)
+            elif not self._gateway_send(edge, "mdeliver", id=send.id, to=send.to, ts=send.ts_ms, body=send.body, **{"from": send.sender}):
+                send.declined.add(edge)
+        self._check_declined(send, now)
+
+    def _check_declined(self, send: _Send, now: float) -> None:
+        if not send.done and send.offered and send.offered <= send.declined:
+            self._live.pop((send.to, send.id), None)
+            self._store_message(send, now)
+
+    def _store_message(self, send: _Send, now: float) -> None:
+        value = encode_stored(StoredMessage(send.sender, send.ts_ms, send.body))
+
+        def stored(result: Any) -> None:
+            if result.ok:
+                self._finish(send, "stored", self._now)
+                self._announce_inbox(send.to, self._now)
+            else:
+                self._fail_pair(send, result.code, result.detail)
+
+        self._store.async_put("offline_msg", inbox_key(send.to, send.id), value, durability="quorum",
+                              on_done=stored, now=now)
+
+    def _finish(self, send: _Send, status: str, now: float) -> None:
+        if send.done:
+            return
+        send.done = True
+        self._live.pop((send.to, send.id), None)
+        self._inflight.pop((send.sender, send.id), None)
+        self._remember(send.sender, send.id, status, now)
+        for route, cid in send.waiters:
+            session = self.sessions.get(route)
+            if session is not None:
+                session.pending_sends = max(0, session.pending_sends - 1)
+                self._to_client(route, build_sent(cid, send.id, status))
+        self.counters[f"sent_{status}"] += 1
+        self._next_of_pair(send, now)
+
+    def _fail_pair(self, send: _Send, code: str, detail: str) -> None:
+        """The head of a pair failed: fail the ones queued behind it too, so a retry keeps their order."""
+        queue = self._pairs.pop((send.sender, send.to), collections.deque())
+        for failed in queue:
+            failed.done = True
+            self._live.pop((failed.to, failed.id), None)
+            self._inflight.pop((failed.sender, failed.id), None)
+            for route, cid in failed.waiters:
+                session = self.sessions.get(route)
+                if session is not None:
+                    session.pending_sends = max(0, session.pending_sends - 1)
+                    self._to_client(route, build_error(code, f"message not stored: {detail}", cid=cid))
+        self.counters[f"send_failed_{code}"] += len(queue)
+
+    def _next_of_pair(self, send: _Send, now: float) -> None:
+        queue = self._pairs.get((send.sender, send.to))
+        if not queue:
+            return
+        if queue[0] is send:
+            queue.popleft()
+        if queue:
+            self._start(queue[0], now)
+        else:
+            del self._pairs[(send.sender, send.to)]
+
+    def _remember(self, sender: str, msg_id: bytes, status: str, now: float) -> None:
+        self._recent[(sender, msg_id)] = (status, now)
+        while self._recent:
+            oldest_key, (_, at) = next(iter(self._recent.items()))
+            if now - at <= _RECENT_TTL_S:
+                break
+            del self._recent[oldest_key]
+
+    # ---- delivering (recipient edge) ---------------------------------------------------------
+
+    def _on_mdeliver(self, msg: dict[str, Any], now: float) -> None:
+        try:
+            msg_id, sender, to, ts, body = msg["id"], msg["from"], msg["to"], msg["ts"], msg["body"]
+            if not (isinstance(msg_id, bytes) and is_valid_user(sender) and is_valid_user(to)
+                    and isinstance(ts, int) and isinstance(body, bytes)):
+                raise TypeError
+        except (KeyError, TypeError):
+            self.counters["bad_mesh_frames"] += 1
+            return
+        self._deliver_here(msg["src"], msg_id, sender, to, ts, body)
+
+    def _deliver_here(self, origin: str, msg_id: bytes, sender: str, to: str, ts: int, body: bytes) -> None:
+        sessions = self.sessions.of_user(to)
+        if not sessions:
+            self._decline(origin, msg_id, to, "no session")
+            return
+        if any(not s.inbox_clean for s in sessions):
+            # Stored messages may still be owed to this user: this one queues behind them.
+            self._decline(origin, msg_id, to, "inbox not yet synced")
+            return
+        taken = 0
+        for session in sessions:
+            if len(session.outstanding) >= self._limits.max_pending_deliveries:
+                continue
+            session.outstanding[msg_id] = Outstanding(True, origin, sender)
+            self._to_client(session.route, build_deliver(Delivery(msg_id, sender, ts, body, session.next_seq())))
+            taken += 1
+        if not taken:
+            self._decline(origin, msg_id, to, "sessions have too many unacked messages")
+
+    def _decline(self, origin: str, msg_id: bytes, to: str, reason: str) -> None:
+        self.counters["live_declined"] += 1
+        if origin == self.node_id:
+            self._declined(self.node_id, msg_id, to)
+        else:
+            self._gateway_send(origin, "mdeclined", id=msg_id, to=to, reason=reason)
+
+    def _on_mdeclined(self, msg: dict[str, Any], now: float) -> None:
+        if isinstance(msg.get("id"), bytes) and isinstance(msg.get("to"), str):
+            self._declined(msg["src"], msg["id"], msg["to"])
+            if msg["src"] != self.node_id:
+                self._presence.pop(msg["to"], None)
+
+    def _declined(self, edge: str, msg_id: bytes, to: str) -> None:
+        send = self._live.get((to, msg_id))
+        if send is not None:
+            send.declined.add(edge)
+            self._check_declined(send, self._now)
+
+    def _on_mdelivered(self, msg: dict[str, Any], now: float) -> None:
+        if isinstance(msg.get("id"), bytes) and isinstance(msg.get("to"), str):
+            self._delivered(msg["id"], msg["to"], now)
+
+    def _delivered(self, msg_id: bytes, to: str, now: float) -> None:
+        send = self._live.get((to, msg_id))
+        if send is not None:
+            self._finish(send, "delivered", now)
+
+    # ---- acks, sync and push of the inbox -------------------------------------------------------
+
+    def _ack(self, session: Session, request: AckRequest, now: float) -> None:
+        assert session.user is not None
+        for msg_id in request.ids:
+            owed = session.outstanding.pop(msg_id, None)
+            if owed is not None and owed.live:
+                # The live copy reached the user: tell the origin, and drop any other session's copy.
+                for other in self.sessions.of_user(session.user):
+                    other.outstanding.pop(msg_id, None)
+                if owed.origin == self.node_id:
+                    self._delivered(msg_id, session.user, now)
+                elif owed.origin is not None:
+                    self._gateway_send(owed.origin, "mdelivered", id=msg_id, to=session.user)
+            else:
+                # From the inbox (or an earlier session): it may leave the store now, and only now.
+                self._store.async_put("offline_msg", inbox_key(session.user, msg_id), None, durability="quorum",
+                                      on_done=lambda result: None, now=now)
+        if session.push_paused and len(session.outstanding) < self._limits.max_pending_deliveries:
+            session.push_paused = False
+            self._push(session, None, now)
+
+    def _sync(self, session: Session, request: SyncRequest, now: float) -> None:
+        assert session.user is not None
+        user = session.user
+        prefix = inbox_prefix(user)
+        cursor = request.cursor
+        if cursor is not None and not cursor.startswith(prefix):
+            self._to_client(session.route, build_error("bad_request", "cursor does not belong to this inbox", cid=request.cid))
+            return
+
+        def page(result: Any) -> None:
+            live = self.sessions.get(session.route)
+            if live is None:
+                return
+            if not result.ok:
+                self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
+                return
+            msgs = self._deliveries(live, result.items, skip_outstanding=False)
+            if not result.more and not live.pushing and not live.push_paused:
+                live.inbox_clean = True
+            self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
+
+        self._store.async_scan("offline_msg", prefix, start_after=cursor, limit=request.page_size(self._limits),
+                               on_done=page, now=now)
+
+    def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool) -> list[Delivery]:
+        msgs = []
+        for key, item in items:
+            try:
+                stored = decode_stored(item.value)
+            except ValueError:
+                self.counters["corrupt_inbox_rows"] += 1
+                continue
+            msg_id = message_id_of(key)
+            if skip_outstanding and msg_id in session.outstanding:
+                continue  # already in the client's hands, waiting for its ack
+            session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender))
+            msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
+        return msgs
+
+    def _announce_inbox(self, user: str, now: float) -> None:
+        """Tell every live edge that `user`'s inbox changed (cheap, and right even when presence is stale)."""
+        self._inbox_changed(user, now)
+        for edge in self._live_edges():
+            if edge != self.node_id:
+                self._gateway_send(edge, "minbox", to=user)
+
+    def _on_minbox(self, msg: dict[str, Any], now: float) -> None:
+        if isinstance(msg.get("to"), str):
+            self._inbox_changed(msg["to"], now)
+
+    def _inbox_changed(self, user: str, now: float) -> None:
+        for session in self.sessions.of_user(user):
+            session.inbox_clean = False
+            if session.pushing:
+                session.rescan = True
+            else:
+                self._push(session, None, now)
+
+    def _push(self, session: Session, cursor: bytes | None, now: float) -> None:
+        """Send the stored messages to an online session as deliver frames, page by page."""
+        assert session.user is not None
+        room = self._limits.max_pending_deliveries - len(session.outstanding)
+        if room <= 0:
+            # Resumed by acks (see _ack).
+            session.pushing = False
+            session.push_paused = True
+            return
+        session.pushing = True
+        route = session.route
+
+        def page(result: Any) -> None:
+            live = self.sessions.get(route)
+            if live is None:
+                return
+            if not result.ok:
+                live.pushing = False
+                return
+            for delivery in self._deliveries(live, result.items, skip_outstanding=True):
+                self._to_client(route, build_deliver(delivery))
+            if result.more:
+                self._push(live, result.cursor, self._now)
+            elif live.rescan:
+                live.rescan = False
+                self._push(live, None, self._now)
+            else:
+                live.pushing = False
+                live.inbox_clean = True
+
+        self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
+                               limit=min(room, self._limits.sync_page), on_done=page, now=now)
+
+    # ---- presence ----------------------------------------------------------------------------------
+
+    def _write_presence(self, user: str, online: bool, now: float) -> None:
+        self._presence.pop(user, None)
+        self._store.async_put("presence", presence_key(user, self.node_id), encode_presence(online, self._wall_ms()),
+                              durability="quorum", on_done=lambda result: None, now=now)
+
+    def _lookup_presence(self, user: str, now: float, then: Callable[[list[str]], None]) -> None:
+        cached = self._presence.get(user)
+        if cached is not None and now - cached[1] < _PRESENCE_TTL_S:
+            then(cached[0])
+            return
+        if self.sessions.of_user(user):
+            # Someone is right here: no need to ask the store to find them.
+            local_only = [self.node_id]
+        else:
+            local_only = []
+
+        def found(result: Any) -> None:
+            edges = list(local_only)
+            if result.ok:
+                for key, item in result.items:
+                    try:
+                        online, _ts = decode_presence(item.value)
+                    except ValueError:
+                        continue
+                    edge = key[key.index(b"\x00") + 1 :].decode(errors="replace")
+                    if online and edge not in edges and edge != self.node_id:
+                        edges.append(edge)
+                self._presence[user] = (edges, self._now)
+            then(edges)
+
+        self._store.async_scan("presence", presence_prefix(user), start_after=None, limit=64, on_done=found, now=now)
+
+    def _presence_op(self, session: Session, request: PresenceRequest, now: float) -> None:
+        def found(result: Any) -> None:
+            if not result.ok:
+                self._to_client(session.route, build_error(result.code, result.detail, cid=request.cid))
+                return
+            online, last_seen = bool(self.sessions.of_user(request.user)), None
+            for _key, item in result.items:
+                try:
+                    on, ts = decode_presence(item.value)
+                except ValueError:
+                    continue
+                online = online or on
+                last_seen = ts if last_seen is None else max(last_seen, ts)
+            self._to_client(session.route, build_presence(request.cid, request.user, online, last_seen))
+
+        self._store.async_scan("presence", presence_prefix(request.user), start_after=None, limit=64,
+                               on_done=found, now=now)
+
+    # ---- time --------------------------------------------------------------------------------------
+
+    def async_tick(self, now: float) -> None:
+        self._now = now
+        for send in [s for s in self._live.values() if s.deadline <= now]:
+            self._live.pop((send.to, send.id), None)
+            if not send.done:
+                self.counters["live_timeouts"] += 1
+                self._store_message(send, now)
+        for session in self.sessions.idle(now, self._settings.session_idle_timeout_s):
+            logger.debug("session of {} idle for {} s: ended", session.user, self._settings.session_idle_timeout_s)
+            self._end_session(session.route, now)
+
+    def status(self) -> dict[str, Any]:
+        return {"sessions": len(self.sessions), "users": self.sessions.users(), "in_flight": len(self._inflight),
+                "counters": dict(self.counters)}
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    def _to_client(self, route: bytes, frame: dict[str, Any]) -> None:
+        assert self._gateway is not None
+        if not self._gateway.async_send_client(route, frame):
+            self.counters["client_frames_dropped"] += 1
+
+    def _gateway_send(self, node: str, op: str, **fields: Any) -> bool:
+        assert self._gateway is not None
+        return self._gateway.async_send(node, op, **fields)

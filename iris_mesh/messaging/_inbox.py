@@ -1,0 +1,72 @@
+"""How messages and presence rows are laid out in the store.
+
+offline_msg   key  user \\x00 message_id (16 bytes, time-ordered)   value  CBOR {f: sender, t: ts_ms, b: body}
+presence      key  user \\x00 edge node id                          value  CBOR {on: bool, t: ts_ms}
+
+The user is the partition key (see `store._keys`), so a user's inbox and
+presence rows each live on one replica set and are read with one prefix scan,
+in message-id order: per sender, send order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cbor2
+
+from iris_mesh.store import compose
+
+__all__ = ["inbox_key", "inbox_prefix", "message_id_of", "encode_stored", "decode_stored", "StoredMessage",
+           "presence_key", "presence_prefix", "encode_presence", "decode_presence"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    sender: str
+    ts_ms: int
+    body: bytes
+
+
+def inbox_prefix(user: str) -> bytes:
+    return user.encode() + b"\x00"
+
+
+def inbox_key(user: str, message_id: bytes) -> bytes:
+    return compose(user.encode(), message_id)
+
+
+def message_id_of(key: bytes) -> bytes:
+    return key[key.index(b"\x00") + 1 :]
+
+
+def encode_stored(message: StoredMessage) -> bytes:
+    return cbor2.dumps({"f": message.sender, "t": message.ts_ms, "b": message.body})
+
+
+def decode_stored(raw: bytes) -> StoredMessage:
+    """ValueError for a value that is not a stored message."""
+    try:
+        data = cbor2.loads(raw)
+        return StoredMessage(str(data["f"]), int(data["t"]), bytes(data["b"]))
+    except Exception as exc:  # a corrupt row must not take the edge down
+        raise ValueError(f"not a stored message: {exc}") from None
+
+
+def presence_prefix(user: str) -> bytes:
+    return user.encode() + b"\x00"
+
+
+def presence_key(user: str, edge: str) -> bytes:
+    return compose(user.encode(), edge.encode())
+
+
+def encode_presence(online: bool, ts_ms: int) -> bytes:
+    return cbor2.dumps({"on": online, "t": ts_ms})
+
+
+def decode_presence(raw: bytes) -> tuple[bool, int]:
+    try:
+        data = cbor2.loads(raw)
+        return bool(data["on"]), int(data["t"])
+    except Exception as exc:
+        raise ValueError(f"not a presence row: {exc}") from None

@@ -1,0 +1,82 @@
+"""Client sessions on an edge: who is logged in on which connection, and what each is owed. Sans-IO."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+__all__ = ["Session", "SessionTable", "Outstanding"]
+
+
+@dataclass(slots=True)
+class Outstanding:
+    """A message handed to a session and not yet acked: from a live delivery (with its origin edge) or the inbox."""
+
+    live: bool
+    origin: str | None
+    sender: str
+
+
+@dataclass(slots=True)
+class Session:
+    route: bytes
+    user: str | None = None
+    last_heard: float = 0.0
+    seq: int = 0
+    pending_sends: int = 0
+    # Every stored message has been offered to this session (by sync or push) since the last inbox change.
+    inbox_clean: bool = False
+    pushing: bool = False
+    push_paused: bool = False  # the push waits for acks to make room
+    rescan: bool = False
+    outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+class SessionTable:
+    """Sessions by connection and by user."""
+
+    __slots__ = ("_by_route", "_by_user")
+
+    def __init__(self) -> None:
+        self._by_route: dict[bytes, Session] = {}
+        self._by_user: dict[str, set[bytes]] = defaultdict(set)
+
+    def get(self, route: bytes) -> Session | None:
+        return self._by_route.get(route)
+
+    def touch(self, route: bytes, now: float) -> Session:
+        session = self._by_route.get(route)
+        if session is None:
+            session = self._by_route[route] = Session(route)
+        session.last_heard = now
+        return session
+
+    def log_in(self, session: Session, user: str) -> None:
+        session.user = user
+        self._by_user[user].add(session.route)
+
+    def remove(self, route: bytes) -> Session | None:
+        session = self._by_route.pop(route, None)
+        if session is not None and session.user is not None:
+            routes = self._by_user.get(session.user)
+            if routes is not None:
+                routes.discard(route)
+                if not routes:
+                    del self._by_user[session.user]
+        return session
+
+    def of_user(self, user: str) -> list[Session]:
+        return [self._by_route[route] for route in self._by_user.get(user, ())]
+
+    def idle(self, now: float, timeout_s: float) -> list[Session]:
+        return [s for s in self._by_route.values() if now - s.last_heard > timeout_s]
+
+    def __len__(self) -> int:
+        return len(self._by_route)
+
+    def users(self) -> int:
+        return len(self._by_user)
