@@ -9,6 +9,7 @@ from typing import Any, Callable
 from loguru import logger
 
 from iris_mesh.membership import MembershipService, Placement
+from iris_mesh.messaging import EdgeService
 from iris_mesh.sockets import AdminRequest, Engine
 from iris_mesh.store import StoreAdmin, StoreService, partition_key
 
@@ -39,11 +40,13 @@ class NodeRuntime:
         placement: Placement,
         store: StoreService,
         store_admin: StoreAdmin,
+        edge: EdgeService | None,
         started_at: float,
     ) -> None:
         self.membership = membership
         self.placement = placement
         self.store = store
+        self.edge = edge
         self._started_at = started_at
         self._engine: Engine | None = None
         self._pings: dict[bytes, _PendingPing] = {}
@@ -54,6 +57,7 @@ class NodeRuntime:
             # Carries nothing: counted in mesh_in, for link diagnostics and bench/mesh_throughput.py.
             "noop": lambda msg, now: None,
             **store.mesh_ops(),
+            **(edge.mesh_ops() if edge is not None else {}),
         }
         self._admin_ops: dict[str, AdminHandler] = {
             "status": self._admin_status,
@@ -76,9 +80,14 @@ class NodeRuntime:
         ports = engine.ports
         assert ports is not None
         card = self.membership.card
-        self.membership.card = card.with_(mesh_port=ports.mesh, hb_port=ports.heartbeat, admin_port=ports.admin)
+        self.membership.card = card.with_(
+            mesh_port=ports.mesh, hb_port=ports.heartbeat, admin_port=ports.admin, client_port=ports.client,
+            client_key=card.client_key if ports.client else "",
+        )
         self.membership.async_attach(engine, now)
         self.store.async_attach(engine)
+        if self.edge is not None:
+            self.edge.async_attach(engine)
         if self.store.local is not None:
             self.store.local.start()
 
@@ -108,6 +117,10 @@ class NodeRuntime:
         except Exception as exc:
             logger.exception("admin operation {} failed", request.msg["op"])
             request.error("internal", f"{type(exc).__name__}: {exc}")
+
+    def async_on_client(self, route: bytes, msg: dict[str, Any], now: float) -> None:
+        if self.edge is not None:
+            self.edge.async_on_client(route, msg, now)
 
     def async_after_batch(self, now: float) -> None:
         self.store.async_after_batch(now)
@@ -159,11 +172,13 @@ class NodeRuntime:
         counters = dict(self.engine.counters)
         counters.update(self.membership.counters)
         counters.update(self.store.counters)
+        if self.edge is not None:
+            status["edge"] = self.edge.status()
         status.update(
             pid=os.getpid(),
             uptime_s=round(now - self._started_at, 3),
             ports={"mesh": self.membership.card.mesh_port, "heartbeat": self.membership.card.hb_port,
-                   "admin": self.membership.card.admin_port},
+                   "admin": self.membership.card.admin_port, "client": self.membership.card.client_port},
             host=self.membership.card.host,
             counters=counters,
         )

@@ -21,6 +21,7 @@ from iris_mesh.membership import (
     PeerCard,
     Placement,
 )
+from iris_mesh.messaging import EdgeService, EdgeSettings, token_secret
 from iris_mesh.sockets import Engine, SocketTuning, cluster_keys
 from iris_mesh.store import (
     Database,
@@ -47,6 +48,7 @@ class Node:
     def __init__(self, config: NodeConfig, cookie: bytes) -> None:
         self.config = config
         self._keys = cluster_keys(cookie)
+        self._cookie = cookie
         self._db: Database | None = None
         self._engine: Engine | None = None
         self._discovery: Discovery | None = None
@@ -84,6 +86,7 @@ class Node:
             version=PROTOCOL_VERSION,
             incarnation=self.incarnation,
             key_fp=self._keys.fingerprint,
+            client_key=self._keys.public.decode() if config.role == "edge" else "",
         )
         membership = MembershipService(
             card=card,
@@ -116,10 +119,24 @@ class Node:
             anti_entropy_interval_s=config.anti_entropy_interval_s,
             tombstone_grace_s=config.tombstone_grace_s,
         )
+        edge = None
+        if config.role == "edge":
+            edge = EdgeService(
+                node_id=config.node_id,
+                token_secret=token_secret(self._cookie),
+                store=store,
+                is_alive=lambda node: membership.state_of(node) in ("alive", "suspect"),
+                live_edges=lambda: [n for n, c in membership.cards.items()
+                                    if c.role == "edge" and membership.state_of(n) in ("alive", "suspect")],
+                wall_ms=lambda: time.time_ns() // 1_000_000,
+                wall_s=time.time,
+                settings=EdgeSettings(),
+            )
         self.runtime = NodeRuntime(
             membership=membership,
             placement=placement,
             store=store,
+            edge=edge,
             store_admin=StoreAdmin(store, checkpoint=(lambda dest: checkpoint(db, dest)) if local else None),
             started_at=time.monotonic(),
         )
@@ -132,14 +149,16 @@ class Node:
             mesh_port=config.mesh_port,
             heartbeat_port=config.heartbeat_port,
             admin_port=config.admin_port,
+            client_port=config.client_port if config.role == "edge" else None,
             tuning=SocketTuning(max_frame_bytes=config.max_frame_bytes, link_send_hwm=config.link_send_hwm),
         )
         ports = self._engine.start()
         self.card = membership.card
         logger.info(
-            "node {} ({}, region {}, cluster {}) serving on {}: mesh {}, heartbeat {}, admin {}; incarnation {}",
+            "node {} ({}, region {}, cluster {}) serving on {}: mesh {}, heartbeat {}, admin {}{}; incarnation {}",
             config.node_id, config.role, config.region, config.cluster, config.advertised_address,
-            ports.mesh, ports.heartbeat, ports.admin, self.incarnation,
+            ports.mesh, ports.heartbeat, ports.admin, f", clients {ports.client}" if ports.client else "",
+            self.incarnation,
         )
         self._write_endpoints_file()
         if config.mdns:
@@ -167,7 +186,8 @@ class Node:
         info = {
             "node_id": card.node_id, "pid": os.getpid(), "incarnation": card.incarnation, "host": card.host,
             "mesh_port": card.mesh_port, "heartbeat_port": card.hb_port, "admin_port": card.admin_port,
-            "admin": f"{card.host}:{card.admin_port}",
+            "admin": f"{card.host}:{card.admin_port}", "client_port": card.client_port,
+            "client_key": card.client_key,
         }
         tmp = self.endpoints_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")

@@ -21,6 +21,8 @@ _FIELDS = {
     "version": ("v", int),
     "incarnation": ("inc", int),
     "key_fp": ("kf", str),
+    # CURVE public key (Z85) of the client gateway; empty on nodes without one (cores).
+    "client_key": ("ck", str),
 }
 
 
@@ -44,6 +46,7 @@ class PeerCard:
     version: int
     incarnation: int
     key_fp: str
+    client_key: str = ""
 
     @property
     def mesh_endpoint(self) -> str:
