@@ -81,6 +81,8 @@ class NodeConfig:
     write_quorum: int = 0
     read_quorum: int = 0
     store_timeout_s: float = 2.0
+    anti_entropy_interval_s: float = 2.0
+    tombstone_grace_s: float = 864000.0
     max_frame_bytes: int = 1048576
     link_send_hwm: int = 10000
     log_level: str = "INFO"
@@ -178,6 +180,8 @@ _RULES: dict[str, _Rule] = {
     "write_quorum": _Rule("an integer >= 0 (0 = a majority of replication_factor)", lambda v: v >= 0),
     "read_quorum": _Rule("an integer >= 0 (0 = a majority of replication_factor)", lambda v: v >= 0),
     "store_timeout_s": _SECONDS,
+    "anti_entropy_interval_s": _SECONDS,
+    "tombstone_grace_s": _SECONDS,
     "max_frame_bytes": _Rule("an integer >= 1024", lambda v: v >= 1024),
     "link_send_hwm": _Rule("an integer >= 1", lambda v: v >= 1),
     "log_level": _Rule("one of " + ", ".join(LOG_LEVELS), lambda v: v in LOG_LEVELS),

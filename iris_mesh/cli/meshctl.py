@@ -358,6 +358,37 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
+# ---- resync (anti-entropy) ---------------------------------------------------------------------
+
+
+def cmd_resync(target: Target, args: argparse.Namespace) -> int:
+    """Force a full anti-entropy pass of one core with every alive peer core, and show what it repaired."""
+    node_id = args.target_node
+    if args.node:
+        endpoint = _endpoint(args.node)  # the node refuses (wrong_node) if it is not node_id
+    else:
+        card = next((c for c in target.browse() if c.node_id == node_id), None)
+        if card is None:
+            raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s (is it running? use --node)")
+        endpoint = card.admin_endpoint
+    try:
+        reply = target.request(endpoint, "resync", timeout_s=args.wait + 5.0, node=node_id, wait_s=args.wait)
+    except AdminError as exc:
+        raise CtlError(f"{node_id}: {exc}") from None
+    if "peers" not in reply:
+        _emit(args, reply, f"resync of {node_id} FAILED: {reply.get('error')}: {reply.get('detail')}")
+        return EXIT_CHECK_FAILED
+    rows = [["PEER", "RESULT", "BUCKETS", "LISTED", "PUSHED", "PULLED", "REFUSED", "TIME"]]
+    for peer in reply["peers"]:
+        rows.append([peer["peer"], peer["code"], str(peer["buckets"]), str(peer["listed"]), str(peer["pushed"]),
+                     str(peer["pulled"]), str(peer["refused"]), f"{peer['duration_s']:.2f}s"])
+    verdict = "ok" if reply["ok"] else f"INCOMPLETE ({reply.get('detail')})"
+    text = (f"full anti-entropy pass of {node_id} with {len(reply['peers'])} peers: {verdict}\n{_table(rows)}\n"
+            f"{node_id} pushed {reply['pushed']} and pulled {reply['pulled']} keys")
+    _emit(args, reply, text)
+    return EXIT_OK if reply["ok"] else EXIT_CHECK_FAILED
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from iris_mesh.store import StoreError, restore
 
@@ -422,6 +453,9 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--replica", metavar="NODE", help="read only this core's copy, as it is")
     add("tables", cmd_tables, "rows per table on every core")
     add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument("dir")
+    resync = add("resync", cmd_resync, "force a full anti-entropy pass of one core with every alive peer core")
+    resync.add_argument("target_node", metavar="NODE")
+    resync.add_argument("--wait", type=float, default=30.0, help="deadline for the pass in seconds (default 30)")
     restore = commands.add_parser("restore", parents=[common], help="put a backup back (cluster stopped)")
     restore.add_argument("dir")
     restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")

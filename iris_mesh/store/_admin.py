@@ -1,15 +1,26 @@
-"""Admin operations of the store (`meshctl put/get/delete/tables/backup`). Engine thread only."""
+"""Admin operations of the store (`meshctl put/get/delete/tables/backup/resync`). Engine thread only.
+
+Also two operator and test tools with no meshctl command: `put_batch` writes many keys
+in one request (bulk loads), `drop_hints` forgets the hints a node keeps for one replica
+(to prove that anti-entropy alone repairs it, or to drop hints for a core that is gone).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from iris_mesh.store._coordinator import DURABILITIES, Done
+from iris_mesh.store._anti_entropy import SessionResult
 from iris_mesh.store._service import USER_TABLES, StoreService
 from iris_mesh.store._versioned import Versioned
 
 __all__ = ["StoreAdmin"]
+
+PUT_BATCH_MAX = 5000
+_RESYNC_DEFAULT_TIMEOUT_S = 30.0
+_RESYNC_MAX_TIMEOUT_S = 600.0
 
 
 class Request:
@@ -54,6 +65,9 @@ class StoreAdmin:
             "delete": self._delete,
             "tables": self._tables,
             "backup": self._backup,
+            "put_batch": self._put_batch,
+            "resync": self._resync,
+            "drop_hints": self._drop_hints,
         }
 
     def _common(self, request: Request) -> tuple[str, bytes] | None:
@@ -127,7 +141,9 @@ class StoreAdmin:
             request.reply({"ok": True, "node": self._store.node_id, "role": "edge", "tables": {}})
             return
         counts = {table: local.count(table) for table in (*USER_TABLES, "hints")}
-        request.reply({"ok": True, "node": self._store.node_id, "role": "core", "tables": counts, "stats": local.stats()})
+        anti_entropy = self._store.anti_entropy.status() if self._store.anti_entropy is not None else None
+        request.reply({"ok": True, "node": self._store.node_id, "role": "core", "tables": counts, "stats": local.stats(),
+                       "anti_entropy": anti_entropy})
 
     def _backup(self, request: Request, now: float) -> None:
         directory = request.msg.get("dir")
@@ -143,3 +159,74 @@ class StoreAdmin:
             request.error("backup_failed", f"{type(exc).__name__}: {exc}")
             return
         request.reply({"ok": True, "node": self._store.node_id, "path": str(path)})
+
+    def _put_batch(self, request: Request, now: float) -> None:
+        """Write (value null: delete) up to PUT_BATCH_MAX keys of one table; answers once every write is answered."""
+        table, items = request.msg.get("table"), request.msg.get("items")
+        durability = self._durability(request)
+        if durability is None:
+            return
+        if table not in USER_TABLES:
+            request.error("bad_request", f"unknown table {table!r}; tables: {', '.join(USER_TABLES)}")
+            return
+        if not isinstance(items, list) or not 0 < len(items) <= PUT_BATCH_MAX:
+            request.error("bad_request", f"items must be a list of 1 to {PUT_BATCH_MAX} [key, value or null] pairs")
+            return
+        writes: list[tuple[bytes, bytes | None]] = []
+        for item in items:
+            pair = item if isinstance(item, list) and len(item) == 2 else (None, None)
+            key = _key({"key": pair[0]})
+            value = pair[1].encode() if isinstance(pair[1], str) else pair[1]
+            if key is None or not (value is None or isinstance(value, bytes)):
+                request.error("bad_request", f"bad item {item!r}: want [key, value or null]")
+                return
+            writes.append((key, value))
+        codes: Counter[str] = Counter()
+        first_error: list[str] = []
+
+        def one(result: Done) -> None:
+            codes[result.code] += 1
+            if not result.ok and not first_error:
+                first_error.append(f"{result.code}: {result.detail}")
+            if sum(codes.values()) == len(writes):
+                failed = len(writes) - codes["ok"]
+                request.reply({"ok": failed == 0, "written": codes["ok"], "failed": failed, "codes": dict(codes),
+                               "error": "partial" if failed else None, "detail": first_error[0] if first_error else ""})
+
+        for key, value in writes:
+            self._store.async_put(table, key, value, durability=durability, on_done=one, now=now)
+
+    def _resync(self, request: Request, now: float) -> None:
+        """Full anti-entropy pass of this core with every alive peer; answers with what each session did."""
+        node, timeout_s = request.msg.get("node"), request.msg.get("wait_s", _RESYNC_DEFAULT_TIMEOUT_S)
+        if isinstance(node, str) and node and node != self._store.node_id:
+            request.error("wrong_node", f"this is {self._store.node_id}, not {node}")
+            return
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
+                or not 0 < timeout_s <= _RESYNC_MAX_TIMEOUT_S:
+            request.error("bad_request", f"wait_s must be a number of seconds in (0, {_RESYNC_MAX_TIMEOUT_S:g}]")
+            return
+        if self._store.local is None:
+            request.error("not_a_core", f"{self._store.node_id} is an edge: it holds no data to resync")
+            return
+
+        def done(results: list[SessionResult]) -> None:
+            ok = all(result.ok for result in results)
+            request.reply({
+                "ok": ok, "node": self._store.node_id, "peers": [result.as_dict() for result in results],
+                "pushed": sum(r.pushed for r in results), "pulled": sum(r.pulled for r in results),
+                "error": None if ok else "resync_incomplete",
+                "detail": "; ".join(f"{r.peer}: {r.code}" for r in results if not r.ok),
+            })
+
+        problem = self._store.async_resync(now, float(timeout_s), done)
+        if problem is not None:
+            request.error("refused", problem)
+
+    def _drop_hints(self, request: Request, now: float) -> None:
+        target = request.msg.get("target")
+        if not isinstance(target, str) or not target:
+            request.error("bad_request", "drop_hints needs a text 'target' (the replica whose hints to forget)")
+            return
+        dropped = self._store.async_drop_hints(target)
+        request.reply({"ok": True, "node": self._store.node_id, "target": target, "dropped": dropped})

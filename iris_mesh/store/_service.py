@@ -7,15 +7,20 @@ Mesh frames (each a batch: one frame per peer per engine loop turn):
     sget  {r: [[req, table, key], ...]}                               read the local replica
     sval  {r: [[req, versioned or null, code], ...]}
 
-`versioned` is the on-disk encoding of `Versioned` (see `_versioned.py`).
+`versioned` is the on-disk encoding of `Versioned` (see `_versioned.py`). On cores,
+anti-entropy (`_anti_entropy.py`) adds its `ae_*` frames and pushes repairs as `sput`
+entries; every write of a user table goes through `_apply_write`, which keeps its
+digests current.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from collections import defaultdict
 from typing import Any, Callable, Protocol
 
+from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._versioned import HybridClock, Versioned, VersionError, decode_versioned, encode_versioned
@@ -58,12 +63,19 @@ def _chunks(entries: list[list[Any]]) -> list[list[list[Any]]]:
     return chunks
 
 
+class PeerTransition(Protocol):
+    node_id: str
+    new: str  # a PeerState, which is a str enum: "alive", "suspect", "dead"
+    incarnation: int
+
+
 class StoreMembership(Protocol):
     """What the store needs to know about the cluster (engine thread)."""
 
     def is_safe_for_writes(self) -> bool: ...
     def state_of(self, node_id: str) -> str: ...
     def expected_cores(self) -> frozenset[str]: ...
+    def add_peer_listener(self, fn: Callable[[Any, float], None]) -> None: ...
 
 
 class StoreMesh(Protocol):
@@ -83,6 +95,8 @@ class StoreService:
         replicas_for: Callable[[bytes], list[str]],
         membership: StoreMembership,
         wall_ms: Callable[[], int],
+        anti_entropy_interval_s: float = 2.0,
+        tombstone_grace_s: float = 864_000.0,
     ) -> None:
         self.node_id = node_id
         self.local = local
@@ -104,13 +118,26 @@ class StoreService:
         self._out_reads: dict[str, list[list[Any]]] = defaultdict(list)
         self._out_acks: dict[str, list[list[Any]]] = defaultdict(list)
         self._out_values: dict[str, list[list[Any]]] = defaultdict(list)
+        self._out_ae: list[tuple[str, str, dict[str, Any]]] = []  # after the writes of the turn they follow
         self.counters: dict[str, int] = defaultdict(int)
+        self.anti_entropy: AntiEntropy | None = None
+        self._incarnations: dict[str, int] = {}  # of peers, to tell a restart from a recovery
+        if local is not None:
+            self.anti_entropy = AntiEntropy(
+                node_id=node_id, local=local, port=_AntiEntropyPort(self), membership=membership,
+                shares_for=self._shares_for, tables=USER_TABLES, interval_s=anti_entropy_interval_s,
+                tombstone_grace_s=tombstone_grace_s, wall_ms=wall_ms, counters=self.counters,
+            )
+            membership.add_peer_listener(self._on_peer_change)
 
     def async_attach(self, mesh: StoreMesh) -> None:
         self._mesh = mesh
 
     def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
-        return {"sput": self._on_sput, "sack": self._on_sack, "sget": self._on_sget, "sval": self._on_sval}
+        ops = {"sput": self._on_sput, "sack": self._on_sack, "sget": self._on_sget, "sval": self._on_sval}
+        if self.anti_entropy is not None:
+            ops.update(self.anti_entropy.mesh_ops())
+        return ops
 
     # ---- the API (engine thread) --------------------------------------------------
 
@@ -157,6 +184,25 @@ class StoreService:
     def replicas(self, key: bytes) -> list[str]:
         return self._replicas_for(key)
 
+    def async_resync(self, now: float, timeout_s: float, on_done: Callable[[list[SessionResult]], None]) -> str | None:
+        """Full anti-entropy pass with every alive peer core; returns why it cannot start, or None."""
+        if self.anti_entropy is None:
+            return "edges hold no data"
+        return self.anti_entropy.async_resync(now, timeout_s, on_done)
+
+    def async_drop_hints(self, target: str) -> int:
+        """Forget every hint for replica `target` (operator and test tool: repair is left to anti-entropy)."""
+        if self.local is None:
+            return 0
+        for req, (hinted, table, key, _item, _sent_at) in list(self._handoffs.items()):
+            if hinted == target:
+                del self._handoffs[req]
+                self._handoff_keys.discard((hinted, table, key))
+        hints = self.local.hints_for(target, limit=sys.maxsize)
+        for table, key, item in hints:
+            self.local.async_drop_hint(target, table, key, item)
+        return len(hints)
+
     # ---- engine hooks --------------------------------------------------------------------
 
     def async_after_batch(self, now: float) -> None:
@@ -173,15 +219,23 @@ class StoreService:
                     if not self._mesh.async_send(node, op, **{field: chunk}):
                         self.counters[f"{op}_not_sent"] += len(chunk)
             out.clear()
+        for node, op, fields in self._out_ae:
+            if not self._mesh.async_send(node, op, **fields):
+                self.counters[f"{op}_not_sent"] += 1
+        self._out_ae.clear()
         if self.local is not None:
             self.local.async_end_of_batch()
 
-    def async_tick(self, now: float) -> None:
+    def async_tick(self, now: float) -> float | None:
+        """Timers of the store; returns how soon it wants the next tick (None: no hurry)."""
         self._last_now = now
         self._run(self.coordinator.tick(now))
         if self.local is not None and now >= self._next_handoff:
             self._next_handoff = now + _HANDOFF_INTERVAL_S
             self._hand_off_hints(now)
+        if self.anti_entropy is not None:
+            return self.anti_entropy.async_tick(now)
+        return None
 
     # ---- replica side ------------------------------------------------------------------------
 
@@ -209,7 +263,16 @@ class StoreService:
             self._ack(src, req, "partition_detected")
             return
         self.clock.observe(item.version)
-        self.local.async_apply(table, key, item, lambda ok: self._ack(src, req, "ok" if ok else "unavailable"), sync=bool(sync))
+        anti_entropy = self.anti_entropy
+        if anti_entropy is not None:
+            anti_entropy.async_write_started(table, key)
+
+        def durable(ok: bool) -> None:
+            if anti_entropy is not None:
+                anti_entropy.async_write_settled(table, key)
+            self._ack(src, req, "ok" if ok else "unavailable")
+
+        self.local.async_apply(table, key, item, durable, sync=bool(sync))
         for target in hint_for:
             if isinstance(target, str) and target != self.node_id:
                 self.local.async_put_hint(target, table, key, item)
@@ -261,6 +324,8 @@ class StoreService:
                 self._on_ack(msg["src"], req, code, now)
 
     def _on_ack(self, node: str, req: int, code: str, now: float | None) -> None:
+        if self.anti_entropy is not None and self.anti_entropy.async_on_ack(req, code):
+            return
         handoff = self._handoffs.pop(req, None)
         if handoff is not None:
             target, table, key, item, _sent_at = handoff
@@ -337,6 +402,30 @@ class StoreService:
                 self._out_writes[target].append([req, table, key, encode_versioned(item), [], True])
                 self.counters["hints_handed_off"] += 1
 
+    # ---- anti-entropy ----------------------------------------------------------------------------------
+
+    def _on_peer_change(self, transition: PeerTransition, now: float) -> None:
+        assert self.anti_entropy is not None
+        known = self._incarnations.get(transition.node_id)
+        self._incarnations[transition.node_id] = transition.incarnation
+        if transition.new == "alive":  # joined, back after silence, or restarted
+            restarted = known is not None and known != transition.incarnation
+            self.anti_entropy.async_peer_alive(transition.node_id, now, restarted=restarted)
+        elif transition.new == "dead":
+            self.anti_entropy.async_peer_down(transition.node_id)
+
+    def _shares_for(self, expected: frozenset[str]) -> Callable[[bytes], tuple[str, ...]]:
+        """key -> the other cores of `expected` that replicate it with this one (empty if this core does not)."""
+        everyone = tuple(sorted(expected - {self.node_id}))
+        if self.node_id in expected and len(expected) <= self.coordinator.replication_factor:
+            return lambda key: everyone  # every core holds every key: skip the rendezvous hashing
+
+        def shares(key: bytes) -> tuple[str, ...]:
+            replicas = self._replicas_for(key)
+            return tuple(n for n in replicas if n != self.node_id) if self.node_id in replicas else ()
+
+        return shares
+
     # ---- helpers -------------------------------------------------------------------------------------
 
     def _live(self, replicas: list[str]) -> list[str]:
@@ -353,3 +442,26 @@ class StoreService:
         if now is not None:
             self._last_now = now
         return self._last_now
+
+
+class _AntiEntropyPort:
+    """Anti-entropy's way out: frames queued behind the turn's writes, repairs as internal replica writes."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: StoreService) -> None:
+        self._service = service
+
+    def ae_send(self, node: str, op: str, **fields: Any) -> None:
+        self._service._out_ae.append((node, op, fields))
+
+    def ae_send_list(self, node: str, op: str, field: str, entries: list[list[Any]], **fields: Any) -> None:
+        for chunk in _chunks(entries):
+            self._service._out_ae.append((node, op, {**fields, field: chunk}))
+
+    def ae_push(self, node: str, table: str, key: bytes, item: Versioned) -> int:
+        service = self._service
+        req = next(service._ids)
+        service._out_writes[node].append([req, table, key, encode_versioned(item), [], True])
+        service.counters["ae_repairs_sent"] += 1
+        return req

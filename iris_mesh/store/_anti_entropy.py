@@ -1,0 +1,959 @@
+"""Anti-entropy: the replicas of the same keys compare bucket digests and repair what differs.
+
+Placement is rendezvous hashing, so there are no key ranges: cores A and B compare
+exactly the keys whose replica set holds both (their *shared* keys). Each user
+table's shared keys fall into BUCKETS buckets by crc32 of the key; a bucket's
+digest is the XOR of a 64-bit blake2b of (key, version) over its rows,
+tombstones included. Equal digests mean (up to hash collisions) equal versions.
+
+The digest logic (`DigestCache`, `differing`, `Reconciler`) is sans-IO. Digests
+are not computed per session: `DigestCache` keeps them current on every write
+(a full scan costs ~5 us a row, 0.5 s per 100k rows), and is built from disk at
+start, when the expected core set changes and after a tombstone purge. The
+`AntiEntropy` driver runs it on the engine thread; its scans (the build, and the
+listings of differing buckets) read 256 rows at a time within 10 ms per tick.
+
+One session, initiator A and responder B (lists are cut under the frame budget):
+
+    ae_dig    A->B {s, fp, d: {table: digests}}        round 1; round 2 adds only: {table: [bucket]}
+              A->B {s, fp, full: true}                 resync: no digests, every bucket is listed
+    ae_diff   B->A {s, m: {table: [bucket]}}           round 1 answer: the buckets that differ
+    ae_keys   B->A {s, t, e: [[key, hlc, node, tomb]]} B's shared rows in the buckets that still differ
+    ae_end    B->A {s, code, m: {table: [bucket]}}     end of that listing, or a refusal (code != ok)
+    ae_pull   A->B {s, t, k: [key]}                    keys on which B is newer (or only B has)
+    ae_pulled B->A {s, r, n}                           B pushed n of the r keys asked, after their sput frames
+
+`fp` fingerprints the expected core set: two cores that disagree on it disagree
+on replica sets, and compare nothing until membership settles. A pushes what it
+has newer, and B what A pulls, as `sput` entries with internal request ids, so a
+repair is applied (newer wins) and acked like any replica write: a tombstone is
+never undone by an older value, and a repair that races a fresh write is harmless.
+
+Writes in flight make two replicas' digests differ for a moment, so a bucket is
+listed only if it differs in two rounds `_RECHECK_S` apart. Listing, scanning and
+repairing run for one session per core at a time: a round-2 digest that comes
+meanwhile is answered `busy` and retried, so a rejoining core is repaired once,
+not by every peer at once. Repairs are paced by windows of unacked pushes and
+outstanding pulls, so they never flood the receiver's loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import secrets
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from loguru import logger
+
+from iris_mesh.store._versioned import Version, Versioned
+
+if TYPE_CHECKING:
+    from iris_mesh.store._local import LocalStore
+
+__all__ = [
+    "BUCKETS",
+    "AntiEntropy",
+    "DigestCache",
+    "Listed",
+    "Reconciler",
+    "SessionResult",
+    "bucket_of",
+    "differing",
+    "entry_hash",
+    "pack_digests",
+    "unpack_digests",
+]
+
+BUCKETS = 1024
+_HASH_HEAD = struct.Struct(">IQ")
+_DIGESTS = struct.Struct(f">{BUCKETS}Q")
+
+# key -> the other cores that replicate it together with this one (empty if this core is not a replica).
+Shares = Callable[[bytes], Sequence[str]]
+# Reads a key's committed version (None: no row).
+Committed = Callable[[], "Version | None"]
+
+
+# ---- sans-IO: digests ------------------------------------------------------------------------
+
+
+def bucket_of(key: bytes) -> int:
+    return zlib.crc32(key) & (BUCKETS - 1)
+
+
+def entry_hash(key: bytes, version: Version) -> int:
+    """64-bit hash of a row's identity: the key and its version (value bytes are implied by the version)."""
+    data = _HASH_HEAD.pack(len(key), version.hlc) + key + version.node.encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def pack_digests(digests: Mapping[str, Sequence[int]]) -> dict[str, bytes]:
+    return {table: _DIGESTS.pack(*values) for table, values in digests.items()}
+
+
+def unpack_digests(raw: Any) -> dict[str, list[int]]:
+    """ValueError unless `raw` maps table names to BUCKETS packed digests."""
+    if not isinstance(raw, dict):
+        raise ValueError("digests must be a map")
+    out: dict[str, list[int]] = {}
+    for table, packed in raw.items():
+        if not isinstance(table, str) or not isinstance(packed, bytes) or len(packed) != _DIGESTS.size:
+            raise ValueError("bad digest entry")
+        out[table] = list(_DIGESTS.unpack(packed))
+    return out
+
+
+def differing(
+    mine: Mapping[str, Sequence[int]],
+    theirs: Mapping[str, Sequence[int]],
+    only: Mapping[str, Collection[int]] | None = None,
+) -> dict[str, list[int]]:
+    """Buckets whose digests differ, per table (tables absent on one side count as empty); restricted to `only`."""
+    out: dict[str, list[int]] = {}
+    zeros = (0,) * BUCKETS
+    for table in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(table, zeros), theirs.get(table, zeros)
+        allowed = None if only is None else only.get(table, ())
+        buckets = [i for i in range(BUCKETS) if a[i] != b[i] and (allowed is None or i in allowed)]
+        if buckets:
+            out[table] = buckets
+    return out
+
+
+class DigestCache:
+    """Bucket digests per (peer, table) of the rows this core shares with each peer, kept current on every write.
+
+    Invariant: a key's hash is in the digests iff the build scan has passed the key and
+    no write of it is in flight. So every write of a user table must be reported:
+    `write_started` before it is staged and `write_settled` when its on_durable
+    callback ran (then the committed row is final until the next write).
+    """
+
+    def __init__(self, tables: Sequence[str]) -> None:
+        self.tables = tuple(tables)
+        self._shares: Shares = lambda key: ()
+        self._digests: dict[str, dict[str, list[int]]] = {}
+        self._cursor: dict[str, bytes | None] = {table: None for table in self.tables}
+        self._built: set[str] = set()
+        self._floating: dict[tuple[str, bytes], int] = {}
+
+    def reset(self, shares: Shares, peers: Iterable[str]) -> None:
+        """Drop every digest and start a build (feed it with `add_rows`); writes in flight stay tracked."""
+        self._shares = shares
+        self._digests = {peer: {table: [0] * BUCKETS for table in self.tables} for peer in peers}
+        self._cursor = {table: None for table in self.tables}
+        self._built = set()
+
+    @property
+    def ready(self) -> bool:
+        return len(self._built) == len(self.tables)
+
+    def add_rows(self, table: str, rows: Sequence[tuple[bytes, Version]], *, last: bool) -> None:
+        """Build input: the next committed rows of `table` in key order; `last` once the table is done."""
+        for key, version in rows:
+            if (table, key) not in self._floating:
+                self._toggle(table, key, version)
+        if rows:
+            self._cursor[table] = rows[-1][0]
+        if last:
+            self._built.add(table)
+
+    def write_started(self, table: str, key: bytes, committed: Committed) -> None:
+        ident = (table, key)
+        count = self._floating.get(ident, 0)
+        if count == 0 and self._passed(table, key):
+            self._toggle(table, key, committed())
+        self._floating[ident] = count + 1
+
+    def write_settled(self, table: str, key: bytes, committed: Committed) -> None:
+        ident = (table, key)
+        count = self._floating.get(ident)
+        if count is None:
+            return
+        if count > 1:
+            self._floating[ident] = count - 1
+            return
+        del self._floating[ident]
+        if self._passed(table, key):
+            self._toggle(table, key, committed())
+
+    def digests(self, peer: str) -> dict[str, list[int]]:
+        return self._digests.get(peer) or {table: [0] * BUCKETS for table in self.tables}
+
+    def in_flight(self) -> int:
+        return len(self._floating)
+
+    def _passed(self, table: str, key: bytes) -> bool:
+        if table in self._built:
+            return True
+        cursor = self._cursor[table]
+        return cursor is not None and key <= cursor
+
+    def _toggle(self, table: str, key: bytes, version: Version | None) -> None:
+        if version is None:
+            return
+        peers = self._shares(key)
+        if not peers:
+            return
+        bucket, h = bucket_of(key), entry_hash(key, version)
+        for peer in peers:
+            tables = self._digests.get(peer)
+            if tables is not None:
+                tables[table][bucket] ^= h
+
+
+# ---- sans-IO: key-level repair -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One row of the responder's listing."""
+
+    version: Version
+    tombstone: bool
+
+
+class Reconciler:
+    """The initiator's side of one session: the responder's listing against its own rows of the same buckets.
+
+    Only strictly newer versions move, in either direction. A key whose newer version
+    was written at or after `settle_before_ms` is left alone: the write path is still
+    delivering it, and a later round repairs it if it really went missing. A tombstone
+    older than `purge_before_ms` is not sent to a side that has no row at all: it is
+    due for purging there anyway, and sending it would only bring it back.
+    """
+
+    def __init__(self, theirs: dict[tuple[str, bytes], Listed], *, purge_before_ms: int,
+                 settle_before_ms: int | None = None) -> None:
+        self._theirs = theirs
+        self._purge_before_ms = purge_before_ms
+        self._settle_before_ms = settle_before_ms
+        self.pulls: list[tuple[str, bytes]] = []
+        self.unsettled = 0  # keys left to the write path
+
+    def own_row(self, table: str, key: bytes, item: Versioned) -> bool:
+        """Feed one of our rows; True if it must be pushed (pulls collect in `pulls`)."""
+        other = self._theirs.pop((table, key), None)
+        if other is None:
+            return not self._recent(item.version) and not (item.is_tombstone and self._purgeable(item.version))
+        if item.version > other.version:
+            return not self._recent(item.version)
+        if other.version > item.version and not self._recent(other.version):
+            self.pulls.append((table, key))
+        return False
+
+    def finish(self) -> list[tuple[str, bytes]]:
+        """After the last own row: every pull, including the rows only the responder has."""
+        for (table, key), other in self._theirs.items():
+            if not self._recent(other.version) and not (other.tombstone and self._purgeable(other.version)):
+                self.pulls.append((table, key))
+        self._theirs = {}
+        return self.pulls
+
+    def _recent(self, version: Version) -> bool:
+        if self._settle_before_ms is None or version.wall_ms < self._settle_before_ms:
+            return False
+        self.unsettled += 1
+        return True
+
+    def _purgeable(self, version: Version) -> bool:
+        return version.wall_ms < self._purge_before_ms
+
+
+# ---- the engine-side driver --------------------------------------------------------------------
+
+# Time the driver's scans may take per engine tick, and the pause to the next tick while
+# scans are pending: the loop serves frames in between, so it is never frozen for long.
+_SLICE_BUDGET_S = 0.010
+_BUSY_TICK_S = 0.002
+_SCAN_CHUNK_ROWS = 256
+# Flow control: unacked pushes per session (our scan waits while the window is full), and
+# pulled keys per frame and outstanding, so a repair never floods the receiver's loop.
+_PUSH_WINDOW = 1000
+_PULL_FRAME_KEYS = 500
+_PULL_WINDOW = 1500
+# Rows written less than this long ago are still in the write path: not repaired yet.
+_SETTLE_MS = 1000
+# A peer whose sessions find only writes in flight is visited less often: interval * 2**n.
+_MAX_BACKOFF_EXPONENT = 5
+_RECHECK_S = 0.5
+_RETRY_S = 1.0
+_SESSION_TIMEOUT_S = 30.0
+# Tombstones older than the grace period are purged this often (at most); then the cache is rebuilt.
+_MAINTENANCE_MAX_S = 3600.0
+_MAINTENANCE_MIN_S = 1.0
+_PURGE_LIMIT = 10_000
+_LIST_FLUSH_ROWS = 2000
+_REFUSALS_TO_RETRY = ("partition_detected", "not_ready", "membership_differs", "busy")
+
+
+class AntiEntropyPort(Protocol):
+    """What the driver needs from the store service (engine thread)."""
+
+    def ae_send(self, node: str, op: str, **fields: Any) -> None:
+        """Queue a frame; it leaves after this turn's sput frames."""
+
+    def ae_send_list(self, node: str, op: str, field: str, entries: list[list[Any]], **fields: Any) -> None:
+        """Queue `entries` as frames under the frame budget, each with `fields`."""
+
+    def ae_push(self, node: str, table: str, key: bytes, item: Versioned) -> int:
+        """Send `item` as a replica write with an internal request id (returned); its ack comes to `async_on_ack`."""
+
+
+class _Membership(Protocol):
+    def is_safe_for_writes(self) -> bool: ...
+    def state_of(self, node_id: str) -> str: ...
+    def expected_cores(self) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResult:
+    """What one session did, from its initiator's side."""
+
+    peer: str
+    code: str  # ok | in_sync, or timeout | peer_down | peer_restarted | partition_detected | not_ready | ...
+    full: bool
+    buckets: int  # buckets that differed (every bucket for a full pass)
+    listed: int  # rows the peer listed
+    pushed: int  # our rows the peer applied (acked ok)
+    pulled: int  # rows the peer pushed to us
+    refused: int  # our pushes the peer refused (safe mode, ...)
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.code in ("ok", "in_sync")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"peer": self.peer, "code": self.code, "ok": self.ok, "full": self.full, "buckets": self.buckets,
+                "listed": self.listed, "pushed": self.pushed, "pulled": self.pulled, "refused": self.refused,
+                "duration_s": round(self.duration_s, 3)}
+
+
+class _Scan:
+    """Walks some tables in key order, one chunk of committed rows per step."""
+
+    __slots__ = ("_local", "_tables", "_cursor", "_on_rows", "_on_done", "blocked", "cancelled")
+
+    def __init__(
+        self,
+        local: LocalStore,
+        tables: Sequence[str],
+        on_rows: Callable[[str, list[tuple[bytes, Versioned]], bool], None],
+        on_done: Callable[[], None],
+        blocked: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.blocked = blocked  # while True, the scan waits (flow control)
+        self._local = local
+        self._tables = deque(tables)
+        self._cursor: dict[str, bytes] = {}
+        self._on_rows = on_rows
+        self._on_done = on_done
+        self.cancelled = False
+
+    def step(self) -> bool:
+        """Read and hand over one chunk; True once every table is done."""
+        if self.cancelled:
+            return True
+        if not self._tables:
+            self._on_done()
+            return True
+        table = self._tables[0]
+        rows = self._local.scan(table, start_after=self._cursor.get(table), limit=_SCAN_CHUNK_ROWS)
+        last = len(rows) < _SCAN_CHUNK_ROWS
+        if rows:
+            self._cursor[table] = rows[-1][0]
+        self._on_rows(table, rows, last)
+        if last:
+            self._tables.popleft()
+            if not self._tables:
+                self._on_done()
+                return True
+        return False
+
+
+class _Session:
+    """The initiator's state of one session."""
+
+    __slots__ = ("sid", "peer", "full", "routine", "state", "started", "deadline", "recheck_at", "first_diff", "theirs",
+                 "buckets", "pushes", "pull_queue", "pulls_out", "listing_done", "listed", "pushed", "pulled",
+                 "refused", "unsettled", "scan", "waiters")
+
+    def __init__(self, sid: int, peer: str, full: bool, routine: bool, now: float, timeout_s: float) -> None:
+        self.sid = sid
+        self.peer = peer
+        self.full = full
+        self.routine = routine  # a round-robin visit: leaves fresh writes to the write path, backs off when idle
+        # digest (round 1) -> recheck -> listing (round 2 sent, theirs arriving) -> own (our scan) -> repairing
+        self.state = "digest"
+        self.started = now
+        self.deadline = now + timeout_s
+        self.recheck_at = 0.0
+        self.first_diff: dict[str, list[int]] = {}
+        self.theirs: dict[tuple[str, bytes], Listed] = {}
+        self.buckets: dict[str, set[int]] = {}
+        self.pushes: set[int] = set()
+        self.pull_queue: deque[tuple[str, bytes]] = deque()
+        self.pulls_out = 0
+        self.listing_done = False
+        self.listed = self.pushed = self.pulled = self.refused = self.unsettled = 0
+        self.scan: _Scan | None = None  # our own rows of the differing buckets
+        self.waiters: list[Callable[[SessionResult], None]] = []
+
+
+class AntiEntropy:
+    """Runs anti-entropy sessions for one core. Every method runs on the engine thread.
+
+    Round robin: every `interval_s` a routine session with the next alive peer core; at
+    once a session with a peer that (re)joins and with every peer when this core leaves
+    safe mode. Sessions start only while this core accepts writes; refusals are retried
+    after `_RETRY_S`. Routine sessions leave writes younger than `_SETTLE_MS` to the write
+    path and visit a peer less often while they find nothing else (a bulk load keeps
+    every bucket busy); the others repair everything. Tombstones older than
+    `tombstone_grace_s` are purged periodically.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        local: LocalStore,
+        port: AntiEntropyPort,
+        membership: _Membership,
+        shares_for: Callable[[frozenset[str]], Shares],
+        tables: Sequence[str],
+        interval_s: float,
+        tombstone_grace_s: float,
+        wall_ms: Callable[[], int],
+        counters: dict[str, int],
+    ) -> None:
+        self.node_id = node_id
+        self._local = local
+        self._port = port
+        self._membership = membership
+        self._shares_for = shares_for
+        self._tables = tuple(tables)
+        self._interval_s = interval_s
+        self._grace_ms = int(tombstone_grace_s * 1000)
+        self._maintenance_every_s = min(_MAINTENANCE_MAX_S, max(_MAINTENANCE_MIN_S, tombstone_grace_s / 4))
+        self._wall_ms = wall_ms
+        self.counters = counters
+        self.cache = DigestCache(self._tables)
+        self._expected: frozenset[str] = frozenset()
+        self._fp = 0
+        self._shares: Shares = lambda key: ()
+        self._build: _Scan | None = None
+        self._rebuild_when_commits: int | None = None
+        self._jobs: deque[_Scan] = deque()
+        # Random start: frames of a session from before a restart cannot match one of after it.
+        self._sids = itertools.count(secrets.randbelow(1 << 30) + 1)
+        self._sessions: dict[int, _Session] = {}
+        self._pushes: dict[int, _Session] = {}
+        self._listings: dict[tuple[str, int], _Scan] = {}
+        self._partial_listings: set[tuple[str, int]] = set()  # of those, the ones not for a full pass
+        self._due: dict[str, float] = {}  # peer -> not before
+        self._rr = 0
+        self._next_round = 0.0
+        self._idle_rounds: dict[str, int] = {}  # peer -> sessions in a row that found only writes in flight
+        self._rr_not_before: dict[str, float] = {}
+        self._next_maintenance: float | None = None
+        self._was_safe = False
+        self._now = 0.0  # of the latest tick or frame; acks carry no time
+        self.last_results: dict[str, SessionResult] = {}
+
+    def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
+        ops = {"ae_dig": self._on_dig, "ae_diff": self._on_diff, "ae_keys": self._on_keys, "ae_end": self._on_end,
+               "ae_pull": self._on_pull, "ae_pulled": self._on_pulled}
+
+        def stamped(handler: Callable[[dict[str, Any], float], None]) -> Callable[[dict[str, Any], float], None]:
+            def on_frame(msg: dict[str, Any], now: float) -> None:
+                self._now = max(self._now, now)
+                handler(msg, now)
+            return on_frame
+
+        return {op: stamped(handler) for op, handler in ops.items()}
+
+    # ---- inputs from the store service ----------------------------------------------------------
+
+    def async_write_started(self, table: str, key: bytes) -> None:
+        self.cache.write_started(table, key, lambda: self._committed(table, key))
+
+    def async_write_settled(self, table: str, key: bytes) -> None:
+        self.cache.write_settled(table, key, lambda: self._committed(table, key))
+
+    def async_on_ack(self, req: int, code: str) -> bool:
+        """An ack for one of our pushes; False if `req` is not ours."""
+        session = self._pushes.pop(req, None)
+        if session is None:
+            return False
+        session.pushes.discard(req)
+        if code == "ok":
+            session.pushed += 1
+        else:
+            session.refused += 1
+        self._maybe_finish(session)
+        return True
+
+    def async_peer_alive(self, peer: str, now: float, *, restarted: bool) -> None:
+        """A peer core joined, came back or restarted: compare with it as soon as possible."""
+        if restarted:  # it forgot its side of every session with us
+            self.async_peer_down(peer, "peer_restarted")
+        self._idle_rounds.pop(peer, None)
+        self._rr_not_before.pop(peer, None)
+        if peer != self.node_id and peer in self._membership.expected_cores():
+            self._due[peer] = now
+
+    def async_peer_down(self, peer: str, code: str = "peer_down") -> None:
+        for session in [s for s in self._sessions.values() if s.peer == peer]:
+            self._finish(session, code)
+        for ident in [i for i in self._listings if i[0] == peer]:
+            self._drop_listing(ident)
+
+    def async_resync(self, now: float, timeout_s: float, on_done: Callable[[list[SessionResult]], None]) -> str | None:
+        """Start a full pass with every alive peer; on_done gets every result. Returns a reason if none can start."""
+        self._check_membership()
+        if not self._membership.is_safe_for_writes():
+            return f"{self.node_id} is in safe mode: it does not see a majority of cores"
+        peers = [p for p in sorted(self._membership.expected_cores() - {self.node_id})
+                 if self._membership.state_of(p) == "alive"]
+        if not peers:
+            return f"no peer core of {self.node_id} is alive"
+        results: list[SessionResult] = []
+
+        def one(result: SessionResult) -> None:
+            results.append(result)
+            if len(results) == len(peers):
+                on_done(sorted(results, key=lambda r: r.peer))
+
+        for peer in peers:
+            self._start(peer, now, full=True, timeout_s=timeout_s).waiters.append(one)
+        return None
+
+    def async_tick(self, now: float) -> float | None:
+        """Sessions, scans and maintenance; returns how soon to tick again while scans are pending."""
+        self._now = now
+        self._check_membership()
+        self._maintain(now)
+        self._expire(now)
+        self._schedule(now)
+        self._run_jobs()
+        return _BUSY_TICK_S if self._jobs else None
+
+    def status(self) -> dict[str, Any]:
+        return {"ready": self.cache.ready, "sessions": len(self._sessions), "listings": len(self._listings),
+                "jobs": len(self._jobs), "last": {p: r.as_dict() for p, r in sorted(self.last_results.items())}}
+
+    # ---- scheduling ---------------------------------------------------------------------------------
+
+    def _check_membership(self) -> None:
+        expected = self._membership.expected_cores()
+        if expected == self._expected:
+            return
+        self._expected = expected
+        self._fp = int.from_bytes(hashlib.blake2b(",".join(sorted(expected)).encode(), digest_size=8).digest(), "big")
+        self._shares = self._shares_for(expected)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        if self._build is not None:
+            self._build.cancelled = True
+        self.cache.reset(self._shares, self._expected - {self.node_id})
+        started = time.perf_counter()
+
+        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
+            self.cache.add_rows(table, [(key, item.version) for key, item in chunk], last=last)
+
+        def done() -> None:
+            self._build = None
+            self.counters["ae_cache_builds"] += 1
+            logger.debug("anti-entropy digests of {} built, {:.3f} s after the build started", self.node_id,
+                         time.perf_counter() - started)
+
+        self._build = _Scan(self._local, self._tables, rows, done)
+        self._jobs.append(self._build)
+
+    def _maintain(self, now: float) -> None:
+        """Purge tombstones past the grace period; rebuild the digests once the purge is committed."""
+        if self._next_maintenance is None:
+            self._next_maintenance = now + self._maintenance_every_s
+        if self._rebuild_when_commits is not None:
+            stats = self._local.stats()
+            if stats["pending"] == 0 or stats["commits"] + stats["failed_commits"] >= self._rebuild_when_commits:
+                self._rebuild_when_commits = None
+                self._rebuild()
+            return
+        if now < self._next_maintenance:
+            return
+        cutoff_ms = self._wall_ms() - self._grace_ms
+        started = time.perf_counter()
+        purged = sum(self._local.async_purge_tombstones(table, cutoff_ms, _PURGE_LIMIT) for table in self._tables)
+        more = purged >= _PURGE_LIMIT
+        self._next_maintenance = now + (self._interval_s if more else self._maintenance_every_s)
+        self.counters["ae_tombstones_purged"] += purged
+        if purged:
+            stats = self._local.stats()
+            # The purge sits in the staged batch: it commits right after the batch in flight, if any.
+            self._rebuild_when_commits = stats["commits"] + stats["failed_commits"] + (2 if stats["in_flight"] else 1)
+            logger.info("purged {} tombstones older than {:.0f} s ({:.3f} s); rebuilding the anti-entropy digests",
+                        purged, self._grace_ms / 1000, time.perf_counter() - started)
+        else:
+            self._rebuild()  # also heals the digests from any write that bypassed the cache
+
+    def _schedule(self, now: float) -> None:
+        safe = self._membership.is_safe_for_writes()
+        peers = sorted(self._expected - {self.node_id})
+        if safe and not self._was_safe:
+            for peer in peers:
+                self._due.setdefault(peer, now)
+        self._was_safe = safe
+        if not safe or not self.cache.ready or not peers or self._heavy():
+            return
+        busy = {s.peer for s in self._sessions.values() if not s.full} | {i[0] for i in self._listings}
+        for peer, not_before in list(self._due.items()):
+            if now >= not_before and peer not in busy and self._membership.state_of(peer) == "alive":
+                del self._due[peer]
+                self._start(peer, now)
+                busy.add(peer)
+        if now < self._next_round:
+            return
+        self._next_round = now + self._interval_s
+        for _ in range(len(peers)):
+            peer = peers[self._rr % len(peers)]
+            self._rr += 1
+            if peer not in busy and self._membership.state_of(peer) == "alive" \
+                    and now >= self._rr_not_before.get(peer, 0.0):
+                self._start(peer, now, routine=True)
+                return
+
+    def _expire(self, now: float) -> None:
+        for session in list(self._sessions.values()):
+            if now >= session.deadline:
+                self._finish(session, "timeout")
+            elif session.state == "recheck" and now >= session.recheck_at and not self.cache.ready:
+                self._finish(session, "not_ready")  # our digests are being rebuilt
+            elif session.state == "recheck" and now >= session.recheck_at and self._heavy():
+                session.recheck_at = now + _RECHECK_S  # one heavy session at a time
+            elif session.state == "recheck" and now >= session.recheck_at:
+                session.state = "listing"
+                self._send_digests(session, only=session.first_diff)
+
+    def _heavy(self, ignore: str | None = None) -> bool:
+        """Whether a session (not a full pass) past its first round runs here, other than with `ignore`.
+
+        Listing, scanning and repairing are what cost: a core does that for one session at
+        a time, so a rejoining core is not repaired by every peer at once.
+        """
+        if any(src != ignore for src, _ in self._partial_listings):
+            return True
+        return any(not s.full and s.peer != ignore and s.state not in ("digest", "recheck")
+                   for s in self._sessions.values())
+
+    def _run_jobs(self) -> None:
+        deadline = time.perf_counter() + _SLICE_BUDGET_S
+        waiting = 0  # jobs passed over in a row because they wait for acks
+        while self._jobs and waiting < len(self._jobs) and time.perf_counter() < deadline:
+            job = self._jobs.popleft()
+            if not job.cancelled and job.blocked():
+                self._jobs.append(job)
+                waiting += 1
+                continue
+            waiting = 0
+            if not job.step():
+                self._jobs.append(job)
+
+    # ---- initiator ------------------------------------------------------------------------------------
+
+    def _start(self, peer: str, now: float, *, full: bool = False, routine: bool = False,
+               timeout_s: float = _SESSION_TIMEOUT_S) -> _Session:
+        session = _Session(next(self._sids), peer, full, routine, now, timeout_s)
+        self._sessions[session.sid] = session
+        self.counters["ae_sessions"] += 1
+        if full:
+            session.state = "listing"
+            self._port.ae_send(peer, "ae_dig", s=session.sid, fp=self._fp, full=True)
+        else:
+            self._send_digests(session, only=None)
+        return session
+
+    def _send_digests(self, session: _Session, only: dict[str, list[int]] | None) -> None:
+        fields: dict[str, Any] = {"s": session.sid, "fp": self._fp, "d": pack_digests(self.cache.digests(session.peer))}
+        if only is not None:
+            fields["only"] = only
+        self._port.ae_send(session.peer, "ae_dig", **fields)
+
+    def _own(self, msg: dict[str, Any]) -> _Session | None:
+        session = self._sessions.get(msg.get("s"))  # type: ignore[arg-type]
+        if session is None or session.peer != msg["src"]:
+            self.counters["ae_stray_frames"] += 1
+            return None
+        return session
+
+    def _on_diff(self, msg: dict[str, Any], now: float) -> None:
+        session = self._own(msg)
+        if session is None or session.state != "digest":
+            return
+        buckets = _bucket_lists(msg.get("m"))
+        if buckets is None:
+            self.counters["bad_store_frames"] += 1
+            return
+        if not buckets:
+            self._finish(session, "in_sync")
+            return
+        session.first_diff = buckets
+        session.state = "recheck"
+        session.recheck_at = now + _RECHECK_S
+
+    def _on_keys(self, msg: dict[str, Any], now: float) -> None:
+        session = self._own(msg)
+        table, entries = msg.get("t"), msg.get("e")
+        if session is None or session.state != "listing":
+            return
+        if table not in self._tables or not isinstance(entries, list):
+            self.counters["bad_store_frames"] += 1
+            return
+        for entry in entries:
+            try:
+                key, hlc, node, tomb = entry
+                if not (isinstance(key, bytes) and isinstance(hlc, int) and isinstance(node, str)):
+                    raise ValueError
+            except (TypeError, ValueError):
+                self.counters["bad_store_frames"] += 1
+                continue
+            session.theirs[(table, key)] = Listed(Version(hlc, node), bool(tomb))
+            session.listed += 1
+
+    def _on_end(self, msg: dict[str, Any], now: float) -> None:
+        session = self._own(msg)
+        if session is None or session.state not in ("digest", "listing"):
+            return
+        code = msg.get("code")
+        if code != "ok":
+            self._finish(session, code if isinstance(code, str) else "bad_reply")
+            return
+        buckets = _bucket_lists(msg.get("m"))
+        if buckets is None:
+            self.counters["bad_store_frames"] += 1
+            return
+        if not buckets:
+            self._finish(session, "in_sync")
+            return
+        session.buckets = {table: set(b) for table, b in buckets.items()}
+        session.state = "own"
+        wall_ms = self._wall_ms()
+        reconciler = Reconciler(session.theirs, purge_before_ms=wall_ms - self._grace_ms,
+                                settle_before_ms=wall_ms - _SETTLE_MS if session.routine else None)
+        session.theirs = {}
+        shares = self._shares
+
+        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
+            wanted = session.buckets[table]
+            for key, item in chunk:
+                if bucket_of(key) in wanted and session.peer in shares(key) and reconciler.own_row(table, key, item):
+                    session.pushes.add(self._track(session, self._port.ae_push(session.peer, table, key, item)))
+
+        def done() -> None:
+            session.pull_queue.extend(reconciler.finish())
+            session.unsettled = reconciler.unsettled
+            session.listing_done = True
+            session.state = "repairing"
+            self._send_pulls(session)
+            self._maybe_finish(session)
+
+        session.scan = _Scan(self._local, sorted(session.buckets), rows, done,
+                             blocked=lambda: len(session.pushes) >= _PUSH_WINDOW)
+        self._jobs.append(session.scan)
+
+    def _send_pulls(self, session: _Session) -> None:
+        queue = session.pull_queue
+        while queue and session.pulls_out < _PULL_WINDOW:
+            table = queue[0][0]
+            keys = []
+            while queue and queue[0][0] == table and len(keys) < _PULL_FRAME_KEYS:
+                keys.append(queue.popleft()[1])
+            session.pulls_out += len(keys)
+            self._port.ae_send(session.peer, "ae_pull", s=session.sid, t=table, k=keys)
+
+    def _track(self, session: _Session, req: int) -> int:
+        self._pushes[req] = session
+        return req
+
+    def _on_pulled(self, msg: dict[str, Any], now: float) -> None:
+        session = self._own(msg)
+        asked, pushed = msg.get("r"), msg.get("n")
+        if session is None or not isinstance(asked, int) or not isinstance(pushed, int):
+            return
+        session.pulls_out -= asked
+        session.pulled += pushed
+        self._send_pulls(session)
+        self._maybe_finish(session)
+
+    def _maybe_finish(self, session: _Session) -> None:
+        if session.listing_done and not session.pushes and session.pulls_out <= 0 and not session.pull_queue:
+            self._finish(session, "ok")
+
+    def _finish(self, session: _Session, code: str) -> None:
+        if self._sessions.pop(session.sid, None) is None:
+            return
+        if session.scan is not None:
+            session.scan.cancelled = True
+        for req in session.pushes:
+            self._pushes.pop(req, None)  # a late ack falls through to the coordinator, which ignores it
+        buckets = sum(len(b) for b in session.buckets.values())
+        result = SessionResult(session.peer, code, session.full, buckets, session.listed, session.pushed,
+                               session.pulled, session.refused, max(0.0, self._now - session.started))
+        self.last_results[session.peer] = result
+        self.counters[f"ae_{code}"] += 1
+        self.counters["ae_pushed"] += result.pushed
+        self.counters["ae_pulled"] += result.pulled
+        if result.pushed or result.pulled or result.refused:
+            logger.info("anti-entropy {} -> {}: {} ({} buckets differed; pushed {}, pulled {}, refused {}) in {:.2f} s",
+                        self.node_id, session.peer, code, buckets, result.pushed, result.pulled, result.refused,
+                        result.duration_s)
+        else:
+            logger.debug("anti-entropy {} -> {}: {} in {:.2f} s ({} keys still in the write path)", self.node_id,
+                         session.peer, code, result.duration_s, session.unsettled)
+        if code in _REFUSALS_TO_RETRY or result.refused:
+            self._due[session.peer] = self._now + _RETRY_S
+        if session.routine and code in ("ok", "in_sync"):
+            self._back_off(session.peer, idle=code == "ok" and not (result.pushed or result.pulled or result.refused))
+        for waiter in session.waiters:
+            waiter(result)
+
+    def _back_off(self, peer: str, *, idle: bool) -> None:
+        """Visit a peer less often while its sessions find only writes in flight (a bulk load)."""
+        if not idle:
+            self._idle_rounds.pop(peer, None)
+            self._rr_not_before.pop(peer, None)
+            return
+        rounds = min(self._idle_rounds.get(peer, 0) + 1, _MAX_BACKOFF_EXPONENT)
+        self._idle_rounds[peer] = rounds
+        self._rr_not_before[peer] = self._now + self._interval_s * 2 ** rounds
+
+    # ---- responder ----------------------------------------------------------------------------------
+
+    def _on_dig(self, msg: dict[str, Any], now: float) -> None:
+        src, sid = msg["src"], msg.get("s")
+        if not isinstance(sid, int):
+            self.counters["bad_store_frames"] += 1
+            return
+        refusal = self._refusal(src, msg.get("fp"))
+        if refusal is None and not msg.get("full") and not self.cache.ready:
+            refusal = "not_ready"
+        if refusal is not None:
+            self._port.ae_send(src, "ae_end", s=sid, code=refusal)
+            return
+        if msg.get("full"):
+            self._list(src, sid, {table: list(range(BUCKETS)) for table in self._tables}, full=True)
+            return
+        try:
+            theirs = unpack_digests(msg.get("d"))
+            only = _bucket_lists(msg["only"]) if "only" in msg else None
+        except ValueError:
+            self.counters["bad_store_frames"] += 1
+            return
+        diff = differing(self.cache.digests(src), theirs, None if only is None else {t: set(b) for t, b in only.items()})
+        diff = {t: b for t, b in diff.items() if t in self._tables}
+        if only is None:
+            self._port.ae_send(src, "ae_diff", s=sid, m=diff)
+        elif self._busy_for(src):
+            self._port.ae_send(src, "ae_end", s=sid, code="busy")
+        elif not diff:
+            self._port.ae_send(src, "ae_end", s=sid, code="ok", m={})
+        else:
+            self._list(src, sid, diff, full=False)
+
+    def _busy_for(self, src: str) -> bool:
+        """Whether to refuse listing for `src`; of two cores that start on each other at once, the smaller id wins."""
+        if self._heavy(ignore=src):
+            return True
+        mine = [s for s in self._sessions.values() if s.peer == src and not s.full and s.state not in ("digest", "recheck")]
+        return any(s.state != "listing" or self.node_id < src for s in mine)
+
+    def _refusal(self, src: str, fp: Any) -> str | None:
+        if src not in self._expected:
+            return "not_a_core"
+        if not self._membership.is_safe_for_writes():
+            return "partition_detected"
+        if fp != self._fp:
+            return "membership_differs"
+        return None
+
+    def _list(self, src: str, sid: int, buckets: dict[str, list[int]], *, full: bool) -> None:
+        """Stream our shared rows of `buckets` to `src`, then ae_end."""
+        ident = (src, sid)
+        self._drop_listing(ident)
+        wanted = {table: set(b) for table, b in buckets.items()}
+        shares = self._shares
+        pending: list[list[Any]] = []
+
+        def flush(table: str) -> None:
+            if pending:
+                self._port.ae_send_list(src, "ae_keys", "e", pending[:], s=sid, t=table)
+                pending.clear()
+
+        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
+            mine = wanted[table]
+            for key, item in chunk:
+                if bucket_of(key) in mine and src in shares(key):
+                    pending.append([key, item.version.hlc, item.version.node, item.is_tombstone])
+            if last or len(pending) >= _LIST_FLUSH_ROWS:
+                flush(table)
+
+        def done() -> None:
+            self._listings.pop(ident, None)
+            self._partial_listings.discard(ident)
+            self._port.ae_send(src, "ae_end", s=sid, code="ok", m=buckets)
+
+        scan = _Scan(self._local, sorted(wanted), rows, done)
+        self._listings[ident] = scan
+        if not full:
+            self._partial_listings.add(ident)
+        self._jobs.append(scan)
+
+    def _drop_listing(self, ident: tuple[str, int]) -> None:
+        scan = self._listings.pop(ident, None)
+        if scan is not None:
+            scan.cancelled = True
+        self._partial_listings.discard(ident)
+
+    def _on_pull(self, msg: dict[str, Any], now: float) -> None:
+        src, sid, table, keys = msg["src"], msg.get("s"), msg.get("t"), msg.get("k")
+        if table not in self._tables or not isinstance(keys, list) or not isinstance(sid, int):
+            self.counters["bad_store_frames"] += 1
+            return
+        pushed = 0
+        for key in keys[:_PULL_FRAME_KEYS]:
+            item = self._local.read(table, key) if isinstance(key, bytes) else None
+            if item is not None:
+                # Nobody waits for these acks: they fall through to the coordinator, which ignores unknown ids.
+                self._port.ae_push(src, table, key, item)  # type: ignore[arg-type]
+                pushed += 1
+        self._port.ae_send(src, "ae_pulled", s=sid, r=len(keys), n=pushed)
+
+    # ---- helpers ------------------------------------------------------------------------------------
+
+    def _committed(self, table: str, key: bytes) -> Version | None:
+        item = self._local.read(table, key)
+        return None if item is None else item.version
+
+
+def _bucket_lists(raw: Any) -> dict[str, list[int]] | None:
+    """{table: [bucket]} from a frame, or None if malformed."""
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, list[int]] = {}
+    for table, buckets in raw.items():
+        if not isinstance(table, str) or not isinstance(buckets, list):
+            return None
+        if not all(isinstance(b, int) and 0 <= b < BUCKETS for b in buckets):
+            return None
+        if buckets:
+            out[table] = buckets
+    return out
