@@ -260,6 +260,10 @@ class QuorumCoordinator:
     def read_quorum(self) -> int:
         return self._r
 
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
     # --- writes -----------------------------------------------------------------------
 
     def put(

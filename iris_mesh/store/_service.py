@@ -6,6 +6,8 @@ Mesh frames (each a batch: one frame per peer per engine loop turn):
     sack  {a: [[req, code], ...]}                                     code: ok | partition_detected | ...
     sget  {r: [[req, table, key], ...]}                               read the local replica
     sval  {r: [[req, versioned or null, code], ...]}
+    sscan {r: [[req, table, prefix, start_after, limit], ...]}        one page of a prefix scan
+    spage {r: [[req, [[key, versioned], ...], more, code], ...]}
 
 `versioned` is the on-disk encoding of `Versioned` (see `_versioned.py`). On cores,
 anti-entropy (`_anti_entropy.py`) adds its `ae_*` frames and pushes repairs as `sput`
@@ -23,6 +25,7 @@ from typing import Any, Callable, Protocol
 from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
 from iris_mesh.store._local import LocalStore
+from iris_mesh.store._scan import QuorumScanner, ReplicaScan, ScanDone
 from iris_mesh.store._versioned import HybridClock, Versioned, VersionError, decode_versioned, encode_versioned
 
 __all__ = ["StoreService", "USER_TABLES", "StoreMembership", "StoreMesh"]
@@ -32,6 +35,7 @@ USER_TABLES = ("offline_msg", "cross_region_queue", "presence")
 _HANDOFF_INTERVAL_S = 0.5
 _HANDOFF_BATCH = 500
 _HANDOFF_TIMEOUT_S = 5.0
+_MAX_SCAN_LIMIT = 1000
 _LIVE_STATES = ("alive", "suspect")
 # Outgoing batches are cut into frames of at most this many bytes (well under max_frame_bytes).
 _FRAME_BUDGET_BYTES = 256 * 1024
@@ -120,6 +124,10 @@ class StoreService:
         self._out_values: dict[str, list[list[Any]]] = defaultdict(list)
         self._out_ae: list[tuple[str, str, dict[str, Any]]] = []  # after the writes of the turn they follow
         self.counters: dict[str, int] = defaultdict(int)
+        self.scanner = QuorumScanner(read_quorum=coordinator.read_quorum, timeout_s=coordinator.timeout_s)
+        self._scan_callbacks: dict[int, Callable[[ScanDone], None]] = {}
+        self._out_scans: dict[str, list[list[Any]]] = defaultdict(list)
+        self._out_pages: dict[str, list[list[Any]]] = defaultdict(list)
         self.anti_entropy: AntiEntropy | None = None
         self._incarnations: dict[str, int] = {}  # of peers, to tell a restart from a recovery
         if local is not None:
@@ -134,7 +142,8 @@ class StoreService:
         self._mesh = mesh
 
     def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
-        ops = {"sput": self._on_sput, "sack": self._on_sack, "sget": self._on_sget, "sval": self._on_sval}
+        ops = {"sput": self._on_sput, "sack": self._on_sack, "sget": self._on_sget, "sval": self._on_sval,
+               "sscan": self._on_sscan, "spage": self._on_spage}
         if self.anti_entropy is not None:
             ops.update(self.anti_entropy.mesh_ops())
         return ops
@@ -181,6 +190,24 @@ class StoreService:
         self._direct_reads[req] = on_reply
         self._route_read(node, ReplicaRead(req, table, key))
 
+    def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int,
+                   on_done: Callable[[ScanDone], None], now: float) -> None:
+        """One page of a quorum prefix scan within one partition (newest wins, stale replicas repaired).
+
+        on_done gets exactly one ScanDone: live items in key order, and the cursor to pass as
+        `start_after` for the next page while `more` is true.
+        """
+        req = next(self._ids)
+        problem = self._bad_table(table)
+        if problem:
+            on_done(ScanDone(req, False, "bad_request", problem))
+            return
+        replicas = self._replicas_for(prefix)
+        self._scan_callbacks[req] = on_done
+        outbound, done = self.scanner.scan(req, table, prefix, start_after=start_after, limit=limit,
+                                           replicas=replicas, live=self._live(replicas), now=now)
+        self._run_scan(outbound, done)
+
     def replicas(self, key: bytes) -> list[str]:
         return self._replicas_for(key)
 
@@ -211,6 +238,7 @@ class StoreService:
         for out, op, field in (
             (self._out_writes, "sput", "w"), (self._out_reads, "sget", "r"),
             (self._out_acks, "sack", "a"), (self._out_values, "sval", "r"),
+            (self._out_scans, "sscan", "r"), (self._out_pages, "spage", "r"),
         ):
             if not out:
                 continue
@@ -230,6 +258,8 @@ class StoreService:
         """Timers of the store; returns how soon it wants the next tick (None: no hurry)."""
         self._last_now = now
         self._run(self.coordinator.tick(now))
+        if self.scanner.pending():
+            self._run_scan([], self.scanner.tick(now))
         if self.local is not None and now >= self._next_handoff:
             self._next_handoff = now + _HANDOFF_INTERVAL_S
             self._hand_off_hints(now)
@@ -298,6 +328,63 @@ class StoreService:
             return
         item = self.local.read(table, key)
         self._reply_value(src, req, item, "ok")
+
+    def _on_sscan(self, msg: dict[str, Any], now: float) -> None:
+        entries = msg.get("r")
+        if not isinstance(entries, list):
+            self.counters["bad_store_frames"] += 1
+            return
+        for entry in entries:
+            self._scan_local(msg["src"], entry)
+
+    def _scan_local(self, src: str, entry: Any) -> None:
+        try:
+            req, table, prefix, start_after, limit = entry
+            if not (isinstance(req, int) and isinstance(prefix, bytes) and isinstance(limit, int)
+                    and (start_after is None or isinstance(start_after, bytes))):
+                raise ValueError("bad field types")
+        except (TypeError, ValueError):
+            self.counters["bad_store_frames"] += 1
+            return
+        if self.local is None or table not in USER_TABLES or not 1 <= limit <= _MAX_SCAN_LIMIT:
+            self._reply_page(src, req, [], False, "bad_request")
+            return
+        rows = self.local.scan(table, prefix, start_after=start_after, limit=limit + 1)
+        self._reply_page(src, req, rows[:limit], len(rows) > limit, "ok")
+
+    def _reply_page(self, node: str, req: int, rows: list[tuple[bytes, Versioned]], more: bool, code: str) -> None:
+        if node == self.node_id:
+            self._run_scan(*self.scanner.on_scan_reply(node, req, rows, more, code, self._last_now))
+        else:
+            self._out_pages[node].append([req, [[key, encode_versioned(item)] for key, item in rows], more, code])
+
+    def _on_spage(self, msg: dict[str, Any], now: float) -> None:
+        for entry in msg.get("r") or ():
+            try:
+                req, raw_rows, more, code = entry
+                rows = [(key, decode_versioned(raw)) for key, raw in raw_rows]
+                if not (isinstance(req, int) and isinstance(code, str) and all(isinstance(k, bytes) for k, _ in rows)):
+                    raise ValueError("bad field types")
+            except (TypeError, ValueError, VersionError):
+                self.counters["bad_store_frames"] += 1
+                continue
+            self._run_scan(*self.scanner.on_scan_reply(msg["src"], req, rows, bool(more), code, now))
+
+    def _run_scan(self, outbound: list[Outbound], done: list[ScanDone]) -> None:
+        for out in outbound:
+            message = out.message
+            if isinstance(message, ReplicaScan):
+                entry = [message.req, message.table, message.prefix, message.start_after, message.limit]
+                if out.node == self.node_id:
+                    self._scan_local(self.node_id, entry)
+                else:
+                    self._out_scans[out.node].append(entry)
+            else:
+                self._route(out)
+        for result in done:
+            callback = self._scan_callbacks.pop(result.req, None)
+            if callback is not None:
+                callback(result)
 
     def _ack(self, node: str, req: int, code: str) -> None:
         if node == self.node_id:
