@@ -83,6 +83,13 @@ class NodeConfig:
     store_timeout_s: float = 2.0
     anti_entropy_interval_s: float = 2.0
     tombstone_grace_s: float = 864000.0
+    deliver_timeout_s: float = 5.0
+    session_idle_timeout_s: float = 30.0
+    max_body_bytes: int = 65536
+    send_rate_per_s: int = 200
+    send_burst: int = 400
+    max_pending_deliveries: int = 1000
+    sync_page: int = 100
     max_frame_bytes: int = 1048576
     link_send_hwm: int = 10000
     log_level: str = "INFO"
@@ -182,6 +189,13 @@ _RULES: dict[str, _Rule] = {
     "store_timeout_s": _SECONDS,
     "anti_entropy_interval_s": _SECONDS,
     "tombstone_grace_s": _SECONDS,
+    "deliver_timeout_s": _SECONDS,
+    "session_idle_timeout_s": _SECONDS,
+    "max_body_bytes": _Rule("an integer >= 1", lambda v: v >= 1),
+    "send_rate_per_s": _Rule("an integer >= 1", lambda v: v >= 1),
+    "send_burst": _Rule("an integer >= 1", lambda v: v >= 1),
+    "max_pending_deliveries": _Rule("an integer >= 1", lambda v: v >= 1),
+    "sync_page": _Rule("an integer from 1 to 1000", lambda v: 1 <= v <= 1000),
     "max_frame_bytes": _Rule("an integer >= 1024", lambda v: v >= 1024),
     "link_send_hwm": _Rule("an integer >= 1", lambda v: v >= 1),
     "log_level": _Rule("one of " + ", ".join(LOG_LEVELS), lambda v: v in LOG_LEVELS),
@@ -258,6 +272,12 @@ def _check_invariants(config: NodeConfig) -> None:
                 f" ({config.replication_factor})",
                 keys=(key, "replication_factor"),
             )
+    if config.max_body_bytes + 1024 > config.max_frame_bytes:
+        raise ConfigError(
+            f"config key 'max_body_bytes': {config.max_body_bytes} plus 1024 bytes of frame overhead must fit"
+            f" in max_frame_bytes ({config.max_frame_bytes})",
+            keys=("max_body_bytes", "max_frame_bytes"),
+        )
     if config.mdns and len(config.cluster) + 1 + len(config.node_id) > 63:
         raise ConfigError(
             f"config keys 'cluster' and 'node_id': the mDNS name {config.cluster}-{config.node_id!s}"

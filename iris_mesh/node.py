@@ -21,7 +21,7 @@ from iris_mesh.membership import (
     PeerCard,
     Placement,
 )
-from iris_mesh.messaging import EdgeService, EdgeSettings, token_secret
+from iris_mesh.messaging import EdgeService, EdgeSettings, Limits, token_secret
 from iris_mesh.sockets import Engine, SocketTuning, cluster_keys
 from iris_mesh.store import (
     Database,
@@ -130,7 +130,15 @@ class Node:
                                     if c.role == "edge" and membership.state_of(n) in ("alive", "suspect")],
                 wall_ms=lambda: time.time_ns() // 1_000_000,
                 wall_s=time.time,
-                settings=EdgeSettings(),
+                settings=EdgeSettings(
+                    deliver_timeout_s=config.deliver_timeout_s,
+                    session_idle_timeout_s=config.session_idle_timeout_s,
+                    limits=Limits(
+                        max_frame_bytes=config.max_frame_bytes, max_body_bytes=config.max_body_bytes,
+                        send_rate_per_s=config.send_rate_per_s, send_burst=config.send_burst,
+                        max_pending_deliveries=config.max_pending_deliveries, sync_page=config.sync_page,
+                    ),
+                ),
             )
         self.runtime = NodeRuntime(
             membership=membership,

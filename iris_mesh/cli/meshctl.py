@@ -389,6 +389,21 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
     return EXIT_OK if reply["ok"] else EXIT_CHECK_FAILED
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """A login token for USER, signed with a key derived from the cluster cookie (no node is contacted)."""
+    from iris_mesh.messaging import issue_token, token_secret
+    from iris_mesh.messaging._protocol import is_valid_user
+
+    if not is_valid_user(args.user):
+        raise CtlError(f"{args.user!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)", EXIT_CHECK_FAILED)
+    if args.ttl <= 0:
+        raise CtlError("--ttl must be a positive number of seconds", EXIT_CHECK_FAILED)
+    expires = int(time.time() + args.ttl)
+    token = issue_token(token_secret(_read_cookie(args.cookie_file)), args.user, expires)
+    _emit(args, {"ok": True, "user": args.user, "token": token, "expires_at": expires}, token)
+    return EXIT_OK
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from iris_mesh.store import StoreError, restore
 
@@ -460,6 +475,10 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("dir")
     restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
     restore.set_defaults(fn=None, offline=cmd_restore)
+    token = commands.add_parser("token", parents=[common], help="print a login token for a user")
+    token.add_argument("user")
+    token.add_argument("--ttl", type=float, default=30 * 86400, help="seconds until it expires (default 30 days)")
+    token.set_defaults(fn=None, offline=cmd_token)
     mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive")
     mesh.add_argument("--expect", type=int, help="number of nodes the mesh must have")
     mesh.add_argument("--wait", type=float, default=30.0, help="deadline in seconds (default 30)")
