@@ -41,6 +41,7 @@ from iris_mesh.messaging._inbox import (
     inbox_key,
     inbox_prefix,
     message_id_of,
+    stored_version,
     presence_key,
     presence_prefix,
 )
@@ -90,7 +91,8 @@ class Gateway(Protocol):
 
 
 class Store(Protocol):
-    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: Callable[[Any], None], now: float) -> None: ...
+    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: Callable[[Any], None],
+                  now: float, min_hlc: int = 0, version: Any = None) -> None: ...
     def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int, on_done: Callable[[Any], None], now: float) -> None: ...
 
 
@@ -295,7 +297,7 @@ class EdgeService:
                 self._fail_pair(send, result.code, result.detail)
 
         self._store.async_put("offline_msg", inbox_key(send.to, send.id), value, durability="quorum",
-                              on_done=stored, now=now)
+                              on_done=stored, now=now, version=stored_version(send.id))
 
     def _finish(self, send: _Send, status: str, now: float) -> None:
         if send.done:
@@ -422,7 +424,7 @@ class EdgeService:
             else:
                 # From the inbox (or an earlier session): it may leave the store now, and only now.
                 self._store.async_put("offline_msg", inbox_key(session.user, msg_id), None, durability="quorum",
-                                      on_done=lambda result: None, now=now)
+                                      on_done=lambda result: None, now=now, min_hlc=stored_version(msg_id).hlc)
         if session.push_paused and len(session.outstanding) < self._limits.max_pending_deliveries:
             session.push_paused = False
             self._push(session, None, now)

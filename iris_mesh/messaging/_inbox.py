@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import cbor2
 
-from iris_mesh.store import compose
+from iris_mesh.store import Version, compose
 
-__all__ = ["inbox_key", "inbox_prefix", "message_id_of", "encode_stored", "decode_stored", "StoredMessage",
+__all__ = ["stored_version", "inbox_key", "inbox_prefix", "message_id_of", "encode_stored", "decode_stored", "StoredMessage",
            "presence_key", "presence_prefix", "encode_presence", "decode_presence"]
 
 
@@ -33,6 +33,17 @@ def inbox_prefix(user: str) -> bytes:
 
 def inbox_key(user: str, message_id: bytes) -> bytes:
     return compose(user.encode(), message_id)
+
+
+def stored_version(message_id: bytes) -> Version:
+    """The version every copy of a stored message gets, made from its id alone.
+
+    A resend of the same id writes the same version, which is not newer than
+    the stored copy, nor than the tombstone its ack left: it never makes a
+    second copy, and never brings an acked message back (until the tombstone
+    is purged, `tombstone_grace_s` later).
+    """
+    return Version(int.from_bytes(message_id[:6], "big") << 16, "")
 
 
 def message_id_of(key: bytes) -> bytes:

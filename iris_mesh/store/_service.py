@@ -26,7 +26,14 @@ from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._scan import QuorumScanner, ReplicaScan, ScanDone
-from iris_mesh.store._versioned import HybridClock, Versioned, VersionError, decode_versioned, encode_versioned
+from iris_mesh.store._versioned import (
+    HybridClock,
+    Version,
+    Versioned,
+    VersionError,
+    decode_versioned,
+    encode_versioned,
+)
 
 __all__ = ["StoreService", "USER_TABLES", "StoreMembership", "StoreMesh"]
 
@@ -150,11 +157,16 @@ class StoreService:
 
     # ---- the API (engine thread) --------------------------------------------------
 
-    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: OnDone, now: float) -> None:
+    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: OnDone, now: float,
+                  min_hlc: int = 0, version: Version | None = None) -> None:
         """Write (or, with value None, delete) a key on its replicas; on_done gets exactly one Done.
 
         An `unavailable` answer after the write was sent does not mean it was not applied: retry
         with the same key and value (idempotent) to be sure.
+
+        `version` pins the version (a write whose version is not newer than the stored one is a
+        no-op, so a pinned write can be repeated safely); `min_hlc` makes the new version
+        larger than a known one (a delete that must win over a pinned write).
         """
         req = next(self._ids)
         problem = self._bad_table(table)
@@ -167,7 +179,11 @@ class StoreService:
         if not self._membership.is_safe_for_writes():
             on_done(Done(req, False, "partition_detected", f"{self.node_id} is in safe mode: it does not see a majority of cores"))
             return
-        item = Versioned(self.clock.now(self._wall_ms()), value)
+        if version is None:
+            version = self.clock.now(self._wall_ms())
+            if version.hlc <= min_hlc:
+                version = Version(min_hlc + 1, version.node)
+        item = Versioned(version, value)
         replicas = self._replicas_for(key)
         self._callbacks[req] = on_done
         self._run(self.coordinator.put(req, table, key, item, replicas=replicas, live=self._live(replicas),
