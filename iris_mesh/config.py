@@ -90,6 +90,7 @@ class NodeConfig:
     send_burst: int = 400
     max_pending_deliveries: int = 1000
     sync_page: int = 100
+    inbox_max: int = 10000
     max_frame_bytes: int = 1048576
     link_send_hwm: int = 10000
     log_level: str = "INFO"
@@ -196,6 +197,7 @@ _RULES: dict[str, _Rule] = {
     "send_burst": _Rule("an integer >= 1", lambda v: v >= 1),
     "max_pending_deliveries": _Rule("an integer >= 1", lambda v: v >= 1),
     "sync_page": _Rule("an integer from 1 to 1000", lambda v: 1 <= v <= 1000),
+    "inbox_max": _Rule("an integer >= 1", lambda v: v >= 1),
     "max_frame_bytes": _Rule("an integer >= 1024", lambda v: v >= 1024),
     "link_send_hwm": _Rule("an integer >= 1", lambda v: v >= 1),
     "log_level": _Rule("one of " + ", ".join(LOG_LEVELS), lambda v: v in LOG_LEVELS),

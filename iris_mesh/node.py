@@ -118,6 +118,7 @@ class Node:
             wall_ms=lambda: time.time_ns() // 1_000_000,
             anti_entropy_interval_s=config.anti_entropy_interval_s,
             tombstone_grace_s=config.tombstone_grace_s,
+            partition_limits={"offline_msg": config.inbox_max},
         )
         edge = None
         if config.role == "edge":

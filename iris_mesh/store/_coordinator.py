@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 DURABILITIES = ("guaranteed", "quorum", "best_effort")
-ERROR_CODES = ("unavailable", "partition_detected", "bad_request")
+ERROR_CODES = ("unavailable", "partition_detected", "bad_request", "inbox_full")
 
 _OK = "ok"
 _UNAVAILABLE = "unavailable"
@@ -372,7 +372,8 @@ class QuorumCoordinator:
         return Done(write.req, True, _OK, detail, acked_by=tuple(write.acked))
 
     def _write_failed(self, write: _Write) -> Done:
-        code = _PARTITION if _PARTITION in write.failed.values() else _UNAVAILABLE
+        codes = set(write.failed.values())
+        code = _PARTITION if _PARTITION in codes else "inbox_full" if "inbox_full" in codes else _UNAVAILABLE
         detail = (
             f"{write.durability} write cannot reach {write.required} acks: {_answers(write.failed)} "
             f"({len(write.acked)} acknowledged); the write may or may not have been applied"

@@ -86,6 +86,7 @@ class LocalStore:
         self._db = db
         self._post = post
         self._staged = _Batch()
+        self._partition_live: dict[tuple[str, bytes], int] = {}
         self._inflight: _Batch | None = None  # engine thread's view: handed off, completion not yet run
         self._live = {table: self._count_live(table) for table in VERSIONED_TABLES}
         self._cond = threading.Condition()
@@ -247,6 +248,19 @@ class LocalStore:
                 break
         return out
 
+    def live_in_partition(self, table: str, partition: bytes) -> int:
+        """Live rows of one partition (keys `partition \\x00 ...`), counted once and then kept current.
+
+        Approximate by the writes in flight when it is first counted; meant for soft bounds
+        such as the size of an inbox.
+        """
+        ident = (table, partition)
+        count = self._partition_live.get(ident)
+        if count is None:
+            count = sum(1 for _key, item in self.scan(table, partition + b"\x00") if not item.is_tombstone)
+            self._partition_live[ident] = count
+        return count
+
     def hints_for(self, target: str, limit: int = 1000) -> list[tuple[str, bytes, Versioned]]:
         """Committed hints for replica `target`: (table, key, item), in key order."""
         prefix = _hint_key(target, "", b"")[:-1]  # length byte + target
@@ -293,6 +307,10 @@ class LocalStore:
         delta = _is_live(item) - _is_live(current)
         if delta:
             staged.live_delta[table] = staged.live_delta.get(table, 0) + delta
+            if self._partition_live:
+                ident = (table, key.split(b"\x00", 1)[0])
+                if ident in self._partition_live:
+                    self._partition_live[ident] += delta
 
     def _wait_for(self, batch: _Batch | None, on_durable: OnDurable, sync: bool) -> None:
         """Acknowledge a stale write once the newer value it lost to is durable."""

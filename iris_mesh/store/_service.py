@@ -2,7 +2,7 @@
 
 Mesh frames (each a batch: one frame per peer per engine loop turn):
 
-    sput  {w: [[req, table, key, versioned, hint_for, sync], ...]}   apply (if newer), fsync, then ack
+    sput  {w: [[req, table, key, versioned, hint_for, sync, fresh?], ...]}   apply (if newer), fsync, then ack
     sack  {a: [[req, code], ...]}                                     code: ok | partition_detected | ...
     sget  {r: [[req, table, key], ...]}                               read the local replica
     sval  {r: [[req, versioned or null, code], ...]}
@@ -24,6 +24,7 @@ from typing import Any, Callable, Protocol
 
 from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
+from iris_mesh.store._keys import partition_key
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._scan import QuorumScanner, ReplicaScan, ScanDone
 from iris_mesh.store._versioned import (
@@ -108,6 +109,7 @@ class StoreService:
         wall_ms: Callable[[], int],
         anti_entropy_interval_s: float = 2.0,
         tombstone_grace_s: float = 864_000.0,
+        partition_limits: dict[str, int] | None = None,
     ) -> None:
         self.node_id = node_id
         self.local = local
@@ -117,6 +119,8 @@ class StoreService:
         self._membership = membership
         self._wall_ms = wall_ms
         self._mesh: StoreMesh | None = None
+        # Most live keys one partition of a table may hold (e.g. an inbox); new keys past it are refused.
+        self._partition_limits = dict(partition_limits or {})
         self._ids = itertools.count(1)
         self._callbacks: dict[int, OnDone] = {}
         self._direct_reads: dict[int, Callable[[Versioned | None, str], None]] = {}
@@ -295,7 +299,9 @@ class StoreService:
 
     def _apply_write(self, src: str, entry: Any) -> None:
         try:
-            req, table, key, raw, hint_for, sync = entry
+            req, table, key, raw, hint_for, sync = entry[:6]
+            # A client's own write (not a repair, hint or handoff): only these may be refused for space.
+            fresh = len(entry) > 6 and entry[6] is True
             item = decode_versioned(raw)
             if not (isinstance(req, int) and isinstance(key, bytes) and isinstance(hint_for, list)):
                 raise ValueError("bad field types")
@@ -307,6 +313,10 @@ class StoreService:
             return
         if not self._membership.is_safe_for_writes():
             self._ack(src, req, "partition_detected")
+            return
+        limit = self._partition_limits.get(table)
+        if limit is not None and fresh and not item.is_tombstone and self._partition_full(table, key, limit):
+            self._ack(src, req, "inbox_full")
             return
         self.clock.observe(item.version)
         anti_entropy = self.anti_entropy
@@ -322,6 +332,12 @@ class StoreService:
         for target in hint_for:
             if isinstance(target, str) and target != self.node_id:
                 self.local.async_put_hint(target, table, key, item)
+
+    def _partition_full(self, table: str, key: bytes, limit: int) -> bool:
+        assert self.local is not None
+        if self.local.live_in_partition(table, partition_key(key)) < limit:
+            return False
+        return self.local.read(table, key) is None  # a rewrite of a key it already holds is fine
 
     def _on_sget(self, msg: dict[str, Any], now: float) -> None:
         entries = msg.get("r")
@@ -469,7 +485,8 @@ class StoreService:
     def _route(self, outbound: Outbound) -> None:
         message = outbound.message
         if isinstance(message, ReplicaWrite):
-            entry = [message.req, message.table, message.key, encode_versioned(message.item), list(message.hint_for), message.sync]
+            entry = [message.req, message.table, message.key, encode_versioned(message.item), list(message.hint_for),
+                     message.sync, message.req >= 0]
             if outbound.node == self.node_id:
                 self._apply_write(self.node_id, entry)
             else:

@@ -96,7 +96,7 @@ def test_nonsense_config_is_rejected(kwargs: dict[str, object], match: str) -> N
 
 def test_public_constants() -> None:
     assert DURABILITIES == ("guaranteed", "quorum", "best_effort")
-    assert ERROR_CODES == ("unavailable", "partition_detected", "bad_request")
+    assert ERROR_CODES == ("unavailable", "partition_detected", "bad_request", "inbox_full")
 
 
 # --- quorum writes --------------------------------------------------------------------
@@ -615,3 +615,12 @@ def test_any_read_answers_once_with_the_newest_and_repairs_every_stale_replier(
         assert all(has[n] == newest for n in tracked_replies)
     if not done.ok:
         assert done.code == "unavailable"
+
+
+def test_replicas_refusing_for_a_full_inbox_fail_the_write_with_inbox_full() -> None:
+    coordinator = QuorumCoordinator(timeout_s=2.0)
+    item = Versioned(Version(1, "n"), b"x")
+    coordinator.put(1, "offline_msg", b"bob\x00m", item, replicas=["a", "b", "c"], live=["a", "b", "c"], now=0.0)
+    coordinator.on_write_ack("a", 1, "inbox_full", 0.0)
+    step = coordinator.on_write_ack("b", 1, "inbox_full", 0.0)
+    assert [(d.ok, d.code) for d in step.done] == [(False, "inbox_full")]
