@@ -8,7 +8,7 @@ CORES := core1 core2 core3
 EDGES := edge1 edge2
 MESH_WAIT_S ?= 30
 
-.PHONY: run venv cookie start_core start_edge1 start_edge2 mesh status stop clean test bench
+.PHONY: run venv cookie start_core start_edge1 start_edge2 mesh status stop clean test bench demo
 
 run: start_core start_edge1 start_edge2 mesh ## start the local cluster (creates the venv and cookie on first use)
 
@@ -50,9 +50,13 @@ stop: ## SIGTERM by pid, SIGKILL by pid after a grace period
 clean: stop
 	rm -rf var build *.egg-info
 
+demo: venv ## a scripted conversation against the running local cluster
+	$(VENV)/bin/python tools/demo.py
+
 test: venv
 	$(VENV)/bin/python -m pytest
 
 bench: venv
 	$(VENV)/bin/python bench/failure_detection.py
 	$(VENV)/bin/python bench/mesh_throughput.py
+	$(VENV)/bin/python bench/store.py

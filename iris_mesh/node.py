@@ -146,7 +146,8 @@ class Node:
             placement=placement,
             store=store,
             edge=edge,
-            store_admin=StoreAdmin(store, checkpoint=(lambda dest: checkpoint(db, dest)) if local else None),
+            store_admin=StoreAdmin(store, checkpoint=(lambda dest: checkpoint(db, dest)) if local else None,
+                                   post=self._post),
             started_at=time.monotonic(),
         )
         self._engine = Engine(

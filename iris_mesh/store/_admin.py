@@ -7,6 +7,7 @@ in one request (bulk loads), `drop_hints` forgets the hints a node keeps for one
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -54,9 +55,11 @@ def _key(msg: dict[str, Any]) -> bytes | None:
 class StoreAdmin:
     """Handlers keyed by admin op, for the node runtime's table."""
 
-    def __init__(self, store: StoreService, *, checkpoint: Callable[[Path], Path] | None) -> None:
+    def __init__(self, store: StoreService, *, checkpoint: Callable[[Path], Path] | None,
+                 post: Callable[[Callable[[float], None]], None] | None = None) -> None:
         self._store = store
         self._checkpoint = checkpoint
+        self._post = post
 
     def ops(self) -> dict[str, Callable[[Any, float], None]]:
         return {
@@ -153,12 +156,21 @@ class StoreAdmin:
         if self._checkpoint is None:
             request.reply({"ok": True, "node": self._store.node_id, "skipped": "edges hold no data"})
             return
-        try:
-            path = self._checkpoint(Path(directory) / self._store.node_id)
-        except Exception as exc:  # the operator needs the reason, the node keeps serving
-            request.error("backup_failed", f"{type(exc).__name__}: {exc}")
-            return
-        request.reply({"ok": True, "node": self._store.node_id, "path": str(path)})
+        if self._post is None:
+            raise RuntimeError("StoreAdmin needs `post` to run backups off the engine thread")
+        checkpoint, post, node_id = self._checkpoint, self._post, self._store.node_id
+
+        def run() -> None:
+            # A checkpoint holds the GIL while RocksDB links its files: never on the engine thread.
+            try:
+                path = checkpoint(Path(directory) / node_id)
+            except Exception as exc:  # the operator needs the reason, the node keeps serving
+                error = f"{type(exc).__name__}: {exc}"
+                post(lambda _now: request.error("backup_failed", error))
+                return
+            post(lambda _now: request.reply({"ok": True, "node": node_id, "path": str(path)}))
+
+        threading.Thread(target=run, name=f"iris-backup-{node_id}", daemon=True).start()
 
     def _put_batch(self, request: Request, now: float) -> None:
         """Write (value null: delete) up to PUT_BATCH_MAX keys of one table; answers once every write is answered."""

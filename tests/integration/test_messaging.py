@@ -1,0 +1,226 @@
+"""The whole message path with real processes (3 cores, 2 edges) and the Python SDK, checked like a total queue."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+
+import cbor2
+import zmq
+
+from iris_mesh.client import Client, IrisError
+from iris_mesh.messaging import issue_token, token_secret
+from iris_mesh.sockets import cluster_keys
+from support.nodes import CORES, LocalCluster, NodeProcess
+from support.waiting import wait_until
+
+EDGES = ("edge1", "edge2")
+
+
+def _cluster(cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        cluster.add(node_id)
+    for node_id in EDGES:
+        cluster.add(node_id, role="edge")
+    cluster.start(*CORES, *EDGES)
+    cluster.wait_full_mesh([*CORES, *EDGES])
+    for node_id in (*CORES, *EDGES):
+        wait_until(lambda: cluster.nodes[node_id].status()["safe_for_writes"], 10.0, f"{node_id} to accept writes")
+
+
+def _token(cluster: LocalCluster, user: str) -> str:
+    return issue_token(token_secret(cluster.cookie), user, int(time.time()) + 3600)
+
+
+def _connect(cluster: LocalCluster, edge: NodeProcess, user: str) -> Client:
+    client = Client.connect(endpoint=f"tcp://{edge.info['host']}:{edge.info['client_port']}",
+                            server_key=edge.info["client_key"])
+    client.login(user, _token(cluster, user))
+    return client
+
+
+def _drain(client: Client, count: int, timeout_s: float) -> list:
+    received = []
+    deadline = time.monotonic() + timeout_s
+    while len(received) < count and time.monotonic() < deadline:
+        message = client.receive(timeout=0.5)
+        if message is not None:
+            received.append(message)
+    return received
+
+
+def _check_total_queue(sent: dict[str, list[bytes]], received: list) -> None:
+    """Every acked id arrives exactly once, nothing unexpected, each sender's order kept."""
+    by_sender: dict[str, list[bytes]] = defaultdict(list)
+    for message in received:
+        by_sender[message.sender].append(message.id)
+    all_sent = {i for ids in sent.values() for i in ids}
+    got = [m.id for m in received]
+    lost = all_sent - set(got)
+    unexpected = set(got) - all_sent
+    duplicated = len(got) - len(set(got))
+    assert not lost and not unexpected and duplicated == 0, (len(lost), len(unexpected), duplicated)
+    for sender, ids in sent.items():
+        assert by_sender[sender] == ids, f"order from {sender} not kept"
+
+
+def test_online_chat_across_edges_both_ways(local_cluster: LocalCluster) -> None:
+    _cluster(local_cluster)
+    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    try:
+        sent = {"alice": [], "bob": []}
+        received = {"alice": [], "bob": []}
+
+        def reader(client: Client, name: str, count: int) -> None:
+            received[name] = _drain(client, count, 60.0)
+
+        readers = [threading.Thread(target=reader, args=(bob, "bob", 500)),
+                   threading.Thread(target=reader, args=(alice, "alice", 500))]
+        for thread in readers:
+            thread.start()
+        statuses = defaultdict(int)
+        for i in range(500):
+            for client, name, other in ((alice, "alice", "bob"), (bob, "bob", "alice")):
+                result = client.send(other, f"{name} {i}".encode())
+                sent[name].append(result.id)
+                statuses[result.status] += 1
+        for thread in readers:
+            thread.join(timeout=90)
+        _check_total_queue({"alice": sent["alice"]}, received["bob"])
+        _check_total_queue({"bob": sent["bob"]}, received["alice"])
+        assert statuses["delivered"] > 0, statuses
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_offline_inbox_from_five_senders(local_cluster: LocalCluster) -> None:
+    _cluster(local_cluster)
+    senders = [_connect(local_cluster, local_cluster.nodes[EDGES[i % 2]], f"user{i}") for i in range(5)]
+    sent: dict[str, list[bytes]] = {f"user{i}": [] for i in range(5)}
+    try:
+        for round_ in range(200):
+            for i, client in enumerate(senders):
+                result = client.send("bob", f"{round_}".encode())
+                assert result.status == "stored", result
+                sent[f"user{i}"].append(result.id)
+    finally:
+        for client in senders:
+            client.close()
+    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    try:
+        received = _drain(bob, 1000, 60.0)
+        _check_total_queue(sent, received)
+    finally:
+        bob.close()
+    again = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
+    try:
+        assert again.receive(timeout=2.0) is None
+    finally:
+        again.close()
+
+
+def test_no_acked_message_is_lost_while_cores_are_killed(local_cluster: LocalCluster) -> None:
+    _cluster(local_cluster)
+    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    rng = random.Random(11)
+    sent: list[bytes] = []
+    halt = threading.Event()
+
+    def chaos() -> None:
+        while not halt.is_set():
+            victim = local_cluster.nodes[rng.choice(CORES)]
+            victim.kill()
+            victim.start()
+            halt.wait(2.0)
+
+    killer = threading.Thread(target=chaos)
+    killer.start()
+    try:
+        for i in range(300):
+            sent.append(alice.send("bob", f"m{i}".encode()).id)
+    finally:
+        halt.set()
+        killer.join(timeout=60)
+        alice.close()
+    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    try:
+        _check_total_queue({"alice": sent}, _drain(bob, len(sent), 60.0))
+    finally:
+        bob.close()
+
+
+def test_bad_clients_get_documented_errors_and_the_edge_keeps_serving(local_cluster: LocalCluster) -> None:
+    _cluster(local_cluster)
+    edge = local_cluster.nodes["edge1"]
+    keys = cluster_keys(local_cluster.cookie)
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        public, secret = zmq.curve_keypair()  # any client key may connect; the user logs in
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+        sock.curve_serverkey = keys.public
+        sock.connect(f"tcp://{edge.info['host']}:{edge.info['client_port']}")
+
+        def ask(frame) -> dict:
+            if isinstance(frame, list):
+                sock.send_multipart(frame)
+            else:
+                sock.send(frame)
+            assert sock.poll(5000), "no answer from the edge"
+            return cbor2.loads(sock.recv())
+
+        assert ask(b"\xff\x00garbage")["code"] == "bad_frame"
+        assert ask(cbor2.dumps({"v": 1, "op": "send"})[:-1])["code"] == "bad_frame"
+        assert ask(cbor2.dumps({"v": 1, "op": "ping", "cid": 1, "pad": b"x" * (2 << 20)}))["code"] == "too_large"
+        assert ask([b"a", b"b"])["code"] == "bad_frame"
+        assert ask(cbor2.dumps({"v": 1, "op": "send", "cid": 2, "id": b"0" * 16, "to": "bob", "body": b"x"}))["code"] == "not_logged_in"
+        wrong = ask(cbor2.dumps({"v": 1, "op": "login", "cid": 3, "user": "mallory", "token": _token(local_cluster, "alice")}))
+        assert wrong["code"] == "auth_failed"
+        assert ask(cbor2.dumps({"v": 1, "op": "login", "cid": 4, "user": "alice", "token": _token(local_cluster, "alice")}))["op"] == "ok"
+        as_other = ask(cbor2.dumps({"v": 1, "op": "send", "cid": 5, "id": b"1" * 16, "to": "bob", "body": b"x", "from": "carol"}))
+        assert as_other["code"] == "bad_request"
+        big = ask(cbor2.dumps({"v": 1, "op": "send", "cid": 6, "id": b"2" * 16, "to": "bob", "body": b"x" * (65 << 10)}))
+        assert big["code"] == "too_large"
+        assert ask(cbor2.dumps({"v": 1, "op": "nosuchop", "cid": 7}))["code"] == "unknown_op"
+    finally:
+        ctx.destroy(linger=0)
+    # Everyone else is still served.
+    alice = _connect(local_cluster, edge, "alice")
+    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    try:
+        result = alice.send("bob", b"still here")
+        message = bob.receive(timeout=10.0)
+        assert message is not None and message.id == result.id and message.sender == "alice"
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_full_inbox_refuses_with_inbox_full_and_loses_nothing(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id, inbox_max=5)
+    local_cluster.add("edge1", role="edge")
+    local_cluster.start(*CORES, "edge1")
+    local_cluster.wait_full_mesh([*CORES, "edge1"])
+    wait_until(lambda: local_cluster.nodes["edge1"].status()["safe_for_writes"], 10.0, "edge1 to accept writes")
+    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    try:
+        ids = [alice.send("bob", f"{i}".encode()).id for i in range(5)]
+        try:
+            alice.send("bob", b"one too many")
+        except IrisError as exc:
+            assert exc.code == "inbox_full"
+        else:
+            raise AssertionError("the sixth message was accepted into a full inbox")
+    finally:
+        alice.close()
+    bob = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
+    try:
+        assert [m.id for m in _drain(bob, 5, 20.0)] == ids
+    finally:
+        bob.close()
