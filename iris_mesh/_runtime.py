@@ -134,6 +134,8 @@ class NodeRuntime:
                         {"ok": False, "error": "pang", "detail": f"no answer from {ping.node_id} within {_PING_TIMEOUT_S} s"}
                     )
         store_wait_s = self.store.async_tick(now)
+        if self.edge is not None:
+            self.edge.async_tick(now)
         wait_s = self.membership.async_tick(now)
         return wait_s if store_wait_s is None else min(wait_s, store_wait_s)
 

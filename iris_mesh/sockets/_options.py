@@ -125,6 +125,9 @@ def make_gateway(ctx: zmq.Context, keys: ClusterKeys, tuning: SocketTuning) -> z
     """ROUTER for client SDKs: CURVE with the cluster's server key, any client key (ZAP domain `client`)."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock, tuning)
+    # Clients get a `too_large` error for frames up to 4x the limit; only beyond that does
+    # libzmq cut the connection, so a buggy client learns what it did wrong.
+    sock.maxmsgsize = 4 * tuning.max_frame_bytes
     sock.rcvhwm = 10_000
     sock.sndhwm = tuning.client_send_hwm
     sock.router_mandatory = 1

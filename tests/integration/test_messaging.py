@@ -10,7 +10,7 @@ from collections import defaultdict
 import cbor2
 import zmq
 
-from iris_mesh.client import Client, IrisError
+from iris_mesh.client import Client, ClientOptions, IrisError
 from iris_mesh.messaging import issue_token, token_secret
 from iris_mesh.sockets import cluster_keys
 from support.nodes import CORES, LocalCluster, NodeProcess
@@ -34,9 +34,9 @@ def _token(cluster: LocalCluster, user: str) -> str:
     return issue_token(token_secret(cluster.cookie), user, int(time.time()) + 3600)
 
 
-def _connect(cluster: LocalCluster, edge: NodeProcess, user: str) -> Client:
+def _connect(cluster: LocalCluster, edge: NodeProcess, user: str, options: ClientOptions | None = None) -> Client:
     client = Client.connect(endpoint=f"tcp://{edge.info['host']}:{edge.info['client_port']}",
-                            server_key=edge.info["client_key"])
+                            server_key=edge.info["client_key"], options=options)
     client.login(user, _token(cluster, user))
     return client
 
@@ -208,7 +208,8 @@ def test_a_full_inbox_refuses_with_inbox_full_and_loses_nothing(local_cluster: L
     local_cluster.start(*CORES, "edge1")
     local_cluster.wait_full_mesh([*CORES, "edge1"])
     wait_until(lambda: local_cluster.nodes["edge1"].status()["safe_for_writes"], 10.0, "edge1 to accept writes")
-    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    # inbox_full is retryable: the SDK retries until its send deadline, kept short here.
+    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice", ClientOptions(send_timeout_s=3.0))
     try:
         ids = [alice.send("bob", f"{i}".encode()).id for i in range(5)]
         try:
