@@ -32,14 +32,15 @@ def main() -> int:
     print(f"alice is on {alice.edge}, bob is on {bob.edge}")
 
     step("online: alice -> bob, across the two edges")
-    result = alice.send("bob", b"hi bob, are you there?")
-    print(f"alice: sent, status {result.status!r}")
+    # `delivered` means bob's app got it (bob's SDK acks once receive() returns it), so send asynchronously.
+    pending = alice.send_async("bob", b"hi bob, are you there?")
     message = bob.receive(timeout=10.0)
     print(f"bob:   received {message.body.decode()!r} from {message.sender}" if message else "bob: nothing?!")
-    reply = bob.send("alice", b"yes! hi alice")
-    print(f"bob:   replied, status {reply.status!r}")
+    print(f"alice: sent, status {pending.result(timeout=30).status!r}")
+    pending = bob.send_async("alice", b"yes! hi alice")
     message = alice.receive(timeout=10.0)
     print(f"alice: received {message.body.decode()!r} from {message.sender}" if message else "alice: nothing?!")
+    print(f"bob:   replied, status {pending.result(timeout=30).status!r}")
 
     step("offline: bob logs off; alice sends three messages, which wait in bob's inbox (3 replicas, fsync'd)")
     bob.close()

@@ -1,0 +1,250 @@
+"""Client: the application's handle on an iris_mesh cluster.
+
+A thin, thread-safe facade. Every call becomes a command posted to the
+client's I/O thread (`IoLoop`), which owns the socket and the sans-IO
+`ClientSession`; results come back through futures and the receive queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+from loguru import logger
+
+from iris_mesh.messaging._ids import MessageIdGenerator
+from iris_mesh.sockets._client_conn import ClientConnection, ClientSocketTuning
+
+from ._edges import EdgeChooser, EdgeFinder, MdnsEdgeFinder, StaticEdgeFinder
+from ._errors import IrisError
+from ._io import IoLoop
+from ._options import ClientOptions
+from ._session import ClientSession
+from ._types import Message, Presence, SendResult
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+# A future the I/O thread resolves by its own deadline; this margin only guards against a dead thread.
+_RESULT_MARGIN_S = 5.0
+_client_ids = itertools.count(1)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Client:
+    """One user's connection to an iris_mesh cluster: login, send, receive. Thread-safe; a context manager.
+
+    Connect with `Client.connect()` (an edge of cluster "iris" found by mDNS),
+    `Client.connect(edge="edge1")` (that edge first; another one of the
+    cluster if it dies) or `Client.connect(endpoint="tcp://host:port",
+    server_key=KEY)` (no mDNS: that endpoint only, reconnected after failures).
+
+    Guarantees (docs/PROTOCOL.md section 9): every message id is made here,
+    time-ordered, and kept for every retry and resend, so nothing is copied
+    twice; sends to one recipient are transmitted in call order; a received
+    message is acked only once `receive()` returned it, and a redelivery of a
+    message already surfaced is dropped. When the session is lost (edge dead,
+    ping unanswered, `not_logged_in`), the client moves to another edge (or
+    to the same endpoint if given one), logs in again, syncs the inbox and resends
+    every unconfirmed send with its original id, in the original order: the
+    application sees no exception unless a send's deadline passes.
+
+    Errors are `IrisError` with `.code` one of docs/PROTOCOL.md section 8
+    (`auth_failed`, `not_logged_in`, `too_large`, `bad_frame`, `bad_request`,
+    `bad_version`, `unknown_op`, `unavailable`, `partition_detected`,
+    `rate_limited`, `inbox_full`, `too_many_pending`, `no_quorum`,
+    `internal`) or a local one: `closed` (the client was closed before the
+    operation finished) and `timeout` (no answer within the deadline; for a
+    send it is unknown whether it arrived, so resend it with the same id).
+    Retryable server errors are retried inside `send_timeout_s`; a send fails
+    with the last of them if the deadline passes first. `connect` raises
+    `unavailable` when no edge answers.
+
+    Future callbacks (`send_async(...).add_done_callback`) run on the I/O
+    thread and must return quickly.
+    """
+
+    def __init__(
+        self,
+        finder: EdgeFinder,
+        *,
+        options: ClientOptions | None = None,
+        socket_tuning: ClientSocketTuning | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = _wall_ms,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Start the I/O thread and return once an edge answered `hello`; raises IrisError(unavailable) otherwise."""
+        self._opts = options or ClientOptions()
+        self._wall_ms = wall_clock_ms
+        self._ids = MessageIdGenerator(random_bytes)
+        self._send_lock = threading.Lock()  # makes id order and submission order the same; guards _closed
+        self._closed = False
+        self._inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        self._session = ClientSession(self._opts)  # touched only by commands running on the I/O thread
+        self._loop = IoLoop(
+            session=self._session,
+            conn=ClientConnection(socket_tuning),
+            finder=finder,
+            chooser=EdgeChooser(rng or random.Random()),
+            options=self._opts,
+            inbox=self._inbox,
+            clock=clock,
+        )
+        self._thread = threading.Thread(target=self._loop.run, name=f"iris-client-io-{next(_client_ids)}", daemon=True)
+        self._thread.start()
+        self._loop.ready.wait()
+        if self._loop.start_error is not None or not self._thread.is_alive():
+            self._closed = True
+            self._thread.join()
+            raise self._loop.start_error or IrisError("closed", "the client's I/O thread stopped while connecting")
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        cluster: str = "iris",
+        edge: str | None = None,
+        endpoint: str | None = None,
+        server_key: str | bytes | None = None,
+        interfaces: Sequence[str] = ("127.0.0.1",),
+        options: ClientOptions | None = None,
+        finder: EdgeFinder | None = None,
+        socket_tuning: ClientSocketTuning | None = None,
+    ) -> Client:
+        """Connect by mDNS (any edge of `cluster`, or first the one named `edge`), or to `endpoint` with `server_key`."""
+        options = options or ClientOptions()
+        if finder is not None:
+            if endpoint is not None or server_key is not None or edge is not None:
+                raise ValueError("pass either finder= or edge=/endpoint=/server_key=, not both")
+        elif endpoint is not None or server_key is not None:
+            if endpoint is None or server_key is None:
+                raise ValueError("endpoint= and server_key= go together (the key is the edge's TXT field `ck`)")
+            if edge is not None:
+                raise ValueError("pin an edge either by name (edge=) or by address (endpoint=), not both")
+            finder = StaticEdgeFinder(endpoint, server_key)
+        else:
+            finder = MdnsEdgeFinder(cluster, edge=edge, interfaces=interfaces, timeout_s=options.mdns_timeout_s)
+        return cls(finder, options=options, socket_tuning=socket_tuning)
+
+    # ---- what the application does -----------------------------------------------------
+
+    def login(self, user: str, token: str) -> None:
+        """Log in as `user` with a token from `meshctl token USER`, then sync the offline inbox in the background."""
+        future: Future[None] = self._submit(lambda s, f, now: s.login(user, token, f, now))
+        self._wait(future, self._opts.request_timeout_s, "login")
+
+    def send(self, to: str, body: bytes, id: bytes | None = None) -> SendResult:
+        """Send `body` to user `to` and wait until it is delivered-and-acked or stored (or queued); raises IrisError.
+
+        `id` resends an earlier message: the cluster keeps one copy per id.
+        """
+        return self._wait(self.send_async(to, body, id=id), self._opts.send_timeout_s, "send")
+
+    def send_async(self, to: str, body: bytes, id: bytes | None = None) -> Future[SendResult]:
+        """Like send, without waiting: the future completes with SendResult or IrisError. Keeps many in flight."""
+        if isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        future: Future[SendResult] = Future()
+        future.set_running_or_notify_cancel()  # a send on the wire cannot be cancelled
+        with self._send_lock:
+            if self._closed:
+                raise IrisError("closed", "the client is closed")
+            msg_id = id if id is not None else self._ids.next(self._wall_ms())
+            if not self._loop.post(lambda now: self._session.send(msg_id, to, body, future, now)):
+                raise IrisError("closed", "the client's I/O thread has stopped")
+        return future
+
+    def receive(self, timeout: float | None = None) -> Message | None:
+        """The next message, waiting up to `timeout` seconds (None: forever); None on timeout. Acked once returned."""
+        if self._closed:
+            raise IrisError("closed", "the client is closed")
+        try:
+            message = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if message is None:
+            self._inbox.put(None)  # for the other threads blocked in receive()
+            raise IrisError("closed", "the client was closed")
+        batch = (message,)
+        self._loop.post(lambda now: self._session.returned(batch, now))
+        return message
+
+    def presence(self, user: str) -> Presence:
+        """Whether `user` is online now (served from caches: may lag by seconds), and when it was last seen."""
+        future: Future[Presence] = self._submit(lambda s, f, now: s.presence(user, f, now))
+        return self._wait(future, self._opts.request_timeout_s, "presence")
+
+    def close(self) -> None:
+        """Log out and stop; pending sends fail with `closed`, unreturned messages stay on the server. Idempotent."""
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._loop.post(self._loop.async_begin_close)
+        if threading.current_thread() is self._thread:
+            return  # called from a future's callback: the I/O thread finishes closing by itself
+        self._thread.join(self._opts.close_timeout_s + self._opts.mdns_timeout_s + _RESULT_MARGIN_S)
+        if self._thread.is_alive():
+            logger.error("iris client: the I/O thread {} did not stop; it is a daemon thread", self._thread.name)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- what the application may look at ---------------------------------------------
+
+    @property
+    def edge(self) -> str | None:
+        """Node id of the edge this client is on now; None while it moves to another."""
+        return self._loop.edge
+
+    @property
+    def failovers(self) -> int:
+        """How many times the session was lost and the client moved on (to another edge, or the same one again)."""
+        return self._loop.failovers
+
+    @property
+    def user(self) -> str | None:
+        """The user this client is (or is logging) in as."""
+        return self._session.user
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"on edge {self.edge}"
+        return f"<iris_mesh Client user={self.user!r} {state}, {self.failovers} failovers>"
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _submit(self, command: Callable[[ClientSession, Future[Any], float], None]) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        if self._closed:
+            raise IrisError("closed", "the client is closed")
+        if not self._loop.post(lambda now: command(self._session, future, now)):
+            raise IrisError("closed", "the client's I/O thread has stopped")
+        return future
+
+    def _wait(self, future: Future[T], timeout_s: float, what: str) -> T:
+        try:
+            return future.result(timeout_s + _RESULT_MARGIN_S)
+        except FutureTimeout:
+            raise IrisError("timeout", f"{what} got no answer from the client's I/O thread") from None

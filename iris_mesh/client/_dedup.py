@@ -1,0 +1,68 @@
+"""SeenMessages: which messages the SDK already surfaced, so a redelivery is dropped (docs/PROTOCOL.md 9.2).
+
+Sans-IO. A message is first *queued* (handed to the receive queue) and then
+*returned* (receive() gave it to the application; only now may it be acked).
+A redelivery of a queued message is dropped without an ack: the copy in the
+queue will be acked when it is returned, and acking earlier would lose the
+message if the application died first. A redelivery of a returned message is
+dropped and acked again, since the first ack evidently did not reach the
+server. Queued messages are bounded by the edge's flow control and the inbox
+size; returned ids are bounded by `window` (oldest forgotten first).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+
+__all__ = ["Seen", "SeenMessages"]
+
+# (sender, id): the server keys messages by both, so two senders' equal ids are two messages.
+MessageKey = tuple[str, bytes]
+
+
+class Seen(enum.Enum):
+    NEW = "new"
+    QUEUED = "queued"  # a redelivery of a message still waiting in the receive queue: drop
+    RETURNED = "returned"  # a redelivery of a message the application has: drop and ack again
+
+
+class SeenMessages:
+    """Remembers queued messages and the last `window` returned ones; not thread-safe (I/O thread only)."""
+
+    __slots__ = ("_window", "_queued", "_returned")
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self._window = window
+        self._queued: set[MessageKey] = set()
+        self._returned: OrderedDict[MessageKey, None] = OrderedDict()
+
+    def classify(self, key: MessageKey) -> Seen:
+        """Whether a message just received is new, waiting in the receive queue, or already returned."""
+        if key in self._queued:
+            return Seen.QUEUED
+        if key in self._returned:
+            return Seen.RETURNED
+        return Seen.NEW
+
+    def queued(self, key: MessageKey) -> None:
+        """The message was put in the receive queue."""
+        self._queued.add(key)
+
+    def returned(self, key: MessageKey) -> None:
+        """receive() handed the message to the application; forgets the oldest returned id past `window`."""
+        self._queued.discard(key)
+        self._returned[key] = None
+        self._returned.move_to_end(key)
+        while len(self._returned) > self._window:
+            self._returned.popitem(last=False)
+
+    @property
+    def waiting(self) -> int:
+        """How many messages sit in the receive queue, not yet returned."""
+        return len(self._queued)
+
+    def __len__(self) -> int:
+        return len(self._queued) + len(self._returned)

@@ -1,0 +1,526 @@
+"""Tests for iris_mesh.client._session: the protocol logic driven frame by frame, with a manual clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from iris_mesh.client._errors import IrisError
+from iris_mesh.client._options import ClientOptions
+from iris_mesh.client._session import ClientSession, Effects, SessionState
+from iris_mesh.client._types import Message, Presence, SendResult
+from iris_mesh.messaging._client_frames import parse_server_frame
+from iris_mesh.messaging._protocol import (
+    DEFAULT_LIMITS,
+    Delivery,
+    Limits,
+    build_deliver,
+    build_error,
+    build_hello,
+    build_inbox,
+    build_ok,
+    build_pong,
+    build_presence,
+    build_sent,
+)
+
+OPTIONS = ClientOptions(
+    connect_timeout_s=1.0, request_timeout_s=2.0, send_timeout_s=10.0, ping_interval_s=5.0, pong_timeout_s=1.0,
+    retry_initial_s=0.1, retry_max_s=0.8,
+)
+
+
+def mid(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+class Waiter:
+    """Stands in for a future: the test reads what the session completed it with."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.values: list[Any] = []
+
+    @property
+    def value(self) -> Any:
+        assert len(self.values) == 1, f"{self.name} completed {len(self.values)} times"
+        return self.values[0]
+
+
+class Harness:
+    """A session, a clock, and everything it emitted so far."""
+
+    def __init__(self, options: ClientOptions = OPTIONS) -> None:
+        self.s = ClientSession(options)
+        self.now = 100.0
+        self.frames: list[dict[str, Any]] = []
+        self.messages: list[Message] = []
+        self.lost: list[str] = []
+        self.hellos: list[str] = []
+
+    def collect(self) -> Effects:
+        fx = self.s.drain()
+        self.frames.extend(fx.frames)
+        for waiter, value in fx.completions:
+            waiter.values.append(value)
+        self.messages.extend(fx.messages)
+        if fx.lost:
+            self.lost.append(fx.lost)
+        if fx.hello:
+            self.hellos.append(fx.hello.node)
+        return fx
+
+    def tick(self, advance_s: float = 0.0) -> float | None:
+        self.now += advance_s
+        wake = self.s.tick(self.now)
+        self.collect()
+        return wake
+
+    def frame(self, frame: dict[str, Any]) -> None:
+        self.s.on_frame(parse_server_frame(frame), self.now)
+        self.collect()
+        self.tick()
+
+    def take(self, op: str | None = None) -> list[dict[str, Any]]:
+        """The frames emitted since the last take (only those of `op`, checking there were no others)."""
+        out, self.frames = self.frames, []
+        if op is not None:
+            assert [f["op"] for f in out] == [op] * len(out), [f["op"] for f in out]
+        return out
+
+    def connect(self, node: str = "edge1", limits: Limits = DEFAULT_LIMITS) -> None:
+        self.s.link_opened(self.now)
+        self.collect()
+        assert self.take("hello")[0].get("client")
+        self.frame(build_hello(node, limits))
+
+    def login(self, user: str = "alice") -> Waiter:
+        waiter = Waiter("login")
+        self.s.login(user, f"token-{user}", waiter, self.now)
+        self.collect()
+        login = self.take("login")[0]
+        self.frame(build_ok(login["cid"]))
+        sync = self.take("sync")[0]
+        assert sync["cursor"] is None
+        self.frame(build_inbox(sync["cid"], [], None, False))
+        return waiter
+
+    def send(self, to: str, n: int, body: bytes = b"x") -> Waiter:
+        waiter = Waiter(f"send {n}")
+        self.s.send(mid(n), to, body, waiter, self.now)
+        self.collect()
+        return waiter
+
+
+def delivery(n: int, sender: str = "bob") -> Delivery:
+    return Delivery(id=mid(n), sender=sender, ts_ms=1000 + n, body=b"b%d" % n, seq=n)
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+# --- connecting and logging in -------------------------------------------------------------
+
+
+def test_hello_then_login_then_sync(h: Harness) -> None:
+    waiter = Waiter()
+    h.s.login("alice", "token-alice", waiter, h.now)  # before any edge: held
+    h.s.link_opened(h.now)
+    h.collect()
+    assert [f["op"] for f in h.take()] == ["hello"]
+    h.frame(build_hello("edge1", DEFAULT_LIMITS))
+    assert h.hellos == ["edge1"] and h.s.edge == "edge1"
+    login = h.take("login")[0]
+    assert (login["user"], login["token"]) == ("alice", "token-alice")
+    assert h.s.state is SessionState.LOGGING_IN
+    h.frame(build_ok(login["cid"]))
+    assert waiter.value is None and h.s.state is SessionState.LOGGED_IN
+    assert h.take("sync")[0]["cursor"] is None
+
+
+def test_sync_pages_until_more_is_false_and_surfaces_in_order(h: Harness) -> None:
+    h.connect()
+    h.s.login("bob", "t", Waiter(), h.now)
+    h.collect()
+    h.frame(build_ok(h.take("login")[0]["cid"]))
+    first = h.take("sync")[0]
+    h.frame(build_inbox(first["cid"], [delivery(1), delivery(2)], b"c2", True))
+    second = h.take("sync")[0]
+    assert second["cursor"] == b"c2"
+    h.frame(build_deliver(delivery(3)))  # live deliveries may interleave with pages
+    h.frame(build_inbox(second["cid"], [delivery(4)], b"c4", False))
+    assert [m.id for m in h.messages] == [mid(1), mid(2), mid(3), mid(4)]
+    assert h.messages[0] == Message(id=mid(1), sender="bob", body=b"b1", ts=1001)
+    h.tick(1.0)
+    assert h.take() == []  # no more pages; nothing acked before the application has the messages
+
+
+def test_acks_follow_receive_batched(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    for n in (1, 2, 3):
+        h.frame(build_deliver(delivery(n)))
+    h.s.returned(h.messages[:2], h.now)
+    h.s.returned(h.messages[2:], h.now)
+    h.tick()
+    assert h.take("ack") == [{"v": 1, "op": "ack", "ids": [mid(1), mid(2), mid(3)]}]
+
+
+def test_acks_are_split_at_the_ack_limit(h: Harness) -> None:
+    h.connect(limits=Limits(max_pending_deliveries=3, sync_page=2))
+    h.login("bob")
+    for n in range(1, 8):
+        h.frame(build_deliver(delivery(n)))
+    h.s.returned(h.messages, h.now)
+    h.tick()
+    assert [len(f["ids"]) for f in h.take("ack")] == [3, 3, 1]
+
+
+def test_redeliveries_are_dropped_and_acked_again_only_once_returned(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    h.frame(build_deliver(delivery(1)))
+    h.frame(build_deliver(delivery(1)))  # still in the receive queue: dropped, no ack
+    assert len(h.messages) == 1 and h.take() == []
+    h.s.returned(h.messages, h.now)
+    h.tick()
+    assert h.take("ack")[0]["ids"] == [mid(1)]
+    h.frame(build_deliver(delivery(1)))  # the application has it: dropped and acked again
+    assert len(h.messages) == 1
+    assert h.take("ack")[0]["ids"] == [mid(1)]
+    h.frame(build_deliver(delivery(1, sender="carol")))  # another sender's id: another message
+    assert len(h.messages) == 2
+    assert h.s.counters["duplicates_dropped"] == 2
+
+
+def test_login_refused_completes_the_waiter_and_forgets_the_user(h: Harness) -> None:
+    h.connect()
+    waiter = Waiter()
+    h.s.login("alice", "bad", waiter, h.now)
+    h.collect()
+    h.frame(build_error("auth_failed", "bad signature", cid=h.take("login")[0]["cid"]))
+    assert isinstance(waiter.value, IrisError) and waiter.value.code == "auth_failed"
+    assert h.s.user is None and h.s.state is SessionState.READY
+    late = h.send("bob", 1)
+    assert late.value.code == "not_logged_in"
+
+
+@pytest.mark.parametrize("user, token", [("not a user", "t"), ("alice", ""), ("alice", "x" * 513)])
+def test_login_checks_its_arguments(h: Harness, user: str, token: str) -> None:
+    waiter = Waiter()
+    h.s.login(user, token, waiter, h.now)
+    h.collect()
+    assert waiter.value.code == "bad_request"
+
+
+def test_one_client_is_one_user(h: Harness) -> None:
+    h.connect()
+    h.login("alice")
+    again, other = Waiter(), Waiter()
+    h.s.login("alice", "token-alice", again, h.now)
+    h.s.login("mallory", "t", other, h.now)
+    h.collect()
+    assert again.value is None and other.value.code == "bad_request" and h.take() == []
+
+
+def test_hello_timeout_loses_the_link(h: Harness) -> None:
+    h.s.link_opened(h.now)
+    h.collect()
+    assert h.tick(0.5) == pytest.approx(101.0)
+    h.tick(0.6)
+    assert h.lost and "hello" in h.lost[0] and h.s.state is SessionState.IDLE
+
+
+def test_an_edge_of_another_version_is_left(h: Harness) -> None:
+    h.s.link_opened(h.now)
+    h.collect()
+    hello = build_hello("edge1", DEFAULT_LIMITS)
+    hello["version"] = 2
+    h.frame(hello)
+    assert h.lost and "version 2" in h.lost[0]
+
+
+def test_login_timeout_fails_the_login_and_drops_the_link(h: Harness) -> None:
+    h.connect()
+    waiter = Waiter()
+    h.s.login("alice", "t", waiter, h.now)
+    h.collect()
+    queued = h.send("bob", 1)
+    h.tick(2.1)
+    assert waiter.value.code == "timeout" and queued.value.code == "timeout"
+    assert h.lost and h.s.user is None
+
+
+# --- sends -------------------------------------------------------------------------------------
+
+
+def test_send_before_login_fails_at_once(h: Harness) -> None:
+    h.connect()
+    assert h.send("bob", 1).value.code == "not_logged_in"
+
+
+@pytest.mark.parametrize(
+    "to, body, code",
+    [("not a user", b"x", "bad_request"), ("bob", "text", "bad_request"), ("bob", b"x" * 101, "too_large")],
+)
+def test_send_checks_its_arguments_against_the_edges_limits(to: str, body: Any, code: str) -> None:
+    h = Harness()
+    h.connect(limits=Limits(max_body_bytes=100))
+    h.login()
+    assert h.send(to, 1, body).value.code == code
+
+
+def test_send_gets_sent(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 7, b"hi")
+    h.tick()
+    frame = h.take("send")[0]
+    assert (frame["id"], frame["to"], frame["body"]) == (mid(7), "bob", b"hi")
+    h.frame(build_sent(frame["cid"], mid(7), "delivered"))
+    assert waiter.value == SendResult(id=mid(7), status="delivered")
+    assert h.s.pending_sends == 0
+
+
+def test_sends_queued_while_logging_in_go_out_after_ok_in_order(h: Harness) -> None:
+    h.connect()
+    waiter = Waiter()
+    h.s.login("alice", "t", waiter, h.now)
+    h.collect()
+    login = h.take("login")[0]
+    for n in (1, 2, 3):
+        h.send("bob" if n != 2 else "carol", n)
+    h.tick()
+    assert h.take() == []
+    h.frame(build_ok(login["cid"]))
+    ops = [(f["op"], f.get("id")) for f in h.take()]
+    assert ops == [("send", mid(1)), ("send", mid(2)), ("send", mid(3)), ("sync", None)]
+
+
+def test_retryable_errors_retry_with_the_same_id_after_a_backoff(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    first = h.take("send")[0]
+    h.frame(build_error("unavailable", "down", cid=first["cid"]))
+    assert h.take() == [] and waiter.values == []
+    h.tick(0.05)
+    assert h.take() == []  # the backoff is 0.1 s
+    h.tick(0.06)
+    second = h.take("send")[0]
+    assert second["id"] == mid(1) and second["cid"] != first["cid"]
+    h.frame(build_error("rate_limited", "slow", cid=second["cid"], retry_after_s=0.5))
+    h.tick(0.4)
+    assert h.take() == []
+    h.tick(0.11)
+    third = h.take("send")[0]
+    h.frame(build_sent(third["cid"], mid(1), "stored"))
+    assert waiter.value.status == "stored"
+    assert h.s.counters["retried"] == 2
+
+
+def test_a_retryable_error_past_the_deadline_is_reported(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    h.frame(build_error("rate_limited", "slow", cid=h.take("send")[0]["cid"], retry_after_s=60.0))
+    assert waiter.value.code == "rate_limited" and waiter.value.retry_after == 60.0
+
+
+def test_non_retryable_errors_fail_the_send(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    h.frame(build_error("internal", "oops", cid=h.take("send")[0]["cid"]))
+    assert waiter.value.code == "internal" and h.s.pending_sends == 0
+
+
+def test_a_send_without_sent_times_out_and_a_late_sent_is_ignored(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    frame = h.take("send")[0]
+    for _ in range(3):  # keep the session alive with pongs
+        h.tick(4.0)
+        for ping in h.take("ping"):
+            h.frame(build_pong(ping["cid"]))
+    assert waiter.value.code == "timeout" and mid(1).hex() in waiter.value.detail
+    h.frame(build_sent(frame["cid"], mid(1), "stored"))
+    assert len(waiter.values) == 1
+
+
+def test_not_logged_in_after_login_loses_the_session_and_resends_after_login(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiters = [h.send("bob", n) for n in (1, 2, 3)]
+    h.tick()
+    sends = h.take("send")
+    h.frame(build_sent(sends[0]["cid"], mid(1), "stored"))
+    h.frame(build_error("not_logged_in", "who?", cid=sends[1]["cid"]))
+    assert h.lost and "not_logged_in" in h.lost[0]
+    assert h.s.state is SessionState.IDLE and h.s.counters["resent"] == 2
+    h.frame(build_sent(sends[2]["cid"], mid(3), "stored"))  # a frame of the old link: ignored
+    assert waiters[2].values == []
+    h.connect("edge2")
+    login = h.take("login")[0]  # logs in again by itself
+    assert login["user"] == "alice"
+    h.frame(build_ok(login["cid"]))
+    frames = h.take()
+    assert [(f["op"], f.get("id")) for f in frames] == [("send", mid(2)), ("send", mid(3)), ("sync", None)]
+    for f in frames[:2]:
+        h.frame(build_sent(f["cid"], f["id"], "stored"))
+    assert [w.value.id for w in waiters] == [mid(1), mid(2), mid(3)]
+
+
+def test_a_lost_link_keeps_acks_and_the_login_for_the_next_edge(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    h.frame(build_deliver(delivery(1)))
+    h.s.link_lost("the connection to the edge closed", h.now)
+    h.s.returned(h.messages, h.now)
+    h.collect()
+    h.tick()
+    assert h.take() == []  # nothing goes out without a link
+    h.connect("edge2")
+    h.frame(build_ok(h.take("login")[0]["cid"]))
+    frames = h.take()
+    assert [f["op"] for f in frames] == ["ack", "sync"] and frames[0]["ids"] == [mid(1)]
+    # The resync redelivers message 1: the application has it, so it is dropped and acked again.
+    h.frame(build_inbox(frames[1]["cid"], [delivery(1)], b"c", False))
+    assert len(h.messages) == 1
+    assert h.take("ack")[0]["ids"] == [mid(1)]
+
+
+def test_the_resync_after_failover_drops_what_was_surfaced(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    h.frame(build_deliver(delivery(1)))
+    h.frame(build_deliver(delivery(2)))
+    h.s.returned(h.messages[:1], h.now)  # 2 is still in the receive queue
+    h.s.link_lost("gone", h.now)
+    h.collect()
+    h.connect("edge2")
+    h.frame(build_ok(h.take("login")[0]["cid"]))
+    frames = h.take()
+    sync = [f for f in frames if f["op"] == "sync"][0]
+    h.frame(build_inbox(sync["cid"], [delivery(1), delivery(2), delivery(3)], b"c", False))
+    assert [m.id for m in h.messages] == [mid(1), mid(2), mid(3)]
+    assert h.take("ack")[0]["ids"] == [mid(1)]  # 1 again; 2 waits until it is returned
+
+
+# --- liveness ----------------------------------------------------------------------------------
+
+
+def test_idle_sessions_ping_and_a_missing_pong_loses_the_session(h: Harness) -> None:
+    h.connect()
+    h.login()
+    assert h.tick(4.9) is not None and h.take() == []
+    h.tick(0.2)
+    ping = h.take("ping")[0]
+    h.frame(build_pong(ping["cid"]))
+    h.tick(5.1)
+    h.take("ping")
+    h.tick(1.0)
+    assert h.lost and "ping" in h.lost[0]
+
+
+def test_traffic_in_both_directions_postpones_the_ping(h: Harness) -> None:
+    h.connect()
+    h.login()
+    for n in range(1, 5):
+        h.tick(2.0)
+        h.send("bob", n)
+        h.tick()
+        frame = h.take("send")[0]
+        h.frame(build_sent(frame["cid"], frame["id"], "stored"))
+    assert h.lost == []
+
+
+# --- presence and closing ------------------------------------------------------------------------
+
+
+def test_presence(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = Waiter()
+    h.s.presence("bob", waiter, h.now)
+    h.collect()
+    h.frame(build_presence(h.take("presence")[0]["cid"], "bob", True, 5))
+    assert waiter.value == Presence(user="bob", online=True, last_seen_ms=5)
+    slow = Waiter()
+    h.s.presence("carol", slow, h.now)
+    h.collect()
+    h.tick(2.1)
+    assert slow.value.code == "timeout"
+
+
+def test_begin_close_fails_pending_sends_sends_acks_then_logs_out(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    h.frame(build_deliver(delivery(1)))
+    h.s.returned(h.messages, h.now)
+    pending = h.send("carol", 1)
+    h.s.begin_close(h.now)
+    h.collect()
+    assert pending.value.code == "closed"
+    frames = h.take()
+    assert [f["op"] for f in frames] == ["ack", "logout"]
+    assert not h.s.close_done
+    h.frame(build_ok(frames[1]["cid"]))
+    assert h.s.close_done
+    refused = h.send("carol", 2)
+    assert refused.value.code == "closed"
+    h.s.finish("closed")
+    h.collect()
+    assert h.tick() is None
+
+
+def test_sync_retries_after_a_retryable_error(h: Harness) -> None:
+    h.connect()
+    h.s.login("bob", "t", Waiter(), h.now)
+    h.collect()
+    h.frame(build_ok(h.take("login")[0]["cid"]))
+    sync = h.take("sync")[0]
+    h.frame(build_error("unavailable", "replicas down", cid=sync["cid"]))
+    h.tick(0.5)
+    assert h.take() == []
+    h.tick(0.4)
+    assert h.take("sync")[0]["cursor"] is None
+
+
+def test_sync_holds_while_the_application_is_behind() -> None:
+    h = Harness(ClientOptions(**{**{f: getattr(OPTIONS, f) for f in OPTIONS.__dataclass_fields__},
+                                 "sync_hold_messages": 2}))
+    h.connect()
+    h.s.login("bob", "t", Waiter(), h.now)
+    h.collect()
+    h.frame(build_ok(h.take("login")[0]["cid"]))
+    h.frame(build_inbox(h.take("sync")[0]["cid"], [delivery(1), delivery(2)], b"c2", True))
+    assert h.take() == []
+    h.s.returned(h.messages[:1], h.now)
+    h.tick()
+    assert [f["op"] for f in h.take()] == ["ack", "sync"]
+
+
+def test_a_presence_question_cut_off_by_a_lost_session_gets_unavailable(h: Harness) -> None:
+    h.connect()
+    h.login()
+    refused, cut = Waiter("refused"), Waiter("cut")
+    h.s.presence("bob", refused, h.now)
+    h.s.presence("carol", cut, h.now)
+    h.collect()
+    first, _ = h.take("presence")
+    h.frame(build_error("not_logged_in", "who?", cid=first["cid"]))
+    assert h.lost
+    assert refused.value.code == "unavailable" and cut.value.code == "unavailable"
+    before_login = Waiter()
+    h.s.presence("bob", before_login, h.now)
+    h.collect()
+    assert before_login.value.code == "unavailable"  # moving to another edge: ask again
