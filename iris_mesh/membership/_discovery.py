@@ -45,9 +45,11 @@ from zeroconf import (
     Zeroconf,
 )
 
+from iris_mesh import PROTOCOL_VERSION
+
 from ._peer import CardError, PeerCard
 
-__all__ = ["SERVICE_TYPE", "Discovery", "browse_cluster"]
+__all__ = ["SERVICE_TYPE", "Discovery", "browse_cluster", "browse_edges"]
 
 SERVICE_TYPE = "_iris-mesh._tcp.local."
 
@@ -200,6 +202,24 @@ class Discovery:
         return card in self._advertised
 
 
+def browse_edges(
+    cluster: str, *, interfaces: Sequence[str], timeout_s: float = 1.5, node_id: str | None = None
+) -> list[PeerCard]:
+    """Edges of `cluster` that serve clients; returns as soon as one (or the one named `node_id`) is seen.
+
+    For the client SDK: a client gateway needs role edge, this protocol version, a client
+    port and a 40-character CURVE key (`ck`). [] after timeout_s if none answered.
+    """
+    return _browse(cluster, interfaces, timeout_s, lambda found: any(
+        _serves_clients(card) and (node_id is None or card.node_id == node_id) for card in found.values()
+    ), keep=_serves_clients)
+
+
+def _serves_clients(card: PeerCard) -> bool:
+    return (card.role == "edge" and card.version == PROTOCOL_VERSION and card.client_port != 0
+            and len(card.client_key) == 40)
+
+
 def browse_cluster(
     cluster: str, *, interfaces: Sequence[str], timeout_s: float = 1.5, want: int | None = None
 ) -> list[PeerCard]:
@@ -210,16 +230,28 @@ def browse_cluster(
     """
     if want is not None and want < 1:
         raise ValueError(f"want must be at least 1 (or None to wait the whole timeout), got {want}")
+    return _browse(cluster, interfaces, timeout_s, lambda found: want is not None and len(found) >= want)
+
+
+def _browse(
+    cluster: str,
+    interfaces: Sequence[str],
+    timeout_s: float,
+    enough_when: Callable[[dict[str, PeerCard]], bool],
+    keep: Callable[[PeerCard], bool] = lambda card: True,
+) -> list[PeerCard]:
     found: dict[str, PeerCard] = {}
     enough = threading.Event()
     lock = threading.Lock()
 
     def on_found(card: PeerCard) -> None:
+        if not keep(card):
+            return
         with lock:
             known = found.get(card.node_id)
             if known is None or card.incarnation >= known.incarnation:
                 found[card.node_id] = card
-            if want is not None and len(found) >= want:
+            if enough_when(found):
                 enough.set()
 
     watcher = _ClusterWatcher(cluster, own_node_id=None, on_found=on_found, on_lost=None, is_own_card=None)

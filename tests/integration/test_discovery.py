@@ -22,7 +22,7 @@ import pytest
 from loguru import logger
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
-from iris_mesh.membership._discovery import SERVICE_TYPE, Discovery, browse_cluster
+from iris_mesh.membership._discovery import SERVICE_TYPE, Discovery, browse_cluster, browse_edges
 from iris_mesh.membership._peer import PeerCard
 from support.waiting import wait_until
 
@@ -361,3 +361,15 @@ def test_cards_that_cannot_be_advertised_are_refused(cluster: str) -> None:
         Discovery(make_card(cluster, "a").with_(host="node-a.example"), interfaces=LOOPBACK, on_found=lambda c: None)
     with pytest.raises(ValueError, match="0.0.0.0"):
         Discovery(make_card(cluster, "a").with_(host="0.0.0.0"), interfaces=LOOPBACK, on_found=lambda c: None)
+
+
+def test_browse_edges_finds_only_edges_that_serve_clients(cluster: str, start_node) -> None:
+    start_node(make_card(cluster, "core1"))
+    start_node(make_card(cluster, "edge0", port=21100).with_(role="edge"))  # no client gateway
+    start_node(make_card(cluster, "edge1", port=21200).with_(role="edge", client_port=21210, client_key="k" * 40))
+    start_node(make_card(cluster, "edge2", port=21300).with_(role="edge", client_port=21310, client_key="k" * 40))
+    named = browse_edges(cluster, interfaces=LOOPBACK, timeout_s=5.0, node_id="edge2")
+    assert "edge2" in [card.node_id for card in named]
+    everyone = wait_until(lambda: browse_edges(cluster, interfaces=LOOPBACK, timeout_s=1.0), 10.0, "an edge")
+    assert {card.node_id for card in everyone} <= {"edge1", "edge2"}
+    assert browse_edges(f"{cluster}x", interfaces=LOOPBACK, timeout_s=0.3) == []
