@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 
 import cbor2
+import pytest
 import zmq
 
 from iris_mesh.client import Client, ClientOptions, IrisError
@@ -123,9 +124,15 @@ def test_offline_inbox_from_five_senders(local_cluster: LocalCluster) -> None:
         again.close()
 
 
-def test_no_acked_message_is_lost_while_cores_are_killed(local_cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("bob_online", [True, False], ids=["online", "offline"])
+def test_no_acked_message_is_lost_while_cores_are_killed(local_cluster: LocalCluster, bob_online: bool) -> None:
     _cluster(local_cluster)
     alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob") if bob_online else None
+    received: list = []
+    reader = threading.Thread(target=lambda: received.extend(_drain(bob, 300, 120.0))) if bob else None
+    if reader is not None:
+        reader.start()
     rng = random.Random(11)
     sent: list[bytes] = []
     halt = threading.Event()
@@ -146,9 +153,14 @@ def test_no_acked_message_is_lost_while_cores_are_killed(local_cluster: LocalClu
         halt.set()
         killer.join(timeout=60)
         alice.close()
-    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
     try:
-        _check_total_queue({"alice": sent}, _drain(bob, len(sent), 60.0))
+        if bob is None:
+            bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+            received = _drain(bob, len(sent), 60.0)
+        else:
+            assert reader is not None
+            reader.join(timeout=150)
+        _check_total_queue({"alice": sent}, received)
     finally:
         bob.close()
 
@@ -224,4 +236,28 @@ def test_a_full_inbox_refuses_with_inbox_full_and_loses_nothing(local_cluster: L
     try:
         assert [m.id for m in _drain(bob, 5, 20.0)] == ids
     finally:
+        bob.close()
+
+
+def test_sdk_fails_over_when_its_edge_dies_mid_stream(local_cluster: LocalCluster) -> None:
+    _cluster(local_cluster)
+    token = _token(local_cluster, "alice")
+    alice = Client.connect(cluster=local_cluster.name, edge="edge1")
+    alice.login("alice", token)
+    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    received: list = []
+    reader = threading.Thread(target=lambda: received.extend(_drain(bob, 300, 90.0)))
+    reader.start()
+    sent: list[bytes] = []
+    try:
+        assert alice.edge == "edge1"
+        for i in range(300):
+            if i == 100:
+                local_cluster.nodes["edge1"].kill()  # SIGKILL: the SDK must move to edge2 on its own
+            sent.append(alice.send("bob", f"m{i}".encode()).id)
+        assert alice.edge == "edge2" and alice.failovers >= 1
+        reader.join(timeout=120)
+        _check_total_queue({"alice": sent}, received)
+    finally:
+        alice.close()
         bob.close()
