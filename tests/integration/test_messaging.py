@@ -261,3 +261,21 @@ def test_sdk_fails_over_when_its_edge_dies_mid_stream(local_cluster: LocalCluste
     finally:
         alice.close()
         bob.close()
+
+
+def test_every_session_of_a_user_gets_a_live_message(local_cluster: LocalCluster) -> None:
+    _cluster(local_cluster)
+    phone = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
+    laptop = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    try:
+        wait_until(lambda: alice.presence("bob").online, 10.0, "bob to be online")
+        pending = alice.send_async("bob", b"to both devices")
+        got_phone, got_laptop = phone.receive(timeout=10.0), laptop.receive(timeout=10.0)
+        result = pending.result(timeout=30)
+        assert got_phone is not None and got_laptop is not None
+        assert got_phone.id == got_laptop.id == result.id
+        assert result.status in ("delivered", "stored")  # stored if a device was still syncing: pushed to both
+    finally:
+        for client in (phone, laptop, alice):
+            client.close()
