@@ -36,6 +36,7 @@ from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
 __all__ = [
     "LogEvent",
+    "bench_main",
     "NodeProcess",
     "Session",
     "cpu_busy_pct",
@@ -74,6 +75,19 @@ def progress(message: str) -> None:
     """One progress line on stderr, stamped with wall-clock time."""
     stamp = dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
     print(f"{stamp} bench: {message}", file=sys.stderr, flush=True)
+
+
+def bench_main(parse_args: Callable[[list[str] | None], Any], run: Callable[[Any], Mapping[str, Any]],
+               argv: list[str] | None = None) -> int:
+    """Parse, run, print the JSON result line; Ctrl-C exits 130 after the session cleaned up."""
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except KeyboardInterrupt:
+        progress("interrupted; every process was stopped and the temp directory removed")
+        return 130
+    emit_result(result)
+    return 0
 
 
 def emit_result(result: Mapping[str, Any]) -> None:

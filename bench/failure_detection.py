@@ -34,11 +34,11 @@ import time
 from typing import Any
 
 from _harness import (
+    bench_main,
     LogEvent,
     NodeProcess,
     Session,
     cpu_times,
-    emit_result,
     new_cookie,
     progress,
     read_transitions,
@@ -261,14 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        progress("interrupted; every process was stopped and the temp directory removed")
-        return 130
-    emit_result(result)
-    return 0
+    return bench_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -64,10 +64,10 @@ import zmq
 from loguru import logger
 
 from _harness import (
+    bench_main,
     NodeProcess,
     Session,
     cpu_times,
-    emit_result,
     new_cookie,
     progress,
     session,
@@ -813,14 +813,7 @@ def _other_pct(start: tuple[int, int], stop: tuple[int, int], meter: CpuMeter) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        result = run(args)
-    except KeyboardInterrupt:
-        progress("interrupted; every process was stopped and the temp directory removed")
-        return 130
-    emit_result(result)
-    return 0
+    return bench_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iris_mesh.membership import PeerCard, browse_cluster
-from iris_mesh.sockets import AdminClient, AdminError, ClusterKeys, cluster_keys
+from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
 __all__ = ["main"]
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from support.nodes import CORES, LocalCluster
 from support.waiting import wait_until
