@@ -279,3 +279,68 @@ def test_every_session_of_a_user_gets_a_live_message(local_cluster: LocalCluster
     finally:
         for client in (phone, laptop, alice):
             client.close()
+
+
+def _raw_session(cluster: LocalCluster, edge: NodeProcess, user: str, ctx: zmq.Context):
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    public, secret = zmq.curve_keypair()
+    sock.curve_publickey, sock.curve_secretkey = public, secret
+    sock.curve_serverkey = edge.info["client_key"].encode()
+    sock.connect(f"tcp://{edge.info['host']}:{edge.info['client_port']}")
+
+    def ask(msg: dict) -> dict:
+        sock.send(cbor2.dumps({"v": 1, **msg}))
+        assert sock.poll(10_000), f"no answer to {msg['op']}"
+        return cbor2.loads(sock.recv())
+
+    assert ask({"op": "login", "cid": 1, "user": user, "token": _token(cluster, user)})["op"] == "ok"
+    return sock, ask
+
+
+def test_a_client_that_drops_mid_sync_gets_the_unacked_rest(local_cluster: LocalCluster) -> None:
+    _cluster(local_cluster)
+    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    try:
+        sent = [alice.send("bob", f"{i}".encode()).id for i in range(20)]
+    finally:
+        alice.close()
+    ctx = zmq.Context()
+    try:
+        sock, ask = _raw_session(local_cluster, local_cluster.nodes["edge2"], "bob", ctx)
+        page = ask({"op": "sync", "cid": 2, "cursor": None, "limit": 5})
+        assert [m["id"] for m in page["msgs"]] == sent[:5] and page["more"] is True
+        sock.send(cbor2.dumps({"v": 1, "op": "ack", "ids": [m["id"] for m in page["msgs"][:3]]}))
+        # Gone without acking the other two of the page, nor reading further.
+        ask({"op": "ping", "cid": 3})
+        sock.close(0)
+    finally:
+        ctx.destroy(linger=0)
+    bob = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
+    try:
+        assert [m.id for m in _drain(bob, 17, 30.0)] == sent[3:]
+        assert bob.receive(timeout=1.0) is None
+    finally:
+        bob.close()
+
+
+def test_sends_past_the_rate_limit_get_rate_limited_with_retry_after(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id)
+    local_cluster.add("edge1", role="edge", send_rate_per_s=1, send_burst=2)
+    local_cluster.start(*CORES, "edge1")
+    local_cluster.wait_full_mesh([*CORES, "edge1"])
+    wait_until(lambda: local_cluster.nodes["edge1"].status()["safe_for_writes"], 10.0, "edge1 to accept writes")
+    ctx = zmq.Context()
+    try:
+        sock, ask = _raw_session(local_cluster, local_cluster.nodes["edge1"], "alice", ctx)
+        for i in range(2):
+            sock.send(cbor2.dumps({"v": 1, "op": "send", "cid": 10 + i, "id": bytes([i]) * 16, "to": "bob", "body": b"x"}))
+        refused = ask({"op": "send", "cid": 12, "id": b"\x02" * 16, "to": "bob", "body": b"x"})
+        while refused.get("op") == "sent":  # the answers to the first two may come first
+            assert sock.poll(10_000)
+            refused = cbor2.loads(sock.recv())
+        assert refused["code"] == "rate_limited" and refused["cid"] == 12
+        assert 0 < refused["retry_after"] <= 1.0
+    finally:
+        ctx.destroy(linger=0)
