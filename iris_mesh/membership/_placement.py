@@ -24,6 +24,7 @@ from collections.abc import Iterable
 __all__ = ["rendezvous_replicas", "Placement", "DEFAULT_REPLICATION_FACTOR"]
 
 DEFAULT_REPLICATION_FACTOR = 3
+_CACHED_KEYS = 4096
 
 
 def _score(key_bytes: bytes, node_id: str) -> int:
@@ -43,20 +44,42 @@ def rendezvous_replicas(key: bytes | str, cores: Iterable[str], rf: int) -> list
 
 
 class Placement:
-    """Replica sets for keys at a fixed replication factor; stateless apart from rf."""
+    """Replica sets for keys at a fixed replication factor, remembered for the latest core set.
 
-    __slots__ = ("_rf",)
+    Not thread-safe (one engine thread). The sets of the last `_CACHED_KEYS` keys asked for
+    are kept until the core set changes; with no more cores than rf every core holds every
+    key, so no hashing is needed at all.
+    """
+
+    __slots__ = ("_rf", "_cores", "_every_core", "_cache")
 
     def __init__(self, *, replication_factor: int = DEFAULT_REPLICATION_FACTOR) -> None:
         """ValueError if replication_factor < 1."""
         if replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, got {replication_factor}")
         self._rf = replication_factor
+        self._cores: frozenset[str] = frozenset()
+        self._every_core: tuple[str, ...] | None = ()  # sorted, while len(cores) <= rf
+        self._cache: dict[bytes | str, tuple[str, ...]] = {}  # key -> replicas, least recently used first
 
     @property
     def replication_factor(self) -> int:
         return self._rf
 
     def replicas(self, key: bytes | str, cores: Iterable[str]) -> list[str]:
-        """The replicas of key among cores (pass the expected set), best first; fewer if fewer cores."""
-        return rendezvous_replicas(key, cores, self._rf)
+        """The replicas of key among cores (pass the expected set): best first, or every core, sorted, if at most rf."""
+        unique = cores if isinstance(cores, frozenset) else frozenset(cores)
+        if unique != self._cores:
+            self._cores = unique
+            self._every_core = tuple(sorted(unique)) if len(unique) <= self._rf else None
+            self._cache.clear()
+        if self._every_core is not None:
+            return list(self._every_core)
+        cache = self._cache
+        found = cache.pop(key, None)
+        if found is None:
+            found = tuple(rendezvous_replicas(key, unique, self._rf))
+            if len(cache) >= _CACHED_KEYS:
+                del cache[next(iter(cache))]
+        cache[key] = found
+        return list(found)

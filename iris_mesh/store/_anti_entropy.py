@@ -30,11 +30,14 @@ repair is applied (newer wins) and acked like any replica write: a tombstone is
 never undone by an older value, and a repair that races a fresh write is harmless.
 
 Writes in flight make two replicas' digests differ for a moment, so a bucket is
-listed only if it differs in two rounds `_RECHECK_S` apart. Listing, scanning and
-repairing run for one session per core at a time: a round-2 digest that comes
-meanwhile is answered `busy` and retried, so a rejoining core is repaired once,
-not by every peer at once. Repairs are paced by windows of unacked pushes and
-outstanding pulls, so they never flood the receiver's loop.
+listed only if it differs in two rounds `_RECHECK_S` apart; a routine session
+(round robin) also leaves out the buckets written here between its two rounds, so
+streaming writes cost no listing at all (a peer whose sessions find nothing else
+is visited less often, and at the longest backoff every differing bucket is listed).
+Listing, scanning and repairing run for one session per core at a time: a round-2
+digest that comes meanwhile is answered `busy` and retried, so a rejoining core is
+repaired once, not by every peer at once. Repairs are paced by windows of unacked
+pushes and outstanding pulls, so they never flood the receiver's loop.
 """
 
 from __future__ import annotations
@@ -142,7 +145,9 @@ class DigestCache:
         self._digests: dict[str, dict[str, list[int]]] = {}
         self._cursor: dict[str, bytes | None] = {table: None for table in self.tables}
         self._built: set[str] = set()
-        self._floating: dict[tuple[str, bytes], int] = {}
+        # (table, key) -> [reported writes not settled, newest version seen, whether that is what got committed]
+        self._floating: dict[tuple[str, bytes], list[Any]] = {}
+        self._touched: dict[str, list[int]] = {table: [0] * BUCKETS for table in self.tables}
 
     def reset(self, shares: Shares, peers: Iterable[str]) -> None:
         """Drop every digest and start a build (feed it with `add_rows`); writes in flight stay tracked."""
@@ -150,6 +155,8 @@ class DigestCache:
         self._digests = {peer: {table: [0] * BUCKETS for table in self.tables} for peer in peers}
         self._cursor = {table: None for table in self.tables}
         self._built = set()
+        for floating in self._floating.values():
+            floating[2] = False  # a purge may have changed the committed row under the write: read it at settle
 
     @property
     def ready(self) -> bool:
@@ -165,24 +172,41 @@ class DigestCache:
         if last:
             self._built.add(table)
 
-    def write_started(self, table: str, key: bytes, committed: Committed) -> None:
+    def write_started(self, table: str, key: bytes, current: Version | None, new: Version) -> None:
+        """A write of `new` is about to be staged; `current` is the key's value as the store sees it (staged,
+        in flight or stored), which is the committed one while no other reported write of the key floats."""
         ident = (table, key)
-        count = self._floating.get(ident, 0)
-        if count == 0 and self._passed(table, key):
-            self._toggle(table, key, committed())
-        self._floating[ident] = count + 1
-
-    def write_settled(self, table: str, key: bytes, committed: Committed) -> None:
-        ident = (table, key)
-        count = self._floating.get(ident)
-        if count is None:
+        self._touched[table][bucket_of(key)] += 1
+        floating = self._floating.get(ident)
+        if floating is None:
+            if self._passed(table, key):
+                self._toggle(table, key, current)
+            self._floating[ident] = [1, new if current is None or new > current else current, True]
             return
-        if count > 1:
-            self._floating[ident] = count - 1
+        floating[0] += 1
+        if floating[1] is None or new > floating[1]:
+            floating[1] = new
+
+    def write_settled(self, table: str, key: bytes, ok: bool, committed: Committed) -> None:
+        """The write's on_durable(ok) ran. Once the key's last floating write settled, its committed version
+        is the newest one seen (newer wins), so `committed` is read only after a failed commit or a reset."""
+        ident = (table, key)
+        floating = self._floating.get(ident)
+        if floating is None:
+            return
+        if not ok:
+            floating[2] = False
+        if floating[0] > 1:
+            floating[0] -= 1
             return
         del self._floating[ident]
         if self._passed(table, key):
-            self._toggle(table, key, committed())
+            self._toggle(table, key, floating[1] if floating[2] else committed())
+
+    def touched(self, table: str, bucket: int) -> int:
+        """How many writes of `table` started in `bucket` (a counter: equal readings mean no write in between)."""
+        counters = self._touched.get(table)
+        return 0 if counters is None else counters[bucket]
 
     def digests(self, peer: str) -> dict[str, list[int]]:
         return self._digests.get(peer) or {table: [0] * BUCKETS for table in self.tables}
@@ -382,9 +406,9 @@ class _Scan:
 class _Session:
     """The initiator's state of one session."""
 
-    __slots__ = ("sid", "peer", "full", "routine", "state", "started", "deadline", "recheck_at", "first_diff", "theirs",
-                 "buckets", "pushes", "pull_queue", "pulls_out", "listing_done", "listed", "pushed", "pulled",
-                 "refused", "unsettled", "scan", "waiters")
+    __slots__ = ("sid", "peer", "full", "routine", "state", "started", "deadline", "recheck_at", "first_diff",
+                 "touched", "theirs", "buckets", "pushes", "pull_queue", "pulls_out", "listing_done", "listed",
+                 "pushed", "pulled", "refused", "unsettled", "scan", "waiters")
 
     def __init__(self, sid: int, peer: str, full: bool, routine: bool, now: float, timeout_s: float) -> None:
         self.sid = sid
@@ -397,6 +421,7 @@ class _Session:
         self.deadline = now + timeout_s
         self.recheck_at = 0.0
         self.first_diff: dict[str, list[int]] = {}
+        self.touched: dict[str, list[int]] = {}  # our write counters of first_diff's buckets at round 1
         self.theirs: dict[tuple[str, bytes], Listed] = {}
         self.buckets: dict[str, set[int]] = {}
         self.pushes: set[int] = set()
@@ -482,11 +507,13 @@ class AntiEntropy:
 
     # ---- inputs from the store service ----------------------------------------------------------
 
-    def async_write_started(self, table: str, key: bytes) -> None:
-        self.cache.write_started(table, key, lambda: self._committed(table, key))
+    def async_write_started(self, table: str, key: bytes, current: Versioned | None, new: Version) -> None:
+        """Before a write of `new` is staged; `current` is the key's value as the local store sees it."""
+        self.cache.write_started(table, key, None if current is None else current.version, new)
 
-    def async_write_settled(self, table: str, key: bytes) -> None:
-        self.cache.write_settled(table, key, lambda: self._committed(table, key))
+    def async_write_settled(self, table: str, key: bytes, ok: bool) -> None:
+        """The write's on_durable(ok) ran."""
+        self.cache.write_settled(table, key, ok, lambda: self._committed(table, key))
 
     def async_on_ack(self, req: int, code: str) -> bool:
         """An ack for one of our pushes; False if `req` is not ours."""
@@ -638,11 +665,26 @@ class AntiEntropy:
                 self._finish(session, "timeout")
             elif session.state == "recheck" and now >= session.recheck_at and not self.cache.ready:
                 self._finish(session, "not_ready")  # our digests are being rebuilt
-            elif session.state == "recheck" and now >= session.recheck_at and self._heavy():
-                session.recheck_at = now + _RECHECK_S  # one heavy session at a time
             elif session.state == "recheck" and now >= session.recheck_at:
-                session.state = "listing"
-                self._send_digests(session, only=session.first_diff)
+                self._recheck(session, now)
+
+    def _recheck(self, session: _Session, now: float) -> None:
+        """Round 2, on the buckets that differed in round 1 (a routine session: only on those left quiet since)."""
+        only = session.first_diff
+        if session.routine and self._idle_rounds.get(session.peer, 0) < _MAX_BACKOFF_EXPONENT:
+            # Writes keep streaming into the others: listing them would find only writes in flight.
+            # A peer that keeps finding only that is backed off; at the longest backoff, every bucket is listed.
+            only = {table: quiet for table, buckets in only.items()
+                    if (quiet := [b for b, seen in zip(buckets, session.touched[table])
+                                  if self.cache.touched(table, b) == seen])}
+            if not only:
+                self._finish(session, "ok")
+                return
+        if self._heavy():
+            session.recheck_at = now + _RECHECK_S  # one heavy session at a time
+            return
+        session.state = "listing"
+        self._send_digests(session, only=only)
 
     def _heavy(self, ignore: str | None = None) -> bool:
         """Whether a session (not a full pass) past its first round runs here, other than with `ignore`.
@@ -707,6 +749,7 @@ class AntiEntropy:
             self._finish(session, "in_sync")
             return
         session.first_diff = buckets
+        session.touched = {table: [self.cache.touched(table, b) for b in bs] for table, bs in buckets.items()}
         session.state = "recheck"
         session.recheck_at = now + _RECHECK_S
 

@@ -24,10 +24,12 @@ that would expire its request still counts.
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections.abc import Collection, Sequence
+from bisect import insort
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from iris_mesh.store._versioned import Versioned
 
@@ -75,33 +77,66 @@ class ReplicaRead:
     key: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Outbound:
+class Outbound(NamedTuple):
     """A message for the engine to send to `node` (its own node id included)."""
 
     node: str
     message: ReplicaWrite | ReplicaRead
 
 
-@dataclass(frozen=True, slots=True)
 class Done:
-    """The answer to one put/get, emitted exactly once per caller request id.
+    """The answer to one put/get, emitted exactly once per caller request id. Immutable.
 
     For reads `item` is the newest version found (a tombstone means deleted).
     `acked_by` lists the replicas that acknowledged (writes) or replied (reads),
-    in arrival order.
+    in arrival order. `detail` may be given as a function: it is then made the
+    first time it is read (most answers are never explained to anyone).
     """
+
+    __slots__ = ("req", "ok", "code", "_detail", "item", "acked_by")
 
     req: int
     ok: bool
     code: str
-    detail: str
-    item: Versioned | None = None
-    acked_by: tuple[str, ...] = ()
+    item: Versioned | None
+    acked_by: tuple[str, ...]
+
+    def __init__(self, req: int, ok: bool, code: str, detail: str | Callable[[], str], item: Versioned | None = None,
+                 acked_by: tuple[str, ...] = ()) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "req", req)
+        setattr_(self, "ok", ok)
+        setattr_(self, "code", code)
+        setattr_(self, "_detail", detail)
+        setattr_(self, "item", item)
+        setattr_(self, "acked_by", acked_by)
+
+    @property
+    def detail(self) -> str:
+        detail = self._detail
+        if not isinstance(detail, str):
+            detail = detail()
+            object.__setattr__(self, "_detail", detail)
+        return detail
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Done is immutable: cannot set {name}")
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.req, self.ok, self.code, self.detail, self.item, self.acked_by)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Done) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"Done(req={self.req!r}, ok={self.ok!r}, code={self.code!r}, detail={self.detail!r}, "
+                f"item={self.item!r}, acked_by={self.acked_by!r})")
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """What one call asks the engine to do: send `outbound`, hand `done` to the requesters."""
 
     outbound: tuple[Outbound, ...] = ()
@@ -206,8 +241,8 @@ class QuorumCoordinator:
         "_hint_linger_s",
         "_writes",
         "_reads",
-        "_timers",
-        "_timer_seq",
+        "_timeouts",
+        "_lingers",
         "_internal_ids",
     )
 
@@ -242,10 +277,11 @@ class QuorumCoordinator:
         self._hint_linger_s = linger
         self._writes: dict[int, _Write] = {}
         self._reads: dict[int, _Read] = {}
-        # (when, seq, req); stale entries are skipped when popped, which is
-        # cheaper than removing them from the heap when a request finishes.
-        self._timers: list[tuple[float, int, int]] = []
-        self._timer_seq = itertools.count()
+        # (when, req) in deadline order, one queue per delay: the delay is constant and `now` does
+        # not go back, so a new timer goes at the end. Stale entries are skipped when popped, which
+        # is cheaper than removing them when a request finishes.
+        self._timeouts: deque[tuple[float, int]] = deque()
+        self._lingers: deque[tuple[float, int]] = deque()
         self._internal_ids = itertools.count(-1, -1)
 
     @property
@@ -331,10 +367,10 @@ class QuorumCoordinator:
         self._writes[req] = write
         if required == 0:
             write.answered = True
-            self._arm(write, now + self._hint_linger_s)
+            self._arm(write, now + self._hint_linger_s, self._lingers)
             detail = f"sent to {len(targets)} of {len(replicas)} replicas without waiting for acks"
             return Step(outbound, (Done(req, True, _OK, detail),))
-        self._arm(write, now + self._timeout_s)
+        self._arm(write, now + self._timeout_s, self._timeouts)
         return Step(outbound)
 
     def on_write_ack(self, node: str, req: int, code: str, now: float) -> Step:
@@ -359,17 +395,20 @@ class QuorumCoordinator:
                 done = (self._write_failed(write),)
             if done:
                 write.answered = True
-                self._arm(write, now + self._hint_linger_s)
+                self._arm(write, now + self._hint_linger_s, self._lingers)
         if write.answered and write.outstanding() == 0:
-            return Step(self._finish_write(write), done)
-        return Step(done=done)
+            hints = self._finish_write(write)
+            return Step(hints, done) if hints or done else _NOTHING
+        return Step(done=done) if done else _NOTHING
 
     def _write_ok(self, write: _Write) -> Done:
-        detail = (
-            f"stored on {', '.join(write.acked)} "
-            f"({len(write.acked)} of {write.required} required acks, {write.durability})"
-        )
-        return Done(write.req, True, _OK, detail, acked_by=tuple(write.acked))
+        acked_by = tuple(write.acked)
+        required, durability = write.required, write.durability
+
+        def detail() -> str:
+            return f"stored on {', '.join(acked_by)} ({len(acked_by)} of {required} required acks, {durability})"
+
+        return Done(write.req, True, _OK, detail, acked_by=acked_by)
 
     def _write_failed(self, write: _Write) -> Done:
         codes = set(write.failed.values())
@@ -421,7 +460,7 @@ class QuorumCoordinator:
             return Step(done=(Done(req, False, _UNAVAILABLE, detail),))
         read = _Read(req, table, key, targets, self._r)
         self._reads[req] = read
-        self._arm(read, now + self._timeout_s)
+        self._arm(read, now + self._timeout_s, self._timeouts)
         message = ReplicaRead(req, table, key)
         return Step(tuple(Outbound(node, message) for node in targets))
 
@@ -479,8 +518,8 @@ class QuorumCoordinator:
         """Fire every timer due at `now`: time out unanswered requests, end write lingers with hints."""
         outbound: list[Outbound] = []
         done: list[Done] = []
-        while self._timers and self._timers[0][0] <= now:
-            when, _, req = heapq.heappop(self._timers)
+        while (queue := self._due(now)) is not None:
+            when, req = queue.popleft()
             write = self._writes.get(req)
             if write is not None and write.timer_at == when:
                 if not write.answered:
@@ -503,13 +542,11 @@ class QuorumCoordinator:
 
     def next_deadline(self) -> float | None:
         """When `tick` next has work (monotonic seconds), or None: the engine's poll timeout."""
-        while self._timers:
-            when, _, req = self._timers[0]
-            tracked = self._writes.get(req) or self._reads.get(req)
-            if tracked is not None and tracked.timer_at == when:
-                return when
-            heapq.heappop(self._timers)
-        return None
+        for queue in (self._timeouts, self._lingers):
+            while queue and not self._live_timer(*queue[0]):
+                queue.popleft()
+        heads = [queue[0][0] for queue in (self._timeouts, self._lingers) if queue]
+        return min(heads) if heads else None
 
     def pending(self) -> int:
         """Requests still tracked: unanswered, lingering for hints, or waiting for read-repair replies."""
@@ -517,9 +554,25 @@ class QuorumCoordinator:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _arm(self, tracked: _Write | _Read, when: float) -> None:
+    def _arm(self, tracked: _Write | _Read, when: float, queue: deque[tuple[float, int]]) -> None:
         tracked.timer_at = when
-        heapq.heappush(self._timers, (when, next(self._timer_seq), tracked.req))
+        if queue and when < queue[-1][0]:
+            insort(queue, (when, tracked.req))  # `now` went back (a caller's clock): keep the order
+        else:
+            queue.append((when, tracked.req))
+
+    def _due(self, now: float) -> deque[tuple[float, int]] | None:
+        """The queue whose head is the earliest timer due at `now`, if any."""
+        timeouts, lingers = self._timeouts, self._lingers
+        if timeouts and timeouts[0][0] <= now and not (lingers and lingers[0][0] < timeouts[0][0]):
+            return timeouts
+        if lingers and lingers[0][0] <= now:
+            return lingers
+        return None
+
+    def _live_timer(self, when: float, req: int) -> bool:
+        tracked = self._writes.get(req) or self._reads.get(req)
+        return tracked is not None and tracked.timer_at == when
 
     def _check_req(self, req: int) -> None:
         if req < 0:

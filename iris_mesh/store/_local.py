@@ -35,6 +35,7 @@ __all__ = ["LocalStore", "VERSIONED_TABLES"]
 
 VERSIONED_TABLES = ("offline_msg", "cross_region_queue", "presence", "hints")
 _HINTS = "hints"
+_COUNTED_PARTITIONS = 4096
 
 Post = Callable[[Callable[[float], None]], None]
 OnDurable = Callable[[bool], None]
@@ -86,6 +87,7 @@ class LocalStore:
         self._db = db
         self._post = post
         self._staged = _Batch()
+        # (table, partition) -> live rows, least recently asked first (see live_in_partition)
         self._partition_live: dict[tuple[str, bytes], int] = {}
         self._inflight: _Batch | None = None  # engine thread's view: handed off, completion not yet run
         self._live = {table: self._count_live(table) for table in VERSIONED_TABLES}
@@ -155,6 +157,7 @@ class LocalStore:
         on_durable: OnDurable | None = None,
         *,
         sync: bool = True,
+        before: Callable[[Versioned | None], None] | None = None,
     ) -> bool:
         """Stage `item` if it is newer than the current value (staged, in flight or stored); return whether it was.
 
@@ -162,9 +165,12 @@ class LocalStore:
         not newer, the newer value already staged or in flight) is fsync'd;
         on_durable(False) if that commit failed. With sync=False it may run once
         the write is in RocksDB (safe from a process crash, not from power loss).
+        before(current) runs first, with that current value, so callers need not read it again.
         """
         self._check_table(table)
         current, batch = self._current(table, key)
+        if before is not None:
+            before(current)
         if item.newer_than(current):
             self._stage(table, key, item, current)
             if on_durable is not None:
@@ -252,13 +258,17 @@ class LocalStore:
         """Live rows of one partition (keys `partition \\x00 ...`), counted once and then kept current.
 
         Approximate by the writes in flight when it is first counted; meant for soft bounds
-        such as the size of an inbox.
+        such as the size of an inbox. The counts of the `_COUNTED_PARTITIONS` partitions
+        asked for most recently are kept.
         """
         ident = (table, partition)
-        count = self._partition_live.get(ident)
+        counted = self._partition_live
+        count = counted.pop(ident, None)
         if count is None:
             count = sum(1 for _key, item in self.scan(table, partition + b"\x00") if not item.is_tombstone)
-            self._partition_live[ident] = count
+            if len(counted) >= _COUNTED_PARTITIONS:
+                del counted[next(iter(counted))]  # the least recently asked: counted again if asked again
+        counted[ident] = count
         return count
 
     def hints_for(self, target: str, limit: int = 1000) -> list[tuple[str, bytes, Versioned]]:

@@ -48,6 +48,7 @@ _LIVE_STATES = ("alive", "suspect")
 # Outgoing batches are cut into frames of at most this many bytes (well under max_frame_bytes).
 _FRAME_BUDGET_BYTES = 256 * 1024
 _ENTRY_OVERHEAD_BYTES = 32
+_ACK_ENTRY_BYTES = 64  # an int and an error code, with room to spare
 # A value must fit in one mesh frame with room to spare (max_frame_bytes is at least 1 MiB by default).
 MAX_VALUE_BYTES = 512 * 1024
 
@@ -58,21 +59,40 @@ def _entry_size(entry: list[Any]) -> int:
     return _ENTRY_OVERHEAD_BYTES + sum(len(part) for part in entry if isinstance(part, (bytes, str)))
 
 
-def _chunks(entries: list[list[Any]]) -> list[list[list[Any]]]:
+def _write_size(entry: list[Any]) -> int:
+    """An sput entry's size: its table, key, value and hint targets (the rest fits in the overhead)."""
+    hint_for = entry[4]
+    size = _ENTRY_OVERHEAD_BYTES + len(entry[1]) + len(entry[2]) + len(entry[3])
+    return size + sum(map(len, hint_for)) if hint_for else size
+
+
+def _chunks(entries: list[list[Any]], size: Callable[[list[Any]], int] = _entry_size) -> list[list[list[Any]]]:
     """Split a batch so that no frame outgrows the frame budget."""
+    sizes = list(map(size, entries))
+    if sum(sizes) <= _FRAME_BUDGET_BYTES:
+        return [entries]
     chunks: list[list[list[Any]]] = []
     current: list[list[Any]] = []
-    size = 0
-    for entry in entries:
-        entry_size = _entry_size(entry)
-        if current and size + entry_size > _FRAME_BUDGET_BYTES:
+    total = 0
+    for entry, entry_size in zip(entries, sizes):
+        if current and total + entry_size > _FRAME_BUDGET_BYTES:
             chunks.append(current)
-            current, size = [], 0
+            current, total = [], 0
         current.append(entry)
-        size += entry_size
+        total += entry_size
     if current:
         chunks.append(current)
     return chunks
+
+
+def _write_chunks(entries: list[list[Any]]) -> list[list[list[Any]]]:
+    return _chunks(entries, _write_size)
+
+
+def _ack_chunks(entries: list[list[Any]]) -> list[list[list[Any]]]:
+    """sack entries are [req, code], a few dozen bytes each: cut by count."""
+    step = _FRAME_BUDGET_BYTES // _ACK_ENTRY_BYTES
+    return [entries] if len(entries) <= step else [entries[i : i + step] for i in range(0, len(entries), step)]
 
 
 class PeerTransition(Protocol):
@@ -134,6 +154,8 @@ class StoreService:
         self._out_acks: dict[str, list[list[Any]]] = defaultdict(list)
         self._out_values: dict[str, list[list[Any]]] = defaultdict(list)
         self._out_ae: list[tuple[str, str, dict[str, Any]]] = []  # after the writes of the turn they follow
+        self._last_write: ReplicaWrite | None = None  # and its entry, shared by the replicas it goes to
+        self._last_write_entry: list[Any] = []
         self.counters: dict[str, int] = defaultdict(int)
         self.scanner = QuorumScanner(read_quorum=coordinator.read_quorum, timeout_s=coordinator.timeout_s)
         self._scan_callbacks: dict[int, Callable[[ScanDone], None]] = {}
@@ -255,15 +277,15 @@ class StoreService:
     def async_after_batch(self, now: float) -> None:
         assert self._mesh is not None
         self._last_now = now
-        for out, op, field in (
-            (self._out_writes, "sput", "w"), (self._out_reads, "sget", "r"),
-            (self._out_acks, "sack", "a"), (self._out_values, "sval", "r"),
-            (self._out_scans, "sscan", "r"), (self._out_pages, "spage", "r"),
+        for out, op, field, chunks in (
+            (self._out_writes, "sput", "w", _write_chunks), (self._out_reads, "sget", "r", _chunks),
+            (self._out_acks, "sack", "a", _ack_chunks), (self._out_values, "sval", "r", _chunks),
+            (self._out_scans, "sscan", "r", _chunks), (self._out_pages, "spage", "r", _chunks),
         ):
             if not out:
                 continue
             for node, entries in out.items():
-                for chunk in _chunks(entries):
+                for chunk in chunks(entries):
                     if not self._mesh.async_send(node, op, **{field: chunk}):
                         self.counters[f"{op}_not_sent"] += len(chunk)
             out.clear()
@@ -320,15 +342,16 @@ class StoreService:
             return
         self.clock.observe(item.version)
         anti_entropy = self.anti_entropy
-        if anti_entropy is not None:
-            anti_entropy.async_write_started(table, key)
+        assert anti_entropy is not None  # every node with a local store runs it
+
+        def started(current: Versioned | None) -> None:
+            anti_entropy.async_write_started(table, key, current, item.version)
 
         def durable(ok: bool) -> None:
-            if anti_entropy is not None:
-                anti_entropy.async_write_settled(table, key)
+            anti_entropy.async_write_settled(table, key, ok)
             self._ack(src, req, "ok" if ok else "unavailable")
 
-        self.local.async_apply(table, key, item, durable, sync=bool(sync))
+        self.local.async_apply(table, key, item, durable, sync=bool(sync), before=started)
         for target in hint_for:
             if isinstance(target, str) and target != self.node_id:
                 self.local.async_put_hint(target, table, key, item)
@@ -485,8 +508,13 @@ class StoreService:
     def _route(self, outbound: Outbound) -> None:
         message = outbound.message
         if isinstance(message, ReplicaWrite):
-            entry = [message.req, message.table, message.key, encode_versioned(message.item), list(message.hint_for),
-                     message.sync, message.req >= 0]
+            # The coordinator sends one message to each replica: encode it once, share the entry.
+            if message is self._last_write:
+                entry = self._last_write_entry
+            else:
+                entry = [message.req, message.table, message.key, encode_versioned(message.item),
+                         list(message.hint_for), message.sync, message.req >= 0]
+                self._last_write, self._last_write_entry = message, entry
             if outbound.node == self.node_id:
                 self._apply_write(self.node_id, entry)
             else:

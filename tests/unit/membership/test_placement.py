@@ -130,3 +130,21 @@ def test_replicas_are_distinct_members_of_the_cores(key: bytes, cores: set[str],
     assert len(replicas) == min(rf, len(cores))
     assert len(set(replicas)) == len(replicas)
     assert set(replicas) <= cores
+
+
+def test_remembered_sets_follow_a_change_of_the_core_set() -> None:
+    placement = Placement(replication_factor=2)
+    four = frozenset({"core1", "core2", "core3", "core4"})
+    keys = _keys()[:200]
+    for key in keys * 2:  # the second pass answers from the cache
+        assert placement.replicas(key, four) == rendezvous_replicas(key, four, 2)
+    three = ["core1", "core2", "core5"]
+    for key in keys:
+        assert placement.replicas(key, three) == rendezvous_replicas(key, three, 2)
+
+
+def test_with_at_most_rf_cores_every_core_holds_every_key_sorted() -> None:
+    placement = Placement(replication_factor=3)
+    for key in _keys()[:50]:
+        assert placement.replicas(key, frozenset({"core3", "core1", "core2"})) == ["core1", "core2", "core3"]
+        assert placement.replicas(key, ["core2", "core2"]) == ["core2"]

@@ -21,6 +21,7 @@ from iris_mesh.store._anti_entropy import (
     DigestCache,
     Listed,
     Reconciler,
+    SessionResult,
     bucket_of,
     differing,
     pack_digests,
@@ -64,11 +65,11 @@ class Replica:
 
     def write(self, table: str, key: bytes, item: Versioned) -> bool:
         committed = lambda: self._version(table, key)  # noqa: E731
-        self.cache.write_started(table, key, committed)
+        self.cache.write_started(table, key, committed(), item.version)
         newer = item.newer_than(self.rows.get((table, key)))
         if newer:
             self.rows[(table, key)] = item
-        self.cache.write_settled(table, key, committed)
+        self.cache.write_settled(table, key, True, committed)
         return newer
 
     def _version(self, table: str, key: bytes) -> Version | None:
@@ -81,6 +82,31 @@ class Replica:
             for (t, k), item in sorted(self.rows.items())
             if bucket_of(k) in buckets.get(t, ()) and peer in self.shares(k)
         }
+
+
+def test_settled_writes_hash_the_newest_version_seen_and_read_only_after_a_failed_commit() -> None:
+    a = Replica("core1", THREE)
+    reads: list[bytes] = []
+
+    def committed(key: bytes) -> Callable[[], Version | None]:
+        def read() -> Version | None:
+            reads.append(key)
+            return a._version(TABLE, key)
+        return read
+
+    for key, versions in ((b"k1", (5, 7, 6)), (b"k2", (5,))):
+        for hlc in versions:  # overlapping writes of one key, one of them stale
+            a.cache.write_started(TABLE, key, a._version(TABLE, key), Version(hlc, "core1"))
+            if v(hlc).newer_than(a.rows.get((TABLE, key))):
+                a.rows[(TABLE, key)] = v(hlc)
+        for _ in versions:
+            a.cache.write_settled(TABLE, key, key != b"k2", committed(key))
+    assert reads == [b"k2"]
+    b = Replica("core2", THREE)
+    b.write(TABLE, b"k1", v(7))
+    b.write(TABLE, b"k2", v(5))
+    assert a.cache.in_flight() == 0
+    assert not differing(a.cache.digests("core2"), b.cache.digests("core1"))
 
 
 def session(a: Replica, b: Replica, purge_before_ms: int = 0) -> tuple[list[bytes], list[bytes]]:
@@ -202,13 +228,13 @@ def test_cache_maintained_on_writes_equals_a_fresh_build_even_when_writes_race_t
     committed = lambda key: (lambda: a._version(TABLE, key))  # noqa: E731
     rows = sorted((k, item.version) for (t, k), item in a.rows.items() if t == TABLE)
     cache.add_rows(TABLE, rows[:100], last=False)
-    cache.write_started(TABLE, b"k050", committed(b"k050"))  # passed by the build
-    cache.write_started(TABLE, b"k250", committed(b"k250"))  # not yet passed
+    cache.write_started(TABLE, b"k050", a._version(TABLE, b"k050"), Version(9000, "core1"))  # passed by the build
+    cache.write_started(TABLE, b"k250", a._version(TABLE, b"k250"), Version(9001, "core1"))  # not yet passed
     a.rows[(TABLE, b"k050")] = v(9000)
     a.rows[(TABLE, b"k250")] = v(9001)
     cache.add_rows(TABLE, sorted((k, item.version) for (t, k), item in a.rows.items() if t == TABLE)[100:], last=True)
-    cache.write_settled(TABLE, b"k050", committed(b"k050"))
-    cache.write_settled(TABLE, b"k250", committed(b"k250"))
+    cache.write_settled(TABLE, b"k050", True, committed(b"k050"))
+    cache.write_settled(TABLE, b"k250", True, committed(b"k250"))
     for table in USER_TABLES[1:]:
         cache.add_rows(table, [], last=True)
     assert cache.ready and cache.in_flight() == 0
@@ -494,3 +520,38 @@ def test_digest_scan_speed(tmp_path: Path) -> None:
     finally:
         local.close()
         db.close()
+
+
+def test_routine_sessions_list_only_buckets_left_quiet_since_their_first_round(cluster: Cluster) -> None:
+    def settled() -> bool:
+        return all(s.anti_entropy is not None and s.anti_entropy.cache.ready and not s.anti_entropy._sessions
+                   and s.anti_entropy.last_results for s in cluster.services.values())
+
+    cluster.run_until(settled, "the sessions every core starts with")
+    _mark(cluster, "core3", "dead")  # to core1 and core2 only: core3 runs on, with no reason to compare
+    keys = [b"q%d" % i for i in range(5)]
+    assert len({bucket_of(k) for k in keys}) == 5
+    for key in keys:
+        assert cluster.put("core1", key, b"v").ok
+    for core in ("core1", "core2"):
+        cluster.services[core].async_drop_hints("core3")
+    cluster.run_until(lambda: all(not cluster.locals[c].hints_for("core3") for c in ("core1", "core2")), "no hints")
+    for membership in cluster.memberships.values():
+        membership.states["core3"] = "alive"  # no rejoin session: only the routine one below
+    time.sleep(1.1)  # routine sessions leave younger rows to the write path
+    anti_entropy = cluster.services["core1"].anti_entropy
+    assert anti_entropy is not None
+    cluster.run_until(settled, "earlier sessions")
+    assert cluster.rows("core3") == {}
+    session = anti_entropy._start("core3", time.monotonic(), routine=True)
+    cluster.run_until(lambda: session.state == "recheck", "the first round")
+    assert session.first_diff == {TABLE: sorted(bucket_of(k) for k in keys)}
+    # A write lands in the first key's bucket meanwhile (the write path delivers it to core3 too).
+    assert cluster.put("core1", keys[0], b"newer").ok
+    results: list[SessionResult] = []
+    session.waiters.append(results.append)
+    cluster.run_until(lambda: results, "the session")
+    result = results[0]
+    assert (result.code, result.buckets, result.pushed) == ("ok", 4, 4)
+    assert {k: item.value for k, item in cluster.rows("core3").items()} == {
+        keys[0]: b"newer", **{k: b"v" for k in keys[1:]}}

@@ -190,6 +190,22 @@ def test_next_deadline_tracks_the_earliest_live_timer() -> None:
     assert coord.next_deadline() is None
 
 
+def test_timers_fire_in_deadline_order_across_timeouts_and_lingers_even_if_now_goes_back() -> None:
+    coord = make(hint_linger_s=0.5)
+    put(coord, req=1, now=5.0)  # times out at 7.0
+    put(coord, req=2, now=1.0)  # a caller's clock went back: times out at 3.0
+    put(coord, req=3, now=2.0)  # answered at 2.1: lingers until 2.6
+    coord.on_write_ack("core1", 3, "ok", 2.1)
+    coord.on_write_ack("core2", 3, "ok", 2.1)
+    assert coord.next_deadline() == pytest.approx(2.6)
+    step = coord.tick(3.0)
+    assert [o.node for o in step.outbound] == ["core1"]  # req 3's hint for core3, then req 2 times out
+    assert [d.req for d in step.done] == [2]
+    assert coord.next_deadline() == 7.0
+    assert [d.req for d in coord.tick(7.0).done] == [1]
+    assert coord.pending() == 0
+
+
 def test_timeout_is_unavailable_and_says_the_write_may_have_happened() -> None:
     coord = make()
     put(coord, now=5.0)
@@ -624,3 +640,16 @@ def test_replicas_refusing_for_a_full_inbox_fail_the_write_with_inbox_full() -> 
     coordinator.on_write_ack("a", 1, "inbox_full", 0.0)
     step = coordinator.on_write_ack("b", 1, "inbox_full", 0.0)
     assert [(d.ok, d.code) for d in step.done] == [(False, "inbox_full")]
+
+
+def test_done_details_made_on_first_read_and_done_is_immutable() -> None:
+    coord = make()
+    put(coord)
+    coord.on_write_ack("core1", 1, "ok", 0.1)
+    done = the_done(coord.on_write_ack("core2", 1, "ok", 0.1))
+    assert done.detail == "stored on core1, core2 (2 of 2 required acks, quorum)" == done.detail
+    assert done == Done(1, True, "ok", "stored on core1, core2 (2 of 2 required acks, quorum)",
+                        acked_by=("core1", "core2"))
+    assert "stored on core1" in repr(done)
+    with pytest.raises(AttributeError):
+        done.ok = False  # type: ignore[misc]

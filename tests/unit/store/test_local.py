@@ -450,6 +450,25 @@ def test_scan_is_in_key_order_with_prefix_cursor_and_limit(store: tuple[LocalSto
     assert keys(local.scan(TABLE, b"zed")) == []
 
 
+def test_partition_counts_are_kept_for_the_most_recently_asked_partitions(
+    store: tuple[LocalStore, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import iris_mesh.store._local as local_module
+
+    monkeypatch.setattr(local_module, "_COUNTED_PARTITIONS", 2)
+    local, engine = store
+    for user in (b"ann", b"bob", b"cat"):
+        local.async_apply(TABLE, user + b"\x00001", v(1))
+    engine.turn_until(lambda: local.stats()["pending"] == 0, "commit")
+    assert [local.live_in_partition(TABLE, u) for u in (b"ann", b"bob", b"ann", b"cat")] == [1, 1, 1, 1]
+    assert len(local._partition_live) == 2  # bob, the least recently asked, was dropped
+    local.async_apply(TABLE, b"ann\x00002", v(1))  # kept current while counted
+    local.async_apply(TABLE, b"bob\x00002", v(1))
+    assert local.live_in_partition(TABLE, b"ann") == 2
+    engine.turn_until(lambda: local.stats()["pending"] == 0, "commit")
+    assert local.live_in_partition(TABLE, b"bob") == 2  # counted again from disk
+
+
 def test_writes_are_refused_after_close_and_for_unknown_tables(store: tuple[LocalStore, Engine]) -> None:
     local, _ = store
     with pytest.raises(ValueError):
