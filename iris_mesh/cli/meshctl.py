@@ -44,9 +44,19 @@ class Target:
         self.args = args
         self.keys = cluster_keys(_read_cookie(args.cookie_file))
         self.timeout_s: float = args.timeout
+        self._endpoints: list[tuple[str, str]] | None = None
 
     def endpoints(self) -> list[tuple[str, str]]:
-        """(name, admin endpoint) of every node to ask; raises CtlError if there is none."""
+        """(name, admin endpoint) of every node to ask (found once per run); raises CtlError if there is none."""
+        if self._endpoints is None:
+            self._endpoints = self._find_endpoints()
+        return self._endpoints
+
+    def rediscover(self) -> None:
+        """Forget the nodes found so far (for commands that poll while nodes come and go)."""
+        self._endpoints = None
+
+    def _find_endpoints(self) -> list[tuple[str, str]]:
         if self.args.node:
             return [(self.args.node, _endpoint(self.args.node))]
         cards = self.browse()
@@ -232,6 +242,7 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
     last_print = 0.0
     while True:
         try:
+            target.rediscover()
             problem, seen = _mesh_problem(target, args.expect)
         except CtlError as exc:
             if "authentication failed" in str(exc):
@@ -328,12 +339,23 @@ def cmd_get(target: Target, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _admin_of(target: Target, name: str) -> str:
+    return dict(target.endpoints()).get(name) or target.endpoints()[0][1]
+
+
 def cmd_tables(target: Target, args: argparse.Namespace) -> int:
     results = target.each("tables")
     cores = [(name, r) for name, r in results if isinstance(r, dict) and r.get("ok") and r["role"] == "core"]
     failed = [name for name, r in results if isinstance(r, AdminError) or not r.get("ok")]
     if not cores:
         raise CtlError("no core answered: " + ", ".join(failed))
+    # A dead core is not found by mDNS at all: name every expected core that did not answer.
+    try:
+        expected = target.request(_admin_of(target, cores[0][0]), "status")["status"]["expected"]
+    except (AdminError, KeyError):
+        expected = []
+    answered = {r["node"] for _, r in cores}
+    failed = sorted(set(failed) | (set(expected) - answered))
     tables = sorted({t for _, r in cores for t in r["tables"]})
     rows = [["TABLE", *[r["node"] for _, r in cores]]]
     for table in tables:
@@ -435,7 +457,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Inspect and operate an iris_mesh cluster. Exit: 0 ok, 1 check failed, 2 cannot reach.",
         parents=[common],
     )
-    parser.add_argument("--cluster", default="iris", help="cluster name to find by mDNS (default: iris)")
+    parser.add_argument("--cluster", default=os.environ.get("IRIS_MESH_CLUSTER", "iris"),
+                        help="cluster name to find by mDNS (default: $IRIS_MESH_CLUSTER, else iris)")
     parser.add_argument("--node", help="HOST:PORT of a node's admin port (skips mDNS)")
     parser.add_argument("--cookie-file", help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
     parser.add_argument("--mdns-interface", action="append", help="address to run mDNS on (default: 127.0.0.1)")
