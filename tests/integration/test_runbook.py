@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ NODES = ("core1", "core2", "core3", "edge1", "edge2")
 SCENARIOS = ("Single edge failure", "Single core failure", "Network partition", "Complete cluster failure",
              "Regional failover", "CP mode")
 COMMAND_TIMEOUT_S = 60.0
+_retry_pause = threading.Event().wait  # between tries of a step that needs time to settle, not a fixed sleep
 
 EXPECT = re.compile(r'^(?P<cmd>.+?)\s+# expect: exit=(?P<exit>\d+) match="(?P<match>[^"]*)"(?: within=(?P<within>\d+(?:\.\d+)?))?$')
 DRILL = re.compile(r"^<!-- drill: (?P<action>kill|freeze|thaw) (?P<nodes>[a-z0-9 ]+) -->$")
@@ -160,7 +162,7 @@ class Project:
                 pytest.fail(f"{step}\n  expected exit={step.exit_code} and output matching {step.match!r}"
                             f"{f' within {step.within_s:g}s' if step.within_s else ''}\n"
                             f"  got exit={code}, output:\n{out}")
-            time.sleep(1.0)
+            _retry_pause(1.0)
 
     def teardown(self) -> list[int]:
         """`make stop`, then make sure nothing this test started is left; returns the pids it had to kill."""

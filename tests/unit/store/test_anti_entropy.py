@@ -298,12 +298,14 @@ class Cluster:
         self.locals = {c: LocalStore(db, post=self.mailbox.append) for c, db in zip(cores, self.dbs)}
         placement = Placement(replication_factor=3)
         self.services: dict[str, StoreService] = {}
+        self.wall_offset_ms = 0  # tests move the wall clock forward instead of sleeping
         for core in cores:
             service = StoreService(
                 node_id=core, local=self.locals[core],
                 coordinator=QuorumCoordinator(replication_factor=3, timeout_s=2.0),
                 clock=HybridClock(core), replicas_for=lambda key: placement.replicas(key, cores),
-                membership=self.memberships[core], wall_ms=lambda: time.time_ns() // 1_000_000,
+                membership=self.memberships[core],
+                wall_ms=lambda: time.time_ns() // 1_000_000 + self.wall_offset_ms,
                 anti_entropy_interval_s=interval_s, tombstone_grace_s=grace_s,
             )
             service.async_attach(_Link(self, core))
@@ -538,7 +540,7 @@ def test_routine_sessions_list_only_buckets_left_quiet_since_their_first_round(c
     cluster.run_until(lambda: all(not cluster.locals[c].hints_for("core3") for c in ("core1", "core2")), "no hints")
     for membership in cluster.memberships.values():
         membership.states["core3"] = "alive"  # no rejoin session: only the routine one below
-    time.sleep(1.1)  # routine sessions leave younger rows to the write path
+    cluster.wall_offset_ms += 1100  # routine sessions leave rows younger than a second to the write path
     anti_entropy = cluster.services["core1"].anti_entropy
     assert anti_entropy is not None
     cluster.run_until(settled, "earlier sessions")
