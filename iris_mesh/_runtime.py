@@ -11,7 +11,7 @@ from loguru import logger
 from iris_mesh.membership import MembershipService, Placement
 from iris_mesh.messaging import EdgeService
 from iris_mesh.sockets import AdminRequest, Engine
-from iris_mesh.store import StoreAdmin, StoreService, partition_key
+from iris_mesh.store import CLOCK_SAVE_INTERVAL_S, StoreAdmin, StoreService, partition_key
 
 __all__ = ["NodeRuntime"]
 
@@ -42,7 +42,10 @@ class NodeRuntime:
         store_admin: StoreAdmin,
         edge: EdgeService | None,
         started_at: float,
+        clock_saver: Callable[[], None] | None = None,
     ) -> None:
+        self._clock_saver = clock_saver
+        self._next_clock_save = 0.0
         self.membership = membership
         self.placement = placement
         self.store = store
@@ -133,6 +136,10 @@ class NodeRuntime:
                     ping.request.reply(
                         {"ok": False, "error": "pang", "detail": f"no answer from {ping.node_id} within {_PING_TIMEOUT_S} s"}
                     )
+        if self._clock_saver is not None and now >= self._next_clock_save:
+            # So that a restart never makes versions older than ones this node already made.
+            self._next_clock_save = now + CLOCK_SAVE_INTERVAL_S
+            self._clock_saver()
         store_wait_s = self.store.async_tick(now)
         if self.edge is not None:
             self.edge.async_tick(now)
@@ -140,6 +147,8 @@ class NodeRuntime:
         return wait_s if store_wait_s is None else min(wait_s, store_wait_s)
 
     def async_on_stop(self, now: float) -> None:
+        if self._clock_saver is not None:
+            self._clock_saver()
         if self.store.local is not None:
             self.store.local.close()
         logger.info("node {} stopped", self.membership.card.node_id)

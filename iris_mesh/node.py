@@ -112,7 +112,7 @@ class Node:
                 read_quorum=config.read_quorum or None,
                 timeout_s=config.store_timeout_s,
             ),
-            clock=HybridClock(config.node_id),
+            clock=HybridClock(config.node_id, meta.clock_floor()),
             replicas_for=lambda key: placement.replicas(partition_key(key), membership.guard.expected_cores),
             membership=membership,
             wall_ms=lambda: time.time_ns() // 1_000_000,
@@ -142,6 +142,7 @@ class Node:
                 ),
             )
         self.runtime = NodeRuntime(
+            clock_saver=lambda: meta.save_clock(store.clock.last_hlc),
             membership=membership,
             placement=placement,
             store=store,

@@ -8,12 +8,13 @@ from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._keys import compose, partition_key
-from iris_mesh.store._meta import NodeMeta
+from iris_mesh.store._meta import CLOCK_SAVE_INTERVAL_S, NodeMeta
 from iris_mesh.store._scan import QuorumScanner, ScanDone
 from iris_mesh.store._service import USER_TABLES, StoreService
 from iris_mesh.store._versioned import HybridClock, Version, Versioned
 
 __all__ = [
+    "CLOCK_SAVE_INTERVAL_S",
     "DURABILITIES",
     "Database",
     "Done",

@@ -6,11 +6,16 @@ import json
 
 from iris_mesh.store._db import Database, StoreError
 
-__all__ = ["NodeMeta"]
+__all__ = ["NodeMeta", "CLOCK_SAVE_INTERVAL_S"]
 
 _INCARNATION = b"incarnation"
 _NODE_ID = b"node_id"
 _EXPECTED_PREFIX = b"expected_cores\x00"
+_LAST_HLC = b"last_hlc"
+# A restarted node's clock starts this far (in HLC units: ms << 16) above the last reading it
+# saved: the node saves its clock every CLOCK_SAVE_INTERVAL_S, so this covers what it read since.
+CLOCK_SAVE_INTERVAL_S = 0.5
+_HLC_RESTART_MARGIN = 2_000 << 16
 
 
 class NodeMeta:
@@ -37,6 +42,15 @@ class NodeMeta:
         incarnation = (int.from_bytes(raw, "big") if raw else 0) + 1
         self._db.put_synced("meta", _INCARNATION, incarnation.to_bytes(8, "big"))
         return incarnation
+
+    def clock_floor(self) -> int:
+        """An HLC reading above every version this node made before it stopped (0 on first start)."""
+        raw = self._db.get("meta", _LAST_HLC)
+        return int.from_bytes(raw, "big") + _HLC_RESTART_MARGIN if raw else 0
+
+    def save_clock(self, hlc: int) -> None:
+        """Remember the clock's reading (not fsync'd: survives a process kill; the margin covers the rest)."""
+        self._db.write([("meta", _LAST_HLC, hlc.to_bytes(8, "big"))])
 
     def expected_cores(self, region: str) -> list[str]:
         raw = self._db.get("meta", _EXPECTED_PREFIX + region.encode())
