@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Callable
@@ -18,6 +15,7 @@ from iris_mesh.store._backup import checkpoint, restore
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._versioned import Version, Versioned
+from support.store_holder import held_by_another_process
 from support.waiting import wait_until
 
 
@@ -171,29 +169,9 @@ def test_restore_refuses_while_the_database_is_open(tmp_path: Path) -> None:
         assert db.get("offline_msg", b"b") is not None
     finally:
         db.close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(
-            """
-            import sys
-            from pathlib import Path
-            from iris_mesh.store._db import Database
-            db = Database(Path(sys.argv[1]))
-            print("open", flush=True)
-            sys.stdin.read()
-            db.close()
-            """
-        ), str(data)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+    with held_by_another_process(data):
         with pytest.raises(StoreError, match="in use by another process"):
             restore(backup, data)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        assert holder.wait(30) == 0
     assert [k for k, _ in dump(data)["offline_msg"]] == [b"a", b"b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from rocksdict import Options, Rdict
 
 from iris_mesh.store._db import TABLES, Database, StoreError, held_by_this_process
+from support.store_holder import held_by_another_process
 
 
 def tree(path: Path) -> dict[str, tuple[int, int, str]]:
@@ -117,27 +115,7 @@ def test_a_database_in_use_is_refused(tmp_path: Path) -> None:
             Database(path)
     finally:
         db.close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(
-            """
-            import sys
-            from pathlib import Path
-            from iris_mesh.store._db import Database
-            db = Database(Path(sys.argv[1]))
-            print("open", flush=True)
-            sys.stdin.read()
-            db.close()
-            """
-        ), str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+    with held_by_another_process(path):
         with pytest.raises(StoreError, match="in use by another process"):
             Database(path)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        assert holder.wait(30) == 0
     Database(path).close()
