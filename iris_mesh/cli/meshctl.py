@@ -45,21 +45,33 @@ class Target:
         self.keys = cluster_keys(_read_cookie(args.cookie_file))
         self.timeout_s: float = args.timeout
         self._endpoints: list[tuple[str, str]] | None = None
+        self._every_node = False
+        self.expect: int | None = None  # how many nodes to wait for, when the command knows (mesh --expect)
 
-    def endpoints(self) -> list[tuple[str, str]]:
-        """(name, admin endpoint) of every node to ask (found once per run); raises CtlError if there is none."""
-        if self._endpoints is None:
-            self._endpoints = self._find_endpoints()
+    def endpoints(self, *, every_node: bool = True) -> list[tuple[str, str]]:
+        """(name, admin endpoint) of the nodes to ask (found once per run); raises CtlError if there is none.
+
+        With `every_node` False one answering node is enough, so mDNS stops
+        listening at the first answer instead of waiting out --mdns-timeout.
+        """
+        if self._endpoints is None or (every_node and not self._every_node):
+            self._endpoints = self._find_endpoints(every_node)
+            self._every_node = every_node
         return self._endpoints
 
     def rediscover(self) -> None:
         """Forget the nodes found so far (for commands that poll while nodes come and go)."""
         self._endpoints = None
 
-    def _find_endpoints(self) -> list[tuple[str, str]]:
+    def _find_endpoints(self, every_node: bool) -> list[tuple[str, str]]:
         if self.args.node:
             return [(self.args.node, _endpoint(self.args.node))]
-        cards = self.browse()
+        deadline = time.monotonic() + self.args.mdns_timeout
+        cards = self.browse(want=self.expect or 1, timeout_s=self.args.mdns_timeout)
+        if every_node and cards and self.expect is None:
+            alive = self._alive_count(cards)
+            if alive is None or alive > len(cards):
+                cards = self.browse(want=alive, timeout_s=deadline - time.monotonic())
         if not cards:
             raise CtlError(
                 f"no node of cluster {self.args.cluster!r} answered mDNS on "
@@ -69,8 +81,21 @@ class Target:
         cards.sort(key=lambda c: (c.role != "core", c.node_id))
         return [(c.node_id, c.admin_endpoint) for c in cards]
 
-    def browse(self) -> list[PeerCard]:
-        cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface, timeout_s=self.args.mdns_timeout)
+    def _alive_count(self, cards: list[PeerCard]) -> int | None:
+        """How many nodes (itself included) the first answering node sees alive; None if none answers."""
+        for card in sorted(cards, key=lambda c: (c.role != "core", c.node_id)):
+            try:
+                reply = self.request(card.admin_endpoint, "nodes")
+            except AdminError:
+                continue
+            if reply.get("ok"):
+                return sum(1 for row in reply["nodes"] if row.get("state") == "alive")
+        return None
+
+    def browse(self, *, want: int | None = None, timeout_s: float | None = None) -> list[PeerCard]:
+        """This cluster's cards (newest incarnation per node, our cookie only), as soon as `want` are seen."""
+        wait_s = self.args.mdns_timeout if timeout_s is None else max(0.0, timeout_s)
+        cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface, timeout_s=wait_s, want=want)
         newest: dict[str, PeerCard] = {}
         for card in cards:
             if card.key_fp != self.keys.fingerprint:
@@ -85,15 +110,20 @@ class Target:
         return reply
 
     def first(self, op: str, **fields: Any) -> tuple[str, dict[str, Any]]:
-        """Ask the first node that answers; auth failures end the command at once."""
-        errors = []
-        for name, endpoint in self.endpoints():
-            try:
-                return name, self.request(endpoint, op, **fields)
-            except AdminError as exc:
-                if exc.code == "auth_failed":
-                    raise CtlError(str(exc)) from None
-                errors.append(f"{name}: {exc}")
+        """Ask the first node that answers (then the others, once all are found); auth failures end the command."""
+        errors: list[str] = []
+        tried: set[str] = set()
+        for every_node in (False, True):
+            for name, endpoint in self.endpoints(every_node=every_node):
+                if name in tried:
+                    continue
+                tried.add(name)
+                try:
+                    return name, self.request(endpoint, op, **fields)
+                except AdminError as exc:
+                    if exc.code == "auth_failed":
+                        raise CtlError(str(exc)) from None
+                    errors.append(f"{name}: {exc}")
         raise CtlError("no node answered: " + "; ".join(errors))
 
     def each(self, op: str, timeout_s: float | None = None, **fields: Any) -> list[tuple[str, dict[str, Any] | AdminError]]:
@@ -238,6 +268,7 @@ def cmd_forget(target: Target, args: argparse.Namespace) -> int:
 def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
     """Wait until `--expect` nodes are found and every one sees every other alive."""
     deadline = time.monotonic() + args.wait
+    target.expect = args.expect
     last_problem = "nothing checked yet"
     last_print = 0.0
     while True:
@@ -389,10 +420,10 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
     if args.node:
         endpoint = _endpoint(args.node)  # the node refuses (wrong_node) if it is not node_id
     else:
-        card = next((c for c in target.browse() if c.node_id == node_id), None)
-        if card is None:
+        found = dict(target.endpoints())
+        if node_id not in found:
             raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s (is it running? use --node)")
-        endpoint = card.admin_endpoint
+        endpoint = found[node_id]
     try:
         reply = target.request(endpoint, "resync", timeout_s=args.wait + 5.0, node=node_id, wait_s=args.wait)
     except AdminError as exc:
