@@ -13,12 +13,14 @@ its message id for life: retries and the resends after a failover reuse it
   paces them at `send_rate_per_s` with `send_burst` (more would get
   `rate_limited`). Avoiding these errors matters for order: an error makes a
   message come later than the ones pipelined behind it.
-- **Retries keep a lane's order as far as the client can.** A retryable
-  error puts the send back at its place in the lane, holds the lane until the
-  backoff (or the server's `retry_after`) has passed, and then lets only one
-  send of that lane fly at a time until one gets `sent`. Sends already in
-  flight when the error came may still overtake it: that is the price of
-  pipelining, and why the flow control above tries hard never to get here.
+- **Retries keep a lane's order.** A retryable error puts the send back at
+  its place in the lane, holds the lane until the backoff (or the server's
+  `retry_after`) has passed, and then lets only one send of that lane fly at
+  a time until one gets `sent`. The sends already in flight behind it do not
+  overtake it: the edge refuses them with the same code until it comes again,
+  so they come back here too and line up behind it. Each refusal costs a
+  round trip and a backoff, which is why the flow control above tries hard
+  never to get here.
 - **Deadlines.** A send not confirmed within `send_timeout_s` of submission
   is given up (`timeout`, or the last retryable error if it had one).
 """

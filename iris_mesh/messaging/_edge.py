@@ -2,7 +2,9 @@
 
 A send from user A to user B, accepted on A's edge (the origin):
 1. Sends of one (A, B) pair are handled one at a time, in arrival order, so
-   B sees them in send order whatever path each takes.
+   B sees them in send order whatever path each takes. A send refused with a
+   retryable error puts a hold on its session's later sends to B until it is
+   sent again, so none of them overtakes it (Session.hold).
 2. The origin looks up B's presence (cached briefly). If B has sessions on
    some edges, it offers the message to them (`mdeliver`); the first edge whose
    session acks it answers `mdelivered`, and A gets `sent{delivered}`.
@@ -46,6 +48,7 @@ from iris_mesh.messaging._inbox import (
     presence_prefix,
 )
 from iris_mesh.messaging._protocol import (
+    RETRYABLE_ERROR_CODES,
     AckRequest,
     Delivery,
     HelloRequest,
@@ -239,7 +242,15 @@ class EdgeService:
         if inflight is not None:
             inflight.waiters.append((session.route, request.cid))
             return
+        hold = session.held(request.to, request.id, now)
+        if hold is not None:
+            self.counters["send_held"] += 1
+            self._to_client(session.route, build_error(hold.code, (
+                f"an earlier message to {request.to} was refused ({hold.code}); it goes first: send it again"),
+                cid=request.cid))
+            return
         if session.pending_sends >= self._limits.max_pending_deliveries:
+            session.hold(request.to, request.id, "too_many_pending", now)
             self._to_client(session.route, build_error(
                 "too_many_pending", f"{session.pending_sends} sends are waiting for their answer", cid=request.cid))
             return
@@ -248,6 +259,7 @@ class EdgeService:
             limiter = self._rates[sender] = RateLimiter(self._limits.send_rate_per_s, self._limits.send_burst)
         wait = limiter.try_take(now)
         if wait > 0:
+            session.hold(request.to, request.id, "rate_limited", now)
             self._to_client(session.route, build_error(
                 "rate_limited", f"{sender} sends faster than {self._limits.send_rate_per_s}/s",
                 cid=request.cid, retry_after_s=wait))
@@ -291,8 +303,10 @@ class EdgeService:
 
         def stored(result: Any) -> None:
             if result.ok:
-                self._finish(send, "stored", self._now)
+                # Announce first: _finish starts the pair's next message, which must find the
+                # recipient's sessions owed this one, or it could go live and overtake it.
                 self._announce_inbox(send.to, self._now)
+                self._finish(send, "stored", self._now)
             else:
                 self._fail_pair(send, result.code, result.detail)
 
@@ -325,6 +339,8 @@ class EdgeService:
                 session = self.sessions.get(route)
                 if session is not None:
                     session.pending_sends = max(0, session.pending_sends - 1)
+                    if code in RETRYABLE_ERROR_CODES:
+                        session.hold(failed.to, failed.id, code, self._now)
                     self._to_client(route, build_error(code, f"message not stored: {detail}", cid=cid))
         self.counters[f"send_failed_{code}"] += len(queue)
 

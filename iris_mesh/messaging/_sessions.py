@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["Session", "SessionTable", "Outstanding"]
+__all__ = ["HOLD_MAX_S", "Hold", "Session", "SessionTable", "Outstanding"]
+
+# A hold ends when its head is sent again, or after this long: a client resends a send that failed
+# retryably within its backoff (the Python SDK: retry_max_s, 2 s by default), or has given up on it.
+HOLD_MAX_S = 10.0
 
 
 @dataclass(slots=True)
@@ -15,6 +19,15 @@ class Outstanding:
     live: bool
     origin: str | None
     sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Sends to one recipient wait behind `head`, refused at `since` with the retryable `code`."""
+
+    head: bytes
+    code: str
+    since: float
 
 
 @dataclass(slots=True)
@@ -30,10 +43,32 @@ class Session:
     push_paused: bool = False  # the push waits for acks to make room
     rescan: bool = False
     outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)  # recipient -> hold
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+    def hold(self, to: str, head: bytes, code: str, now: float) -> None:
+        """A send to `to` was refused with a retryable code: this session's later sends to `to` must wait for it.
+
+        Sends the client pipelined behind the refused one are already on their
+        way; were they accepted, they would overtake it when it is retried. An
+        existing, unexpired hold keeps its (earlier) head.
+        """
+        current = self.holds.get(to)
+        if current is None or now - current.since > HOLD_MAX_S:
+            self.holds[to] = Hold(head, code, now)
+
+    def held(self, to: str, msg_id: bytes, now: float) -> Hold | None:
+        """The hold a send of `msg_id` to `to` is refused by, or None; the head's resend lifts the hold."""
+        current = self.holds.get(to)
+        if current is None:
+            return None
+        if msg_id == current.head or now - current.since > HOLD_MAX_S:
+            del self.holds[to]
+            return None
+        return current
 
 
 class SessionTable:

@@ -20,7 +20,9 @@ goes to ``var/chaos/report.json``:
 - ``delivered_unacked``: ids received whose send was not acked (allowed:
   "unavailable" means the write may or may not have happened).
 - ``availability``: per 1-second window of attempt time, the share of sends
-  acked, with ``overall`` and ``worst_window``.
+  acked, with ``overall`` and ``worst_window``; ``ack_latency_s`` how long
+  the acked ones waited (the SDK resends through faults, so a send may be
+  acked late rather than fail).
 - ``faults``: the nemesis's schedule, seconds from the start.
 - ``windows``: per window, attempts / acked / failed / received, for the
   timeline.
@@ -118,6 +120,7 @@ def check(
         "duplicated": sum(count - 1 for count in receipt_counts.values()),
         "out_of_order": _out_of_order(receipts),
         "availability": _availability(attempts, started_at, window_s),
+        "ack_latency_s": _latency([a.acked_t - a.t for a in attempts if a.acked_t is not None]),
         "faults": [
             {"kind": f.kind, "targets": list(f.targets), "start_s": round(f.start - started_at, 3),
              "end_s": None if f.end is None else round(f.end - started_at, 3)}
@@ -147,6 +150,18 @@ def _out_of_order(receipts: Iterable[Receipt]) -> int:
             backwards += 1
         last_seq[stream] = receipt.seq
     return backwards
+
+
+def _latency(samples: list[float]) -> dict[str, float] | None:
+    """p50 / p99 / max (nearest rank) of the seconds from attempt to ack."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+
+    def rank(p: float) -> float:
+        return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)], 3)
+
+    return {"p50": rank(0.5), "p99": rank(0.99), "max": round(ordered[-1], 3)}
 
 
 def _window_index(t: float, started_at: float, window_s: float) -> int:

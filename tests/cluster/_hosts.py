@@ -8,6 +8,12 @@
     im4242c1h1   host namespace: lo, eth0 = 10.A.B.1/24, 224.0.0.0/4 dev eth0
     im4242c1h2   ... 10.A.B.2/24, and so on; A.B is chosen per set.
 
+``partition([[h1, h2], [h3]])`` splits the hosts into groups that exchange no
+frame at all (unicast, broadcast, mDNS multicast): every group but the first
+gets a bridge of its own in the switch namespace (``brp1``, ``brp2``, ...,
+made like br0) and its hosts' ports move there. ``heal()`` moves every port
+back to br0 and deletes those bridges, which is the state the set was made in.
+
 Nothing is created in the root namespace: each veth pair is created with its
 two ends directly inside their namespaces, and no namespace has a default
 route, so traffic can only reach the other hosts of the same set.
@@ -58,6 +64,7 @@ T = TypeVar("T")
 NAME_RE = re.compile(r"^im(?P<pid>[1-9][0-9]*)c(?P<set>[1-9][0-9]*)(?:s|h[1-9][0-9]*)$")
 IFNAME_MAX_CHARS = 15  # IFNAMSIZ - 1; the bridge ports are named like the hosts
 BRIDGE = "br0"
+PARTITION_BRIDGE_PREFIX = "brp"  # brp1, brp2, ...: one per partition group after the first
 HOST_IFACE = "eth0"
 MULTICAST_NET = "224.0.0.0/4"
 MAX_HOSTS = 99
@@ -152,13 +159,20 @@ def _ip_binary() -> str | None:
     return None
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _ip(*args: str, check: bool = True, batch: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `ip ARGS`; with `batch`, `ip ARGS -batch -` reading those commands (one per line) from stdin."""
     ip = _ip_binary()
     if ip is None:
         raise HostsUnavailable("the `ip` command (iproute2) is not installed")
     cmd = [ip, *args]
+    if batch is not None:
+        cmd += ["-batch", "-"]
     done = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=IP_COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=IP_COMMAND_TIMEOUT_S,
+        **({"input": batch} if batch is not None else {"stdin": subprocess.DEVNULL}),
     )
     if check and done.returncode != 0:
         raise CommandFailed("the root namespace", done.returncode, cmd, done.stdout, done.stderr)
@@ -279,8 +293,9 @@ def _delete_set(namespaces: Sequence[str], grace_s: float) -> list[str]:
             continue
         # Deleting a namespace frees its links only later (asynchronously),
         # so remove them explicitly: the other veth end goes with eth0.
-        iface = BRIDGE if name.endswith("s") else HOST_IFACE
-        _ip("-n", name, "link", "del", iface, check=False)
+        ifaces = _bridges_in(name) if name.endswith("s") else [HOST_IFACE]
+        for iface in ifaces:
+            _ip("-n", name, "link", "del", iface, check=False)
         done = _ip("netns", "del", name, check=False)
         if done.returncode != 0:
             errors.append(f"ip netns del {name}: {done.stderr.strip()}")
@@ -288,6 +303,16 @@ def _delete_set(namespaces: Sequence[str], grace_s: float) -> list[str]:
     if left:
         errors.append(f"namespaces still present after delete: {sorted(left)}")
     return errors
+
+
+def _bridges_in(name: str) -> list[str]:
+    """Every bridge in namespace `name` (br0 and any partition bridges); just br0 if they cannot be listed."""
+    done = _ip("-j", "-n", name, "link", "show", "type", "bridge", check=False)
+    try:
+        links = json.loads(done.stdout) if done.returncode == 0 else []
+    except ValueError:
+        links = []
+    return [str(link["ifname"]) for link in links] or [BRIDGE]
 
 
 def sweep_stale_namespaces() -> list[str]:
@@ -425,6 +450,8 @@ class TestHosts:
         self._procs: list[subprocess.Popen[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._cut: set[str] = set()  # names of hosts whose port is down (cut)
+        self._group_bridges: list[str] = []  # partition bridges that exist now
 
     def __repr__(self) -> str:
         return f"TestHosts({self.switch}, {self.subnet}, {[h.name for h in self.hosts]})"
@@ -519,13 +546,96 @@ class TestHosts:
         """Cut `host` off from every other host, both directions (its bridge port goes down)."""
         self._check_member(host)
         _ip("-n", self.switch, "link", "set", host.port, "down")
+        self._cut.add(host.name)
         self._wait_link(host, up=False)
 
     def restore(self, host: Host) -> None:
         """Undo cut(`host`): its bridge port comes back up and forwards again."""
         self._check_member(host)
         _ip("-n", self.switch, "link", "set", host.port, "up")
+        self._cut.discard(host.name)
         self._wait_link(host, up=True)
+
+    def partition(self, groups: Sequence[Sequence[Host]]) -> float:
+        """Split the hosts into `groups` that exchange no frame at all; return time.time() of the split.
+
+        Hosts of one group reach each other; hosts of different groups
+        exchange nothing, unicast, broadcast nor multicast (mDNS). Hosts named
+        in no group stay with the first group. A new call replaces the
+        previous partition; heal() undoes it. Every port moves in one `ip
+        -batch` run, within milliseconds; the returned wall-clock time is
+        taken just before it. Raises ValueError for an empty group list, a
+        host named twice, or a host of another set.
+        """
+        if not groups or any(len(group) == 0 for group in groups):
+            raise ValueError(f"partition needs at least one group and no empty group, got {groups!r}")
+        placed: dict[str, int] = {}
+        for index, group in enumerate(groups):
+            for host in group:
+                self._check_member(host)
+                if host.name in placed:
+                    raise ValueError(f"{host!r} is in more than one partition group")
+                placed[host.name] = index
+        wanted = [f"{PARTITION_BRIDGE_PREFIX}{index}" for index in range(1, len(groups))]
+        for bridge in wanted:
+            if bridge not in self._group_bridges:
+                self._add_bridge(bridge)
+        masters = {
+            host.port: BRIDGE if placed.get(host.name, 0) == 0 else f"{PARTITION_BRIDGE_PREFIX}{placed[host.name]}"
+            for host in self.hosts
+        }
+        split_at = self._move_ports(masters)
+        self._drop_bridges(keep=wanted)
+        return split_at
+
+    def heal(self) -> float:
+        """Undo partition(): every port back on br0, the partition bridges deleted; return time.time() of the heal."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        healed_at = self._move_ports({host.port: BRIDGE for host in self.hosts})
+        self._drop_bridges(keep=[])
+        return healed_at
+
+    def switch_layout(self) -> dict[str, dict[str, object]]:
+        """The switch namespace's links: name -> kind, master, admin state and bridge options (for checks)."""
+        links = json.loads(_ip("-j", "-n", self.switch, "-d", "link", "show").stdout)
+        layout: dict[str, dict[str, object]] = {}
+        for link in links:
+            info = link.get("linkinfo", {})
+            data = info.get("info_data", {})
+            layout[str(link["ifname"])] = {
+                "kind": info.get("info_kind"),
+                "master": link.get("master"),
+                "up": "UP" in link.get("flags", []),
+                "mcast_snooping": data.get("mcast_snooping"),
+                "stp_state": data.get("stp_state"),
+            }
+        return layout
+
+    def _add_bridge(self, bridge: str) -> None:
+        # Made like br0: flooding multicast, no STP (a moved port forwards at once).
+        _ip("-n", self.switch, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0", "stp_state", "0")
+        self._group_bridges.append(bridge)
+        _ip("-n", self.switch, "link", "set", bridge, "up")
+
+    def _drop_bridges(self, *, keep: Sequence[str]) -> None:
+        for bridge in [b for b in self._group_bridges if b not in keep]:
+            _ip("-n", self.switch, "link", "del", bridge)
+            self._group_bridges.remove(bridge)
+
+    def _move_ports(self, masters: dict[str, str]) -> float:
+        """Enslave each port to its bridge in one batch; wait until the live ones forward; the time before."""
+        moved_at = time.time()
+        batch = "".join(f"link set {port} master {master}\n" for port, master in masters.items())
+        _ip("-n", self.switch, batch=batch)
+        for host in self.hosts:
+            if host.name not in self._cut:
+                wait_until(
+                    lambda host=host: self._port_state(host) == "forwarding",
+                    LINK_STATE_TIMEOUT_S,
+                    f"{host.name}'s bridge port to forward on {masters[host.port]}",
+                )
+        return moved_at
 
     def _check_member(self, host: Host) -> None:
         if host not in self.hosts:

@@ -27,6 +27,7 @@ def test_a_clean_run_passes_and_counts_every_send() -> None:
     assert (report["attempts"], report["acked"], report["failed"], report["delivered"]) == (6, 5, 1, 5)
     assert report["failed_by_code"] == {"unavailable": 1}
     assert report["delivered_unacked"] == 0
+    assert report["ack_latency_s"] == {"p50": 0.01, "p99": 0.01, "max": 0.01}
 
 
 def test_an_acked_message_that_never_arrives_is_lost() -> None:

@@ -247,6 +247,35 @@ def test_cut_isolates_a_host_both_ways_until_restored(make_hosts):
     assert got == {h3.name: f"GOT {h1.address}"}
 
 
+def test_partition_splits_hosts_into_groups_and_heal_restores_the_switch(make_hosts):
+    hosts = make_hosts(4)
+    h1, h2, h3, h4 = hosts
+    original = hosts.switch_layout()
+    start_greeters(hosts)
+    with pytest.raises(ValueError, match="more than one"):
+        hosts.partition([[h1, h2], [h2]])
+    assert hosts.switch_layout() == original
+
+    hosts.partition([[h1], [h2, h3]])  # h4 is in no group: it stays with h1
+    assert reaches(h1, h4) and reaches(h4, h1), "h4 (in no group) is not with the first group"
+    assert reaches(h2, h3) and reaches(h3, h2), "h2 and h3 (one group) cannot talk"
+    assert unreachable_both_ways(h1, h2), "h1 and h2 (different groups) still talk"
+    assert unreachable_both_ways(h4, h3), "h4 and h3 (different groups) still talk"
+    got = multicast_receivers(h2, [h1, h3, h4], listen_s=1.5)
+    assert got == {h1.name: "NOTHING", h3.name: f"GOT {h2.address}", h4.name: "NOTHING"}, "multicast crossed groups"
+
+    hosts.partition([[h1, h2, h3], [h4]])  # replaces the previous split
+    assert reaches(h1, h2) and reaches(h3, h1), "the new split did not reunite h1, h2 and h3"
+    assert unreachable_both_ways(h4, h1), "h4 alone still talks to h1"
+
+    hosts.heal()
+    assert hosts.switch_layout() == original, "heal() did not restore the switch as it was made"
+    for a, b in ((h1, h4), (h4, h1), (h2, h4), (h4, h3), (h1, h2)):
+        wait_until(lambda a=a, b=b: reaches(a, b), 10.0, f"{a} to reach {b} after heal()")
+    got = multicast_receivers(h4, [h1, h2, h3], listen_s=5.0)
+    assert got == {h.name: f"GOT {h4.address}" for h in (h1, h2, h3)}
+
+
 def _assert_all_gone(names: list[str], pids: list[int]) -> None:
     assert not set(names) & set(netns_list()), f"namespaces left: {set(names) & set(netns_list())}"
     alive = [pid for pid in pids if pid_alive(pid)]

@@ -1,0 +1,189 @@
+"""The chaos run: clients send through every edge while a nemesis breaks nodes and the network.
+
+Three cores and two edges on test hosts, one client host whose users each
+prefer an edge and send to a user on the other edge, continuously. A seeded
+nemesis (_nemesis.py) kills and restarts, pauses and resumes, and cuts off a
+minority, one fault at a time, for CHAOS_SECONDS (60 here; `make chaos`
+runs 600). Then everything heals, the clients stop sending and drain, and the
+checker (_chaos_report.py) judges what they saw as a total queue:
+nothing acked may be lost, nothing unexpected or duplicated may reach an
+application, and each sender -> recipient stream arrives in order.
+
+The report and its picture go to CHAOS_REPORT_DIR (var/chaos for `make
+chaos`; the test's temp dir otherwise): report.json, timeline.png, the
+clients' events (client-events.jsonl) and, when the run fails, every node's log.
+CHAOS_SEED replays a run's fault schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _chaos_report import Attempt, Fault, Receipt, check, passed, plot_timeline
+from _hosts import TestHosts
+from _mesh import ClientDriver, MeshOnHosts
+from _nemesis import Nemesis, plan
+
+SETTLE_S = 240.0  # start, recovery after the last fault and the drain, on top of CHAOS_SECONDS
+
+CORES = ("core1", "core2", "core3")
+EDGES = ("edge1", "edge2")
+USERS = {"ann": "edge1", "ben": "edge2", "cat": "edge1", "dan": "edge2"}  # user -> preferred edge
+FLOWS = (("ann", "ben"), ("ben", "ann"), ("cat", "dan"), ("dan", "cat"))
+RATE_PER_S = 8  # per flow: 32 sends a second in all, leaving the 2 CPUs to the nodes and the faults
+
+DEFAULT_SECONDS = 60.0
+READY_DEADLINE_S = 60.0
+RECOVERY_DEADLINE_S = 60.0
+DRAIN_IDLE_S = 3.0
+DRAIN_TIMEOUT_S = 120.0
+
+
+def _seconds() -> float:
+    raw = os.environ.get("CHAOS_SECONDS", "")
+    try:
+        seconds = float(raw) if raw.strip() else DEFAULT_SECONDS
+    except ValueError:
+        raise pytest.UsageError(f"CHAOS_SECONDS must be a number of seconds, got {raw!r}") from None
+    if seconds < 10:
+        raise pytest.UsageError(f"CHAOS_SECONDS must be at least 10, got {seconds:g}")
+    return seconds
+
+
+def _seconds_or_default() -> float:
+    """For the test's timeout, at import: a bad CHAOS_SECONDS is reported by the test itself."""
+    try:
+        return max(float(os.environ.get("CHAOS_SECONDS") or DEFAULT_SECONDS), DEFAULT_SECONDS)
+    except ValueError:
+        return DEFAULT_SECONDS
+
+
+def _seed() -> int:
+    raw = os.environ.get("CHAOS_SEED", "")
+    try:
+        return int(raw) if raw.strip() else random.SystemRandom().randrange(1, 2**31)
+    except ValueError:
+        raise pytest.UsageError(f"CHAOS_SEED must be an integer, got {raw!r}") from None
+
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(_seconds_or_default() + SETTLE_S)]
+
+
+@pytest.fixture
+def chaos_mesh(netns_ready: None, tmp_path: Path) -> Iterator[MeshOnHosts]:
+    with TestHosts(MeshOnHosts.hosts_needed(len(CORES), len(EDGES), 1)) as hosts:
+        mesh = MeshOnHosts(hosts, tmp_path, cores=CORES, edges=EDGES)
+        try:
+            mesh.start()
+            yield mesh
+        finally:
+            mesh.close()
+
+
+def _say(line: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def _history(events: list[dict[str, Any]]) -> tuple[list[Attempt], list[Receipt]]:
+    """The driver's events as the checker's sends and receipts; a message is (sender, seq), its id once acked."""
+    answers: dict[tuple[str, int], dict[str, Any]] = {}
+    for event in events:
+        if event["ev"] in ("acked", "failed"):
+            answers[(event["user"], event["seq"])] = event
+    attempts = []
+    for event in events:
+        if event["ev"] != "attempt":
+            continue
+        key = (event["user"], event["seq"])
+        answer = answers.get(key, {})
+        acked = answer.get("ev") == "acked"
+        attempts.append(Attempt(
+            sender=event["user"], recipient=event["to"], id=f"{event['user']}#{event['seq']}", seq=event["seq"],
+            t=event["t"], acked_t=answer["t"] if acked else None, status=answer.get("status") if acked else None,
+            error=None if acked else answer.get("code", "no_answer"),
+        ))
+    acked_ids = {(a["user"], a["seq"]): a["id"] for a in answers.values() if a["ev"] == "acked"}
+    receipts = []
+    for event in events:
+        if event["ev"] != "received":
+            continue
+        key = (event["sender"], event["seq"])
+        # A receipt names the message by sender and seq (from its body); its wire id must be the acked one.
+        same_message = key not in acked_ids or acked_ids[key] == event["id"]
+        message = f"{event['sender']}#{event['seq']}" if same_message else f"?{event['id']}"
+        receipts.append(Receipt(event["user"], event["sender"], message, event["seq"], event["t"]))
+    return attempts, receipts
+
+
+def _heal_everything(mesh: MeshOnHosts) -> None:
+    if mesh.partitioned:
+        mesh.heal()
+    for node in mesh.nodes.values():
+        if node.paused:
+            mesh.resume(node.node_id)
+    down = [node_id for node_id, node in mesh.nodes.items() if not node.running]
+    if down:
+        mesh.start(*down)
+    mesh.wait_serving(timeout_s=RECOVERY_DEADLINE_S)
+    mesh.wait_mesh(timeout_s=RECOVERY_DEADLINE_S)
+    mesh.wait_writable(timeout_s=RECOVERY_DEADLINE_S)
+
+
+def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tmp_path: Path) -> None:
+    mesh = chaos_mesh
+    seconds, seed = _seconds(), _seed()
+    report_dir = Path(os.environ.get("CHAOS_REPORT_DIR") or tmp_path / "chaos")
+    steps = plan(seed, seconds, CORES, EDGES)
+    _say(f"seed {seed}, {seconds:g} s, {len(steps)} faults planned; report in {report_dir}")
+    with mesh.explained():
+        mesh.wait_serving()
+        mesh.wait_mesh()
+        mesh.wait_writable()
+        driver: ClientDriver = mesh.start_driver(0, {
+            "users": [{"user": user, "edge": edge} for user, edge in USERS.items()],
+            "flows": [{"from": sender, "to": to, "rate_per_s": RATE_PER_S} for sender, to in FLOWS],
+        })
+        driver.wait_event("ready", READY_DEADLINE_S)
+        nemesis = Nemesis(mesh, steps, everyone=[*CORES, *EDGES], log=_say)
+        driver.command("start")
+        nemesis.start()
+        assert nemesis.started_at is not None
+        try:
+            nemesis.wait_done(seconds + 120.0)
+        finally:
+            nemesis.stop()
+        _say("faults over; healing and draining")
+        _heal_everything(mesh)
+        driver.command("drain", idle_s=DRAIN_IDLE_S, timeout_s=DRAIN_TIMEOUT_S)
+        drained = driver.wait_event("drained", DRAIN_TIMEOUT_S + 30.0)
+
+        attempts, receipts = _history(driver.events())
+        faults: list[Fault] = nemesis.faults
+        report = {"seed": seed, "seconds": seconds, "drained": drained.get("complete"),
+                  **check(attempts, receipts, faults, started_at=nemesis.started_at)}
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_timeline(report, report_dir / "timeline.png")
+        shutil.copyfile(driver.events_path, report_dir / "client-events.jsonl")
+        if not passed(report):
+            for node in mesh.nodes.values():
+                shutil.copyfile(node.log_path, report_dir / f"{node.node_id}.log")
+        headline = {key: report[key] for key in (
+            "attempts", "acked", "delivered", "lost", "unexpected", "duplicated", "out_of_order")}
+        _say(f"{headline}; availability {report['availability']['overall']}; faults {len(faults)}")
+
+        assert drained.get("complete") is True, f"the clients did not drain: {drained}"
+        assert report["acked"] > 0 and report["delivered"] > 0, headline
+        assert passed(report), (
+            f"chaos run with CHAOS_SEED={seed} failed: {headline}, lost ids {report['lost_ids'][:10]}, "
+            f"unexpected {report['unexpected_ids'][:10]} (report: {report_dir / 'report.json'})"
+        )
