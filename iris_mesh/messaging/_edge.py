@@ -17,6 +17,8 @@ An edge declines a live delivery while any session of B may still be owed
 stored messages (it has not synced, or its inbox changed): the message then
 goes to the inbox behind them, which keeps per-sender order across the switch
 between online and offline. A message leaves the inbox only when B acks it.
+Sync, push and deletion of stored messages are InboxFeed's (_inbox_feed.py);
+presence rows and lookups are PresenceBook's (_presence.py).
 
 Mesh frames between edges:
     mdeliver     {id, from, to, ts, body}      offer a live delivery
@@ -34,19 +36,8 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from iris_mesh.messaging._inbox import (
-    StoredMessage,
-    decode_presence,
-    decode_stored,
-    encode_presence,
-    encode_stored,
-    inbox_key,
-    inbox_prefix,
-    message_id_of,
-    stored_version,
-    presence_key,
-    presence_prefix,
-)
+from iris_mesh.messaging._inbox import Store, StoredMessage, encode_stored, inbox_key, stored_version
+from iris_mesh.messaging._inbox_feed import InboxFeed
 from iris_mesh.messaging._protocol import (
     RETRYABLE_ERROR_CODES,
     AckRequest,
@@ -63,14 +54,13 @@ from iris_mesh.messaging._protocol import (
     build_deliver,
     build_error,
     build_hello,
-    build_inbox,
     build_ok,
     build_pong,
-    build_presence,
     build_sent,
     is_valid_user,
     parse_request,
 )
+from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
@@ -78,7 +68,6 @@ from iris_mesh.messaging._tokens import TokenError, verify_token
 __all__ = ["EdgeService", "EdgeSettings"]
 
 _RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this long
-_PRESENCE_TTL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +80,6 @@ class EdgeSettings:
 class Gateway(Protocol):
     def async_send_client(self, route: bytes, frame: dict[str, Any]) -> bool: ...
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
-
-
-class Store(Protocol):
-    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: Callable[[Any], None],
-                  now: float, min_hlc: int = 0, version: Any = None) -> None: ...
-    def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int, on_done: Callable[[Any], None], now: float) -> None: ...
 
 
 class _Send:
@@ -148,9 +131,12 @@ class EdgeService:
         self._inflight: dict[tuple[str, bytes], _Send] = {}
         self._live: dict[tuple[str, bytes], _Send] = {}  # (recipient, id) -> send awaiting a live ack
         self._recent: collections.OrderedDict[tuple[str, bytes], tuple[str, float]] = collections.OrderedDict()
-        self._presence: dict[str, tuple[list[str], float]] = {}
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
+        self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
+                                      now=lambda: self._now, to_client=self._to_client)
+        self._inbox = InboxFeed(store=store, sessions=self.sessions, limits=self._limits, counters=self.counters,
+                                now=lambda: self._now, to_client=self._to_client)
         self._client_ops: dict[type, Callable[[Session, Any, float], None]] = {
             HelloRequest: self._hello,
             LoginRequest: self._login,
@@ -158,8 +144,8 @@ class EdgeService:
             PingRequest: self._ping,
             SendRequest: self._send,
             AckRequest: self._ack,
-            SyncRequest: self._sync,
-            PresenceRequest: self._presence_op,
+            SyncRequest: self._inbox.async_sync,
+            PresenceRequest: self._presence.async_answer,
         }
 
     def async_attach(self, gateway: Gateway) -> None:
@@ -216,7 +202,7 @@ class EdgeService:
         self._to_client(session.route, build_ok(request.cid))
         logger.debug("{} logged in ({} sessions on this edge)", request.user, len(self.sessions.of_user(request.user)))
         if first_here:
-            self._write_presence(request.user, True, now)
+            self._presence.async_write(request.user, True, now)
 
     def _logout(self, session: Session, request: LogoutRequest, now: float) -> None:
         self._to_client(session.route, build_ok(request.cid))
@@ -227,7 +213,7 @@ class EdgeService:
         if session is None or session.user is None:
             return
         if not self.sessions.of_user(session.user):
-            self._write_presence(session.user, False, now)
+            self._presence.async_write(session.user, False, now)
 
     # ---- sending (origin edge) --------------------------------------------------------------
 
@@ -274,7 +260,7 @@ class EdgeService:
             self._start(send, now)
 
     def _start(self, send: _Send, now: float) -> None:
-        self._lookup_presence(send.to, now, lambda edges: self._offer(send, edges, now))
+        self._presence.async_lookup(send.to, now, lambda edges: self._offer(send, edges, now))
 
     def _offer(self, send: _Send, edges: list[str], now: float) -> None:
         if send.done:
@@ -406,7 +392,7 @@ class EdgeService:
         if isinstance(msg.get("id"), bytes) and isinstance(msg.get("to"), str):
             self._declined(msg["src"], msg["id"], msg["to"])
             if msg["src"] != self.node_id:
-                self._presence.pop(msg["to"], None)
+                self._presence.forget(msg["to"])
 
     def _declined(self, edge: str, msg_id: bytes, to: str) -> None:
         send = self._live.get((to, msg_id))
@@ -423,7 +409,7 @@ class EdgeService:
         if send is not None:
             self._finish(send, "delivered", now)
 
-    # ---- acks, sync and push of the inbox -------------------------------------------------------
+    # ---- acks, and news of the inbox --------------------------------------------------------------
 
     def _ack(self, session: Session, request: AckRequest, now: float) -> None:
         assert session.user is not None
@@ -439,154 +425,19 @@ class EdgeService:
                     self._gateway_send(owed.origin, "mdelivered", id=msg_id, to=session.user)
             else:
                 # From the inbox (or an earlier session): it may leave the store now, and only now.
-                self._store.async_put("offline_msg", inbox_key(session.user, msg_id), None, durability="quorum",
-                                      on_done=lambda result: None, now=now, min_hlc=stored_version(msg_id).hlc)
-        if session.push_paused and len(session.outstanding) < self._limits.max_pending_deliveries:
-            session.push_paused = False
-            self._push(session, None, now)
-
-    def _sync(self, session: Session, request: SyncRequest, now: float) -> None:
-        assert session.user is not None
-        user = session.user
-        prefix = inbox_prefix(user)
-        cursor = request.cursor
-        if cursor is not None and not cursor.startswith(prefix):
-            self._to_client(session.route, build_error("bad_request", "cursor does not belong to this inbox", cid=request.cid))
-            return
-
-        def page(result: Any) -> None:
-            live = self.sessions.get(session.route)
-            if live is None:
-                return
-            if not result.ok:
-                self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
-                return
-            msgs = self._deliveries(live, result.items, skip_outstanding=False)
-            if not result.more and not live.pushing and not live.push_paused:
-                live.inbox_clean = True
-            self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
-
-        self._store.async_scan("offline_msg", prefix, start_after=cursor, limit=request.page_size(self._limits),
-                               on_done=page, now=now)
-
-    def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool) -> list[Delivery]:
-        msgs = []
-        for key, item in items:
-            try:
-                stored = decode_stored(item.value)
-            except ValueError:
-                self.counters["corrupt_inbox_rows"] += 1
-                continue
-            msg_id = message_id_of(key)
-            if skip_outstanding and msg_id in session.outstanding:
-                continue  # already in the client's hands, waiting for its ack
-            session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender))
-            msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
-        return msgs
+                self._inbox.async_delete(session.user, msg_id, now)
+        self._inbox.async_resume(session, now)
 
     def _announce_inbox(self, user: str, now: float) -> None:
         """Tell every live edge that `user`'s inbox changed (cheap, and right even when presence is stale)."""
-        self._inbox_changed(user, now)
+        self._inbox.async_changed(user, now)
         for edge in self._live_edges():
             if edge != self.node_id:
                 self._gateway_send(edge, "minbox", to=user)
 
     def _on_minbox(self, msg: dict[str, Any], now: float) -> None:
         if isinstance(msg.get("to"), str):
-            self._inbox_changed(msg["to"], now)
-
-    def _inbox_changed(self, user: str, now: float) -> None:
-        for session in self.sessions.of_user(user):
-            session.inbox_clean = False
-            if session.pushing:
-                session.rescan = True
-            else:
-                self._push(session, None, now)
-
-    def _push(self, session: Session, cursor: bytes | None, now: float) -> None:
-        """Send the stored messages to an online session as deliver frames, page by page."""
-        assert session.user is not None
-        room = self._limits.max_pending_deliveries - len(session.outstanding)
-        if room <= 0:
-            # Resumed by acks (see _ack).
-            session.pushing = False
-            session.push_paused = True
-            return
-        session.pushing = True
-        route = session.route
-
-        def page(result: Any) -> None:
-            live = self.sessions.get(route)
-            if live is None:
-                return
-            if not result.ok:
-                live.pushing = False
-                return
-            for delivery in self._deliveries(live, result.items, skip_outstanding=True):
-                self._to_client(route, build_deliver(delivery))
-            if result.more:
-                self._push(live, result.cursor, self._now)
-            elif live.rescan:
-                live.rescan = False
-                self._push(live, None, self._now)
-            else:
-                live.pushing = False
-                live.inbox_clean = True
-
-        self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
-                               limit=min(room, self._limits.sync_page), on_done=page, now=now)
-
-    # ---- presence ----------------------------------------------------------------------------------
-
-    def _write_presence(self, user: str, online: bool, now: float) -> None:
-        self._presence.pop(user, None)
-        self._store.async_put("presence", presence_key(user, self.node_id), encode_presence(online, self._wall_ms()),
-                              durability="quorum", on_done=lambda result: None, now=now)
-
-    def _lookup_presence(self, user: str, now: float, then: Callable[[list[str]], None]) -> None:
-        cached = self._presence.get(user)
-        if cached is not None and now - cached[1] < _PRESENCE_TTL_S:
-            then(cached[0])
-            return
-        if self.sessions.of_user(user):
-            # Someone is right here: no need to ask the store to find them.
-            local_only = [self.node_id]
-        else:
-            local_only = []
-
-        def found(result: Any) -> None:
-            edges = list(local_only)
-            if result.ok:
-                for key, item in result.items:
-                    try:
-                        online, _ts = decode_presence(item.value)
-                    except ValueError:
-                        continue
-                    edge = key[key.index(b"\x00") + 1 :].decode(errors="replace")
-                    if online and edge not in edges and edge != self.node_id:
-                        edges.append(edge)
-                self._presence[user] = (edges, self._now)
-            then(edges)
-
-        self._store.async_scan("presence", presence_prefix(user), start_after=None, limit=64, on_done=found, now=now)
-
-    def _presence_op(self, session: Session, request: PresenceRequest, now: float) -> None:
-        def found(result: Any) -> None:
-            if not result.ok:
-                self._to_client(session.route, build_error(result.code, result.detail, cid=request.cid))
-                return
-            online, last_seen = bool(self.sessions.of_user(request.user)), None
-            for _key, item in result.items:
-                try:
-                    on, ts = decode_presence(item.value)
-                except ValueError:
-                    continue
-                online = online or on
-                last_seen = ts if last_seen is None else max(last_seen, ts)
-            self._to_client(session.route, build_presence(request.cid, request.user, online, last_seen))
-
-        self._store.async_scan("presence", presence_prefix(request.user), start_after=None, limit=64,
-                               on_done=found, now=now)
+            self._inbox.async_changed(msg["to"], now)
 
     # ---- time --------------------------------------------------------------------------------------
 

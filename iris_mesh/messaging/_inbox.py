@@ -5,19 +5,30 @@ presence      key  user \\x00 edge node id                          value  CBOR 
 
 The user is the partition key (see `store._keys`), so a user's inbox and
 presence rows each live on one replica set and are read with one prefix scan,
-in message-id order: per sender, send order.
+in message-id order: per sender, send order. `Store` is what the edge needs
+of the store service to read and write them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import cbor2
 
 from iris_mesh.store import Version, compose
 
-__all__ = ["stored_version", "inbox_key", "inbox_prefix", "message_id_of", "encode_stored", "decode_stored", "StoredMessage",
+__all__ = ["Store", "stored_version", "inbox_key", "inbox_prefix", "message_id_of", "encode_stored", "decode_stored", "StoredMessage",
            "presence_key", "presence_prefix", "encode_presence", "decode_presence"]
+
+
+class Store(Protocol):
+    """Quorum writes and prefix scans of `iris_mesh.store.StoreService`; each answers `on_done` exactly once."""
+
+    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: Callable[[Any], None],
+                  now: float, min_hlc: int = 0, version: Any = None) -> None: ...
+    def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int, on_done: Callable[[Any], None], now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

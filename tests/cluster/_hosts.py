@@ -9,10 +9,9 @@
     im4242c1h2   ... 10.A.B.2/24, and so on; A.B is chosen per set.
 
 ``partition([[h1, h2], [h3]])`` splits the hosts into groups that exchange no
-frame at all (unicast, broadcast, mDNS multicast): every group but the first
-gets a bridge of its own in the switch namespace (``brp1``, ``brp2``, ...,
-made like br0) and its hosts' ports move there. ``heal()`` moves every port
-back to br0 and deletes those bridges, which is the state the set was made in.
+frame at all (unicast, broadcast, mDNS multicast), ``heal()`` undoes that,
+and ``cut(h)`` / ``restore(h)`` take one host's port down and up: all of it
+happens in the switch namespace (_switch.py).
 
 Nothing is created in the root namespace: each veth pair is created with its
 two ends directly inside their namespaces, and no namespace has a default
@@ -44,6 +43,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from _switch import LINK_STATE_TIMEOUT_S, Switch, bridges_in
+
 __all__ = [
     "CommandFailed",
     "Host",
@@ -63,13 +64,10 @@ T = TypeVar("T")
 #: Every namespace this module makes matches this, and nothing else is touched.
 NAME_RE = re.compile(r"^im(?P<pid>[1-9][0-9]*)c(?P<set>[1-9][0-9]*)(?:s|h[1-9][0-9]*)$")
 IFNAME_MAX_CHARS = 15  # IFNAMSIZ - 1; the bridge ports are named like the hosts
-BRIDGE = "br0"
-PARTITION_BRIDGE_PREFIX = "brp"  # brp1, brp2, ...: one per partition group after the first
 HOST_IFACE = "eth0"
 MULTICAST_NET = "224.0.0.0/4"
 MAX_HOSTS = 99
 IP_COMMAND_TIMEOUT_S = 10.0
-LINK_STATE_TIMEOUT_S = 5.0
 STRAY_KILL_TIMEOUT_S = 5.0
 
 _set_counter = itertools.count(1)
@@ -293,7 +291,7 @@ def _delete_set(namespaces: Sequence[str], grace_s: float) -> list[str]:
             continue
         # Deleting a namespace frees its links only later (asynchronously),
         # so remove them explicitly: the other veth end goes with eth0.
-        ifaces = _bridges_in(name) if name.endswith("s") else [HOST_IFACE]
+        ifaces = bridges_in(name, _ip) if name.endswith("s") else [HOST_IFACE]
         for iface in ifaces:
             _ip("-n", name, "link", "del", iface, check=False)
         done = _ip("netns", "del", name, check=False)
@@ -303,16 +301,6 @@ def _delete_set(namespaces: Sequence[str], grace_s: float) -> list[str]:
     if left:
         errors.append(f"namespaces still present after delete: {sorted(left)}")
     return errors
-
-
-def _bridges_in(name: str) -> list[str]:
-    """Every bridge in namespace `name` (br0 and any partition bridges); just br0 if they cannot be listed."""
-    done = _ip("-j", "-n", name, "link", "show", "type", "bridge", check=False)
-    try:
-        links = json.loads(done.stdout) if done.returncode == 0 else []
-    except ValueError:
-        links = []
-    return [str(link["ifname"]) for link in links] or [BRIDGE]
 
 
 def sweep_stale_namespaces() -> list[str]:
@@ -450,8 +438,7 @@ class TestHosts:
         self._procs: list[subprocess.Popen[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._cut: set[str] = set()  # names of hosts whose port is down (cut)
-        self._group_bridges: list[str] = []  # partition bridges that exist now
+        self._switch = Switch(self.switch, [h.port for h in self.hosts], ip=_ip, wait_until=wait_until)
 
     def __repr__(self) -> str:
         return f"TestHosts({self.switch}, {self.subnet}, {[h.name for h in self.hosts]})"
@@ -500,29 +487,19 @@ class TestHosts:
 
     def _create(self) -> None:
         check_environment()
-        sw = self.switch
-        self._add_netns(sw)
-        _ip("-n", sw, "link", "set", "lo", "up")
-        # Snooping off: the bridge floods multicast to every port, whether or
-        # not anyone answered an IGMP query (nobody sends one here).
-        _ip("-n", sw, "link", "add", BRIDGE, "type", "bridge", "mcast_snooping", "0", "stp_state", "0")
-        _ip("-n", sw, "link", "set", BRIDGE, "up")
+        self._add_netns(self.switch)
+        self._switch.create()
         for host in self.hosts:
             self._add_netns(host.name)
             # Both ends are born inside their namespaces; nothing touches the root one.
-            _ip("-n", sw, "link", "add", host.port, "type", "veth", "peer", "name", HOST_IFACE, "netns", host.name)
-            _ip("-n", sw, "link", "set", host.port, "master", BRIDGE)
-            _ip("-n", sw, "link", "set", host.port, "up")
+            _ip("-n", self.switch, "link", "add", host.port, "type", "veth", "peer", "name", HOST_IFACE, "netns", host.name)
+            self._switch.plug(host.port)
             _ip("-n", host.name, "link", "set", "lo", "up")
             _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", HOST_IFACE)
             _ip("-n", host.name, "link", "set", HOST_IFACE, "up")
             _ip("-n", host.name, "route", "add", MULTICAST_NET, "dev", HOST_IFACE)
         for host in self.hosts:
             self._wait_link(host, up=True)
-
-    def _port_state(self, host: Host) -> str:
-        info = json.loads(_ip("-j", "-n", self.switch, "-d", "link", "show", host.port).stdout)[0]
-        return str(info.get("linkinfo", {}).get("info_slave_data", {}).get("state", "?"))
 
     def _host_operstate(self, host: Host) -> str:
         info = json.loads(_ip("-j", "-n", host.name, "link", "show", HOST_IFACE).stdout)[0]
@@ -531,7 +508,7 @@ class TestHosts:
     def _wait_link(self, host: Host, *, up: bool) -> None:
         if up:
             wait_until(
-                lambda: self._host_operstate(host) == "UP" and self._port_state(host) == "forwarding",
+                lambda: self._host_operstate(host) == "UP" and self._switch.port_state(host.port) == "forwarding",
                 LINK_STATE_TIMEOUT_S,
                 f"{host.name} eth0 up and its bridge port forwarding",
             )
@@ -545,97 +522,38 @@ class TestHosts:
     def cut(self, host: Host) -> None:
         """Cut `host` off from every other host, both directions (its bridge port goes down)."""
         self._check_member(host)
-        _ip("-n", self.switch, "link", "set", host.port, "down")
-        self._cut.add(host.name)
+        self._switch.set_port(host.port, up=False)
         self._wait_link(host, up=False)
 
     def restore(self, host: Host) -> None:
         """Undo cut(`host`): its bridge port comes back up and forwards again."""
         self._check_member(host)
-        _ip("-n", self.switch, "link", "set", host.port, "up")
-        self._cut.discard(host.name)
+        self._switch.set_port(host.port, up=True)
         self._wait_link(host, up=True)
 
     def partition(self, groups: Sequence[Sequence[Host]]) -> float:
         """Split the hosts into `groups` that exchange no frame at all; return time.time() of the split.
 
-        Hosts of one group reach each other; hosts of different groups
-        exchange nothing, unicast, broadcast nor multicast (mDNS). Hosts named
-        in no group stay with the first group. A new call replaces the
-        previous partition; heal() undoes it. Every port moves in one `ip
-        -batch` run, within milliseconds; the returned wall-clock time is
-        taken just before it. Raises ValueError for an empty group list, a
-        host named twice, or a host of another set.
+        Hosts named in no group stay with the first group; a new call replaces
+        the previous partition; heal() undoes it. Every port moves within
+        milliseconds, just after the returned time (Switch.partition). Raises
+        ValueError for an empty group list, a host named twice, or a host of
+        another set.
         """
-        if not groups or any(len(group) == 0 for group in groups):
-            raise ValueError(f"partition needs at least one group and no empty group, got {groups!r}")
-        placed: dict[str, int] = {}
-        for index, group in enumerate(groups):
+        for group in groups:
             for host in group:
                 self._check_member(host)
-                if host.name in placed:
-                    raise ValueError(f"{host!r} is in more than one partition group")
-                placed[host.name] = index
-        wanted = [f"{PARTITION_BRIDGE_PREFIX}{index}" for index in range(1, len(groups))]
-        for bridge in wanted:
-            if bridge not in self._group_bridges:
-                self._add_bridge(bridge)
-        masters = {
-            host.port: BRIDGE if placed.get(host.name, 0) == 0 else f"{PARTITION_BRIDGE_PREFIX}{placed[host.name]}"
-            for host in self.hosts
-        }
-        split_at = self._move_ports(masters)
-        self._drop_bridges(keep=wanted)
-        return split_at
+        return self._switch.partition([[host.port for host in group] for group in groups])
 
     def heal(self) -> float:
         """Undo partition(): every port back on br0, the partition bridges deleted; return time.time() of the heal."""
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-        healed_at = self._move_ports({host.port: BRIDGE for host in self.hosts})
-        self._drop_bridges(keep=[])
-        return healed_at
+        return self._switch.heal()
 
     def switch_layout(self) -> dict[str, dict[str, object]]:
         """The switch namespace's links: name -> kind, master, admin state and bridge options (for checks)."""
-        links = json.loads(_ip("-j", "-n", self.switch, "-d", "link", "show").stdout)
-        layout: dict[str, dict[str, object]] = {}
-        for link in links:
-            info = link.get("linkinfo", {})
-            data = info.get("info_data", {})
-            layout[str(link["ifname"])] = {
-                "kind": info.get("info_kind"),
-                "master": link.get("master"),
-                "up": "UP" in link.get("flags", []),
-                "mcast_snooping": data.get("mcast_snooping"),
-                "stp_state": data.get("stp_state"),
-            }
-        return layout
-
-    def _add_bridge(self, bridge: str) -> None:
-        # Made like br0: flooding multicast, no STP (a moved port forwards at once).
-        _ip("-n", self.switch, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0", "stp_state", "0")
-        self._group_bridges.append(bridge)
-        _ip("-n", self.switch, "link", "set", bridge, "up")
-
-    def _drop_bridges(self, *, keep: Sequence[str]) -> None:
-        for bridge in [b for b in self._group_bridges if b not in keep]:
-            _ip("-n", self.switch, "link", "del", bridge)
-            self._group_bridges.remove(bridge)
-
-    def _move_ports(self, masters: dict[str, str]) -> float:
-        """Enslave each port to its bridge in one batch; wait until the live ones forward; the time before."""
-        moved_at = time.time()
-        batch = "".join(f"link set {port} master {master}\n" for port, master in masters.items())
-        _ip("-n", self.switch, batch=batch)
-        for host in self.hosts:
-            if host.name not in self._cut:
-                wait_until(
-                    lambda host=host: self._port_state(host) == "forwarding",
-                    LINK_STATE_TIMEOUT_S,
-                    f"{host.name}'s bridge port to forward on {masters[host.port]}",
-                )
-        return moved_at
+        return self._switch.layout()
 
     def _check_member(self, host: Host) -> None:
         if host not in self.hosts:

@@ -160,7 +160,10 @@ def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tm
         try:
             nemesis.wait_done(seconds + 120.0)
         finally:
-            nemesis.stop()
+            try:
+                nemesis.stop()
+            except RuntimeError as exc:  # e.g. a node it was to pause had died by itself
+                raise AssertionError(f"the nemesis could not go on (CHAOS_SEED={seed}): {exc}") from exc
         _say("faults over; healing and draining")
         _heal_everything(mesh)
         driver.command("drain", idle_s=DRAIN_IDLE_S, timeout_s=DRAIN_TIMEOUT_S)

@@ -39,6 +39,7 @@ from iris_mesh.messaging._protocol import (
     build_sent,
     parse_request,
 )
+from iris_mesh.messaging._sessions import HOLD_MAX_S
 from iris_mesh.messaging._tokens import issue_token, token_secret, verify_token
 from iris_mesh.sockets._codec import decode
 
@@ -225,6 +226,14 @@ def test_error_table_is_the_closed_list_verbatim() -> None:
 def test_limits_table_matches_the_defaults() -> None:
     rows = table_rows("## 7. Limits")
     assert {row[0].strip("`"): int(row[1]) for row in rows} == Limits().to_wire()
+
+
+def test_the_hold_after_a_retryable_refusal_is_described_as_the_edge_keeps_it() -> None:
+    order = TEXT.split("### 9.1 Order", 1)[1].split("### 9.2", 1)[0]
+    paragraph = order[order.index("retryable error (section 8:"):]
+    named = set(re.findall(r"`([a-z_]+)`", paragraph[: paragraph.index(")")]))
+    assert named == RETRYABLE_ERROR_CODES
+    assert f"at most {HOLD_MAX_S:g} seconds" in paragraph
 
 
 def test_txt_table_names_every_field_a_node_advertises() -> None:

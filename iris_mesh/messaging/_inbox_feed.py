@@ -1,0 +1,144 @@
+"""The offline inbox as a recipient's sessions get it: sync pages, the push of new stored messages, deletion on ack.
+
+Engine thread only. A session is `inbox_clean` once every stored message has
+been offered to it since the inbox last changed: its sync reached the last
+page, or a push did, with no push still running. The edge offers live
+messages only to users whose sessions are all clean, so a live message never
+overtakes a stored one of the same sender.
+
+When a user's inbox changes (`async_changed`), each of their sessions here is
+marked not clean and pushed the inbox from the start; a push already running
+starts over once it ends (`rescan`). A push hands out at most as many
+messages as the session has room for (`max_pending_deliveries` unacked); when
+full it pauses, and acks resume it (`async_resume`). Messages the session
+already holds unacked are not handed out again. A stored message leaves the
+store only when acked (`async_delete`).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+from iris_mesh.messaging._inbox import Store, decode_stored, inbox_key, inbox_prefix, message_id_of, stored_version
+from iris_mesh.messaging._protocol import Delivery, Limits, SyncRequest, build_deliver, build_error, build_inbox
+from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
+
+__all__ = ["InboxFeed"]
+
+
+class InboxFeed:
+    """Sync, push and ack-delete of stored messages for the sessions of one edge."""
+
+    __slots__ = ("_store", "_sessions", "_limits", "_counters", "_now", "_to_client")
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sessions: SessionTable,
+        limits: Limits,
+        counters: collections.Counter[str],
+        now: Callable[[], float],
+        to_client: Callable[[bytes, dict[str, Any]], None],
+    ) -> None:
+        """`counters` is the edge's; `now` is the engine's current monotonic time; `to_client` sends a frame."""
+        self._store = store
+        self._sessions = sessions
+        self._limits = limits
+        self._counters = counters
+        self._now = now
+        self._to_client = to_client
+
+    def async_sync(self, session: Session, request: SyncRequest, now: float) -> None:
+        """The `sync` op: one page of the session's inbox after the request's cursor."""
+        assert session.user is not None
+        prefix = inbox_prefix(session.user)
+        cursor = request.cursor
+        if cursor is not None and not cursor.startswith(prefix):
+            self._to_client(session.route, build_error("bad_request", "cursor does not belong to this inbox", cid=request.cid))
+            return
+
+        def page(result: Any) -> None:
+            live = self._sessions.get(session.route)
+            if live is None:
+                return
+            if not result.ok:
+                self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
+                return
+            msgs = self._deliveries(live, result.items, skip_outstanding=False)
+            if not result.more and not live.pushing and not live.push_paused:
+                live.inbox_clean = True
+            self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
+
+        self._store.async_scan("offline_msg", prefix, start_after=cursor, limit=request.page_size(self._limits),
+                               on_done=page, now=now)
+
+    def async_changed(self, user: str, now: float) -> None:
+        """`user`'s inbox has new messages: every session of theirs here is not clean and gets them pushed."""
+        for session in self._sessions.of_user(user):
+            session.inbox_clean = False
+            if session.pushing:
+                session.rescan = True
+            else:
+                self._push(session, None, now)
+
+    def async_resume(self, session: Session, now: float) -> None:
+        """After acks: a push paused for room goes on once the session has room again."""
+        if session.push_paused and len(session.outstanding) < self._limits.max_pending_deliveries:
+            session.push_paused = False
+            self._push(session, None, now)
+
+    def async_delete(self, user: str, msg_id: bytes, now: float) -> None:
+        """`user` acked a stored message: it leaves the store now, and only now (the delete wins over its write)."""
+        self._store.async_put("offline_msg", inbox_key(user, msg_id), None, durability="quorum",
+                              on_done=lambda result: None, now=now, min_hlc=stored_version(msg_id).hlc)
+
+    def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool) -> list[Delivery]:
+        msgs = []
+        for key, item in items:
+            try:
+                stored = decode_stored(item.value)
+            except ValueError:
+                self._counters["corrupt_inbox_rows"] += 1
+                continue
+            msg_id = message_id_of(key)
+            if skip_outstanding and msg_id in session.outstanding:
+                continue  # already in the client's hands, waiting for its ack
+            session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender))
+            msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
+        return msgs
+
+    def _push(self, session: Session, cursor: bytes | None, now: float) -> None:
+        """Send the stored messages to an online session as deliver frames, page by page."""
+        assert session.user is not None
+        room = self._limits.max_pending_deliveries - len(session.outstanding)
+        if room <= 0:
+            # Resumed by acks (see async_resume).
+            session.pushing = False
+            session.push_paused = True
+            return
+        session.pushing = True
+        route = session.route
+
+        def page(result: Any) -> None:
+            live = self._sessions.get(route)
+            if live is None:
+                return
+            if not result.ok:
+                live.pushing = False
+                return
+            for delivery in self._deliveries(live, result.items, skip_outstanding=True):
+                self._to_client(route, build_deliver(delivery))
+            if result.more:
+                self._push(live, result.cursor, self._now())
+            elif live.rescan:
+                live.rescan = False
+                self._push(live, None, self._now())
+            else:
+                live.pushing = False
+                live.inbox_clean = True
+
+        self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
+                               limit=min(room, self._limits.sync_page), on_done=page, now=now)

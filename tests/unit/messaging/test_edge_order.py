@@ -1,0 +1,295 @@
+"""Tests for the order of one sender's messages to one recipient through EdgeService (iris_mesh.messaging._edge).
+
+Sans-IO: a fake store whose answers wait until the test runs them (as a
+quorum round trip would), a fake gateway that records every frame, and a
+manual clock. Two rules are checked:
+- a message that went to the offline inbox is pushed to the recipient's
+  online session before the pair's next message can be delivered live;
+- a send refused with a retryable error holds its session's later sends to
+  the same recipient (same code) until it comes again, for at most HOLD_MAX_S.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from iris_mesh import PROTOCOL_VERSION
+from iris_mesh.messaging._edge import EdgeService, EdgeSettings
+from iris_mesh.messaging._protocol import Limits
+from iris_mesh.messaging._sessions import HOLD_MAX_S
+from iris_mesh.messaging._tokens import issue_token, token_secret
+
+NODE = "edge1"
+SECRET = token_secret(b"edge-order-test-cookie")
+WALL_S = 1_700_000_000
+T0 = 100.0
+
+
+def mid(n: int) -> bytes:
+    """Message id n: ids of larger n sort after, as the ids of one client do."""
+    return n.to_bytes(16, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the store hands a put's or a scan's on_done."""
+
+    ok: bool
+    code: str = "ok"
+    detail: str = ""
+    items: list[tuple[bytes, Row]] = field(default_factory=list)
+    more: bool = False
+    cursor: bytes | None = None
+
+
+class FakeStore:
+    """Tables in dicts. Every answer waits in a queue, in request order, until run(); refuse_next_put fails one write."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[bytes, bytes]] = collections.defaultdict(dict)
+        self._waiting: collections.deque[Callable[[], None]] = collections.deque()
+        self._refusals: dict[str, list[str]] = collections.defaultdict(list)
+
+    def refuse_next_put(self, table: str, code: str) -> None:
+        self._refusals[table].append(code)
+
+    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str,
+                  on_done: Callable[[Any], None], now: float, min_hlc: int = 0, version: Any = None) -> None:
+        refusal = self._refusals[table].pop(0) if self._refusals[table] else None
+
+        def answer() -> None:
+            if refusal is not None:
+                on_done(Answer(False, refusal, f"{table} write refused by the test"))
+                return
+            if value is None:
+                self.tables[table].pop(key, None)
+            else:
+                self.tables[table][key] = value
+            on_done(Answer(True))
+
+        self._waiting.append(answer)
+
+    def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int,
+                   on_done: Callable[[Any], None], now: float) -> None:
+        def answer() -> None:
+            keys = sorted(k for k in self.tables[table] if k.startswith(prefix) and (start_after is None or k > start_after))
+            page = keys[:limit]
+            items = [(k, Row(self.tables[table][k])) for k in page]
+            on_done(Answer(True, items=items, more=len(keys) > limit, cursor=page[-1] if page else start_after))
+
+        self._waiting.append(answer)
+
+    def run(self) -> None:
+        """Answer everything asked so far, and whatever those answers ask in turn."""
+        while self._waiting:
+            self._waiting.popleft()()
+
+
+class FakeGateway:
+    """Records the frames the edge sends to clients, by route; this edge is the only one, so no mesh frame is sent."""
+
+    def __init__(self) -> None:
+        self.frames: dict[bytes, list[dict[str, Any]]] = collections.defaultdict(list)
+
+    def async_send_client(self, route: bytes, frame: dict[str, Any]) -> bool:
+        self.frames[route].append(frame)
+        return True
+
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool:
+        raise AssertionError(f"{op} sent to {node_id}, but the test has no other node")
+
+
+class Edge:
+    """One EdgeService, its fakes and a manual clock; routes are named after their user."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.now = T0
+        self.store = FakeStore()
+        self.gateway = FakeGateway()
+        self.service = EdgeService(
+            node_id=NODE, token_secret=SECRET, store=self.store, is_alive=lambda node: True,
+            live_edges=lambda: [NODE], wall_ms=lambda: int((WALL_S + self.now) * 1000), wall_s=lambda: WALL_S + self.now,
+            settings=EdgeSettings(limits=limits or Limits()),
+        )
+        self.service.async_attach(self.gateway)
+        self._cids = itertools.count(1)
+
+    def request(self, route: bytes, op: str, **fields: Any) -> int:
+        cid = next(self._cids)
+        self.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": op, "cid": cid, **fields}, self.now)
+        return cid
+
+    def take(self, route: bytes, op: str | None = None) -> list[dict[str, Any]]:
+        """The frames (of `op`, or all) sent to `route` and not taken yet, in the order they were sent."""
+        frames = self.gateway.frames[route]
+        taken = [f for f in frames if op is None or f["op"] == op]
+        frames[:] = [f for f in frames if f not in taken]
+        return taken
+
+    def reply(self, route: bytes, cid: int) -> dict[str, Any]:
+        """Take the one reply to request `cid` from the frames sent to `route`."""
+        frames = self.gateway.frames[route]
+        replies = [f for f in frames if f.get("cid") == cid]
+        assert len(replies) == 1, f"{len(replies)} replies to cid {cid}: {replies}"
+        frames.remove(replies[0])
+        return replies[0]
+
+    def log_in(self, route: bytes, user: str, *, sync: bool = True) -> None:
+        """Log `route` in as `user`; with sync, page through the inbox so the session takes live messages."""
+        token = issue_token(SECRET, user, WALL_S + 3600)
+        cid = self.request(route, "login", user=user, token=token)
+        self.store.run()
+        assert self.reply(route, cid)["op"] == "ok"
+        if sync:
+            cid = self.request(route, "sync", cursor=None)
+            self.store.run()
+            assert self.reply(route, cid)["more"] is False
+
+    def send(self, route: bytes, to: str, n: int) -> int:
+        return self.request(route, "send", id=mid(n), to=to, body=b"m%d" % n)
+
+    def outcome(self, route: bytes, cid: int) -> str:
+        """`sent:<status>` or `error:<code>` for the reply to send `cid`, after running the store."""
+        self.store.run()
+        frame = self.reply(route, cid)
+        return f"sent:{frame['status']}" if frame["op"] == "sent" else f"{frame['op']}:{frame.get('code')}"
+
+    def receive(self, route: bytes) -> list[bytes]:
+        """Ids handed to `route` (deliver frames and inbox pages, in frame order), each acked, until none come."""
+        got: list[bytes] = []
+        while True:
+            self.store.run()
+            ids = []
+            for frame in self.take(route):
+                if frame["op"] == "deliver":
+                    ids.append(frame["id"])
+                elif frame["op"] == "inbox":
+                    ids += [m["id"] for m in frame["msgs"]]
+            if not ids:
+                return got
+            got += ids
+            self.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": "ack", "ids": ids}, self.now)
+
+
+ALICE, ALICE2, BOB, CAROL, DAVE = b"alice", b"alice-2", b"bob", b"carol", b"dave"
+
+
+# ---- a stored message and the pair's next one -------------------------------------------------
+
+
+def test_the_next_message_of_a_pair_does_not_go_live_ahead_of_a_stored_one() -> None:
+    """a1 goes to the inbox while bob is online; a2, queued behind it, must reach bob after it."""
+    edge = Edge(Limits(max_pending_deliveries=2))
+    for route, user in ((BOB, "bob"), (CAROL, "carol"), (DAVE, "dave"), (ALICE, "alice")):
+        edge.log_in(route, user)
+    carol_cid = edge.send(CAROL, "bob", 1)
+    edge.send(DAVE, "bob", 2)
+    edge.store.run()
+    window = [f["id"] for f in edge.take(BOB, "deliver")]
+    assert window == [mid(1), mid(2)], "bob's window is not full of carol's and dave's messages"
+
+    a1, a2 = edge.send(ALICE, "bob", 11), edge.send(ALICE, "bob", 12)
+    # Declined at once (bob's window is full): a1's inbox write is on its way, a2 waits behind it.
+    assert edge.service.counters["live_declined"] == 1
+    # Bob acks carol's message while that write is in flight: his window has room again.
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    assert edge.reply(CAROL, carol_cid)["status"] == "delivered"
+
+    alice_order = [i for i in edge.receive(BOB) if i in (mid(11), mid(12))]
+    assert alice_order[:2] == [mid(11), mid(12)], "alice's second message reached bob before her first"
+    assert edge.outcome(ALICE, a1) == "sent:stored"
+    assert edge.outcome(ALICE, a2) == "sent:stored"
+
+
+# ---- holds after a retryable refusal ---------------------------------------------------------
+
+
+def _refused_by_store(edge: Edge) -> tuple[int, str]:
+    """alice sends 1, 2, 3 to offline bob; the write of 1 fails, and 2 and 3 (queued behind it) with it."""
+    edge.store.refuse_next_put("offline_msg", "unavailable")
+    cids = [edge.send(ALICE, "bob", n) for n in (1, 2, 3)]
+    assert [edge.outcome(ALICE, cid) for cid in cids] == ["error:unavailable"] * 3
+    return 1, "unavailable"
+
+
+def _refused_by_rate(edge: Edge) -> tuple[int, str]:
+    """At one send a second, alice's second send is rate_limited."""
+    first, second = edge.send(ALICE, "bob", 1), edge.send(ALICE, "bob", 2)
+    assert edge.outcome(ALICE, first) == "sent:stored"
+    assert edge.outcome(ALICE, second) == "error:rate_limited"
+    return 2, "rate_limited"
+
+
+def _refused_as_too_many(edge: Edge) -> tuple[int, str]:
+    """With two sends waiting for their answer, alice's third is too_many_pending."""
+    pending = [edge.send(ALICE, "bob", n) for n in (1, 2)]
+    third = edge.send(ALICE, "bob", 3)
+    assert edge.reply(ALICE, third)["code"] == "too_many_pending"
+    assert [edge.outcome(ALICE, cid) for cid in pending] == ["sent:stored"] * 2
+    return 3, "too_many_pending"
+
+
+@pytest.mark.parametrize(
+    ("limits", "refuse"),
+    [(Limits(), _refused_by_store), (Limits(send_rate_per_s=1, send_burst=1), _refused_by_rate),
+     (Limits(max_pending_deliveries=2), _refused_as_too_many)],
+    ids=["store-unavailable", "rate_limited", "too_many_pending"],
+)
+def test_a_later_send_waits_for_the_refused_one_to_come_again(limits: Limits, refuse: Callable[[Edge], tuple[int, str]]) -> None:
+    edge = Edge(limits)
+    edge.log_in(ALICE, "alice")
+    refused, code = refuse(edge)
+    later = refused + 10
+    edge.now += 1.0  # whatever refused it is gone: a token is back, the pending sends answered
+
+    held = edge.send(ALICE, "bob", later)
+    frame = edge.reply(ALICE, held)
+    assert (frame["op"], frame["code"]) == ("error", code), "a send pipelined behind a refused one was taken"
+    assert f"({code})" in frame["detail"] and "send it again" in frame["detail"]
+    assert edge.service.counters["send_held"] == 1
+
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", refused)) == "sent:stored", "the refused send's resend was held"
+    edge.now += 1.0
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", later)) == "sent:stored", "the hold outlived its head's resend"
+    assert edge.service.counters["send_held"] == 1
+
+    accepted = sorted({*range(1, refused + 1), later})  # the store case never resends 2 and 3
+    edge.log_in(BOB, "bob", sync=False)
+    edge.request(BOB, "sync", cursor=None)
+    assert edge.receive(BOB) == [mid(n) for n in accepted]
+
+
+def test_a_hold_ends_by_itself_after_hold_max_s() -> None:
+    """A client that gave up on the refused send is not held forever."""
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    refused_at = edge.now
+    _refused_by_store(edge)
+
+    edge.now = refused_at + HOLD_MAX_S - 0.5
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 4)) == "error:unavailable"
+    edge.now = refused_at + HOLD_MAX_S + 0.5
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 4)) == "sent:stored", "the hold did not expire"
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 5)) == "sent:stored"
+
+
+def test_a_hold_is_per_session_and_per_recipient() -> None:
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(ALICE2, "alice")
+    _refused_by_store(edge)  # on ALICE's session, to bob
+
+    assert edge.outcome(ALICE, edge.send(ALICE, "carol", 21)) == "sent:stored", "a send to another recipient was held"
+    assert edge.outcome(ALICE2, edge.send(ALICE2, "bob", 22)) == "sent:stored", "another session's send was held"
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 23)) == "error:unavailable"
