@@ -79,9 +79,15 @@ class ClientSocketTuning:
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 1_000
     handshake_ivl_ms: int = 3_000
-    # ZMTP heartbeats find a dead TCP path (a cut cable sends no FIN) within a few seconds.
-    zmtp_heartbeat_ivl_ms: int = 1_000
-    zmtp_heartbeat_timeout_ms: int = 3_000
+    # The kernel finds a dead TCP path (a cut cable sends no FIN) within a few seconds:
+    # unacknowledged data for this long (TCP_USER_TIMEOUT), or unanswered keepalive
+    # probes. Not ZMTP heartbeats, whose timer can abort the process inside libzmq 4.3.5
+    # (see iris_mesh/sockets/_options.py); the protocol's own ping/pong remains.
+    tcp_user_timeout_ms: int = 3_000
+    tcp_keepalive_idle_s: int = 1
+    tcp_keepalive_intvl_s: int = 1
+    tcp_keepalive_cnt: int = 3
+    connect_timeout_ms: int = 2_000
     # Bigger inbound messages close the connection inside libzmq; edges send at most max_frame_bytes (1 MiB default).
     max_inbound_bytes: int = 16 << 20
 
@@ -158,9 +164,13 @@ class ClientConnection:
         sock.reconnect_ivl = tuning.reconnect_ivl_ms
         sock.reconnect_ivl_max = tuning.reconnect_ivl_max_ms
         sock.handshake_ivl = tuning.handshake_ivl_ms
-        sock.heartbeat_ivl = tuning.zmtp_heartbeat_ivl_ms
-        sock.heartbeat_timeout = tuning.zmtp_heartbeat_timeout_ms
-        sock.heartbeat_ttl = tuning.zmtp_heartbeat_timeout_ms
+        sock.heartbeat_ivl = 0
+        sock.tcp_maxrt = tuning.tcp_user_timeout_ms
+        sock.tcp_keepalive = 1
+        sock.tcp_keepalive_idle = tuning.tcp_keepalive_idle_s
+        sock.tcp_keepalive_intvl = tuning.tcp_keepalive_intvl_s
+        sock.tcp_keepalive_cnt = tuning.tcp_keepalive_cnt
+        sock.connect_timeout = tuning.connect_timeout_ms
         sock.maxmsgsize = tuning.max_inbound_bytes
         sock.curve_publickey = self._public
         sock.curve_secretkey = self._secret

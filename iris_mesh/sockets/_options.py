@@ -28,10 +28,18 @@ class SocketTuning:
     handshake_ivl_ms: int = 3_000
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 1_000
-    # ZMTP heartbeats tear down connections whose peer vanished without a FIN
-    # (a cut cable, a partition), so zmq reconnects as soon as the path heals.
-    zmtp_heartbeat_ivl_ms: int = 500
-    zmtp_heartbeat_timeout_ms: int = 1_500
+    # Connections whose peer vanished without a FIN (a cut cable, a partition) are
+    # torn down by the kernel, so zmq reconnects as soon as the path heals: data
+    # unacknowledged for tcp_user_timeout_ms (ZMQ_TCP_MAXRT is TCP_USER_TIMEOUT on
+    # Linux) or an idle connection whose keepalive probes go unanswered. Not by
+    # ZMTP heartbeats: libzmq 4.3.5 aborts the whole process (`Assertion failed:
+    # !_io_error`, stream_engine_base.cpp) when a heartbeat timer fires on a
+    # connection that broke while its receive queue was full.
+    tcp_user_timeout_ms: int = 1_500
+    tcp_keepalive_idle_s: int = 1
+    tcp_keepalive_intvl_s: int = 1
+    tcp_keepalive_cnt: int = 2
+    connect_timeout_ms: int = 1_000
     # Frames queued to one client before further ones are dropped (its deliveries wait in the store).
     client_send_hwm: int = 10_000
 
@@ -45,14 +53,18 @@ def _common(sock: zmq.Socket, tuning: SocketTuning) -> None:
     # exact limit and counts what it drops.
     sock.maxmsgsize = tuning.max_frame_bytes + 4096
     sock.handshake_ivl = tuning.handshake_ivl_ms
-    sock.heartbeat_ivl = tuning.zmtp_heartbeat_ivl_ms
-    sock.heartbeat_timeout = tuning.zmtp_heartbeat_timeout_ms
-    sock.heartbeat_ttl = tuning.zmtp_heartbeat_timeout_ms
+    sock.heartbeat_ivl = 0  # see SocketTuning: never ZMTP heartbeats
+    sock.tcp_maxrt = tuning.tcp_user_timeout_ms
+    sock.tcp_keepalive = 1
+    sock.tcp_keepalive_idle = tuning.tcp_keepalive_idle_s
+    sock.tcp_keepalive_intvl = tuning.tcp_keepalive_intvl_s
+    sock.tcp_keepalive_cnt = tuning.tcp_keepalive_cnt
 
 
 def _reconnecting(sock: zmq.Socket, tuning: SocketTuning) -> None:
     sock.reconnect_ivl = tuning.reconnect_ivl_ms
     sock.reconnect_ivl_max = tuning.reconnect_ivl_max_ms
+    sock.connect_timeout = tuning.connect_timeout_ms  # a SYN into a partition is retried, not waited out
 
 
 def bind(sock: zmq.Socket, host: str, port: int, what: str) -> int:
