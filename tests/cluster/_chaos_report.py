@@ -204,6 +204,7 @@ def _windows(
             for index in range(max(rows) + 1)]
 
 
+LABELLED_FAULTS_MAX = 30
 _FAULT_COLOURS = {"kill": "tab:red", "pause": "tab:orange", "partition": "tab:purple"}
 
 
@@ -231,6 +232,7 @@ def plot_timeline(report: dict[str, Any], path: Path) -> Path:
     rates.legend(loc="upper right")
     rates.grid(alpha=0.3)
     lanes: dict[str, int] = {}
+    labelled = len(report["faults"]) <= LABELLED_FAULTS_MAX  # past that, labels only overlap
     for fault in report["faults"]:
         label = f"{fault['kind']} {','.join(fault['targets'])}"
         lane = lanes.setdefault(fault["kind"], len(lanes))
@@ -238,7 +240,8 @@ def plot_timeline(report: dict[str, Any], path: Path) -> Path:
         colour = _FAULT_COLOURS.get(fault["kind"], "tab:gray")
         spans.broken_barh([(fault["start_s"], max(fault_end - fault["start_s"], 0.05))], (lane - 0.4, 0.8),
                           facecolors=colour, alpha=0.6)
-        spans.text(fault["start_s"], lane, label, fontsize=7, va="center")
+        if labelled:
+            spans.text(fault["start_s"], lane, label, fontsize=7, va="center")
         rates.axvspan(fault["start_s"], fault_end, color=colour, alpha=0.08)
     spans.set_yticks(list(lanes.values()), list(lanes))
     spans.set_xlabel("seconds since the start")
