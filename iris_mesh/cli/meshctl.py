@@ -52,7 +52,8 @@ class Target:
         """(name, admin endpoint) of the nodes to ask (found once per run); raises CtlError if there is none.
 
         With `every_node` False one answering node is enough, so mDNS stops
-        listening at the first answer instead of waiting out --mdns-timeout.
+        listening at the first answer instead of waiting out --mdns-timeout
+        (as `mesh --expect N` does at the Nth).
         """
         if self._endpoints is None or (every_node and not self._every_node):
             self._endpoints = self._find_endpoints(every_node)
@@ -66,12 +67,10 @@ class Target:
     def _find_endpoints(self, every_node: bool) -> list[tuple[str, str]]:
         if self.args.node:
             return [(self.args.node, _endpoint(self.args.node))]
-        deadline = time.monotonic() + self.args.mdns_timeout
-        cards = self.browse(want=self.expect or 1, timeout_s=self.args.mdns_timeout)
-        if every_node and cards and self.expect is None:
-            alive = self._alive_count(cards)
-            if alive is None or alive > len(cards):
-                cards = self.browse(want=alive, timeout_s=deadline - time.monotonic())
+        # Commands that ask every node listen for the whole --mdns-timeout (a node's own view
+        # cannot say how many others are up: right after a restart it sees only itself).
+        want = self.expect if self.expect is not None else (None if every_node else 1)
+        cards = self.browse(want=want)
         if not cards:
             raise CtlError(
                 f"no node of cluster {self.args.cluster!r} answered mDNS on "
@@ -80,17 +79,6 @@ class Target:
             )
         cards.sort(key=lambda c: (c.role != "core", c.node_id))
         return [(c.node_id, c.admin_endpoint) for c in cards]
-
-    def _alive_count(self, cards: list[PeerCard]) -> int | None:
-        """How many nodes (itself included) the first answering node sees alive; None if none answers."""
-        for card in sorted(cards, key=lambda c: (c.role != "core", c.node_id)):
-            try:
-                reply = self.request(card.admin_endpoint, "nodes")
-            except AdminError:
-                continue
-            if reply.get("ok"):
-                return sum(1 for row in reply["nodes"] if row.get("state") == "alive")
-        return None
 
     def browse(self, *, want: int | None = None, timeout_s: float | None = None) -> list[PeerCard]:
         """This cluster's cards (newest incarnation per node, our cookie only), as soon as `want` are seen."""
