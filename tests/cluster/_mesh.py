@@ -406,6 +406,20 @@ class MeshOnHosts:
 
         self.wait(safe, timeout_s, f"{ids} to accept writes")
 
+    def recover(self, timeout_s: float = MESH_TIMEOUT_S) -> None:
+        """Undo every fault: heal, resume the paused, start the stopped; then wait until all serve, mesh and take writes."""
+        if self.partitioned:
+            self.heal()
+        for node in self.nodes.values():
+            if node.paused:
+                self.resume(node.node_id)
+        down = [node_id for node_id, node in self.nodes.items() if not node.running]
+        if down:
+            self.start(*down)
+        self.wait_serving(timeout_s=timeout_s)
+        self.wait_mesh(timeout_s=timeout_s)
+        self.wait_writable(timeout_s=timeout_s)
+
     def token(self, user: str) -> str:
         """A login token for `user`, valid for an hour (what `meshctl token USER` prints)."""
         return issue_token(token_secret(self.cookie.encode()), user, int(time.time()) + TOKEN_TTL_S)

@@ -124,20 +124,6 @@ def _history(events: list[dict[str, Any]]) -> tuple[list[Attempt], list[Receipt]
     return attempts, receipts
 
 
-def _heal_everything(mesh: MeshOnHosts) -> None:
-    if mesh.partitioned:
-        mesh.heal()
-    for node in mesh.nodes.values():
-        if node.paused:
-            mesh.resume(node.node_id)
-    down = [node_id for node_id, node in mesh.nodes.items() if not node.running]
-    if down:
-        mesh.start(*down)
-    mesh.wait_serving(timeout_s=RECOVERY_DEADLINE_S)
-    mesh.wait_mesh(timeout_s=RECOVERY_DEADLINE_S)
-    mesh.wait_writable(timeout_s=RECOVERY_DEADLINE_S)
-
-
 def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tmp_path: Path) -> None:
     mesh = chaos_mesh
     seconds, seed = _seconds(), _seed()
@@ -165,7 +151,7 @@ def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tm
             except RuntimeError as exc:  # e.g. a node it was to pause had died by itself
                 raise AssertionError(f"the nemesis could not go on (CHAOS_SEED={seed}): {exc}") from exc
         _say("faults over; healing and draining")
-        _heal_everything(mesh)
+        mesh.recover(timeout_s=RECOVERY_DEADLINE_S)
         driver.command("drain", idle_s=DRAIN_IDLE_S, timeout_s=DRAIN_TIMEOUT_S)
         drained = driver.wait_event("drained", DRAIN_TIMEOUT_S + 30.0)
 

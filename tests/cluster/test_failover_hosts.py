@@ -68,17 +68,7 @@ def cluster(netns_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def mesh(cluster: MeshOnHosts) -> MeshOnHosts:
     """The module's cluster, healthy: healed, every node running, meshed and accepting writes."""
     with cluster.explained():
-        if cluster.partitioned:
-            cluster.heal()
-        for node in cluster.nodes.values():
-            if node.paused:
-                cluster.resume(node.node_id)
-        down = [node_id for node_id, node in cluster.nodes.items() if not node.running]
-        if down:
-            cluster.start(*down)
-        cluster.wait_serving()
-        cluster.wait_mesh()
-        cluster.wait_writable()
+        cluster.recover()
     return cluster
 
 
