@@ -222,19 +222,25 @@ def test_a_full_inbox_refuses_with_inbox_full_and_loses_nothing(local_cluster: L
     wait_until(lambda: local_cluster.nodes["edge1"].status()["safe_for_writes"], 10.0, "edge1 to accept writes")
     # inbox_full is retryable: the SDK retries until its send deadline, kept short here.
     alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice", ClientOptions(send_timeout_s=3.0))
+    refused = None
     try:
         ids = [alice.send("bob", f"{i}".encode()).id for i in range(5)]
-        try:
-            alice.send("bob", b"one too many")
-        except IrisError as exc:
-            assert exc.code == "inbox_full"
-        else:
-            raise AssertionError("the sixth message was accepted into a full inbox")
+        # The limit is enforced by each core on its own count (config: "approximately"): a core
+        # that has not yet received every earlier message (it was hinted) may take one more, and
+        # anti-entropy then spreads it. So one message past the limit may get in; never two.
+        for extra in range(2):
+            try:
+                ids.append(alice.send("bob", f"extra {extra}".encode()).id)
+            except IrisError as exc:
+                refused = exc
+                break
     finally:
         alice.close()
+    assert refused is not None, f"{len(ids)} messages were accepted into an inbox of 5"
+    assert refused.code == "inbox_full", refused
     bob = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
     try:
-        assert [m.id for m in _drain(bob, 5, 20.0)] == ids
+        assert [m.id for m in _drain(bob, len(ids), 20.0)] == ids  # every accepted message, in order
     finally:
         bob.close()
 
