@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -42,6 +43,24 @@ __all__ = ["Node"]
 T = TypeVar("T")
 
 
+# Collect cyclic garbage every this many allocations (CPython's default is 700).
+_GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_garbage_collector() -> None:
+    """Make cyclic garbage collection rare and short, for the whole process (it runs on the engine thread too).
+
+    Everything a node allocates per message is freed by reference counting, so collecting
+    every 700 allocations found next to nothing, yet cost the writing node of bench/store.py
+    about 6 of its 22 µs of CPU per write, with pauses of up to 100 ms when it walked the
+    whole heap. Objects alive once the node serves (modules, sockets, configuration) are
+    frozen out of the collector's walks.
+    """
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, _GC_YOUNG_THRESHOLD), middle, old)
+
+
 class Node:
     """One iris_mesh node. `start` returns once every socket is bound and the node is announced."""
 
@@ -63,6 +82,7 @@ class Node:
         except BaseException:
             self.stop()
             raise
+        _tune_garbage_collector()
 
     def _start_on(self, db: Database) -> None:
         config = self.config

@@ -12,6 +12,11 @@ Mesh frames (links and heartbeats) also carry
     inc  sender's incarnation (int): tells a restarted process from its old self
     seq  per-link (or per-publisher) sequence number (int): tells gaps
 
+A mesh frame that goes to several links alike is encoded once (`Body`): its
+fields without the map header, to which each link splices the header and its own
+`src`, `inc` and `seq` (`Body.frame`). Keys are unordered in a CBOR map, so the
+frame decodes to the same map as one encoded whole.
+
 Decoding never raises anything but FrameError: the engine counts and drops bad
 frames (mesh) or answers them with an error (admin, client gateway).
 """
@@ -25,7 +30,18 @@ import cbor2
 
 from iris_mesh import PROTOCOL_VERSION
 
-__all__ = ["FrameError", "encode", "envelope", "decode", "decode_mesh", "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME_BYTES"]
+__all__ = [
+    "Body",
+    "FrameError",
+    "encode",
+    "encode_body",
+    "encode_pairs",
+    "envelope",
+    "decode",
+    "decode_mesh",
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_FRAME_BYTES",
+]
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 # Our maps are shallow; a hostile frame must not recurse the decoder deep.
@@ -45,6 +61,47 @@ class FrameError(ValueError):
 def encode(msg: Mapping[str, Any]) -> bytes:
     """Encode one frame; the caller supplies `v` and `op` (see `envelope`)."""
     return cbor2.dumps(msg)
+
+
+# Length of a CBOR map header by its first byte (major type 5): the count inline, or in 1, 2, 4 or 8 more bytes.
+_MAP_HEADER_BYTES = {**{0xA0 + n: 1 for n in range(24)}, 0xB8: 2, 0xB9: 3, 0xBA: 5, 0xBB: 9}
+
+
+def _map_header(count: int) -> bytes:
+    if count < 24:
+        return bytes((0xA0 + count,))
+    if count < 0x100:
+        return bytes((0xB8, count))
+    if count < 0x10000:
+        return b"\xb9" + count.to_bytes(2, "big")
+    return b"\xba" + count.to_bytes(4, "big")
+
+
+class Body:
+    """A frame map encoded once, for links that each add their own fields (see the module docstring)."""
+
+    __slots__ = ("count", "pairs")
+
+    def __init__(self, count: int, pairs: memoryview) -> None:
+        self.count = count  # entries of the map
+        self.pairs = pairs  # their encoding, without the map header
+
+    def frame(self, extra_count: int, extra_pairs: bytes) -> bytes:
+        """The whole frame: this body plus `extra_count` more entries, encoded as `extra_pairs`."""
+        return b"".join((_map_header(self.count + extra_count), self.pairs, extra_pairs))
+
+
+def encode_body(msg: Mapping[str, Any]) -> Body:
+    """Encode a frame map (with `v` and `op`, see `envelope`) for `Body.frame`."""
+    encoded = cbor2.dumps(msg)
+    header = _MAP_HEADER_BYTES[encoded[0]]
+    count = int.from_bytes(encoded[1:header], "big") if header > 1 else encoded[0] - 0xA0
+    return Body(count, memoryview(encoded)[header:])
+
+
+def encode_pairs(**fields: Any) -> bytes:
+    """The encoding of map entries (key, value) to splice into a Body (their order is kept)."""
+    return b"".join(cbor2.dumps(part) for item in fields.items() for part in item)
 
 
 def envelope(op: str, **fields: Any) -> dict[str, Any]:

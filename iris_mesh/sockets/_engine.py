@@ -1,7 +1,7 @@
 """The engine: one thread that owns every zmq socket of a node and runs one poller loop.
 
 Other threads talk to it only through `post`/`call`, which queue a callable and
-wake the loop through an inproc pipe. Everything named `async_*` runs on the
+wake the loop through an eventfd. Everything named `async_*` runs on the
 engine thread and must not block: sends are non-blocking and a full queue drops
 the frame (counted), so a congested or dead peer never stalls the loop.
 
@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Protocol, TypeVar
 
 import zmq
 from loguru import logger
 
-from iris_mesh.sockets._codec import FrameError, decode, decode_mesh, encode, envelope
+from iris_mesh.sockets._codec import FrameError, decode, decode_mesh, encode, encode_body, encode_pairs, envelope
 from iris_mesh.sockets._curve import ZAP_ENDPOINT, ClusterKeys, ZapPolicy
 from iris_mesh.sockets._options import (
     SocketTuning,
@@ -41,8 +44,48 @@ T = TypeVar("T")
 # How many frames one socket may hand over per loop turn, so timers (heartbeats)
 # are never starved by a flood on one socket.
 _BATCH = 512
+# How many posted callables run per loop turn: a flood of posts (writes from another
+# thread) goes out in frames of this many while the next ones are still being made,
+# and timers are not starved either.
+_MAILBOX_PER_TURN = 256
 _MAX_WAIT_S = 0.05
 _engine_ids = itertools.count(1)
+
+
+class _Waker:
+    """A file descriptor the loop polls and any thread can make readable: an eventfd (a pipe where there is none).
+
+    Cheaper per wake-up than an inproc socket pair, which signals through a descriptor of its own anyway.
+    """
+
+    __slots__ = ("fd", "_write_fd", "_token")
+
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._token = (1).to_bytes(8, sys.byteorder)
+        else:
+            self.fd, self._write_fd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._write_fd, False)
+            self._token = b"\x01"
+
+    def wake(self) -> None:
+        try:
+            os.write(self._write_fd, self._token)
+        except BlockingIOError:
+            pass  # already readable
+
+    def clear(self) -> None:
+        try:
+            os.read(self.fd, 4096)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self._write_fd != self.fd:
+            os.close(self._write_fd)
 
 
 class EngineError(RuntimeError):
@@ -151,7 +194,9 @@ class Engine:
         self._sub_endpoints: set[str] = set()
         self._pub_seq = 0
         self._ctx: zmq.Context | None = None
-        self._wake_push: zmq.Socket | None = None
+        # What every mesh frame of this node carries besides its body and per-link seq.
+        self._src_inc = encode_pairs(src=node_id, inc=incarnation)
+        self._waker: _Waker | None = None  # guarded by _wake_lock: None while not serving
         self._last_error_log = 0.0
 
     # ---- facade: any thread -------------------------------------------------
@@ -174,12 +219,9 @@ class Engine:
         if self._wake_pending:
             return
         with self._wake_lock:
-            if self._wake_push is not None and not self._wake_pending:
+            if self._waker is not None and not self._wake_pending:
                 self._wake_pending = True
-                try:
-                    self._wake_push.send(b"", zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # the loop is already awake with wake-ups queued
+                self._waker.wake()
 
     def call(self, fn: Callable[[float], T], timeout_s: float = 5.0) -> T:
         """Run fn(now) on the engine thread and return its result. Thread-safe."""
@@ -271,6 +313,30 @@ class Engine:
         self.counters["mesh_out"] += 1
         return True
 
+    def async_send_many(self, node_ids: Iterable[str], op: str, **fields: Any) -> int:
+        """Send one mesh frame to several peers, its body encoded once; returns how many did not get it.
+
+        Each peer is sent to as by `async_send` (its own `seq`; no link or a full queue is counted, not raised).
+        """
+        body = encode_body(envelope(op, **fields))
+        src_inc = self._src_inc
+        missed = 0
+        for node_id in node_ids:
+            link = self._links.get(node_id)
+            if link is None:
+                self.counters["send_no_link"] += 1
+                missed += 1
+                continue
+            link.seq += 1
+            try:
+                link.sock.send(body.frame(3, src_inc + encode_pairs(seq=link.seq)), zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["send_dropped"] += 1
+                missed += 1
+                continue
+            self.counters["mesh_out"] += 1
+        return missed
+
     def async_open_seed(self, endpoint: str) -> None:
         """Open a link to a seed endpoint whose node id is not known yet."""
         if endpoint in self._seeds:
@@ -359,14 +425,9 @@ class Engine:
         self._zap.linger = 0
         self._zap.bind(ZAP_ENDPOINT)
         self._zap_policy = ZapPolicy(self._keys)
-        wake_endpoint = f"inproc://{self._name}-wake"
-        self._wake_pull = self._ctx.socket(zmq.PULL)
-        self._wake_pull.linger = 0
-        self._wake_pull.bind(wake_endpoint)
-        wake_push = self._ctx.socket(zmq.PUSH)
-        wake_push.linger = 0
-        wake_push.sndhwm = 16
-        wake_push.connect(wake_endpoint)
+        waker = _Waker()
+        with self._wake_lock:  # from now on _close() closes it, and posts may wake the loop to come
+            self._waker = waker
         tuning = self._tuning
         self._inbox = make_inbox(self._ctx, self._keys, tuning)
         self._pub = make_pub(self._ctx, self._keys, tuning)
@@ -384,18 +445,17 @@ class Engine:
             client=client,
         )
         self._poller = zmq.Poller()
-        for sock in (self._zap, self._wake_pull, self._inbox, self._sub, self._admin, self._gateway):
+        for sock in (self._zap, self._inbox, self._sub, self._admin, self._gateway):
             if sock is not None:
                 self._poller.register(sock, zmq.POLLIN)
-        with self._wake_lock:
-            self._wake_push = wake_push
+        self._poller.register(waker.fd, zmq.POLLIN)
         self._handler.async_on_start(self, self._clock())
 
     def _close(self) -> None:
         with self._wake_lock:
-            if self._wake_push is not None:
-                self._wake_push.close(0)
-            self._wake_push = None
+            if self._waker is not None:
+                self._waker.close()
+            self._waker = None
         for link in self._links.values():
             link.sock.close(0)
         self._links.clear()
@@ -407,9 +467,10 @@ class Engine:
             self._ctx = None
 
     def _loop(self) -> None:
+        assert self._waker is not None
         handlers = {
             self._zap: self._drain_zap,
-            self._wake_pull: self._drain_mailbox,
+            self._waker.fd: self._drain_mailbox,
             self._inbox: self._drain_inbox,
             self._sub: self._drain_sub,
             self._admin: self._drain_admin,
@@ -421,7 +482,8 @@ class Engine:
             now = self._clock()
             if now >= next_tick:
                 next_tick = now + max(0.001, min(self._guard(self._handler.async_tick, now, default=_MAX_WAIT_S), _MAX_WAIT_S))
-            wait_ms = max(0, int((next_tick - self._clock()) * 1000))
+            # Rounded up: rounding down made every wait under a millisecond a busy loop of poll(0).
+            wait_ms = 0 if self._mailbox else max(0, math.ceil((next_tick - self._clock()) * 1000))
             ready = self._poller.poll(wait_ms)
             if not ready and not self._mailbox:
                 continue
@@ -437,18 +499,26 @@ class Engine:
         try:
             return fn(*args)
         except Exception:
-            self.counters["handler_errors"] += 1
-            now = time.monotonic()
-            if now - self._last_error_log > 5.0:
-                self._last_error_log = now
-                logger.exception("node {} handler failed (errors so far: {})", self.node_id, self.counters["handler_errors"])
+            self._handler_failed()
             return default
 
+    def _handler_failed(self) -> None:
+        """Count the handler exception being handled, and log it (at most every 5 s)."""
+        self.counters["handler_errors"] += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 5.0:
+            self._last_error_log = now
+            logger.exception("node {} handler failed (errors so far: {})", self.node_id, self.counters["handler_errors"])
+
     def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
+        """Up to _BATCH messages the socket holds now (asking first: a failed receive costs an exception)."""
         batch: list[list[bytes]] = []
+        get, recv = sock.getsockopt, sock.recv_multipart
         for _ in range(_BATCH):
+            if not get(zmq.EVENTS) & zmq.POLLIN:
+                break
             try:
-                batch.append(sock.recv_multipart(zmq.NOBLOCK))
+                batch.append(recv(zmq.NOBLOCK))
             except zmq.Again:
                 break
         return batch
@@ -464,16 +534,23 @@ class Engine:
                 if answer[2] != b"200":
                     self.counters["auth_denied"] += 1
 
-    def _drain_mailbox(self, now: float) -> None:
-        self._drain(self._wake_pull)
-        # Cleared before the mailbox runs, so a post that lands meanwhile sends a fresh wake-up.
+    def _drain_mailbox(self, _now: float) -> None:
+        assert self._waker is not None
+        self._waker.clear()
+        # Cleared before the mailbox runs (after the sockets), so a post that lands meanwhile sends a fresh wake-up.
         self._wake_pending = False
-        self._run_mailbox(now)
 
     def _run_mailbox(self, now: float) -> None:
-        while self._mailbox:
-            fn = self._mailbox.popleft()
-            self._guard(fn, now)
+        """Run up to _MAILBOX_PER_TURN posted callables, oldest first; the rest wait for the next turn."""
+        mailbox = self._mailbox
+        left = min(len(mailbox), _MAILBOX_PER_TURN)
+        while left:
+            try:
+                while left:
+                    left -= 1
+                    mailbox.popleft()(now)
+            except Exception:
+                self._handler_failed()
 
     def _drain_inbox(self, now: float) -> None:
         limit = self._tuning.max_frame_bytes

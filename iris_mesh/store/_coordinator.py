@@ -7,6 +7,9 @@ elsewhere) and the replicas it currently counts as live, sends every
 id is applied locally through the same path), feeds replies back through
 `on_write_ack`/`on_read_reply`, and calls `tick` from its poll loop
 (`next_deadline` says when). Each caller request gets exactly one `Done`.
+`put_fanout` is `put` with the sends as one `Fanout` (the same message for every
+live replica), and `on_write_acks` takes a replica's "ok" for many writes at once:
+the shapes a runtime that batches its frames wants.
 
 Writes use strict quorum: a dead replica stays in the set, gets no message,
 and every live replica that receives the write also keeps a durable hint for
@@ -25,10 +28,11 @@ that would expire its request still counts.
 from __future__ import annotations
 
 import itertools
-from bisect import insort
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from functools import partial
+from operator import itemgetter
 from typing import NamedTuple
 
 from iris_mesh.store._versioned import Versioned
@@ -37,6 +41,7 @@ __all__ = [
     "DURABILITIES",
     "ERROR_CODES",
     "Done",
+    "Fanout",
     "Outbound",
     "QuorumCoordinator",
     "ReplicaRead",
@@ -50,11 +55,12 @@ ERROR_CODES = ("unavailable", "partition_detected", "bad_request", "inbox_full")
 _OK = "ok"
 _UNAVAILABLE = "unavailable"
 _PARTITION = "partition_detected"
+_INBOX_FULL = "inbox_full"
 _BAD_REQUEST = "bad_request"
+_new_tuple = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaWrite:
+class ReplicaWrite(NamedTuple):
     """Ask a replica to apply `item` if newer than what it has, fsync (if `sync`), then ack.
 
     The receiver also keeps a durable hint for each replica in `hint_for`.
@@ -68,8 +74,7 @@ class ReplicaWrite:
     sync: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaRead:
+class ReplicaRead(NamedTuple):
     """Ask a replica for its current version of a key (None if it has nothing)."""
 
     req: int
@@ -84,49 +89,47 @@ class Outbound(NamedTuple):
     message: ReplicaWrite | ReplicaRead
 
 
-class Done:
+class Fanout(NamedTuple):
+    """One write for each of `nodes`, alike (what `put_fanout` sends instead of an Outbound per node)."""
+
+    nodes: tuple[str, ...]
+    message: ReplicaWrite
+
+
+class Done(tuple):  # type: ignore[type-arg]
     """The answer to one put/get, emitted exactly once per caller request id. Immutable.
 
     For reads `item` is the newest version found (a tombstone means deleted).
     `acked_by` lists the replicas that acknowledged (writes) or replied (reads),
-    in arrival order. `detail` may be given as a function: it is then made the
-    first time it is read (most answers are never explained to anyone).
+    in arrival order. `detail` may be given as a function: it is then made
+    when it is read (most answers are never explained to anyone).
     """
 
-    __slots__ = ("req", "ok", "code", "_detail", "item", "acked_by")
+    __slots__ = ()
 
-    req: int
-    ok: bool
-    code: str
-    item: Versioned | None
-    acked_by: tuple[str, ...]
+    def __new__(cls, req: int, ok: bool, code: str, detail: str | Callable[[], str], item: Versioned | None = None,
+                acked_by: tuple[str, ...] = ()) -> Done:
+        return _new_tuple(cls, (req, ok, code, detail, item, acked_by))
 
-    def __init__(self, req: int, ok: bool, code: str, detail: str | Callable[[], str], item: Versioned | None = None,
-                 acked_by: tuple[str, ...] = ()) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "req", req)
-        setattr_(self, "ok", ok)
-        setattr_(self, "code", code)
-        setattr_(self, "_detail", detail)
-        setattr_(self, "item", item)
-        setattr_(self, "acked_by", acked_by)
+    req = property(itemgetter(0), doc="the caller's request id")
+    ok = property(itemgetter(1))
+    code = property(itemgetter(2), doc='"ok" or an error code (ERROR_CODES)')
+    item = property(itemgetter(4))
+    acked_by = property(itemgetter(5))
 
     @property
     def detail(self) -> str:
-        detail = self._detail
-        if not isinstance(detail, str):
-            detail = detail()
-            object.__setattr__(self, "_detail", detail)
-        return detail
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Done is immutable: cannot set {name}")
+        detail = self[3]
+        return detail if isinstance(detail, str) else detail()
 
     def _fields(self) -> tuple[object, ...]:
-        return (self.req, self.ok, self.code, self.detail, self.item, self.acked_by)
+        return (self[0], self[1], self[2], self.detail, self[4], self[5])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Done) and self._fields() == other._fields()
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
 
     def __hash__(self) -> int:
         return hash(self._fields())
@@ -277,11 +280,11 @@ class QuorumCoordinator:
         self._hint_linger_s = linger
         self._writes: dict[int, _Write] = {}
         self._reads: dict[int, _Read] = {}
-        # (when, req) in deadline order, one queue per delay: the delay is constant and `now` does
-        # not go back, so a new timer goes at the end. Stale entries are skipped when popped, which
-        # is cheaper than removing them when a request finishes.
-        self._timeouts: deque[tuple[float, int]] = deque()
-        self._lingers: deque[tuple[float, int]] = deque()
+        # (when, [req, ...]) in deadline order, one queue per delay: the delay is constant and `now`
+        # does not go back, so a new timer goes at the end, with the others of its loop turn. Stale
+        # requests are skipped when popped, which is cheaper than removing them when they finish.
+        self._timeouts: deque[tuple[float, list[int]]] = deque()
+        self._lingers: deque[tuple[float, list[int]]] = deque()
         self._internal_ids = itertools.count(-1, -1)
 
     @property
@@ -332,46 +335,67 @@ class QuorumCoordinator:
         still tracked; a bad durability or replica set is answered with
         `bad_request`.
         """
-        self._check_req(req)
-        problem = self._replica_set_problem(replicas)
-        if problem is None and durability not in DURABILITIES:
-            problem = f"unknown durability {durability!r}; expected one of {DURABILITIES}"
-        if problem is not None:
-            return Step(done=(Done(req, False, _BAD_REQUEST, problem),))
+        fanout, done = self.put_fanout(req, table, key, item, replicas=replicas, live=live, durability=durability,
+                                       now=now)
+        outbound = () if fanout is None else tuple(Outbound(node, fanout.message) for node in fanout.nodes)
+        return Step(outbound, () if done is None else (done,))
 
-        targets = tuple(node for node in replicas if node in live)
-        down = tuple(node for node in replicas if node not in live)
-        if durability == "best_effort":
-            required = 0
+    def put_fanout(
+        self,
+        req: int,
+        table: str,
+        key: bytes,
+        item: Versioned,
+        *,
+        replicas: Sequence[str],
+        live: Collection[str],
+        durability: str = "quorum",
+        now: float,
+    ) -> tuple[Fanout | None, Done | None]:
+        """`put`, with what to send as one Fanout (None: nothing) and the answer if it is known at once."""
+        if req < 0 or req in self._writes or req in self._reads:
+            self._check_req(req)
+        rf = self._rf
+        if not replicas or len(replicas) > rf or len(set(replicas)) != len(replicas):
+            return None, Done(req, False, _BAD_REQUEST, self._replica_set_problem(replicas) or "bad replica set")
+        if durability == "quorum":
+            required = self._w
         elif durability == "guaranteed":
             # A short replica set (fewer cores than RF) must not make
             # "guaranteed" weaker than "quorum".
             required = max(len(replicas), self._w)
+        elif durability == "best_effort":
+            required = 0
         else:
-            required = self._w
+            return None, Done(req, False, _BAD_REQUEST, f"unknown durability {durability!r}; expected one of {DURABILITIES}")
+
+        targets = tuple([node for node in replicas if node in live])
+        if len(targets) == len(replicas):
+            down: tuple[str, ...] = ()
+        else:
+            down = tuple([node for node in replicas if node not in live])
         # best_effort needs someone to send to, or the write would go nowhere.
-        needed_live = max(required, 1)
+        needed_live = required or 1
         if len(targets) < needed_live:
             detail = (
                 f"only {len(targets)} of {len(replicas)} replicas live; "
                 f"a {durability} write needs {needed_live}"
             )
             if len(replicas) < needed_live:
-                detail += f" (only {len(replicas)} cores hold this key, replication factor {self._rf})"
-            return Step(done=(Done(req, False, _UNAVAILABLE, detail),))
+                detail += f" (only {len(replicas)} cores hold this key, replication factor {rf})"
+            return None, Done(req, False, _UNAVAILABLE, detail)
 
-        sync = durability != "best_effort"
-        message = ReplicaWrite(req, table, key, item, hint_for=down, sync=sync)
-        outbound = tuple(Outbound(node, message) for node in targets)
+        sync = required != 0
+        message = _new_tuple(ReplicaWrite, (req, table, key, item, down, sync))
         write = _Write(req, table, key, item, durability, targets, required, sync)
         self._writes[req] = write
         if required == 0:
             write.answered = True
             self._arm(write, now + self._hint_linger_s, self._lingers)
             detail = f"sent to {len(targets)} of {len(replicas)} replicas without waiting for acks"
-            return Step(outbound, (Done(req, True, _OK, detail),))
+            return _new_tuple(Fanout, (targets, message)), Done(req, True, _OK, detail)
         self._arm(write, now + self._timeout_s, self._timeouts)
-        return Step(outbound)
+        return _new_tuple(Fanout, (targets, message)), None
 
     def on_write_ack(self, node: str, req: int, code: str, now: float) -> Step:
         """A replica's answer to a ReplicaWrite: "ok" once applied and synced, else an error code.
@@ -401,14 +425,33 @@ class QuorumCoordinator:
             return Step(hints, done) if hints or done else _NOTHING
         return Step(done=done) if done else _NOTHING
 
+    def on_write_acks(self, node: str, reqs: Iterable[int], now: float) -> Step:
+        """`on_write_ack(node, req, "ok", now)` for each of `reqs`, as one Step."""
+        writes = self._writes
+        done: list[Done] = []
+        hints: list[Outbound] = []
+        for req in reqs:
+            write = writes.get(req)
+            if write is None:
+                continue
+            acked = write.acked
+            if node in acked or node not in write.sent_to or node in write.failed:
+                continue
+            acked.append(node)
+            if not write.answered and len(acked) >= write.required:
+                done.append(self._write_ok(write))
+                write.answered = True
+                self._arm(write, now + self._hint_linger_s, self._lingers)
+            if write.answered and len(acked) + len(write.failed) == len(write.sent_to):
+                hints.extend(self._finish_write(write))
+        if not done and not hints:
+            return _NOTHING
+        return Step(tuple(hints), tuple(done))
+
     def _write_ok(self, write: _Write) -> Done:
         acked_by = tuple(write.acked)
-        required, durability = write.required, write.durability
-
-        def detail() -> str:
-            return f"stored on {', '.join(acked_by)} ({len(acked_by)} of {required} required acks, {durability})"
-
-        return Done(write.req, True, _OK, detail, acked_by=acked_by)
+        detail = partial(_stored_on, acked_by, write.required, write.durability)
+        return _new_tuple(Done, (write.req, True, _OK, detail, None, acked_by))
 
     def _write_failed(self, write: _Write) -> Done:
         codes = set(write.failed.values())
@@ -429,10 +472,19 @@ class QuorumCoordinator:
         return Done(write.req, False, _UNAVAILABLE, detail, acked_by=tuple(write.acked))
 
     def _finish_write(self, write: _Write) -> tuple[Outbound, ...]:
-        """Stop tracking; a durable hint, on the first replica that acked, for each that did not."""
+        """Stop tracking; a durable hint, on the first replica that acked, for each that did not.
+
+        Not for a replica that refused with `inbox_full`: a hint would force the
+        row past the limit that replica enforced.
+        """
         del self._writes[write.req]
-        missed = tuple(node for node in write.sent_to if node not in write.acked)
-        if not missed or not write.acked:
+        acked = write.acked
+        if not acked or len(acked) == len(write.sent_to):
+            return ()
+        missed = tuple(
+            node for node in write.sent_to if node not in acked and write.failed.get(node) != _INBOX_FULL
+        )
+        if not missed:
             return ()
         hint = ReplicaWrite(
             next(self._internal_ids), write.table, write.key, write.item, hint_for=missed, sync=write.sync
@@ -518,34 +570,34 @@ class QuorumCoordinator:
         """Fire every timer due at `now`: time out unanswered requests, end write lingers with hints."""
         outbound: list[Outbound] = []
         done: list[Done] = []
+        writes, reads = self._writes, self._reads
         while (queue := self._due(now)) is not None:
-            when, req = queue.popleft()
-            write = self._writes.get(req)
-            if write is not None and write.timer_at == when:
-                if not write.answered:
-                    # Every replica has had timeout_s: no point lingering further.
-                    done.append(self._write_timed_out(write))
-                outbound.extend(self._finish_write(write))
-                continue
-            read = self._reads.get(req)
-            if read is not None and read.timer_at == when:
-                del self._reads[req]
-                if not read.answered:
-                    detail = (
-                        f"only {len(read.replied)} of {read.required} required replicas replied "
-                        f"within {self._timeout_s:.1f} s"
-                    )
-                    done.append(Done(req, False, _UNAVAILABLE, detail, acked_by=tuple(read.replied)))
+            when, reqs = queue.popleft()
+            for req in reqs:
+                write = writes.get(req)
+                if write is not None:
+                    if write.timer_at == when:
+                        if not write.answered:
+                            # Every replica has had timeout_s: no point lingering further.
+                            done.append(self._write_timed_out(write))
+                        outbound.extend(self._finish_write(write))
+                    continue
+                read = reads.get(req)
+                if read is not None and read.timer_at == when:
+                    del reads[req]
+                    if not read.answered:
+                        detail = (
+                            f"only {len(read.replied)} of {read.required} required replicas replied "
+                            f"within {self._timeout_s:.1f} s"
+                        )
+                        done.append(Done(req, False, _UNAVAILABLE, detail, acked_by=tuple(read.replied)))
         if not outbound and not done:
             return _NOTHING
         return Step(tuple(outbound), tuple(done))
 
     def next_deadline(self) -> float | None:
         """When `tick` next has work (monotonic seconds), or None: the engine's poll timeout."""
-        for queue in (self._timeouts, self._lingers):
-            while queue and not self._live_timer(*queue[0]):
-                queue.popleft()
-        heads = [queue[0][0] for queue in (self._timeouts, self._lingers) if queue]
+        heads = [when for when in map(self._live_head, (self._timeouts, self._lingers)) if when is not None]
         return min(heads) if heads else None
 
     def pending(self) -> int:
@@ -554,14 +606,34 @@ class QuorumCoordinator:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _arm(self, tracked: _Write | _Read, when: float, queue: deque[tuple[float, int]]) -> None:
+    def _arm(self, tracked: _Write | _Read, when: float, queue: deque[tuple[float, list[int]]]) -> None:
         tracked.timer_at = when
-        if queue and when < queue[-1][0]:
-            insort(queue, (when, tracked.req))  # `now` went back (a caller's clock): keep the order
-        else:
-            queue.append((when, tracked.req))
+        if queue:
+            last_when, last = queue[-1]
+            if when == last_when:  # the common case: requests of one loop turn share their deadlines
+                last.append(tracked.req)
+                return
+            if when < last_when:  # `now` went back (a caller's clock): keep the order
+                at = bisect_left(queue, when, key=itemgetter(0))
+                if at < len(queue) and queue[at][0] == when:
+                    queue[at][1].append(tracked.req)
+                else:
+                    queue.insert(at, (when, [tracked.req]))
+                return
+        queue.append((when, [tracked.req]))
 
-    def _due(self, now: float) -> deque[tuple[float, int]] | None:
+    def _live_head(self, queue: deque[tuple[float, list[int]]]) -> float | None:
+        """Drop finished requests from the front of `queue`; the deadline of the first live one, if any."""
+        while queue:
+            when, reqs = queue[0]
+            live = [req for req in reqs if self._live_timer(when, req)]
+            if live:
+                reqs[:] = live
+                return when
+            queue.popleft()
+        return None
+
+    def _due(self, now: float) -> deque[tuple[float, list[int]]] | None:
         """The queue whose head is the earliest timer due at `now`, if any."""
         timeouts, lingers = self._timeouts, self._lingers
         if timeouts and timeouts[0][0] <= now and not (lingers and lingers[0][0] < timeouts[0][0]):
@@ -588,6 +660,10 @@ class QuorumCoordinator:
         if len(replicas) > self._rf:
             return f"{len(replicas)} replicas for replication factor {self._rf}"
         return None
+
+
+def _stored_on(acked_by: tuple[str, ...], required: int, durability: str) -> str:
+    return f"stored on {', '.join(acked_by)} ({len(acked_by)} of {required} required acks, {durability})"
 
 
 def _answers(failed: dict[str, str]) -> str:

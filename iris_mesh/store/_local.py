@@ -1,19 +1,20 @@
 """Versioned tables on the node's RocksDB, written by group commit.
 
-The engine thread stages writes during one loop turn; `async_end_of_batch` hands
-what is staged to a committer thread as ONE atomic WriteBatch, which it writes
-without sync and then makes durable with ONE `flush_wal_synced` (that call
-releases the GIL, so the engine loop keeps serving during the fsync; a synced
-put would freeze it). Completions come back to the engine thread through `post`.
-While a batch is in flight, new writes gather into the next one, so the number
-of fsyncs adapts to the disk: one per turn when it is fast, fewer and larger
-batches when it is slow.
+The engine thread stages writes during one loop turn; `async_end_of_batch` writes
+what is staged as ONE atomic WriteBatch and hands it to group commit
+(`_commit.py`), which makes it durable with one WAL fsync on a sync thread shared
+by every batch written while the previous fsync ran. Completions come back to the
+engine thread through `post`.
 
 Newer wins: a write is staged only if its version is larger than the key's
-current value, where "current" is, in this order, what is staged, what is in
-flight, and what is stored. Deletes are tombstones (values too), so a late,
-older write never resurrects deleted data; `async_purge_tombstones` drops old
-tombstones once every replica has had time to see them.
+current value, where "current" is, in this order, what is staged, what is written
+but not yet durable, and what is stored. Deletes are tombstones (values too), so a
+late, older write never resurrects deleted data; `async_purge_tombstones` drops
+old tombstones once every replica has had time to see them.
+
+Replica writes arrive in groups (one per mesh frame and table): `async_apply_many`
+stages a group with one completion for all of it, and keeps the encoding that came
+over the wire, so those bytes are written as they are.
 
 Hints for a replica that is down live in the `hints` table under
 `len(target) target len(table) table key`, one per (target, table, key),
@@ -22,14 +23,11 @@ newest only, committed in the same batch as the writes of the turn.
 
 from __future__ import annotations
 
-import threading
-import time
-from typing import Callable
+from typing import Callable, Sequence
 
-from loguru import logger
-
+from iris_mesh.store._commit import Batch, GroupCommit, OnDurable, Post
 from iris_mesh.store._db import Database, StoreError
-from iris_mesh.store._versioned import Versioned, VersionError, decode_versioned, encode_versioned
+from iris_mesh.store._versioned import Version, Versioned, VersionError, decode_versioned
 
 __all__ = ["LocalStore", "VERSIONED_TABLES"]
 
@@ -37,22 +35,29 @@ VERSIONED_TABLES = ("offline_msg", "cross_region_queue", "presence", "hints")
 _HINTS = "hints"
 _COUNTED_PARTITIONS = 4096
 
-Post = Callable[[Callable[[float], None]], None]
-OnDurable = Callable[[bool], None]
+_ABSENT = object()  # "not in this batch" (a staged delete is None)
 
 
-class _Batch:
-    """The writes of one group commit. Engine thread: ops, callbacks; committer: reads ops."""
+class _Join:
+    """Calls `fn(ok)` once every callback handed out by `one` has run; ok only if all of them got True."""
 
-    __slots__ = ("ops", "early", "durable", "live_delta", "written")
+    __slots__ = ("fn", "waiting", "ok")
 
-    def __init__(self) -> None:
-        # (table, key) -> new value, or None for a delete
-        self.ops: dict[tuple[str, bytes], Versioned | None] = {}
-        self.early: list[OnDurable] = []  # sync=False: may run once written, before the fsync
-        self.durable: list[OnDurable] = []
-        self.live_delta: dict[str, int] = {}
-        self.written = False
+    def __init__(self, fn: OnDurable) -> None:
+        self.fn = fn
+        self.waiting = 0
+        self.ok = True
+
+    def one(self) -> OnDurable:
+        self.waiting += 1
+        return self._arrive
+
+    def _arrive(self, ok: bool) -> None:
+        if not ok:
+            self.ok = False
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.fn(self.ok)
 
 
 def _is_live(item: Versioned | None) -> bool:
@@ -79,47 +84,29 @@ class LocalStore:
 
     `post(fn)` must queue fn(now) to run on the engine thread and wake its loop;
     the engine calls `async_end_of_batch` once per loop turn, after the posted
-    callables of that turn, so a completion that frees the committer lets the
-    next staged batch go in the same turn.
+    callables of that turn, so an fsync completion lets the next fsync start in
+    the same turn.
     """
 
     def __init__(self, db: Database, *, post: Post) -> None:
         self._db = db
         self._post = post
-        self._staged = _Batch()
+        self._staged = Batch()
         # (table, partition) -> live rows, least recently asked first (see live_in_partition)
         self._partition_live: dict[tuple[str, bytes], int] = {}
-        self._inflight: _Batch | None = None  # engine thread's view: handed off, completion not yet run
         self._live = {table: self._count_live(table) for table in VERSIONED_TABLES}
-        self._cond = threading.Condition()
-        self._handoff: _Batch | None = None  # guarded by _cond: the batch the committer must take
-        self._committing = False  # guarded by _cond
-        self._stopping = False  # guarded by _cond
-        self._thread: threading.Thread | None = None
+        self._commit = GroupCommit(db, post=post, on_written=self._on_written, name=db.path.name)
         self._closed = False
-        self._stats = {
-            "commits": 0,
-            "writes_committed": 0,
-            "max_batch": 0,
-            "write_us_total": 0,
-            "fsync_us_total": 0,
-            "fsync_us_max": 0,
-            "failed_commits": 0,
-        }
 
     # ---- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
-        """Start the committer thread."""
-        if self._thread is None and not self._closed:
-            self._spawn()
-
-    def _spawn(self) -> None:
-        self._thread = threading.Thread(target=self._commit_loop, name=f"store-commit:{self._db.path.name}", daemon=True)
-        self._thread.start()
+        """Start the sync thread."""
+        if not self._closed:
+            self._commit.start()
 
     def close(self) -> None:
-        """Commit what is staged, stop the committer (join). Idempotent.
+        """Write what is staged, make everything written durable, stop the sync thread (join). Idempotent.
 
         Call it on the engine thread or after the engine stopped. Completions are
         still posted; if the engine no longer runs them, those writes are durable
@@ -128,24 +115,10 @@ class LocalStore:
         if self._closed:
             return
         self._closed = True
-        if self._thread is None:
-            if not self._staged.ops:
-                return
-            self._spawn()
-        assert self._thread is not None
-        with self._cond:
-            self._cond.wait_for(lambda: self._handoff is None and not self._committing)
         if self._staged.ops:
-            batch, self._staged = self._staged, _Batch()
-            self._inflight = batch
-            with self._cond:
-                self._handoff = batch
-                self._cond.notify_all()
-                self._cond.wait_for(lambda: self._handoff is None and not self._committing)
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._thread.join()
+            batch, self._staged = self._staged, Batch()
+            self._commit.async_write(batch)
+        self._commit.close()
 
     # ---- engine thread: writes ----------------------------------------------
 
@@ -159,10 +132,10 @@ class LocalStore:
         sync: bool = True,
         before: Callable[[Versioned | None], None] | None = None,
     ) -> bool:
-        """Stage `item` if it is newer than the current value (staged, in flight or stored); return whether it was.
+        """Stage `item` if it is newer than the current value (staged, written or durable); return whether it was.
 
         on_durable(True) runs on the engine thread once the write (or, if it was
-        not newer, the newer value already staged or in flight) is fsync'd;
+        not newer, the newer value already staged or written) is fsync'd;
         on_durable(False) if that commit failed. With sync=False it may run once
         the write is in RocksDB (safe from a process crash, not from power loss).
         before(current) runs first, with that current value, so callers need not read it again.
@@ -179,6 +152,96 @@ class LocalStore:
         if on_durable is not None:
             self._wait_for(batch, on_durable, sync)
         return False
+
+    def async_apply_many(
+        self,
+        table: str,
+        keys: Sequence[bytes],
+        items: Sequence[Versioned],
+        raws: Sequence[bytes],
+        on_durable: OnDurable,
+        *,
+        sync: bool = True,
+        partition_limit: int | None = None,
+    ) -> tuple[list[int], list[Version | None]]:
+        """Apply a group of writes (keys[i] gets items[i], encoded as raws[i]) as `async_apply` applies one.
+
+        Returns the positions refused for space, and for every other write, in order, the
+        version of the key's current value it was compared with (None: no value). A live item
+        for a key its partition does not hold yet is refused (and nothing else is done with
+        it) while the partition already holds `partition_limit` live rows; rows staged earlier
+        in the group count. on_durable(ok) runs once, on the engine thread, when every write
+        that was not refused (or the newer value it lost to) is durable (with sync=False:
+        written); ok is False if any of those commits failed.
+        """
+        self._check_table(table)
+        staged = self._staged
+        ops, staged_raws = staged.ops, staged.raws
+        written = list(self._commit.written_batches())  # rarely more than one or two
+        counted = self._partition_live
+        live_in_partition = self.live_in_partition
+        stored = self._db.get_many(table, keys)  # one call: a read per key would cost more than the rest
+        decode = self._decode
+        refused: list[int] = []
+        currents: list[Version | None] = []
+        add_current = currents.append
+        live_delta = 0
+        on_staged = False
+        waits_for: list[Batch] = []  # written batches holding newer values some writes lost to
+        position = -1
+        for key, item, raw, found in zip(keys, items, raws, stored):
+            position += 1
+            version, value = item
+            partition = None
+            if partition_limit is not None and value is not None:
+                cut = key.find(b"\x00")
+                partition = key if cut < 0 else key[:cut]
+                # A rewrite of a key the partition already holds is never refused.
+                if found is None and live_in_partition(table, partition) >= partition_limit:
+                    refused.append(position)
+                    continue
+            ident = (table, key)
+            current = ops.get(ident, _ABSENT)
+            holder: Batch | None = staged
+            if current is _ABSENT:
+                holder = None
+                for batch in written:
+                    current = batch.ops.get(ident, _ABSENT)
+                    if current is not _ABSENT:
+                        holder = batch
+                        break
+                else:
+                    current = None if found is None else decode(table, key, found)
+            current_version = None if current is None else current[0]  # type: ignore[index]
+            add_current(current_version)
+            if current_version is None or version > current_version:
+                ops[ident] = item
+                staged_raws[ident] = raw
+                on_staged = True
+                delta = (value is not None) - (current is not None and current[1] is not None)  # type: ignore[index]
+                if delta:
+                    live_delta += delta
+                    if counted:
+                        if partition is None:
+                            cut = key.find(b"\x00")
+                            partition = key if cut < 0 else key[:cut]
+                        if (table, partition) in counted:
+                            counted[(table, partition)] += delta
+            elif holder is staged:
+                on_staged = True
+            elif holder is not None and holder not in waits_for:
+                waits_for.append(holder)
+        if live_delta:
+            staged.live_delta[table] = staged.live_delta.get(table, 0) + live_delta
+        join = _Join(on_durable)
+        if on_staged:
+            (staged.durable if sync else staged.early).append(join.one())
+        if sync:  # written batches: only their fsync is still to come
+            for batch in waits_for:
+                batch.durable.append(join.one())
+        if join.waiting == 0:
+            self._post(lambda _now: on_durable(True))
+        return refused, currents
 
     def async_put_hint(self, target: str, table: str, key: bytes, item: Versioned, on_durable: OnDurable | None = None) -> None:
         """Durably remember that replica `target` misses `item`; only the newest hint per (target, table, key) is kept."""
@@ -213,24 +276,24 @@ class LocalStore:
         return purged
 
     def async_end_of_batch(self) -> None:
-        """Hand what this turn staged to the committer, if it is idle (once per engine loop turn)."""
-        if self._inflight is not None or self._closed:
-            return
-        staged = self._staged
-        if not staged.ops:
-            return
-        if self._thread is None:
-            raise StoreError("LocalStore.start() was not called; staged writes cannot be committed")
-        self._staged = _Batch()
-        self._inflight = staged
-        with self._cond:
-            self._handoff = staged
-            self._cond.notify_all()
+        """Once per engine loop turn: unless an fsync is under way, write what is staged and start one.
 
-    # ---- reads (any thread; they see committed data only) -------------------
+        While one is under way, writes keep gathering in the staged batch: one RocksDB write
+        and one fsync per group commit, however many turns it took to gather it.
+        """
+        if self._closed or self._commit.syncing:
+            return
+        if self._staged.ops:
+            if not self._commit.started:
+                raise StoreError("LocalStore.start() was not called; staged writes cannot be committed")
+            batch, self._staged = self._staged, Batch()
+            self._commit.async_write(batch)
+        self._commit.async_sync()
+
+    # ---- reads (any thread; they see written data, durable or about to be) ---
 
     def read(self, table: str, key: bytes) -> Versioned | None:
-        """The newest committed value, tombstones included (a batch whose fsync is under way counts as committed)."""
+        """The newest written value, tombstones included (a batch written and waiting for its fsync counts)."""
         raw = self._db.get(table, key)
         return None if raw is None else self._decode(table, key, raw)
 
@@ -287,10 +350,10 @@ class LocalStore:
         return self._live[table]
 
     def stats(self) -> dict[str, int]:
-        """Commits, writes committed, largest batch, write/fsync time in µs, writes staged or in flight."""
-        out = dict(self._stats)
+        """Commits (fsyncs), writes committed, largest commit, write/fsync time in µs, writes staged or not yet durable."""
+        out = dict(self._commit.stats)
         out["staged"] = len(self._staged.ops)
-        out["in_flight"] = len(self._inflight.ops) if self._inflight is not None else 0
+        out["in_flight"] = self._commit.pending_writes()
         out["pending"] = out["staged"] + out["in_flight"]
         return out
 
@@ -302,18 +365,23 @@ class LocalStore:
         if self._closed:
             raise StoreError("the local store is closed")
 
-    def _current(self, table: str, key: bytes) -> tuple[Versioned | None, _Batch | None]:
-        """The key's newest value as the engine sees it, and the uncommitted batch that holds it (None: stored)."""
+    def _current(self, table: str, key: bytes) -> tuple[Versioned | None, Batch | None]:
+        """The key's newest value as the engine sees it, and the batch not yet durable that holds it (None: durable)."""
         ident = (table, key)
-        if ident in self._staged.ops:
-            return self._staged.ops[ident], self._staged
-        if self._inflight is not None and ident in self._inflight.ops:
-            return self._inflight.ops[ident], self._inflight
+        current = self._staged.ops.get(ident, _ABSENT)
+        if current is not _ABSENT:
+            return current, self._staged  # type: ignore[return-value]
+        for batch in self._commit.written_batches():
+            current = batch.ops.get(ident, _ABSENT)
+            if current is not _ABSENT:
+                return current, batch  # type: ignore[return-value]
         return self.read(table, key), None
 
     def _stage(self, table: str, key: bytes, item: Versioned | None, current: Versioned | None) -> None:
         staged = self._staged
         staged.ops[(table, key)] = item
+        if staged.raws:
+            staged.raws.pop((table, key), None)
         delta = _is_live(item) - _is_live(current)
         if delta:
             staged.live_delta[table] = staged.live_delta.get(table, 0) + delta
@@ -322,39 +390,16 @@ class LocalStore:
                 if ident in self._partition_live:
                     self._partition_live[ident] += delta
 
-    def _wait_for(self, batch: _Batch | None, on_durable: OnDurable, sync: bool) -> None:
+    def _wait_for(self, batch: Batch | None, on_durable: OnDurable, sync: bool) -> None:
         """Acknowledge a stale write once the newer value it lost to is durable."""
         if batch is None or (not sync and batch.written):
             self._post(lambda _now: on_durable(True))
         else:
             (batch.durable if sync else batch.early).append(on_durable)
 
-    def _on_written(self, batch: _Batch) -> None:
-        if batch.written:
-            return
-        batch.written = True
+    def _on_written(self, batch: Batch) -> None:
         for table, delta in batch.live_delta.items():
             self._live[table] += delta
-        early, batch.early = batch.early, []
-        for cb in early:
-            self._callback(cb, True)
-
-    def _on_done(self, batch: _Batch, written: bool, durable: bool) -> None:
-        if written:
-            self._on_written(batch)
-        callbacks = batch.early + batch.durable
-        batch.early, batch.durable = [], []
-        if self._inflight is batch:
-            self._inflight = None
-        for cb in callbacks:
-            self._callback(cb, durable)
-
-    @staticmethod
-    def _callback(cb: OnDurable, ok: bool) -> None:
-        try:
-            cb(ok)
-        except Exception:
-            logger.exception("an on_durable callback failed; the write itself is unaffected")
 
     def _decode(self, table: str, key: bytes, raw: bytes) -> Versioned:
         try:
@@ -364,62 +409,3 @@ class LocalStore:
 
     def _count_live(self, table: str) -> int:
         return sum(1 for _, raw in self._db.iterate(table) if len(raw) > 1 and not raw[1] & 0x01)
-
-    # ---- committer thread -----------------------------------------------------
-
-    def _commit_loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._handoff is not None or self._stopping)
-                batch = self._handoff
-                if batch is None:
-                    return
-                # Taken now: the completion posted by _commit may let the engine hand
-                # over the next batch before this commit's bookkeeping ends.
-                self._handoff = None
-                self._committing = True
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._committing = False
-                    self._cond.notify_all()
-
-    def _commit(self, batch: _Batch) -> None:
-        ops = [(table, key, None if item is None else encode_versioned(item)) for (table, key), item in batch.ops.items()]
-        t0 = time.perf_counter()
-        try:
-            self._db.write(ops)
-        except Exception as exc:
-            self._stats["failed_commits"] += 1
-            logger.error(
-                "storage write of {} operations failed, none acknowledged ({}); check disk space and the data directory",
-                len(ops),
-                exc,
-            )
-            self._post(lambda _now: self._on_done(batch, written=False, durable=False))
-            return
-        t1 = time.perf_counter()
-        if batch.early:
-            self._post(lambda _now: self._on_written(batch))
-        try:
-            self._db.flush_wal_synced()
-        except Exception as exc:
-            self._stats["failed_commits"] += 1
-            logger.error(
-                "fsync of the write-ahead log failed for {} operations, none acknowledged as durable ({}); "
-                "the disk may be failing: stop the node and check it",
-                len(ops),
-                exc,
-            )
-            self._post(lambda _now: self._on_done(batch, written=True, durable=False))
-            return
-        fsync_us = int((time.perf_counter() - t1) * 1e6)
-        stats = self._stats
-        stats["commits"] += 1
-        stats["writes_committed"] += len(ops)
-        stats["max_batch"] = max(stats["max_batch"], len(ops))
-        stats["write_us_total"] += int((t1 - t0) * 1e6)
-        stats["fsync_us_total"] += fsync_us
-        stats["fsync_us_max"] = max(stats["fsync_us_max"], fsync_us)
-        self._post(lambda _now: self._on_done(batch, written=True, durable=True))

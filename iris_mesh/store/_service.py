@@ -1,9 +1,10 @@
 """StoreService: quorum reads and writes over the mesh, replica apply, hint handoff. Engine thread only.
 
-Mesh frames (each a batch: one frame per peer per engine loop turn):
+Mesh frames (each a batch: one frame per peer per engine loop turn; replica writes for
+nodes still busy with earlier ones wait a few milliseconds at most to share a frame):
 
-    sput  {w: [[req, table, key, versioned, hint_for, sync, fresh?], ...]}   apply (if newer), fsync, then ack
-    sack  {a: [[req, code], ...]}                                     code: ok | partition_detected | ...
+    sput  {w: [[table, hint_for, flags, reqs, rows], ...]}            apply (if newer), fsync, then ack (see `_frames.py`)
+    sack  {k: [req, ...], a: [[req, code], ...]}                      k: ok; a: partition_detected, inbox_full, ...
     sget  {r: [[req, table, key], ...]}                               read the local replica
     sval  {r: [[req, versioned or null, code], ...]}
     sscan {r: [[req, table, prefix, start_after, limit], ...]}        one page of a prefix scan
@@ -11,8 +12,10 @@ Mesh frames (each a batch: one frame per peer per engine loop turn):
 
 `versioned` is the on-disk encoding of `Versioned` (see `_versioned.py`). On cores,
 anti-entropy (`_anti_entropy.py`) adds its `ae_*` frames and pushes repairs as `sput`
-entries; every write of a user table goes through `_apply_write`, which keeps its
-digests current.
+entries; every write of a user table goes through `_apply_group`, which keeps its
+digests current. Requests the service makes itself (hint handoffs, anti-entropy
+pushes) take ids from `INTERNAL_REQ_BASE` up, so a sack that answers only the
+coordinator's writes goes to it in one call.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from typing import Any, Callable, Protocol
 
 from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
-from iris_mesh.store._keys import partition_key
+from iris_mesh.store._frames import (
+    FRAME_BUDGET_BYTES,
+    FRESH,
+    SYNC,
+    AckBatcher,
+    WriteSender,
+    parse_write_groups,
+)
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._scan import QuorumScanner, ReplicaScan, ScanDone
 from iris_mesh.store._versioned import (
@@ -36,7 +46,7 @@ from iris_mesh.store._versioned import (
     encode_versioned,
 )
 
-__all__ = ["StoreService", "USER_TABLES", "StoreMembership", "StoreMesh"]
+__all__ = ["INTERNAL_REQ_BASE", "StoreService", "USER_TABLES", "StoreMembership", "StoreMesh"]
 
 # Tables applications and operators may read and write; `hints` and `meta` are the node's own.
 USER_TABLES = ("offline_msg", "cross_region_queue", "presence")
@@ -45,37 +55,29 @@ _HANDOFF_BATCH = 500
 _HANDOFF_TIMEOUT_S = 5.0
 _MAX_SCAN_LIMIT = 1000
 _LIVE_STATES = ("alive", "suspect")
-# Outgoing batches are cut into frames of at most this many bytes (well under max_frame_bytes).
-_FRAME_BUDGET_BYTES = 256 * 1024
 _ENTRY_OVERHEAD_BYTES = 32
-_ACK_ENTRY_BYTES = 64  # an int and an error code, with room to spare
+INTERNAL_REQ_BASE = 1 << 62
 # A value must fit in one mesh frame with room to spare (max_frame_bytes is at least 1 MiB by default).
 MAX_VALUE_BYTES = 512 * 1024
 
 OnDone = Callable[[Done], None]
+_new_tuple = tuple.__new__
 
 
 def _entry_size(entry: list[Any]) -> int:
     return _ENTRY_OVERHEAD_BYTES + sum(len(part) for part in entry if isinstance(part, (bytes, str)))
 
 
-def _write_size(entry: list[Any]) -> int:
-    """An sput entry's size: its table, key, value and hint targets (the rest fits in the overhead)."""
-    hint_for = entry[4]
-    size = _ENTRY_OVERHEAD_BYTES + len(entry[1]) + len(entry[2]) + len(entry[3])
-    return size + sum(map(len, hint_for)) if hint_for else size
-
-
 def _chunks(entries: list[list[Any]], size: Callable[[list[Any]], int] = _entry_size) -> list[list[list[Any]]]:
     """Split a batch so that no frame outgrows the frame budget."""
     sizes = list(map(size, entries))
-    if sum(sizes) <= _FRAME_BUDGET_BYTES:
+    if sum(sizes) <= FRAME_BUDGET_BYTES:
         return [entries]
     chunks: list[list[list[Any]]] = []
     current: list[list[Any]] = []
     total = 0
     for entry, entry_size in zip(entries, sizes):
-        if current and total + entry_size > _FRAME_BUDGET_BYTES:
+        if current and total + entry_size > FRAME_BUDGET_BYTES:
             chunks.append(current)
             current, total = [], 0
         current.append(entry)
@@ -83,16 +85,6 @@ def _chunks(entries: list[list[Any]], size: Callable[[list[Any]], int] = _entry_
     if current:
         chunks.append(current)
     return chunks
-
-
-def _write_chunks(entries: list[list[Any]]) -> list[list[list[Any]]]:
-    return _chunks(entries, _write_size)
-
-
-def _ack_chunks(entries: list[list[Any]]) -> list[list[list[Any]]]:
-    """sack entries are [req, code], a few dozen bytes each: cut by count."""
-    step = _FRAME_BUDGET_BYTES // _ACK_ENTRY_BYTES
-    return [entries] if len(entries) <= step else [entries[i : i + step] for i in range(0, len(entries), step)]
 
 
 class PeerTransition(Protocol):
@@ -112,6 +104,7 @@ class StoreMembership(Protocol):
 
 class StoreMesh(Protocol):
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
+    def async_send_many(self, node_ids: tuple[str, ...], op: str, **fields: Any) -> int: ...
 
 
 class StoreService:
@@ -142,21 +135,26 @@ class StoreService:
         # Most live keys one partition of a table may hold (e.g. an inbox); new keys past it are refused.
         self._partition_limits = dict(partition_limits or {})
         self._ids = itertools.count(1)
+        self._internal_ids = itertools.count(INTERNAL_REQ_BASE)
         self._callbacks: dict[int, OnDone] = {}
         self._direct_reads: dict[int, Callable[[Versioned | None, str], None]] = {}
         self._handoffs: dict[int, tuple[str, str, bytes, Versioned, float]] = {}
         self._last_now = 0.0
         self._handoff_keys: set[tuple[str, str, bytes]] = set()
         self._next_handoff = 0.0
-        # Outgoing batches, flushed once per loop turn.
-        self._out_writes: dict[str, list[list[Any]]] = defaultdict(list)
+        # Outgoing batches, flushed once per loop turn (replica writes: see WriteSender).
+        # This node's own share of the turn's writes: (table, hint_for, flags) -> (reqs, keys, items, raws)
+        self._own_writes: dict[tuple[str, tuple[str, ...], int],
+                               tuple[list[int], list[bytes], list[Versioned], list[bytes]]] = {}
+        self._remote: dict[tuple[str, ...], tuple[str, ...]] = {}  # replica set -> the others of it
         self._out_reads: dict[str, list[list[Any]]] = defaultdict(list)
-        self._out_acks: dict[str, list[list[Any]]] = defaultdict(list)
+        self._acks = AckBatcher()
         self._out_values: dict[str, list[list[Any]]] = defaultdict(list)
         self._out_ae: list[tuple[str, str, dict[str, Any]]] = []  # after the writes of the turn they follow
-        self._last_write: ReplicaWrite | None = None  # and its entry, shared by the replicas it goes to
-        self._last_write_entry: list[Any] = []
+        self._live_at = -1.0  # the turn `_live_sets` is of
+        self._live_sets: dict[tuple[str, ...], list[str]] = {}
         self.counters: dict[str, int] = defaultdict(int)
+        self._out_writes = WriteSender(self.counters)
         self.scanner = QuorumScanner(read_quorum=coordinator.read_quorum, timeout_s=coordinator.timeout_s)
         self._scan_callbacks: dict[int, Callable[[ScanDone], None]] = {}
         self._out_scans: dict[str, list[list[Any]]] = defaultdict(list)
@@ -195,9 +193,9 @@ class StoreService:
         larger than a known one (a delete that must win over a pinned write).
         """
         req = next(self._ids)
-        problem = self._bad_table(table)
-        if problem:
-            on_done(Done(req, False, "bad_request", problem))
+        self._last_now = now
+        if table not in USER_TABLES:
+            on_done(Done(req, False, "bad_request", self._bad_table(table) or ""))
             return
         if value is not None and len(value) > MAX_VALUE_BYTES:
             on_done(Done(req, False, "too_large", f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}"))
@@ -209,11 +207,16 @@ class StoreService:
             version = self.clock.now(self._wall_ms())
             if version.hlc <= min_hlc:
                 version = Version(min_hlc + 1, version.node)
-        item = Versioned(version, value)
+        item = _new_tuple(Versioned, (version, value))
         replicas = self._replicas_for(key)
-        self._callbacks[req] = on_done
-        self._run(self.coordinator.put(req, table, key, item, replicas=replicas, live=self._live(replicas),
-                                       durability=durability, now=now))
+        fanout, done = self.coordinator.put_fanout(req, table, key, item, replicas=replicas,
+                                                   live=self._live(replicas, now), durability=durability, now=now)
+        if done is None:
+            self._callbacks[req] = on_done
+        if fanout is not None:
+            self._send_write(fanout.nodes, fanout.message)
+        if done is not None:
+            on_done(done)
 
     def async_get(self, table: str, key: bytes, *, on_done: OnDone, now: float) -> None:
         """Quorum read with read repair; Done.item is the newest version (a tombstone means deleted)."""
@@ -224,7 +227,7 @@ class StoreService:
             return
         replicas = self._replicas_for(key)
         self._callbacks[req] = on_done
-        self._run(self.coordinator.get(req, table, key, replicas=replicas, live=self._live(replicas), now=now))
+        self._run(self.coordinator.get(req, table, key, replicas=replicas, live=self._live(replicas, now), now=now))
 
     def async_read_replica(self, node: str, table: str, key: bytes, on_reply: Callable[[Versioned | None, str], None]) -> None:
         """Read one replica's copy as it is, with no quorum and no repair (for `meshctl get --replica`)."""
@@ -247,7 +250,7 @@ class StoreService:
         replicas = self._replicas_for(prefix)
         self._scan_callbacks[req] = on_done
         outbound, done = self.scanner.scan(req, table, prefix, start_after=start_after, limit=limit,
-                                           replicas=replicas, live=self._live(replicas), now=now)
+                                           replicas=replicas, live=self._live(replicas, now), now=now)
         self._run_scan(outbound, done)
 
     def replicas(self, key: bytes) -> list[str]:
@@ -277,20 +280,32 @@ class StoreService:
     def async_after_batch(self, now: float) -> None:
         assert self._mesh is not None
         self._last_now = now
-        for out, op, field, chunks in (
-            (self._out_writes, "sput", "w", _write_chunks), (self._out_reads, "sget", "r", _chunks),
-            (self._out_acks, "sack", "a", _ack_chunks), (self._out_values, "sval", "r", _chunks),
-            (self._out_scans, "sscan", "r", _chunks), (self._out_pages, "spage", "r", _chunks),
+        mesh = self._mesh
+        while self._own_writes:
+            own, self._own_writes = self._own_writes, {}
+            for (table, hint_for, flags), (reqs, keys, items, raws) in own.items():
+                self._apply_group(self.node_id, table, hint_for, flags, reqs, keys, items, raws)
+        if self._out_writes:
+            self._out_writes.send(mesh, now)
+        if self._acks:
+            for node, fields in self._acks.drain():
+                if not mesh.async_send(node, "sack", **fields):
+                    self.counters["sack_not_sent"] += len(fields.get("k", ())) + len(fields.get("a", ()))
+        for out, op, field in (
+            (self._out_reads, "sget", "r"), (self._out_values, "sval", "r"),
+            (self._out_scans, "sscan", "r"), (self._out_pages, "spage", "r"),
         ):
             if not out:
                 continue
             for node, entries in out.items():
-                for chunk in chunks(entries):
-                    if not self._mesh.async_send(node, op, **{field: chunk}):
+                for chunk in _chunks(entries):
+                    if not mesh.async_send(node, op, **{field: chunk}):
                         self.counters[f"{op}_not_sent"] += len(chunk)
             out.clear()
+        if self._out_ae and self._out_writes:
+            self._out_writes.send(mesh, now, hold=False)  # an anti-entropy frame must follow the writes it reports
         for node, op, fields in self._out_ae:
-            if not self._mesh.async_send(node, op, **fields):
+            if not mesh.async_send(node, op, **fields):
                 self.counters[f"{op}_not_sent"] += 1
         self._out_ae.clear()
         if self.local is not None:
@@ -305,62 +320,83 @@ class StoreService:
         if self.local is not None and now >= self._next_handoff:
             self._next_handoff = now + _HANDOFF_INTERVAL_S
             self._hand_off_hints(now)
+        wait_s = None
         if self.anti_entropy is not None:
-            return self.anti_entropy.async_tick(now)
-        return None
+            wait_s = self.anti_entropy.async_tick(now)
+        if self._out_writes:
+            assert self._mesh is not None
+            self._out_writes.send(self._mesh, now)  # held ones whose time is up
+            held_s = self._out_writes.wait_s(now)
+            if held_s is not None:
+                wait_s = held_s if wait_s is None else min(wait_s, held_s)
+        return wait_s
 
     # ---- replica side ------------------------------------------------------------------------
 
     def _on_sput(self, msg: dict[str, Any], now: float) -> None:
-        entries = msg.get("w")
-        if not isinstance(entries, list):
-            self.counters["bad_store_frames"] += 1
-            return
-        for entry in entries:
-            self._apply_write(msg["src"], entry)
-
-    def _apply_write(self, src: str, entry: Any) -> None:
         try:
-            req, table, key, raw, hint_for, sync = entry[:6]
-            # A client's own write (not a repair, hint or handoff): only these may be refused for space.
-            fresh = len(entry) > 6 and entry[6] is True
-            item = decode_versioned(raw)
-            if not (isinstance(req, int) and isinstance(key, bytes) and isinstance(hint_for, list)):
-                raise ValueError("bad field types")
-        except (TypeError, ValueError, VersionError):
+            groups = parse_write_groups(msg)
+        except ValueError:
             self.counters["bad_store_frames"] += 1
             return
-        if self.local is None or table not in USER_TABLES:
-            self._ack(src, req, "bad_request")
+        src = msg["src"]
+        for group in groups:
+            self._apply_group(src, *group)
+
+    def _apply_group(self, src: str, table: str, hint_for: tuple[str, ...], flags: int, reqs: list[int],
+                     keys: list[bytes], items: list[Versioned], raws: list[bytes]) -> None:
+        """Apply one group of replica writes from `src` (reqs[i]: keys[i] gets items[i], encoded as raws[i]).
+
+        Newer wins; each write is acked once it is durable.
+        """
+        local = self.local
+        if not keys:
+            return
+        if local is None or table not in USER_TABLES:
+            self._ack_each(src, reqs, "bad_request")
             return
         if not self._membership.is_safe_for_writes():
-            self._ack(src, req, "partition_detected")
+            self._ack_each(src, reqs, "partition_detected")
             return
-        limit = self._partition_limits.get(table)
-        if limit is not None and fresh and not item.is_tombstone and self._partition_full(table, key, limit):
-            self._ack(src, req, "inbox_full")
-            return
-        self.clock.observe(item.version)
+        # Only a client's own write (not a repair, hint or handoff) may be refused for space.
+        limit = self._partition_limits.get(table) if flags & FRESH else None
+        self.clock.observe(max(item.version for item in items))
         anti_entropy = self.anti_entropy
         assert anti_entropy is not None  # every node with a local store runs it
-
-        def started(current: Versioned | None) -> None:
-            anti_entropy.async_write_started(table, key, current, item.version)
+        refused: list[int] = []
 
         def durable(ok: bool) -> None:
-            anti_entropy.async_write_settled(table, key, ok)
-            self._ack(src, req, "ok" if ok else "unavailable")
+            if refused:
+                kept = sorted(set(range(len(reqs))) - set(refused))
+                settled, answered = [keys[i] for i in kept], [reqs[i] for i in kept]
+            else:
+                settled, answered = keys, reqs
+            anti_entropy.async_writes_settled(table, settled, ok)
+            if ok:
+                self._ack_ok(src, answered)
+            else:
+                self._ack_each(src, answered, "unavailable")
 
-        self.local.async_apply(table, key, item, durable, sync=bool(sync), before=started)
-        for target in hint_for:
-            if isinstance(target, str) and target != self.node_id:
-                self.local.async_put_hint(target, table, key, item)
-
-    def _partition_full(self, table: str, key: bytes, limit: int) -> bool:
-        assert self.local is not None
-        if self.local.live_in_partition(table, partition_key(key)) < limit:
-            return False
-        return self.local.read(table, key) is None  # a rewrite of a key it already holds is fine
+        refused_here, currents = local.async_apply_many(table, keys, items, raws, durable, sync=bool(flags & SYNC),
+                                                        partition_limit=limit)
+        # Every write of a user table is reported to the digests as it is staged, and settled once durable.
+        if refused_here:
+            refused.extend(refused_here)
+            skip = set(refused_here)
+            kept = [i for i in range(len(keys)) if i not in skip]
+            anti_entropy.cache.writes_started(table, [keys[i] for i in kept], currents, [items[i][0] for i in kept])
+        else:
+            anti_entropy.cache.writes_started(table, keys, currents, [item[0] for item in items])
+        for position in refused:
+            self._ack(src, reqs[position], "inbox_full")
+        if hint_for:
+            skip = set(refused)
+            for position, (key, item) in enumerate(zip(keys, items)):
+                if position in skip:
+                    continue
+                for target in hint_for:
+                    if target != self.node_id:
+                        local.async_put_hint(target, table, key, item)
 
     def _on_sget(self, msg: dict[str, Any], now: float) -> None:
         entries = msg.get("r")
@@ -445,7 +481,17 @@ class StoreService:
         if node == self.node_id:
             self._on_ack(node, req, code, None)
         else:
-            self._out_acks[node].append([req, code])
+            self._acks.other(node, req, code)
+
+    def _ack_each(self, node: str, reqs: list[int], code: str) -> None:
+        for req in reqs:
+            self._ack(node, req, code)
+
+    def _ack_ok(self, node: str, reqs: list[int]) -> None:
+        if node == self.node_id:
+            self._on_acks_ok(node, reqs, None)
+        else:
+            self._acks.ok(node, reqs)
 
     def _reply_value(self, node: str, req: int, item: Versioned | None, code: str) -> None:
         if node == self.node_id:
@@ -456,6 +502,14 @@ class StoreService:
     # ---- coordinator side -----------------------------------------------------------------------
 
     def _on_sack(self, msg: dict[str, Any], now: float) -> None:
+        src = msg["src"]
+        ok = msg.get("k")
+        self._out_writes.answered(src, (len(ok) if isinstance(ok, list) else 0) + len(msg.get("a") or ()), now)
+        if ok is not None:
+            if isinstance(ok, list) and all(type(req) is int for req in ok):
+                self._on_acks_ok(src, ok, now)
+            else:
+                self.counters["bad_store_frames"] += 1
         for entry in msg.get("a") or ():
             try:
                 req, code = entry
@@ -463,7 +517,14 @@ class StoreService:
                 self.counters["bad_store_frames"] += 1
                 continue
             if isinstance(req, int) and isinstance(code, str):
-                self._on_ack(msg["src"], req, code, now)
+                self._on_ack(src, req, code, now)
+
+    def _on_acks_ok(self, node: str, reqs: list[int], now: float | None) -> None:
+        if reqs and max(reqs) >= INTERNAL_REQ_BASE:  # handoffs or anti-entropy pushes among them
+            for req in reqs:
+                self._on_ack(node, req, "ok", now)
+        else:
+            self._run(self.coordinator.on_write_acks(node, reqs, self._now(now)))
 
     def _on_ack(self, node: str, req: int, code: str, now: float | None) -> None:
         if self.anti_entropy is not None and self.anti_entropy.async_on_ack(req, code):
@@ -508,19 +569,28 @@ class StoreService:
     def _route(self, outbound: Outbound) -> None:
         message = outbound.message
         if isinstance(message, ReplicaWrite):
-            # The coordinator sends one message to each replica: encode it once, share the entry.
-            if message is self._last_write:
-                entry = self._last_write_entry
-            else:
-                entry = [message.req, message.table, message.key, encode_versioned(message.item),
-                         list(message.hint_for), message.sync, message.req >= 0]
-                self._last_write, self._last_write_entry = message, entry
-            if outbound.node == self.node_id:
-                self._apply_write(self.node_id, entry)
-            else:
-                self._out_writes[outbound.node].append(entry)
+            self._send_write((outbound.node,), message)
         else:
             self._route_read(outbound.node, message)
+
+    def _send_write(self, nodes: tuple[str, ...], message: ReplicaWrite) -> None:
+        """Queue a replica write for `nodes` (this node's own share is applied at the end of the turn)."""
+        req, table, key, item, hint_for, sync = message
+        raw = encode_versioned(item)
+        flags = (SYNC if sync else 0) | (FRESH if req >= 0 else 0)  # internal writes have negative ids
+        remote = self._remote.get(nodes)
+        if remote is None:
+            remote = self._remote[nodes] = tuple(node for node in nodes if node != self.node_id)
+        if len(remote) != len(nodes):
+            group = self._own_writes.get((table, hint_for, flags))
+            if group is None:
+                group = self._own_writes[(table, hint_for, flags)] = ([], [], [], [])
+            group[0].append(req)
+            group[1].append(key)
+            group[2].append(item)
+            group[3].append(raw)
+        if remote:
+            self._out_writes.add(remote, table, hint_for, flags, req, key, raw, self._last_now)
 
     def _route_read(self, node: str, message: ReplicaRead) -> None:
         entry = [message.req, message.table, message.key]
@@ -544,10 +614,10 @@ class StoreService:
             for table, key, item in self.local.hints_for(target, limit=_HANDOFF_BATCH):
                 if (target, table, key) in self._handoff_keys:
                     continue
-                req = next(self._ids)
+                req = next(self._internal_ids)
                 self._handoffs[req] = (target, table, key, item, now)
                 self._handoff_keys.add((target, table, key))
-                self._out_writes[target].append([req, table, key, encode_versioned(item), [], True])
+                self._out_writes.add((target,), table, (), SYNC, req, key, encode_versioned(item), now)
                 self.counters["hints_handed_off"] += 1
 
     # ---- anti-entropy ----------------------------------------------------------------------------------
@@ -576,8 +646,19 @@ class StoreService:
 
     # ---- helpers -------------------------------------------------------------------------------------
 
-    def _live(self, replicas: list[str]) -> list[str]:
-        return [n for n in replicas if n == self.node_id or self._membership.state_of(n) in _LIVE_STATES]
+    def _live(self, replicas: list[str], now: float) -> list[str]:
+        """The replicas counted as live, as first asked in this loop turn (a change later in the turn counts from the next)."""
+        if now != self._live_at:
+            self._live_at = now
+            self._live_sets.clear()
+        ident = tuple(replicas)
+        live = self._live_sets.get(ident)
+        if live is None:
+            state_of = self._membership.state_of
+            live = [n for n in replicas if n == self.node_id or state_of(n) in _LIVE_STATES]
+            if len(self._live_sets) < 1024:
+                self._live_sets[ident] = live
+        return live
 
     def _bad_table(self, table: str) -> str | None:
         if table not in USER_TABLES:
@@ -609,7 +690,7 @@ class _AntiEntropyPort:
 
     def ae_push(self, node: str, table: str, key: bytes, item: Versioned) -> int:
         service = self._service
-        req = next(service._ids)
-        service._out_writes[node].append([req, table, key, encode_versioned(item), [], True])
+        req = next(service._internal_ids)
+        service._out_writes.add((node,), table, (), SYNC, req, key, encode_versioned(item), service._last_now)
         service.counters["ae_repairs_sent"] += 1
         return req

@@ -20,23 +20,33 @@ On-disk layout of a versioned value:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Iterable
+from typing import NamedTuple
 
-__all__ = ["Version", "Versioned", "HybridClock", "encode_versioned", "decode_versioned", "VersionError"]
+__all__ = ["Version", "Versioned", "HybridClock", "encode_versioned", "decode_versioned", "decode_many", "VersionError"]
 
 _FORMAT = 1
 _TOMBSTONE = 0x01
 _HEADER = struct.Struct(">BBQB")
+_HEADER_SIZE = _HEADER.size
+_unpack_header = _HEADER.unpack_from
+_pack_header = _HEADER.pack
+_new_tuple = tuple.__new__
 _LOGICAL_BITS = 16
 _LOGICAL_MASK = (1 << _LOGICAL_BITS) - 1
+# Node ids seen in encoded versions: a cluster has a handful, and decoding them again costs more than a lookup.
+_NODE_NAMES: dict[bytes, str] = {}
+_NODE_BYTES: dict[str, bytes] = {}
+_MAX_NODE_NAMES = 4096
 
 
 class VersionError(ValueError):
     """Bytes that are not a versioned value of a known format."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Version:
+class Version(NamedTuple):
+    """(hlc, node): compares as that tuple, so every replica orders concurrent writes the same way."""
+
     hlc: int
     node: str
 
@@ -45,8 +55,7 @@ class Version:
         return self.hlc >> _LOGICAL_BITS
 
 
-@dataclass(frozen=True, slots=True)
-class Versioned:
+class Versioned(NamedTuple):
     """A value (or a tombstone when `value is None`) with its version."""
 
     version: Version
@@ -60,29 +69,70 @@ class Versioned:
         return other is None or self.version > other.version
 
 
+def _node_bytes(node: str) -> bytes:
+    raw = _NODE_BYTES.get(node)
+    if raw is None:
+        raw = node.encode()
+        if len(raw) > 255:
+            raise VersionError("node id longer than 255 bytes")
+        if len(_NODE_BYTES) < _MAX_NODE_NAMES:
+            _NODE_BYTES[node] = raw
+    return raw
+
+
 def encode_versioned(item: Versioned) -> bytes:
-    node = item.version.node.encode()
-    if len(node) > 255:
-        raise VersionError("node id longer than 255 bytes")
-    flags = _TOMBSTONE if item.value is None else 0
-    return _HEADER.pack(_FORMAT, flags, item.version.hlc, len(node)) + node + (item.value or b"")
+    (hlc, node), value = item
+    node_raw = _NODE_BYTES.get(node) or _node_bytes(node)
+    if value is None:
+        return _pack_header(_FORMAT, _TOMBSTONE, hlc, len(node_raw)) + node_raw
+    return b"".join((_pack_header(_FORMAT, 0, hlc, len(node_raw)), node_raw, value))
+
+
+def _node_name(raw: bytes) -> str:
+    name = _NODE_NAMES.get(raw)
+    if name is None:
+        try:
+            name = raw.decode()
+        except UnicodeDecodeError:
+            raise VersionError("versioned value has a node id that is not UTF-8") from None
+        if len(_NODE_NAMES) < _MAX_NODE_NAMES:
+            _NODE_NAMES[raw] = name
+    return name
 
 
 def decode_versioned(raw: bytes) -> Versioned:
-    if len(raw) < _HEADER.size:
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    if len(raw) < _HEADER_SIZE:
         raise VersionError(f"versioned value too short ({len(raw)} bytes)")
-    fmt, flags, hlc, node_len = _HEADER.unpack_from(raw)
+    fmt, flags, hlc, node_len = _unpack_header(raw)
     if fmt != _FORMAT:
         raise VersionError(f"unknown versioned value format {fmt}")
-    start = _HEADER.size
-    if len(raw) < start + node_len:
+    end = _HEADER_SIZE + node_len
+    if len(raw) < end:
         raise VersionError("versioned value truncated in its node id")
-    try:
-        node = raw[start : start + node_len].decode()
-    except UnicodeDecodeError:
-        raise VersionError("versioned value has a node id that is not UTF-8") from None
-    value = None if flags & _TOMBSTONE else bytes(raw[start + node_len :])
-    return Versioned(Version(hlc, node), value)
+    node_raw = raw[_HEADER_SIZE:end]
+    node = _NODE_NAMES.get(node_raw) or _node_name(node_raw)
+    return _new_tuple(Versioned, (_new_tuple(Version, (hlc, node)), None if flags & _TOMBSTONE else raw[end:]))
+
+
+def decode_many(raws: Iterable[bytes]) -> list[Versioned]:
+    """`decode_versioned` of each of `raws` (byte strings), in one loop."""
+    out: list[Versioned] = []
+    append = out.append
+    names = _NODE_NAMES
+    for raw in raws:
+        try:
+            fmt, flags, hlc, node_len = _unpack_header(raw)
+        except struct.error:
+            raise VersionError(f"versioned value too short ({len(raw)} bytes)") from None
+        end = _HEADER_SIZE + node_len
+        if fmt != _FORMAT or len(raw) < end:
+            decode_versioned(raw)  # raises the precise error
+        node_raw = raw[_HEADER_SIZE:end]
+        node = names.get(node_raw) or _node_name(node_raw)
+        append(_new_tuple(Versioned, (_new_tuple(Version, (hlc, node)), None if flags & _TOMBSTONE else raw[end:])))
+    return out
 
 
 class HybridClock:
@@ -98,7 +148,7 @@ class HybridClock:
         """A new version, larger than every version this clock has made or observed."""
         candidate = wall_ms << _LOGICAL_BITS
         self._last = candidate if candidate > self._last else self._last + 1
-        return Version(self._last, self._node)
+        return _new_tuple(Version, (self._last, self._node))
 
     def observe(self, version: Version) -> None:
         """Merge a version seen from elsewhere, so later local versions order after it."""

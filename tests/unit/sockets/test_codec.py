@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from iris_mesh import PROTOCOL_VERSION
 from iris_mesh.sockets import FrameError, decode, decode_mesh, encode, envelope
+from iris_mesh.sockets._codec import encode_body, encode_pairs
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -90,3 +91,18 @@ def test_generated_maps_decode_or_fail_cleanly(msg: dict) -> None:
     # Whatever is accepted has a well-formed envelope.
     assert out["v"] == PROTOCOL_VERSION and isinstance(out["op"], str) and out["op"]
     assert isinstance(out["src"], str) and isinstance(out["inc"], int) and isinstance(out["seq"], int)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fields=st.dictionaries(st.text(min_size=1, max_size=5).filter(lambda k: k not in ("v", "op", "src", "inc", "seq")),
+                           st.one_of(st.integers(), st.binary(max_size=40), st.lists(st.integers(), max_size=4)),
+                           max_size=40),
+    seq=st.integers(min_value=0, max_value=2**40),
+)
+def test_a_body_encoded_once_and_spliced_per_link_decodes_like_the_whole_frame(fields: dict[str, object], seq: int) -> None:
+    body = encode_body(envelope("sput", **fields))
+    frame = body.frame(3, encode_pairs(src="core1", inc=7, seq=seq))
+    assert decode_mesh(frame) == envelope("sput", src="core1", inc=7, seq=seq, **fields)
+    # Another link's splice of the same body is its own frame.
+    assert decode_mesh(body.frame(3, encode_pairs(src="core1", inc=7, seq=seq + 1)))["seq"] == seq + 1

@@ -1,41 +1,27 @@
 """Anti-entropy: the sans-IO digest and repair logic, then the driver between in-process cores.
 
 The first half plays sessions with the sans-IO pieces alone over dict "replicas".
-The second half runs StoreServices on real LocalStores, with a loopback mesh that
-encodes every frame as the engine would, and the test thread as engine thread.
+The second half runs StoreServices on real LocalStores (`_store_cluster.Cluster`), with a
+loopback mesh that encodes every frame as the engine would, and the test thread as engine thread.
 """
 
 from __future__ import annotations
 
-import collections
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
+from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.membership import Placement
-from iris_mesh.sockets._codec import decode_mesh, encode, envelope
-from iris_mesh.store._anti_entropy import (
-    BUCKETS,
-    DigestCache,
-    Listed,
-    Reconciler,
-    SessionResult,
-    bucket_of,
-    differing,
-    pack_digests,
-    unpack_digests,
-)
-from iris_mesh.store._coordinator import Done, QuorumCoordinator
+from iris_mesh.store._anti_entropy import Listed, Reconciler, SessionResult
+from iris_mesh.store._coordinator import Done
 from iris_mesh.store._db import Database
+from iris_mesh.store._digests import BUCKETS, DigestCache, bucket_of, differing, pack_digests, unpack_digests
 from iris_mesh.store._local import LocalStore
-from iris_mesh.store._service import USER_TABLES, StoreService
-from iris_mesh.store._versioned import HybridClock, Version, Versioned
-from support.waiting import wait_until
-
-TABLE = "offline_msg"
-THREE = ("core1", "core2", "core3")
+from iris_mesh.store._service import USER_TABLES
+from iris_mesh.store._versioned import Version, Versioned
 
 
 def v(hlc: int, value: bytes | None = b"x", node: str = "core1") -> Versioned:
@@ -261,115 +247,6 @@ def test_differing_honours_only_and_rejects_bad_digests() -> None:
 # ---- the driver between in-process cores ----------------------------------------------------------
 
 
-class Membership:
-    def __init__(self, cores: tuple[str, ...]) -> None:
-        self.cores = frozenset(cores)
-        self.safe = True
-        self.states: dict[str, str] = {c: "alive" for c in cores}
-        self.listeners: list[Callable[[Any, float], None]] = []
-
-    def is_safe_for_writes(self) -> bool:
-        return self.safe
-
-    def state_of(self, node_id: str) -> str:
-        return self.states.get(node_id, "unknown")
-
-    def expected_cores(self) -> frozenset[str]:
-        return self.cores
-
-    def add_peer_listener(self, fn: Callable[[Any, float], None]) -> None:
-        self.listeners.append(fn)
-
-
-class Transition:
-    def __init__(self, node_id: str, new: str) -> None:
-        self.node_id, self.new, self.incarnation = node_id, new, 1
-
-
-class Cluster:
-    """Cores in one process: frames go through the real codec; `down` cores get nothing."""
-
-    def __init__(self, root: Path, cores: tuple[str, ...], interval_s: float = 3600.0, grace_s: float = 864000.0) -> None:
-        self.mailbox: collections.deque[Callable[[float], None]] = collections.deque()
-        self.frames: collections.deque[tuple[str, bytes]] = collections.deque()
-        self.down: set[str] = set()
-        self.dbs = [Database(root / c) for c in cores]
-        self.memberships = {c: Membership(cores) for c in cores}
-        self.locals = {c: LocalStore(db, post=self.mailbox.append) for c, db in zip(cores, self.dbs)}
-        placement = Placement(replication_factor=3)
-        self.services: dict[str, StoreService] = {}
-        self.wall_offset_ms = 0  # tests move the wall clock forward instead of sleeping
-        for core in cores:
-            service = StoreService(
-                node_id=core, local=self.locals[core],
-                coordinator=QuorumCoordinator(replication_factor=3, timeout_s=2.0),
-                clock=HybridClock(core), replicas_for=lambda key: placement.replicas(key, cores),
-                membership=self.memberships[core],
-                wall_ms=lambda: time.time_ns() // 1_000_000 + self.wall_offset_ms,
-                anti_entropy_interval_s=interval_s, tombstone_grace_s=grace_s,
-            )
-            service.async_attach(_Link(self, core))
-            self.locals[core].start()
-            self.services[core] = service
-        self.ops = {c: s.mesh_ops() for c, s in self.services.items()}
-
-    def turn(self) -> None:
-        now = time.monotonic()
-        while self.mailbox:
-            self.mailbox.popleft()(now)
-        for _ in range(len(self.frames)):
-            node, frame = self.frames.popleft()
-            if node not in self.down:
-                msg = decode_mesh(frame)
-                self.ops[node][msg["op"]](msg, now)
-        for core, service in self.services.items():
-            if core not in self.down:
-                service.async_tick(now)
-                service.async_after_batch(now)
-
-    def run_until(self, predicate: Callable[[], object], what: str, timeout_s: float = 20.0) -> None:
-        def step() -> object:
-            self.turn()
-            return predicate()
-
-        wait_until(step, timeout_s, what, interval_s=0.001)
-
-    def put(self, core: str, key: bytes, value: bytes | None) -> Done:
-        box: list[Done] = []
-        self.services[core].async_put(TABLE, key, value, durability="quorum", on_done=box.append, now=time.monotonic())
-        self.run_until(lambda: box, f"the write of {key!r}")
-        return box[0]
-
-    def rows(self, core: str) -> dict[bytes, Versioned]:
-        return dict(self.locals[core].scan(TABLE))
-
-    def resync(self, core: str) -> list[Any]:
-        box: list[list[Any]] = []
-        problem = self.services[core].async_resync(time.monotonic(), 20.0, box.append)
-        assert problem is None
-        self.run_until(lambda: box, f"resync of {core}")
-        return box[0]
-
-    def close(self) -> None:
-        for local in self.locals.values():
-            local.close()
-        for db in self.dbs:
-            db.close()
-
-
-class _Link:
-    def __init__(self, cluster: Cluster, node_id: str) -> None:
-        self.cluster, self.node_id = cluster, node_id
-
-    def async_send(self, node_id: str, op: str, **fields: Any) -> bool:
-        if self.node_id in self.cluster.down:
-            return False
-        frame = encode(envelope(op, src=self.node_id, inc=1, seq=1, **fields))
-        assert len(frame) < 1 << 20, f"{op} frame of {len(frame)} bytes"
-        self.cluster.frames.append((node_id, frame))
-        return True
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     made = Cluster(tmp_path, THREE)
@@ -379,18 +256,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         made.close()
 
 
-def _mark(cluster: Cluster, core: str, state: str) -> None:
-    for other, membership in cluster.memberships.items():
-        if other != core:
-            membership.states[core] = state
-            for listener in membership.listeners:
-                listener(Transition(core, state), time.monotonic())
-
 
 def test_a_core_that_missed_writes_and_a_delete_catches_up_without_hints(cluster: Cluster) -> None:
     assert cluster.put("core1", b"doomed", b"old").ok
     cluster.down.add("core3")
-    _mark(cluster, "core3", "dead")
+    mark(cluster, "core3", "dead")
     for i in range(2000):
         cluster.services["core1"].async_put(TABLE, b"k%05d" % i, b"v%d" % i, durability="quorum",
                                             on_done=lambda done: None, now=time.monotonic())
@@ -401,7 +271,7 @@ def test_a_core_that_missed_writes_and_a_delete_catches_up_without_hints(cluster
     cluster.run_until(lambda: all(not cluster.locals[c].hints_for("core3") for c in ("core1", "core2")), "no hints")
 
     cluster.down.discard("core3")
-    _mark(cluster, "core3", "alive")
+    mark(cluster, "core3", "alive")
     expected = {k: item.version for k, item in cluster.rows("core1").items()}
     cluster.run_until(lambda: {k: item.version for k, item in cluster.rows("core3").items()} == expected,
                       "core3 to match core1")
@@ -428,14 +298,14 @@ def test_resync_finds_rows_that_bypassed_the_digests_and_reports_counts(cluster:
 
 def test_sessions_refused_in_safe_mode_are_retried(cluster: Cluster) -> None:
     cluster.down.add("core3")
-    _mark(cluster, "core3", "dead")
+    mark(cluster, "core3", "dead")
     for i in range(20):
         assert cluster.put("core1", b"k%d" % i, b"v").ok
     for core in ("core1", "core2"):
         cluster.services[core].async_drop_hints("core3")
     cluster.memberships["core3"].safe = False
     cluster.down.discard("core3")
-    _mark(cluster, "core3", "alive")
+    mark(cluster, "core3", "alive")
     cluster.run_until(lambda: cluster.services["core1"].counters["ae_partition_detected"] > 0, "a refusal")
     assert len(cluster.rows("core3")) == 0
     cluster.memberships["core3"].safe = True
@@ -530,7 +400,7 @@ def test_routine_sessions_list_only_buckets_left_quiet_since_their_first_round(c
                    and s.anti_entropy.last_results for s in cluster.services.values())
 
     cluster.run_until(settled, "the sessions every core starts with")
-    _mark(cluster, "core3", "dead")  # to core1 and core2 only: core3 runs on, with no reason to compare
+    mark(cluster, "core3", "dead")  # to core1 and core2 only: core3 runs on, with no reason to compare
     keys = [b"q%d" % i for i in range(5)]
     assert len({bucket_of(k) for k in keys}) == 5
     for key in keys:

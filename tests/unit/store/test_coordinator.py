@@ -653,3 +653,83 @@ def test_done_details_made_on_first_read_and_done_is_immutable() -> None:
     assert "stored on core1" in repr(done)
     with pytest.raises(AttributeError):
         done.ok = False  # type: ignore[misc]
+
+
+# --- the batched shapes: put_fanout and on_write_acks ------------------------------------------
+
+
+@pytest.mark.parametrize(("live", "durability"), [(ALL_LIVE, "quorum"), ({"core1", "core3"}, "quorum"),
+                                                  ({"core2"}, "quorum"), (ALL_LIVE, "best_effort"),
+                                                  (ALL_LIVE, "nonsense")])
+def test_put_fanout_is_put_with_one_message_for_every_target(live: set[str], durability: str) -> None:
+    by_put, by_fanout = make(), make()
+    step = by_put.put(1, TABLE, KEY, item(100), replicas=REPLICAS, live=live, durability=durability, now=0.0)
+    fanout, done = by_fanout.put_fanout(1, TABLE, KEY, item(100), replicas=REPLICAS, live=live, durability=durability,
+                                        now=0.0)
+    outbound = () if fanout is None else tuple((node, fanout.message) for node in fanout.nodes)
+    assert tuple((o.node, o.message) for o in step.outbound) == outbound
+    assert step.done == (() if done is None else (done,))
+    assert by_put.pending() == by_fanout.pending()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    live=st.lists(st.sets(st.sampled_from(REPLICAS), min_size=2), min_size=12, max_size=12),
+    acks=st.lists(st.tuples(st.sampled_from(REPLICAS + ("edge1",)), st.lists(st.integers(-2, 13), max_size=6)),
+                  max_size=15),
+)
+def test_many_ok_acks_at_once_settle_exactly_as_the_same_acks_one_by_one(
+    live: list[set[str]], acks: list[tuple[str, list[int]]]
+) -> None:
+    one_by_one, at_once = make(hint_linger_s=5.0), make(hint_linger_s=5.0)
+    for req, replicas_live in enumerate(live):
+        for coord in (one_by_one, at_once):
+            put(coord, req, live=replicas_live, now=0.0)
+    for node, reqs in acks:
+        expected_done: list[Done] = []
+        expected_out: list[object] = []
+        for req in reqs:
+            step = one_by_one.on_write_ack(node, req, "ok", 1.0)
+            expected_done += step.done
+            expected_out += step.outbound
+        step = at_once.on_write_acks(node, reqs, 1.0)
+        assert list(step.done) == expected_done
+        assert [(o.node, o.message.hint_for, o.message.key) for o in step.outbound] == \
+            [(o.node, o.message.hint_for, o.message.key) for o in expected_out]  # type: ignore[attr-defined]
+    assert one_by_one.pending() == at_once.pending()
+    assert one_by_one.tick(10.0).done == at_once.tick(10.0).done
+
+
+def test_the_writes_of_one_turn_time_out_together_and_finished_ones_never_fire() -> None:
+    coord = make()
+    for req in range(100):
+        put(coord, req, now=1.0)
+    for req in range(0, 100, 2):
+        coord.on_write_acks("core1", [req], 1.5)
+        coord.on_write_acks("core2", [req], 1.5)
+    assert coord.next_deadline() == pytest.approx(1.0 + TIMEOUT_S)  # the unanswered half times out first
+    step = coord.tick(1.0 + TIMEOUT_S)
+    assert sorted(d.req for d in step.done) == list(range(1, 100, 2))
+    assert all(d.code == "unavailable" for d in step.done)
+    assert coord.next_deadline() == pytest.approx(1.5 + TIMEOUT_S)  # then the answered half stops lingering
+    step = coord.tick(10.0)
+    assert step.done == () and sorted(o.message.key for o in step.outbound) == [KEY] * 50  # hints for core3
+    assert coord.pending() == 0 and coord.next_deadline() is None
+
+
+def test_a_replica_that_refused_with_inbox_full_gets_no_hint() -> None:
+    coord = make()
+    put(coord)
+    coord.on_write_ack("core1", 1, "ok", 0.1)
+    assert coord.on_write_ack("core2", 1, "inbox_full", 0.1).done == ()
+    # core3 misses it for another reason: it alone is hinted, never the replica that enforced its limit.
+    step = coord.on_write_ack("core3", 1, "unavailable", 0.2)
+    done = the_done(step)
+    assert not done.ok and done.code == "inbox_full"
+    [(node, hint)] = writes(step)
+    assert node == "core1" and hint.hint_for == ("core3",)
+    put(coord, 2)
+    coord.on_write_ack("core1", 2, "ok", 0.1)
+    coord.on_write_ack("core2", 2, "inbox_full", 0.1)
+    assert writes(coord.on_write_ack("core3", 2, "inbox_full", 0.2)) == []
+    assert coord.pending() == 0

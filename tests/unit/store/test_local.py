@@ -21,7 +21,7 @@ import pytest
 
 from iris_mesh.store._db import Database
 from iris_mesh.store._local import LocalStore
-from iris_mesh.store._versioned import Version, Versioned
+from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 from support.waiting import wait_until
 
 TABLE = "offline_msg"
@@ -479,7 +479,7 @@ def test_writes_are_refused_after_close_and_for_unknown_tables(store: tuple[Loca
 
 
 def test_engine_thread_keeps_running_while_the_wal_is_fsynced(tmp_path: Path) -> None:
-    """The committer's fsync releases the GIL: the engine loop makes progress in the middle of it."""
+    """The sync thread's fsync releases the GIL: the engine loop makes progress in the middle of it."""
 
     class TimedDatabase(Database):
         def __init__(self, path: Path) -> None:
@@ -575,3 +575,80 @@ def test_a_real_engine_thread_gets_every_write_acknowledged(tmp_path: Path) -> N
     stats = local.stats()
     assert stats["writes_committed"] == total
     assert stats["commits"] < total  # writes were grouped
+
+
+# ---- groups of replica writes -----------------------------------------------------------------
+
+
+def apply_group(local: LocalStore, rows: list[tuple[bytes, Versioned]], done: Callable[[bool], None], *,
+                limit: int | None = None) -> tuple[list[int], list[Version | None]]:
+    keys = [key for key, _ in rows]
+    items = [item for _, item in rows]
+    return local.async_apply_many(TABLE, keys, items, [encode_versioned(i) for i in items], done, partition_limit=limit)
+
+
+def test_a_group_is_applied_newer_wins_with_one_answer_once_all_of_it_is_durable(store: tuple[LocalStore, Engine]) -> None:
+    local, engine = store
+    acks = Acks()
+    assert local.async_apply(TABLE, b"old", v(50, b"stored"), acks("setup"))
+    engine.turn_until(lambda: acks.got("setup"), "the setup write")
+    refused, currents = apply_group(local, [(b"a", v(10)), (b"a", v(5)), (b"b", v(7, None)), (b"old", v(40))], acks("group"))
+    assert refused == []
+    # What each write was compared with: nothing, the first write of the group, nothing, the stored value.
+    assert currents == [None, Version(10, "n1"), None, Version(50, "n1")]
+    engine.run_posted()
+    assert "group" not in acks.results
+    engine.turn_until(lambda: acks.got("group"), "the group's answer")
+    assert acks.results["group"] == [True]
+    assert local.read(TABLE, b"a") == v(10) and local.read(TABLE, b"b") == v(7, None)
+    assert local.read(TABLE, b"old") == v(50, b"stored")
+    assert local.stats()["commits"] == 2 and local.count(TABLE) == 2
+
+
+def test_a_group_that_lost_to_a_value_being_fsynced_is_answered_after_that_fsync(
+    gated: tuple[LocalStore, Engine, GatedDatabase],
+) -> None:
+    store, engine, db = gated
+    acks = Acks()
+    store.async_apply(TABLE, b"k", v(20), acks("newer"))
+    engine.turn()
+    assert db.in_fsync.wait(10.0)
+    apply_group(store, [(b"k", v(10))], acks("stale"))
+    for _ in range(10):
+        engine.turn()
+    assert not acks.results
+    db.gate.set()
+    engine.turn_until(lambda: acks.got("newer", "stale"), "both answers")
+    assert acks.results == {"newer": [True], "stale": [True]}
+    assert store.read(TABLE, b"k") == v(20)
+
+
+def test_a_group_past_the_partition_limit_is_refused_from_the_row_over_it(store: tuple[LocalStore, Engine]) -> None:
+    local, engine = store
+    acks = Acks()
+    assert local.async_apply(TABLE, b"bob\x00m0", v(1), acks("first"))
+    engine.turn_until(lambda: acks.got("first"), "the first message")
+    rows = [(b"bob\x00m%d" % i, v(2)) for i in range(1, 5)] + [(b"bob\x00m0", v(3)), (b"bob\x00gone", v(3, None))]
+    refused, currents = apply_group(local, rows, acks("group"), limit=3)
+    # m1, m2 fill the inbox to 3; m3, m4 are refused; a rewrite of m0 and a delete are never refused.
+    assert refused == [2, 3]
+    assert len(currents) == len(rows) - 2
+    engine.turn_until(lambda: acks.got("group"), "the group's answer")
+    assert sorted(k for k, item in local.scan(TABLE, b"bob\x00") if not item.is_tombstone) == \
+        [b"bob\x00m0", b"bob\x00m1", b"bob\x00m2"]
+    assert local.live_in_partition(TABLE, b"bob") == 3
+
+
+def test_a_group_whose_commit_fails_is_answered_false(tmp_path: Path) -> None:
+    db = FailingDatabase(tmp_path / "db")
+    local, engine = open_store(db)
+    try:
+        acks = Acks()
+        db.fail_write = True
+        apply_group(local, [(b"a", v(1)), (b"b", v(1))], acks("group"))
+        engine.turn_until(lambda: acks.got("group"), "the failed answer")
+        assert acks.results["group"] == [False]
+        assert local.read(TABLE, b"a") is None
+    finally:
+        local.close()
+        db.close()

@@ -1,0 +1,212 @@
+"""Group commit: batches written on the engine thread, made durable by one WAL fsync on a sync thread.
+
+A RocksDB write of a batch holds the GIL for its whole memtable insert (rocksdict
+does not release it), so it costs the engine loop the same wherever it runs: it
+runs on the engine thread, which spares a hand-off per batch. The fsync is what
+takes long, and `flush_wal_synced` releases the GIL: the sync thread runs it
+while the loop goes on serving. One fsync makes every batch written before it
+started durable. The store writes a batch only when no fsync is under way and
+starts one right after, so writes that arrive during an fsync gather into the
+next batch: the number of fsyncs adapts to the disk (one per turn when it is
+fast, fewer and larger when it is slow), and a write never waits for more than
+the fsync under way plus its own.
+
+Completions reach the engine thread through `post`. A batch's `durable`
+callbacks run once it is synced (with False if its write or fsync failed), its
+`early` ones (writes that do not need an fsync) once it is written.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from loguru import logger
+
+from iris_mesh.store._db import Database, StoreError
+from iris_mesh.store._versioned import Versioned, encode_versioned
+
+__all__ = ["Batch", "GroupCommit", "OnDurable", "Post"]
+
+Post = Callable[[Callable[[float], None]], None]
+OnDurable = Callable[[bool], None]
+
+
+class Batch:
+    """The writes of one loop turn. Engine thread only."""
+
+    __slots__ = ("ops", "raws", "early", "durable", "live_delta", "written", "completed")
+
+    def __init__(self) -> None:
+        # (table, key) -> new value, or None for a delete
+        self.ops: dict[tuple[str, bytes], Versioned | None] = {}
+        # (table, key) -> the encoding of ops[(table, key)], where it came encoded
+        self.raws: dict[tuple[str, bytes], bytes] = {}
+        self.early: list[OnDurable] = []  # sync=False: may run once written, before the fsync
+        self.durable: list[OnDurable] = []
+        self.live_delta: dict[str, int] = {}
+        self.written = False
+        self.completed = False
+
+
+class GroupCommit:
+    """Writes batches (engine thread) and syncs them (sync thread); see the module docstring.
+
+    `on_written(batch)` runs on the engine thread right after a batch is in RocksDB,
+    before anything else can read it, for bookkeeping such as live-row counts.
+    """
+
+    def __init__(self, db: Database, *, post: Post, on_written: Callable[[Batch], None], name: str) -> None:
+        self._db = db
+        self._post = post
+        self._on_written = on_written
+        self._name = name
+        self._unsynced: list[Batch] = []  # written, waiting for the next fsync (engine thread)
+        self._syncing: list[Batch] = []  # written, covered by the fsync under way (engine thread's view)
+        # Batches the sync thread must make durable, one request at a time (None: stop).
+        self._requests: queue.SimpleQueue[list[Batch] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.stats = {
+            "commits": 0,
+            "writes_committed": 0,
+            "max_batch": 0,
+            "write_us_total": 0,
+            "fsync_us_total": 0,
+            "fsync_us_max": 0,
+            "failed_commits": 0,
+        }
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sync thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._sync_loop, name=f"store-commit:{self._name}", daemon=True)
+            self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def close(self) -> None:
+        """Stop the sync thread after its fsync, then make everything written durable here; completions are posted.
+
+        Call it on the engine thread or after the engine stopped, after the last `write`.
+        """
+        if self._thread is not None:
+            self._requests.put(None)
+            self._thread.join()
+            self._thread = None
+        pending = [batch for batch in (*self._syncing, *self._unsynced) if not batch.completed]
+        self._syncing, self._unsynced = [], []
+        if pending:
+            self._sync(pending)
+
+    # ---- engine thread -----------------------------------------------------------------------
+
+    def async_write(self, batch: Batch) -> None:
+        """Write `batch` as one atomic RocksDB batch, without fsync; it is synced by a later `async_sync`."""
+        raws = batch.raws
+        ops = [(table, key, None if item is None else raws.get((table, key)) or encode_versioned(item))
+               for (table, key), item in batch.ops.items()]
+        started = time.perf_counter()
+        try:
+            self._db.write(ops)
+        except Exception as exc:
+            self.stats["failed_commits"] += 1
+            logger.error(
+                "storage write of {} operations failed, none acknowledged ({}); check disk space and the data directory",
+                len(ops),
+                exc,
+            )
+            self._post(lambda _now: self._complete(batch, False))
+            return
+        self.stats["write_us_total"] += int((time.perf_counter() - started) * 1e6)
+        batch.written = True
+        self._on_written(batch)
+        if batch.early:
+            early, batch.early = batch.early, []
+            self._post(lambda _now: _run_all(early, True))
+        self._unsynced.append(batch)
+
+    def async_sync(self) -> None:
+        """Hand the batches written since the last fsync to the sync thread, unless an fsync is under way."""
+        if not self._unsynced or self._syncing:
+            return
+        if self._thread is None:
+            raise StoreError("the store's sync thread was not started; written batches cannot be made durable")
+        self._syncing, self._unsynced = self._unsynced, []
+        self._requests.put(self._syncing)
+
+    @property
+    def syncing(self) -> bool:
+        """Whether an fsync is under way (engine thread's view: its completion has not run yet)."""
+        return bool(self._syncing)
+
+    def written_batches(self) -> Iterator[Batch]:
+        """Written batches not yet known to be durable, newest first."""
+        yield from reversed(self._unsynced)
+        yield from reversed(self._syncing)
+
+    def pending_writes(self) -> int:
+        return sum(len(batch.ops) for batch in (*self._unsynced, *self._syncing))
+
+    def _synced(self, batches: list[Batch], ok: bool) -> None:
+        if self._syncing is batches:
+            self._syncing = []
+        for batch in batches:
+            self._complete(batch, ok)
+
+    def _complete(self, batch: Batch, ok: bool) -> None:
+        """Run a batch's callbacks once (a late second completion, e.g. after `close`, does nothing)."""
+        if batch.completed:
+            return
+        batch.completed = True
+        callbacks = batch.early + batch.durable
+        batch.early, batch.durable = [], []
+        _run_all(callbacks, ok and batch.written)
+
+    # ---- sync thread ---------------------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        while (batches := self._requests.get()) is not None:
+            try:
+                self._sync(batches)
+            except Exception:  # the thread must outlive anything, or no write would be acknowledged again
+                logger.exception("the store's sync thread failed to complete a group commit; it goes on")
+        # close() syncs whatever is left
+
+    def _sync(self, batches: list[Batch]) -> None:
+        """fsync the WAL, then post the completion of `batches` (every one of them was written before)."""
+        writes = sum(len(batch.ops) for batch in batches)
+        started = time.perf_counter()
+        try:
+            self._db.flush_wal_synced()
+        except Exception as exc:
+            self.stats["failed_commits"] += 1
+            logger.error(
+                "fsync of the write-ahead log failed for {} operations, none acknowledged as durable ({}); "
+                "the disk may be failing: stop the node and check it",
+                writes,
+                exc,
+            )
+            self._post(lambda _now: self._synced(batches, False))
+            return
+        fsync_us = int((time.perf_counter() - started) * 1e6)
+        stats = self.stats
+        stats["commits"] += 1
+        stats["writes_committed"] += writes
+        stats["max_batch"] = max(stats["max_batch"], writes)
+        stats["fsync_us_total"] += fsync_us
+        stats["fsync_us_max"] = max(stats["fsync_us_max"], fsync_us)
+        self._post(lambda _now: self._synced(batches, True))
+
+
+def _run_all(callbacks: list[OnDurable], ok: bool) -> None:
+    for callback in callbacks:
+        try:
+            callback(ok)
+        except Exception:
+            logger.exception("an on_durable callback failed; the write itself is unaffected")

@@ -1,0 +1,64 @@
+"""Digest upkeep in groups: the batch calls keep exactly the digests the per-write calls keep."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from iris_mesh.store._digests import DigestCache, entry_hash
+from iris_mesh.store._versioned import Version
+
+TABLE = "offline_msg"
+PEERS = ("core2", "core3")
+
+
+def fresh(built: bool) -> DigestCache:
+    cache = DigestCache((TABLE,))
+    cache.reset(lambda key: PEERS if key[-1] % 3 else ("core2",), PEERS)
+    cache.add_rows(TABLE, [(b"k050", Version(1, "core1"))], last=built)
+    return cache
+
+
+@pytest.mark.parametrize("built", [True, False])
+@pytest.mark.parametrize("seed", range(20))
+def test_groups_of_writes_keep_the_same_digests_as_writes_one_by_one(seed: int, built: bool) -> None:
+    rnd = random.Random(seed)
+    one, many = fresh(built), fresh(built)
+    committed: dict[bytes, Version] = {b"k050": Version(1, "core1")}
+    for _turn in range(30):
+        keys = [b"k%03d" % rnd.randrange(100) for _ in range(rnd.randrange(1, 12))]
+        news = [Version(rnd.randrange(1, 1000), rnd.choice(("core1", "core2"))) for _ in keys]
+        currents = []
+        seen = dict(committed)
+        for key, new in zip(keys, news):  # what the store reports: the newest value staged before, else stored
+            currents.append(seen.get(key))
+            if seen.get(key) is None or new > seen[key]:
+                seen[key] = new
+        for key, current, new in zip(keys, currents, news):
+            one.write_started(TABLE, key, current, new)
+        many.writes_started(TABLE, keys, currents, news)
+        ok = rnd.random() > 0.1
+        if ok:
+            committed = seen
+        for key in keys:
+            one.write_settled(TABLE, key, ok, lambda key=key: committed.get(key))
+        many.writes_settled(TABLE, keys, ok, committed.get)
+        assert one.digests("core2") == many.digests("core2") and one.digests("core3") == many.digests("core3")
+        assert one.in_flight() == many.in_flight() == 0
+    assert one.touched(TABLE, 5) == many.touched(TABLE, 5)
+
+
+def test_a_settled_group_hashes_each_committed_version_into_its_bucket_for_each_sharing_peer() -> None:
+    cache = fresh(True)
+    key = b"k001"  # shared with both peers
+    cache.writes_started(TABLE, [key], [None], [Version(7, "core1")])
+    assert cache.digests("core2") == fresh(True).digests("core2")  # not hashed while in flight
+    cache.writes_settled(TABLE, [key], True, lambda k: None)
+    expected = fresh(True)
+    expected.write_started(TABLE, key, None, Version(7, "core1"))
+    expected.write_settled(TABLE, key, True, lambda: None)
+    assert cache.digests("core2") == expected.digests("core2")
+    assert cache.digests("core2") != fresh(True).digests("core2")
+    assert entry_hash(key, Version(7, "core1")) in {a ^ b for a, b in zip(cache.digests("core3")[TABLE],
+                                                                       fresh(True).digests("core3")[TABLE])}

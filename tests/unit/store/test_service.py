@@ -1,0 +1,163 @@
+"""StoreService between in-process nodes: batched replica writes and acks, hinted handoff, refusals, bad frames."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from _store_cluster import TABLE, THREE, Cluster, mark
+from iris_mesh.store._coordinator import Done
+from iris_mesh.store._versioned import Version, Versioned, encode_versioned
+
+EDGE = "edge1"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, THREE, edges=(EDGE,), partition_limits={TABLE: 5})
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def put_many(cluster: Cluster, node: str, keys: list[bytes], value: bytes = b"v") -> list[Done]:
+    """Start every write in one loop turn (as the engine runs a mailbox full of them) and wait for every answer."""
+    answers: dict[bytes, Done] = {}
+    now = time.monotonic()
+    for key in keys:
+        cluster.services[node].async_put(TABLE, key, value, durability="quorum",
+                                         on_done=lambda done, key=key: answers.__setitem__(key, done), now=now)
+    cluster.run_until(lambda: len(answers) == len(keys), f"answers to {len(keys)} writes")
+    return [answers[key] for key in keys]
+
+
+def test_the_writes_of_one_turn_go_out_as_one_frame_per_replica_and_come_back_as_one_ack_frame_each(
+    cluster: Cluster,
+) -> None:
+    keys = [b"user%03d\x00m" % i for i in range(300)]
+    answers = put_many(cluster, EDGE, keys)
+    assert all(done.ok for done in answers)
+    assert {core: cluster.sent[("sput", core)] for core in THREE} == {core: 1 for core in THREE}
+    assert cluster.sent[("sack", EDGE)] == 3
+    for core in THREE:
+        assert len(cluster.rows(core)) == 300
+
+
+def test_a_core_that_was_down_gets_its_hinted_writes_and_the_hints_go_once_it_acked(cluster: Cluster) -> None:
+    cluster.down.add("core3")
+    mark(cluster, "core3", "dead")
+    keys = [b"user%03d\x00m" % i for i in range(50)]
+    assert all(done.ok and set(done.acked_by) == {"core1", "core2"} for done in put_many(cluster, EDGE, keys))
+    for core in ("core1", "core2"):
+        assert len(cluster.locals[core].hints_for("core3")) == 50
+    assert cluster.rows("core3") == {}
+
+    # Back, but with no membership transition: anti-entropy has no reason to run, only handoff can repair it.
+    cluster.down.discard("core3")
+    for membership in cluster.memberships.values():
+        membership.states["core3"] = "alive"
+    # Fresh writes keep coming while the handoff runs: their acks share frames with the handoff's.
+    more = [b"user%03d\x00n" % i for i in range(50)]
+    assert all(done.ok for done in put_many(cluster, EDGE, more))
+    cluster.run_until(lambda: not cluster.locals["core1"].hints_for("core3")
+                      and not cluster.locals["core2"].hints_for("core3"), "the hints to be handed off and dropped")
+    assert set(cluster.rows("core3")) == set(keys) | set(more)
+    assert cluster.rows("core3") == cluster.rows("core1")
+    handed_off = sum(cluster.services[c].counters["hints_handed_off"] for c in ("core1", "core2"))
+    assert handed_off >= 50
+    assert sum(cluster.services[c].counters["ae_repairs_sent"] for c in THREE) == 0
+
+
+def test_writes_past_the_partition_limit_in_one_frame_are_refused_from_the_first_one_over_it(cluster: Cluster) -> None:
+    keys = [b"bob\x00m%02d" % i for i in range(8)]
+    answers = put_many(cluster, EDGE, keys)
+    assert [done.code for done in answers] == ["ok"] * 5 + ["inbox_full"] * 3
+    for core in THREE:
+        assert sorted(cluster.rows(core)) == keys[:5]
+    # A rewrite of a message the inbox holds is no new message: it is accepted.
+    assert put_many(cluster, EDGE, [keys[0]], b"again")[0].ok
+    # Another inbox is not affected.
+    assert put_many(cluster, EDGE, [b"carol\x00m00"])[0].ok
+
+
+def test_an_older_replica_write_arriving_after_a_newer_one_is_acked_and_changes_nothing(cluster: Cluster) -> None:
+    newer = Versioned(Version(2000 << 16, "core9"), b"new")
+    older = Versioned(Version(1000 << 16, "core9"), b"old")
+    for item in (newer, older):  # as a repair and a late hint would arrive, out of order
+        done = _replica_write(cluster, "core1", b"k", item)
+        assert done == ["ok"]
+    assert cluster.rows("core1")[b"k"] == newer
+
+
+def _replica_write(cluster: Cluster, core: str, key: bytes, item: Versioned) -> list[str]:
+    """Send `core` one sput entry from the edge, as an internal write, and collect the edge's view of its ack."""
+    answers: list[str] = []
+    edge = cluster.services[EDGE]
+    original = edge._on_ack
+
+    def record(node: str, req: int, code: str, now: float | None) -> None:
+        answers.append(code)
+
+    edge._on_ack = record  # type: ignore[method-assign]
+    try:
+        req = 1 << 62  # an internal request id: its ack goes through the per-request path
+        msg = {"src": EDGE, "w": [[TABLE, [], 1, [req], [key, encode_versioned(item)]]]}
+        cluster.ops[core]["sput"](msg, time.monotonic())
+        cluster.run_until(lambda: answers, "the ack")
+    finally:
+        edge._on_ack = original  # type: ignore[method-assign]
+    return answers
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        "not a list",
+        [["offline_msg", [], 3, [1], [b"k"]]],  # one request, no value
+        [["offline_msg", [], 3, [1, 2], [b"k", b"\x01\x00"] * 2]],  # values too short to be versioned
+        [["offline_msg", [], 3, ["1"], [b"k", encode_versioned(Versioned(Version(1, "n"), b"v"))]]],
+        [["offline_msg", [], 3, [1], ["k", encode_versioned(Versioned(Version(1, "n"), b"v"))]]],
+        [["offline_msg", [5], 3, [1], [b"k", encode_versioned(Versioned(Version(1, "n"), b"v"))]]],
+        [["offline_msg", [], 3, [1]]],
+    ],
+)
+def test_malformed_write_frames_are_counted_and_nothing_of_them_is_applied(cluster: Cluster, groups: object) -> None:
+    cluster.ops["core1"]["sput"]({"src": EDGE, "w": groups}, time.monotonic())
+    cluster.turn()
+    assert cluster.services["core1"].counters["bad_store_frames"] == 1
+    assert cluster.rows("core1") == {}
+    assert cluster.locals["core1"].stats()["pending"] == 0
+
+
+def test_malformed_ack_frames_are_counted(cluster: Cluster) -> None:
+    edge = cluster.services[EDGE]
+    for fields in ({"k": "nope"}, {"k": [1, "2"]}, {"a": [[1]]}):
+        edge.mesh_ops()["sack"]({"src": "core1", **fields}, time.monotonic())
+    assert edge.counters["bad_store_frames"] == 3
+
+
+def test_writes_for_replicas_still_busy_with_earlier_ones_leave_together_and_never_wait_long(cluster: Cluster) -> None:
+    assert put_many(cluster, EDGE, [b"warm\x00up"])[0].ok  # every core has answered: all idle
+    sent = {core: cluster.sent[("sput", core)] for core in THREE}
+    cluster.paused.update(THREE)  # the cores take their time with what comes next
+    answers: list[Done] = []
+    now = time.monotonic()
+    cluster.services[EDGE].async_put(TABLE, b"a\x00m", b"v", durability="quorum", on_done=answers.append, now=now)
+    cluster.turn()  # idle replicas: it leaves at once
+    assert {core: cluster.sent[("sput", core)] - sent[core] for core in THREE} == {core: 1 for core in THREE}
+    for key in (b"b\x00m", b"c\x00m"):  # two more loop turns while the first write is unanswered
+        cluster.services[EDGE].async_put(TABLE, key, b"v", durability="quorum", on_done=answers.append,
+                                         now=time.monotonic())
+        cluster.turn()
+    assert {core: cluster.sent[("sput", core)] - sent[core] for core in THREE} == {core: 1 for core in THREE}
+    # Held no longer than a few milliseconds, answered or not: then both leave in one frame.
+    cluster.run_until(lambda: all(cluster.sent[("sput", core)] - sent[core] == 2 for core in THREE),
+                      "the held writes to leave", timeout_s=5.0)
+    cluster.paused.clear()
+    cluster.run_until(lambda: len(answers) == 3, "every answer")
+    assert all(done.ok for done in answers)
+    assert {core: cluster.sent[("sput", core)] - sent[core] for core in THREE} == {core: 2 for core in THREE}
