@@ -57,12 +57,12 @@ test: venv
 	$(VENV)/bin/python -m pytest
 
 CHAOS_SECONDS ?= 600
-CHAOS_SEED ?=
+CHAOS_SEED ?= random
 
 # The chaos run on test hosts (network namespaces, needs root): clients send through
 # every edge while a nemesis kills, pauses and partitions nodes; then it heals and drains.
 # The report is var/chaos/report.json and var/chaos/timeline.png; pass = nothing lost,
-# unexpected, duplicated or out of order. CHAOS_SEED replays a run's fault schedule.
+# unexpected, duplicated or out of order. CHAOS_SEED=N replays a run's fault schedule.
 chaos: venv
 	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) CHAOS_REPORT_DIR=$(CURDIR)/var/chaos \
 		IRIS_MESH_REQUIRE_NETNS=1 $(VENV)/bin/python -m pytest tests/cluster/test_chaos.py -q -s -p no:cacheprovider
