@@ -86,6 +86,17 @@ def acked_count(events: list[dict[str, Any]], user: str, *, since: float = 0.0, 
                and (edge is None or e["edge"] == edge))
 
 
+def start_chat(mesh: MeshOnHosts, prefix: str, ann_edge: str, bob_edge: str) -> tuple[ClientDriver, tuple[str, str]]:
+    """PREFIX-ann and PREFIX-bob, on the edges they prefer, sending to each other all along."""
+    ann, bob = f"{prefix}-ann", f"{prefix}-bob"
+    driver = mesh.start_driver(0, {
+        "users": [{"user": ann, "edge": ann_edge}, {"user": bob, "edge": bob_edge}],
+        "flows": [{"from": ann, "to": bob, "rate_per_s": RATE_PER_S}, {"from": bob, "to": ann, "rate_per_s": RATE_PER_S}],
+        "start": True,
+    })
+    return driver, (ann, bob)
+
+
 def wait_acked(driver: ClientDriver, senders: Iterable[str], *, since: float = 0.0, edge: str | None = None) -> None:
     """Wait until each sender has ACKS_PER_PHASE acked sends at or after `since` (through `edge`, if given)."""
     senders = list(senders)
@@ -199,13 +210,7 @@ def test_single_edge_failure_clients_move_to_the_other_edge(mesh: MeshOnHosts) -
 
 
 def test_single_core_failure_quorum_continues_and_the_core_catches_up(mesh: MeshOnHosts) -> None:
-    driver = mesh.start_driver(0, {
-        "users": [{"user": "c-ann", "edge": "edge1"}, {"user": "c-bob", "edge": "edge2"}],
-        "flows": [{"from": "c-ann", "to": "c-bob", "rate_per_s": RATE_PER_S},
-                  {"from": "c-bob", "to": "c-ann", "rate_per_s": RATE_PER_S}],
-        "start": True,
-    })
-    senders = ("c-ann", "c-bob")
+    driver, senders = start_chat(mesh, "c", "edge1", "edge2")
     keys = [f"drill-core-{i}" for i in range(3)]
     try:
         with mesh.explained():
@@ -247,13 +252,7 @@ def test_single_core_failure_quorum_continues_and_the_core_catches_up(mesh: Mesh
 def test_network_partition_minority_core_refuses_writes_and_converges_after_heal(mesh: MeshOnHosts) -> None:
     put(mesh, "core1", "drill-part-before", "before-the-cut")
     put(mesh, "core1", "drill-part-doomed", "deleted-during-the-cut")
-    driver = mesh.start_driver(0, {
-        "users": [{"user": "p-ann", "edge": "edge2"}, {"user": "p-bob", "edge": "edge2"}],
-        "flows": [{"from": "p-ann", "to": "p-bob", "rate_per_s": RATE_PER_S},
-                  {"from": "p-bob", "to": "p-ann", "rate_per_s": RATE_PER_S}],
-        "start": True,
-    })
-    senders = ("p-ann", "p-bob")
+    driver, senders = start_chat(mesh, "p", "edge2", "edge2")
     try:
         with mesh.explained():
             wait_acked(driver, senders)
@@ -298,13 +297,7 @@ def test_network_partition_minority_core_refuses_writes_and_converges_after_heal
 
 def test_complete_cluster_failure_restart_is_writable_and_loses_nothing(mesh: MeshOnHosts) -> None:
     put(mesh, "core1", "drill-full-before", "before-the-failure")
-    driver = mesh.start_driver(0, {
-        "users": [{"user": "f-ann", "edge": "edge1"}, {"user": "f-bob", "edge": "edge2"}],
-        "flows": [{"from": "f-ann", "to": "f-bob", "rate_per_s": RATE_PER_S},
-                  {"from": "f-bob", "to": "f-ann", "rate_per_s": RATE_PER_S}],
-        "start": True,
-    })
-    senders = ("f-ann", "f-bob")
+    driver, senders = start_chat(mesh, "f", "edge1", "edge2")
     try:
         with mesh.explained():
             wait_acked(driver, senders)
