@@ -17,11 +17,22 @@ An edge declines a live delivery while any session of B may still be owed
 stored messages (it has not synced, or its inbox changed): the message then
 goes to the inbox behind them, which keeps per-sender order across the switch
 between online and offline. A message leaves the inbox only when B acks it.
+
+`minbox` reaches only edges the origin sees alive, so B's edge can miss it (it
+was paused, or cut off, when the message was stored) and think B's sessions
+clean. Two rules keep order anyway:
+- the origin remembers the last message of each pair it stored and offers the
+  pair's next one with `after` = that id; B's edge takes it live only if every
+  session of B holds that id unacked or has acked it lately, and otherwise
+  declines and pushes B's inbox, so the next one is stored behind it;
+- the origin keeps the `minbox`es an edge missed and sends them once that edge
+  is alive again (before anything else it sends there), so the stored message
+  reaches B without waiting for a next one.
 Sync, push and deletion of stored messages are InboxFeed's (_inbox_feed.py);
 presence rows and lookups are PresenceBook's (_presence.py).
 
 Mesh frames between edges:
-    mdeliver     {id, from, to, ts, body}      offer a live delivery
+    mdeliver     {id, from, to, ts, body, after?}  offer a live delivery (after: the pair's last stored id)
     mdelivered   {id, to}                      a session of `to` acked it
     mdeclined    {id, to, reason}              no session could take it
     minbox       {to}                          `to` has new stored messages
@@ -68,6 +79,8 @@ from iris_mesh.messaging._tokens import TokenError, verify_token
 __all__ = ["EdgeService", "EdgeSettings"]
 
 _RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this long
+_STORED_TAILS_MAX = 100_000  # pairs whose last stored id the origin remembers (the oldest is forgotten first)
+_OWED_MINBOX_MAX = 10_000  # users per edge whose missed minbox is kept for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +144,10 @@ class EdgeService:
         self._inflight: dict[tuple[str, bytes], _Send] = {}
         self._live: dict[tuple[str, bytes], _Send] = {}  # (recipient, id) -> send awaiting a live ack
         self._recent: collections.OrderedDict[tuple[str, bytes], tuple[str, float]] = collections.OrderedDict()
+        # (sender, to) -> the id of the pair's last message that went to the inbox, until one goes live.
+        self._stored_tails: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+        self._edges_seen: set[str] = set()
+        self._owed_minbox: dict[str, dict[str, None]] = {}  # edge -> users whose minbox it missed (ordered set)
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
@@ -271,11 +288,15 @@ class EdgeService:
             return
         send.deadline = now + self._settings.deliver_timeout_s
         self._live[(send.to, send.id)] = send
+        after = self._stored_tails.get((send.sender, send.to))
+        extra = {"from": send.sender} if after is None else {"from": send.sender, "after": after}
         for edge in targets:
             send.offered.add(edge)
             if edge == self.node_id:
-                self._deliver_here(self.node_id, send.id, send.sender, send.to, send.ts_ms, send.body)
-            elif not self._gateway_send(edge, "mdeliver", id=send.id, to=send.to, ts=send.ts_ms, body=send.body, **{"from": send.sender}):
+                self._deliver_here(self.node_id, send.id, send.sender, send.to, send.ts_ms, send.body, after)
+                continue
+            self._pay_owed_minbox(edge)
+            if not self._gateway_send(edge, "mdeliver", id=send.id, to=send.to, ts=send.ts_ms, body=send.body, **extra):
                 send.declined.add(edge)
         self._check_declined(send, now)
 
@@ -291,6 +312,7 @@ class EdgeService:
             if result.ok:
                 # Announce first: _finish starts the pair's next message, which must find the
                 # recipient's sessions owed this one, or it could go live and overtake it.
+                self._remember_stored(send)
                 self._announce_inbox(send.to, self._now)
                 self._finish(send, "stored", self._now)
             else:
@@ -312,6 +334,8 @@ class EdgeService:
                 session.pending_sends = max(0, session.pending_sends - 1)
                 self._to_client(route, build_sent(cid, send.id, status))
         self.counters[f"sent_{status}"] += 1
+        if status == "delivered":
+            self._stored_tails.pop((send.sender, send.to), None)  # the recipient had the stored one: order holds
         self._next_of_pair(send, now)
 
     def _fail_pair(self, send: _Send, code: str, detail: str) -> None:
@@ -341,6 +365,13 @@ class EdgeService:
         else:
             del self._pairs[(send.sender, send.to)]
 
+    def _remember_stored(self, send: _Send) -> None:
+        pair = (send.sender, send.to)
+        self._stored_tails[pair] = send.id
+        self._stored_tails.move_to_end(pair)
+        if len(self._stored_tails) > _STORED_TAILS_MAX:
+            self._stored_tails.popitem(last=False)
+
     def _remember(self, sender: str, msg_id: bytes, status: str, now: float) -> None:
         self._recent[(sender, msg_id)] = (status, now)
         while self._recent:
@@ -352,17 +383,20 @@ class EdgeService:
     # ---- delivering (recipient edge) ---------------------------------------------------------
 
     def _on_mdeliver(self, msg: dict[str, Any], now: float) -> None:
+        self._now = now
         try:
             msg_id, sender, to, ts, body = msg["id"], msg["from"], msg["to"], msg["ts"], msg["body"]
+            after = msg.get("after")
             if not (isinstance(msg_id, bytes) and is_valid_user(sender) and is_valid_user(to)
-                    and isinstance(ts, int) and isinstance(body, bytes)):
+                    and isinstance(ts, int) and isinstance(body, bytes) and (after is None or isinstance(after, bytes))):
                 raise TypeError
         except (KeyError, TypeError):
             self.counters["bad_mesh_frames"] += 1
             return
-        self._deliver_here(msg["src"], msg_id, sender, to, ts, body)
+        self._deliver_here(msg["src"], msg_id, sender, to, ts, body, after)
 
-    def _deliver_here(self, origin: str, msg_id: bytes, sender: str, to: str, ts: int, body: bytes) -> None:
+    def _deliver_here(self, origin: str, msg_id: bytes, sender: str, to: str, ts: int, body: bytes,
+                      after: bytes | None) -> None:
         sessions = self.sessions.of_user(to)
         if not sessions:
             self._decline(origin, msg_id, to, "no session")
@@ -370,6 +404,13 @@ class EdgeService:
         if any(not s.inbox_clean for s in sessions):
             # Stored messages may still be owed to this user: this one queues behind them.
             self._decline(origin, msg_id, to, "inbox not yet synced")
+            return
+        if after is not None and not all(s.has_seen(after) for s in sessions):
+            # The pair's last stored message has not reached every session (this edge missed its
+            # minbox): this one queues behind it, and the inbox is pushed.
+            self.counters["live_declined_behind_stored"] += 1
+            self._decline(origin, msg_id, to, "behind a stored message")
+            self._inbox.async_changed(to, self._now)
             return
         taken = 0
         for session in sessions:
@@ -414,6 +455,7 @@ class EdgeService:
     def _ack(self, session: Session, request: AckRequest, now: float) -> None:
         assert session.user is not None
         for msg_id in request.ids:
+            session.note_acked(msg_id)
             owed = session.outstanding.pop(msg_id, None)
             if owed is not None and owed.live:
                 # The live copy reached the user: tell the origin, and drop any other session's copy.
@@ -431,9 +473,27 @@ class EdgeService:
     def _announce_inbox(self, user: str, now: float) -> None:
         """Tell every live edge that `user`'s inbox changed (cheap, and right even when presence is stale)."""
         self._inbox.async_changed(user, now)
-        for edge in self._live_edges():
+        live = self._live_edges()
+        self._edges_seen.update(live)
+        for edge in live:
             if edge != self.node_id:
                 self._gateway_send(edge, "minbox", to=user)
+        for edge in self._edges_seen.difference(live, (self.node_id,)):
+            owed = self._owed_minbox.setdefault(edge, {})
+            owed.pop(user, None)
+            owed[user] = None
+            if len(owed) > _OWED_MINBOX_MAX:
+                del owed[next(iter(owed))]
+
+    def _pay_owed_minbox(self, edge: str) -> None:
+        """Send `edge` the minboxes it missed while it was not alive here; those it cannot take yet stay owed."""
+        owed = self._owed_minbox.get(edge)
+        while owed:
+            user = next(iter(owed))
+            if not self._gateway_send(edge, "minbox", to=user):
+                return
+            del owed[user]
+        self._owed_minbox.pop(edge, None)
 
     def _on_minbox(self, msg: dict[str, Any], now: float) -> None:
         if isinstance(msg.get("to"), str):
@@ -443,6 +503,9 @@ class EdgeService:
 
     def async_tick(self, now: float) -> None:
         self._now = now
+        self._edges_seen.update(self._live_edges())
+        for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
+            self._pay_owed_minbox(edge)
         for send in [s for s in self._live.values() if s.deadline <= now]:
             self._live.pop((send.to, send.id), None)
             if not send.done:

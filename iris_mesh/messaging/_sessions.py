@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["HOLD_MAX_S", "Hold", "Session", "SessionTable", "Outstanding"]
+__all__ = ["ACKED_MEMORY", "HOLD_MAX_S", "Hold", "Session", "SessionTable", "Outstanding"]
+
+# A session remembers this many of the ids it acked last: enough for the edge to tell that a live message's
+# `after` (its pair's last stored id) reached it; a forgotten one only sends a message the slower way, via the inbox.
+ACKED_MEMORY = 1024
 
 # A hold ends when its head is sent again, or after this long: a client resends a send that failed
 # retryably within its backoff (the Python SDK: retry_max_s, 2 s by default), or has given up on it.
@@ -44,10 +48,21 @@ class Session:
     rescan: bool = False
     outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)  # recipient -> hold
+    acked: dict[bytes, None] = field(default_factory=dict)  # the last ACKED_MEMORY ids acked (ordered set)
 
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+    def note_acked(self, msg_id: bytes) -> None:
+        self.acked.pop(msg_id, None)
+        self.acked[msg_id] = None
+        if len(self.acked) > ACKED_MEMORY:
+            del self.acked[next(iter(self.acked))]
+
+    def has_seen(self, msg_id: bytes) -> bool:
+        """The message was handed to this session: it holds it unacked, or acked it lately."""
+        return msg_id in self.outstanding or msg_id in self.acked
 
     def hold(self, to: str, head: bytes, code: str, now: float) -> None:
         """A send to `to` was refused with a retryable code: this session's later sends to `to` must wait for it.

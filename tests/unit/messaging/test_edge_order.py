@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -25,75 +24,12 @@ from iris_mesh.messaging._protocol import Limits
 from iris_mesh.messaging._sessions import HOLD_MAX_S
 from iris_mesh.messaging._tokens import issue_token, token_secret
 
+from support.edge_fakes import FakeStore, mid
+
 NODE = "edge1"
 SECRET = token_secret(b"edge-order-test-cookie")
 WALL_S = 1_700_000_000
 T0 = 100.0
-
-
-def mid(n: int) -> bytes:
-    """Message id n: ids of larger n sort after, as the ids of one client do."""
-    return n.to_bytes(16, "big")
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What the store hands a put's or a scan's on_done."""
-
-    ok: bool
-    code: str = "ok"
-    detail: str = ""
-    items: list[tuple[bytes, Row]] = field(default_factory=list)
-    more: bool = False
-    cursor: bytes | None = None
-
-
-class FakeStore:
-    """Tables in dicts. Every answer waits in a queue, in request order, until run(); refuse_next_put fails one write."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, dict[bytes, bytes]] = collections.defaultdict(dict)
-        self._waiting: collections.deque[Callable[[], None]] = collections.deque()
-        self._refusals: dict[str, list[str]] = collections.defaultdict(list)
-
-    def refuse_next_put(self, table: str, code: str) -> None:
-        self._refusals[table].append(code)
-
-    def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str,
-                  on_done: Callable[[Any], None], now: float, min_hlc: int = 0, version: Any = None) -> None:
-        refusal = self._refusals[table].pop(0) if self._refusals[table] else None
-
-        def answer() -> None:
-            if refusal is not None:
-                on_done(Answer(False, refusal, f"{table} write refused by the test"))
-                return
-            if value is None:
-                self.tables[table].pop(key, None)
-            else:
-                self.tables[table][key] = value
-            on_done(Answer(True))
-
-        self._waiting.append(answer)
-
-    def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int,
-                   on_done: Callable[[Any], None], now: float) -> None:
-        def answer() -> None:
-            keys = sorted(k for k in self.tables[table] if k.startswith(prefix) and (start_after is None or k > start_after))
-            page = keys[:limit]
-            items = [(k, Row(self.tables[table][k])) for k in page]
-            on_done(Answer(True, items=items, more=len(keys) > limit, cursor=page[-1] if page else start_after))
-
-        self._waiting.append(answer)
-
-    def run(self) -> None:
-        """Answer everything asked so far, and whatever those answers ask in turn."""
-        while self._waiting:
-            self._waiting.popleft()()
 
 
 class FakeGateway:
