@@ -23,11 +23,12 @@ fsync; `flush_wal_synced` releases it, so group commit syncs with that one.
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from rocksdict import BlockBasedOptions, Checkpoint, DBRecoveryMode, Env, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
 __all__ = ["Database", "StoreError", "TABLES", "held_by_this_process"]
 
@@ -37,6 +38,10 @@ TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
 _FILTERED = frozenset({"offline_msg", "cross_region_queue", "presence", "hints"})
 _MEMTABLE_BLOOM_RATIO = 0.02  # of the write buffer: ~25 bits per key of a full memtable of small rows
 _BLOOM_BITS_PER_KEY = 10
+# Every replica of a range gets the same writes: with equal memtables all of them would flush at the
+# same moment, and a quorum would wait for a flushing replica. Each open draws its own size.
+_WRITE_BUFFER_BYTES = 64 << 20
+_WRITE_BUFFER_JITTER = 0.4
 # Column families another part of the node may create later; not foreign.
 _KNOWN_EXTRA = frozenset({"default", "raft"})
 
@@ -60,23 +65,21 @@ def held_by_this_process(path: Path) -> bool:
 
 def _options() -> Options:
     opts = Options(raw_mode=True)
-    # Memtable flushes and compactions run niced: a flush is ~0.1 s of CPU at once, and on a
-    # loaded machine the node's own threads must not wait behind it (writes stall only if a
-    # memtable fills up before the previous one is flushed, which gives the flush the CPU back).
-    env = Env()
-    env.lower_high_priority_thread_pool_cpu_priority()
-    env.lower_thread_pool_cpu_priority()
-    opts.set_env(env)
+    # Flushes and compactions keep the normal CPU priority. Niced, a flush on a busy machine took
+    # 0.2-0.4 s of wall time for 0.13 s of CPU and stalled the writes around it: bench/store.py's
+    # p99 at half rate was 40-85 ms (max 70-140 ms) niced, 11-13 ms (max 23-27 ms) not.
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_paranoid_checks(True)
     opts.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
+    opts.set_bytes_per_sync(1 << 20)  # write table files back as they grow, not in one burst at their fsync
     return opts
 
 
 def _table_options(name: str) -> Options:
     opts = Options(raw_mode=True)
     if name in _FILTERED:
+        opts.set_write_buffer_size(int(_WRITE_BUFFER_BYTES * random.uniform(1 - _WRITE_BUFFER_JITTER, 1 + _WRITE_BUFFER_JITTER)))
         opts.set_memtable_prefix_bloom_ratio(_MEMTABLE_BLOOM_RATIO)
         opts.set_memtable_whole_key_filtering(True)
         table = BlockBasedOptions()
