@@ -28,7 +28,7 @@ its message id for life: retries and the resends after a failover reuse it
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from iris_mesh.messaging._protocol import DEFAULT_LIMITS, Limits
@@ -36,7 +36,9 @@ from iris_mesh.messaging._rate import RateLimiter
 
 from ._errors import IrisError
 
-__all__ = ["PendingSend", "SendQueue"]
+__all__ = ["PendingSend", "SendQueue", "StoredTails"]
+
+_STORED_TAILS_MAX = 10_000  # recipients whose last stored message is remembered (the oldest is forgotten first)
 
 
 class PendingSend:
@@ -59,6 +61,35 @@ class PendingSend:
 
     def __repr__(self) -> str:
         return f"PendingSend(seq={self.seq}, id={self.id.hex()}, to={self.to!r}, attempts={self.attempts})"
+
+
+class StoredTails:
+    """Per recipient, the last send answered `stored` with none after it `delivered` (docs/PROTOCOL.md 9.1).
+
+    A later send to that recipient names it as `after`, so the edge it goes to (another
+    one, after a failover) delivers it live only where the stored one has arrived.
+    """
+
+    __slots__ = ("_tails",)
+
+    def __init__(self) -> None:
+        self._tails: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # recipient -> (seq, id)
+
+    def confirmed(self, send: PendingSend, status: str) -> None:
+        current = self._tails.get(send.to)
+        if current is not None and current[0] > send.seq:
+            return  # an answer about an older send changes nothing
+        if status == "stored":
+            self._tails[send.to] = (send.seq, send.id)
+            self._tails.move_to_end(send.to)
+            if len(self._tails) > _STORED_TAILS_MAX:
+                self._tails.popitem(last=False)
+        elif current is not None:
+            del self._tails[send.to]  # delivered live after it: the recipient had the stored one
+
+    def after(self, send: PendingSend) -> bytes | None:
+        current = self._tails.get(send.to)
+        return current[1] if current is not None and current[0] < send.seq else None
 
 
 class _Lane:

@@ -64,7 +64,7 @@ from iris_mesh.messaging._protocol import (
 from ._dedup import Seen, SeenMessages
 from ._errors import IrisError
 from ._options import ClientOptions
-from ._sends import PendingSend, SendQueue
+from ._sends import PendingSend, SendQueue, StoredTails
 from ._types import Message, Presence, SendResult
 
 __all__ = ["Effects", "ClientSession", "SessionState"]
@@ -120,6 +120,7 @@ class ClientSession:
         self._login_waiter: Any = None
         self._login_deadline: float | None = None
         self._sends = SendQueue(retry_initial_s=options.retry_initial_s, retry_max_s=options.retry_max_s)
+        self._stored_tails = StoredTails()
         self._seen = SeenMessages(options.dedup_window)
         self._seqs = itertools.count(1)
         self._cids = itertools.count(1)
@@ -307,6 +308,7 @@ class ClientSession:
             logger.error("edge {} confirmed cid {} with id {} but that send had id {}; trusting the cid",
                          self.edge, frame.cid, frame.id.hex(), send.id.hex())
         self._sends.confirmed(send, now)
+        self._stored_tails.confirmed(send, frame.status)
         self._complete(send.waiter, SendResult(id=send.id, status=frame.status))
 
     def _on_deliver(self, frame: DeliverFrame, now: float) -> None:
@@ -525,8 +527,9 @@ class ClientSession:
     def _pump(self, now: float) -> None:
         for send in self._sends.take_ready(now):
             request = _Request("send", send=send)
+            after = self._stored_tails.after(send)
             send.cid = self._request(
-                request, lambda c: SendRequest(cid=c, id=send.id, to=send.to, body=send.body).to_wire(), now)
+                request, lambda c: SendRequest(cid=c, id=send.id, to=send.to, body=send.body, after=after).to_wire(), now)
 
     def _flush_acks(self, now: float) -> None:
         step = self.limits.max_ack_ids

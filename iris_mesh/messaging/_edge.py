@@ -22,9 +22,11 @@ between online and offline. A message leaves the inbox only when B acks it.
 was paused, or cut off, when the message was stored) and think B's sessions
 clean. Two rules keep order anyway:
 - the origin remembers the last message of each pair it stored and offers the
-  pair's next one with `after` = that id; B's edge takes it live only if every
-  session of B holds that id unacked or has acked it lately, and otherwise
-  declines and pushes B's inbox, so the next one is stored behind it;
+  pair's next one with `after` = that id (or the one the client's `send` names
+  in its own `after`, stored through the edge it used before, if later); B's
+  edge takes it live only if every session of B holds that id unacked or has
+  acked it lately, and otherwise declines and pushes B's inbox, so the next
+  one is stored behind it;
 - the origin keeps the `minbox`es an edge missed and sends them once that edge
   is alive again (before anything else it sends there), so the stored message
   reaches B without waiting for a next one.
@@ -98,14 +100,15 @@ class Gateway(Protocol):
 class _Send:
     """One message on its way, with every client request waiting for its outcome."""
 
-    __slots__ = ("sender", "to", "id", "body", "ts_ms", "waiters", "offered", "declined", "deadline", "done")
+    __slots__ = ("sender", "to", "id", "body", "ts_ms", "after", "waiters", "offered", "declined", "deadline", "done")
 
-    def __init__(self, sender: str, to: str, msg_id: bytes, body: bytes, ts_ms: int) -> None:
+    def __init__(self, sender: str, to: str, msg_id: bytes, body: bytes, ts_ms: int, after: bytes | None) -> None:
         self.sender = sender
         self.to = to
         self.id = msg_id
         self.body = body
         self.ts_ms = ts_ms
+        self.after = after  # the client's word on the pair's last stored message (from another edge, maybe)
         self.waiters: list[tuple[bytes, int]] = []
         self.offered: set[str] = set()
         self.declined: set[str] = set()
@@ -267,7 +270,7 @@ class EdgeService:
                 "rate_limited", f"{sender} sends faster than {self._limits.send_rate_per_s}/s",
                 cid=request.cid, retry_after_s=wait))
             return
-        send = _Send(sender, request.to, request.id, request.body, self._wall_ms())
+        send = _Send(sender, request.to, request.id, request.body, self._wall_ms(), request.after)
         send.waiters.append((session.route, request.cid))
         session.pending_sends += 1
         self._inflight[(sender, request.id)] = send
@@ -288,7 +291,12 @@ class EdgeService:
             return
         send.deadline = now + self._settings.deliver_timeout_s
         self._live[(send.to, send.id)] = send
-        after = self._stored_tails.get((send.sender, send.to))
+        # The later of what this edge stored and what the client says was stored (through an edge it
+        # used before): ids of one sender sort in send order.
+        tail = self._stored_tails.get((send.sender, send.to))
+        after = tail if send.after is None or (tail is not None and tail > send.after) else send.after
+        if after is not None and after >= send.id:
+            after = None  # not an earlier message: a confused client, and nothing to wait for
         extra = {"from": send.sender} if after is None else {"from": send.sender, "after": after}
         for edge in targets:
             send.offered.add(edge)

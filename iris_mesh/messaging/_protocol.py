@@ -206,16 +206,24 @@ class LoginRequest:
 
 @dataclass(frozen=True, slots=True)
 class SendRequest:
-    """`send {cid, id, to, body}`: `id` is the client-made 16-byte idempotency key."""
+    """`send {cid, id, to, body, after?}`: `id` is the client-made 16-byte idempotency key.
+
+    `after`: the id of the sender's last earlier message to `to` that was `stored`, if none
+    after it was `delivered` (docs/PROTOCOL.md 9.1); None when there is none or it is unknown.
+    """
 
     op: ClassVar[str] = "send"
     cid: int
     id: bytes
     to: str
     body: bytes
+    after: bytes | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {**_envelope(self.op), "cid": self.cid, "id": self.id, "to": self.to, "body": self.body}
+        wire = {**_envelope(self.op), "cid": self.cid, "id": self.id, "to": self.to, "body": self.body}
+        if self.after is not None:
+            wire["after"] = self.after
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +376,10 @@ def _parse_send(msg: Mapping[Any, Any], cid: int | None, limits: Limits) -> Send
     if len(body) > limits.max_body_bytes:
         detail = f"body of {len(body)} bytes exceeds max_body_bytes ({limits.max_body_bytes})"
         raise ProtocolError("too_large", detail, cid)
-    return SendRequest(cid=cid, id=msg_id, to=to, body=body)
+    after = msg.get("after")
+    if after is not None:
+        after = _message_id(after, "'after'", cid)
+    return SendRequest(cid=cid, id=msg_id, to=to, body=body, after=after)
 
 
 def _parse_ack(msg: Mapping[Any, Any], cid: int | None, limits: Limits) -> AckRequest:

@@ -524,3 +524,30 @@ def test_a_presence_question_cut_off_by_a_lost_session_gets_unavailable(h: Harne
     h.s.presence("bob", before_login, h.now)
     h.collect()
     assert before_login.value.code == "unavailable"  # moving to another edge: ask again
+
+
+def test_sends_after_a_stored_one_name_it_until_one_is_delivered(h: Harness) -> None:
+    """`after` (docs/PROTOCOL.md 9.1): what the next edge needs to keep order after a failover."""
+    h.connect()
+    h.login()
+    h.send("bob", 1)
+    h.tick()
+    first = h.take("send")[0]
+    assert "after" not in first
+    h.frame(build_sent(first["cid"], mid(1), "stored"))
+    h.send("bob", 2)
+    h.send("carol", 3)
+    h.tick()
+    to_bob, to_carol = h.take("send")
+    assert to_bob["after"] == mid(1) and "after" not in to_carol
+    # The link is lost before 2 is answered: the resend through the next edge still names 1.
+    h.s.link_lost("the connection to the edge closed", h.now)
+    h.collect()
+    h.connect("edge2")
+    h.frame(build_ok(h.take("login")[0]["cid"]))
+    resent = [f for f in h.take() if f["op"] == "send"]
+    assert [(f["id"], f.get("after")) for f in resent] == [(mid(2), mid(1)), (mid(3), None)]
+    h.frame(build_sent(resent[0]["cid"], mid(2), "delivered"))
+    h.send("bob", 4)
+    h.tick()
+    assert "after" not in h.take("send")[0]

@@ -9,7 +9,9 @@ edge1 sees edge2 dead, cat's message is stored and edge2 is not told
   message reaches dan without waiting for another one;
 - if that news is lost too, cat's next message, offered live with `after`,
   is declined by edge2 and stored behind the first: dan gets them in order;
-- once a message of the pair went live, the next ones go live again.
+- once a message of the pair went live, the next ones go live again;
+- the sender's client names the stored message (`send`'s `after`) when its
+  edge no longer knows it (restarted): the same as the edge's own memory.
 """
 
 from __future__ import annotations
@@ -93,9 +95,15 @@ class Mesh:
         frames, self.client_frames[route] = self.client_frames[route], []
         return frames
 
-    def send(self, n: int) -> int:
+    def send(self, n: int, **fields: Any) -> int:
         """cat sends message n to dan."""
-        return self.request("edge1", CAT, "send", id=mid(n), to="dan", body=b"m%d" % n)
+        return self.request("edge1", CAT, "send", id=mid(n), to="dan", body=b"m%d" % n, **fields)
+
+    def restart_edge1(self) -> None:
+        """edge1 comes back empty: it remembers nothing of what it stored; cat logs in again."""
+        self.edges["edge1"] = self._edge("edge1")
+        self.tick()
+        self.log_in("edge1", CAT)
 
     def outcome(self, cid: int) -> str:
         replies = [f for f in self.client_frames[CAT] if f.get("cid") == cid]
@@ -143,7 +151,7 @@ def test_the_next_message_queues_behind_a_stored_one_the_recipient_edge_never_he
     mesh.dropping["minbox"] = 1  # the news edge1 owes edge2 is lost as well
     _stored_while_edge2_unseen(mesh)
     mesh.tick()
-    cid = mesh.send(25)
+    cid = mesh.send(25, after=mid(24))
     mesh.run()
     assert mesh.outcome(cid) == "stored"
     assert mesh.edges["edge2"].counters["live_declined_behind_stored"] == 1
@@ -181,6 +189,16 @@ def test_a_message_held_unacked_by_the_recipient_counts_as_reached() -> None:
     mesh.edges["edge2"].async_on_client(DAN, {"v": PROTOCOL_VERSION, "op": "ack", "ids": held + [mid(26)]}, mesh.now)
     mesh.run()
     assert mesh.outcome(cid) == "delivered"
+
+
+def test_the_client_names_the_stored_message_when_its_edge_forgot_it() -> None:
+    mesh = Mesh()
+    _stored_while_edge2_unseen(mesh)
+    mesh.restart_edge1()  # and with it the minbox it owed edge2
+    cid = mesh.send(25, after=mid(24))
+    mesh.run()
+    assert mesh.outcome(cid) == "stored"
+    assert mesh.dan_receives() == [24, 25]
 
 
 def test_a_malformed_after_is_refused_and_delivers_nothing() -> None:

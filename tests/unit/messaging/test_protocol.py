@@ -94,6 +94,8 @@ def test_a_protocol_error_needs_a_documented_code_and_renders_its_reply() -> Non
         (frame("hello", client=None), HelloRequest()),
         (frame("login", cid=1, user="alice", token="t"), LoginRequest(1, "alice", "t")),
         (frame("send", cid=2, id=ID, to="bob", body=b""), SendRequest(2, ID, "bob", b"")),
+        (frame("send", cid=2, id=ID, to="bob", body=b"", after=ID), SendRequest(2, ID, "bob", b"", after=ID)),
+        (frame("send", cid=2, id=ID, to="bob", body=b"", after=None), SendRequest(2, ID, "bob", b"")),
         (frame("ack", ids=[ID, ID2, ID]), AckRequest((ID, ID2, ID))),
         (frame("sync", cid=3, cursor=None), SyncRequest(3, None)),
         (frame("sync", cid=3, cursor=b"c", limit=7), SyncRequest(3, b"c", 7)),
@@ -174,6 +176,8 @@ def test_sync_page_size_is_capped_by_the_limit() -> None:
         (frame("send", cid=2, id=ID, to="bob"), "bad_request", 2),
         (frame("send", cid=2, id=ID, to="bob", body="hi"), "bad_request", 2),
         (frame("send", cid=2, id=ID, to="bob", body=b"", **{"from": "alice"}), "bad_request", 2),
+        (frame("send", cid=2, id=ID, to="bob", body=b"", after=ID[:15]), "bad_request", 2),
+        (frame("send", cid=2, id=ID, to="bob", body=b"", after=ID.hex()), "bad_request", 2),
         (frame("send", cid=2, id=ID, to="bob", body=b"x" * (DEFAULT_LIMITS.max_body_bytes + 1)), "too_large", 2),
         # ack
         (frame("ack"), "bad_request", None),
