@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Attempt", "Fault", "Receipt", "check", "passed", "plot_timeline"]
+__all__ = ["Attempt", "Fault", "Receipt", "check", "from_events", "passed", "plot_timeline"]
 
 WINDOW_S = 1.0
 MUST_BE_ZERO = ("lost", "unexpected", "duplicated", "out_of_order")
@@ -129,6 +129,38 @@ def check(
         "windows": _windows(attempts, receipts, started_at, window_s),
     }
     return report
+
+
+def from_events(events: Iterable[dict[str, Any]]) -> tuple[list[Attempt], list[Receipt]]:
+    """Client-driver events (tests/cluster/_client_driver.py) as sends and receipts: a message is (sender, seq)."""
+    events = list(events)
+    answers: dict[tuple[str, int], dict[str, Any]] = {}
+    for event in events:
+        if event["ev"] in ("acked", "failed"):
+            answers[(event["user"], event["seq"])] = event
+    attempts = []
+    for event in events:
+        if event["ev"] != "attempt":
+            continue
+        key = (event["user"], event["seq"])
+        answer = answers.get(key, {})
+        acked = answer.get("ev") == "acked"
+        attempts.append(Attempt(
+            sender=event["user"], recipient=event["to"], id=f"{event['user']}#{event['seq']}", seq=event["seq"],
+            t=event["t"], acked_t=answer["t"] if acked else None, status=answer.get("status") if acked else None,
+            error=None if acked else answer.get("code", "no_answer"),
+        ))
+    acked_ids = {(a["user"], a["seq"]): a["id"] for a in answers.values() if a["ev"] == "acked"}
+    receipts = []
+    for event in events:
+        if event["ev"] != "received":
+            continue
+        key = (event["sender"], event["seq"])
+        # A receipt names the message by sender and seq (from its body); its wire id must be the acked one.
+        same_message = key not in acked_ids or acked_ids[key] == event["id"]
+        message = f"{event['sender']}#{event['seq']}" if same_message else f"?{event['id']}"
+        receipts.append(Receipt(event["user"], event["sender"], message, event["seq"], event["t"]))
+    return attempts, receipts
 
 
 def passed(report: dict[str, Any]) -> bool:

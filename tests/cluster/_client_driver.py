@@ -61,7 +61,7 @@ import json
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TextIO
@@ -69,6 +69,8 @@ from typing import Any, TextIO
 from loguru import logger
 
 from iris_mesh.client import Client, ClientOptions, IrisError, SendResult
+
+from _chaos_report import check, from_events
 
 PACE_CATCH_UP_S = 1.0  # a pacer later than this skips the missed sends instead of bursting them
 WATCH_INTERVAL_S = 0.05  # how often session changes (connected / failover) are looked for
@@ -333,26 +335,20 @@ class History:
         return [e for e in self.acked.values() if start <= e["t"] < end]
 
     def problems(self) -> list[str]:
-        """Lost (acked, never received), duplicated, unexpected (never sent or wrong id) and out-of-order messages."""
-        got: dict[tuple[str, str], int] = Counter((e["user"], e["id"]) for e in self.received)
-        lost = [a for a in self.acked.values() if got[(a["to"], a["id"])] == 0]
-        duplicated = [key for key, n in got.items() if n > 1]
-        unexpected = []
-        order: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for e in self.received:
-            sent = self.attempts.get((e["sender"], e["seq"])) if isinstance(e.get("seq"), int) else None
-            acked = self.acked.get((e["sender"], e["seq"])) if sent else None
-            if sent is None or sent["to"] != e["user"] or (acked is not None and acked["id"] != e["id"]):
-                unexpected.append(e)
-            else:
-                order[(e["sender"], e["user"])].append(e["seq"])
-        disorder = [f"{s}->{r}: {b} after {a}" for (s, r), seqs in order.items()
-                    for a, b in zip(seqs, seqs[1:]) if b < a]
+        """Lost (acked, never received), duplicated, unexpected (never sent, or not the acked id) and out of order.
+
+        The same checker as the chaos run's (_chaos_report.check), so both mean the same by each word.
+        """
+        attempts, receipts = from_events(self.events)
+        started_at = min((a.t for a in attempts), default=0.0)
+        report = check(attempts, receipts, [], started_at=started_at)
         problems = []
-        for label, items in (("lost", lost), ("duplicated", duplicated), ("unexpected", unexpected),
-                             ("out of order", disorder)):
-            if items:
-                problems.append(f"{len(items)} {label}, e.g. {items[:3]}")
+        for label, count, examples in (("lost", report["lost"], report["lost_ids"]),
+                                       ("duplicated", report["duplicated"], []),
+                                       ("unexpected", report["unexpected"], report["unexpected_ids"]),
+                                       ("out of order", report["out_of_order"], [])):
+            if count:
+                problems.append(f"{count} {label}" + (f", e.g. {examples[:3]}" if examples else ""))
         return problems
 
     def summary(self) -> str:

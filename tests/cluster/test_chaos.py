@@ -26,10 +26,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from _chaos_report import Attempt, Fault, Receipt, check, passed, plot_timeline
+from _chaos_report import Fault, check, from_events, passed, plot_timeline
 from _hosts import TestHosts
 from _mesh import ClientDriver, MeshOnHosts
 from _nemesis import Nemesis, plan
@@ -99,37 +98,6 @@ def _say(line: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def _history(events: list[dict[str, Any]]) -> tuple[list[Attempt], list[Receipt]]:
-    """The driver's events as the checker's sends and receipts; a message is (sender, seq), its id once acked."""
-    answers: dict[tuple[str, int], dict[str, Any]] = {}
-    for event in events:
-        if event["ev"] in ("acked", "failed"):
-            answers[(event["user"], event["seq"])] = event
-    attempts = []
-    for event in events:
-        if event["ev"] != "attempt":
-            continue
-        key = (event["user"], event["seq"])
-        answer = answers.get(key, {})
-        acked = answer.get("ev") == "acked"
-        attempts.append(Attempt(
-            sender=event["user"], recipient=event["to"], id=f"{event['user']}#{event['seq']}", seq=event["seq"],
-            t=event["t"], acked_t=answer["t"] if acked else None, status=answer.get("status") if acked else None,
-            error=None if acked else answer.get("code", "no_answer"),
-        ))
-    acked_ids = {(a["user"], a["seq"]): a["id"] for a in answers.values() if a["ev"] == "acked"}
-    receipts = []
-    for event in events:
-        if event["ev"] != "received":
-            continue
-        key = (event["sender"], event["seq"])
-        # A receipt names the message by sender and seq (from its body); its wire id must be the acked one.
-        same_message = key not in acked_ids or acked_ids[key] == event["id"]
-        message = f"{event['sender']}#{event['seq']}" if same_message else f"?{event['id']}"
-        receipts.append(Receipt(event["user"], event["sender"], message, event["seq"], event["t"]))
-    return attempts, receipts
-
-
 def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tmp_path: Path) -> None:
     mesh = chaos_mesh
     seconds, seed = _seconds(), _seed()
@@ -161,7 +129,7 @@ def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tm
         driver.command("drain", idle_s=DRAIN_IDLE_S, timeout_s=DRAIN_TIMEOUT_S)
         drained = driver.wait_event("drained", DRAIN_TIMEOUT_S + 30.0)
 
-        attempts, receipts = _history(driver.events())
+        attempts, receipts = from_events(driver.events())
         faults: list[Fault] = nemesis.faults
         report = {"seed": seed, "seconds": seconds, "drained": drained.get("complete"),
                   **check(attempts, receipts, faults, started_at=nemesis.started_at)}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from _chaos_report import Attempt, Fault, Receipt, check, passed, plot_timeline
+from _client_driver import History
 
 T0 = 1_000_000.0
 
@@ -81,3 +82,20 @@ def test_the_timeline_is_drawn_from_the_json_alone(tmp_path: Path) -> None:
     picture = plot_timeline(report, tmp_path / "chaos" / "timeline.png")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert picture.stat().st_size > 5_000
+
+
+def _events(*received: tuple[int, str]) -> list[dict[str, object]]:
+    """alice sends seq 0..2 to bob, all acked (ids m0..m2); bob receives `received` as (seq, id)."""
+    events: list[dict[str, object]] = []
+    for seq in range(3):
+        events.append({"ev": "attempt", "user": "alice", "to": "bob", "seq": seq, "t": T0 + seq})
+        events.append({"ev": "acked", "user": "alice", "seq": seq, "id": f"m{seq}", "status": "stored", "t": T0 + seq})
+    for n, (seq, msg_id) in enumerate(received):
+        events.append({"ev": "received", "user": "bob", "sender": "alice", "seq": seq, "id": msg_id, "t": T0 + 5 + n})
+    return events
+
+
+def test_the_drills_history_reads_driver_events_with_the_same_checker() -> None:
+    assert History(_events((0, "m0"), (1, "m1"), (2, "m2"))).problems() == []
+    problems = History(_events((1, "m1"), (0, "m0"), (1, "m1"), (5, "m9"))).problems()
+    assert [p.split(",")[0] for p in problems] == ["1 lost", "1 duplicated", "1 unexpected", "1 out of order"]
