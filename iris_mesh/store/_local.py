@@ -320,15 +320,19 @@ class LocalStore:
     def live_in_partition(self, table: str, partition: bytes) -> int:
         """Live rows of one partition (keys `partition \\x00 ...`), counted once and then kept current.
 
-        Approximate by the writes in flight when it is first counted; meant for soft bounds
-        such as the size of an inbox. The counts of the `_COUNTED_PARTITIONS` partitions
-        asked for most recently are kept.
+        The first count reads the rows written to RocksDB and adds the writes staged for
+        the next commit; meant for bounds such as the size of an inbox. The counts of the
+        `_COUNTED_PARTITIONS` partitions asked for most recently are kept.
         """
         ident = (table, partition)
         counted = self._partition_live
         count = counted.pop(ident, None)
         if count is None:
-            count = sum(1 for _key, item in self.scan(table, partition + b"\x00") if not item.is_tombstone)
+            prefix = partition + b"\x00"
+            count = sum(1 for _key, item in self.scan(table, prefix) if not item.is_tombstone)
+            for (staged_table, key), item in self._staged.ops.items():
+                if staged_table == table and key.startswith(prefix):
+                    count += _is_live(item) - _is_live(self.read(table, key))
             if len(counted) >= _COUNTED_PARTITIONS:
                 del counted[next(iter(counted))]  # the least recently asked: counted again if asked again
         counted[ident] = count

@@ -652,3 +652,19 @@ def test_a_group_whose_commit_fails_is_answered_false(tmp_path: Path) -> None:
     finally:
         local.close()
         db.close()
+
+
+def test_a_partition_first_counted_while_writes_are_staged_counts_them(store: tuple[LocalStore, Engine]) -> None:
+    local, engine = store
+    local.async_apply(TABLE, b"dan\x00m0", v(1))
+    local.async_apply(TABLE, b"dan\x00m1", v(1))
+    engine.turn_until(lambda: local.stats()["pending"] == 0, "commit")
+    local.async_apply(TABLE, b"dan\x00m2", v(2))  # staged, not yet written
+    local.async_apply(TABLE, b"dan\x00m3", v(2))
+    local.async_apply(TABLE, b"dan\x00m0", v(2, None))  # a staged delete of a written row
+    local.async_apply(TABLE, b"dan\x00m1", v(2))  # a staged rewrite: no new row
+    assert local.stats()["staged"] == 4
+    assert local.live_in_partition(TABLE, b"dan") == 3
+    engine.turn_until(lambda: local.stats()["pending"] == 0, "commit")
+    assert local.live_in_partition(TABLE, b"dan") == 3
+    assert sum(1 for _, item in local.scan(TABLE, b"dan\x00") if not item.is_tombstone) == 3
