@@ -15,7 +15,8 @@ import pytest
 
 from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.membership import Placement
-from iris_mesh.store._anti_entropy import Listed, Reconciler, SessionResult
+from iris_mesh.store._anti_entropy import SessionResult
+from iris_mesh.store._reconcile import Listed, Reconciler
 from iris_mesh.store._coordinator import Done
 from iris_mesh.store._db import Database
 from iris_mesh.store._digests import BUCKETS, DigestCache, bucket_of, differing, pack_digests, unpack_digests
