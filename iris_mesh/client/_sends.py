@@ -84,7 +84,7 @@ class StoredTails:
             self._tails.move_to_end(send.to)
             if len(self._tails) > _STORED_TAILS_MAX:
                 self._tails.popitem(last=False)
-        elif current is not None:
+        elif status == "delivered" and current is not None:
             del self._tails[send.to]  # delivered live after it: the recipient had the stored one
 
     def after(self, send: PendingSend) -> bytes | None:
