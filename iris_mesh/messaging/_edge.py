@@ -463,8 +463,18 @@ class EdgeService:
     def _ack(self, session: Session, request: AckRequest, now: float) -> None:
         assert session.user is not None
         for msg_id in request.ids:
+            again = msg_id in session.acked
             session.note_acked(msg_id)
             owed = session.outstanding.pop(msg_id, None)
+            if owed is None:
+                if again:
+                    continue  # acked here before: its delete is on its way already
+                if session.foreign_acks >= 2 * self._limits.max_ack_ids:
+                    # More than a session on another edge could have left unacked: not deleted
+                    # (each would cost a quorum write); such a message comes again in a sync.
+                    self.counters["acks_of_unknown_ids_ignored"] += 1
+                    continue
+                session.foreign_acks += 1
             if owed is not None and owed.live:
                 # The live copy reached the user: tell the origin, and drop any other session's copy.
                 for other in self.sessions.of_user(session.user):

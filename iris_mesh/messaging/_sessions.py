@@ -49,6 +49,7 @@ class Session:
     outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)  # recipient -> hold
     acked: dict[bytes, None] = field(default_factory=dict)  # the last ACKED_MEMORY ids acked (ordered set)
+    foreign_acks: int = 0  # ids acked that this session was not handed (acks carried over from another session)
 
     def next_seq(self) -> int:
         self.seq += 1

@@ -39,12 +39,14 @@ class FakeStore:
         self.tables: dict[str, dict[bytes, bytes]] = collections.defaultdict(dict)
         self._waiting: collections.deque[Callable[[], None]] = collections.deque()
         self._refusals: dict[str, list[str]] = collections.defaultdict(list)
+        self.puts: list[tuple[str, bytes, bytes | None]] = []  # every write asked for, in order
 
     def refuse_next_put(self, table: str, code: str) -> None:
         self._refusals[table].append(code)
 
     def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str,
                   on_done: Callable[[Any], None], now: float, min_hlc: int = 0, version: Any = None) -> None:
+        self.puts.append((table, key, value))
         refusal = self._refusals[table].pop(0) if self._refusals[table] else None
 
         def answer() -> None:

@@ -2,11 +2,13 @@
 
 Sans-IO: a fake store whose answers wait until the test runs them (as a
 quorum round trip would), a fake gateway that records every frame, and a
-manual clock. Two rules are checked:
+manual clock. Three rules are checked:
 - a message that went to the offline inbox is pushed to the recipient's
   online session before the pair's next message can be delivered live;
 - a send refused with a retryable error holds its session's later sends to
-  the same recipient (same code) until it comes again, for at most HOLD_MAX_S.
+  the same recipient (same code) until it comes again, for at most HOLD_MAX_S;
+- acks of ids a session was not handed delete stored messages (acks carried
+  over from another edge), but only so many: a flood of them costs no writes.
 """
 
 from __future__ import annotations
@@ -229,3 +231,33 @@ def test_a_hold_is_per_session_and_per_recipient() -> None:
     assert edge.outcome(ALICE, edge.send(ALICE, "carol", 21)) == "sent:stored", "a send to another recipient was held"
     assert edge.outcome(ALICE2, edge.send(ALICE2, "bob", 22)) == "sent:stored", "another session's send was held"
     assert edge.outcome(ALICE, edge.send(ALICE, "bob", 23)) == "error:unavailable"
+
+
+# ---- acks of ids the session was not handed ---------------------------------------------------
+
+
+def test_acks_carried_over_from_another_session_delete_but_a_flood_of_unknown_ids_does_not() -> None:
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.send(ALICE, "bob", 1)  # bob is offline: stored
+    edge.store.run()
+    inbox = edge.store.tables["offline_msg"]
+    assert len(inbox) == 1
+    edge.log_in(BOB, "bob", sync=False)  # bob's client acks what it got through another edge
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    assert inbox == {}, "an ack carried over from another session did not delete the stored message"
+
+    writes = len(edge.store.puts)
+    limit = 2 * Limits().max_ack_ids
+    step = Limits().max_ack_ids
+    for start in range(1000, 1000 + limit + step, step):  # one ack frame's worth more than the allowance
+        ids = [mid(n) for n in range(start, start + step)]
+        edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": ids}, edge.now)
+    edge.store.run()
+    assert len(edge.store.puts) - writes == limit - 1  # the allowance, less the carried-over ack above
+    assert edge.service.counters["acks_of_unknown_ids_ignored"] == step + 1
+    # Acking the same ids again costs nothing.
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1000), mid(1001)]}, edge.now)
+    edge.store.run()
+    assert len(edge.store.puts) - writes == limit - 1
