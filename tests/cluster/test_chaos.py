@@ -11,7 +11,8 @@ application, and each sender -> recipient stream arrives in order.
 
 The report and its picture go to CHAOS_REPORT_DIR (var/chaos for `make
 chaos`; the test's temp dir otherwise): report.json, timeline.png, the
-clients' events (client-events.jsonl) and, when the run fails, every node's log.
+clients' events (client-events.jsonl), every node's `meshctl status` at the
+end with its counters (nodes.json) and, when the run fails, every node's log.
 CHAOS_SEED replays a run's fault schedule (default 7; `random` draws one,
 which `make chaos` does unless given a seed).
 """
@@ -24,8 +25,10 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _chaos_report import Fault, check, from_events, passed, plot_timeline
@@ -41,6 +44,7 @@ USERS = {"ann": "edge1", "ben": "edge2", "cat": "edge1", "dan": "edge2"}  # user
 FLOWS = (("ann", "ben"), ("ben", "ann"), ("cat", "dan"), ("dan", "cat"))
 RATE_PER_S = 8  # per flow: 32 sends a second in all, leaving the 2 CPUs to the nodes and the faults
 
+EDGE_COUNTERS = ("sent_delivered", "sent_stored", "live_declined", "live_declined_behind_stored", "live_timeouts")
 DEFAULT_SECONDS = 60.0
 # make test replays one fixed schedule (kills of cores and edges, core pauses, core
 # partitions), so a failure there can be replayed; `make chaos` draws a random seed.
@@ -98,6 +102,15 @@ def _say(line: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
+def _edge_counters(statuses: dict[str, dict[str, Any] | None]) -> dict[str, int]:
+    """How the edges' messages went, summed over the edges (from their `meshctl status`)."""
+    total: Counter[str] = Counter()
+    for node_id in EDGES:
+        counters = ((statuses.get(node_id) or {}).get("edge") or {}).get("counters") or {}
+        total.update({k: v for k, v in counters.items() if k in EDGE_COUNTERS and isinstance(v, int)})
+    return dict(total)
+
+
 def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tmp_path: Path) -> None:
     mesh = chaos_mesh
     seconds, seed = _seconds(), _seed()
@@ -129,6 +142,8 @@ def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tm
         driver.command("drain", idle_s=DRAIN_IDLE_S, timeout_s=DRAIN_TIMEOUT_S)
         drained = driver.wait_event("drained", DRAIN_TIMEOUT_S + 30.0)
 
+        statuses = mesh.statuses(mesh.nodes)
+
         attempts, receipts = from_events(driver.events())
         faults: list[Fault] = nemesis.faults
         report = {"seed": seed, "seconds": seconds, "drained": drained.get("complete"),
@@ -137,12 +152,14 @@ def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tm
         (report_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         plot_timeline(report, report_dir / "timeline.png")
         shutil.copyfile(driver.events_path, report_dir / "client-events.jsonl")
+        (report_dir / "nodes.json").write_text(json.dumps(statuses, indent=2, default=str) + "\n")
         if not passed(report):
             for node in mesh.nodes.values():
                 shutil.copyfile(node.log_path, report_dir / f"{node.node_id}.log")
         headline = {key: report[key] for key in (
             "attempts", "acked", "delivered", "lost", "unexpected", "duplicated", "out_of_order")}
         _say(f"{headline}; availability {report['availability']['overall']}; faults {len(faults)}")
+        _say(f"edge counters since each edge's last start: {_edge_counters(statuses)}")
 
         assert drained.get("complete") is True, f"the clients did not drain: {drained}"
         assert report["acked"] > 0 and report["delivered"] > 0, headline
