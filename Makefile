@@ -60,8 +60,9 @@ CHAOS_SECONDS ?= 600
 CHAOS_SEED ?= random
 
 # The chaos run on test hosts (network namespaces, needs root): clients send through
-# every edge while a nemesis kills, pauses and partitions nodes; then it heals and drains.
-# The report is var/chaos/report.json and var/chaos/timeline.png; pass = nothing lost,
+# every edge while a nemesis kills, pauses and partitions nodes and cuts the clients' host
+# off; then it heals and drains. The report is var/chaos/report.json, timeline.png and
+# nodes.json (every node's status and counters at the end); pass = nothing lost,
 # unexpected, duplicated or out of order. CHAOS_SEED=N replays a run's fault schedule.
 chaos: venv
 	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) CHAOS_REPORT_DIR=$(CURDIR)/var/chaos \

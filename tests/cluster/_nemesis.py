@@ -6,9 +6,12 @@ quiet gap before the next:
 - ``kill``: SIGKILL a node, restart it (same data dir) when the hold ends;
 - ``pause``: SIGSTOP a node, SIGCONT it when the hold ends;
 - ``partition``: cut a random minority (one core, maybe an edge) off the
-  rest, heal when the hold ends.
+  rest, heal when the hold ends;
+- ``isolate``: cut a client host off every node (its clients lose every
+  edge at once), heal when the hold ends.
 
-Clients stay on the majority side. The same seed, nodes and duration give
+In a partition the clients stay on the majority side. The same seed, nodes,
+client hosts and duration give
 the same schedule (``plan``), so a failing run can be replayed; what really
 happened, with wall-clock times, is what ``Nemesis.faults`` records.
 """
@@ -26,7 +29,7 @@ from _chaos_report import Fault
 
 __all__ = ["KINDS", "Nemesis", "Step", "Target", "plan"]
 
-KINDS = ("kill", "pause", "partition")
+KINDS = ("kill", "pause", "partition", "isolate")
 HOLD_S = (1.0, 6.0)  # how long a fault lasts
 GAP_S = (2.0, 5.0)  # quiet time after a fault is undone
 
@@ -52,16 +55,21 @@ class Step:
     hold_s: float
 
 
-def plan(seed: int, duration_s: float, cores: Sequence[str], edges: Sequence[str]) -> list[Step]:
-    """The faults of one run, all undone by `duration_s`; deterministic in its arguments."""
+def plan(seed: int, duration_s: float, cores: Sequence[str], edges: Sequence[str],
+         clients: Sequence[str] = ()) -> list[Step]:
+    """The faults of one run, all undone by `duration_s`; deterministic in its arguments.
+
+    `clients` are the client hosts ("client1", ...) that `isolate` may cut off; none, no `isolate`.
+    """
     if len(cores) < 3:
         raise ValueError(f"a minority partition needs at least 3 cores, got {list(cores)}")
     rng = random.Random(seed)
     nodes = [*cores, *edges]
     steps: list[Step] = []
     at_s = rng.uniform(*GAP_S)
+    kinds = KINDS if clients else tuple(k for k in KINDS if k != "isolate")
     while True:
-        kind = rng.choice(KINDS)
+        kind = rng.choice(kinds)
         hold_s = round(rng.uniform(*HOLD_S), 2)
         if at_s + hold_s > duration_s:
             return steps
@@ -69,6 +77,8 @@ def plan(seed: int, duration_s: float, cores: Sequence[str], edges: Sequence[str
             minority_cores = rng.sample(list(cores), (len(cores) - 1) // 2 if len(cores) > 3 else 1)
             minority_edges = rng.sample(list(edges), rng.randint(0, max(0, len(edges) - 1)))
             targets = tuple(sorted(minority_cores + minority_edges))
+        elif kind == "isolate":
+            targets = (rng.choice(list(clients)),)
         else:
             targets = (rng.choice(nodes),)
         steps.append(Step(round(at_s, 2), kind, targets, hold_s))
@@ -128,7 +138,7 @@ class Nemesis:
             self._target.kill(step.targets[0])
         elif step.kind == "pause":
             self._target.pause(step.targets[0])
-        else:
+        else:  # partition, isolate: `everyone` (the nodes, not the client hosts) on the other side
             rest = [name for name in self._everyone if name not in step.targets]
             self._target.partition([rest, list(step.targets)])
         try:

@@ -2,9 +2,9 @@
 
 Three cores and two edges on test hosts, one client host whose users each
 prefer an edge and send to a user on the other edge, continuously. A seeded
-nemesis (_nemesis.py) kills and restarts, pauses and resumes, and cuts off a
-minority, one fault at a time, for CHAOS_SECONDS (60 here; `make chaos`
-runs 600). Then everything heals, the clients stop sending and drain, and the
+nemesis (_nemesis.py) kills and restarts, pauses and resumes, cuts off a
+minority, and cuts the client host off every node, one fault at a time, for
+CHAOS_SECONDS (60 here; `make chaos` runs 600). Then everything heals, the clients stop sending and drain, and the
 checker (_chaos_report.py) judges what they saw as a total queue:
 nothing acked may be lost, nothing unexpected or duplicated may reach an
 application, and each sender -> recipient stream arrives in order.
@@ -13,7 +13,7 @@ The report and its picture go to CHAOS_REPORT_DIR (var/chaos for `make
 chaos`; the test's temp dir otherwise): report.json, timeline.png, the
 clients' events (client-events.jsonl), every node's `meshctl status` at the
 end with its counters (nodes.json) and, when the run fails, every node's log.
-CHAOS_SEED replays a run's fault schedule (default 7; `random` draws one,
+CHAOS_SEED replays a run's fault schedule (default 8; `random` draws one,
 which `make chaos` does unless given a seed).
 """
 
@@ -40,15 +40,17 @@ SETTLE_S = 240.0  # start, recovery after the last fault and the drain, on top o
 
 CORES = ("core1", "core2", "core3")
 EDGES = ("edge1", "edge2")
+CLIENT_HOSTS = ("client1",)  # the one client host, where every user's client runs
 USERS = {"ann": "edge1", "ben": "edge2", "cat": "edge1", "dan": "edge2"}  # user -> preferred edge
 FLOWS = (("ann", "ben"), ("ben", "ann"), ("cat", "dan"), ("dan", "cat"))
 RATE_PER_S = 8  # per flow: 32 sends a second in all, leaving the 2 CPUs to the nodes and the faults
 
 EDGE_COUNTERS = ("sent_delivered", "sent_stored", "live_declined", "live_declined_behind_stored", "live_timeouts")
 DEFAULT_SECONDS = 60.0
-# make test replays one fixed schedule (kills of cores and edges, core pauses, core
-# partitions), so a failure there can be replayed; `make chaos` draws a random seed.
-DEFAULT_SEED = 7
+# make test replays one fixed schedule (kills and pauses of cores and edges, a core
+# and an edge cut off together, the client host cut off twice), so a failure there
+# can be replayed; `make chaos` draws a random seed.
+DEFAULT_SEED = 8
 READY_DEADLINE_S = 60.0
 RECOVERY_DEADLINE_S = 60.0
 DRAIN_IDLE_S = 3.0
@@ -115,7 +117,7 @@ def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tm
     mesh = chaos_mesh
     seconds, seed = _seconds(), _seed()
     report_dir = Path(os.environ.get("CHAOS_REPORT_DIR") or tmp_path / "chaos")
-    steps = plan(seed, seconds, CORES, EDGES)
+    steps = plan(seed, seconds, CORES, EDGES, CLIENT_HOSTS)
     _say(f"seed {seed}, {seconds:g} s, {len(steps)} faults planned; report in {report_dir}")
     with mesh.explained():
         mesh.wait_serving()

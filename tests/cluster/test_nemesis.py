@@ -17,8 +17,9 @@ def test_the_same_seed_gives_the_same_plan_and_another_seed_another() -> None:
 
 
 def test_a_plan_uses_every_kind_one_fault_at_a_time_and_ends_in_time() -> None:
-    steps = plan(1, 600, CORES, EDGES)
+    steps = plan(1, 600, CORES, EDGES, ("client1",))
     assert {s.kind for s in steps} == set(KINDS)
+    assert {s.targets for s in steps if s.kind == "isolate"} == {("client1",)}
     for earlier, later in zip(steps, steps[1:]):
         assert earlier.at_s + earlier.hold_s < later.at_s
     assert steps[-1].at_s + steps[-1].hold_s <= 600
@@ -32,6 +33,10 @@ def test_a_partition_cuts_off_a_minority_of_the_cores_and_never_every_edge(cores
         cut_cores = [t for t in step.targets if t in cores]
         assert 1 <= len(cut_cores) < len(cores) / 2, step
         assert not set(EDGES) <= set(step.targets), step
+
+
+def test_without_client_hosts_no_client_is_cut_off() -> None:
+    assert "isolate" not in {s.kind for seed in range(20) for s in plan(seed, 300, CORES, EDGES)}
 
 
 def test_fewer_than_three_cores_cannot_have_a_minority() -> None:
@@ -64,7 +69,7 @@ class Recorder:
 
 def test_every_fault_is_undone_and_recorded_with_its_times() -> None:
     steps = [Step(0.0, "kill", ("core2",), 0.05), Step(0.1, "pause", ("edge1",), 0.05),
-             Step(0.2, "partition", ("core3", "edge2"), 0.05)]
+             Step(0.2, "partition", ("core3", "edge2"), 0.05), Step(0.3, "isolate", ("client1",), 0.05)]
     target = Recorder()
     nemesis = Nemesis(target, steps, everyone=[*CORES, *EDGES])
     nemesis.start()
@@ -73,6 +78,7 @@ def test_every_fault_is_undone_and_recorded_with_its_times() -> None:
     assert target.calls == [
         ("kill", "core2"), ("restart", "core2"), ("pause", "edge1"), ("resume", "edge1"),
         ("partition", [["core1", "core2", "edge1"], ["core3", "edge2"]]), ("heal", None),
+        ("partition", [["core1", "core2", "core3", "edge1", "edge2"], ["client1"]]), ("heal", None),
     ]
     assert [(f.kind, f.targets) for f in nemesis.faults] == [(s.kind, s.targets) for s in steps]
     assert all(f.end is not None and f.end >= f.start + 0.04 for f in nemesis.faults)
