@@ -149,7 +149,7 @@ class EdgeService:
         self._recent: collections.OrderedDict[tuple[str, bytes], tuple[str, float]] = collections.OrderedDict()
         # (sender, to) -> the id of the pair's last message that went to the inbox, until one goes live.
         self._stored_tails: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
-        self._edges_seen: set[str] = set()
+        self._edges_seen: set[str] = set()  # every edge seen alive at a tick: those not alive now missed a minbox
         self._owed_minbox: dict[str, dict[str, None]] = {}  # edge -> users whose minbox it missed (ordered set)
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
@@ -492,7 +492,6 @@ class EdgeService:
         """Tell every live edge that `user`'s inbox changed (cheap, and right even when presence is stale)."""
         self._inbox.async_changed(user, now)
         live = self._live_edges()
-        self._edges_seen.update(live)
         for edge in live:
             if edge != self.node_id:
                 self._gateway_send(edge, "minbox", to=user)

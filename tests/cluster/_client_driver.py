@@ -331,9 +331,6 @@ class History:
             elif e["ev"] == "received":
                 self.received.append(e)
 
-    def acked_between(self, start: float, end: float = float("inf")) -> list[dict[str, Any]]:
-        return [e for e in self.acked.values() if start <= e["t"] < end]
-
     def problems(self) -> list[str]:
         """Lost (acked, never received), duplicated, unexpected (never sent, or not the acked id) and out of order.
 

@@ -4,10 +4,11 @@ Three cores and two edges on test hosts, one client host whose users each
 prefer an edge and send to a user on the other edge, continuously. A seeded
 nemesis (_nemesis.py) kills and restarts, pauses and resumes, cuts off a
 minority, and cuts the client host off every node, one fault at a time, for
-CHAOS_SECONDS (60 here; `make chaos` runs 600). Then everything heals, the clients stop sending and drain, and the
-checker (_chaos_report.py) judges what they saw as a total queue:
-nothing acked may be lost, nothing unexpected or duplicated may reach an
-application, and each sender -> recipient stream arrives in order.
+CHAOS_SECONDS (60 here; `make chaos` runs 600). Then everything heals, the
+clients stop sending and drain, and the checker (_chaos_report.py) judges
+what they saw as a total queue: nothing acked may be lost, nothing
+unexpected or duplicated may reach an application, and each sender ->
+recipient stream arrives in order.
 
 The report and its picture go to CHAOS_REPORT_DIR (var/chaos for `make
 chaos`; the test's temp dir otherwise): report.json, timeline.png, the

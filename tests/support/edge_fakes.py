@@ -71,6 +71,11 @@ class FakeStore:
 
         self._waiting.append(answer)
 
+    @property
+    def pending(self) -> bool:
+        """Whether some answer waits for run()."""
+        return bool(self._waiting)
+
     def run(self) -> None:
         """Answer everything asked so far, and whatever those answers ask in turn."""
         while self._waiting:

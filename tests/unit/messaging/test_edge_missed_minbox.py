@@ -73,7 +73,7 @@ class Mesh:
 
     def run(self) -> None:
         """Answer every store request and carry every mesh frame, until nothing is left."""
-        while self.in_flight or self.store._waiting:
+        while self.in_flight or self.store.pending:
             self.store.run()
             while self.in_flight:
                 node, op, msg = self.in_flight.popleft()
