@@ -5,15 +5,18 @@ does not release it), so it costs the engine loop the same wherever it runs: it
 runs on the engine thread, which spares a hand-off per batch. The fsync is what
 takes long, and `flush_wal_synced` releases the GIL: the sync thread runs it
 while the loop goes on serving. One fsync makes every batch written before it
-started durable. The store writes a batch only when no fsync is under way and
-starts one right after, so writes that arrive during an fsync gather into the
-next batch: the number of fsyncs adapts to the disk (one per turn when it is
-fast, fewer and larger when it is slow), and a write never waits for more than
-the fsync under way plus its own.
+started durable. The engine writes each turn's batch at once, fsync under way or
+not, and queues it for the sync thread; the sync thread takes every batch queued
+so far, fsyncs, posts their completion and, if more were queued meanwhile, starts
+the next fsync straight away. So the number of fsyncs adapts to the disk (one per
+turn when it is fast, fewer covering more batches when it is slow), a write never
+waits for more than the fsync under way plus its own, and the next fsync does not
+wait for a round trip through the engine loop.
 
-Completions reach the engine thread through `post`. A batch's `durable`
-callbacks run once it is synced (with False if its write or fsync failed), its
-`early` ones (writes that do not need an fsync) once it is written.
+Completions reach the engine thread through `post`, in the order the batches were
+written. A batch's `durable` callbacks run once it is synced (with False if its
+write or fsync failed), its `early` ones (writes that do not need an fsync) once
+it is written.
 """
 
 from __future__ import annotations
@@ -63,10 +66,9 @@ class GroupCommit:
         self._post = post
         self._on_written = on_written
         self._name = name
-        self._unsynced: list[Batch] = []  # written, waiting for the next fsync (engine thread)
-        self._syncing: list[Batch] = []  # written, covered by the fsync under way (engine thread's view)
-        # Batches the sync thread must make durable, one request at a time (None: stop).
-        self._requests: queue.SimpleQueue[list[Batch] | None] = queue.SimpleQueue()
+        self._written: list[Batch] = []  # written and not completed yet, oldest first (engine thread)
+        # Written batches for the sync thread to make durable, in write order (None: stop).
+        self._requests: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.stats = {
             "commits": 0,
@@ -99,15 +101,15 @@ class GroupCommit:
             self._requests.put(None)
             self._thread.join()
             self._thread = None
-        pending = [batch for batch in (*self._syncing, *self._unsynced) if not batch.completed]
-        self._syncing, self._unsynced = [], []
+        pending = [batch for batch in self._written if not batch.completed]
+        self._written = []
         if pending:
             self._sync(pending)
 
     # ---- engine thread -----------------------------------------------------------------------
 
     def async_write(self, batch: Batch) -> None:
-        """Write `batch` as one atomic RocksDB batch, without fsync; it is synced by a later `async_sync`."""
+        """Write `batch` as one atomic RocksDB batch, without fsync, and queue it for the sync thread's next fsync."""
         raws = batch.raws
         ops = [(table, key, None if item is None else raws.get((table, key)) or encode_versioned(item))
                for (table, key), item in batch.ops.items()]
@@ -129,33 +131,23 @@ class GroupCommit:
         if batch.early:
             early, batch.early = batch.early, []
             self._post(lambda _now: _run_all(early, True))
-        self._unsynced.append(batch)
-
-    def async_sync(self) -> None:
-        """Hand the batches written since the last fsync to the sync thread, unless an fsync is under way."""
-        if not self._unsynced or self._syncing:
-            return
-        if self._thread is None:
-            raise StoreError("the store's sync thread was not started; written batches cannot be made durable")
-        self._syncing, self._unsynced = self._unsynced, []
-        self._requests.put(self._syncing)
-
-    @property
-    def syncing(self) -> bool:
-        """Whether an fsync is under way (engine thread's view: its completion has not run yet)."""
-        return bool(self._syncing)
+        self._written.append(batch)
+        self._requests.put(batch)  # after the write returned: the fsync that takes it covers it
 
     def written_batches(self) -> Iterator[Batch]:
         """Written batches not yet known to be durable, newest first."""
-        yield from reversed(self._unsynced)
-        yield from reversed(self._syncing)
+        return reversed(self._written)
 
     def pending_writes(self) -> int:
-        return sum(len(batch.ops) for batch in (*self._unsynced, *self._syncing))
+        return sum(len(batch.ops) for batch in self._written)
 
     def _synced(self, batches: list[Batch], ok: bool) -> None:
-        if self._syncing is batches:
-            self._syncing = []
+        written = self._written
+        if written[: len(batches)] == batches:  # the usual case: the oldest ones, in order
+            del written[: len(batches)]
+        else:
+            done = set(map(id, batches))
+            self._written = [batch for batch in written if id(batch) not in done]
         for batch in batches:
             self._complete(batch, ok)
 
@@ -171,7 +163,22 @@ class GroupCommit:
     # ---- sync thread ---------------------------------------------------------------------------
 
     def _sync_loop(self) -> None:
-        while (batches := self._requests.get()) is not None:
+        get, get_nowait = self._requests.get, self._requests.get_nowait
+        stopping = False
+        while not stopping:
+            first = get()
+            if first is None:
+                break
+            batches = [first]
+            while True:  # everything written so far: one fsync covers it all
+                try:
+                    batch = get_nowait()
+                except queue.Empty:
+                    break
+                if batch is None:
+                    stopping = True
+                    break
+                batches.append(batch)
             try:
                 self._sync(batches)
             except Exception:  # the thread must outlive anything, or no write would be acknowledged again

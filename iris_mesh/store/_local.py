@@ -3,7 +3,7 @@
 The engine thread stages writes during one loop turn; `async_end_of_batch` writes
 what is staged as ONE atomic WriteBatch and hands it to group commit
 (`_commit.py`), which makes it durable with one WAL fsync on a sync thread shared
-by every batch written while the previous fsync ran. Completions come back to the
+by every batch written before that fsync started. Completions come back to the
 engine thread through `post`.
 
 Newer wins: a write is staged only if its version is larger than the key's
@@ -84,8 +84,7 @@ class LocalStore:
 
     `post(fn)` must queue fn(now) to run on the engine thread and wake its loop;
     the engine calls `async_end_of_batch` once per loop turn, after the posted
-    callables of that turn, so an fsync completion lets the next fsync start in
-    the same turn.
+    callables of that turn, so everything a turn staged is written in that turn.
     """
 
     def __init__(self, db: Database, *, post: Post) -> None:
@@ -276,19 +275,13 @@ class LocalStore:
         return purged
 
     def async_end_of_batch(self) -> None:
-        """Once per engine loop turn: unless an fsync is under way, write what is staged and start one.
-
-        While one is under way, writes keep gathering in the staged batch: one RocksDB write
-        and one fsync per group commit, however many turns it took to gather it.
-        """
-        if self._closed or self._commit.syncing:
+        """Once per engine loop turn: write what is staged as one batch, for the sync thread's next fsync."""
+        if self._closed or not self._staged.ops:
             return
-        if self._staged.ops:
-            if not self._commit.started:
-                raise StoreError("LocalStore.start() was not called; staged writes cannot be committed")
-            batch, self._staged = self._staged, Batch()
-            self._commit.async_write(batch)
-        self._commit.async_sync()
+        if not self._commit.started:
+            raise StoreError("LocalStore.start() was not called; staged writes cannot be committed")
+        batch, self._staged = self._staged, Batch()
+        self._commit.async_write(batch)
 
     # ---- reads (any thread; they see written data, durable or about to be) ---
 

@@ -177,6 +177,26 @@ def test_writes_arriving_during_a_commit_gather_into_the_next_batch(gated: tuple
     assert (stats["commits"], stats["writes_committed"], stats["max_batch"]) == (2, 31, 30)
 
 
+def test_the_next_fsync_starts_as_the_last_ends_without_a_turn_of_the_engine(
+    gated: tuple[LocalStore, Engine, GatedDatabase],
+) -> None:
+    """A turn's writes go to RocksDB at once, fsync under way or not; the sync thread chains the fsyncs."""
+    store, engine, db = gated
+    acks = Acks()
+    store.async_apply(TABLE, b"first", v(1), acks("first"))
+    engine.turn()
+    assert db.in_fsync.wait(10.0)
+    store.async_apply(TABLE, b"second", v(1), acks("second"))
+    engine.turn()
+    assert store.read(TABLE, b"second") == v(1)  # written while the first fsync is blocked
+    db.gate.set()
+    # No engine turn from here until both fsyncs are done: the second needs nothing from the loop.
+    wait_until(lambda: store.stats()["commits"] == 2, 10.0, "the second fsync, started by the sync thread alone")
+    assert not acks.results
+    engine.turn_until(lambda: acks.got("first", "second"), "both acks")
+    assert acks.results == {"first": [True], "second": [True]}
+
+
 def test_newer_version_wins_whatever_the_arrival_order(store: tuple[LocalStore, Engine]) -> None:
     local, engine = store
     # newer first, in one turn
