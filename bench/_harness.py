@@ -40,6 +40,7 @@ __all__ = [
     "NodeProcess",
     "Session",
     "cpu_busy_pct",
+    "wakeup_roundtrip_us",
     "cpu_times",
     "emit_result",
     "new_cookie",
@@ -118,6 +119,35 @@ def warn_if_busy(sample_s: float = 1.0, limit_pct: float = 20.0) -> float:
     if busy > limit_pct:
         progress(f"warning: the CPUs are {busy} % busy before the start; other work skews the results")
     return busy
+
+
+_ECHO = "import os\nwhile (b := os.read(0, 1)):\n    os.write(1, b)\n"
+
+
+def wakeup_roundtrip_us(rounds: int = 2000) -> float:
+    """Median µs for one byte to go to another process and back over pipes: the cost of two thread wake-ups.
+
+    Every hop between threads or processes pays one wake-up, and on a virtual machine
+    whose idle CPUs halt, waking a thread on another CPU can cost a hundred times more
+    than on bare metal; latency results are best read next to this number.
+    """
+    child = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    assert child.stdin is not None and child.stdout is not None
+    out_fd, in_fd = child.stdin.fileno(), child.stdout.fileno()
+    samples: list[float] = []
+    try:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            os.write(out_fd, b"x")
+            if os.read(in_fd, 1) != b"x":
+                raise RuntimeError("the echo process stopped answering")
+            samples.append(time.perf_counter() - started)
+    finally:
+        child.stdin.close()
+        child.wait(5)
+        child.stdout.close()
+    samples.sort()
+    return round(samples[len(samples) // 2] * 1e6, 1)
 
 
 def unique_cluster(prefix: str) -> str:

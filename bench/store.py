@@ -30,6 +30,13 @@ commits in groups: one WriteBatch + one WAL fsync per batch).
    back to back for `--local-seconds` (3), with the batch size the cores' group
    commit had on average in phase 1. `ratio` = quorum rate / this rate.
 
+The JSON also gives `wakeup_roundtrip_us`, the median time one byte takes to go
+to another process and back over pipes (two thread wake-ups). A replica write
+crosses about eight wake-ups in a row (writer engine, its I/O thread, a core's I/O
+thread, its engine, its sync thread, its engine, the I/O threads back, the writer
+engine); on a virtual machine whose idle CPUs halt each can cost ~50-100 µs of
+latency and as much CPU, which bounds the latency phase more than the code does.
+
 Run: `.venv/bin/python bench/store.py [--seconds S] [--window N] [--profile DIR]`
 (about 50 s). The last line of stdout is one JSON object; progress goes to stderr.
 With `--profile DIR` (needs `py-spy`, which is not a dependency of the project:
@@ -74,6 +81,7 @@ from _harness import (
     unique_cluster,
     wait_until,
     warn_if_busy,
+    wakeup_roundtrip_us,
 )
 from iris_mesh.config import NodeConfig
 from iris_mesh.node import Node
@@ -652,6 +660,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.add(sys.stderr, level="WARNING", format="{time:HH:mm:ss.SSS} {level} [writer] {message}")
     overrides = _parse_overrides(args.overrides)
     busy_before = warn_if_busy()
+    wakeup_us = wakeup_roundtrip_us()
     body = b"x" * args.body_bytes
     cookie = new_cookie()
     profile: dict[str, Any] | None = None
@@ -783,6 +792,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "cpus": os.cpu_count(),
         "cpu_busy_pct_before": busy_before,
+        "wakeup_roundtrip_us": wakeup_us,
         "python": platform.python_version(),
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
