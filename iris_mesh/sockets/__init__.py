@@ -5,7 +5,8 @@ from __future__ import annotations
 from iris_mesh.sockets._admin_client import AdminClient, AdminError
 from iris_mesh.sockets._codec import DEFAULT_MAX_FRAME_BYTES, FrameError, decode, decode_mesh, encode, envelope
 from iris_mesh.sockets._curve import ClusterKeys, cluster_keys
-from iris_mesh.sockets._engine import AdminRequest, BoundPorts, Engine, EngineError, EngineHandler
+from iris_mesh.sockets._engine import Engine
+from iris_mesh.sockets._engine_types import AdminRequest, BoundPorts, EngineError, EngineHandler
 from iris_mesh.sockets._options import BindError, SocketTuning
 
 __all__ = [

@@ -6,7 +6,9 @@ engine thread and must not block: sends are non-blocking and a full queue drops
 the frame (counted), so a congested or dead peer never stalls the loop.
 
 The node's logic is an `EngineHandler`: it gets decoded frames and ticks, and
-acts through the engine's `async_*` methods.
+acts through the engine's `async_*` methods. Those that send to peers and seeds
+come from its base class `PeerLinks` (`_peer_links.py`); the handler contract and
+the engine's other public types are in `_engine_types.py`, the eventfd in `_waker.py`.
 """
 
 from __future__ import annotations
@@ -14,29 +16,29 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-import os
-import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, TypeVar
+from typing import Any, Callable, TypeVar
 
 import zmq
 from loguru import logger
 
-from iris_mesh.sockets._codec import FrameError, decode, decode_mesh, encode, encode_body, encode_pairs, envelope
+from iris_mesh.sockets._codec import FrameError, decode, decode_mesh, encode, envelope
 from iris_mesh.sockets._curve import ZAP_ENDPOINT, ClusterKeys, ZapPolicy
+from iris_mesh.sockets._engine_types import AdminRequest, BoundPorts, EngineError, EngineHandler
 from iris_mesh.sockets._options import (
     SocketTuning,
     bind,
     make_admin,
     make_gateway,
     make_inbox,
-    make_link,
     make_pub,
     make_sub,
 )
+from iris_mesh.sockets._peer_links import PeerLinks
+from iris_mesh.sockets._waker import Waker
 
+# The types come from _engine_types; they stay importable from here, as before they moved.
 __all__ = ["Engine", "EngineHandler", "AdminRequest", "BoundPorts", "EngineError"]
 
 T = TypeVar("T")
@@ -52,103 +54,8 @@ _MAX_WAIT_S = 0.05
 _engine_ids = itertools.count(1)
 
 
-class _Waker:
-    """A file descriptor the loop polls and any thread can make readable: an eventfd (a pipe where there is none).
-
-    Cheaper per wake-up than an inproc socket pair, which signals through a descriptor of its own anyway.
-    """
-
-    __slots__ = ("fd", "_write_fd", "_token")
-
-    def __init__(self) -> None:
-        if hasattr(os, "eventfd"):
-            self.fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._token = (1).to_bytes(8, sys.byteorder)
-        else:
-            self.fd, self._write_fd = os.pipe()
-            os.set_blocking(self.fd, False)
-            os.set_blocking(self._write_fd, False)
-            self._token = b"\x01"
-
-    def wake(self) -> None:
-        try:
-            os.write(self._write_fd, self._token)
-        except BlockingIOError:
-            pass  # already readable
-
-    def clear(self) -> None:
-        try:
-            os.read(self.fd, 4096)
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-        if self._write_fd != self.fd:
-            os.close(self._write_fd)
-
-
-class EngineError(RuntimeError):
-    """The engine could not start, or a call into it failed or timed out."""
-
-
-@dataclass(frozen=True, slots=True)
-class BoundPorts:
-    mesh: int
-    heartbeat: int
-    admin: int
-    client: int = 0  # 0: this node has no client gateway
-
-
-class AdminRequest:
-    """One meshctl request; `reply` may be called later (e.g. after a mesh ping), once."""
-
-    __slots__ = ("msg", "_engine", "_route", "_answered")
-
-    def __init__(self, msg: dict[str, Any], engine: Engine, route: bytes) -> None:
-        self.msg = msg
-        self._engine = engine
-        self._route = route
-        self._answered = False
-
-    def reply(self, body: dict[str, Any]) -> None:
-        """Send the answer (engine thread only). `body` gets `v`, `op`="reply" and the request's `rid`."""
-        if self._answered:
-            return
-        self._answered = True
-        frame = envelope("reply", rid=self.msg.get("rid"), **body)
-        self._engine.async_send_admin(self._route, frame)
-
-    def error(self, code: str, detail: str) -> None:
-        self.reply({"ok": False, "error": code, "detail": detail})
-
-
-class EngineHandler(Protocol):
-    """The node logic driven by the engine; every method runs on the engine thread."""
-
-    def async_on_start(self, engine: Engine, now: float) -> None: ...
-    def async_on_hello(self, msg: dict[str, Any], now: float) -> None: ...
-    def async_on_mesh(self, msg: dict[str, Any], now: float) -> None: ...
-    def async_on_heartbeat(self, msg: dict[str, Any], now: float) -> None: ...
-    def async_on_admin(self, request: AdminRequest, now: float) -> None: ...
-    def async_on_client(self, route: bytes, msg: dict[str, Any], now: float) -> None: ...
-    def async_after_batch(self, now: float) -> None: ...
-    def async_tick(self, now: float) -> float: ...
-    def async_on_stop(self, now: float) -> None: ...
-
-
-class _Link:
-    __slots__ = ("sock", "endpoint", "hb_endpoint", "seq")
-
-    def __init__(self, sock: zmq.Socket, endpoint: str, hb_endpoint: str | None) -> None:
-        self.sock = sock
-        self.endpoint = endpoint
-        self.hb_endpoint = hb_endpoint
-        self.seq = 0
-
-
-class Engine:
-    """Owns the zmq context and sockets of one node; see the module docstring."""
+class Engine(PeerLinks):
+    """Owns the zmq context and sockets of one node; see the module docstring. Its links to peers are `PeerLinks`."""
 
     def __init__(
         self,
@@ -189,14 +96,10 @@ class Engine:
         self.counters: collections.Counter[str] = collections.Counter()
         # Inbox state: which (node id, incarnation) said HELLO on which routing id.
         self._hellos: dict[bytes, tuple[str, int]] = {}
-        self._links: dict[str, _Link] = {}
-        self._seeds: dict[str, zmq.Socket] = {}
-        self._sub_endpoints: set[str] = set()
+        self._init_peer_links(node_id, incarnation)
         self._pub_seq = 0
         self._ctx: zmq.Context | None = None
-        # What every mesh frame of this node carries besides its body and per-link seq.
-        self._src_inc = encode_pairs(src=node_id, inc=incarnation)
-        self._waker: _Waker | None = None  # guarded by _wake_lock: None while not serving
+        self._waker: Waker | None = None  # guarded by _wake_lock: None while not serving
         self._last_error_log = 0.0
 
     # ---- facade: any thread -------------------------------------------------
@@ -261,108 +164,7 @@ class Engine:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    # ---- engine thread: actions for the handler ----------------------------
-
-    def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
-        """Open (or re-point) the mesh link and heartbeat subscription to a peer. True if anything changed."""
-        link = self._links.get(node_id)
-        if link is not None and link.endpoint == mesh_endpoint and link.hb_endpoint == hb_endpoint:
-            return False
-        if link is not None:
-            self.async_disconnect_peer(node_id)
-        sock = make_link(self._ctx, self._keys, self._tuning, self._identity)
-        sock.connect(mesh_endpoint)
-        self._links[node_id] = _Link(sock, mesh_endpoint, hb_endpoint)
-        if hb_endpoint not in self._sub_endpoints:
-            self._sub.connect(hb_endpoint)
-            self._sub_endpoints.add(hb_endpoint)
-        return True
-
-    def async_disconnect_peer(self, node_id: str) -> None:
-        link = self._links.pop(node_id, None)
-        if link is None:
-            return
-        link.sock.close(0)
-        if link.hb_endpoint and link.hb_endpoint in self._sub_endpoints:
-            if not any(other.hb_endpoint == link.hb_endpoint for other in self._links.values()):
-                self._sub_endpoints.discard(link.hb_endpoint)
-                try:
-                    self._sub.disconnect(link.hb_endpoint)
-                except zmq.ZMQError:
-                    pass  # never completed the connect; nothing to undo
-
-    def async_has_link(self, node_id: str) -> bool:
-        return node_id in self._links
-
-    def async_link_endpoints(self) -> dict[str, str]:
-        return {node_id: link.endpoint for node_id, link in self._links.items()}
-
-    def async_send(self, node_id: str, op: str, **fields: Any) -> bool:
-        """Send one mesh frame to a peer; False (and counted) if there is no link or its queue is full."""
-        link = self._links.get(node_id)
-        if link is None:
-            self.counters["send_no_link"] += 1
-            return False
-        link.seq += 1
-        frame = encode(envelope(op, src=self.node_id, inc=self.incarnation, seq=link.seq, **fields))
-        try:
-            link.sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["send_dropped"] += 1  # link not connected, or its queue is full
-            return False
-        self.counters["mesh_out"] += 1
-        return True
-
-    def async_send_many(self, node_ids: Iterable[str], op: str, **fields: Any) -> int:
-        """Send one mesh frame to several peers, its body encoded once; returns how many did not get it.
-
-        Each peer is sent to as by `async_send` (its own `seq`; no link or a full queue is counted, not raised).
-        """
-        body = encode_body(envelope(op, **fields))
-        src_inc = self._src_inc
-        missed = 0
-        for node_id in node_ids:
-            link = self._links.get(node_id)
-            if link is None:
-                self.counters["send_no_link"] += 1
-                missed += 1
-                continue
-            link.seq += 1
-            try:
-                link.sock.send(body.frame(3, src_inc + encode_pairs(seq=link.seq)), zmq.NOBLOCK)
-            except zmq.Again:
-                self.counters["send_dropped"] += 1
-                missed += 1
-                continue
-            self.counters["mesh_out"] += 1
-        return missed
-
-    def async_open_seed(self, endpoint: str) -> None:
-        """Open a link to a seed endpoint whose node id is not known yet."""
-        if endpoint in self._seeds:
-            return
-        sock = make_link(self._ctx, self._keys, self._tuning, self._identity)
-        sock.connect(endpoint)
-        self._seeds[endpoint] = sock
-
-    def async_close_seed(self, endpoint: str) -> None:
-        sock = self._seeds.pop(endpoint, None)
-        if sock is not None:
-            sock.close(0)
-
-    def async_seed_endpoints(self) -> set[str]:
-        return set(self._seeds)
-
-    def async_send_seed(self, endpoint: str, op: str, **fields: Any) -> bool:
-        sock = self._seeds.get(endpoint)
-        if sock is None:
-            return False
-        frame = encode(envelope(op, src=self.node_id, inc=self.incarnation, seq=0, **fields))
-        try:
-            sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
+    # ---- engine thread: actions for the handler (links to peers: PeerLinks) ---
 
     def async_publish(self, op: str, **fields: Any) -> None:
         """Publish one heartbeat/gossip frame to every subscriber."""
@@ -425,7 +227,7 @@ class Engine:
         self._zap.linger = 0
         self._zap.bind(ZAP_ENDPOINT)
         self._zap_policy = ZapPolicy(self._keys)
-        waker = _Waker()
+        waker = Waker()
         with self._wake_lock:  # from now on _close() closes it, and posts may wake the loop to come
             self._waker = waker
         tuning = self._tuning
@@ -456,12 +258,7 @@ class Engine:
             if self._waker is not None:
                 self._waker.close()
             self._waker = None
-        for link in self._links.values():
-            link.sock.close(0)
-        self._links.clear()
-        for sock in self._seeds.values():
-            sock.close(0)
-        self._seeds.clear()
+        self._close_peer_links()
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
             self._ctx = None

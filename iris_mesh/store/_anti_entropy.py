@@ -32,6 +32,10 @@ Listing, scanning and repairing run for one session per core at a time: a round-
 digest that comes meanwhile is answered `busy` and retried, so a rejoining core is
 repaired once, not by every peer at once. Repairs are paced by windows of unacked
 pushes and outstanding pulls, so they never flood the receiver's loop.
+
+This module is the initiator and the scheduler; the responder is `_ae_responder.py`, the
+digest build and tombstone purge `_ae_upkeep.py`, and the parts both sides share (scans,
+session state and results, the port to the store service) `_ae_session.py`.
 """
 
 from __future__ import annotations
@@ -42,12 +46,22 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from iris_mesh.store._digests import BUCKETS, DigestCache, Shares, bucket_of, differing, pack_digests, unpack_digests
+from iris_mesh.store._ae_responder import Responder
+from iris_mesh.store._ae_session import (
+    PULL_FRAME_KEYS,
+    AntiEntropyPort,
+    Session,
+    SessionResult,
+    TableScan,
+    View,
+    bucket_lists,
+)
+from iris_mesh.store._ae_upkeep import DigestUpkeep
+from iris_mesh.store._digests import DigestCache, Shares, bucket_of, pack_digests
 from iris_mesh.store._reconcile import Listed, Reconciler
 from iris_mesh.store._versioned import Version, Versioned
 
@@ -65,11 +79,9 @@ __all__ = [
 # scans are pending: the loop serves frames in between, so it is never frozen for long.
 _SLICE_BUDGET_S = 0.010
 _BUSY_TICK_S = 0.002
-_SCAN_CHUNK_ROWS = 256
 # Flow control: unacked pushes per session (our scan waits while the window is full), and
-# pulled keys per frame and outstanding, so a repair never floods the receiver's loop.
+# pulled keys outstanding (asked PULL_FRAME_KEYS a frame), so a repair never floods the receiver's loop.
 _PUSH_WINDOW = 1000
-_PULL_FRAME_KEYS = 500
 _PULL_WINDOW = 1500
 # Rows written less than this long ago are still in the write path: not repaired yet.
 _SETTLE_MS = 1000
@@ -78,127 +90,13 @@ _MAX_BACKOFF_EXPONENT = 5
 _RECHECK_S = 0.5
 _RETRY_S = 1.0
 _SESSION_TIMEOUT_S = 30.0
-# Tombstones older than the grace period are purged this often (at most); then the cache is rebuilt.
-_MAINTENANCE_MAX_S = 3600.0
-_MAINTENANCE_MIN_S = 1.0
-_PURGE_LIMIT = 10_000
-_LIST_FLUSH_ROWS = 2000
 _REFUSALS_TO_RETRY = ("partition_detected", "not_ready", "membership_differs", "busy")
-
-
-class AntiEntropyPort(Protocol):
-    """What the driver needs from the store service (engine thread)."""
-
-    def ae_send(self, node: str, op: str, **fields: Any) -> None:
-        """Queue a frame; it leaves after this turn's sput frames."""
-
-    def ae_send_list(self, node: str, op: str, field: str, entries: list[list[Any]], **fields: Any) -> None:
-        """Queue `entries` as frames under the frame budget, each with `fields`."""
-
-    def ae_push(self, node: str, table: str, key: bytes, item: Versioned) -> int:
-        """Send `item` as a replica write with an internal request id (returned); its ack comes to `async_on_ack`."""
 
 
 class _Membership(Protocol):
     def is_safe_for_writes(self) -> bool: ...
     def state_of(self, node_id: str) -> str: ...
     def expected_cores(self) -> frozenset[str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SessionResult:
-    """What one session did, from its initiator's side."""
-
-    peer: str
-    code: str  # ok | in_sync, or timeout | peer_down | peer_restarted | partition_detected | not_ready | ...
-    full: bool
-    buckets: int  # buckets that differed (every bucket for a full pass)
-    listed: int  # rows the peer listed
-    pushed: int  # our rows the peer applied (acked ok)
-    pulled: int  # rows the peer pushed to us
-    refused: int  # our pushes the peer refused (safe mode, ...)
-    duration_s: float
-
-    @property
-    def ok(self) -> bool:
-        return self.code in ("ok", "in_sync")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"peer": self.peer, "code": self.code, "ok": self.ok, "full": self.full, "buckets": self.buckets,
-                "listed": self.listed, "pushed": self.pushed, "pulled": self.pulled, "refused": self.refused,
-                "duration_s": round(self.duration_s, 3)}
-
-
-class _Scan:
-    """Walks some tables in key order, one chunk of committed rows per step."""
-
-    __slots__ = ("_local", "_tables", "_cursor", "_on_rows", "_on_done", "blocked", "cancelled")
-
-    def __init__(
-        self,
-        local: LocalStore,
-        tables: Sequence[str],
-        on_rows: Callable[[str, list[tuple[bytes, Versioned]], bool], None],
-        on_done: Callable[[], None],
-        blocked: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self.blocked = blocked  # while True, the scan waits (flow control)
-        self._local = local
-        self._tables = deque(tables)
-        self._cursor: dict[str, bytes] = {}
-        self._on_rows = on_rows
-        self._on_done = on_done
-        self.cancelled = False
-
-    def step(self) -> bool:
-        """Read and hand over one chunk; True once every table is done."""
-        if self.cancelled:
-            return True
-        if not self._tables:
-            self._on_done()
-            return True
-        table = self._tables[0]
-        rows = self._local.scan(table, start_after=self._cursor.get(table), limit=_SCAN_CHUNK_ROWS)
-        last = len(rows) < _SCAN_CHUNK_ROWS
-        if rows:
-            self._cursor[table] = rows[-1][0]
-        self._on_rows(table, rows, last)
-        if last:
-            self._tables.popleft()
-            if not self._tables:
-                self._on_done()
-                return True
-        return False
-
-
-class _Session:
-    """The initiator's state of one session."""
-
-    __slots__ = ("sid", "peer", "full", "routine", "state", "started", "deadline", "recheck_at", "first_diff",
-                 "touched", "theirs", "buckets", "pushes", "pull_queue", "pulls_out", "listing_done", "listed",
-                 "pushed", "pulled", "refused", "unsettled", "scan", "waiters")
-
-    def __init__(self, sid: int, peer: str, full: bool, routine: bool, now: float, timeout_s: float) -> None:
-        self.sid = sid
-        self.peer = peer
-        self.full = full
-        self.routine = routine  # a round-robin visit: leaves fresh writes to the write path, backs off when idle
-        # digest (round 1) -> recheck -> listing (round 2 sent, theirs arriving) -> own (our scan) -> repairing
-        self.state = "digest"
-        self.started = now
-        self.deadline = now + timeout_s
-        self.recheck_at = 0.0
-        self.first_diff: dict[str, list[int]] = {}
-        self.touched: dict[str, list[int]] = {}  # our write counters of first_diff's buckets at round 1
-        self.theirs: dict[tuple[str, bytes], Listed] = {}
-        self.buckets: dict[str, set[int]] = {}
-        self.pushes: set[int] = set()
-        self.pull_queue: deque[tuple[str, bytes]] = deque()
-        self.pulls_out = 0
-        self.listing_done = False
-        self.listed = self.pushed = self.pulled = self.refused = self.unsettled = 0
-        self.scan: _Scan | None = None  # our own rows of the differing buckets
-        self.waiters: list[Callable[[SessionResult], None]] = []
 
 
 class AntiEntropy:
@@ -235,35 +133,36 @@ class AntiEntropy:
         self._tables = tuple(tables)
         self._interval_s = interval_s
         self._grace_ms = int(tombstone_grace_s * 1000)
-        self._maintenance_every_s = min(_MAINTENANCE_MAX_S, max(_MAINTENANCE_MIN_S, tombstone_grace_s / 4))
         self._wall_ms = wall_ms
         self.counters = counters
         self.cache = DigestCache(self._tables)
-        self._expected: frozenset[str] = frozenset()
-        self._fp = 0
-        self._shares: Shares = lambda key: ()
-        self._build: _Scan | None = None
-        self._rebuild_when_commits: int | None = None
-        self._jobs: deque[_Scan] = deque()
+        self._view = View(frozenset(), 0, lambda key: ())
+        self._jobs: deque[TableScan] = deque()
+        self._upkeep = DigestUpkeep(
+            node_id=node_id, local=local, cache=self.cache, tables=self._tables, interval_s=interval_s,
+            tombstone_grace_s=tombstone_grace_s, wall_ms=wall_ms, start_scan=self._jobs.append, counters=counters,
+        )
+        self._responder = Responder(
+            local=local, port=port, cache=self.cache, tables=self._tables,
+            is_safe_for_writes=membership.is_safe_for_writes, busy_for=self._busy_for,
+            start_scan=self._jobs.append, counters=counters,
+        )
         # Random start: frames of a session from before a restart cannot match one of after it.
         self._sids = itertools.count(secrets.randbelow(1 << 30) + 1)
-        self._sessions: dict[int, _Session] = {}
-        self._pushes: dict[int, _Session] = {}
-        self._listings: dict[tuple[str, int], _Scan] = {}
-        self._partial_listings: set[tuple[str, int]] = set()  # of those, the ones not for a full pass
+        self._sessions: dict[int, Session] = {}
+        self._pushes: dict[int, Session] = {}
         self._due: dict[str, float] = {}  # peer -> not before
         self._rr = 0
         self._next_round = 0.0
         self._idle_rounds: dict[str, int] = {}  # peer -> sessions in a row that found only writes in flight
         self._rr_not_before: dict[str, float] = {}
-        self._next_maintenance: float | None = None
         self._was_safe = False
         self._now = 0.0  # of the latest tick or frame; acks carry no time
         self.last_results: dict[str, SessionResult] = {}
 
     def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
-        ops = {"ae_dig": self._on_dig, "ae_diff": self._on_diff, "ae_keys": self._on_keys, "ae_end": self._on_end,
-               "ae_pull": self._on_pull, "ae_pulled": self._on_pulled}
+        ops = {"ae_dig": self._responder.on_dig, "ae_diff": self._on_diff, "ae_keys": self._on_keys,
+               "ae_end": self._on_end, "ae_pull": self._responder.on_pull, "ae_pulled": self._on_pulled}
 
         def stamped(handler: Callable[[dict[str, Any], float], None]) -> Callable[[dict[str, Any], float], None]:
             def on_frame(msg: dict[str, Any], now: float) -> None:
@@ -304,8 +203,7 @@ class AntiEntropy:
     def async_peer_down(self, peer: str, code: str = "peer_down") -> None:
         for session in [s for s in self._sessions.values() if s.peer == peer]:
             self._finish(session, code)
-        for ident in [i for i in self._listings if i[0] == peer]:
-            self._drop_listing(ident)
+        self._responder.drop_peer(peer)
 
     def async_resync(self, now: float, timeout_s: float, on_done: Callable[[list[SessionResult]], None]) -> str | None:
         """Start a full pass with every alive peer; on_done gets every result. Returns a reason if none can start."""
@@ -331,82 +229,37 @@ class AntiEntropy:
         """Sessions, scans and maintenance; returns how soon to tick again while scans are pending."""
         self._now = now
         self._check_membership()
-        self._maintain(now)
+        self._upkeep.maintain(now)
         self._expire(now)
         self._schedule(now)
         self._run_jobs()
         return _BUSY_TICK_S if self._jobs else None
 
     def status(self) -> dict[str, Any]:
-        return {"ready": self.cache.ready, "sessions": len(self._sessions), "listings": len(self._listings),
+        return {"ready": self.cache.ready, "sessions": len(self._sessions), "listings": self._responder.listings,
                 "jobs": len(self._jobs), "last": {p: r.as_dict() for p, r in sorted(self.last_results.items())}}
 
     # ---- scheduling ---------------------------------------------------------------------------------
 
     def _check_membership(self) -> None:
         expected = self._membership.expected_cores()
-        if expected == self._expected:
+        if expected == self._view.expected:
             return
-        self._expected = expected
-        self._fp = int.from_bytes(hashlib.blake2b(",".join(sorted(expected)).encode(), digest_size=8).digest(), "big")
-        self._shares = self._shares_for(expected)
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        if self._build is not None:
-            self._build.cancelled = True
-        self.cache.reset(self._shares, self._expected - {self.node_id})
-        started = time.perf_counter()
-
-        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
-            self.cache.add_rows(table, [(key, item.version) for key, item in chunk], last=last)
-
-        def done() -> None:
-            self._build = None
-            self.counters["ae_cache_builds"] += 1
-            logger.debug("anti-entropy digests of {} built, {:.3f} s after the build started", self.node_id,
-                         time.perf_counter() - started)
-
-        self._build = _Scan(self._local, self._tables, rows, done)
-        self._jobs.append(self._build)
-
-    def _maintain(self, now: float) -> None:
-        """Purge tombstones past the grace period; rebuild the digests once the purge is committed."""
-        if self._next_maintenance is None:
-            self._next_maintenance = now + self._maintenance_every_s
-        if self._rebuild_when_commits is not None:
-            stats = self._local.stats()
-            if stats["pending"] == 0 or stats["commits"] + stats["failed_commits"] >= self._rebuild_when_commits:
-                self._rebuild_when_commits = None
-                self._rebuild()
-            return
-        if now < self._next_maintenance:
-            return
-        cutoff_ms = self._wall_ms() - self._grace_ms
-        started = time.perf_counter()
-        purged = sum(self._local.async_purge_tombstones(table, cutoff_ms, _PURGE_LIMIT) for table in self._tables)
-        more = purged >= _PURGE_LIMIT
-        self._next_maintenance = now + (self._interval_s if more else self._maintenance_every_s)
-        self.counters["ae_tombstones_purged"] += purged
-        if purged:
-            stats = self._local.stats()
-            # The purge sits in the staged batch: it commits right after the batch in flight, if any.
-            self._rebuild_when_commits = stats["commits"] + stats["failed_commits"] + (2 if stats["in_flight"] else 1)
-            logger.info("purged {} tombstones older than {:.0f} s ({:.3f} s); rebuilding the anti-entropy digests",
-                        purged, self._grace_ms / 1000, time.perf_counter() - started)
-        else:
-            self._rebuild()  # also heals the digests from any write that bypassed the cache
+        fp = int.from_bytes(hashlib.blake2b(",".join(sorted(expected)).encode(), digest_size=8).digest(), "big")
+        self._view = View(expected, fp, self._shares_for(expected))
+        self._responder.view = self._view
+        self._upkeep.rebuild(self._view)
 
     def _schedule(self, now: float) -> None:
         safe = self._membership.is_safe_for_writes()
-        peers = sorted(self._expected - {self.node_id})
+        peers = sorted(self._view.expected - {self.node_id})
         if safe and not self._was_safe:
             for peer in peers:
                 self._due.setdefault(peer, now)
         self._was_safe = safe
         if not safe or not self.cache.ready or not peers or self._heavy():
             return
-        busy = {s.peer for s in self._sessions.values() if not s.full} | {i[0] for i in self._listings}
+        busy = {s.peer for s in self._sessions.values() if not s.full} | self._responder.listing_peers()
         for peer, not_before in list(self._due.items()):
             if now >= not_before and peer not in busy and self._membership.state_of(peer) == "alive":
                 del self._due[peer]
@@ -432,7 +285,7 @@ class AntiEntropy:
             elif session.state == "recheck" and now >= session.recheck_at:
                 self._recheck(session, now)
 
-    def _recheck(self, session: _Session, now: float) -> None:
+    def _recheck(self, session: Session, now: float) -> None:
         """Round 2, on the buckets that differed in round 1 (a routine session: only on those left quiet since)."""
         only = session.first_diff
         if session.routine and self._idle_rounds.get(session.peer, 0) < _MAX_BACKOFF_EXPONENT:
@@ -450,13 +303,20 @@ class AntiEntropy:
         session.state = "listing"
         self._send_digests(session, only=only)
 
+    def _busy_for(self, src: str) -> bool:
+        """Whether to refuse listing for `src`; of two cores that start on each other at once, the smaller id wins."""
+        if self._heavy(ignore=src):
+            return True
+        mine = [s for s in self._sessions.values() if s.peer == src and not s.full and s.state not in ("digest", "recheck")]
+        return any(s.state != "listing" or self.node_id < src for s in mine)
+
     def _heavy(self, ignore: str | None = None) -> bool:
         """Whether a session (not a full pass) past its first round runs here, other than with `ignore`.
 
         Listing, scanning and repairing are what cost: a core does that for one session at
         a time, so a rejoining core is not repaired by every peer at once.
         """
-        if any(src != ignore for src, _ in self._partial_listings):
+        if self._responder.lists_partially(ignore):
             return True
         return any(not s.full and s.peer != ignore and s.state not in ("digest", "recheck")
                    for s in self._sessions.values())
@@ -477,24 +337,25 @@ class AntiEntropy:
     # ---- initiator ------------------------------------------------------------------------------------
 
     def _start(self, peer: str, now: float, *, full: bool = False, routine: bool = False,
-               timeout_s: float = _SESSION_TIMEOUT_S) -> _Session:
-        session = _Session(next(self._sids), peer, full, routine, now, timeout_s)
+               timeout_s: float = _SESSION_TIMEOUT_S) -> Session:
+        session = Session(next(self._sids), peer, full, routine, now, timeout_s)
         self._sessions[session.sid] = session
         self.counters["ae_sessions"] += 1
         if full:
             session.state = "listing"
-            self._port.ae_send(peer, "ae_dig", s=session.sid, fp=self._fp, full=True)
+            self._port.ae_send(peer, "ae_dig", s=session.sid, fp=self._view.fp, full=True)
         else:
             self._send_digests(session, only=None)
         return session
 
-    def _send_digests(self, session: _Session, only: dict[str, list[int]] | None) -> None:
-        fields: dict[str, Any] = {"s": session.sid, "fp": self._fp, "d": pack_digests(self.cache.digests(session.peer))}
+    def _send_digests(self, session: Session, only: dict[str, list[int]] | None) -> None:
+        digests = pack_digests(self.cache.digests(session.peer))
+        fields: dict[str, Any] = {"s": session.sid, "fp": self._view.fp, "d": digests}
         if only is not None:
             fields["only"] = only
         self._port.ae_send(session.peer, "ae_dig", **fields)
 
-    def _own(self, msg: dict[str, Any]) -> _Session | None:
+    def _own(self, msg: dict[str, Any]) -> Session | None:
         session = self._sessions.get(msg.get("s"))  # type: ignore[arg-type]
         if session is None or session.peer != msg["src"]:
             self.counters["ae_stray_frames"] += 1
@@ -505,7 +366,7 @@ class AntiEntropy:
         session = self._own(msg)
         if session is None or session.state != "digest":
             return
-        buckets = _bucket_lists(msg.get("m"))
+        buckets = bucket_lists(msg.get("m"))
         if buckets is None:
             self.counters["bad_store_frames"] += 1
             return
@@ -544,7 +405,7 @@ class AntiEntropy:
         if code != "ok":
             self._finish(session, code if isinstance(code, str) else "bad_reply")
             return
-        buckets = _bucket_lists(msg.get("m"))
+        buckets = bucket_lists(msg.get("m"))
         if buckets is None:
             self.counters["bad_store_frames"] += 1
             return
@@ -557,7 +418,7 @@ class AntiEntropy:
         reconciler = Reconciler(session.theirs, purge_before_ms=wall_ms - self._grace_ms,
                                 settle_before_ms=wall_ms - _SETTLE_MS if session.routine else None)
         session.theirs = {}
-        shares = self._shares
+        shares = self._view.shares
 
         def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
             wanted = session.buckets[table]
@@ -573,21 +434,21 @@ class AntiEntropy:
             self._send_pulls(session)
             self._maybe_finish(session)
 
-        session.scan = _Scan(self._local, sorted(session.buckets), rows, done,
+        session.scan = TableScan(self._local, sorted(session.buckets), rows, done,
                              blocked=lambda: len(session.pushes) >= _PUSH_WINDOW)
         self._jobs.append(session.scan)
 
-    def _send_pulls(self, session: _Session) -> None:
+    def _send_pulls(self, session: Session) -> None:
         queue = session.pull_queue
         while queue and session.pulls_out < _PULL_WINDOW:
             table = queue[0][0]
             keys = []
-            while queue and queue[0][0] == table and len(keys) < _PULL_FRAME_KEYS:
+            while queue and queue[0][0] == table and len(keys) < PULL_FRAME_KEYS:
                 keys.append(queue.popleft()[1])
             session.pulls_out += len(keys)
             self._port.ae_send(session.peer, "ae_pull", s=session.sid, t=table, k=keys)
 
-    def _track(self, session: _Session, req: int) -> int:
+    def _track(self, session: Session, req: int) -> int:
         self._pushes[req] = session
         return req
 
@@ -601,11 +462,11 @@ class AntiEntropy:
         self._send_pulls(session)
         self._maybe_finish(session)
 
-    def _maybe_finish(self, session: _Session) -> None:
+    def _maybe_finish(self, session: Session) -> None:
         if session.listing_done and not session.pushes and session.pulls_out <= 0 and not session.pull_queue:
             self._finish(session, "ok")
 
-    def _finish(self, session: _Session, code: str) -> None:
+    def _finish(self, session: Session, code: str) -> None:
         if self._sessions.pop(session.sid, None) is None:
             return
         if session.scan is not None:
@@ -643,124 +504,8 @@ class AntiEntropy:
         self._idle_rounds[peer] = rounds
         self._rr_not_before[peer] = self._now + self._interval_s * 2 ** rounds
 
-    # ---- responder ----------------------------------------------------------------------------------
-
-    def _on_dig(self, msg: dict[str, Any], now: float) -> None:
-        src, sid = msg["src"], msg.get("s")
-        if not isinstance(sid, int):
-            self.counters["bad_store_frames"] += 1
-            return
-        refusal = self._refusal(src, msg.get("fp"))
-        if refusal is None and not msg.get("full") and not self.cache.ready:
-            refusal = "not_ready"
-        if refusal is not None:
-            self._port.ae_send(src, "ae_end", s=sid, code=refusal)
-            return
-        if msg.get("full"):
-            self._list(src, sid, {table: list(range(BUCKETS)) for table in self._tables}, full=True)
-            return
-        try:
-            theirs = unpack_digests(msg.get("d"))
-            only = _bucket_lists(msg["only"]) if "only" in msg else None
-        except ValueError:
-            self.counters["bad_store_frames"] += 1
-            return
-        diff = differing(self.cache.digests(src), theirs, None if only is None else {t: set(b) for t, b in only.items()})
-        diff = {t: b for t, b in diff.items() if t in self._tables}
-        if only is None:
-            self._port.ae_send(src, "ae_diff", s=sid, m=diff)
-        elif self._busy_for(src):
-            self._port.ae_send(src, "ae_end", s=sid, code="busy")
-        elif not diff:
-            self._port.ae_send(src, "ae_end", s=sid, code="ok", m={})
-        else:
-            self._list(src, sid, diff, full=False)
-
-    def _busy_for(self, src: str) -> bool:
-        """Whether to refuse listing for `src`; of two cores that start on each other at once, the smaller id wins."""
-        if self._heavy(ignore=src):
-            return True
-        mine = [s for s in self._sessions.values() if s.peer == src and not s.full and s.state not in ("digest", "recheck")]
-        return any(s.state != "listing" or self.node_id < src for s in mine)
-
-    def _refusal(self, src: str, fp: Any) -> str | None:
-        if src not in self._expected:
-            return "not_a_core"
-        if not self._membership.is_safe_for_writes():
-            return "partition_detected"
-        if fp != self._fp:
-            return "membership_differs"
-        return None
-
-    def _list(self, src: str, sid: int, buckets: dict[str, list[int]], *, full: bool) -> None:
-        """Stream our shared rows of `buckets` to `src`, then ae_end."""
-        ident = (src, sid)
-        self._drop_listing(ident)
-        wanted = {table: set(b) for table, b in buckets.items()}
-        shares = self._shares
-        pending: list[list[Any]] = []
-
-        def flush(table: str) -> None:
-            if pending:
-                self._port.ae_send_list(src, "ae_keys", "e", pending[:], s=sid, t=table)
-                pending.clear()
-
-        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
-            mine = wanted[table]
-            for key, item in chunk:
-                if bucket_of(key) in mine and src in shares(key):
-                    pending.append([key, item.version.hlc, item.version.node, item.is_tombstone])
-            if last or len(pending) >= _LIST_FLUSH_ROWS:
-                flush(table)
-
-        def done() -> None:
-            self._listings.pop(ident, None)
-            self._partial_listings.discard(ident)
-            self._port.ae_send(src, "ae_end", s=sid, code="ok", m=buckets)
-
-        scan = _Scan(self._local, sorted(wanted), rows, done)
-        self._listings[ident] = scan
-        if not full:
-            self._partial_listings.add(ident)
-        self._jobs.append(scan)
-
-    def _drop_listing(self, ident: tuple[str, int]) -> None:
-        scan = self._listings.pop(ident, None)
-        if scan is not None:
-            scan.cancelled = True
-        self._partial_listings.discard(ident)
-
-    def _on_pull(self, msg: dict[str, Any], now: float) -> None:
-        src, sid, table, keys = msg["src"], msg.get("s"), msg.get("t"), msg.get("k")
-        if table not in self._tables or not isinstance(keys, list) or not isinstance(sid, int):
-            self.counters["bad_store_frames"] += 1
-            return
-        pushed = 0
-        for key in keys[:_PULL_FRAME_KEYS]:
-            item = self._local.read(table, key) if isinstance(key, bytes) else None
-            if item is not None:
-                # Nobody waits for these acks: they fall through to the coordinator, which ignores unknown ids.
-                self._port.ae_push(src, table, key, item)  # type: ignore[arg-type]
-                pushed += 1
-        self._port.ae_send(src, "ae_pulled", s=sid, r=len(keys), n=pushed)
-
     # ---- helpers ------------------------------------------------------------------------------------
 
     def _committed(self, table: str, key: bytes) -> Version | None:
         item = self._local.read(table, key)
         return None if item is None else item.version
-
-
-def _bucket_lists(raw: Any) -> dict[str, list[int]] | None:
-    """{table: [bucket]} from a frame, or None if malformed."""
-    if not isinstance(raw, dict):
-        return None
-    out: dict[str, list[int]] = {}
-    for table, buckets in raw.items():
-        if not isinstance(table, str) or not isinstance(buckets, list):
-            return None
-        if not all(isinstance(b, int) and 0 <= b < BUCKETS for b in buckets):
-            return None
-        if buckets:
-            out[table] = buckets
-    return out

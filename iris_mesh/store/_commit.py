@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 from loguru import logger
 
-from iris_mesh.store._db import Database, StoreError
+from iris_mesh.store._db import Database
 from iris_mesh.store._versioned import Versioned, encode_versioned
 
 __all__ = ["Batch", "GroupCommit", "OnDurable", "Post"]

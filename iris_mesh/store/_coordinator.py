@@ -23,18 +23,30 @@ collide with caller ids (those must be >= 0); their acks are absorbed.
 
 Timeouts fire only in `tick`: a reply that arrives late but before the tick
 that would expire its request still counts.
+
+The values traded with the engine live in `_quorum_messages` (and are
+re-exported here), the per-request records and deadline queues in
+`_quorum_pending`.
 """
 
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from functools import partial
-from operator import itemgetter
-from typing import NamedTuple
 
+from iris_mesh.store._quorum_messages import (
+    DURABILITIES,
+    ERROR_CODES,
+    Done,
+    Fanout,
+    Outbound,
+    ReplicaRead,
+    ReplicaWrite,
+    Step,
+)
+from iris_mesh.store._quorum_pending import DeadlineQueue, PendingRead, PendingWrite, arm, due, live_head
 from iris_mesh.store._versioned import Versioned
 
 __all__ = [
@@ -49,188 +61,13 @@ __all__ = [
     "Step",
 ]
 
-DURABILITIES = ("guaranteed", "quorum", "best_effort")
-ERROR_CODES = ("unavailable", "partition_detected", "bad_request", "inbox_full")
-
 _OK = "ok"
 _UNAVAILABLE = "unavailable"
 _PARTITION = "partition_detected"
 _INBOX_FULL = "inbox_full"
 _BAD_REQUEST = "bad_request"
 _new_tuple = tuple.__new__
-
-
-class ReplicaWrite(NamedTuple):
-    """Ask a replica to apply `item` if newer than what it has, fsync (if `sync`), then ack.
-
-    The receiver also keeps a durable hint for each replica in `hint_for`.
-    """
-
-    req: int
-    table: str
-    key: bytes
-    item: Versioned
-    hint_for: tuple[str, ...] = ()
-    sync: bool = True
-
-
-class ReplicaRead(NamedTuple):
-    """Ask a replica for its current version of a key (None if it has nothing)."""
-
-    req: int
-    table: str
-    key: bytes
-
-
-class Outbound(NamedTuple):
-    """A message for the engine to send to `node` (its own node id included)."""
-
-    node: str
-    message: ReplicaWrite | ReplicaRead
-
-
-class Fanout(NamedTuple):
-    """One write for each of `nodes`, alike (what `put_fanout` sends instead of an Outbound per node)."""
-
-    nodes: tuple[str, ...]
-    message: ReplicaWrite
-
-
-class Done(tuple):  # type: ignore[type-arg]
-    """The answer to one put/get, emitted exactly once per caller request id. Immutable.
-
-    For reads `item` is the newest version found (a tombstone means deleted).
-    `acked_by` lists the replicas that acknowledged (writes) or replied (reads),
-    in arrival order. `detail` may be given as a function: it is then made
-    when it is read (most answers are never explained to anyone).
-    """
-
-    __slots__ = ()
-
-    def __new__(cls, req: int, ok: bool, code: str, detail: str | Callable[[], str], item: Versioned | None = None,
-                acked_by: tuple[str, ...] = ()) -> Done:
-        return _new_tuple(cls, (req, ok, code, detail, item, acked_by))
-
-    req = property(itemgetter(0), doc="the caller's request id")
-    ok = property(itemgetter(1))
-    code = property(itemgetter(2), doc='"ok" or an error code (ERROR_CODES)')
-    item = property(itemgetter(4))
-    acked_by = property(itemgetter(5))
-
-    @property
-    def detail(self) -> str:
-        detail = self[3]
-        return detail if isinstance(detail, str) else detail()
-
-    def _fields(self) -> tuple[object, ...]:
-        return (self[0], self[1], self[2], self.detail, self[4], self[5])
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Done) and self._fields() == other._fields()
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return (f"Done(req={self.req!r}, ok={self.ok!r}, code={self.code!r}, detail={self.detail!r}, "
-                f"item={self.item!r}, acked_by={self.acked_by!r})")
-
-
-class Step(NamedTuple):
-    """What one call asks the engine to do: send `outbound`, hand `done` to the requesters."""
-
-    outbound: tuple[Outbound, ...] = ()
-    done: tuple[Done, ...] = ()
-
-
 _NOTHING = Step()
-
-
-class _Write:
-    __slots__ = (
-        "req",
-        "table",
-        "key",
-        "item",
-        "durability",
-        "sent_to",
-        "required",
-        "sync",
-        "acked",
-        "failed",
-        "answered",
-        "timer_at",
-    )
-
-    def __init__(
-        self,
-        req: int,
-        table: str,
-        key: bytes,
-        item: Versioned,
-        durability: str,
-        sent_to: tuple[str, ...],
-        required: int,
-        sync: bool,
-    ) -> None:
-        self.req = req
-        self.table = table
-        self.key = key
-        self.item = item
-        self.durability = durability
-        self.sent_to = sent_to
-        self.required = required
-        self.sync = sync
-        self.acked: list[str] = []  # "ok" acks, in arrival order
-        self.failed: dict[str, str] = {}  # replica -> error code
-        self.answered = False
-        self.timer_at = 0.0
-
-    def heard_from(self, node: str) -> bool:
-        return node in self.failed or node in self.acked
-
-    def outstanding(self) -> int:
-        return len(self.sent_to) - len(self.acked) - len(self.failed)
-
-
-class _Read:
-    __slots__ = (
-        "req",
-        "table",
-        "key",
-        "sent_to",
-        "required",
-        "replied",
-        "known",
-        "failed",
-        "newest",
-        "answered",
-        "timer_at",
-    )
-
-    def __init__(self, req: int, table: str, key: bytes, sent_to: tuple[str, ...], required: int) -> None:
-        self.req = req
-        self.table = table
-        self.key = key
-        self.sent_to = sent_to
-        self.required = required
-        self.replied: list[str] = []  # good replies, in arrival order
-        # What each replica that replied holds, as far as we know: its reply,
-        # or the repair we sent it since (repairs apply only if newer).
-        self.known: dict[str, Versioned | None] = {}
-        self.failed: dict[str, str] = {}
-        self.newest: Versioned | None = None
-        self.answered = False
-        self.timer_at = 0.0
-
-    def heard_from(self, node: str) -> bool:
-        return node in self.failed or node in self.known
-
-    def outstanding(self) -> int:
-        return len(self.sent_to) - len(self.replied) - len(self.failed)
 
 
 class QuorumCoordinator:
@@ -278,13 +115,11 @@ class QuorumCoordinator:
         self._r = r
         self._timeout_s = timeout_s
         self._hint_linger_s = linger
-        self._writes: dict[int, _Write] = {}
-        self._reads: dict[int, _Read] = {}
-        # (when, [req, ...]) in deadline order, one queue per delay: the delay is constant and `now`
-        # does not go back, so a new timer goes at the end, with the others of its loop turn. Stale
-        # requests are skipped when popped, which is cheaper than removing them when they finish.
-        self._timeouts: deque[tuple[float, list[int]]] = deque()
-        self._lingers: deque[tuple[float, list[int]]] = deque()
+        self._writes: dict[int, PendingWrite] = {}
+        self._reads: dict[int, PendingRead] = {}
+        # One deadline queue per delay (see _quorum_pending): unanswered requests, then write lingers.
+        self._timeouts: DeadlineQueue = deque()
+        self._lingers: DeadlineQueue = deque()
         self._internal_ids = itertools.count(-1, -1)
 
     @property
@@ -387,14 +222,14 @@ class QuorumCoordinator:
 
         sync = required != 0
         message = _new_tuple(ReplicaWrite, (req, table, key, item, down, sync))
-        write = _Write(req, table, key, item, durability, targets, required, sync)
+        write = PendingWrite(req, table, key, item, durability, targets, required, sync)
         self._writes[req] = write
         if required == 0:
             write.answered = True
-            self._arm(write, now + self._hint_linger_s, self._lingers)
+            arm(write, now + self._hint_linger_s, self._lingers)
             detail = f"sent to {len(targets)} of {len(replicas)} replicas without waiting for acks"
             return _new_tuple(Fanout, (targets, message)), Done(req, True, _OK, detail)
-        self._arm(write, now + self._timeout_s, self._timeouts)
+        arm(write, now + self._timeout_s, self._timeouts)
         return _new_tuple(Fanout, (targets, message)), None
 
     def on_write_ack(self, node: str, req: int, code: str, now: float) -> Step:
@@ -419,7 +254,7 @@ class QuorumCoordinator:
                 done = (self._write_failed(write),)
             if done:
                 write.answered = True
-                self._arm(write, now + self._hint_linger_s, self._lingers)
+                arm(write, now + self._hint_linger_s, self._lingers)
         if write.answered and write.outstanding() == 0:
             hints = self._finish_write(write)
             return Step(hints, done) if hints or done else _NOTHING
@@ -441,19 +276,19 @@ class QuorumCoordinator:
             if not write.answered and len(acked) >= write.required:
                 done.append(self._write_ok(write))
                 write.answered = True
-                self._arm(write, now + self._hint_linger_s, self._lingers)
+                arm(write, now + self._hint_linger_s, self._lingers)
             if write.answered and len(acked) + len(write.failed) == len(write.sent_to):
                 hints.extend(self._finish_write(write))
         if not done and not hints:
             return _NOTHING
         return Step(tuple(hints), tuple(done))
 
-    def _write_ok(self, write: _Write) -> Done:
+    def _write_ok(self, write: PendingWrite) -> Done:
         acked_by = tuple(write.acked)
         detail = partial(_stored_on, acked_by, write.required, write.durability)
         return _new_tuple(Done, (write.req, True, _OK, detail, None, acked_by))
 
-    def _write_failed(self, write: _Write) -> Done:
+    def _write_failed(self, write: PendingWrite) -> Done:
         codes = set(write.failed.values())
         code = _PARTITION if _PARTITION in codes else "inbox_full" if "inbox_full" in codes else _UNAVAILABLE
         detail = (
@@ -462,7 +297,7 @@ class QuorumCoordinator:
         )
         return Done(write.req, False, code, detail, acked_by=tuple(write.acked))
 
-    def _write_timed_out(self, write: _Write) -> Done:
+    def _write_timed_out(self, write: PendingWrite) -> Done:
         detail = (
             f"only {len(write.acked)} of {write.required} required replicas acknowledged within "
             f"{self._timeout_s:.1f} s; the write may or may not have been applied"
@@ -471,7 +306,7 @@ class QuorumCoordinator:
             detail += f" ({_answers(write.failed)})"
         return Done(write.req, False, _UNAVAILABLE, detail, acked_by=tuple(write.acked))
 
-    def _finish_write(self, write: _Write) -> tuple[Outbound, ...]:
+    def _finish_write(self, write: PendingWrite) -> tuple[Outbound, ...]:
         """Stop tracking; a durable hint, on the first replica that acked, for each that did not.
 
         Not for a replica that refused with `inbox_full`: a hint would force the
@@ -510,9 +345,9 @@ class QuorumCoordinator:
         if len(targets) < self._r:
             detail = f"only {len(targets)} of {len(replicas)} replicas live; a read needs {self._r}"
             return Step(done=(Done(req, False, _UNAVAILABLE, detail),))
-        read = _Read(req, table, key, targets, self._r)
+        read = PendingRead(req, table, key, targets, self._r)
         self._reads[req] = read
-        self._arm(read, now + self._timeout_s, self._timeouts)
+        arm(read, now + self._timeout_s, self._timeouts)
         message = ReplicaRead(req, table, key)
         return Step(tuple(Outbound(node, message) for node in targets))
 
@@ -552,7 +387,7 @@ class QuorumCoordinator:
             del self._reads[read.req]
         return Step(outbound, done)
 
-    def _repairs(self, read: _Read) -> tuple[Outbound, ...]:
+    def _repairs(self, read: PendingRead) -> tuple[Outbound, ...]:
         newest = read.newest
         if newest is None:
             return ()
@@ -571,7 +406,7 @@ class QuorumCoordinator:
         outbound: list[Outbound] = []
         done: list[Done] = []
         writes, reads = self._writes, self._reads
-        while (queue := self._due(now)) is not None:
+        while (queue := due(self._timeouts, self._lingers, now)) is not None:
             when, reqs = queue.popleft()
             for req in reqs:
                 write = writes.get(req)
@@ -597,7 +432,9 @@ class QuorumCoordinator:
 
     def next_deadline(self) -> float | None:
         """When `tick` next has work (monotonic seconds), or None: the engine's poll timeout."""
-        heads = [when for when in map(self._live_head, (self._timeouts, self._lingers)) if when is not None]
+        is_live = self._live_timer
+        heads = [when for when in (live_head(self._timeouts, is_live), live_head(self._lingers, is_live))
+                 if when is not None]
         return min(heads) if heads else None
 
     def pending(self) -> int:
@@ -606,43 +443,8 @@ class QuorumCoordinator:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _arm(self, tracked: _Write | _Read, when: float, queue: deque[tuple[float, list[int]]]) -> None:
-        tracked.timer_at = when
-        if queue:
-            last_when, last = queue[-1]
-            if when == last_when:  # the common case: requests of one loop turn share their deadlines
-                last.append(tracked.req)
-                return
-            if when < last_when:  # `now` went back (a caller's clock): keep the order
-                at = bisect_left(queue, when, key=itemgetter(0))
-                if at < len(queue) and queue[at][0] == when:
-                    queue[at][1].append(tracked.req)
-                else:
-                    queue.insert(at, (when, [tracked.req]))
-                return
-        queue.append((when, [tracked.req]))
-
-    def _live_head(self, queue: deque[tuple[float, list[int]]]) -> float | None:
-        """Drop finished requests from the front of `queue`; the deadline of the first live one, if any."""
-        while queue:
-            when, reqs = queue[0]
-            live = [req for req in reqs if self._live_timer(when, req)]
-            if live:
-                reqs[:] = live
-                return when
-            queue.popleft()
-        return None
-
-    def _due(self, now: float) -> deque[tuple[float, list[int]]] | None:
-        """The queue whose head is the earliest timer due at `now`, if any."""
-        timeouts, lingers = self._timeouts, self._lingers
-        if timeouts and timeouts[0][0] <= now and not (lingers and lingers[0][0] < timeouts[0][0]):
-            return timeouts
-        if lingers and lingers[0][0] <= now:
-            return lingers
-        return None
-
     def _live_timer(self, when: float, req: int) -> bool:
+        """Whether `req` is still tracked with its timer at `when` (else its queue entry is stale)."""
         tracked = self._writes.get(req) or self._reads.get(req)
         return tracked is not None and tracked.timer_at == when
 

@@ -9,7 +9,7 @@ tombstones included. Equal digests mean (up to hash collisions) equal versions.
 Digests are not computed per session: `DigestCache` keeps them current on every
 write (a full scan costs ~5 us a row, 0.5 s per 100k rows), and is built from disk
 at start, when the expected core set changes and after a tombstone purge (the
-driver in `_anti_entropy.py` feeds it).
+driver in `_anti_entropy.py` feeds it, through `_ae_upkeep.py`).
 """
 
 from __future__ import annotations

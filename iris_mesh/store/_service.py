@@ -1,4 +1,4 @@
-"""StoreService: quorum reads and writes over the mesh, replica apply, hint handoff. Engine thread only.
+"""StoreService: quorum reads and writes over the mesh (the coordinator side), wired to a node's replica. Engine thread only.
 
 Mesh frames (each a batch: one frame per peer per engine loop turn; replica writes for
 nodes still busy with earlier ones wait a few milliseconds at most to share a frame):
@@ -10,10 +10,12 @@ nodes still busy with earlier ones wait a few milliseconds at most to share a fr
     sscan {r: [[req, table, prefix, start_after, limit], ...]}        one page of a prefix scan
     spage {r: [[req, [[key, versioned], ...], more, code], ...]}
 
-`versioned` is the on-disk encoding of `Versioned` (see `_versioned.py`). On cores,
+`versioned` is the on-disk encoding of `Versioned` (see `_versioned.py`). This module
+sends the requests and takes their answers (sack, sval, spage); what a node does with
+sput, sget and sscan is `_replica.py`'s, and hinted handoff `_handoff.py`'s. On cores,
 anti-entropy (`_anti_entropy.py`) adds its `ae_*` frames and pushes repairs as `sput`
-entries; every write of a user table goes through `_apply_group`, which keeps its
-digests current. Requests the service makes itself (hint handoffs, anti-entropy
+entries; every write of a user table goes through `ReplicaSide.async_apply_group`, which
+keeps its digests current. Requests the service makes itself (hint handoffs, anti-entropy
 pushes) take ids from `INTERNAL_REQ_BASE` up, so a sack that answers only the
 coordinator's writes goes to it in one call.
 """
@@ -21,21 +23,16 @@ coordinator's writes goes to it in one call.
 from __future__ import annotations
 
 import itertools
-import sys
 from collections import defaultdict
 from typing import Any, Callable, Protocol
 
 from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
-from iris_mesh.store._frames import (
-    FRAME_BUDGET_BYTES,
-    FRESH,
-    SYNC,
-    AckBatcher,
-    WriteSender,
-    parse_write_groups,
-)
+from iris_mesh.store._frames import FRESH, SYNC, AckBatcher, WriteSender
+from iris_mesh.store._handoff import HintHandoff
 from iris_mesh.store._local import LocalStore
+from iris_mesh.store._outbox import AntiEntropyOutlet, frame_chunks
+from iris_mesh.store._replica import ReplicaSide
 from iris_mesh.store._scan import QuorumScanner, ReplicaScan, ScanDone
 from iris_mesh.store._versioned import (
     HybridClock,
@@ -50,41 +47,13 @@ __all__ = ["INTERNAL_REQ_BASE", "StoreService", "USER_TABLES", "StoreMembership"
 
 # Tables applications and operators may read and write; `hints` and `meta` are the node's own.
 USER_TABLES = ("offline_msg", "cross_region_queue", "presence")
-_HANDOFF_INTERVAL_S = 0.5
-_HANDOFF_BATCH = 500
-_HANDOFF_TIMEOUT_S = 5.0
-_MAX_SCAN_LIMIT = 1000
 _LIVE_STATES = ("alive", "suspect")
-_ENTRY_OVERHEAD_BYTES = 32
 INTERNAL_REQ_BASE = 1 << 62
 # A value must fit in one mesh frame with room to spare (max_frame_bytes is at least 1 MiB by default).
 MAX_VALUE_BYTES = 512 * 1024
 
 OnDone = Callable[[Done], None]
 _new_tuple = tuple.__new__
-
-
-def _entry_size(entry: list[Any]) -> int:
-    return _ENTRY_OVERHEAD_BYTES + sum(len(part) for part in entry if isinstance(part, (bytes, str)))
-
-
-def _chunks(entries: list[list[Any]], size: Callable[[list[Any]], int] = _entry_size) -> list[list[list[Any]]]:
-    """Split a batch so that no frame outgrows the frame budget."""
-    sizes = list(map(size, entries))
-    if sum(sizes) <= FRAME_BUDGET_BYTES:
-        return [entries]
-    chunks: list[list[list[Any]]] = []
-    current: list[list[Any]] = []
-    total = 0
-    for entry, entry_size in zip(entries, sizes):
-        if current and total + entry_size > FRAME_BUDGET_BYTES:
-            chunks.append(current)
-            current, total = [], 0
-        current.append(entry)
-        total += entry_size
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 class PeerTransition(Protocol):
@@ -132,16 +101,11 @@ class StoreService:
         self._membership = membership
         self._wall_ms = wall_ms
         self._mesh: StoreMesh | None = None
-        # Most live keys one partition of a table may hold (e.g. an inbox); new keys past it are refused.
-        self._partition_limits = dict(partition_limits or {})
         self._ids = itertools.count(1)
         self._internal_ids = itertools.count(INTERNAL_REQ_BASE)
         self._callbacks: dict[int, OnDone] = {}
         self._direct_reads: dict[int, Callable[[Versioned | None, str], None]] = {}
-        self._handoffs: dict[int, tuple[str, str, bytes, Versioned, float]] = {}
         self._last_now = 0.0
-        self._handoff_keys: set[tuple[str, str, bytes]] = set()
-        self._next_handoff = 0.0
         # Outgoing batches, flushed once per loop turn (replica writes: see WriteSender).
         # This node's own share of the turn's writes: (table, hint_for, flags) -> (reqs, keys, items, raws)
         self._own_writes: dict[tuple[str, tuple[str, ...], int],
@@ -160,21 +124,31 @@ class StoreService:
         self._out_scans: dict[str, list[list[Any]]] = defaultdict(list)
         self._out_pages: dict[str, list[list[Any]]] = defaultdict(list)
         self.anti_entropy: AntiEntropy | None = None
+        self._hints: HintHandoff | None = None
         self._incarnations: dict[str, int] = {}  # of peers, to tell a restart from a recovery
         if local is not None:
             self.anti_entropy = AntiEntropy(
-                node_id=node_id, local=local, port=_AntiEntropyPort(self), membership=membership,
+                node_id=node_id, local=local, membership=membership,
+                port=AntiEntropyOutlet(out_ae=self._out_ae, writes=self._out_writes, internal_ids=self._internal_ids,
+                                       counters=self.counters, turn_now=lambda: self._last_now),
                 shares_for=self._shares_for, tables=USER_TABLES, interval_s=anti_entropy_interval_s,
                 tombstone_grace_s=tombstone_grace_s, wall_ms=wall_ms, counters=self.counters,
             )
+            self._hints = HintHandoff(node_id=node_id, local=local, membership=membership, writes=self._out_writes,
+                                      internal_ids=self._internal_ids, counters=self.counters)
             membership.add_peer_listener(self._on_peer_change)
+        self._replica = ReplicaSide(
+            node_id=node_id, local=local, clock=clock, membership=membership, anti_entropy=self.anti_entropy,
+            tables=USER_TABLES, partition_limits=dict(partition_limits or {}), counters=self.counters,
+            acks=self._acks, out_values=self._out_values, out_pages=self._out_pages,
+            on_ack=self._on_ack, on_acks_ok=self._on_acks_ok, on_value=self._on_value, on_page=self._on_page,
+        )
 
     def async_attach(self, mesh: StoreMesh) -> None:
         self._mesh = mesh
 
     def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
-        ops = {"sput": self._on_sput, "sack": self._on_sack, "sget": self._on_sget, "sval": self._on_sval,
-               "sscan": self._on_sscan, "spage": self._on_spage}
+        ops = {**self._replica.mesh_ops(), "sack": self._on_sack, "sval": self._on_sval, "spage": self._on_spage}
         if self.anti_entropy is not None:
             ops.update(self.anti_entropy.mesh_ops())
         return ops
@@ -264,16 +238,9 @@ class StoreService:
 
     def async_drop_hints(self, target: str) -> int:
         """Forget every hint for replica `target` (operator and test tool: repair is left to anti-entropy)."""
-        if self.local is None:
+        if self._hints is None:
             return 0
-        for req, (hinted, table, key, _item, _sent_at) in list(self._handoffs.items()):
-            if hinted == target:
-                del self._handoffs[req]
-                self._handoff_keys.discard((hinted, table, key))
-        hints = self.local.hints_for(target, limit=sys.maxsize)
-        for table, key, item in hints:
-            self.local.async_drop_hint(target, table, key, item)
-        return len(hints)
+        return self._hints.async_drop_hints(target)
 
     # ---- engine hooks --------------------------------------------------------------------
 
@@ -283,8 +250,9 @@ class StoreService:
         mesh = self._mesh
         while self._own_writes:
             own, self._own_writes = self._own_writes, {}
+            apply_group = self._replica.async_apply_group
             for (table, hint_for, flags), (reqs, keys, items, raws) in own.items():
-                self._apply_group(self.node_id, table, hint_for, flags, reqs, keys, items, raws)
+                apply_group(self.node_id, table, hint_for, flags, reqs, keys, items, raws)
         if self._out_writes:
             self._out_writes.send(mesh, now)
         if self._acks:
@@ -298,7 +266,7 @@ class StoreService:
             if not out:
                 continue
             for node, entries in out.items():
-                for chunk in _chunks(entries):
+                for chunk in frame_chunks(entries):
                     if not mesh.async_send(node, op, **{field: chunk}):
                         self.counters[f"{op}_not_sent"] += len(chunk)
             out.clear()
@@ -317,9 +285,8 @@ class StoreService:
         self._run(self.coordinator.tick(now))
         if self.scanner.pending():
             self._run_scan([], self.scanner.tick(now))
-        if self.local is not None and now >= self._next_handoff:
-            self._next_handoff = now + _HANDOFF_INTERVAL_S
-            self._hand_off_hints(now)
+        if self._hints is not None:
+            self._hints.async_tick(now)
         wait_s = None
         if self.anti_entropy is not None:
             wait_s = self.anti_entropy.async_tick(now)
@@ -330,174 +297,6 @@ class StoreService:
             if held_s is not None:
                 wait_s = held_s if wait_s is None else min(wait_s, held_s)
         return wait_s
-
-    # ---- replica side ------------------------------------------------------------------------
-
-    def _on_sput(self, msg: dict[str, Any], now: float) -> None:
-        try:
-            groups = parse_write_groups(msg)
-        except ValueError:
-            self.counters["bad_store_frames"] += 1
-            return
-        src = msg["src"]
-        for group in groups:
-            self._apply_group(src, *group)
-
-    def _apply_group(self, src: str, table: str, hint_for: tuple[str, ...], flags: int, reqs: list[int],
-                     keys: list[bytes], items: list[Versioned], raws: list[bytes]) -> None:
-        """Apply one group of replica writes from `src` (reqs[i]: keys[i] gets items[i], encoded as raws[i]).
-
-        Newer wins; each write is acked once it is durable.
-        """
-        local = self.local
-        if not keys:
-            return
-        if local is None or table not in USER_TABLES:
-            self._ack_each(src, reqs, "bad_request")
-            return
-        if not self._membership.is_safe_for_writes():
-            self._ack_each(src, reqs, "partition_detected")
-            return
-        # Only a client's own write (not a repair, hint or handoff) may be refused for space.
-        limit = self._partition_limits.get(table) if flags & FRESH else None
-        self.clock.observe(max(item.version for item in items))
-        anti_entropy = self.anti_entropy
-        assert anti_entropy is not None  # every node with a local store runs it
-        refused: list[int] = []
-
-        def durable(ok: bool) -> None:
-            if refused:
-                kept = sorted(set(range(len(reqs))) - set(refused))
-                settled, answered = [keys[i] for i in kept], [reqs[i] for i in kept]
-            else:
-                settled, answered = keys, reqs
-            anti_entropy.async_writes_settled(table, settled, ok)
-            if ok:
-                self._ack_ok(src, answered)
-            else:
-                self._ack_each(src, answered, "unavailable")
-
-        refused_here, currents = local.async_apply_many(table, keys, items, raws, durable, sync=bool(flags & SYNC),
-                                                        partition_limit=limit)
-        # Every write of a user table is reported to the digests as it is staged, and settled once durable.
-        if refused_here:
-            refused.extend(refused_here)
-            skip = set(refused_here)
-            kept = [i for i in range(len(keys)) if i not in skip]
-            anti_entropy.cache.writes_started(table, [keys[i] for i in kept], currents, [items[i][0] for i in kept])
-        else:
-            anti_entropy.cache.writes_started(table, keys, currents, [item[0] for item in items])
-        for position in refused:
-            self._ack(src, reqs[position], "inbox_full")
-        if hint_for:
-            skip = set(refused)
-            for position, (key, item) in enumerate(zip(keys, items)):
-                if position in skip:
-                    continue
-                for target in hint_for:
-                    if target != self.node_id:
-                        local.async_put_hint(target, table, key, item)
-
-    def _on_sget(self, msg: dict[str, Any], now: float) -> None:
-        entries = msg.get("r")
-        if not isinstance(entries, list):
-            self.counters["bad_store_frames"] += 1
-            return
-        for entry in entries:
-            self._read_local(msg["src"], entry)
-
-    def _read_local(self, src: str, entry: Any) -> None:
-        try:
-            req, table, key = entry
-            if not isinstance(req, int) or not isinstance(key, bytes):
-                raise ValueError("bad field types")
-        except (TypeError, ValueError):
-            self.counters["bad_store_frames"] += 1
-            return
-        if self.local is None or table not in USER_TABLES:
-            self._reply_value(src, req, None, "bad_request")
-            return
-        item = self.local.read(table, key)
-        self._reply_value(src, req, item, "ok")
-
-    def _on_sscan(self, msg: dict[str, Any], now: float) -> None:
-        entries = msg.get("r")
-        if not isinstance(entries, list):
-            self.counters["bad_store_frames"] += 1
-            return
-        for entry in entries:
-            self._scan_local(msg["src"], entry)
-
-    def _scan_local(self, src: str, entry: Any) -> None:
-        try:
-            req, table, prefix, start_after, limit = entry
-            if not (isinstance(req, int) and isinstance(prefix, bytes) and isinstance(limit, int)
-                    and (start_after is None or isinstance(start_after, bytes))):
-                raise ValueError("bad field types")
-        except (TypeError, ValueError):
-            self.counters["bad_store_frames"] += 1
-            return
-        if self.local is None or table not in USER_TABLES or not 1 <= limit <= _MAX_SCAN_LIMIT:
-            self._reply_page(src, req, [], False, "bad_request")
-            return
-        rows = self.local.scan(table, prefix, start_after=start_after, limit=limit + 1)
-        self._reply_page(src, req, rows[:limit], len(rows) > limit, "ok")
-
-    def _reply_page(self, node: str, req: int, rows: list[tuple[bytes, Versioned]], more: bool, code: str) -> None:
-        if node == self.node_id:
-            self._run_scan(*self.scanner.on_scan_reply(node, req, rows, more, code, self._last_now))
-        else:
-            self._out_pages[node].append([req, [[key, encode_versioned(item)] for key, item in rows], more, code])
-
-    def _on_spage(self, msg: dict[str, Any], now: float) -> None:
-        for entry in msg.get("r") or ():
-            try:
-                req, raw_rows, more, code = entry
-                rows = [(key, decode_versioned(raw)) for key, raw in raw_rows]
-                if not (isinstance(req, int) and isinstance(code, str) and all(isinstance(k, bytes) for k, _ in rows)):
-                    raise ValueError("bad field types")
-            except (TypeError, ValueError, VersionError):
-                self.counters["bad_store_frames"] += 1
-                continue
-            self._run_scan(*self.scanner.on_scan_reply(msg["src"], req, rows, bool(more), code, now))
-
-    def _run_scan(self, outbound: list[Outbound], done: list[ScanDone]) -> None:
-        for out in outbound:
-            message = out.message
-            if isinstance(message, ReplicaScan):
-                entry = [message.req, message.table, message.prefix, message.start_after, message.limit]
-                if out.node == self.node_id:
-                    self._scan_local(self.node_id, entry)
-                else:
-                    self._out_scans[out.node].append(entry)
-            else:
-                self._route(out)
-        for result in done:
-            callback = self._scan_callbacks.pop(result.req, None)
-            if callback is not None:
-                callback(result)
-
-    def _ack(self, node: str, req: int, code: str) -> None:
-        if node == self.node_id:
-            self._on_ack(node, req, code, None)
-        else:
-            self._acks.other(node, req, code)
-
-    def _ack_each(self, node: str, reqs: list[int], code: str) -> None:
-        for req in reqs:
-            self._ack(node, req, code)
-
-    def _ack_ok(self, node: str, reqs: list[int]) -> None:
-        if node == self.node_id:
-            self._on_acks_ok(node, reqs, None)
-        else:
-            self._acks.ok(node, reqs)
-
-    def _reply_value(self, node: str, req: int, item: Versioned | None, code: str) -> None:
-        if node == self.node_id:
-            self._on_value(node, req, item, code, None)
-        else:
-            self._out_values[node].append([req, None if item is None else encode_versioned(item), code])
 
     # ---- coordinator side -----------------------------------------------------------------------
 
@@ -529,12 +328,8 @@ class StoreService:
     def _on_ack(self, node: str, req: int, code: str, now: float | None) -> None:
         if self.anti_entropy is not None and self.anti_entropy.async_on_ack(req, code):
             return
-        handoff = self._handoffs.pop(req, None)
-        if handoff is not None:
-            target, table, key, item, _sent_at = handoff
-            self._handoff_keys.discard((target, table, key))
-            if code == "ok" and self.local is not None:
-                self.local.async_drop_hint(target, table, key, item)
+        # Handoffs take internal ids, so a client's write skips the handoff lookup.
+        if req >= INTERNAL_REQ_BASE and self._hints is not None and self._hints.async_on_ack(req, code):
             return
         self._run(self.coordinator.on_write_ack(node, req, code, self._now(now)))
 
@@ -595,30 +390,40 @@ class StoreService:
     def _route_read(self, node: str, message: ReplicaRead) -> None:
         entry = [message.req, message.table, message.key]
         if node == self.node_id:
-            self._read_local(self.node_id, entry)
+            self._replica.async_read(self.node_id, entry)
         else:
             self._out_reads[node].append(entry)
 
-    # ---- hints -------------------------------------------------------------------------------------
-
-    def _hand_off_hints(self, now: float) -> None:
-        """Send hinted writes to replicas that are back; a hint is dropped once its replica acked."""
-        assert self.local is not None
-        for req, (target, table, key, _item, sent_at) in list(self._handoffs.items()):
-            if now - sent_at > _HANDOFF_TIMEOUT_S:  # never acked (the replica died again): retry later
-                del self._handoffs[req]
-                self._handoff_keys.discard((target, table, key))
-        for target in sorted(self._membership.expected_cores() - {self.node_id}):
-            if self._membership.state_of(target) != "alive":
+    def _on_spage(self, msg: dict[str, Any], now: float) -> None:
+        for entry in msg.get("r") or ():
+            try:
+                req, raw_rows, more, code = entry
+                rows = [(key, decode_versioned(raw)) for key, raw in raw_rows]
+                if not (isinstance(req, int) and isinstance(code, str) and all(isinstance(k, bytes) for k, _ in rows)):
+                    raise ValueError("bad field types")
+            except (TypeError, ValueError, VersionError):
+                self.counters["bad_store_frames"] += 1
                 continue
-            for table, key, item in self.local.hints_for(target, limit=_HANDOFF_BATCH):
-                if (target, table, key) in self._handoff_keys:
-                    continue
-                req = next(self._internal_ids)
-                self._handoffs[req] = (target, table, key, item, now)
-                self._handoff_keys.add((target, table, key))
-                self._out_writes.add((target,), table, (), SYNC, req, key, encode_versioned(item), now)
-                self.counters["hints_handed_off"] += 1
+            self._run_scan(*self.scanner.on_scan_reply(msg["src"], req, rows, bool(more), code, now))
+
+    def _on_page(self, node: str, req: int, rows: list[tuple[bytes, Versioned]], more: bool, code: str) -> None:
+        self._run_scan(*self.scanner.on_scan_reply(node, req, rows, more, code, self._last_now))
+
+    def _run_scan(self, outbound: list[Outbound], done: list[ScanDone]) -> None:
+        for out in outbound:
+            message = out.message
+            if isinstance(message, ReplicaScan):
+                entry = [message.req, message.table, message.prefix, message.start_after, message.limit]
+                if out.node == self.node_id:
+                    self._replica.async_scan(self.node_id, entry)
+                else:
+                    self._out_scans[out.node].append(entry)
+            else:
+                self._route(out)
+        for result in done:
+            callback = self._scan_callbacks.pop(result.req, None)
+            if callback is not None:
+                callback(result)
 
     # ---- anti-entropy ----------------------------------------------------------------------------------
 
@@ -672,25 +477,3 @@ class StoreService:
             self._last_now = now
         return self._last_now
 
-
-class _AntiEntropyPort:
-    """Anti-entropy's way out: frames queued behind the turn's writes, repairs as internal replica writes."""
-
-    __slots__ = ("_service",)
-
-    def __init__(self, service: StoreService) -> None:
-        self._service = service
-
-    def ae_send(self, node: str, op: str, **fields: Any) -> None:
-        self._service._out_ae.append((node, op, fields))
-
-    def ae_send_list(self, node: str, op: str, field: str, entries: list[list[Any]], **fields: Any) -> None:
-        for chunk in _chunks(entries):
-            self._service._out_ae.append((node, op, {**fields, field: chunk}))
-
-    def ae_push(self, node: str, table: str, key: bytes, item: Versioned) -> int:
-        service = self._service
-        req = next(service._internal_ids)
-        service._out_writes.add((node,), table, (), SYNC, req, key, encode_versioned(item), service._last_now)
-        service.counters["ae_repairs_sent"] += 1
-        return req

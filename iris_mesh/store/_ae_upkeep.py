@@ -1,0 +1,112 @@
+"""Upkeep of anti-entropy's digests: their build from a full scan, and the periodic tombstone purge.
+
+The digests (`DigestCache`, `_digests.py`) are built by a scan of every table when
+the expected core set changes, and rebuilt after each purge of tombstones past the
+grace period (a purge deletes rows behind the cache's back), or after a maintenance
+round with nothing to purge, which also heals the digests from any write that
+bypassed the cache. The driver in `_anti_entropy.py` owns this and runs its scans.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from iris_mesh.store._ae_session import TableScan, View
+from iris_mesh.store._digests import DigestCache
+from iris_mesh.store._versioned import Versioned
+
+if TYPE_CHECKING:
+    from iris_mesh.store._local import LocalStore
+
+__all__ = ["DigestUpkeep"]
+
+# Tombstones older than the grace period are purged this often (at most); then the cache is rebuilt.
+_MAINTENANCE_MAX_S = 3600.0
+_MAINTENANCE_MIN_S = 1.0
+_PURGE_LIMIT = 10_000
+
+
+class DigestUpkeep:
+    """Builds one core's digest cache and purges its old tombstones. Every method runs on the engine thread."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        local: LocalStore,
+        cache: DigestCache,
+        tables: Sequence[str],
+        interval_s: float,
+        tombstone_grace_s: float,
+        wall_ms: Callable[[], int],
+        start_scan: Callable[[TableScan], None],
+        counters: dict[str, int],
+    ) -> None:
+        self._node_id = node_id
+        self._local = local
+        self._cache = cache
+        self._tables = tuple(tables)
+        self._interval_s = interval_s
+        self._grace_ms = int(tombstone_grace_s * 1000)
+        self._maintenance_every_s = min(_MAINTENANCE_MAX_S, max(_MAINTENANCE_MIN_S, tombstone_grace_s / 4))
+        self._wall_ms = wall_ms
+        self._start_scan = start_scan
+        self._counters = counters
+        self._view = View(frozenset(), 0, lambda key: ())
+        self._build: TableScan | None = None
+        self._rebuild_when_commits: int | None = None
+        self._next_maintenance: float | None = None
+
+    def rebuild(self, view: View) -> None:
+        """The expected core set changed: rebuild the digests for `view`."""
+        self._view = view
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        if self._build is not None:
+            self._build.cancelled = True
+        self._cache.reset(self._view.shares, self._view.expected - {self._node_id})
+        started = time.perf_counter()
+
+        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
+            self._cache.add_rows(table, [(key, item.version) for key, item in chunk], last=last)
+
+        def done() -> None:
+            self._build = None
+            self._counters["ae_cache_builds"] += 1
+            logger.debug("anti-entropy digests of {} built, {:.3f} s after the build started", self._node_id,
+                         time.perf_counter() - started)
+
+        self._build = TableScan(self._local, self._tables, rows, done)
+        self._start_scan(self._build)
+
+    def maintain(self, now: float) -> None:
+        """Purge tombstones past the grace period; rebuild the digests once the purge is committed."""
+        if self._next_maintenance is None:
+            self._next_maintenance = now + self._maintenance_every_s
+        if self._rebuild_when_commits is not None:
+            stats = self._local.stats()
+            if stats["pending"] == 0 or stats["commits"] + stats["failed_commits"] >= self._rebuild_when_commits:
+                self._rebuild_when_commits = None
+                self._rebuild()
+            return
+        if now < self._next_maintenance:
+            return
+        cutoff_ms = self._wall_ms() - self._grace_ms
+        started = time.perf_counter()
+        purged = sum(self._local.async_purge_tombstones(table, cutoff_ms, _PURGE_LIMIT) for table in self._tables)
+        more = purged >= _PURGE_LIMIT
+        self._next_maintenance = now + (self._interval_s if more else self._maintenance_every_s)
+        self._counters["ae_tombstones_purged"] += purged
+        if purged:
+            stats = self._local.stats()
+            # The purge sits in the staged batch: it commits right after the batch in flight, if any.
+            self._rebuild_when_commits = stats["commits"] + stats["failed_commits"] + (2 if stats["in_flight"] else 1)
+            logger.info("purged {} tombstones older than {:.0f} s ({:.3f} s); rebuilding the anti-entropy digests",
+                        purged, self._grace_ms / 1000, time.perf_counter() - started)
+        else:
+            self._rebuild()  # also heals the digests from any write that bypassed the cache

@@ -1,0 +1,95 @@
+"""HintHandoff: a core's hinted writes, handed to their replica once it is back. Engine thread only.
+
+A hint is a write this core stored for a replica that missed it (`hint_for` of a replica
+write, see `_replica.py`). Every `_HANDOFF_INTERVAL_S` the hints for alive replicas go out
+as internal replica writes, with request ids the service hands out (from
+`INTERNAL_REQ_BASE` up); a hint is dropped once its replica acked it, and sent again if no
+ack came within `_HANDOFF_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Iterator
+
+from iris_mesh.store._frames import SYNC, WriteSender
+from iris_mesh.store._local import LocalStore
+from iris_mesh.store._versioned import Versioned, encode_versioned
+
+if TYPE_CHECKING:
+    from iris_mesh.store._service import StoreMembership
+
+__all__ = ["HintHandoff"]
+
+_HANDOFF_INTERVAL_S = 0.5
+_HANDOFF_BATCH = 500
+_HANDOFF_TIMEOUT_S = 5.0
+
+
+class HintHandoff:
+    """Hands off the hints of one core's local store (cores only: edges hold none)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        local: LocalStore,
+        membership: StoreMembership,
+        writes: WriteSender,
+        internal_ids: Iterator[int],
+        counters: dict[str, int],
+    ) -> None:
+        self.node_id = node_id
+        self._local = local
+        self._membership = membership
+        self._writes = writes
+        self._internal_ids = internal_ids
+        self._counters = counters
+        self._handoffs: dict[int, tuple[str, str, bytes, Versioned, float]] = {}  # req -> (target, table, key, item, sent_at)
+        self._handoff_keys: set[tuple[str, str, bytes]] = set()
+        self._next_handoff = 0.0
+
+    def async_tick(self, now: float) -> None:
+        if now >= self._next_handoff:
+            self._next_handoff = now + _HANDOFF_INTERVAL_S
+            self._hand_off_hints(now)
+
+    def async_on_ack(self, req: int, code: str) -> bool:
+        """Take the ack of request `req` if it is a handoff's (the hint goes once "ok"); False if it is not one."""
+        handoff = self._handoffs.pop(req, None)
+        if handoff is None:
+            return False
+        target, table, key, item, _sent_at = handoff
+        self._handoff_keys.discard((target, table, key))
+        if code == "ok":
+            self._local.async_drop_hint(target, table, key, item)
+        return True
+
+    def async_drop_hints(self, target: str) -> int:
+        """Forget every hint for replica `target` (operator and test tool: repair is left to anti-entropy)."""
+        for req, (hinted, table, key, _item, _sent_at) in list(self._handoffs.items()):
+            if hinted == target:
+                del self._handoffs[req]
+                self._handoff_keys.discard((hinted, table, key))
+        hints = self._local.hints_for(target, limit=sys.maxsize)
+        for table, key, item in hints:
+            self._local.async_drop_hint(target, table, key, item)
+        return len(hints)
+
+    def _hand_off_hints(self, now: float) -> None:
+        """Send hinted writes to replicas that are back; a hint is dropped once its replica acked."""
+        for req, (target, table, key, _item, sent_at) in list(self._handoffs.items()):
+            if now - sent_at > _HANDOFF_TIMEOUT_S:  # never acked (the replica died again): retry later
+                del self._handoffs[req]
+                self._handoff_keys.discard((target, table, key))
+        for target in sorted(self._membership.expected_cores() - {self.node_id}):
+            if self._membership.state_of(target) != "alive":
+                continue
+            for table, key, item in self._local.hints_for(target, limit=_HANDOFF_BATCH):
+                if (target, table, key) in self._handoff_keys:
+                    continue
+                req = next(self._internal_ids)
+                self._handoffs[req] = (target, table, key, item, now)
+                self._handoff_keys.add((target, table, key))
+                self._writes.add((target,), table, (), SYNC, req, key, encode_versioned(item), now)
+                self._counters["hints_handed_off"] += 1
