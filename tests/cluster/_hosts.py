@@ -24,26 +24,46 @@ of those processes) is found with ``ip netns pids`` and killed one pid at a
 time. Then the links and namespaces are deleted. ``sweep_stale_namespaces``
 removes sets left behind by processes that died without cleaning up (the
 creator pid is part of each name).
+
+This module holds the host objects; the `ip` commands that make and remove
+namespaces and links are in _netns.py, the waiting helpers in _polling.py.
+The names in ``__all__`` that live there are re-exported here, so tests
+import everything about test hosts from this module.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
-import json
 import os
 import random
-import re
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from _switch import LINK_STATE_TIMEOUT_S, Switch, bridges_in
+from _netns import (
+    IFNAME_MAX_CHARS,
+    NAME_RE,
+    STRAY_KILL_TIMEOUT_S,
+    CommandFailed,
+    HostsUnavailable,
+    add_netns,
+    add_veth,
+    check_environment,
+    configure_host_iface,
+    delete_namespaces,
+    host_operstate,
+    ip_binary,
+    netns_list,
+    pid_alive,
+    run_ip,
+    sweep_stale_namespaces,
+)
+from _polling import poll, wait_until
+from _switch import LINK_STATE_TIMEOUT_S, Switch
 
 __all__ = [
     "CommandFailed",
@@ -59,271 +79,9 @@ __all__ = [
     "wait_until",
 ]
 
-T = TypeVar("T")
-
-#: Every namespace this module makes matches this, and nothing else is touched.
-NAME_RE = re.compile(r"^im(?P<pid>[1-9][0-9]*)c(?P<set>[1-9][0-9]*)(?:s|h[1-9][0-9]*)$")
-IFNAME_MAX_CHARS = 15  # IFNAMSIZ - 1; the bridge ports are named like the hosts
-HOST_IFACE = "eth0"
-MULTICAST_NET = "224.0.0.0/4"
 MAX_HOSTS = 99
-IP_COMMAND_TIMEOUT_S = 10.0
-STRAY_KILL_TIMEOUT_S = 5.0
 
 _set_counter = itertools.count(1)
-_sbin_dirs = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
-
-
-class HostsUnavailable(RuntimeError):
-    """This machine cannot make test hosts (not root, no `ip`, netns not permitted)."""
-
-
-class CommandFailed(subprocess.CalledProcessError):
-    """A command exited non-zero; its str() names the namespace and shows stderr."""
-
-    def __init__(self, where: str, returncode: int, cmd: Sequence[str], output: str, stderr: str) -> None:
-        super().__init__(returncode, list(cmd), output, stderr)
-        self.where = where
-
-    def __str__(self) -> str:
-        return (
-            f"{' '.join(self.cmd)!s} in {self.where} exited {self.returncode}\n"
-            f"--- stdout (tail) ---\n{_tail(self.output)}\n--- stderr (tail) ---\n{_tail(self.stderr)}"
-        )
-
-
-def _tail(text: str | bytes | None, lines: int = 30) -> str:
-    if text is None:
-        return ""
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-_poll_pause = threading.Event().wait  # the pause between polls of a condition, not a fixed sleep
-
-
-def poll(
-    predicate: Callable[[], T], timeout_s: float, *, interval_s: float = 0.05, max_interval_s: float = 0.5
-) -> T | None:
-    """Poll `predicate` until it returns something truthy (returned) or `timeout_s` passes (None).
-
-    The interval grows from `interval_s` to `max_interval_s`; the predicate
-    runs once more at the deadline. Exceptions from it propagate at once.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            return None
-        _poll_pause(min(interval_s, remaining_s))
-        interval_s = min(interval_s * 1.5, max_interval_s)
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    timeout_s: float,
-    what: str,
-    *,
-    interval_s: float = 0.05,
-    max_interval_s: float = 0.5,
-    details: Callable[[], str] | None = None,
-) -> T:
-    """Poll `predicate` until it returns something truthy, and return that.
-
-    Raises AssertionError naming `what` (plus `details()`, if given) when
-    `timeout_s` passes first. Exceptions from `predicate` propagate at once.
-    """
-    result = poll(predicate, timeout_s, interval_s=interval_s, max_interval_s=max_interval_s)
-    if result:
-        return result
-    message = f"timed out after {timeout_s:g} s waiting for {what}"
-    if details is not None:
-        message += "\n" + details()
-    raise AssertionError(message)
-
-
-def _ip_binary() -> str | None:
-    found = shutil.which("ip")
-    if found:
-        return found
-    for directory in _sbin_dirs:
-        candidate = os.path.join(directory, "ip")
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _ip(*args: str, check: bool = True, batch: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `ip ARGS`; with `batch`, `ip ARGS -batch -` reading those commands (one per line) from stdin."""
-    ip = _ip_binary()
-    if ip is None:
-        raise HostsUnavailable("the `ip` command (iproute2) is not installed")
-    cmd = [ip, *args]
-    if batch is not None:
-        cmd += ["-batch", "-"]
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=IP_COMMAND_TIMEOUT_S,
-        **({"input": batch} if batch is not None else {"stdin": subprocess.DEVNULL}),
-    )
-    if check and done.returncode != 0:
-        raise CommandFailed("the root namespace", done.returncode, cmd, done.stdout, done.stderr)
-    return done
-
-
-def check_environment() -> None:
-    """Raise HostsUnavailable with a reason unless we can run `ip netns` as root."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        raise HostsUnavailable("network-namespace test hosts need root (run the cluster tests as root)")
-    if _ip_binary() is None:
-        raise HostsUnavailable("the `ip` command (iproute2) is not installed")
-    done = _ip("netns", "list", check=False)
-    if done.returncode != 0:
-        raise HostsUnavailable(f"`ip netns list` failed: {done.stderr.strip()}")
-
-
-def netns_list() -> list[str]:
-    """Names of all named network namespaces (`ip netns list`)."""
-    done = _ip("netns", "list")
-    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` is a running (not zombie) process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-    return fields[0] not in (b"Z", b"X")
-
-
-def _netns_identity(name: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(f"/run/netns/{name}")
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _netns_pids(name: str) -> list[int]:
-    done = _ip("netns", "pids", name, check=False)
-    if done.returncode != 0:
-        return []
-    return [int(token) for token in done.stdout.split() if token.isdigit()]
-
-
-def _signal_pid_in_netns(pid: int, netns: tuple[int, int], signum: int) -> None:
-    """Send `signum` to `pid` only if it is (still) inside the namespace `netns`.
-
-    A pidfd pins the process, so a pid reused after the check is never hit.
-    """
-    if pid == os.getpid():
-        return
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.EPERM):
-            raise
-        pidfd = None  # old kernel: fall back to check-then-kill
-    try:
-        try:
-            st = os.stat(f"/proc/{pid}/ns/net")
-        except OSError:
-            return
-        if (st.st_dev, st.st_ino) != netns:
-            return
-        try:
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signum)
-            else:
-                os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _kill_everything_in(name: str, grace_s: float) -> list[int]:
-    """SIGTERM, then SIGKILL, every process in namespace `name`; return survivors."""
-    netns = _netns_identity(name)
-    if netns is None:
-        return []
-    pids = _netns_pids(name)
-    if not pids:
-        return []
-    for pid in pids:
-        _signal_pid_in_netns(pid, netns, signal.SIGTERM)
-    if poll(lambda: not _netns_pids(name), grace_s):
-        return []
-
-    def kill_the_rest() -> bool:  # again and again: a dying process may have forked
-        left = _netns_pids(name)
-        for pid in left:
-            _signal_pid_in_netns(pid, netns, signal.SIGKILL)
-        return not left
-
-    poll(kill_the_rest, STRAY_KILL_TIMEOUT_S)
-    return _netns_pids(name)
-
-
-def _delete_set(namespaces: Sequence[str], grace_s: float) -> list[str]:
-    """Kill processes in, unlink and delete `namespaces`; return error strings."""
-    errors: list[str] = []
-    for name in namespaces:
-        survivors = _kill_everything_in(name, grace_s)
-        if survivors:
-            errors.append(f"processes {survivors} in {name} survived SIGKILL")
-    present = set(netns_list())
-    for name in namespaces:
-        if name not in present:
-            continue
-        # Deleting a namespace frees its links only later (asynchronously),
-        # so remove them explicitly: the other veth end goes with eth0.
-        ifaces = bridges_in(name, _ip) if name.endswith("s") else [HOST_IFACE]
-        for iface in ifaces:
-            _ip("-n", name, "link", "del", iface, check=False)
-        done = _ip("netns", "del", name, check=False)
-        if done.returncode != 0:
-            errors.append(f"ip netns del {name}: {done.stderr.strip()}")
-    left = set(netns_list()) & set(namespaces)
-    if left:
-        errors.append(f"namespaces still present after delete: {sorted(left)}")
-    return errors
-
-
-def sweep_stale_namespaces() -> list[str]:
-    """Delete namespaces of this module whose creator pid is gone; return their names.
-
-    Only names matching NAME_RE are considered. A set whose creator is alive
-    (another pytest run in progress) is left alone.
-    """
-    stale = []
-    for name in netns_list():
-        match = NAME_RE.match(name)
-        if match is None:
-            continue
-        pid = int(match["pid"])
-        if pid == os.getpid() or pid_alive(pid):
-            continue
-        stale.append(name)
-    # Host namespaces first, so their eth0 goes before the switch's bridge.
-    stale.sort(key=lambda name: name.endswith("s"))
-    errors = _delete_set(stale, grace_s=1.0)
-    if errors:
-        raise RuntimeError("sweeping stale test namespaces failed: " + "; ".join(errors))
-    return stale
 
 
 @contextlib.contextmanager
@@ -370,7 +128,7 @@ class Host:
         """
         if isinstance(argv, (str, bytes)):
             raise TypeError("argv must be a sequence of arguments, not a string")
-        ip = _ip_binary()
+        ip = ip_binary()
         if ip is None:
             raise HostsUnavailable("the `ip` command (iproute2) is not installed")
         popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
@@ -438,7 +196,7 @@ class TestHosts:
         self._procs: list[subprocess.Popen[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._switch = Switch(self.switch, [h.port for h in self.hosts], ip=_ip, wait_until=wait_until)
+        self._switch = Switch(self.switch, [h.port for h in self.hosts], ip=run_ip, wait_until=wait_until)
 
     def __repr__(self) -> str:
         return f"TestHosts({self.switch}, {self.subnet}, {[h.name for h in self.hosts]})"
@@ -475,14 +233,7 @@ class TestHosts:
         self.close()
 
     def _add_netns(self, name: str) -> None:
-        done = _ip("netns", "add", name, check=False)
-        if done.returncode != 0:
-            reason = done.stderr.strip()
-            if not self._made and any(
-                word in reason.lower() for word in ("permission", "not permitted", "read-only")
-            ):
-                raise HostsUnavailable(f"`ip netns add` is not permitted here: {reason}")
-            raise CommandFailed("the root namespace", done.returncode, done.args, done.stdout, done.stderr)
+        add_netns(name, first=not self._made)
         self._made.append(name)
 
     def _create(self) -> None:
@@ -491,30 +242,22 @@ class TestHosts:
         self._switch.create()
         for host in self.hosts:
             self._add_netns(host.name)
-            # Both ends are born inside their namespaces; nothing touches the root one.
-            _ip("-n", self.switch, "link", "add", host.port, "type", "veth", "peer", "name", HOST_IFACE, "netns", host.name)
+            add_veth(self.switch, host.port, host.name)
             self._switch.plug(host.port)
-            _ip("-n", host.name, "link", "set", "lo", "up")
-            _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", HOST_IFACE)
-            _ip("-n", host.name, "link", "set", HOST_IFACE, "up")
-            _ip("-n", host.name, "route", "add", MULTICAST_NET, "dev", HOST_IFACE)
+            configure_host_iface(host.name, host.address)
         for host in self.hosts:
             self._wait_link(host, up=True)
-
-    def _host_operstate(self, host: Host) -> str:
-        info = json.loads(_ip("-j", "-n", host.name, "link", "show", HOST_IFACE).stdout)[0]
-        return str(info.get("operstate", "?"))
 
     def _wait_link(self, host: Host, *, up: bool) -> None:
         if up:
             wait_until(
-                lambda: self._host_operstate(host) == "UP" and self._switch.port_state(host.port) == "forwarding",
+                lambda: host_operstate(host.name) == "UP" and self._switch.port_state(host.port) == "forwarding",
                 LINK_STATE_TIMEOUT_S,
                 f"{host.name} eth0 up and its bridge port forwarding",
             )
         else:
             wait_until(
-                lambda: self._host_operstate(host) != "UP",
+                lambda: host_operstate(host.name) != "UP",
                 LINK_STATE_TIMEOUT_S,
                 f"{host.name} eth0 to lose carrier",
             )
@@ -608,6 +351,6 @@ class TestHosts:
             # Hosts before the switch, so each eth0 (and its peer port) goes first.
             order = [name for name in self._made if name != self.switch]
             order += [name for name in self._made if name == self.switch]
-            errors += _delete_set(order, grace_s=min(self.term_grace_s, 2.0))
+            errors += delete_namespaces(order, grace_s=min(self.term_grace_s, 2.0))
             if errors:
                 raise RuntimeError(f"cleanup of {self!r} incomplete: " + "; ".join(errors))

@@ -12,8 +12,9 @@ made like br0) and its ports move there, all in one ``ip -batch`` run.
 state the switch was made in. A port taken down (``set_port``) stays down
 across both.
 
-The `ip` runner and the waiting function come from the caller (_hosts.py),
-so this module runs no command of its own making and has no clock of its own.
+The `ip` runner and the waiting function come from the caller (_hosts.py
+passes _netns.run_ip and _polling.wait_until), so this module runs no
+command of its own making and has no clock of its own.
 """
 
 from __future__ import annotations
