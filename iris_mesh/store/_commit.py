@@ -6,12 +6,13 @@ runs on the engine thread, which spares a hand-off per batch. The fsync is what
 takes long, and `flush_wal_synced` releases the GIL: the sync thread runs it
 while the loop goes on serving. One fsync makes every batch written before it
 started durable. The engine writes each turn's batch at once, fsync under way or
-not, and queues it for the sync thread; the sync thread takes every batch queued
-so far, fsyncs, posts their completion and, if more were queued meanwhile, starts
-the next fsync straight away. So the number of fsyncs adapts to the disk (one per
-turn when it is fast, fewer covering more batches when it is slow), a write never
-waits for more than the fsync under way plus its own, and the next fsync does not
-wait for a round trip through the engine loop.
+not (RocksDB's WAL sync does not block writes from other threads), and queues it
+for the sync thread; the sync thread takes every batch queued so far, fsyncs,
+posts their completion and, if more were queued meanwhile, starts the next fsync
+straight away. So the number of fsyncs adapts to the disk (one per turn when it is
+fast, fewer covering more batches when it is slow), a write never waits for more
+than the fsync under way plus its own, and the next fsync does not wait for a
+round trip through the engine loop.
 
 Completions reach the engine thread through `post`, in the order the batches were
 written. A batch's `durable` callbacks run once it is synced (with False if its
