@@ -139,6 +139,11 @@ class GroupCommit:
         """Written batches not yet known to be durable, newest first."""
         return reversed(self._written)
 
+    @property
+    def written_count(self) -> int:
+        """How many written batches are not known to be durable yet."""
+        return len(self._written)
+
     def pending_writes(self) -> int:
         return sum(len(batch.ops) for batch in self._written)
 

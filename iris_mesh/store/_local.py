@@ -34,6 +34,9 @@ __all__ = ["LocalStore", "VERSIONED_TABLES"]
 VERSIONED_TABLES = ("offline_msg", "cross_region_queue", "presence", "hints")
 _HINTS = "hints"
 _COUNTED_PARTITIONS = 4096
+# Written batches waiting for an fsync, at most: past this, writes keep gathering in the staged
+# batch. Every write looks its key up in each of them, so a slow disk must not let them pile up.
+_MAX_WRITTEN_UNSYNCED = 8
 
 _ABSENT = object()  # "not in this batch" (a staged delete is None)
 
@@ -176,7 +179,7 @@ class LocalStore:
         self._check_table(table)
         staged = self._staged
         ops, staged_raws = staged.ops, staged.raws
-        written = list(self._commit.written_batches())  # rarely more than one or two
+        written = list(self._commit.written_batches())  # at most _MAX_WRITTEN_UNSYNCED
         counted = self._partition_live
         live_in_partition = self.live_in_partition
         stored = self._db.get_many(table, keys)  # one call: a read per key would cost more than the rest
@@ -275,8 +278,12 @@ class LocalStore:
         return purged
 
     def async_end_of_batch(self) -> None:
-        """Once per engine loop turn: write what is staged as one batch, for the sync thread's next fsync."""
-        if self._closed or not self._staged.ops:
+        """Once per engine loop turn: write what is staged as one batch, for the sync thread's next fsync.
+
+        While `_MAX_WRITTEN_UNSYNCED` written batches wait for their fsync (a slow disk), writes
+        keep gathering in the staged batch instead, written once an fsync completes.
+        """
+        if self._closed or not self._staged.ops or self._commit.written_count >= _MAX_WRITTEN_UNSYNCED:
             return
         if not self._commit.started:
             raise StoreError("LocalStore.start() was not called; staged writes cannot be committed")

@@ -197,6 +197,26 @@ def test_the_next_fsync_starts_as_the_last_ends_without_a_turn_of_the_engine(
     assert acks.results == {"first": [True], "second": [True]}
 
 
+def test_a_slow_fsync_lets_only_a_few_batches_pile_up_and_the_rest_gather(
+    gated: tuple[LocalStore, Engine, GatedDatabase],
+) -> None:
+    """Each write looks its key up in every written batch: while an fsync hangs, turns past the cap stage."""
+    store, engine, db = gated
+    acks = Acks()
+    store.async_apply(TABLE, b"first", v(1), acks("first"))
+    engine.turn()
+    assert db.in_fsync.wait(10.0)
+    for turn in range(20):
+        store.async_apply(TABLE, b"k%02d" % turn, v(1), acks(f"k{turn}"))
+        engine.turn()
+    written = [turn for turn in range(20) if store.read(TABLE, b"k%02d" % turn) is not None]
+    assert written == list(range(7)), written  # 8 batches written with "first"; the rest staged together
+    db.gate.set()
+    engine.turn_until(lambda: len(acks.results) == 21, "every ack once the disk is back")
+    assert all(r == [True] for r in acks.results.values())
+    assert all(store.read(TABLE, b"k%02d" % turn) == v(1) for turn in range(20))
+
+
 def test_newer_version_wins_whatever_the_arrival_order(store: tuple[LocalStore, Engine]) -> None:
     local, engine = store
     # newer first, in one turn
