@@ -148,12 +148,8 @@ class GroupCommit:
         return sum(len(batch.ops) for batch in self._written)
 
     def _synced(self, batches: list[Batch], ok: bool) -> None:
-        written = self._written
-        if written[: len(batches)] == batches:  # the usual case: the oldest ones, in order
-            del written[: len(batches)]
-        else:
-            done = set(map(id, batches))
-            self._written = [batch for batch in written if id(batch) not in done]
+        # Both lists are short (at most a few batches: see LocalStore's cap).
+        self._written = [batch for batch in self._written if batch not in batches]
         for batch in batches:
             self._complete(batch, ok)
 

@@ -138,12 +138,7 @@ class ReplicaSide:
                         local.async_put_hint(target, table, key, item)
 
     def _on_sget(self, msg: dict[str, Any], now: float) -> None:
-        entries = msg.get("r")
-        if not isinstance(entries, list):
-            self.counters["bad_store_frames"] += 1
-            return
-        for entry in entries:
-            self.async_read(msg["src"], entry)
+        self._answer_each(msg, self.async_read)
 
     def async_read(self, src: str, entry: Any) -> None:
         """Answer one sget entry `[req, table, key]` from `src` with the local replica's copy."""
@@ -161,12 +156,17 @@ class ReplicaSide:
         self._reply_value(src, req, item, "ok")
 
     def _on_sscan(self, msg: dict[str, Any], now: float) -> None:
+        self._answer_each(msg, self.async_scan)
+
+    def _answer_each(self, msg: dict[str, Any], answer: Callable[[str, Any], None]) -> None:
+        """answer(src, entry) for each entry of the frame's list `r` (a frame without one is counted as bad)."""
         entries = msg.get("r")
         if not isinstance(entries, list):
             self.counters["bad_store_frames"] += 1
             return
+        src = msg["src"]
         for entry in entries:
-            self.async_scan(msg["src"], entry)
+            answer(src, entry)
 
     def async_scan(self, src: str, entry: Any) -> None:
         """Answer one sscan entry `[req, table, prefix, start_after, limit]` from `src` with a page of the local replica."""

@@ -120,6 +120,15 @@ def store(tmp_path: Path) -> Iterator[tuple[LocalStore, Engine]]:
     db.close()
 
 
+def first_write_in_a_held_fsync(store: LocalStore, engine: Engine, db: GatedDatabase) -> Acks:
+    """Write b"first" and run a turn: its fsync starts and hangs until the test opens the gate."""
+    acks = Acks()
+    store.async_apply(TABLE, b"first", v(1), acks("first"))
+    engine.turn()
+    assert db.in_fsync.wait(10.0)
+    return acks
+
+
 @pytest.fixture
 def gated(tmp_path: Path) -> Iterator[tuple[LocalStore, Engine, GatedDatabase]]:
     db = GatedDatabase(tmp_path / "db")
@@ -162,10 +171,7 @@ def test_writes_staged_in_one_turn_are_one_commit(store: tuple[LocalStore, Engin
 
 def test_writes_arriving_during_a_commit_gather_into_the_next_batch(gated: tuple[LocalStore, Engine, GatedDatabase]) -> None:
     store, engine, db = gated
-    acks = Acks()
-    store.async_apply(TABLE, b"first", v(1), acks("first"))
-    engine.turn()
-    assert db.in_fsync.wait(10.0)
+    acks = first_write_in_a_held_fsync(store, engine, db)
     for i in range(30):  # three turns while the first commit is in flight
         store.async_apply(TABLE, b"k%02d" % i, v(1), acks(f"k{i}"))
         if i % 10 == 9:
@@ -182,10 +188,7 @@ def test_the_next_fsync_starts_as_the_last_ends_without_a_turn_of_the_engine(
 ) -> None:
     """A turn's writes go to RocksDB at once, fsync under way or not; the sync thread chains the fsyncs."""
     store, engine, db = gated
-    acks = Acks()
-    store.async_apply(TABLE, b"first", v(1), acks("first"))
-    engine.turn()
-    assert db.in_fsync.wait(10.0)
+    acks = first_write_in_a_held_fsync(store, engine, db)
     store.async_apply(TABLE, b"second", v(1), acks("second"))
     engine.turn()
     assert store.read(TABLE, b"second") == v(1)  # written while the first fsync is blocked
@@ -202,10 +205,7 @@ def test_a_slow_fsync_lets_only_a_few_batches_pile_up_and_the_rest_gather(
 ) -> None:
     """Each write looks its key up in every written batch: while an fsync hangs, turns past the cap stage."""
     store, engine, db = gated
-    acks = Acks()
-    store.async_apply(TABLE, b"first", v(1), acks("first"))
-    engine.turn()
-    assert db.in_fsync.wait(10.0)
+    acks = first_write_in_a_held_fsync(store, engine, db)
     for turn in range(20):
         store.async_apply(TABLE, b"k%02d" % turn, v(1), acks(f"k{turn}"))
         engine.turn()
