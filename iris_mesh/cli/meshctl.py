@@ -384,6 +384,37 @@ def cmd_tables(target: Target, args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_CHECK_FAILED
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def cmd_latency(target: Target, args: argparse.Namespace) -> int:
+    results = target.each("latency")
+    if all(isinstance(result, AdminError) for _, result in results):
+        raise CtlError("; ".join(f"{name}: {result}" for name, result in results))
+    rows = [["NODE", "ROLE", "WHAT", "COUNT", "FAILED", "P50 MS", "P90 MS", "P99 MS", "MAX MS"]]
+    nodes: dict[str, Any] = {}
+    failed: list[str] = []
+    for name, result in results:
+        if isinstance(result, AdminError) or not result.get("ok"):
+            failed.append(name)
+            continue
+        nodes[result["node"]] = {"role": result["role"], **result["latency"]}
+        for what in ("writes", "reads", "commit", "fsync"):
+            window = result["latency"].get(what)
+            if window is None:
+                continue
+            rows.append([result["node"], result["role"], what, str(window["count"]), str(window["failed"]),
+                         _ms(window["p50_ms"]), _ms(window["p90_ms"]), _ms(window["p99_ms"]), _ms(window["max_ms"])])
+    window_s = next((w["window_s"] for n in nodes.values() for w in n.values() if isinstance(w, dict)), 60.0)
+    text = (f"the last {window_s:.0f} s on each node: quorum writes and reads it coordinated, and on cores their"
+            f" group commits and WAL fsyncs (percentiles to within 9 %)\n{_table(rows)}")
+    if failed:
+        text += f"\nnot answering: {', '.join(failed)}"
+    _emit(args, {"ok": not failed, "nodes": nodes, "not_answering": failed}, text)
+    return EXIT_OK if not failed else EXIT_CHECK_FAILED
+
+
 def cmd_backup(target: Target, args: argparse.Namespace) -> int:
     directory = str(Path(args.dir).resolve())
     results = target.each("backup", dir=directory, timeout_s=60.0)
@@ -509,6 +540,7 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("key")
     get.add_argument("--replica", metavar="NODE", help="read only this core's copy, as it is")
     add("tables", cmd_tables, "rows per table on every core")
+    add("latency", cmd_latency, "per node: how long the last minute's writes, reads, commits and fsyncs took")
     add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument("dir")
     resync = add("resync", cmd_resync, "force a full anti-entropy pass of one core with every alive peer core")
     resync.add_argument("target_node", metavar="NODE")

@@ -1,4 +1,4 @@
-"""Admin operations of the store (`meshctl put/get/delete/tables/backup/resync`). Engine thread only.
+"""Admin operations of the store (`meshctl put/get/delete/tables/latency/backup/resync`). Engine thread only.
 
 Also two operator and test tools with no meshctl command: `put_batch` writes many keys
 in one request (bulk loads), `drop_hints` forgets the hints a node keeps for one replica
@@ -67,6 +67,7 @@ class StoreAdmin:
             "get": self._get,
             "delete": self._delete,
             "tables": self._tables,
+            "latency": self._latency,
             "backup": self._backup,
             "put_batch": self._put_batch,
             "resync": self._resync,
@@ -147,6 +148,10 @@ class StoreAdmin:
         anti_entropy = self._store.anti_entropy.status() if self._store.anti_entropy is not None else None
         request.reply({"ok": True, "node": self._store.node_id, "role": "core", "tables": counts, "stats": local.stats(),
                        "anti_entropy": anti_entropy})
+
+    def _latency(self, request: Request, now: float) -> None:
+        role = "edge" if self._store.local is None else "core"
+        request.reply({"ok": True, "node": self._store.node_id, "role": role, "latency": self._store.latency_view(now)})
 
     def _backup(self, request: Request, now: float) -> None:
         directory = request.msg.get("dir")

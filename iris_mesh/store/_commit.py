@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from loguru import logger
 
 from iris_mesh.store._db import Database
+from iris_mesh.store._latency import LatencyWindow
 from iris_mesh.store._versioned import Versioned, encode_versioned
 
 __all__ = ["Batch", "GroupCommit", "OnDurable", "Post"]
@@ -41,7 +42,7 @@ OnDurable = Callable[[bool], None]
 class Batch:
     """The writes of one loop turn. Engine thread only."""
 
-    __slots__ = ("ops", "raws", "early", "durable", "live_delta", "written", "completed")
+    __slots__ = ("ops", "raws", "early", "durable", "live_delta", "written", "written_at", "completed")
 
     def __init__(self) -> None:
         # (table, key) -> new value, or None for a delete
@@ -52,6 +53,7 @@ class Batch:
         self.durable: list[OnDurable] = []
         self.live_delta: dict[str, int] = {}
         self.written = False
+        self.written_at = 0.0  # perf_counter() once written
         self.completed = False
 
 
@@ -71,6 +73,10 @@ class GroupCommit:
         # Written batches for the sync thread to make durable, in write order (None: stop).
         self._requests: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # For operators (engine thread): how long each fsync took, and how long each batch waited from
+        # its write to its completion on the engine thread (what a replica write waits for here).
+        self.fsync_latency = LatencyWindow()
+        self.commit_latency = LatencyWindow()
         self.stats = {
             "commits": 0,
             "writes_committed": 0,
@@ -124,9 +130,10 @@ class GroupCommit:
                 len(ops),
                 exc,
             )
-            self._post(lambda _now: self._complete(batch, False))
+            self._post(lambda now: self._write_failed(batch, now))
             return
-        self.stats["write_us_total"] += int((time.perf_counter() - started) * 1e6)
+        batch.written_at = time.perf_counter()
+        self.stats["write_us_total"] += int((batch.written_at - started) * 1e6)
         batch.written = True
         self._on_written(batch)
         if batch.early:
@@ -147,11 +154,27 @@ class GroupCommit:
     def pending_writes(self) -> int:
         return sum(len(batch.ops) for batch in self._written)
 
-    def _synced(self, batches: list[Batch], ok: bool) -> None:
+    def _synced(self, batches: list[Batch], ok: bool, now: float, fsync_s: float | None) -> None:
         # Both lists are short (at most a few batches: see LocalStore's cap).
         self._written = [batch for batch in self._written if batch not in batches]
+        if fsync_s is None:
+            self.fsync_latency.record_failure(now)
+        else:
+            self.fsync_latency.record(fsync_s, now)
+        completed_at = time.perf_counter()
         for batch in batches:
+            if batch.completed:
+                continue
+            if ok:
+                self.commit_latency.record(completed_at - batch.written_at, now)
+            else:
+                self.commit_latency.record_failure(now)
             self._complete(batch, ok)
+
+    def _write_failed(self, batch: Batch, now: float) -> None:
+        if not batch.completed:
+            self.commit_latency.record_failure(now)
+            self._complete(batch, False)
 
     def _complete(self, batch: Batch, ok: bool) -> None:
         """Run a batch's callbacks once (a late second completion, e.g. after `close`, does nothing)."""
@@ -201,16 +224,17 @@ class GroupCommit:
                 writes,
                 exc,
             )
-            self._post(lambda _now: self._synced(batches, False))
+            self._post(lambda now: self._synced(batches, False, now, None))
             return
-        fsync_us = int((time.perf_counter() - started) * 1e6)
+        fsync_s = time.perf_counter() - started
+        fsync_us = int(fsync_s * 1e6)
         stats = self.stats
         stats["commits"] += 1
         stats["writes_committed"] += writes
         stats["max_batch"] = max(stats["max_batch"], writes)
         stats["fsync_us_total"] += fsync_us
         stats["fsync_us_max"] = max(stats["fsync_us_max"], fsync_us)
-        self._post(lambda _now: self._synced(batches, True))
+        self._post(lambda now: self._synced(batches, True, now, fsync_s))
 
 
 def _run_all(callbacks: list[OnDurable], ok: bool) -> None:

@@ -23,7 +23,7 @@ newest only, committed in the same batch as the writes of the turn.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from iris_mesh.store._commit import Batch, GroupCommit, OnDurable, Post
 from iris_mesh.store._db import Database, StoreError
@@ -352,6 +352,11 @@ class LocalStore:
         if table not in self._live:
             raise ValueError(f"{table!r} is not a versioned table (one of {', '.join(VERSIONED_TABLES)})")
         return self._live[table]
+
+    def latency_view(self, now: float) -> dict[str, dict[str, Any]]:
+        """The last minute's WAL fsyncs (`fsync`: the disk) and group commits (`commit`: from a batch's write to
+        its completion on the engine thread, which is what a replica write waits for here)."""
+        return {"commit": self._commit.commit_latency.summary(now), "fsync": self._commit.fsync_latency.summary(now)}
 
     def stats(self) -> dict[str, int]:
         """Commits (fsyncs), writes committed, largest commit, write/fsync time in µs, writes staged or not yet durable."""

@@ -30,6 +30,7 @@ from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
 from iris_mesh.store._frames import FRESH, SYNC, AckBatcher, WriteSender
 from iris_mesh.store._handoff import HintHandoff
+from iris_mesh.store._latency import LatencyWindow
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._outbox import AntiEntropyOutlet, frame_chunks
 from iris_mesh.store._replica import ReplicaSide
@@ -103,7 +104,10 @@ class StoreService:
         self._mesh: StoreMesh | None = None
         self._ids = itertools.count(1)
         self._internal_ids = itertools.count(INTERNAL_REQ_BASE)
-        self._callbacks: dict[int, OnDone] = {}
+        # req -> (on_done, the window its duration goes to, when the engine took the request)
+        self._callbacks: dict[int, tuple[OnDone, LatencyWindow, float]] = {}
+        self.write_latency = LatencyWindow()  # quorum writes and deletes this node coordinated
+        self.read_latency = LatencyWindow()  # quorum reads this node coordinated
         self._direct_reads: dict[int, Callable[[Versioned | None, str], None]] = {}
         self._last_now = 0.0
         # Outgoing batches, flushed once per loop turn (replica writes: see WriteSender).
@@ -186,7 +190,7 @@ class StoreService:
         fanout, done = self.coordinator.put_fanout(req, table, key, item, replicas=replicas,
                                                    live=self._live(replicas, now), durability=durability, now=now)
         if done is None:
-            self._callbacks[req] = on_done
+            self._callbacks[req] = (on_done, self.write_latency, now)
         if fanout is not None:
             self._send_write(fanout.nodes, fanout.message)
         if done is not None:
@@ -200,7 +204,7 @@ class StoreService:
             on_done(Done(req, False, "bad_request", problem))
             return
         replicas = self._replicas_for(key)
-        self._callbacks[req] = on_done
+        self._callbacks[req] = (on_done, self.read_latency, now)
         self._run(self.coordinator.get(req, table, key, replicas=replicas, live=self._live(replicas, now), now=now))
 
     def async_read_replica(self, node: str, table: str, key: bytes, on_reply: Callable[[Versioned | None, str], None]) -> None:
@@ -229,6 +233,14 @@ class StoreService:
 
     def replicas(self, key: bytes) -> list[str]:
         return self._replicas_for(key)
+
+    def latency_view(self, now: float) -> dict[str, dict[str, Any]]:
+        """The last minute's durations on this node: quorum writes and reads it coordinated (from the moment its
+        engine took them to their answer) and, on a core, its group commits (see `LocalStore.latency_view`)."""
+        view = {"writes": self.write_latency.summary(now), "reads": self.read_latency.summary(now)}
+        if self.local is not None:
+            view.update(self.local.latency_view(now))
+        return view
 
     def async_resync(self, now: float, timeout_s: float, on_done: Callable[[list[SessionResult]], None]) -> str | None:
         """Full anti-entropy pass with every alive peer core; returns why it cannot start, or None."""
@@ -357,9 +369,14 @@ class StoreService:
         for outbound in step.outbound:
             self._route(outbound)
         for done in step.done:
-            callback = self._callbacks.pop(done.req, None)
-            if callback is not None:
-                callback(done)
+            waiting = self._callbacks.pop(done.req, None)
+            if waiting is not None:
+                on_done, latency, started = waiting
+                if done.ok:
+                    latency.record(self._last_now - started, self._last_now)
+                else:
+                    latency.record_failure(self._last_now)
+                on_done(done)
 
     def _route(self, outbound: Outbound) -> None:
         message = outbound.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -169,6 +170,28 @@ def test_whole_cluster_restart_keeps_data_and_is_writable_within_10s(local_clust
     for i in range(50):
         read = _get(local_cluster.nodes["core3"], f"k{i}")
         assert read["found"] and read["value"] == f"v{i}".encode()
+
+
+def test_meshctl_latency_shows_the_writes_a_node_coordinated_and_every_core_s_commits(local_cluster: LocalCluster) -> None:
+    _cores(local_cluster)
+    for i in range(5):
+        assert _put(local_cluster.nodes["core1"], f"lat{i}", "x")["ok"]
+    shown = meshctl(local_cluster, "--cluster", local_cluster.name, "latency", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    nodes = json.loads(shown.stdout)["nodes"]
+    assert sorted(nodes) == list(CORES)
+    writes = nodes["core1"]["writes"]  # core1 coordinated the puts it was asked for
+    assert writes["count"] == 5 and writes["failed"] == 0 and 0 < writes["p50_ms"] <= writes["max_ms"]
+    for core in CORES:
+        assert nodes[core]["role"] == "core"
+        assert nodes[core]["commit"]["count"] >= 1 and nodes[core]["fsync"]["count"] >= 1
+    assert nodes["core2"]["writes"]["count"] == 0
+
+    text = meshctl(local_cluster, "--cluster", local_cluster.name, "latency")
+    assert text.returncode == 0, text.stdout + text.stderr
+    rows = [line.split() for line in text.stdout.splitlines()]
+    assert ["NODE", "ROLE", "WHAT", "COUNT", "FAILED", "P50", "MS", "P90", "MS", "P99", "MS", "MAX", "MS"] in rows
+    assert any(row[:5] == ["core1", "core", "writes", "5", "0"] for row in rows), text.stdout
 
 
 def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: LocalCluster, tmp_path: Path) -> None:

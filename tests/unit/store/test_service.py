@@ -161,3 +161,27 @@ def test_writes_for_replicas_still_busy_with_earlier_ones_leave_together_and_nev
     cluster.run_until(lambda: len(answers) == 3, "every answer")
     assert all(done.ok for done in answers)
     assert {core: cluster.sent[("sput", core)] - sent[core] for core in THREE} == {core: 2 for core in THREE}
+
+
+def test_the_latency_view_shows_the_writes_and_reads_a_node_coordinated_and_the_commits_of_each_core(
+    cluster: Cluster,
+) -> None:
+    started = time.monotonic()
+    keys = [b"user%03d\x00m" % i for i in range(20)]
+    assert all(done.ok for done in put_many(cluster, EDGE, keys))
+    read: list[Done] = []
+    cluster.services[EDGE].async_get(TABLE, keys[0], on_done=read.append, now=time.monotonic())
+    cluster.run_until(lambda: read, "the read's answer")
+    elapsed_ms = (time.monotonic() - started) * 1000
+
+    now = time.monotonic()
+    edge = cluster.services[EDGE].latency_view(now)
+    assert set(edge) == {"writes", "reads"}  # an edge commits nothing itself
+    assert edge["writes"]["count"] == 20 and edge["writes"]["failed"] == 0
+    assert 0 < edge["writes"]["p50_ms"] <= edge["writes"]["max_ms"] <= elapsed_ms
+    assert edge["reads"]["count"] == 1
+    for core in THREE:
+        view = cluster.services[core].latency_view(now)
+        assert view["writes"]["count"] == 0  # the edge coordinated them
+        assert view["commit"]["count"] >= 1 and view["fsync"]["count"] >= 1
+        assert 0 < view["fsync"]["max_ms"] <= elapsed_ms
