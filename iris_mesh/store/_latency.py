@@ -18,11 +18,7 @@ _PER_DOUBLING = 8
 _BUCKETS = 26 * _PER_DOUBLING  # 1 us .. 2**26 us (67 s); longer durations land in the last bucket
 
 
-def _bucket_of(seconds: float) -> int:
-    micros = seconds * 1e6
-    if micros < 1.0:
-        return 0
-    return min(_BUCKETS - 1, int(math.log2(micros) * _PER_DOUBLING))
+_log2 = math.log2
 
 
 def _upper_edge_ms(bucket: int) -> float:
@@ -32,7 +28,8 @@ def _upper_edge_ms(bucket: int) -> float:
 class LatencyWindow:
     """Durations (and failures) of the last `slots * slot_s` seconds; `record` and `summary` take `now` (seconds)."""
 
-    __slots__ = ("_slot_s", "_ids", "_counts", "_totals", "_max_s", "_failed")
+    __slots__ = ("_slot_s", "_ids", "_counts", "_totals", "_max_s", "_failed", "_current", "_current_from",
+                 "_current_to")
 
     def __init__(self, *, slots: int = 6, slot_s: float = 10.0) -> None:
         if slots < 1 or slot_s <= 0:
@@ -43,18 +40,23 @@ class LatencyWindow:
         self._totals = [0] * slots
         self._max_s = [0.0] * slots
         self._failed = [0] * slots
+        # The ring entry of the slot recorded into last, and the times it covers (a shortcut for `_slot`).
+        self._current = 0
+        self._current_from = self._current_to = 0.0
 
     def record(self, seconds: float, now: float) -> None:
         """One request answered after `seconds`."""
-        i = self._slot(now)
-        self._counts[i][_bucket_of(seconds)] += 1
+        i = self._current if self._current_from <= now < self._current_to else self._slot(now)
+        micros = seconds * 1e6
+        bucket = int(_log2(micros) * _PER_DOUBLING) if micros >= 1.0 else 0
+        self._counts[i][bucket if bucket < _BUCKETS else _BUCKETS - 1] += 1
         self._totals[i] += 1
         if seconds > self._max_s[i]:
             self._max_s[i] = seconds
 
     def record_failure(self, now: float) -> None:
         """One request that failed (its duration is not mixed with the others')."""
-        self._failed[self._slot(now)] += 1
+        self._failed[self._current if self._current_from <= now < self._current_to else self._slot(now)] += 1
 
     def summary(self, now: float) -> dict[str, Any]:
         """count, failed, p50/p90/p99 (upper bucket edges) and max in ms over the window (None: no request)."""
@@ -95,4 +97,5 @@ class LatencyWindow:
             self._totals[i] = 0
             self._max_s[i] = 0.0
             self._failed[i] = 0
+        self._current, self._current_from, self._current_to = i, number * self._slot_s, (number + 1) * self._slot_s
         return i
