@@ -1,7 +1,8 @@
 """LatencyWindow: how long the last minute's requests took, for operators (`meshctl latency`). Sans-IO.
 
 Durations go into log-spaced buckets, eight per doubling, so a percentile is known to
-within 9 %: it is reported as the upper edge of its bucket ("p99 at most X"). The
+within 9 %: it is reported as the upper edge of its bucket ("p99 at most X"), or as the largest
+duration if that is smaller. The
 window is `slots` rotating slots of `slot_s` seconds each; a summary covers the slots
 of the last `slots * slot_s` seconds (the oldest one partly). Recording a duration
 costs one logarithm and a few list operations, so it runs on every write.
@@ -16,8 +17,6 @@ __all__ = ["LatencyWindow"]
 
 _PER_DOUBLING = 8
 _BUCKETS = 26 * _PER_DOUBLING  # 1 us .. 2**26 us (67 s); longer durations land in the last bucket
-
-
 _log2 = math.log2
 
 
