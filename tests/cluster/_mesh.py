@@ -378,9 +378,23 @@ class MeshOnHosts:
 
     def statuses(self, node_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         """status() of several nodes at once (one meshctl each, in parallel)."""
+        return self._each(self.status, node_ids)
+
+    def latency(self, node_id: str) -> dict[str, Any] | None:
+        """The node's own `meshctl latency` view (the last minute's writes, reads, commits and fsyncs), or None."""
+        answer = self.ask(node_id, "latency", "--json")
+        view = ((answer.doc or {}).get("nodes") or {}).get(node_id)
+        return view if answer.returncode == EXIT_OK and isinstance(view, dict) else None
+
+    def latencies(self, node_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        """latency() of several nodes at once (one meshctl each, in parallel)."""
+        return self._each(self.latency, node_ids)
+
+    @staticmethod
+    def _each(ask: Callable[[str], dict[str, Any] | None], node_ids: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         ids = list(node_ids)
         with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-            return dict(zip(ids, pool.map(self.status, ids)))
+            return dict(zip(ids, pool.map(ask, ids)))
 
     def wait_mesh(self, node_ids: Iterable[str] | None = None, timeout_s: float = MESH_TIMEOUT_S) -> None:
         """Wait until every listed node (all when None) sees every other listed node alive."""

@@ -13,7 +13,8 @@ recipient stream arrives in order.
 The report and its picture go to CHAOS_REPORT_DIR (var/chaos for `make
 chaos`; the test's temp dir otherwise): report.json, timeline.png, the
 clients' events (client-events.jsonl), every node's `meshctl status` at the
-end with its counters (nodes.json) and, when the run fails, every node's log.
+end with its counters and its `meshctl latency` view (nodes.json) and, when
+the run fails, every node's log.
 CHAOS_SEED replays a run's fault schedule (default 8; `random` draws one,
 which `make chaos` does unless given a seed).
 """
@@ -146,6 +147,10 @@ def test_chaos_loses_duplicates_and_reorders_nothing(chaos_mesh: MeshOnHosts, tm
         drained = driver.wait_event("drained", DRAIN_TIMEOUT_S + 30.0)
 
         statuses = mesh.statuses(mesh.nodes)
+        for node_id, latency in mesh.latencies(mesh.nodes).items():
+            status = statuses.get(node_id)
+            if status is not None:
+                status["latency"] = latency
 
         attempts, receipts = from_events(driver.events())
         faults: list[Fault] = nemesis.faults
