@@ -24,7 +24,12 @@ commits in groups: one WriteBatch + one WAL fsync per batch).
    counted). The submitting thread sleeps at least `--pace-tick-ms` (1) between
    bursts. Latency = Done callback time - time of the `put_async` call; the same
    from the write's slot in the schedule is reported too (it adds the pacing lag).
-3. **Local ceiling**. The same values, as the cores store them (the versioned
+   The flushes and compactions each core's RocksDB ran meanwhile are listed
+   (`rocksdb_jobs`, from its LOG): they compete with the writes for the CPUs.
+3. **Light load**. The same, at `--light-rate` (200) writes/s for
+   `--light-seconds` (3), right after: the latency of a write when the CPUs are
+   not busy, to read the latency phase against (at half the max rate they are).
+4. **Local ceiling**. The same values, as the cores store them (the versioned
    encoding of the 100-byte value), into one `Database` in this process after
    the cluster is stopped: `Database.write` of a batch, then `flush_wal_synced`,
    back to back for `--local-seconds` (3), with the batch size the cores' group
@@ -38,7 +43,7 @@ engine); on a virtual machine whose idle CPUs halt each can cost ~50-100 µs of
 latency and as much CPU, which bounds the latency phase more than the code does.
 
 Run: `.venv/bin/python bench/store.py [--seconds S] [--window N] [--profile DIR]`
-(about 50 s). The last line of stdout is one JSON object; progress goes to stderr.
+(about 55 s). The last line of stdout is one JSON object; progress goes to stderr.
 With `--profile DIR` (needs `py-spy`, which is not a dependency of the project:
 install it by hand and pass `--py-spy PATH` if it is not next to python or on
 PATH) one more run (`--profile-phase max` or `paced`) is sampled with
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -112,6 +118,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="paced run: writes over this many outstanding are not sent (default 20000)")
     parser.add_argument("--pace-tick-ms", type=float, default=1.0,
                         help="paced run: the submitting thread sleeps at least this long between bursts (default 1)")
+    parser.add_argument("--light-rate", type=float, default=200.0,
+                        help="paced rate of the light-load run after the latency phase (default 200 writes/s)")
+    parser.add_argument("--light-seconds", type=float, default=3.0, help="light-load run (default 3; 0: none)")
     parser.add_argument("--local-seconds", type=float, default=3.0, help="local synced-batch run (default 3)")
     parser.add_argument("--body-bytes", type=int, default=100, help="value size (default 100)")
     parser.add_argument("--partitions", type=int, default=1000,
@@ -418,6 +427,40 @@ class Load:
         }
 
 
+# ---- RocksDB background jobs ---------------------------------------------------------------------
+
+
+def rocksdb_jobs(log_path: Path, since: float, until: float) -> list[dict[str, Any]]:
+    """Flushes and compactions RocksDB started between the wall-clock times `since` and `until` (from its LOG).
+
+    Each: what, job, at_s (its start, from `since`), ms (how long it ran; None if it has not
+    finished) and, for flushes, the rows flushed. They compete with the writes for the CPUs
+    and the disk.
+    """
+    started: dict[int, dict[str, Any]] = {}
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        at = line.find("EVENT_LOG_v1 ")
+        if at < 0:
+            continue
+        try:
+            event = json.loads(line[at + len("EVENT_LOG_v1 "):])
+            when, job, kind = event["time_micros"] / 1e6, int(event["job"]), event["event"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if kind in ("flush_started", "compaction_started") and since <= when <= until:
+            started[job] = {"what": kind.split("_")[0], "job": job, "at_s": round(when - since, 3), "ms": None,
+                            "_t": when}
+            if kind == "flush_started":
+                started[job]["rows"] = event.get("num_entries")
+        elif kind in ("flush_finished", "compaction_finished") and job in started:
+            started[job]["ms"] = round((when - started[job]["_t"]) * 1e3, 1)
+    return [{k: v for k, v in job.items() if k != "_t"} for job in started.values()]
+
+
 # ---- local ceiling --------------------------------------------------------------------------------
 
 
@@ -686,6 +729,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     body = b"x" * args.body_bytes
     cookie = new_cookie()
     profile: dict[str, Any] | None = None
+    light: dict[str, Any] | None = None
     max_runs: list[dict[str, Any]] = []
     with session("store") as bench:
         cluster = None
@@ -714,8 +758,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             meter = _meter(cluster)
             meter.start()
             busy0 = cpu_times()
+            paced_from = time.time()
             paced = load.open_loop(paced_rate, args.latency_seconds, args.latency_max_outstanding, args.store_timeout + 5,
                                    args.pace_tick_ms / 1000)
+            paced_until = time.time()
             busy1 = cpu_times()
             meter.stop()
             paced["cpu_busy_pct_during"] = _busy_pct(busy0, busy1)
@@ -728,6 +774,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f" ({paced['ok']} ok, errors {paced['errors_by_code'] or 0}, skipped {paced['skipped_over_max_outstanding']})"
             )
 
+            # 3. the same cluster at a light load: what one write costs when the CPUs are not busy
+            if args.light_seconds > 0:
+                busy0 = cpu_times()
+                light = load.open_loop(args.light_rate, args.light_seconds, args.latency_max_outstanding,
+                                       args.store_timeout + 5, args.pace_tick_ms / 1000)
+                light["cpu_busy_pct_during"] = _busy_pct(busy0, cpu_times())
+                progress(f"light load: {args.light_rate:g} writes/s, p50 {light['p50_ms']} ms, p99 {light['p99_ms']} ms;"
+                         f" CPU busy {light['cpu_busy_pct_during']} %")
+            # Read after the light load, so that a job of the latency phase has had time to finish.
+            jobs_paced = {name: rocksdb_jobs(core.data_dir / "LOG", paced_from, paced_until)
+                          for name, core in cluster.cores.items()}
+            progress(f"latency: RocksDB flushes and compactions the cores started meanwhile: {jobs_paced}")
+
             if args.profile:
                 progress(f"profile: py-spy on the writer and core1 during a {args.profile_seconds} s {args.profile_phase} run")
                 profile = profile_run(bench, cluster, load, args, Path(args.profile).resolve(), paced_rate)
@@ -735,7 +794,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if cluster is not None:
                 cluster.close()
 
-        # 3. local ceiling (the cluster is down: nothing else competes for the CPUs or the disk)
+        # 4. local ceiling (the cluster is down: nothing else competes for the CPUs or the disk)
         per_run = [statistics.median(c["mean_batch"] for c in r["commits"].values() if c["commits"]) for r in max_runs
                    if any(c["commits"] for c in r["commits"].values())]
         batch = max(1, round(statistics.median(per_run))) if per_run else 1
@@ -805,6 +864,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pace_tick_ms": args.pace_tick_ms,
             **paced,
             "group_commit": commits_paced,
+            "rocksdb_jobs": jobs_paced,
+            "rocksdb_jobs_are": "flushes and compactions each core's RocksDB started during this phase (from its LOG)",
+        },
+        "light_load": None if light is None else {
+            "mode": "open loop, like the latency phase, at light_rate on the same cluster right after it: the"
+                    " latency of a write when the CPUs are not busy",
+            "light_rate": args.light_rate,
+            **{k: light[k] for k in ("sent", "ok", "errors_by_code", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+                                     "seconds", "cpu_busy_pct_during")},
         },
         "local": {
             "mode": "one Database in this process, Database.write(batch) then flush_wal_synced(), back to back;"
