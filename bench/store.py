@@ -437,28 +437,30 @@ def rocksdb_jobs(log_path: Path, since: float, until: float) -> list[dict[str, A
     finished) and, for flushes, the rows flushed. They compete with the writes for the CPUs
     and the disk.
     """
-    started: dict[int, dict[str, Any]] = {}
+    marker = "EVENT_LOG_v1 "
+    jobs: dict[int, dict[str, Any]] = {}
+    started_at: dict[int, float] = {}
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
         return []
     for line in lines:
-        at = line.find("EVENT_LOG_v1 ")
+        at = line.find(marker)
         if at < 0:
             continue
         try:
-            event = json.loads(line[at + len("EVENT_LOG_v1 "):])
+            event = json.loads(line[at + len(marker):])
             when, job, kind = event["time_micros"] / 1e6, int(event["job"]), event["event"]
         except (ValueError, KeyError, TypeError):
             continue
         if kind in ("flush_started", "compaction_started") and since <= when <= until:
-            started[job] = {"what": kind.split("_")[0], "job": job, "at_s": round(when - since, 3), "ms": None,
-                            "_t": when}
+            started_at[job] = when
+            jobs[job] = {"what": kind.split("_")[0], "job": job, "at_s": round(when - since, 3), "ms": None}
             if kind == "flush_started":
-                started[job]["rows"] = event.get("num_entries")
-        elif kind in ("flush_finished", "compaction_finished") and job in started:
-            started[job]["ms"] = round((when - started[job]["_t"]) * 1e3, 1)
-    return [{k: v for k, v in job.items() if k != "_t"} for job in started.values()]
+                jobs[job]["rows"] = event.get("num_entries")
+        elif kind in ("flush_finished", "compaction_finished") and job in jobs:
+            jobs[job]["ms"] = round((when - started_at[job]) * 1e3, 1)
+    return list(jobs.values())
 
 
 # ---- local ceiling --------------------------------------------------------------------------------
