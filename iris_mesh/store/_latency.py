@@ -1,11 +1,11 @@
 """LatencyWindow: how long the last minute's requests took, for operators (`meshctl latency`). Sans-IO.
 
 Durations go into log-spaced buckets, eight per doubling, so a percentile is known to
-within 9 %: it is reported as the upper edge of its bucket ("p99 at most X"), or as the largest
-duration if that is smaller. The
-window is `slots` rotating slots of `slot_s` seconds each; a summary covers the slots
-of the last `slots * slot_s` seconds (the oldest one partly). Recording a duration
-costs one logarithm and a few list operations, so it runs on every write.
+within 9 %: it is reported as the upper edge of its bucket ("p99 at most X"), or as the
+largest duration if that is smaller. The window is `slots` rotating slots of `slot_s`
+seconds each; a summary covers the slots of the last `slots * slot_s` seconds (the oldest
+one partly). Recording a duration costs one logarithm and a few list operations, so it
+runs on every write.
 """
 
 from __future__ import annotations
