@@ -1,6 +1,10 @@
 # iris_mesh: the local cluster (3 cores + 2 edges on 127.0.0.1, found by mDNS) and the tests.
 SHELL := /bin/bash
-PYTHON ?= python3
+# The interpreter .venv is built on (see tools/pick-python): the system's python3 if it is
+# 3.11 or newer, as distributions compile it with profile-guided optimisation; PYTHON=... overrides.
+ifeq ($(origin PYTHON),undefined)
+PYTHON = $(shell tools/pick-python)
+endif
 VENV := .venv
 VENV_OK := $(VENV)/.installed
 MESHCTL := tools/meshctl
@@ -15,6 +19,7 @@ run: start_core start_edge1 start_edge2 mesh ## start the local cluster (creates
 venv: $(VENV_OK)
 
 $(VENV_OK): setup.cfg pyproject.toml
+	@echo "building $(VENV) on $(PYTHON) ($$($(PYTHON) -c 'import sys; print(sys.version.split()[0])'))"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]'

@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -148,6 +149,16 @@ def wakeup_roundtrip_us(rounds: int = 2000) -> float:
         child.stdout.close()
     samples.sort()
     return round(samples[len(samples) // 2] * 1e6, 1)
+
+
+def interpreter() -> dict[str, str]:
+    """Which CPython runs the benchmark and its nodes: the same code takes about 20 % more CPU on a build
+    without profile-guided optimisation (see tools/pick-python), so results are read next to this."""
+    return {
+        "python": platform.python_version(),
+        "python_interpreter": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+        "python_build": " ".join((*platform.python_build(), platform.python_compiler())),
+    }
 
 
 def unique_cluster(prefix: str) -> str:

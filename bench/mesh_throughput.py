@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from _harness import (
     Session,
     child_env,
     emit_result,
+    interpreter,
     new_cookie,
     progress,
     session,
@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "transport": "tcp 127.0.0.1",
         "cpus": os.cpu_count(),
         "cpu_busy_pct_before": busy_before,
-        "python": platform.python_version(),
+        **interpreter(),
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
     }

@@ -61,7 +61,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -81,6 +80,7 @@ from _harness import (
     NodeProcess,
     Session,
     cpu_times,
+    interpreter,
     new_cookie,
     progress,
     session,
@@ -272,17 +272,24 @@ class Load:
 
     def closed_loop(self, window: int, warmup_s: float, seconds: float, stall_timeout_s: float,
                     on_measured: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Keep `window` writes outstanding for warmup_s + seconds; statistics over the last `seconds`."""
+        """Keep up to `window` writes outstanding for warmup_s + seconds; statistics over the last `seconds`.
+
+        The submitting thread tops the window up in bursts: it sleeps until answers have freed a
+        tenth of it, then sends that many writes. A slot handed back per answer (a semaphore)
+        woke it for every write: the writer's process took about 2.5 µs more CPU per write
+        (27 against 24.5 µs in interleaved runs).
+        """
         node, body, table = self.node, self.body, _TABLE
         key_of = self._keys()
-        slots = threading.Semaphore(window)
         perf = time.perf_counter
         # Appended on the engine thread, column by column (see the class docstring); codes last.
         submitted_ats: list[float] = []
         answered_ats: list[float] = []
         oks: list[bool] = []
         codes: list[str] = []
-        release = slots.release
+        refill = threading.Event()
+        low = window - max(1, window // 10)  # top up once no more than this many are outstanding
+        counts = [0]  # writes submitted, read by the engine thread
 
         def answer_for(submitted_at: float) -> Callable[[Any], None]:
             def done(result: Any) -> None:
@@ -290,7 +297,8 @@ class Load:
                 answered_ats.append(perf())
                 oks.append(result.ok)
                 codes.append(result.code)
-                release()
+                if counts[0] - len(codes) <= low and not refill.is_set():
+                    refill.set()
             return done
 
         put = node.put_async
@@ -307,11 +315,20 @@ class Load:
                 marked = True
                 if on_measured is not None:
                     on_measured("start")
-            if not slots.acquire(timeout=stall_timeout_s):
-                progress(f"closed loop: no answer for {stall_timeout_s} s with {window} writes outstanding; stopping")
-                break
-            put(table, key_of(sent), body, answer_for(perf()))
-            sent += 1
+            outstanding = sent - len(codes)
+            if outstanding > low:
+                refill.clear()
+                # Checked again after the clear: an answer that came in between set nothing.
+                if sent - len(codes) > low and not refill.wait(min(stall_timeout_s, max(0.0, end_at - now))):
+                    if perf() < end_at:
+                        progress(f"closed loop: no answer for {stall_timeout_s} s with {outstanding} writes"
+                                 " outstanding; stopping")
+                        break
+                continue
+            for _ in range(window - outstanding):
+                put(table, key_of(sent), body, answer_for(perf()))
+                sent += 1
+                counts[0] = sent
         stopped_at = perf()
         if on_measured is not None:
             on_measured("stop")
@@ -885,7 +902,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "cpu_busy_pct_before": busy_before,
         "wakeup_roundtrip_us": wakeup_us,
-        "python": platform.python_version(),
+        **interpreter(),
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
         "rocksdict": _version("rocksdict"),
