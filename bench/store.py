@@ -155,28 +155,42 @@ def _ms(seconds: float) -> float:
 # ---- CPU accounting ---------------------------------------------------------------------------
 
 
-def _proc_cpu_s(pid: int, tid: int | None = None) -> float:
-    """user + system CPU seconds of a process (or one of its threads) so far."""
+def _proc_cpu_s(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (or one of its threads) so far."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
     with open(path) as f:
         text = f.read()
     fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
 class CpuMeter:
-    """CPU seconds used by named processes/threads between `start` and `stop`."""
+    """CPU seconds (user + system, and system alone) used by named processes/threads between `start` and `stop`."""
 
     def __init__(self, targets: dict[str, tuple[int, int | None]]) -> None:
         self.targets = targets
-        self._before: dict[str, float] = {}
+        self._before: dict[str, tuple[float, float]] = {}
         self.used: dict[str, float] = {}
+        self.system: dict[str, float] = {}
 
     def start(self) -> None:
         self._before = {name: _proc_cpu_s(*t) for name, t in self.targets.items()}
 
     def stop(self) -> None:
-        self.used = {name: _proc_cpu_s(*t) - self._before[name] for name, t in self.targets.items()}
+        after = {name: _proc_cpu_s(*t) for name, t in self.targets.items()}
+        self.used = {name: sum(after[name]) - sum(self._before[name]) for name in after}
+        self.system = {name: after[name][1] - self._before[name][1] for name in after}
+
+    def per_commit(self, commits: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+        """CPU µs per group commit (a core's own; the writer's per commit of the median core), and the kernel's part."""
+        counts = {node_id: c["commits"] for node_id, c in commits.items()}
+        typical = statistics.median(counts.values()) if counts else 0
+        out: dict[str, dict[str, float | None]] = {}
+        for name, used in self.used.items():
+            n = counts.get(name, typical)
+            out[name] = {"us": round(used * 1e6 / n) if n else None,
+                         "kernel_pct": round(100 * self.system[name] / used, 1) if used > 0 else None}
+        return out
 
 
 # ---- the cluster --------------------------------------------------------------------------------
@@ -788,6 +802,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             paced["cpu_us_per_ok_write"] = {name: round(used * 1e6 / max(paced["ok"], 1), 1)
                                             for name, used in meter.used.items()}
             commits_paced = _commit_delta(stats_before_paced, cluster.commit_stats())
+            paced["cpu_per_commit"] = meter.per_commit(commits_paced)
             progress(
                 f"latency: p50 {paced['p50_ms']} ms, p99 {paced['p99_ms']} ms, max {paced['max_ms']} ms; CPU busy {paced['cpu_busy_pct_during']} % (other processes {paced['cpu_other_pct_during']} %)"
                 f" ({paced['ok']} ok, errors {paced['errors_by_code'] or 0}, skipped {paced['skipped_over_max_outstanding']})"
@@ -795,10 +810,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # 3. the same cluster at a light load: what one write costs when the CPUs are not busy
             if args.light_seconds > 0:
+                stats_before_light = cluster.commit_stats()
+                meter = _meter(cluster)
+                meter.start()
                 busy0 = cpu_times()
                 light = load.open_loop(args.light_rate, args.light_seconds, args.latency_max_outstanding,
                                        args.store_timeout + 5, args.pace_tick_ms / 1000)
                 light["cpu_busy_pct_during"] = _busy_pct(busy0, cpu_times())
+                meter.stop()
+                commits_light = _commit_delta(stats_before_light, cluster.commit_stats())
+                light["commits"] = {node_id: c["commits"] for node_id, c in commits_light.items()}
+                light["cpu_per_commit"] = meter.per_commit(commits_light)
                 progress(f"light load: {args.light_rate:g} writes/s, p50 {light['p50_ms']} ms, p99 {light['p99_ms']} ms;"
                          f" CPU busy {light['cpu_busy_pct_during']} %")
             # Read after the light load, so that a job of the latency phase has had time to finish.
@@ -852,7 +874,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "transport": "tcp 127.0.0.1",
         },
         "max_rate": {
-            "mode": "closed loop: a semaphore of `window` slots, one per outstanding write, freed by the Done callback",
+            "mode": "closed loop: up to `window` writes outstanding, topped up once the Done callbacks freed a tenth",
             "statistic": "median of repeats",
             "window": args.window,
             "repeats": args.repeats,
@@ -883,6 +905,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pace_tick_ms": args.pace_tick_ms,
             **paced,
             "group_commit": commits_paced,
+            "cpu_per_commit_is": "CPU µs each process used per group commit (a core's own, the writer's per commit of"
+                                 " the median core) and the kernel's part of it: what a commit cycle costs apart"
+                                 " from its writes",
             "rocksdb_jobs": jobs_paced,
             "rocksdb_jobs_are": "flushes and compactions each core's RocksDB started during this phase (from its LOG)",
         },
@@ -891,7 +916,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     " latency of a write when the CPUs are not busy",
             "light_rate": args.light_rate,
             **{k: light[k] for k in ("sent", "ok", "errors_by_code", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-                                     "seconds", "cpu_busy_pct_during")},
+                                     "seconds", "cpu_busy_pct_during", "commits", "cpu_per_commit")},
         },
         "local": {
             "mode": "one Database in this process, Database.write(batch) then flush_wal_synced(), back to back;"
