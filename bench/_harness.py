@@ -152,7 +152,7 @@ def wakeup_roundtrip_us(rounds: int = 2000) -> float:
 
 
 def interpreter() -> dict[str, str]:
-    """Which CPython runs the benchmark and its nodes: the same code takes about 20 % more CPU on a build
+    """Which CPython runs the benchmark and its nodes: the same code takes about a quarter more CPU on a build
     without profile-guided optimisation (see tools/pick-python), so results are read next to this."""
     return {
         "python": platform.python_version(),

@@ -906,8 +906,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **paced,
             "group_commit": commits_paced,
             "cpu_per_commit_is": "CPU µs each process used per group commit (a core's own, the writer's per commit of"
-                                 " the median core) and the kernel's part of it: what a commit cycle costs apart"
-                                 " from its writes",
+                                 " the median core), writes included, and the kernel's part of it; light_load has"
+                                 " one write per commit, so there it is what a commit cycle costs by itself",
             "rocksdb_jobs": jobs_paced,
             "rocksdb_jobs_are": "flushes and compactions each core's RocksDB started during this phase (from its LOG)",
         },
