@@ -24,6 +24,7 @@ from iris_mesh.store._versioned import Version
 
 __all__ = [
     "BUCKETS",
+    "AllShared",
     "Committed",
     "DigestCache",
     "Shares",
@@ -97,6 +98,22 @@ def differing(
     return out
 
 
+class AllShared:
+    """Shares for a core that holds every key, as do its peers (no more cores than the replication factor).
+
+    Every key is shared with the same peers, so their digests are equal: the cache keeps one list per
+    table for all of them and skips a call per write.
+    """
+
+    __slots__ = ("peers",)
+
+    def __init__(self, peers: Sequence[str]) -> None:
+        self.peers = tuple(peers)
+
+    def __call__(self, key: bytes) -> tuple[str, ...]:
+        return self.peers
+
+
 class DigestCache:
     """Bucket digests per (peer, table) of the rows this core shares with each peer, kept current on every write.
 
@@ -111,20 +128,29 @@ class DigestCache:
         self.tables = tuple(tables)
         self._shares: Shares = lambda key: ()
         self._digests: dict[str, dict[str, list[int]]] = {}
+        # table -> the one digest list every peer shares (with AllShared shares; None: look up per key)
+        self._common: dict[str, list[int]] | None = None
         self._cursor: dict[str, bytes | None] = {table: None for table in self.tables}
         self._built: set[str] = set()
-        # (table, key) -> [reported writes not settled, newest version seen, whether that is what got committed]
-        self._floating: dict[tuple[str, bytes], list[Any]] = {}
+        # table -> key -> [reported writes not settled, newest version seen, whether that is what got committed]
+        self._floating: dict[str, dict[bytes, list[Any]]] = {table: {} for table in self.tables}
         self._touched: dict[str, list[int]] = {table: [0] * BUCKETS for table in self.tables}
 
     def reset(self, shares: Shares, peers: Iterable[str]) -> None:
         """Drop every digest and start a build (feed it with `add_rows`); writes in flight stay tracked."""
         self._shares = shares
-        self._digests = {peer: {table: [0] * BUCKETS for table in self.tables} for peer in peers}
+        peers = tuple(peers)
+        if isinstance(shares, AllShared) and set(shares.peers) == set(peers):
+            self._common = {table: [0] * BUCKETS for table in self.tables} if peers else {}
+            self._digests = {peer: self._common for peer in peers}
+        else:
+            self._common = None
+            self._digests = {peer: {table: [0] * BUCKETS for table in self.tables} for peer in peers}
         self._cursor = {table: None for table in self.tables}
         self._built = set()
-        for floating in self._floating.values():
-            floating[2] = False  # a purge may have changed the committed row under the write: read it at settle
+        for floating_of in self._floating.values():
+            for floating in floating_of.values():
+                floating[2] = False  # a purge may have changed the committed row under the write: read it at settle
 
     @property
     def ready(self) -> bool:
@@ -132,8 +158,9 @@ class DigestCache:
 
     def add_rows(self, table: str, rows: Sequence[tuple[bytes, Version]], *, last: bool) -> None:
         """Build input: the next committed rows of `table` in key order; `last` once the table is done."""
+        floating_of = self._floating[table]
         for key, version in rows:
-            if (table, key) not in self._floating:
+            if key not in floating_of:
                 self._toggle(table, key, version)
         if rows:
             self._cursor[table] = rows[-1][0]
@@ -143,49 +170,30 @@ class DigestCache:
     def write_started(self, table: str, key: bytes, current: Version | None, new: Version) -> None:
         """A write of `new` is about to be staged; `current` is the key's value as the store sees it (staged,
         in flight or stored), which is the committed one while no other reported write of the key floats."""
-        ident = (table, key)
-        self._touched[table][_crc32(key) & _BUCKET_MASK] += 1
-        floating = self._floating.get(ident)
-        if floating is None:
-            if current is not None and self._passed(table, key):
-                self._toggle(table, key, current)
-            self._floating[ident] = [1, new if current is None or new > current else current, True]
-            return
-        floating[0] += 1
-        if floating[1] is None or new > floating[1]:
-            floating[1] = new
+        self.writes_started(table, (key,), (current,), (new,))
 
     def write_settled(self, table: str, key: bytes, ok: bool, committed: Committed) -> None:
         """The write's on_durable(ok) ran. Once the key's last floating write settled, its committed version
         is the newest one seen (newer wins), so `committed` is read only after a failed commit or a reset."""
-        ident = (table, key)
-        floating = self._floating.get(ident)
-        if floating is None:
-            return
-        if not ok:
-            floating[2] = False
-        if floating[0] > 1:
-            floating[0] -= 1
-            return
-        del self._floating[ident]
-        if self._passed(table, key):
-            self._toggle(table, key, floating[1] if floating[2] else committed())
+        self.writes_settled(table, (key,), ok, lambda _key: committed())
 
     def writes_started(self, table: str, keys: Sequence[bytes], currents: Sequence[Version | None],
                        news: Sequence[Version]) -> None:
         """`write_started(table, keys[i], currents[i], news[i])` for each i, in order."""
         touched = self._touched[table]
-        floating_of = self._floating
+        floating_of = self._floating[table]
         built = table in self._built
         cursor = self._cursor[table]
         for key, current, new in zip(keys, currents, news):
-            ident = (table, key)
             touched[_crc32(key) & _BUCKET_MASK] += 1
-            floating = floating_of.get(ident)
+            floating = floating_of.get(key)
             if floating is None:
-                if current is not None and (built or (cursor is not None and key <= cursor)):
+                if current is None:  # most writes: a new key
+                    floating_of[key] = [1, new, True]
+                    continue
+                if built or (cursor is not None and key <= cursor):
                     self._toggle(table, key, current)
-                floating_of[ident] = [1, new if current is None or new > current else current, True]
+                floating_of[key] = [1, new if new > current else current, True]
             else:
                 floating[0] += 1
                 if floating[1] is None or new > floating[1]:
@@ -194,38 +202,37 @@ class DigestCache:
     def writes_settled(self, table: str, keys: Iterable[bytes], ok: bool,
                        committed: Callable[[bytes], Version | None]) -> None:
         """`write_settled` for one write of each of `keys`, which one commit settled; committed(key) reads a row."""
-        floating_of = self._floating
+        floating_of = self._floating[table]
         built = table in self._built
         cursor = self._cursor[table]
-        shares = self._shares
-        digests = self._digests
+        common = self._common
+        # With AllShared shares every peer's digest of the table is this one list (None: no peers).
+        target = None if common is None else common.get(table)
+        pop = floating_of.pop
         for key in keys:
-            ident = (table, key)
-            floating = floating_of.get(ident)
+            floating = pop(key, None)
             if floating is None:
                 continue
             if not ok:
                 floating[2] = False
             if floating[0] > 1:
                 floating[0] -= 1
+                floating_of[key] = floating
                 continue
-            del floating_of[ident]
             if not (built or (cursor is not None and key <= cursor)):
                 continue
             version = floating[1] if floating[2] else committed(key)
             if version is None:
                 continue
-            peers = shares(key)
-            if not peers:
-                continue
             hlc, node = version
-            h = int.from_bytes(_blake2b(b"".join((_pack_head(len(key), hlc), key, node.encode())), digest_size=8)
-                               .digest(), "big")  # entry_hash, inline: this runs for every write
+            h = int.from_bytes(_blake2b(_pack_head(len(key), hlc) + key + node.encode(), digest_size=8).digest(),
+                               "big")  # entry_hash, inline: this runs for every write
             bucket = _crc32(key) & _BUCKET_MASK
-            for peer in peers:
-                tables = digests.get(peer)
-                if tables is not None:
-                    tables[table][bucket] ^= h
+            if target is not None:
+                target[bucket] ^= h
+            elif common is None:
+                for digests in self._targets(table, key):
+                    digests[bucket] ^= h
 
     def touched(self, table: str, bucket: int) -> int:
         """How many writes of `table` started in `bucket` (a counter: equal readings mean no write in between)."""
@@ -236,22 +243,26 @@ class DigestCache:
         return self._digests.get(peer) or {table: [0] * BUCKETS for table in self.tables}
 
     def in_flight(self) -> int:
-        return len(self._floating)
+        return sum(map(len, self._floating.values()))
 
-    def _passed(self, table: str, key: bytes) -> bool:
-        if table in self._built:
-            return True
-        cursor = self._cursor[table]
-        return cursor is not None and key <= cursor
+    def _targets(self, table: str, key: bytes) -> list[list[int]]:
+        """The digest lists a row of `key` counts in: one per peer sharing it (one for all, with AllShared)."""
+        common = self._common
+        if common is not None:
+            found = common.get(table)
+            return [] if found is None else [found]
+        out = []
+        for peer in self._shares(key):
+            tables = self._digests.get(peer)
+            if tables is not None:
+                out.append(tables[table])
+        return out
 
     def _toggle(self, table: str, key: bytes, version: Version | None) -> None:
         if version is None:
             return
-        peers = self._shares(key)
-        if not peers:
-            return
-        bucket, h = bucket_of(key), entry_hash(key, version)
-        for peer in peers:
-            tables = self._digests.get(peer)
-            if tables is not None:
-                tables[table][bucket] ^= h
+        targets = self._targets(table, key)
+        if targets:
+            bucket, h = bucket_of(key), entry_hash(key, version)
+            for digests in targets:
+                digests[bucket] ^= h

@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 
 from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
+from iris_mesh.store._digests import AllShared
 from iris_mesh.store._frames import FRESH, SYNC, AckBatcher, WriteSender
 from iris_mesh.store._handoff import HintHandoff
 from iris_mesh.store._latency import LatencyWindow
@@ -458,7 +459,7 @@ class StoreService:
         """key -> the other cores of `expected` that replicate it with this one (empty if this core does not)."""
         everyone = tuple(sorted(expected - {self.node_id}))
         if self.node_id in expected and len(expected) <= self.coordinator.replication_factor:
-            return lambda key: everyone  # every core holds every key: skip the rendezvous hashing
+            return AllShared(everyone)  # every core holds every key: skip the rendezvous hashing
 
         def shares(key: bytes) -> tuple[str, ...]:
             replicas = self._replicas_for(key)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from iris_mesh.store._digests import DigestCache, entry_hash
+from iris_mesh.store._digests import AllShared, DigestCache, entry_hash
 from iris_mesh.store._versioned import Version
 
 TABLE = "offline_msg"
@@ -62,3 +62,41 @@ def test_a_settled_group_hashes_each_committed_version_into_its_bucket_for_each_
     assert cache.digests("core2") != fresh(True).digests("core2")
     assert entry_hash(key, Version(7, "core1")) in {a ^ b for a, b in zip(cache.digests("core3")[TABLE],
                                                                        fresh(True).digests("core3")[TABLE])}
+
+
+@pytest.mark.parametrize("built", [True, False])
+@pytest.mark.parametrize("seed", range(10))
+def test_when_every_peer_shares_every_key_one_digest_serves_them_all_and_equals_the_per_peer_digests(
+        seed: int, built: bool) -> None:
+    rnd = random.Random(seed)
+    caches = [DigestCache((TABLE,)), DigestCache((TABLE,))]
+    caches[0].reset(lambda key: PEERS, PEERS)
+    caches[1].reset(AllShared(PEERS), PEERS)
+    rows = sorted({(b"k%03d" % rnd.randrange(100), Version(rnd.randrange(1, 50), "core1")) for _ in range(40)})
+    rows = list({key: (key, version) for key, version in rows}.values())
+    committed = dict(rows)
+    half = len(rows) // 2
+    for cache in caches:
+        cache.add_rows(TABLE, rows[:half], last=False)  # the build has passed half of the table
+    for _turn in range(30):
+        keys = [b"k%03d" % rnd.randrange(100) for _ in range(rnd.randrange(1, 12))]
+        news = [Version(rnd.randrange(1, 1000), rnd.choice(("core1", "core2"))) for _ in keys]
+        currents, seen = [], dict(committed)
+        for key, new in zip(keys, news):
+            currents.append(seen.get(key))
+            if seen.get(key) is None or new > seen[key]:
+                seen[key] = new
+        ok = rnd.random() > 0.1
+        if ok:
+            committed = seen
+        for cache in caches:
+            cache.writes_started(TABLE, keys, currents, news)
+            cache.writes_settled(TABLE, keys, ok, committed.get)
+    if built:
+        for cache in caches:
+            cache.add_rows(TABLE, [(key, committed[key]) for key in sorted(committed) if key > rows[half - 1][0]],
+                           last=True)
+    per_peer, shared = caches
+    assert shared.digests("core2") == shared.digests("core3") == per_peer.digests("core2") == per_peer.digests("core3")
+    assert any(per_peer.digests("core2")[TABLE])
+    assert shared.in_flight() == 0
