@@ -50,6 +50,7 @@ __all__ = ["INTERNAL_REQ_BASE", "StoreService", "USER_TABLES", "StoreMembership"
 # Tables applications and operators may read and write; `hints` and `meta` are the node's own.
 USER_TABLES = ("offline_msg", "cross_region_queue", "presence")
 _LIVE_STATES = ("alive", "suspect")
+_INTEGER = frozenset({int})  # what a sack's request ids must all be, exactly (bool is not)
 INTERNAL_REQ_BASE = 1 << 62
 # A value must fit in one mesh frame with room to spare (max_frame_bytes is at least 1 MiB by default).
 MAX_VALUE_BYTES = 512 * 1024
@@ -318,7 +319,7 @@ class StoreService:
         ok = msg.get("k")
         self._out_writes.answered(src, (len(ok) if isinstance(ok, list) else 0) + len(msg.get("a") or ()), now)
         if ok is not None:
-            if isinstance(ok, list) and all(type(req) is int for req in ok):
+            if isinstance(ok, list) and set(map(type, ok)) <= _INTEGER:
                 self._on_acks_ok(src, ok, now)
             else:
                 self.counters["bad_store_frames"] += 1
