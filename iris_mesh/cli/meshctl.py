@@ -388,6 +388,19 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _engine_text(state: dict[str, int]) -> str:
+    """A core's RocksDB state in one line (see Database.engine_state)."""
+    if state["writes_stopped"]:
+        throttle = "WRITES STOPPED (memtables waiting to flush or too many level-0 files)"
+    elif state["delayed_write_rate"]:
+        throttle = f"writes SLOWED to {state['delayed_write_rate'] / 2**20:.1f} MB/s (compaction is behind)"
+    else:
+        throttle = "writes not throttled"
+    return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MB, {state['l0_files']} level-0 files, "
+            f"{state['pending_compaction_bytes'] / 2**20:.1f} MB to compact, running {state['flushes_running']} "
+            f"flushes and {state['compactions_running']} compactions; {throttle}")
+
+
 def cmd_latency(target: Target, args: argparse.Namespace) -> int:
     results = target.each("latency")
     if all(isinstance(result, AdminError) for _, result in results):
@@ -400,15 +413,21 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
             failed.append(name)
             continue
         nodes[result["node"]] = {"role": result["role"], **result["latency"]}
+        if "rocksdb" in result:
+            nodes[result["node"]]["rocksdb"] = result["rocksdb"]
         for what in ("writes", "reads", "commit", "fsync"):
             window = result["latency"].get(what)
             if window is None:
                 continue
             rows.append([result["node"], result["role"], what, str(window["count"]), str(window["failed"]),
                          _ms(window["p50_ms"]), _ms(window["p90_ms"]), _ms(window["p99_ms"]), _ms(window["max_ms"])])
-    window_s = next((w["window_s"] for n in nodes.values() for w in n.values() if isinstance(w, dict)), 60.0)
+    window_s = next((w["window_s"] for n in nodes.values() for w in n.values() if isinstance(w, dict)
+                     and "window_s" in w), 60.0)
     text = (f"the last {window_s:.0f} s on each node: quorum writes and reads it coordinated, and on cores their"
             f" group commits and WAL fsyncs (percentiles to within 9 %)\n{_table(rows)}")
+    engines = [(node, view["rocksdb"]) for node, view in sorted(nodes.items()) if "rocksdb" in view]
+    if engines:
+        text += "\nRocksDB now:\n" + "\n".join(f"{node}: {_engine_text(state)}" for node, state in engines)
     if failed:
         text += f"\nnot answering: {', '.join(failed)}"
     _emit(args, {"ok": not failed, "nodes": nodes, "not_answering": failed}, text)

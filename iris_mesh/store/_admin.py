@@ -150,8 +150,12 @@ class StoreAdmin:
                        "anti_entropy": anti_entropy})
 
     def _latency(self, request: Request, now: float) -> None:
-        role = "edge" if self._store.local is None else "core"
-        request.reply({"ok": True, "node": self._store.node_id, "role": role, "latency": self._store.latency_view(now)})
+        local = self._store.local
+        reply = {"ok": True, "node": self._store.node_id, "role": "edge" if local is None else "core",
+                 "latency": self._store.latency_view(now)}
+        if local is not None:
+            reply["rocksdb"] = local.engine_state()  # what the storage engine is doing behind those numbers
+        request.reply(reply)
 
     def _backup(self, request: Request, now: float) -> None:
         directory = request.msg.get("dir")

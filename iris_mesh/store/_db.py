@@ -183,6 +183,30 @@ class Database:
             yield key, it.value()
             it.next()
 
+    def engine_state(self) -> dict[str, int]:
+        """RocksDB's own state, for operators: what its background work and write throttle are doing now.
+
+        memtable_bytes, l0_files and pending_compaction_bytes are summed over every table;
+        flushes_running and compactions_running count the background jobs; delayed_write_rate
+        is the rate RocksDB slows writes to (bytes/s, 0: not slowed) and writes_stopped is 1
+        while it stops them (too many memtables waiting to flush or files at level 0).
+        """
+        def total(name: str) -> int:
+            return sum(table.property_int_value(name) or 0 for table in self._tables.values())
+
+        def whole(name: str) -> int:
+            return self._db.property_int_value(name) or 0
+
+        return {
+            "memtable_bytes": total("rocksdb.cur-size-all-mem-tables"),
+            "l0_files": total("rocksdb.num-files-at-level0"),
+            "pending_compaction_bytes": total("rocksdb.estimate-pending-compaction-bytes"),
+            "flushes_running": whole("rocksdb.num-running-flushes"),
+            "compactions_running": whole("rocksdb.num-running-compactions"),
+            "delayed_write_rate": whole("rocksdb.actual-delayed-write-rate"),
+            "writes_stopped": whole("rocksdb.is-write-stopped"),
+        }
+
     def checkpoint(self, dest: Path) -> None:
         """Write a consistent point-in-time copy (hard links where possible) to `dest`, which must not exist."""
         Checkpoint(self._db).create_checkpoint(str(dest))

@@ -353,6 +353,10 @@ class LocalStore:
             raise ValueError(f"{table!r} is not a versioned table (one of {', '.join(VERSIONED_TABLES)})")
         return self._live[table]
 
+    def engine_state(self) -> dict[str, int]:
+        """RocksDB's background work and write throttle now (see `Database.engine_state`)."""
+        return self._db.engine_state()
+
     def latency_view(self, now: float) -> dict[str, dict[str, Any]]:
         """The last minute's WAL fsyncs (`fsync`: the disk) and group commits (`commit`: from a batch's write to
         its completion on the engine thread, which is what a replica write waits for here)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -185,6 +186,10 @@ def test_meshctl_latency_shows_the_writes_a_node_coordinated_and_every_core_s_co
     for core in CORES:
         assert nodes[core]["role"] == "core"
         assert nodes[core]["commit"]["count"] >= 1 and nodes[core]["fsync"]["count"] >= 1
+        engine = nodes[core]["rocksdb"]  # the storage engine behind those numbers: idle, holding the writes
+        assert engine["memtable_bytes"] > 0 and engine["writes_stopped"] == engine["delayed_write_rate"] == 0
+        assert set(engine) == {"memtable_bytes", "l0_files", "pending_compaction_bytes", "flushes_running",
+                               "compactions_running", "delayed_write_rate", "writes_stopped"}
     assert nodes["core2"]["writes"]["count"] == 0
 
     text = meshctl(local_cluster, "--cluster", local_cluster.name, "latency")
@@ -192,6 +197,9 @@ def test_meshctl_latency_shows_the_writes_a_node_coordinated_and_every_core_s_co
     rows = [line.split() for line in text.stdout.splitlines()]
     assert ["NODE", "ROLE", "WHAT", "COUNT", "FAILED", "P50", "MS", "P90", "MS", "P99", "MS", "MAX", "MS"] in rows
     assert any(row[:5] == ["core1", "core", "writes", "5", "0"] for row in rows), text.stdout
+    for core in CORES:
+        assert re.search(rf"(?m)^{core}: memtables [\d.]+ MB, \d+ level-0 files, .*; writes not throttled$",
+                         text.stdout), text.stdout
 
 
 def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: LocalCluster, tmp_path: Path) -> None:

@@ -47,6 +47,24 @@ def test_write_is_one_batch_across_tables_and_iterate_follows_key_order(tmp_path
     db.close()  # idempotent
 
 
+def test_engine_state_shows_memtables_filling_and_level0_files_after_recovery(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    try:
+        idle = db.engine_state()
+        assert idle["l0_files"] == idle["flushes_running"] == idle["compactions_running"] == 0
+        assert idle["delayed_write_rate"] == idle["writes_stopped"] == 0
+        db.write([("offline_msg", b"k%05d" % i, b"v" * 100) for i in range(5000)])
+        assert db.engine_state()["memtable_bytes"] > idle["memtable_bytes"] + 5000 * 100
+    finally:
+        db.close()
+    db = Database(tmp_path / "db")  # recovery replays the WAL into a level-0 file
+    try:
+        state = db.engine_state()
+        assert state["l0_files"] >= 1 and state["writes_stopped"] == 0
+    finally:
+        db.close()
+
+
 def test_data_is_there_after_reopen_and_the_open_is_tracked(tmp_path: Path) -> None:
     path = tmp_path / "db"
     make_db(path)
