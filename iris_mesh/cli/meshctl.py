@@ -393,7 +393,8 @@ def _engine_text(state: dict[str, int]) -> str:
     if state["writes_stopped"]:
         throttle = "WRITES STOPPED (memtables waiting to flush or too many level-0 files)"
     elif state["delayed_write_rate"]:
-        throttle = f"writes SLOWED to {state['delayed_write_rate'] / 2**20:.1f} MB/s (flushes or compactions are behind)"
+        rate_mb = state["delayed_write_rate"] / 2**20
+        throttle = f"writes SLOWED to {rate_mb:.1f} MB/s (flushes or compactions are behind)"
     else:
         throttle = "writes not throttled"
     return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MB, {state['l0_files']} level-0 files, "
