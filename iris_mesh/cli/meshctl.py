@@ -397,9 +397,9 @@ def _engine_text(state: dict[str, int]) -> str:
         throttle = f"writes SLOWED to {rate_mb:.1f} MB/s (flushes or compactions are behind)"
     else:
         throttle = "writes not throttled"
-    return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MB, {state['l0_files']} level-0 files, "
-            f"{state['pending_compaction_bytes'] / 2**20:.1f} MB to compact, running {state['flushes_running']} "
-            f"flushes and {state['compactions_running']} compactions; {throttle}")
+    return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MB, level-0 files {state['l0_files']}, "
+            f"to compact {state['pending_compaction_bytes'] / 2**20:.1f} MB, "
+            f"flushes running {state['flushes_running']}, compactions running {state['compactions_running']}; {throttle}")
 
 
 def cmd_latency(target: Target, args: argparse.Namespace) -> int:
