@@ -399,7 +399,8 @@ def _engine_text(state: dict[str, int]) -> str:
         throttle = "writes not throttled"
     return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MB, level-0 files {state['l0_files']}, "
             f"to compact {state['pending_compaction_bytes'] / 2**20:.1f} MB, "
-            f"flushes running {state['flushes_running']}, compactions running {state['compactions_running']}; {throttle}")
+            f"flushes running {state['flushes_running']}, compactions running {state['compactions_running']}; "
+            f"{throttle}")
 
 
 def cmd_latency(target: Target, args: argparse.Namespace) -> int:
