@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, Sequence
 
 from rocksdict import BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
-__all__ = ["Database", "StoreError", "TABLES", "held_by_this_process"]
+__all__ = ["Database", "ENGINE_PROPERTIES", "StoreError", "TABLES", "held_by_this_process"]
 
 TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
 # Tables written per message: every write first reads the key's current version, and for a new
@@ -42,6 +42,16 @@ _BLOOM_BITS_PER_KEY = 10
 # same moment, and a quorum would wait for a flushing replica. Each open draws its own size.
 _WRITE_BUFFER_BYTES = 64 << 20
 _WRITE_BUFFER_JITTER = 0.4
+# Database.engine_state: (field, RocksDB integer property, summed over the tables or read for the whole database)
+ENGINE_PROPERTIES = (
+    ("memtable_bytes", "rocksdb.cur-size-all-mem-tables", True),
+    ("l0_files", "rocksdb.num-files-at-level0", True),
+    ("pending_compaction_bytes", "rocksdb.estimate-pending-compaction-bytes", True),
+    ("flushes_running", "rocksdb.num-running-flushes", False),
+    ("compactions_running", "rocksdb.num-running-compactions", False),
+    ("delayed_write_rate", "rocksdb.actual-delayed-write-rate", False),
+    ("writes_stopped", "rocksdb.is-write-stopped", False),
+)
 # Column families another part of the node may create later; not foreign.
 _KNOWN_EXTRA = frozenset({"default", "raft"})
 
@@ -191,21 +201,11 @@ class Database:
         is the rate RocksDB slows writes to (bytes/s, 0: not slowed) and writes_stopped is 1
         while it stops them (too many memtables waiting to flush or files at level 0).
         """
-        def total(name: str) -> int:
-            return sum(table.property_int_value(name) or 0 for table in self._tables.values())
-
-        def whole(name: str) -> int:
-            return self._db.property_int_value(name) or 0
-
-        return {
-            "memtable_bytes": total("rocksdb.cur-size-all-mem-tables"),
-            "l0_files": total("rocksdb.num-files-at-level0"),
-            "pending_compaction_bytes": total("rocksdb.estimate-pending-compaction-bytes"),
-            "flushes_running": whole("rocksdb.num-running-flushes"),
-            "compactions_running": whole("rocksdb.num-running-compactions"),
-            "delayed_write_rate": whole("rocksdb.actual-delayed-write-rate"),
-            "writes_stopped": whole("rocksdb.is-write-stopped"),
-        }
+        out = {}
+        for name, prop, per_table in ENGINE_PROPERTIES:
+            sources = self._tables.values() if per_table else (self._db,)
+            out[name] = sum(source.property_int_value(prop) or 0 for source in sources)
+        return out
 
     def checkpoint(self, dest: Path) -> None:
         """Write a consistent point-in-time copy (hard links where possible) to `dest`, which must not exist."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from iris_mesh.store._db import TABLES, Database, StoreError, held_by_this_process
+from iris_mesh.store._db import ENGINE_PROPERTIES, TABLES, Database, StoreError, held_by_this_process
 from support.store_holder import held_by_another_process
 
 
@@ -50,7 +50,10 @@ def test_write_is_one_batch_across_tables_and_iterate_follows_key_order(tmp_path
 def test_engine_state_shows_memtables_filling_and_level0_files_after_recovery(tmp_path: Path) -> None:
     db = Database(tmp_path / "db")
     try:
+        # Every property is one RocksDB knows (an unknown one reads as None, which engine_state would show as 0).
+        assert [prop for _, prop, _ in ENGINE_PROPERTIES if db._db.property_int_value(prop) is None] == []
         idle = db.engine_state()
+        assert sorted(idle) == sorted(name for name, _, _ in ENGINE_PROPERTIES)
         assert idle["l0_files"] == idle["flushes_running"] == idle["compactions_running"] == 0
         assert idle["delayed_write_rate"] == idle["writes_stopped"] == 0
         db.write([("offline_msg", b"k%05d" % i, b"v" * 100) for i in range(5000)])
