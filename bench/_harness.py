@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,8 @@ from iris_mesh.config import COOKIE_ENV, ENV_PREFIX
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
 __all__ = [
+    "CLK_TCK",
+    "CpuMeter",
     "LogEvent",
     "bench_main",
     "NodeProcess",
@@ -55,6 +58,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of /proc's CPU times
 _STOP_GRACE_S = 5.0
 _pause = threading.Event().wait  # a pause between polls of a condition
 
@@ -104,6 +108,48 @@ def cpu_times() -> tuple[int, int]:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return sum(fields) - idle, sum(fields)
+
+
+def _proc_cpu_s(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (or one of its threads) so far."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds (user + system, and system alone) used by named processes/threads between `start` and `stop`."""
+
+    def __init__(self, targets: dict[str, tuple[int, int | None]]) -> None:
+        self.targets = targets
+        self._before: dict[str, tuple[float, float]] = {}
+        self.used: dict[str, float] = {}
+        self.system: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._before = {name: _proc_cpu_s(*t) for name, t in self.targets.items()}
+
+    def stop(self) -> None:
+        after = {name: _proc_cpu_s(*t) for name, t in self.targets.items()}
+        self.used = {name: sum(after[name]) - sum(self._before[name]) for name in after}
+        self.system = {name: after[name][1] - self._before[name][1] for name in after}
+
+    def per_commit(self, commits: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+        """CPU µs per group commit and the kernel's part of it.
+
+        A core's per its own commits; any other target's per commit of the median core.
+        """
+        counts = {node_id: c["commits"] for node_id, c in commits.items()}
+        typical = statistics.median(counts.values()) if counts else 0
+        out: dict[str, dict[str, float | None]] = {}
+        for name, used in self.used.items():
+            n = counts.get(name, typical)
+            out[name] = {"us": round(used * 1e6 / n) if n else None,
+                         "kernel_pct": round(100 * self.system[name] / used, 1) if used > 0 else None}
+        return out
+
 
 
 def cpu_busy_pct(sample_s: float = 1.0) -> float:
