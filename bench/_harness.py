@@ -151,7 +151,6 @@ class CpuMeter:
         return out
 
 
-
 def cpu_busy_pct(sample_s: float = 1.0) -> float:
     """How busy the machine's CPUs are right now (other work skews every benchmark), in percent."""
     busy0, total0 = cpu_times()
