@@ -125,8 +125,8 @@ class NodeRuntime:
         if self.edge is not None:
             self.edge.async_on_client(route, msg, now)
 
-    def async_after_batch(self, now: float) -> None:
-        self.store.async_after_batch(now)
+    def async_after_batch(self, now: float) -> float | None:
+        return self.store.async_after_batch(now)
 
     def async_tick(self, now: float) -> float:
         if self._pings:

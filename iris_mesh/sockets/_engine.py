@@ -289,7 +289,10 @@ class Engine(PeerLinks):
                 handlers[sock](now)
             if self._mailbox:
                 self._run_mailbox(now)
-            self._guard(self._handler.async_after_batch, now)
+            soon = self._guard(self._handler.async_after_batch, now)
+            if soon is not None:
+                # A timer the turn set (a held frame's deadline) may be due before the next tick.
+                next_tick = min(next_tick, now + max(0.001, soon))
 
     def _guard(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         """Call handler code; an exception is logged (rate-limited) and counted, never kills the loop."""

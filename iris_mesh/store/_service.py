@@ -258,7 +258,8 @@ class StoreService:
 
     # ---- engine hooks --------------------------------------------------------------------
 
-    def async_after_batch(self, now: float) -> None:
+    def async_after_batch(self, now: float) -> float | None:
+        """Send what the turn queued; returns how soon a held frame must leave (None: none is held)."""
         assert self._mesh is not None
         self._last_now = now
         mesh = self._mesh
@@ -292,6 +293,7 @@ class StoreService:
         self._out_ae.clear()
         if self.local is not None:
             self.local.async_end_of_batch()
+        return self._out_writes.wait_s(now)
 
     def async_tick(self, now: float) -> float | None:
         """Timers of the store; returns how soon it wants the next tick (None: no hurry)."""

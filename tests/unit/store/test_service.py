@@ -154,6 +154,9 @@ def test_writes_for_replicas_still_busy_with_earlier_ones_leave_together_and_nev
                                          now=time.monotonic())
         cluster.turn()
     assert {core: cluster.sent[("sput", core)] - sent[core] for core in THREE} == {core: 1 for core in THREE}
+    # The end of a turn tells the engine when the held frame must leave (a tick is due then), unless it just left.
+    soon = cluster.services[EDGE].async_after_batch(time.monotonic())
+    assert (soon is not None and 0 <= soon <= 0.004) or cluster.sent[("sput", "core1")] - sent["core1"] == 2
     # Held no longer than a few milliseconds, answered or not: then both leave in one frame.
     cluster.run_until(lambda: all(cluster.sent[("sput", core)] - sent[core] == 2 for core in THREE),
                       "the held writes to leave", timeout_s=5.0)
@@ -161,6 +164,7 @@ def test_writes_for_replicas_still_busy_with_earlier_ones_leave_together_and_nev
     cluster.run_until(lambda: len(answers) == 3, "every answer")
     assert all(done.ok for done in answers)
     assert {core: cluster.sent[("sput", core)] - sent[core] for core in THREE} == {core: 2 for core in THREE}
+    assert cluster.services[EDGE].async_after_batch(time.monotonic()) is None  # nothing held: no deadline
 
 
 def test_the_latency_view_shows_the_writes_and_reads_a_node_coordinated_and_the_commits_of_each_core(
