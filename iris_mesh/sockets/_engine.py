@@ -51,6 +51,7 @@ _BATCH = 512
 # and timers are not starved either.
 _MAILBOX_PER_TURN = 256
 _MAX_WAIT_S = 0.05
+_MIN_WAIT_S = 0.001  # a tick asked for sooner waits this long: no busy loop of poll(0)
 _engine_ids = itertools.count(1)
 
 
@@ -278,7 +279,8 @@ class Engine(PeerLinks):
         while not self._stopping:
             now = self._clock()
             if now >= next_tick:
-                next_tick = now + max(0.001, min(self._guard(self._handler.async_tick, now, default=_MAX_WAIT_S), _MAX_WAIT_S))
+                wait_s = self._guard(self._handler.async_tick, now, default=_MAX_WAIT_S)
+                next_tick = now + max(_MIN_WAIT_S, min(wait_s, _MAX_WAIT_S))
             # Rounded up: rounding down made every wait under a millisecond a busy loop of poll(0).
             wait_ms = 0 if self._mailbox else max(0, math.ceil((next_tick - self._clock()) * 1000))
             ready = self._poller.poll(wait_ms)
@@ -292,7 +294,7 @@ class Engine(PeerLinks):
             soon = self._guard(self._handler.async_after_batch, now)
             if soon is not None:
                 # A timer the turn set (a held frame's deadline) may be due before the next tick.
-                next_tick = min(next_tick, now + max(0.001, soon))
+                next_tick = min(next_tick, now + max(_MIN_WAIT_S, soon))
 
     def _guard(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         """Call handler code; an exception is logged (rate-limited) and counted, never kills the loop."""
