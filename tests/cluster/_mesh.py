@@ -11,8 +11,9 @@ host cut off from the others can still be asked about itself.
 Processes are stopped by pid: ``kill`` (SIGKILL), ``pause``/``resume``
 (SIGSTOP/SIGCONT), ``close()`` (SIGTERM, then SIGKILL). Faults of the network
 are ``partition(groups)`` and ``heal()`` (_hosts.py). Client workloads run
-in client hosts as _client_driver.py processes, wrapped by ``ClientDriver``;
-``History`` checks their events like Jepsen's total-queue checker.
+in client hosts as _client_driver.py processes, wrapped by ``ClientDriver``
+(_driver_handle.py); ``History`` checks their events like Jepsen's
+total-queue checker.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from _client_driver import History
+from _driver_handle import LOG_TAIL_LINES, STOP_GRACE_S, ClientDriver
 from _hosts import Host, TestHosts, wait_until
 
 from iris_mesh.messaging import issue_token, token_secret
@@ -60,10 +61,8 @@ MESH_PORT, HEARTBEAT_PORT, ADMIN_PORT, CLIENT_PORT = 7100, 7101, 7102, 7103
 SERVING_TIMEOUT_S = 30.0  # process start (imports, RocksDB open) on a loaded 2-core runner
 MESH_TIMEOUT_S = 30.0
 MESHCTL_TIMEOUT_S = 20.0
-STOP_GRACE_S = 10.0
 TOKEN_TTL_S = 3600
 POLL_INTERVAL_S = 0.25  # every poll starts meshctl processes: do not starve the nodes
-LOG_TAIL_LINES = 30
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # iris_mesh/cli/_logging.py, local time
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -515,101 +514,3 @@ class MeshOnHosts:
             return self.nodes[node_id]
         except KeyError:
             raise ValueError(f"no node {node_id!r} in this mesh (nodes: {sorted(self.nodes)})") from None
-
-
-class ClientDriver:
-    """Handle on one _client_driver.py process: commands in, events out, stopped by pid."""
-
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], events_path: Path, log_path: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.events_path = events_path
-        self.log_path = log_path
-        self._events: list[dict[str, Any]] = []
-        self._offset = 0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def command(self, cmd: str, **fields: Any) -> None:
-        """Send one command (see _client_driver.py), e.g. command("drain", idle_s=2.0)."""
-        stdin: IO[bytes] | None = self.proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write((json.dumps({"cmd": cmd, **fields}) + "\n").encode())
-            stdin.flush()
-        except (BrokenPipeError, ValueError):
-            raise AssertionError(f"{self.name} is gone, cannot send {cmd!r}\n{self.describe()}") from None
-
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """Every event so far (of `kind`, if given), in file order."""
-        try:
-            with open(self.events_path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        self._events += [json.loads(line) for line in complete.splitlines() if line.strip()]
-        return [e for e in self._events if kind is None or e["ev"] == kind]
-
-    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], T], timeout_s: float, what: str) -> T:
-        """Wait until predicate(all events) is truthy and return it; fail early if the driver exits or errs."""
-
-        def check() -> T:
-            events = self.events()
-            result = predicate(events)
-            if not result:
-                errors = [e for e in events if e["ev"] == "error"]
-                if errors or self.proc.poll() is not None:
-                    raise AssertionError(f"{self.name} failed while waiting for {what}\n{self.describe()}")
-            return result
-
-        return wait_until(check, timeout_s, f"{self.name}: {what}", interval_s=0.1, max_interval_s=0.25,
-                          details=self.describe)
-
-    def wait_event(self, kind: str, timeout_s: float, **fields: Any) -> dict[str, Any]:
-        """The first event of `kind` whose fields include `fields`, waiting for it."""
-
-        def first(events: list[dict[str, Any]]) -> dict[str, Any] | None:
-            return next((e for e in events if e["ev"] == kind and fields.items() <= e.items()), None)
-
-        return self.wait_for(first, timeout_s, f"a {kind} event with {fields}")
-
-    def history(self) -> History:
-        return History(self.events())
-
-    def stop(self, timeout_s: float = STOP_GRACE_S) -> None:
-        """Ask the driver to exit; SIGTERM, then SIGKILL, by pid if it does not. Idempotent."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(AssertionError):
-                self.command("exit")
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=STOP_GRACE_S)
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-
-    def describe(self) -> str:
-        state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
-        events = self.events()
-        counts = Counter(e["ev"] for e in events)
-        lines = [f"== {self.name}, pid {self.proc.pid} {state}; events: {dict(counts)}"]
-        notable = [e for e in events if e["ev"] not in ("attempt", "acked", "received")]
-        lines += [f"   {json.dumps(e, sort_keys=True)}" for e in notable[-15:]]
-        try:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-        except FileNotFoundError:
-            tail = []
-        lines.append(f"   log {self.log_path} (last {len(tail)} lines):")
-        lines += [f"   | {line}" for line in tail]
-        return "\n".join(lines)

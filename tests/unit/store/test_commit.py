@@ -263,8 +263,8 @@ def test_engine_thread_keeps_running_while_the_wal_is_fsynced(tmp_path: Path) ->
     stamps: list[float] = []
     try:
         payload = os.urandom(4000)
-        for commit in range(6):  # ~8 MB per batch, so each fsync takes long enough to look inside
-            for i in range(2000):
+        for commit in range(4):  # ~32 MB per batch, so each fsync takes long enough to look inside
+            for i in range(8000):
                 local.async_apply(TABLE, b"%d-%05d" % (commit, i), v(1, payload))
             local.async_end_of_batch()
             deadline = time.monotonic() + 30
