@@ -308,6 +308,7 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
 
 def cmd_backup(target: Target, args: argparse.Namespace) -> int:
     directory = str(Path(args.dir).resolve())
+    print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
     results = target.each("backup", dir=directory, timeout_s=60.0)
     lines, ok, done = [], True, {}
     for name, result in results:
@@ -334,6 +335,7 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
         if node_id not in found:
             raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s (is it running? use --node)")
         endpoint = found[node_id]
+    print(f"resyncing {node_id} with every alive peer core (up to {args.wait:g} s) ...", file=sys.stderr)
     try:
         reply = target.request(endpoint, "resync", timeout_s=args.wait + 5.0, node=node_id, wait_s=args.wait)
     except AdminError as exc:
