@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from loguru import logger
 
+from iris_mesh._process import process_usage
 from iris_mesh.membership import MembershipService, Placement
 from iris_mesh.messaging import EdgeService
 from iris_mesh.sockets import AdminRequest, Engine
@@ -191,6 +192,7 @@ class NodeRuntime:
             ports={"mesh": self.membership.card.mesh_port, "heartbeat": self.membership.card.hb_port,
                    "admin": self.membership.card.admin_port, "client": self.membership.card.client_port},
             host=self.membership.card.host,
+            process=process_usage(),
             counters=counters,
         )
         return status

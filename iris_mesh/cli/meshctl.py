@@ -71,13 +71,13 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
     if all(isinstance(result, AdminError) for _, result in results):
         raise CtlError("; ".join(f"{name}: {result}" for name, result in results))
     entries: list[dict[str, Any]] = []
-    rows = [["NODE", "ROLE", "REGION", "MODE", "CORES", "WRITES", "PEERS NOT ALIVE", "REASON"]]
+    rows = [["NODE", "ROLE", "REGION", "MODE", "CORES", "WRITES", "PEERS NOT ALIVE", "UP", "RSS", "REASON"]]
     ok = True
     for name, result in results:
         if isinstance(result, AdminError) or not result.get("ok"):
             detail = str(result) if isinstance(result, AdminError) else result.get("detail", "")
             entries.append({"node_id": name, "reachable": False, "error": detail})
-            rows.append([name, "?", "?", "unreachable", "-", "-", "-", detail])
+            rows.append([name, "?", "?", "unreachable", "-", "-", "-", "-", "-", detail])
             ok = False
             continue
         status = dict(result["status"], reachable=True)
@@ -87,7 +87,8 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
         rows.append([
             status["node_id"], status["role"], status["region"], status["mode"],
             f"{status['visible_cores']}/{status['expected_cores']}",
-            "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-", status["reason"],
+            "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-",
+            _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
         ])
     summary = "all nodes alive, writes safe" if ok else "CHECK FAILED: see the rows above"
     _emit(args, {"ok": ok, "nodes": entries}, f"{_table(rows)}\n{summary}")
@@ -252,6 +253,23 @@ def cmd_tables(target: Target, args: argparse.Namespace) -> int:
     text = _table(rows) + (f"\nnot answering: {', '.join(failed)}" if failed else "")
     _emit(args, {"ok": not failed, "cores": {r["node"]: r["tables"] for _, r in cores}, "not_answering": failed}, text)
     return EXIT_OK if not failed else EXIT_CHECK_FAILED
+
+
+def _duration_text(seconds: float) -> str:
+    """45s, 7m05s, 3h12m, 2d03h: the two largest units."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _mib_text(size: int | None) -> str:
+    """A size in MiB, or "-" when the node did not say (an older node, or no /proc)."""
+    return "-" if size is None else f"{size / 2**20:.0f} MiB"
 
 
 def _ms(value: float | None) -> str:

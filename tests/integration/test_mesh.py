@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +42,15 @@ def test_five_nodes_form_a_full_mesh_by_mdns(local_cluster: LocalCluster) -> Non
     assert "all nodes alive, writes safe" in status.stdout
     for node_id in ALL:
         assert node_id in status.stdout
+    # What each node's process uses, for an operator watching for leaks: in the table and in --json.
+    assert status.stdout.splitlines()[0].split()[-3:] == ["UP", "RSS", "REASON"]
+    as_json = meshctl(local_cluster, "--cluster", local_cluster.name, "status", "--json")
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    for node in json.loads(as_json.stdout)["nodes"]:
+        usage = node["process"]
+        assert usage["rss_bytes"] > 10 << 20 and usage["cpu_s"] > 0, node["node_id"]
+        assert usage["threads"] >= 3 and usage["open_fds"] > 10, node["node_id"]
+        assert re.search(rf"(?m)^{node['node_id']} .* \d+(s|m\d\ds) +\d+ MiB ", status.stdout), status.stdout
 
 
 def test_mesh_forms_from_seeds_with_mdns_off(local_cluster: LocalCluster) -> None:

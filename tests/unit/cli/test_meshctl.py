@@ -1,10 +1,10 @@
-"""meshctl's RocksDB line: the throttling states an operator acts on, which a test cluster does not reach."""
+"""meshctl's text: the RocksDB line (throttling states a test cluster does not reach), uptimes and sizes."""
 
 from __future__ import annotations
 
 import pytest
 
-from iris_mesh.cli.meshctl import _engine_text
+from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text
 from iris_mesh.store._db import ENGINE_PROPERTIES
 
 MB = 2**20
@@ -36,3 +36,16 @@ def test_stopped_writes_win_over_a_delayed_rate(delayed: int) -> None:
     line = _engine_text(state(writes_stopped=1, delayed_write_rate=delayed, flushes_running=1))
     assert line.endswith("WRITES STOPPED (memtables waiting to flush or too many level-0 files)")
     assert "SLOWED" not in line
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.4, "0s"), (59.9, "59s"), (60, "1m00s"), (425, "7m05s"), (3599, "59m59s"),
+    (3600, "1h00m"), (11_520, "3h12m"), (86_400, "1d00h"), (183_600, "2d03h"),
+])
+def test_an_uptime_reads_in_its_two_largest_units(seconds: float, text: str) -> None:
+    assert _duration_text(seconds) == text
+
+
+def test_a_size_reads_in_mib_and_an_unknown_one_as_a_dash() -> None:
+    assert _mib_text(52 * MB + MB // 3) == "52 MiB"
+    assert _mib_text(None) == "-"
