@@ -75,6 +75,7 @@ from iris_mesh.messaging._protocol import (
 )
 from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
+from iris_mesh.messaging._recent import RecentOutcomes
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
 
@@ -146,7 +147,7 @@ class EdgeService:
         self._pairs: dict[tuple[str, str], collections.deque[_Send]] = {}
         self._inflight: dict[tuple[str, bytes], _Send] = {}
         self._live: dict[tuple[str, bytes], _Send] = {}  # (recipient, id) -> send awaiting a live ack
-        self._recent: collections.OrderedDict[tuple[str, bytes], tuple[str, float]] = collections.OrderedDict()
+        self._recent = RecentOutcomes(_RECENT_TTL_S)  # (sender, id) -> the status its `sent` carried
         # (sender, to) -> the id of the pair's last message that went to the inbox, until one goes live.
         self._stored_tails: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
         self._edges_seen: set[str] = set()  # every edge seen alive at a tick: those not alive now missed a minbox
@@ -240,9 +241,9 @@ class EdgeService:
     def _send(self, session: Session, request: SendRequest, now: float) -> None:
         assert session.user is not None
         sender = session.user
-        known = self._recent.get((sender, request.id))
+        known = self._recent.get(sender, request.id)
         if known is not None:
-            self._to_client(session.route, build_sent(request.cid, request.id, known[0]))
+            self._to_client(session.route, build_sent(request.cid, request.id, known))
             return
         inflight = self._inflight.get((sender, request.id))
         if inflight is not None:
@@ -335,7 +336,7 @@ class EdgeService:
         send.done = True
         self._live.pop((send.to, send.id), None)
         self._inflight.pop((send.sender, send.id), None)
-        self._remember(send.sender, send.id, status, now)
+        self._recent.remember(send.sender, send.id, status, now)
         for route, cid in send.waiters:
             session = self.sessions.get(route)
             if session is not None:
@@ -379,14 +380,6 @@ class EdgeService:
         self._stored_tails.move_to_end(pair)
         if len(self._stored_tails) > _STORED_TAILS_MAX:
             self._stored_tails.popitem(last=False)
-
-    def _remember(self, sender: str, msg_id: bytes, status: str, now: float) -> None:
-        self._recent[(sender, msg_id)] = (status, now)
-        while self._recent:
-            oldest_key, (_, at) = next(iter(self._recent.items()))
-            if now - at <= _RECENT_TTL_S:
-                break
-            del self._recent[oldest_key]
 
     # ---- delivering (recipient edge) ---------------------------------------------------------
 
@@ -520,6 +513,7 @@ class EdgeService:
 
     def async_tick(self, now: float) -> None:
         self._now = now
+        self._recent.forget_expired(now)
         self._edges_seen.update(self._live_edges())
         for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
             self._pay_owed_minbox(edge)
@@ -534,7 +528,7 @@ class EdgeService:
 
     def status(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "users": self.sessions.users(), "in_flight": len(self._inflight),
-                "counters": dict(self.counters)}
+                "recent_ids": len(self._recent), "counters": dict(self.counters)}
 
     # ---- helpers -----------------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ manual clock. Three rules are checked:
   the same recipient (same code) until it comes again, for at most HOLD_MAX_S;
 - acks of ids a session was not handed delete stored messages (acks carried
   over from another edge), but only so many: a flood of them costs no writes.
+A resend (the same id from the same sender) within 10 minutes is answered with
+the first answer's status and goes nowhere again.
 """
 
 from __future__ import annotations
@@ -261,3 +263,35 @@ def test_acks_carried_over_from_another_session_delete_but_a_flood_of_unknown_id
     edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1000), mid(1001)]}, edge.now)
     edge.store.run()
     assert len(edge.store.puts) - writes == limit - 1
+
+
+# ---- resends --------------------------------------------------------------------------------------
+
+
+def test_a_resend_within_ten_minutes_gets_the_first_status_and_writes_nothing() -> None:
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(CAROL, "carol")
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"  # bob is offline
+    writes = len(edge.store.puts)
+    edge.now += 599
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
+    assert len(edge.store.puts) == writes, "a resend was written again"
+    # The id is carol's own: a different sender's message, sent in its own right.
+    assert edge.outcome(CAROL, edge.send(CAROL, "bob", 1)) == "sent:stored"
+    assert len(edge.store.puts) == writes + 1
+
+
+def test_an_answered_id_is_forgotten_after_ten_minutes_even_with_no_sends_since() -> None:
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
+    assert edge.service.status()["recent_ids"] == 1
+    edge.now += 602
+    edge.service.async_tick(edge.now)
+    assert edge.service.status()["recent_ids"] == 0
+    edge.log_in(ALICE, "alice")  # the idle session ended meanwhile
+    writes = len(edge.store.puts)
+    # Sent in its own right again; the store's version derived from the id keeps it one copy.
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
+    assert len(edge.store.puts) == writes + 1
