@@ -60,15 +60,37 @@ class Target:
         # Commands that ask every node listen for the whole --mdns-timeout (a node's own view
         # cannot say how many others are up: right after a restart it sees only itself).
         want = self.expect if self.expect is not None else (None if every_node else 1)
+        # A node answers a question about a record it multicast in the last second only once that
+        # second is over (RFC 6762 section 14), so with other mDNS clients asking at the same moment
+        # (SDK clients, another meshctl) its answer can come after --mdns-timeout. Listening once
+        # more costs nothing while every node answers, and keeps a busy moment from reading as an
+        # unreachable cluster or a missing node.
         cards = self.browse(want=want)
+        if not cards:
+            cards = self.browse(want=want)
+        elif every_node and self.expect is None:
+            missing = self._alive_not_found(cards)
+            if missing:
+                more = self.browse(want=len(cards) + len(missing))
+                cards = list({c.node_id: c for c in [*cards, *more]}.values())
         if not cards:
             raise CtlError(
                 f"no node of cluster {self.args.cluster!r} answered mDNS on "
-                f"{', '.join(self.args.mdns_interface)} within {self.args.mdns_timeout} s "
+                f"{', '.join(self.args.mdns_interface)} within 2 x {self.args.mdns_timeout} s "
                 "(is the cluster running? use --node HOST:PORT to name one)"
             )
         cards.sort(key=lambda c: (c.role != "core", c.node_id))
         return [(c.node_id, c.admin_endpoint) for c in cards]
+
+    def _alive_not_found(self, cards: list[PeerCard]) -> set[str]:
+        """Nodes that a node found by mDNS sees alive, and mDNS did not find (empty if it cannot be asked)."""
+        first = min(cards, key=lambda c: (c.role != "core", c.node_id))
+        try:
+            view = self.request(first.admin_endpoint, "nodes")
+        except AdminError:
+            return set()
+        alive = {row.get("node_id") for row in view.get("nodes", []) if row.get("state") == "alive"}
+        return alive - {c.node_id for c in cards} - {None}
 
     def browse(self, *, want: int | None = None, timeout_s: float | None = None) -> list[PeerCard]:
         """This cluster's cards (newest incarnation per node, our cookie only), as soon as `want` are seen."""

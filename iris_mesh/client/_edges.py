@@ -100,7 +100,7 @@ class MdnsEdgeFinder:
         *,
         edge: str | None = None,
         interfaces: Sequence[str] = ("127.0.0.1",),
-        timeout_s: float = 1.5,
+        timeout_s: float = 3.0,
         browse: BrowseEdges | None = None,
     ) -> None:
         """`browse` replaces membership's browse_edges (tests); it gets the same arguments and returns PeerCards."""
