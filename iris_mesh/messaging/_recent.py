@@ -59,7 +59,7 @@ class RecentOutcomes:
         while seconds and seconds[0][0] + 1 + self._ttl_s <= now:
             _, count = seconds.popleft()
             for _ in range(count):
-                status.pop(order.popleft(), None)
+                del status[order.popleft()]  # each key is queued once, when it first came
 
 
 def _key(sender: str, msg_id: bytes) -> bytes:
