@@ -282,11 +282,11 @@ def _engine_text(state: dict[str, int]) -> str:
         throttle = "WRITES STOPPED (memtables waiting to flush or too many level-0 files)"
     elif state["delayed_write_rate"]:
         rate_mb = state["delayed_write_rate"] / 2**20
-        throttle = f"writes SLOWED to {rate_mb:.1f} MB/s (flushes or compactions are behind)"
+        throttle = f"writes SLOWED to {rate_mb:.1f} MiB/s (flushes or compactions are behind)"
     else:
         throttle = "writes not throttled"
-    return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MB, level-0 files {state['l0_files']}, "
-            f"to compact {state['pending_compaction_bytes'] / 2**20:.1f} MB, "
+    return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MiB, level-0 files {state['l0_files']}, "
+            f"to compact {state['pending_compaction_bytes'] / 2**20:.1f} MiB, "
             f"flushes running {state['flushes_running']}, compactions running {state['compactions_running']}; "
             f"{throttle}")
 

@@ -198,7 +198,7 @@ def test_meshctl_latency_shows_the_writes_a_node_coordinated_and_every_core_s_co
     assert ["NODE", "ROLE", "WHAT", "COUNT", "FAILED", "P50", "MS", "P90", "MS", "P99", "MS", "MAX", "MS"] in rows
     assert any(row[:5] == ["core1", "core", "writes", "5", "0"] for row in rows), text.stdout
     for core in CORES:
-        assert re.search(rf"(?m)^{core}: memtables [\d.]+ MB, level-0 files \d+, .*; writes not throttled$",
+        assert re.search(rf"(?m)^{core}: memtables [\d.]+ MiB, level-0 files \d+, .*; writes not throttled$",
                          text.stdout), text.stdout
 
 

@@ -20,15 +20,15 @@ def state(**fields: int) -> dict[str, int]:
 
 def test_an_idle_engine_reads_as_not_throttled() -> None:
     line = _engine_text(state(memtable_bytes=3 * MB // 2))
-    assert line == ("memtables 1.5 MB, level-0 files 0, to compact 0.0 MB, flushes running 0, "
+    assert line == ("memtables 1.5 MiB, level-0 files 0, to compact 0.0 MiB, flushes running 0, "
                     "compactions running 0; writes not throttled")
 
 
 def test_a_delayed_write_rate_reads_as_slowed_with_the_rate_and_the_cause() -> None:
     line = _engine_text(state(delayed_write_rate=16 * MB, l0_files=21, pending_compaction_bytes=700 * MB,
                               compactions_running=1))
-    assert "level-0 files 21" in line and "to compact 700.0 MB" in line and "compactions running 1" in line
-    assert line.endswith("writes SLOWED to 16.0 MB/s (flushes or compactions are behind)")
+    assert "level-0 files 21" in line and "to compact 700.0 MiB" in line and "compactions running 1" in line
+    assert line.endswith("writes SLOWED to 16.0 MiB/s (flushes or compactions are behind)")
 
 
 @pytest.mark.parametrize("delayed", [0, 16 * MB])
