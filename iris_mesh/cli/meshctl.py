@@ -388,21 +388,21 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from iris_mesh.store import StoreError, restore
+    """Put back every core of a backup, or none: all are checked and locked before anything changes."""
+    from iris_mesh.store import StoreError, restore_all
 
     source = Path(args.dir)
     nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
     if not nodes:
         raise CtlError(f"{source} holds no node checkpoints (expected one directory per core)", EXIT_CHECK_FAILED)
-    restored = {}
-    for checkpoint_dir in nodes:
-        data_dir = Path(args.data_root) / checkpoint_dir.name
-        print(f"restoring {checkpoint_dir.name} from {checkpoint_dir} into {data_dir} ...", file=sys.stderr)
-        try:
-            restore(checkpoint_dir, data_dir)
-        except StoreError as exc:
-            raise CtlError(f"restore of {checkpoint_dir.name} failed: {exc}", EXIT_CHECK_FAILED) from None
-        restored[checkpoint_dir.name] = str(data_dir)
+    pairs = [(checkpoint_dir, Path(args.data_root) / checkpoint_dir.name) for checkpoint_dir in nodes]
+    names = ", ".join(p.name for p in nodes)
+    print(f"restoring {names} from {source} into {args.data_root} (all of them or none) ...", file=sys.stderr)
+    try:
+        restore_all(pairs, progress=lambda text: print(text, file=sys.stderr))
+    except StoreError as exc:
+        raise CtlError(f"restore failed: {exc}", EXIT_CHECK_FAILED) from None
+    restored = {checkpoint_dir.name: str(data_dir) for checkpoint_dir, data_dir in pairs}
     _emit(args, {"ok": True, "restored": restored}, "restored " + ", ".join(restored) + "; start the cluster again")
     return EXIT_OK
 

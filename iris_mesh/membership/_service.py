@@ -16,6 +16,9 @@ from iris_mesh.membership._failure_detector import FailureDetector, PeerState, T
 from iris_mesh.membership._partition_guard import GuardDecision, PartitionGuard
 from iris_mesh.membership._peer import CardError, PeerCard
 
+_STALE_REPORT_AFTER_S = 5.0
+_STALE_REPORT_EVERY_S = 60.0
+
 __all__ = ["MembershipService", "MeshIO", "ExpectedCoresStore"]
 
 # A peer whose heartbeat shows it has not accepted our HELLO gets it again, at most this often.
@@ -76,6 +79,7 @@ class MembershipService:
         self._hello_pending: set[str] = set()
         self._ignored: set[tuple[str, str]] = set()
         self._flaps: dict[str, list[float]] = {}
+        self._stale_since: dict[str, float] = {}  # node -> when its frames first came with an older incarnation
         self._next_seed_check = 0.0
         self._last_decision: GuardDecision | None = None
         self.counters: dict[str, int] = {"bad_cards": 0}
@@ -292,8 +296,27 @@ class MembershipService:
             self._hello_pending.add(node_id)
 
     def _heard(self, node_id: str, incarnation: int, now: float) -> None:
-        for transition in self.detector.heard(node_id, incarnation, now):
+        transitions = self.detector.heard(node_id, incarnation, now)
+        known = self.detector.incarnation(node_id)
+        if known is not None and incarnation < known:
+            self._heard_stale(node_id, incarnation, known, now)
+        elif self._stale_since:
+            self._stale_since.pop(node_id, None)
+        for transition in transitions:
             self._on_transition(transition, now)
+
+    def _heard_stale(self, node_id: str, incarnation: int, known: int, now: float) -> None:
+        """A node keeps sending with an incarnation older than one it had: say so, it stays down here."""
+        since = self._stale_since.setdefault(node_id, now)
+        # Frames of the process before a restart may come for a moment; a live process for longer is news.
+        if now - since < _STALE_REPORT_AFTER_S:
+            return
+        self._stale_since[node_id] = now + _STALE_REPORT_EVERY_S - _STALE_REPORT_AFTER_S
+        logger.warning(
+            "{} sends with incarnation {}, older than {} seen before: ignored, it stays down here (its clock went "
+            "back, or its data directory is older than its last start); restarting it gives it a new incarnation",
+            node_id, incarnation, known,
+        )
 
     def _on_transition(self, transition: Transition, now: float) -> None:
         card = self.cards.get(transition.node_id)

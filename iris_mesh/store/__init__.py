@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from iris_mesh.store._admin import StoreAdmin
-from iris_mesh.store._backup import checkpoint, restore
+from iris_mesh.store._backup import checkpoint, restore, restore_all
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
@@ -35,4 +35,5 @@ __all__ = [
     "compose",
     "partition_key",
     "restore",
+    "restore_all",
 ]

@@ -4,10 +4,11 @@ A checkpoint is a complete, openable database directory that reflects one point
 of the database's history (every atomic batch is in it entirely or not at all).
 It is made while the node runs; writes continue meanwhile.
 
-Restore runs with the node stopped. It never deletes anything it has not first
-replaced: the checkpoint is copied next to the data directory and opened once to
-prove it is a usable iris_mesh database, then the old directory is renamed away,
-the copy renamed in, and only then is the old one deleted. A crash in between
+Restore runs with the nodes stopped, for all of a backup's cores or none. It never
+deletes anything it has not first replaced: each checkpoint is copied next to its
+data directory and opened once to prove it is a usable iris_mesh database; once
+every copy is, each old directory is renamed away, its copy renamed in, and only
+then is the old one deleted. A crash in between
 leaves either the old or the new directory in place (plus a hidden sibling that
 can be removed by hand).
 """
@@ -19,11 +20,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from iris_mesh.store._db import Database, StoreError, held_by_this_process
 
-__all__ = ["checkpoint", "restore"]
+__all__ = ["checkpoint", "restore", "restore_all"]
 
 
 def checkpoint(db: Database, dest: Path) -> Path:
@@ -41,34 +43,76 @@ def checkpoint(db: Database, dest: Path) -> Path:
 
 def restore(checkpoint_dir: Path, data_dir: Path) -> None:
     """Replace `data_dir` with a copy of `checkpoint_dir`. Offline only: refuses while a process holds the database."""
-    checkpoint_dir, data_dir = checkpoint_dir.resolve(), data_dir.resolve()
-    if not (checkpoint_dir / "CURRENT").is_file():
-        raise StoreError(f"{checkpoint_dir} is not a database checkpoint (no CURRENT file); nothing was changed")
-    if checkpoint_dir == data_dir or data_dir in checkpoint_dir.parents or checkpoint_dir in data_dir.parents:
-        raise StoreError(f"the checkpoint {checkpoint_dir} and the data directory {data_dir} overlap; nothing was changed")
-    if held_by_this_process(data_dir):
-        raise StoreError(f"the database in {data_dir} is open in this process; close it before restoring")
-    if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / "CURRENT").exists():
-        raise StoreError(f"{data_dir} is not empty and is not a database; refusing to replace it")
-    lock_fd = _lock_or_refuse(data_dir)
+    restore_all([(checkpoint_dir, data_dir)])
+
+
+def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], None] = lambda _text: None) -> None:
+    """Replace each data directory with a copy of its checkpoint: all of them, or none if any is refused.
+
+    Every checkpoint and data directory is checked, and every database locked, before anything
+    changes; a refusal names every directory in the way. Each checkpoint is then copied next to
+    its data directory and opened once, and only when every copy proved usable are the data
+    directories swapped. `progress` gets a line before each copy.
+    """
+    pairs = [(checkpoint_dir.resolve(), data_dir.resolve()) for checkpoint_dir, data_dir in pairs]
+    refusals = [text for text in (_refusal(c, d) for c, d in pairs) if text]
+    if refusals:
+        raise StoreError("; ".join(refusals) + "; nothing was changed")
+    locks: list[int] = []
+    works: list[Path] = []
     try:
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
-        try:
-            staged = work / "data"
-            shutil.copytree(checkpoint_dir, staged)
-            _prove_usable(staged, checkpoint_dir)
-            _fsync_tree(staged)
-            _swap_in(staged, data_dir)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        busy = []
+        for _checkpoint_dir, data_dir in pairs:
+            try:
+                fd = _lock(data_dir)
+            except OSError:
+                busy.append(str(data_dir))
+                continue
+            if fd is not None:
+                locks.append(fd)
+        if busy:
+            raise StoreError(
+                f"the database in {', '.join(busy)} is in use by another process (a running node?); "
+                "stop it before restoring; nothing was changed"
+            )
+        staged = []
+        for checkpoint_dir, data_dir in pairs:
+            progress(f"copying {checkpoint_dir} next to {data_dir} ...")
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
+            works.append(work)
+            copy = work / "data"
+            shutil.copytree(checkpoint_dir, copy)
+            _prove_usable(copy, checkpoint_dir)
+            _fsync_tree(copy)
+            staged.append((copy, data_dir))
+        for copy, data_dir in staged:
+            _swap_in(copy, data_dir)
     finally:
-        if lock_fd is not None:
-            os.close(lock_fd)
+        for work in works:
+            shutil.rmtree(work, ignore_errors=True)
+        for fd in locks:
+            os.close(fd)
 
 
-def _lock_or_refuse(data_dir: Path) -> int | None:
-    """Take the database's LOCK (RocksDB uses the same POSIX record lock) so no node opens it meanwhile."""
+def _refusal(checkpoint_dir: Path, data_dir: Path) -> str | None:
+    """Why `checkpoint_dir` may not replace `data_dir` (None: it may, once the database is locked)."""
+    if not (checkpoint_dir / "CURRENT").is_file():
+        return f"{checkpoint_dir} is not a database checkpoint (no CURRENT file)"
+    if checkpoint_dir == data_dir or data_dir in checkpoint_dir.parents or checkpoint_dir in data_dir.parents:
+        return f"the checkpoint {checkpoint_dir} and the data directory {data_dir} overlap"
+    if held_by_this_process(data_dir):
+        return f"the database in {data_dir} is open in this process; close it before restoring"
+    if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / "CURRENT").exists():
+        return f"{data_dir} is not empty and is not a database; refusing to replace it"
+    return None
+
+
+def _lock(data_dir: Path) -> int | None:
+    """Take the database's LOCK (RocksDB uses the same POSIX record lock) so no node opens it meanwhile.
+
+    None if there is no database yet; OSError if another process holds it.
+    """
     lock_path = data_dir / "LOCK"
     if not lock_path.exists():
         return None
@@ -77,9 +121,7 @@ def _lock_or_refuse(data_dir: Path) -> int | None:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise StoreError(
-            f"the database in {data_dir} is in use by another process (a running node?); stop it before restoring"
-        ) from None
+        raise
     return fd
 
 

@@ -227,6 +227,36 @@ def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: Lo
     assert not _get(core2, "late")["found"]
 
 
+def test_a_core_restored_alone_while_the_others_run_rejoins_as_a_new_incarnation(local_cluster: LocalCluster,
+                                                                                 tmp_path: Path) -> None:
+    # The backup holds the incarnation core3 had then; core3 restarts after it, so its peers know a
+    # later one. Restored and started, core3 must still be told apart from every earlier process of it
+    # (peers ignore a node whose incarnation went back, and take an equal one for the same process).
+    _cores(local_cluster)
+    core1, core3 = local_cluster.nodes["core1"], local_cluster.nodes["core3"]
+    backup_dir = tmp_path / "backup-3"
+    assert meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(backup_dir)).returncode == 0
+    core3.stop()
+    core3.start()
+    local_cluster.wait_full_mesh(list(CORES))
+    before_restore = core3.incarnation
+    core3.stop()
+    only_core3 = tmp_path / "only-core3"
+    only_core3.mkdir()
+    (only_core3 / "core3").symlink_to(backup_dir / "core3")
+    restore = meshctl(local_cluster, "restore", str(only_core3), "--data-root", str(local_cluster.root / "data"))
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    core3.start()
+    assert core3.incarnation > before_restore
+
+    def seen_by_core1() -> bool:
+        row = next(n for n in core1.request("nodes")["nodes"] if n["node_id"] == "core3")
+        return row["state"] == "alive" and row["incarnation"] == core3.incarnation
+
+    wait_until(seen_by_core1, 10.0, "core1 to see the restored core3 alive, as its new incarnation")
+    local_cluster.wait_full_mesh(list(CORES))
+
+
 def test_restore_refuses_while_the_node_runs(local_cluster: LocalCluster, tmp_path: Path) -> None:
     _cores(local_cluster)
     backup_dir = tmp_path / "backup-2"

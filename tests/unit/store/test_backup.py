@@ -11,7 +11,7 @@ from typing import Callable
 import pytest
 from rocksdict import Options, Rdict
 
-from iris_mesh.store._backup import checkpoint, restore
+from iris_mesh.store._backup import checkpoint, restore, restore_all
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._versioned import Version, Versioned
@@ -174,6 +174,43 @@ def test_restore_refuses_while_the_database_is_open(tmp_path: Path) -> None:
             restore(backup, data)
     assert [k for k, _ in dump(data)["offline_msg"]] == [b"a", b"b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]
+
+
+def test_a_restore_of_several_cores_changes_none_while_any_of_them_is_in_use(tmp_path: Path) -> None:
+    # With core1 stopped and core2 still running, putting back a whole backup must not replace core1's data
+    # and then stop at core2: every database is checked and locked before anything changes.
+    pairs = []
+    for name in ("core1", "core2"):
+        db = Database(tmp_path / "data" / name)
+        commit_now(db, [("offline_msg", b"a", v(1))])
+        backup = checkpoint(db, tmp_path / "backup" / name)
+        commit_now(db, [("offline_msg", b"after-backup", v(2))])
+        db.close()
+        pairs.append((backup, tmp_path / "data" / name))
+    before = {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")}
+    lines: list[str] = []
+    with held_by_another_process(tmp_path / "data" / "core2"):
+        with pytest.raises(StoreError, match=r"data/core2 is in use by another process .*nothing was changed"):
+            restore_all(pairs, progress=lines.append)
+    assert {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")} == before
+    assert lines == []  # refused before any copy started
+    restore_all(pairs, progress=lines.append)
+    assert [k for k, _ in dump(tmp_path / "data" / "core1")["offline_msg"]] == [b"a"]
+    assert [k for k, _ in dump(tmp_path / "data" / "core2")["offline_msg"]] == [b"a"]
+    assert len(lines) == 2 and "core1" in lines[0] and "core2" in lines[1]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["core1", "core2"]  # no temp or old copies left
+
+
+def test_a_restore_of_several_cores_names_every_refused_checkpoint(tmp_path: Path) -> None:
+    db = Database(tmp_path / "data" / "core1")
+    good = checkpoint(db, tmp_path / "backup" / "core1")
+    db.close()
+    for name in ("core2", "core3"):
+        (tmp_path / "backup" / name).mkdir()
+    pairs = [(tmp_path / "backup" / name, tmp_path / "data" / name) for name in ("core1", "core2", "core3")]
+    with pytest.raises(StoreError, match=r"backup/core2 is not a database checkpoint.*backup/core3 is not a database"):
+        restore_all(pairs)
+    assert good.exists() and not (tmp_path / "data" / "core2").exists()
 
 
 @pytest.mark.parametrize("kind", ["empty", "garbage", "damaged", "foreign"])

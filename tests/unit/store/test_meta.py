@@ -1,4 +1,4 @@
-"""Node metadata: incarnations grow, a data directory belongs to one node, the clock never goes back across restarts."""
+"""Node metadata: incarnations grow (also past a restored or new data directory), a data directory belongs to one node, the clock never goes back across restarts."""
 
 from __future__ import annotations
 
@@ -17,9 +17,39 @@ def test_incarnation_grows_across_restarts_and_the_directory_is_claimed(tmp_path
     db.close()
     db = Database(tmp_path / "n")
     meta = NodeMeta(db)
-    assert meta.bump_incarnation() == first + 1
+    assert meta.bump_incarnation() > first
     with pytest.raises(StoreError, match="belongs to node 'core1'"):
         meta.claim("core2")
+    db.close()
+
+
+def test_incarnation_is_the_start_millisecond_or_one_more_than_the_last(tmp_path: Path) -> None:
+    db = Database(tmp_path / "n")
+    meta = NodeMeta(db)
+    assert meta.bump_incarnation(now=1_000_000.0007) == 1_000_000_000
+    assert meta.bump_incarnation(now=1_000_000.0009) == 1_000_000_001  # two starts in one millisecond
+    assert meta.bump_incarnation(now=999_000.0) == 1_000_000_002  # the clock was set back
+    assert meta.bump_incarnation(now=1_000_050.0) == 1_000_050_000
+    db.close()
+
+
+def test_incarnation_grows_past_earlier_starts_when_the_data_directory_is_older_or_new(tmp_path: Path) -> None:
+    # `meshctl restore` puts back a directory whose stored incarnation is older than the one peers saw
+    # last, and a replaced data directory has none: peers would ignore the node until it passed theirs.
+    before = tmp_path / "before"
+    db = Database(before)
+    NodeMeta(db).bump_incarnation(now=2_000_000.0)
+    db.close()
+    db = Database(tmp_path / "after")
+    running = NodeMeta(db)
+    running.bump_incarnation(now=2_000_010.0)
+    seen_by_peers = running.bump_incarnation(now=2_000_020.0)
+    db.close()
+    db = Database(before)  # the restored (older) directory
+    assert NodeMeta(db).bump_incarnation(now=2_000_030.0) > seen_by_peers
+    db.close()
+    db = Database(tmp_path / "fresh")
+    assert NodeMeta(db).bump_incarnation(now=2_000_031.0) > seen_by_peers
     db.close()
 
 
