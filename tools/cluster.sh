@@ -67,8 +67,11 @@ stop() {
     if pid=$(pid_of "$node"); then
       kill -TERM "$pid" 2>/dev/null || true
       pids+=("$pid"); names+=("$node")
-    else
+    elif [ -f "$RUN/$node.pid" ]; then
+      echo "$node was not running (it had crashed or was killed): removed its stale pid file"
       rm -f "$RUN/$node.pid"
+    else
+      echo "$node was not running"
     fi
   done
   local deadline=$((SECONDS + STOP_GRACE_S)) i

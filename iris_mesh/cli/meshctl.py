@@ -90,9 +90,40 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-",
             _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
         ])
-    summary = "all nodes alive, writes safe" if ok else "CHECK FAILED: see the rows above"
+    summary = _status_summary(entries, args.node and entries[0]["node_id"])
     _emit(args, {"ok": ok, "nodes": entries}, f"{_table(rows)}\n{summary}")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -> str:
+    """The verdict under `meshctl status`'s table: which nodes are down or refuse writes, and what to do."""
+    down: dict[str, dict[str, int]] = {}  # peer -> state -> how many nodes see it so
+    for entry in entries:
+        for peer, state in entry.get("peers", {}).items():
+            if state != "alive":
+                counts = down.setdefault(peer, {})
+                counts[state] = counts.get(state, 0) + 1
+    refused = [e["node_id"] for e in entries if e["reachable"] and not e["safe_for_writes"]]
+    silent = [e["node_id"] for e in entries if not e["reachable"]]
+    seen_by = f" (as {one_node} sees it)" if one_node else ""
+    if not (down or refused or silent):
+        return f"all nodes alive, writes safe{seen_by}"
+    problems = []
+    if down:
+        problems.append("not alive: " + ", ".join(
+            f"{peer} ({', '.join(f'{state} to {n}' for state, n in sorted(counts.items()))})"
+            for peer, counts in sorted(down.items())))
+    if refused:
+        problems.append("writes refused by " + ", ".join(refused))
+    if silent:
+        problems.append("no answer from " + ", ".join(silent))
+    steps = []
+    if down or silent:
+        steps.append("start the nodes that are down; a node that runs but is dead to others is cut off from them "
+                     "(runbook: Network partition)")
+    if refused:
+        steps.append("safe mode ends by itself once a majority of the region's cores is visible again")
+    return f"CHECK FAILED{seen_by}: {'; '.join(problems)}\n  next: {'; '.join(steps)}"
 
 
 def cmd_ping(target: Target, args: argparse.Namespace) -> int:
@@ -156,15 +187,21 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
 def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[str, list[str]]]:
     seen: dict[str, list[str]] = {}
     unreachable = []
+    states: dict[str, set[str]] = {}  # every node some view lists -> the states the views give it
     for name, result in target.each("nodes"):
         if isinstance(result, AdminError) or not result.get("ok"):
             unreachable.append(name)
             continue
         seen[result["from"]] = sorted(n["node_id"] for n in result["nodes"] if n["state"] == "alive" and not n["self"])
+        for n in result["nodes"]:
+            states.setdefault(n["node_id"], set()).add(n["state"])
     if unreachable:
         return f"not answering: {', '.join(sorted(unreachable))}", seen
     if expect is not None and len(seen) < expect:
-        return f"{len(seen)} of {expect} nodes found ({', '.join(sorted(seen))})", seen
+        absent = sorted(set(states) - set(seen))
+        named = ", ".join(f"{n} ({'/'.join(sorted(states[n]))})" for n in absent)
+        known = f"; not found: {named}" if absent else ""
+        return f"{len(seen)} of {expect} nodes found ({', '.join(sorted(seen))}){known}", seen
     everyone = set(seen)
     for node_id, peers in sorted(seen.items()):
         missing = everyone - set(peers) - {node_id}
@@ -420,11 +457,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cluster", default=os.environ.get("IRIS_MESH_CLUSTER", "iris"),
                         help="cluster name to find by mDNS (default: $IRIS_MESH_CLUSTER, else iris)")
-    parser.add_argument("--node", help="HOST:PORT of a node's admin port (skips mDNS)")
+    parser.add_argument("--node", help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second)")
     parser.add_argument("--cookie-file", help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
     parser.add_argument("--mdns-interface", action="append", help="address to run mDNS on (default: 127.0.0.1)")
-    parser.add_argument("--mdns-timeout", type=float, default=1.5, help="seconds to listen for mDNS answers")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for a node's answer")
+    parser.add_argument("--mdns-timeout", type=float, default=1.5,
+                        help="seconds to listen for mDNS answers (default 1.5; commands that ask every node "
+                             "listen this long, and once more if nodes are missing)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for a node's answer (default 3)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[Target, argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:

@@ -84,6 +84,14 @@ def test_killed_node_is_marked_dead_and_rejoins_with_a_higher_incarnation(local_
     )
     # One core of three down: the other two still have a majority.
     assert all(local_cluster.nodes[n].status()["safe_for_writes"] for n in ("core1", "core3"))
+    # What an operator reads: the verdict and the mesh check name the node that is down.
+    status = meshctl(local_cluster, "--cluster", local_cluster.name, "status")
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert re.search(r"(?m)^CHECK FAILED: not alive: core2 \(dead to \d\)\n  next: start the nodes that are down",
+                     status.stdout), status.stdout
+    mesh = meshctl(local_cluster, "--cluster", local_cluster.name, "mesh", "--expect", "4", "--wait", "1")
+    assert mesh.returncode == 1, mesh.stdout + mesh.stderr
+    assert re.search(r"mesh NOT complete .* nodes found \(.*\); not found: .*core2 \(dead\)", mesh.stdout), mesh.stdout
 
     victim.start()
     assert victim.incarnation > old_incarnation
