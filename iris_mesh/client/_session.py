@@ -132,6 +132,7 @@ class ClientSession:
         self._sync_cid: int | None = None
         self._sync_retry_at: float | None = None
         self._ping_cid: int | None = None
+        self._pong_names_user = False  # this connection's edge has named our login in a pong
         self._ping_deadline: float | None = None
         self._last_tx = 0.0
         self._last_rx = 0.0
@@ -342,6 +343,15 @@ class ClientSession:
         self._requests.pop(frame.cid, None)
         if frame.cid == self._ping_cid:
             self._ping_cid = self._ping_deadline = None
+        if self.state is not SessionState.LOGGED_IN:
+            return
+        if frame.user == self.user:
+            self._pong_names_user = True
+        elif self._pong_names_user:
+            # PROTOCOL.md 4.5: the edge no longer has this connection logged in (it ended an idle
+            # session, or ZeroMQ reconnected on its own): log in again, sync, resend. Only once the
+            # edge has named us in a pong: an edge that never does is older than that rule.
+            self._lose(f"edge {self.edge} answered a ping without our login: the session ended there", now)
 
     def _on_error(self, frame: ErrorReply, now: float) -> None:
         error = IrisError(frame.code, frame.detail, frame.retry_after_s)
@@ -565,6 +575,7 @@ class ClientSession:
         self.counters["resent"] += len(self._sends.requeue_in_flight(now))
         self._sync_wanted, self._sync_cursor, self._sync_cid, self._sync_retry_at = False, None, None, None
         self._ping_cid = self._ping_deadline = None
+        self._pong_names_user = False
         self._hello_deadline = None
         self._logout_cid = None
         if self._login_waiter is None:

@@ -112,9 +112,10 @@ class PresenceReply:
 
 @dataclass(frozen=True, slots=True)
 class PongReply:
-    """`pong {cid}`: the answer to ping."""
+    """`pong {cid, user?}`: the answer to ping; `user` is who the connection is logged in as (None: nobody)."""
 
     cid: int
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +274,8 @@ def _parse_presence(msg: Mapping[Any, Any]) -> PresenceReply:
 
 
 def _parse_pong(msg: Mapping[Any, Any]) -> PongReply:
-    return PongReply(cid=_cid(msg, "pong"))
+    user = _text(msg, "user", "pong") if msg.get("user") is not None else None
+    return PongReply(cid=_cid(msg, "pong"), user=user)
 
 
 def _parse_error(msg: Mapping[Any, Any]) -> ErrorReply:

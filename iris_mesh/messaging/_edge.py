@@ -202,7 +202,7 @@ class EdgeService:
         self._to_client(session.route, build_hello(self.node_id, self._limits))
 
     def _ping(self, session: Session, request: PingRequest, now: float) -> None:
-        self._to_client(session.route, build_pong(request.cid))
+        self._to_client(session.route, build_pong(request.cid, session.user))
 
     def _login(self, session: Session, request: LoginRequest, now: float) -> None:
         if session.user is not None:

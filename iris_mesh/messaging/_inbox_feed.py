@@ -27,6 +27,9 @@ from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 
 __all__ = ["InboxFeed"]
 
+# A sync reads on past pages of only deleted (acked) entries this many times before it answers an empty page.
+_EMPTY_SCANS_PER_SYNC = 8
+
 
 class InboxFeed:
     """Sync, push and ack-delete of stored messages for the sessions of one edge."""
@@ -60,12 +63,20 @@ class InboxFeed:
             self._to_client(session.route, build_error("bad_request", "cursor does not belong to this inbox", cid=request.cid))
             return
 
+        rounds = [1]
+
         def page(result: Any) -> None:
             live = self._sessions.get(session.route)
             if live is None:
                 return
             if not result.ok:
                 self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
+                return
+            if not result.items and result.more and rounds[0] < _EMPTY_SCANS_PER_SYNC:
+                # Only deleted (acked) entries so far: read on rather than answer an empty page.
+                rounds[0] += 1
+                self._store.async_scan("offline_msg", prefix, start_after=result.cursor,
+                                       limit=request.page_size(self._limits), on_done=page, now=self._now())
                 return
             msgs = self._deliveries(live, result.items, skip_outstanding=False)
             if not result.more and not live.pushing and not live.push_paused:

@@ -534,10 +534,13 @@ def build_presence(cid: int, user: str, online: bool, last_seen_ms: int | None) 
     return {**_envelope("presence"), "cid": cid, "user": user, "online": bool(online), "last_seen": last_seen_ms}
 
 
-def build_pong(cid: int) -> dict[str, Any]:
-    """The reply to ping."""
+def build_pong(cid: int, user: str | None = None) -> dict[str, Any]:
+    """The reply to ping; `user`: who the connection is logged in as (None: not logged in, no key)."""
     _check_cid(cid)
-    return {**_envelope("pong"), "cid": cid}
+    frame = {**_envelope("pong"), "cid": cid}
+    if user is not None:
+        frame["user"] = user
+    return frame
 
 
 def build_error(

@@ -330,6 +330,79 @@ def test_a_client_that_drops_mid_sync_gets_the_unacked_rest(local_cluster: Local
         bob.close()
 
 
+def test_a_pong_names_the_login_of_its_connection_so_a_lost_session_shows(local_cluster: LocalCluster) -> None:
+    # A client whose connection ZeroMQ re-made on its own (a new routing id) or whose session the
+    # edge ended still gets pongs: only the missing `user` tells it to log in again (PROTOCOL.md 4.5).
+    _cluster(local_cluster)
+    edge = local_cluster.nodes["edge1"]
+    ctx = zmq.Context()
+    try:
+        sock, ask = _raw_session(local_cluster, edge, "bob", ctx)
+        assert ask({"op": "ping", "cid": 2}) == {"v": 1, "op": "pong", "cid": 2, "user": "bob"}
+        other, ask_other = _raw_session(local_cluster, edge, "alice", ctx)
+        assert ask_other({"op": "logout", "cid": 2})["op"] == "ok"
+        assert ask_other({"op": "ping", "cid": 3}) == {"v": 1, "op": "pong", "cid": 3}
+        assert ask({"op": "ping", "cid": 3})["user"] == "bob"
+        sock.close(0)
+        other.close(0)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_sync_reads_past_acked_entries_instead_of_answering_empty_pages(local_cluster: LocalCluster) -> None:
+    # Acked messages leave tombstones in the inbox for a while; a sync must not answer page after
+    # page of nothing with `more: true` while it walks over them.
+    _cluster(local_cluster)
+    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    try:
+        for i in range(30):
+            alice.send("bob", f"{i}".encode())
+    finally:
+        alice.close()
+    ctx = zmq.Context()
+    try:
+        sock, _ask = _raw_session(local_cluster, local_cluster.nodes["edge2"], "bob", ctx)
+        cids = iter(range(2, 10_000))
+        seen: set[bytes] = set()
+
+        def ask(msg: dict) -> dict:
+            """The reply to `msg`; stored messages the edge pushes meanwhile are noted and acked."""
+            cid = next(cids)
+            sock.send(cbor2.dumps({"v": 1, "cid": cid, **msg}))
+            while True:
+                assert sock.poll(10_000), f"no answer to {msg['op']}"
+                frame = cbor2.loads(sock.recv())
+                if frame["op"] == "deliver":
+                    seen.add(frame["id"])
+                    sock.send(cbor2.dumps({"v": 1, "op": "ack", "ids": [frame["id"]]}))
+                elif frame.get("cid") == cid:
+                    return frame
+
+        cursor = None
+        while True:
+            page = ask({"op": "sync", "cursor": cursor, "limit": 5})
+            seen.update(m["id"] for m in page["msgs"])
+            sock.send(cbor2.dumps({"v": 1, "op": "ack", "ids": [m["id"] for m in page["msgs"]]}))
+            cursor = page["cursor"]
+            if not page["more"]:
+                break
+        wait_until(lambda: len(seen) == 30 and ask({"op": "sync", "cursor": None, "limit": 5})["msgs"] == [], 10.0,
+                   "bob to get all 30 and his acks to delete them")
+        # 30 deleted entries, 5 per scan: one answer, and it says the inbox is done.
+        empty = ask({"op": "sync", "cursor": None, "limit": 5})
+        assert empty["msgs"] == [] and empty["more"] is False, empty
+        alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+        try:
+            late = alice.send("bob", b"after the acked ones").id
+        finally:
+            alice.close()
+        wait_until(lambda: late in seen or [m["id"] for m in ask({"op": "sync", "cursor": None, "limit": 5})["msgs"]]
+                   == [late], 10.0, "the message after the acked ones, by push or as the first page")
+        sock.close(0)
+    finally:
+        ctx.destroy(linger=0)
+
+
 def test_sends_past_the_rate_limit_get_rate_limited_with_retry_after(local_cluster: LocalCluster) -> None:
     for node_id in CORES:
         local_cluster.add(node_id)

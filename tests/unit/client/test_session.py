@@ -431,6 +431,41 @@ def test_idle_sessions_ping_and_a_missing_pong_loses_the_session(h: Harness) -> 
     assert h.lost and "ping" in h.lost[0]
 
 
+def test_a_pong_without_our_login_loses_the_session_and_logs_in_again(h: Harness) -> None:
+    # The edge ended the session (idle, or ZeroMQ reconnected on its own under a new routing id):
+    # pings still get pongs, but no longer name the user, and nothing would be delivered any more.
+    h.connect()
+    h.login()
+    h.tick(5.1)
+    h.frame(build_pong(h.take("ping")[0]["cid"], "alice"))
+    assert not h.lost
+    waiter = h.send("bob", 1)
+    h.tick()
+    h.take("send")
+    h.tick(5.1)
+    h.frame(build_pong(h.take("ping")[0]["cid"]))
+    assert h.lost and "without our login" in h.lost[0]
+    assert h.s.state is SessionState.IDLE and h.s.counters["resent"] == 1
+    h.connect("edge2")
+    login = h.take("login")[0]
+    assert login["user"] == "alice"
+    h.frame(build_ok(login["cid"]))
+    frames = h.take()
+    assert [(f["op"], f.get("id")) for f in frames] == [("send", mid(1)), ("sync", None)]
+    h.frame(build_sent(frames[0]["cid"], mid(1), "stored"))
+    assert waiter.value.id == mid(1)
+
+
+def test_an_edge_whose_pongs_never_name_the_user_is_not_taken_for_a_lost_session(h: Harness) -> None:
+    # An edge older than the `user` key in pong: its pongs keep the session alive as before.
+    h.connect()
+    h.login()
+    for _ in range(3):
+        h.tick(5.1)
+        h.frame(build_pong(h.take("ping")[0]["cid"]))
+    assert not h.lost and h.s.state is SessionState.LOGGED_IN
+
+
 def test_traffic_in_both_directions_postpones_the_ping(h: Harness) -> None:
     h.connect()
     h.login()

@@ -196,7 +196,7 @@ _BUILD: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "deliver": lambda m: build_deliver(_delivery({k: m[k] for k in m if k not in ("v", "op")})),
     "inbox": lambda m: build_inbox(m["cid"], [_delivery(d) for d in m["msgs"]], m["cursor"], m["more"]),
     "presence": lambda m: build_presence(m["cid"], m["user"], m["online"], m["last_seen"]),
-    "pong": lambda m: build_pong(m["cid"]),
+    "pong": lambda m: build_pong(m["cid"], m.get("user")),
     "error": lambda m: build_error(m["code"], m["detail"], cid=m.get("cid"), retry_after_s=m.get("retry_after")),
 }
 
