@@ -88,7 +88,7 @@ class Node:
         config = self.config
         meta = NodeMeta(db)
         meta.claim(config.node_id)
-        self.incarnation = meta.bump_incarnation()
+        self.incarnation = meta.bump_incarnation(time.time())
         expected = set(meta.expected_cores(config.region)) | set(config.expected_cores)
         if config.role == "core":
             expected.add(config.node_id)

@@ -133,6 +133,7 @@ class ClientSession:
         self._sync_retry_at: float | None = None
         self._ping_cid: int | None = None
         self._pong_names_user = False  # this connection's edge has named our login in a pong
+        self._ping_after_login = False
         self._ping_deadline: float | None = None
         self._last_tx = 0.0
         self._last_rx = 0.0
@@ -343,8 +344,8 @@ class ClientSession:
         self._requests.pop(frame.cid, None)
         if frame.cid == self._ping_cid:
             self._ping_cid = self._ping_deadline = None
-        if self.state is not SessionState.LOGGED_IN:
-            return
+        if self.state is not SessionState.LOGGED_IN or self._closing or self._logout_cid is not None:
+            return  # a logout under way: pongs may name us or not
         if frame.user == self.user:
             self._pong_names_user = True
         elif self._pong_names_user:
@@ -407,6 +408,11 @@ class ClientSession:
             self._pump(now)
             self._flush_acks(now)
             self._maybe_sync(now)
+            if self._ping_after_login and self._ping_cid is None:
+                # The pong shows whether this edge names our login in pongs, before a session
+                # ended while the client slept could go unnoticed (see _on_pong).
+                self._ping(now)
+            self._ping_after_login = False
         return self._next_wakeup(now)
 
     def _check_ping(self, now: float) -> None:
@@ -417,8 +423,11 @@ class ClientSession:
                 self._lose(f"edge {self.edge} did not answer a ping within {self._opts.pong_timeout_s} s", now)
             return
         if now >= min(self._last_tx, self._last_rx) + self._opts.ping_interval_s:
-            self._ping_cid = self._request(_Request("ping"), lambda c: PingRequest(cid=c).to_wire(), now)
-            self._ping_deadline = now + self._opts.pong_timeout_s
+            self._ping(now)
+
+    def _ping(self, now: float) -> None:
+        self._ping_cid = self._request(_Request("ping"), lambda c: PingRequest(cid=c).to_wire(), now)
+        self._ping_deadline = now + self._opts.pong_timeout_s
 
     def _next_wakeup(self, now: float) -> float | None:
         times = [self._sends.next_wakeup(now), self._login_deadline, self._sync_retry_at]
@@ -473,6 +482,7 @@ class ClientSession:
         # PROTOCOL.md 4.4: page through the offline inbox from the start; tick sends the pages,
         # the resends (in their original order) and the acks held over from the last session.
         self._sync_wanted, self._sync_cursor, self._sync_retry_at = True, None, None
+        self._ping_after_login = True
 
     def _login_refused(self, error: IrisError, now: float) -> None:
         self._login_deadline = None

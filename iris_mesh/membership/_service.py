@@ -16,6 +16,9 @@ from iris_mesh.membership._failure_detector import FailureDetector, PeerState, T
 from iris_mesh.membership._partition_guard import GuardDecision, PartitionGuard
 from iris_mesh.membership._peer import CardError, PeerCard
 
+# A node whose frames carry an older incarnation than one it had is reported once this has lasted
+# _STALE_REPORT_AFTER_S (frames of a process from before a restart may come for a moment), then
+# every _STALE_REPORT_EVERY_S while it goes on.
 _STALE_REPORT_AFTER_S = 5.0
 _STALE_REPORT_EVERY_S = 60.0
 
@@ -314,7 +317,7 @@ class MembershipService:
         self._stale_since[node_id] = now + _STALE_REPORT_EVERY_S - _STALE_REPORT_AFTER_S
         logger.warning(
             "{} sends with incarnation {}, older than {} seen before: ignored, it stays down here (its clock went "
-            "back, or its data directory is older than its last start); restarting it gives it a new incarnation",
+            "back, or its data directory is older than its last start); restart it once its clock is right",
             node_id, incarnation, known,
         )
 

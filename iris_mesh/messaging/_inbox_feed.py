@@ -64,11 +64,12 @@ class InboxFeed:
             return
 
         rounds = [1]
+        user = session.user
 
         def page(result: Any) -> None:
             live = self._sessions.get(session.route)
-            if live is None:
-                return
+            if live is not session or live.user != user:
+                return  # the session ended, or logged out (and maybe in as someone else) meanwhile
             if not result.ok:
                 self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
                 return
@@ -131,12 +132,12 @@ class InboxFeed:
             session.push_paused = True
             return
         session.pushing = True
-        route = session.route
+        route, user = session.route, session.user
 
         def page(result: Any) -> None:
             live = self._sessions.get(route)
-            if live is None:
-                return
+            if live is not session or live.user != user:
+                return  # the session ended, or logged out (and maybe in as someone else) meanwhile
             if not result.ok:
                 live.pushing = False
                 return

@@ -15,6 +15,7 @@ can be removed by hand).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -63,12 +64,10 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
     try:
         busy = []
         for _checkpoint_dir, data_dir in pairs:
-            try:
-                fd = _lock(data_dir)
-            except OSError:
+            fd = _lock(data_dir)
+            if fd is _BUSY:
                 busy.append(str(data_dir))
-                continue
-            if fd is not None:
+            elif fd is not None:
                 locks.append(fd)
         if busy:
             raise StoreError(
@@ -78,16 +77,18 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
         staged = []
         for checkpoint_dir, data_dir in pairs:
             progress(f"copying {checkpoint_dir} next to {data_dir} ...")
-            data_dir.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
-            works.append(work)
-            copy = work / "data"
-            shutil.copytree(checkpoint_dir, copy)
+            try:
+                data_dir.parent.mkdir(parents=True, exist_ok=True)
+                work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
+                works.append(work)
+                copy = work / "data"
+                shutil.copytree(checkpoint_dir, copy)
+                _fsync_tree(copy)
+            except OSError as exc:
+                raise StoreError(f"copying {checkpoint_dir} next to {data_dir} failed ({exc}); nothing was changed") from None
             _prove_usable(copy, checkpoint_dir)
-            _fsync_tree(copy)
             staged.append((copy, data_dir))
-        for copy, data_dir in staged:
-            _swap_in(copy, data_dir)
+        _swap_all(staged)
     finally:
         for work in works:
             shutil.rmtree(work, ignore_errors=True)
@@ -108,20 +109,28 @@ def _refusal(checkpoint_dir: Path, data_dir: Path) -> str | None:
     return None
 
 
+_BUSY = -1
+
+
 def _lock(data_dir: Path) -> int | None:
     """Take the database's LOCK (RocksDB uses the same POSIX record lock) so no node opens it meanwhile.
 
-    None if there is no database yet; OSError if another process holds it.
+    The descriptor holding it; None if there is no database yet; _BUSY if another process holds it.
     """
     lock_path = data_dir / "LOCK"
     if not lock_path.exists():
         return None
-    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError as exc:
+        raise StoreError(f"cannot open {lock_path} ({exc}); nothing was changed") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return _BUSY
+        raise StoreError(f"cannot lock {lock_path} ({exc}); nothing was changed") from None
     return fd
 
 
@@ -151,17 +160,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _swap_in(staged: Path, data_dir: Path) -> None:
-    old = data_dir.parent / f".{data_dir.name}.old-{os.getpid()}-{time.time_ns()}"
-    had_old = data_dir.exists()
-    if had_old:
-        os.rename(data_dir, old)
+def _swap_all(staged: list[tuple[Path, Path]]) -> None:
+    """Put every staged copy in place of its data directory: all of them, or none (the old ones are put back).
+
+    Each old directory is renamed away before its copy is renamed in; the old ones are deleted only once
+    every copy is in place.
+    """
+    stamp = f"{os.getpid()}-{time.time_ns()}"
+    done: list[tuple[Path, Path | None]] = []  # (data directory, where its old one went: None if it had none)
     try:
-        os.rename(staged, data_dir)
-    except OSError:
-        if had_old:
-            os.rename(old, data_dir)  # put the original back; the restore did not happen
-        raise
-    _fsync_dir(data_dir.parent)
-    if had_old:
-        shutil.rmtree(old)
+        for copy, data_dir in staged:
+            old = data_dir.parent / f".{data_dir.name}.old-{stamp}" if data_dir.exists() else None
+            if old is not None:
+                os.rename(data_dir, old)
+            try:
+                os.rename(copy, data_dir)
+            except OSError:
+                if old is not None:
+                    os.rename(old, data_dir)
+                raise
+            done.append((data_dir, old))
+    except OSError as exc:
+        undone = _undo_swaps(done)
+        raise StoreError(f"putting the restored copies in place failed ({exc}); {undone}") from None
+    for data_dir, _old in done:
+        _fsync_dir(data_dir.parent)
+    for _data_dir, old in done:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _undo_swaps(done: list[tuple[Path, Path | None]]) -> str:
+    """Put the old data directories back after a failed swap; says what the operator finds."""
+    stuck = []
+    for data_dir, old in reversed(done):
+        try:
+            shutil.rmtree(data_dir)
+            if old is not None:
+                os.rename(old, data_dir)
+        except OSError as exc:
+            stuck.append(f"{data_dir} ({exc}; its old data is in {old})")
+    if stuck:
+        return "could not put back the old data of " + ", ".join(stuck) + ": move it back by hand before starting"
+    return "every data directory is as it was"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from iris_mesh.store._db import Database, StoreError
 
@@ -37,10 +36,10 @@ class NodeMeta:
                 f"{self._db.path} belongs to node {stored.decode()!r}, not {node_id!r}; refusing to start"
             )
 
-    def bump_incarnation(self, now: float | None = None) -> int:
+    def bump_incarnation(self, now: float) -> int:
         """Return a new incarnation, larger than any earlier start of this node.
 
-        It is the start time in Unix milliseconds (`now`: seconds, default the clock), or one
+        It is the start time in Unix milliseconds (`now`: Unix seconds), or one
         more than the stored one if that is higher (a clock set back).
         The clock keeps it growing when the stored one is older than what peers saw, after
         `meshctl restore` or with a new data directory: peers ignore a node whose
@@ -48,7 +47,7 @@ class NodeMeta:
         """
         raw = self._db.get("meta", _INCARNATION)
         stored = int.from_bytes(raw, "big") if raw else 0
-        incarnation = max(stored + 1, int((time.time() if now is None else now) * 1000))
+        incarnation = max(stored + 1, int(now * 1000))
         self._db.put_synced("meta", _INCARNATION, incarnation.to_bytes(8, "big"))
         return incarnation
 

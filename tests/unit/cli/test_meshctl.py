@@ -68,9 +68,18 @@ def test_a_failed_check_names_the_nodes_down_and_those_refusing_writes_and_what_
         {"node_id": "core4", "reachable": False, "error": "timeout"},
     ]
     verdict, steps = _status_summary(entries).split("\n")
+    assert "core4" not in steps and "not answering is overloaded or stuck" in steps
     assert verdict == ("CHECK FAILED: not alive: core2 (dead to 2), core3 (dead to 1, suspect to 1); "
                        "writes refused by core1; no answer from core4")
     assert steps.startswith("  next: start the nodes that are down;") and "Network partition" in steps
     assert "safe mode ends by itself" in steps
     only_down = _status_summary([node_status("core1", {"edge1": "dead"})])
     assert "not alive: edge1 (dead to 1)" in only_down and "safe mode" not in only_down
+
+
+def test_an_expected_core_never_seen_since_the_start_fails_the_check() -> None:
+    # After a restart where core3 did not come up: it is in no node's peers, only in `missing`.
+    entries = [dict(node_status("core1", {"core2": "alive"}), missing=["core3"]),
+               dict(node_status("core2", {"core1": "alive"}), missing=["core3"])]
+    verdict = _status_summary(entries).split("\n")[0]
+    assert verdict == "CHECK FAILED: not alive: core3 (not seen by 2)"

@@ -95,16 +95,23 @@ class Harness:
         assert self.take("hello")[0].get("client")
         self.frame(build_hello(node, limits))
 
-    def login(self, user: str = "alice") -> Waiter:
+    def login(self, user: str = "alice", *, pong_names_user: bool = True) -> Waiter:
         waiter = Waiter("login")
         self.s.login(user, f"token-{user}", waiter, self.now)
         self.collect()
-        login = self.take("login")[0]
-        self.frame(build_ok(login["cid"]))
+        self.login_ok(self.take("login")[0]["cid"], pong_names_user=pong_names_user)
         sync = self.take("sync")[0]
         assert sync["cursor"] is None
         self.frame(build_inbox(sync["cid"], [], None, False))
         return waiter
+
+    def login_ok(self, cid: int, *, pong_names_user: bool = True) -> None:
+        """The edge accepts the login; the ping the session sends right after is answered (naming the user)."""
+        self.frame(build_ok(cid))
+        pings = [f for f in self.frames if f["op"] == "ping"]
+        assert len(pings) == 1, [f["op"] for f in self.frames]
+        self.frames.remove(pings[0])
+        self.frame(build_pong(pings[0]["cid"], self.s.user if pong_names_user else None))
 
     def send(self, to: str, n: int, body: bytes = b"x") -> Waiter:
         waiter = Waiter(f"send {n}")
@@ -136,7 +143,7 @@ def test_hello_then_login_then_sync(h: Harness) -> None:
     login = h.take("login")[0]
     assert (login["user"], login["token"]) == ("alice", "token-alice")
     assert h.s.state is SessionState.LOGGING_IN
-    h.frame(build_ok(login["cid"]))
+    h.login_ok(login["cid"])
     assert waiter.value is None and h.s.state is SessionState.LOGGED_IN
     assert h.take("sync")[0]["cursor"] is None
 
@@ -145,7 +152,7 @@ def test_sync_pages_until_more_is_false_and_surfaces_in_order(h: Harness) -> Non
     h.connect()
     h.s.login("bob", "t", Waiter(), h.now)
     h.collect()
-    h.frame(build_ok(h.take("login")[0]["cid"]))
+    h.login_ok(h.take("login")[0]["cid"])
     first = h.take("sync")[0]
     h.frame(build_inbox(first["cid"], [delivery(1), delivery(2)], b"c2", True))
     second = h.take("sync")[0]
@@ -295,7 +302,7 @@ def test_sends_queued_while_logging_in_go_out_after_ok_in_order(h: Harness) -> N
         h.send("bob" if n != 2 else "carol", n)
     h.tick()
     assert h.take() == []
-    h.frame(build_ok(login["cid"]))
+    h.login_ok(login["cid"])
     ops = [(f["op"], f.get("id")) for f in h.take()]
     assert ops == [("send", mid(1)), ("send", mid(2)), ("send", mid(3)), ("sync", None)]
 
@@ -371,7 +378,7 @@ def test_not_logged_in_after_login_loses_the_session_and_resends_after_login(h: 
     h.connect("edge2")
     login = h.take("login")[0]  # logs in again by itself
     assert login["user"] == "alice"
-    h.frame(build_ok(login["cid"]))
+    h.login_ok(login["cid"])
     frames = h.take()
     assert [(f["op"], f.get("id")) for f in frames] == [("send", mid(2)), ("send", mid(3)), ("sync", None)]
     for f in frames[:2]:
@@ -389,7 +396,7 @@ def test_a_lost_link_keeps_acks_and_the_login_for_the_next_edge(h: Harness) -> N
     h.tick()
     assert h.take() == []  # nothing goes out without a link
     h.connect("edge2")
-    h.frame(build_ok(h.take("login")[0]["cid"]))
+    h.login_ok(h.take("login")[0]["cid"])
     frames = h.take()
     assert [f["op"] for f in frames] == ["ack", "sync"] and frames[0]["ids"] == [mid(1)]
     # The resync redelivers message 1: the application has it, so it is dropped and acked again.
@@ -407,7 +414,7 @@ def test_the_resync_after_failover_drops_what_was_surfaced(h: Harness) -> None:
     h.s.link_lost("gone", h.now)
     h.collect()
     h.connect("edge2")
-    h.frame(build_ok(h.take("login")[0]["cid"]))
+    h.login_ok(h.take("login")[0]["cid"])
     frames = h.take()
     sync = [f for f in frames if f["op"] == "sync"][0]
     h.frame(build_inbox(sync["cid"], [delivery(1), delivery(2), delivery(3)], b"c", False))
@@ -449,7 +456,7 @@ def test_a_pong_without_our_login_loses_the_session_and_logs_in_again(h: Harness
     h.connect("edge2")
     login = h.take("login")[0]
     assert login["user"] == "alice"
-    h.frame(build_ok(login["cid"]))
+    h.login_ok(login["cid"])
     frames = h.take()
     assert [(f["op"], f.get("id")) for f in frames] == [("send", mid(1)), ("sync", None)]
     h.frame(build_sent(frames[0]["cid"], mid(1), "stored"))
@@ -459,7 +466,7 @@ def test_a_pong_without_our_login_loses_the_session_and_logs_in_again(h: Harness
 def test_an_edge_whose_pongs_never_name_the_user_is_not_taken_for_a_lost_session(h: Harness) -> None:
     # An edge older than the `user` key in pong: its pongs keep the session alive as before.
     h.connect()
-    h.login()
+    h.login(pong_names_user=False)
     for _ in range(3):
         h.tick(5.1)
         h.frame(build_pong(h.take("ping")[0]["cid"]))
@@ -517,11 +524,34 @@ def test_begin_close_fails_pending_sends_sends_acks_then_logs_out(h: Harness) ->
     assert h.tick() is None
 
 
+def test_a_pong_that_crosses_the_logout_of_a_close_is_not_a_lost_session(h: Harness) -> None:
+    h.connect()
+    h.login()
+    h.tick(5.1)
+    ping = h.take("ping")[0]
+    h.s.begin_close(h.now)
+    h.collect()
+    logout = h.take("logout")[0]
+    h.frame(build_pong(ping["cid"], "alice"))  # answered before the edge read the logout
+    h.frame(build_ok(logout["cid"]))
+    assert h.s.close_done and h.lost == []
+
+
+def test_the_ping_right_after_login_shows_a_session_the_edge_ended_before_any_other_ping(h: Harness) -> None:
+    # The client slept right after logging in, long enough for the edge to end the idle session:
+    # the first regular ping's pong lacks the user, and the post-login pong had named it.
+    h.connect()
+    h.login()
+    h.tick(40.0)
+    h.frame(build_pong(h.take("ping")[0]["cid"]))
+    assert h.lost and "without our login" in h.lost[0]
+
+
 def test_sync_retries_after_a_retryable_error(h: Harness) -> None:
     h.connect()
     h.s.login("bob", "t", Waiter(), h.now)
     h.collect()
-    h.frame(build_ok(h.take("login")[0]["cid"]))
+    h.login_ok(h.take("login")[0]["cid"])
     sync = h.take("sync")[0]
     h.frame(build_error("unavailable", "replicas down", cid=sync["cid"]))
     h.tick(0.5)
@@ -536,7 +566,7 @@ def test_sync_holds_while_the_application_is_behind() -> None:
     h.connect()
     h.s.login("bob", "t", Waiter(), h.now)
     h.collect()
-    h.frame(build_ok(h.take("login")[0]["cid"]))
+    h.login_ok(h.take("login")[0]["cid"])
     h.frame(build_inbox(h.take("sync")[0]["cid"], [delivery(1), delivery(2)], b"c2", True))
     assert h.take() == []
     h.s.returned(h.messages[:1], h.now)
@@ -579,7 +609,7 @@ def test_sends_after_a_stored_one_name_it_until_one_is_delivered(h: Harness) -> 
     h.s.link_lost("the connection to the edge closed", h.now)
     h.collect()
     h.connect("edge2")
-    h.frame(build_ok(h.take("login")[0]["cid"]))
+    h.login_ok(h.take("login")[0]["cid"])
     resent = [f for f in h.take() if f["op"] == "send"]
     assert [(f["id"], f.get("after")) for f in resent] == [(mid(2), mid(1)), (mid(3), None)]
     h.frame(build_sent(resent[0]["cid"], mid(2), "delivered"))

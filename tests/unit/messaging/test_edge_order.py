@@ -295,3 +295,26 @@ def test_an_answered_id_is_forgotten_after_ten_minutes_even_with_no_sends_since(
     # Sent in its own right again; the store's version derived from the id keeps it one copy.
     assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
     assert len(edge.store.puts) == writes + 1
+
+
+# ---- one connection, one user after another -----------------------------------------------------
+
+
+def test_an_inbox_read_under_way_never_reaches_the_next_user_of_the_same_connection() -> None:
+    """alice asks for her inbox, logs out and the connection logs in as bob before the read is answered."""
+    edge = Edge()
+    edge.log_in(CAROL, "carol")
+    assert edge.outcome(CAROL, edge.send(CAROL, "alice", 1)) == "sent:stored"
+    shared = b"shared-connection"
+    cid = edge.request(shared, "login", user="alice", token=issue_token(SECRET, "alice", WALL_S + 3600))
+    edge.store.run()
+    assert edge.reply(shared, cid)["op"] == "ok"
+    edge.take(shared)
+    edge.request(shared, "sync", cursor=None)  # and whatever push the login started: all unanswered yet
+    assert edge.store.pending
+    edge.request(shared, "logout")
+    edge.request(shared, "login", user="bob", token=issue_token(SECRET, "bob", WALL_S + 3600))
+    edge.store.run()
+    handed = [f["id"] for f in edge.take(shared, "deliver")]
+    handed += [m["id"] for f in edge.take(shared, "inbox") for m in f["msgs"]]
+    assert mid(1) not in handed, "alice's message went to bob"

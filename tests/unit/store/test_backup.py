@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from rocksdict import Options, Rdict
@@ -203,14 +204,41 @@ def test_a_restore_of_several_cores_changes_none_while_any_of_them_is_in_use(tmp
 
 def test_a_restore_of_several_cores_names_every_refused_checkpoint(tmp_path: Path) -> None:
     db = Database(tmp_path / "data" / "core1")
-    good = checkpoint(db, tmp_path / "backup" / "core1")
+    checkpoint(db, tmp_path / "backup" / "core1")
+    commit_now(db, [("offline_msg", b"after-backup", v(1))])
     db.close()
     for name in ("core2", "core3"):
         (tmp_path / "backup" / name).mkdir()
     pairs = [(tmp_path / "backup" / name, tmp_path / "data" / name) for name in ("core1", "core2", "core3")]
+    before = dump(tmp_path / "data" / "core1")
     with pytest.raises(StoreError, match=r"backup/core2 is not a database checkpoint.*backup/core3 is not a database"):
         restore_all(pairs)
-    assert good.exists() and not (tmp_path / "data" / "core2").exists()
+    assert dump(tmp_path / "data" / "core1") == before  # core1's checkpoint was fine, and still not put back
+
+
+def test_a_restore_that_fails_while_swapping_puts_every_old_directory_back(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs = []
+    for name in ("core1", "core2"):
+        db = Database(tmp_path / "data" / name)
+        backup = checkpoint(db, tmp_path / "backup" / name)
+        commit_now(db, [("offline_msg", b"after-backup", v(1))])
+        db.close()
+        pairs.append((backup, tmp_path / "data" / name))
+    before = {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")}
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(dst).name == "core2" and ".restore-" in str(src):
+            raise OSError(28, "No space left on device")  # core1's copy is in place already
+        real_rename(src, dst)
+
+    monkeypatch.setattr("iris_mesh.store._backup.os.rename", rename)
+    with pytest.raises(StoreError, match="No space left on device.*every data directory is as it was"):
+        restore_all(pairs)
+    monkeypatch.undo()
+    assert {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")} == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["core1", "core2"]
 
 
 @pytest.mark.parametrize("kind", ["empty", "garbage", "damaged", "foreign"])

@@ -13,11 +13,11 @@ def test_incarnation_grows_across_restarts_and_the_directory_is_claimed(tmp_path
     db = Database(tmp_path / "n")
     meta = NodeMeta(db)
     meta.claim("core1")
-    first = meta.bump_incarnation()
+    first = meta.bump_incarnation(now=1_000_000.0)
     db.close()
     db = Database(tmp_path / "n")
     meta = NodeMeta(db)
-    assert meta.bump_incarnation() > first
+    assert meta.bump_incarnation(now=1_000_060.0) > first
     with pytest.raises(StoreError, match="belongs to node 'core1'"):
         meta.claim("core2")
     db.close()
