@@ -339,7 +339,7 @@ class EdgeService:
         self._recent.remember(send.sender, send.id, status, now)
         for route, cid in send.waiters:
             session = self.sessions.get(route)
-            if session is not None:
+            if session is not None and session.user == send.sender:  # not another user on the same connection
                 session.pending_sends = max(0, session.pending_sends - 1)
                 self._to_client(route, build_sent(cid, send.id, status))
         self.counters[f"sent_{status}"] += 1
@@ -356,7 +356,7 @@ class EdgeService:
             self._inflight.pop((failed.sender, failed.id), None)
             for route, cid in failed.waiters:
                 session = self.sessions.get(route)
-                if session is not None:
+                if session is not None and session.user == failed.sender:
                     session.pending_sends = max(0, session.pending_sends - 1)
                     if code in RETRYABLE_ERROR_CODES:
                         session.hold(failed.to, failed.id, code, self._now)

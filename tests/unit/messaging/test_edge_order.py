@@ -318,3 +318,17 @@ def test_an_inbox_read_under_way_never_reaches_the_next_user_of_the_same_connect
     handed = [f["id"] for f in edge.take(shared, "deliver")]
     handed += [m["id"] for f in edge.take(shared, "inbox") for m in f["msgs"]]
     assert mid(1) not in handed, "alice's message went to bob"
+
+
+def test_the_answer_to_a_send_never_reaches_the_next_user_of_the_same_connection() -> None:
+    edge = Edge()
+    shared = b"shared-connection"
+    edge.log_in(shared, "alice")
+    edge.send(shared, "carol", 1)  # carol is offline: stored, the answer waits for the store
+    assert edge.store.pending
+    edge.request(shared, "logout")
+    edge.request(shared, "login", user="bob", token=issue_token(SECRET, "bob", WALL_S + 3600))
+    edge.take(shared)
+    edge.store.run()
+    leaked = [f for f in edge.take(shared) if f.get("id") == mid(1)]
+    assert leaked == [], "bob was told about alice's send"
