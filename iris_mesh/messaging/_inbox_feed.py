@@ -64,12 +64,11 @@ class InboxFeed:
             return
 
         rounds = [1]
-        user = session.user
 
         def page(result: Any) -> None:
             live = self._sessions.get(session.route)
-            if live is not session or live.user != user:
-                return  # the session ended, or logged out (and maybe in as someone else) meanwhile
+            if live is not session:
+                return  # the session ended or logged out (a login after that is a new session) meanwhile
             if not result.ok:
                 self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
                 return
@@ -132,12 +131,12 @@ class InboxFeed:
             session.push_paused = True
             return
         session.pushing = True
-        route, user = session.route, session.user
+        route = session.route
 
         def page(result: Any) -> None:
             live = self._sessions.get(route)
-            if live is not session or live.user != user:
-                return  # the session ended, or logged out (and maybe in as someone else) meanwhile
+            if live is not session:
+                return  # the session ended or logged out (a login after that is a new session) meanwhile
             if not result.ok:
                 live.pushing = False
                 return

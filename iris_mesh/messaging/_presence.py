@@ -91,6 +91,8 @@ class PresenceBook:
     def async_answer(self, session: Session, request: PresenceRequest, now: float) -> None:
         """The `presence` op: online if a session is here or any edge says so; last seen is the newest row's time."""
         def found(result: Any) -> None:
+            if self._sessions.get(session.route) is not session:
+                return  # the session ended (or the connection logged in again) meanwhile: not its question
             if not result.ok:
                 self._to_client(session.route, build_error(result.code, result.detail, cid=request.cid))
                 return

@@ -65,7 +65,7 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
         busy = []
         for _checkpoint_dir, data_dir in pairs:
             fd = _lock(data_dir)
-            if fd is _BUSY:
+            if fd == _BUSY:
                 busy.append(str(data_dir))
             elif fd is not None:
                 locks.append(fd)
@@ -173,33 +173,35 @@ def _swap_all(staged: list[tuple[Path, Path]]) -> None:
             old = data_dir.parent / f".{data_dir.name}.old-{stamp}" if data_dir.exists() else None
             if old is not None:
                 os.rename(data_dir, old)
-            try:
-                os.rename(copy, data_dir)
-            except OSError:
-                if old is not None:
-                    os.rename(old, data_dir)
-                raise
-            done.append((data_dir, old))
+            done.append((data_dir, old))  # from here on, an undo must bring the old one back
+            os.rename(copy, data_dir)
     except OSError as exc:
-        undone = _undo_swaps(done)
-        raise StoreError(f"putting the restored copies in place failed ({exc}); {undone}") from None
-    for data_dir, _old in done:
-        _fsync_dir(data_dir.parent)
+        raise StoreError(f"putting the restored copies in place failed ({exc}); {_undo_swaps(done, stamp)}") from None
+    try:
+        for parent in {data_dir.parent for data_dir, _old in done}:
+            _fsync_dir(parent)
+    except OSError as exc:
+        raise StoreError(f"the restored data is in place, but syncing its directory failed ({exc}); "
+                         "check the disk before starting the cluster") from None
     for _data_dir, old in done:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _undo_swaps(done: list[tuple[Path, Path | None]]) -> str:
+def _undo_swaps(done: list[tuple[Path, Path | None]], stamp: str) -> str:
     """Put the old data directories back after a failed swap; says what the operator finds."""
     stuck = []
     for data_dir, old in reversed(done):
+        aside = data_dir.parent / f".{data_dir.name}.undone-{stamp}"
         try:
-            shutil.rmtree(data_dir)
+            if data_dir.exists():
+                os.rename(data_dir, aside)  # the restored copy: out of the way first, deleted last
             if old is not None:
                 os.rename(old, data_dir)
         except OSError as exc:
             stuck.append(f"{data_dir} ({exc}; its old data is in {old})")
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
     if stuck:
         return "could not put back the old data of " + ", ".join(stuck) + ": move it back by hand before starting"
     return "every data directory is as it was"

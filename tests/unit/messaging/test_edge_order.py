@@ -332,3 +332,16 @@ def test_the_answer_to_a_send_never_reaches_the_next_user_of_the_same_connection
     edge.store.run()
     leaked = [f for f in edge.take(shared) if f.get("id") == mid(1)]
     assert leaked == [], "bob was told about alice's send"
+
+
+def test_a_presence_answer_never_reaches_the_next_user_of_the_same_connection() -> None:
+    edge = Edge()
+    shared = b"shared-connection"
+    edge.log_in(shared, "alice")
+    edge.request(shared, "presence", user="carol")
+    assert edge.store.pending
+    edge.request(shared, "logout")
+    edge.request(shared, "login", user="bob", token=issue_token(SECRET, "bob", WALL_S + 3600))
+    edge.take(shared)
+    edge.store.run()
+    assert edge.take(shared, "presence") == [], "bob got the answer to alice's question"

@@ -241,6 +241,33 @@ def test_a_restore_that_fails_while_swapping_puts_every_old_directory_back(tmp_p
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["core1", "core2"]
 
 
+def test_a_restore_that_cannot_put_an_old_directory_back_says_where_it_is(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs = []
+    for name in ("core1", "core2"):
+        db = Database(tmp_path / "data" / name)
+        backup = checkpoint(db, tmp_path / "backup" / name)
+        commit_now(db, [("offline_msg", b"after-backup", v(1))])
+        db.close()
+        pairs.append((backup, tmp_path / "data" / name))
+    before = dump(tmp_path / "data" / "core1")
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(dst).name == "core2" and (".restore-" in str(src) or ".old-" in str(src)):
+            raise OSError(5, "Input/output error")  # neither the copy nor the old core2 can be renamed in
+        real_rename(src, dst)
+
+    monkeypatch.setattr("iris_mesh.store._backup.os.rename", rename)
+    with pytest.raises(StoreError, match=r"could not put back the old data of .*data/core2 .*its old data is in "
+                                         r".*\.core2\.old-") as refused:
+        restore_all(pairs)
+    monkeypatch.undo()
+    old = Path(str(refused.value).rsplit("its old data is in ", 1)[1].split(")")[0])
+    assert [k for k, _ in dump(old)["offline_msg"]] == [b"after-backup"]  # core2's data, where the error says
+    assert dump(tmp_path / "data" / "core1") == before  # core1 was put back
+
+
 @pytest.mark.parametrize("kind", ["empty", "garbage", "damaged", "foreign"])
 def test_restore_refuses_a_checkpoint_that_is_not_a_valid_database(tmp_path: Path, kind: str) -> None:
     data = tmp_path / "data"
