@@ -126,6 +126,8 @@ def decode(frame: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> d
     if buffer.tell() != len(frame):
         raise FrameError("bad_frame", f"{len(frame) - buffer.tell()} bytes of trailing data after the CBOR map")
     if not isinstance(msg, dict):
+        if isinstance(msg, Mapping):  # cbor2 makes a map inside a tag (self-describe 55799, say) a frozendict
+            raise FrameError("bad_frame", "frame is a tagged CBOR map: send the map itself, without a tag")
         raise FrameError("bad_frame", f"frame is a CBOR {type(msg).__name__}, not a map")
     version = msg.get("v")
     if not isinstance(version, int) or isinstance(version, bool):

@@ -43,6 +43,13 @@ def test_bad_frames_are_refused_with_a_code(frame: bytes, code: str) -> None:
     assert info.value.code == code
 
 
+def test_a_tagged_map_is_refused_with_a_detail_that_says_so() -> None:
+    # The self-describe tag (55799) around an otherwise good frame: cbor2 reads a tagged map as a frozendict.
+    with pytest.raises(FrameError) as info:
+        decode(b"\xd9\xd9\xf7" + cbor2.dumps({"v": PROTOCOL_VERSION, "op": "ping", "cid": 1}))
+    assert info.value.code == "bad_frame" and "tagged CBOR map" in str(info.value)
+
+
 def test_frame_over_the_limit_is_refused_before_decoding() -> None:
     frame = encode(envelope("x", body=b"a" * 2000))
     assert decode(frame, max_frame_bytes=len(frame))["body"] == b"a" * 2000
