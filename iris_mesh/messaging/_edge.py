@@ -110,7 +110,7 @@ class _Send:
         self.body = body
         self.ts_ms = ts_ms
         self.after = after  # the client's word on the pair's last stored message (from another edge, maybe)
-        self.waiters: list[tuple[bytes, int]] = []
+        self.waiters: list[tuple[Session, int]] = []  # the sessions waiting for its answer, with their cids
         self.offered: set[str] = set()
         self.declined: set[str] = set()
         self.deadline = 0.0
@@ -247,7 +247,8 @@ class EdgeService:
             return
         inflight = self._inflight.get((sender, request.id))
         if inflight is not None:
-            inflight.waiters.append((session.route, request.cid))
+            inflight.waiters.append((session, request.cid))
+            session.pending_sends += 1
             return
         hold = session.held(request.to, request.id, now)
         if hold is not None:
@@ -272,7 +273,7 @@ class EdgeService:
                 cid=request.cid, retry_after_s=wait))
             return
         send = _Send(sender, request.to, request.id, request.body, self._wall_ms(), request.after)
-        send.waiters.append((session.route, request.cid))
+        send.waiters.append((session, request.cid))
         session.pending_sends += 1
         self._inflight[(sender, request.id)] = send
         queue = self._pairs.setdefault((sender, request.to), collections.deque())
@@ -337,11 +338,10 @@ class EdgeService:
         self._live.pop((send.to, send.id), None)
         self._inflight.pop((send.sender, send.id), None)
         self._recent.remember(send.sender, send.id, status, now)
-        for route, cid in send.waiters:
-            session = self.sessions.get(route)
-            if session is not None and session.user == send.sender:  # not another user on the same connection
-                session.pending_sends = max(0, session.pending_sends - 1)
-                self._to_client(route, build_sent(cid, send.id, status))
+        for waiter, cid in send.waiters:
+            waiter.pending_sends = max(0, waiter.pending_sends - 1)
+            if self._sender_on(waiter.route, send.sender) is not None:
+                self._to_client(waiter.route, build_sent(cid, send.id, status))
         self.counters[f"sent_{status}"] += 1
         if status == "delivered":
             self._stored_tails.pop((send.sender, send.to), None)  # the recipient had the stored one: order holds
@@ -354,14 +354,20 @@ class EdgeService:
             failed.done = True
             self._live.pop((failed.to, failed.id), None)
             self._inflight.pop((failed.sender, failed.id), None)
-            for route, cid in failed.waiters:
-                session = self.sessions.get(route)
-                if session is not None and session.user == failed.sender:
-                    session.pending_sends = max(0, session.pending_sends - 1)
+            for waiter, cid in failed.waiters:
+                waiter.pending_sends = max(0, waiter.pending_sends - 1)
+                session = self._sender_on(waiter.route, failed.sender)
+                if session is not None:
                     if code in RETRYABLE_ERROR_CODES:
                         session.hold(failed.to, failed.id, code, self._now)
-                    self._to_client(route, build_error(code, f"message not stored: {detail}", cid=cid))
+                    self._to_client(waiter.route, build_error(code, f"message not stored: {detail}", cid=cid))
         self.counters[f"send_failed_{code}"] += len(queue)
+
+    def _sender_on(self, route: bytes, sender: str) -> Session | None:
+        """The session of `sender` on `route`, which a send's answer goes to (None: another user may have
+        logged in on that connection since, and the answer is not theirs to see)."""
+        live = self.sessions.get(route)
+        return live if live is not None and live.user == sender else None
 
     def _next_of_pair(self, send: _Send, now: float) -> None:
         queue = self._pairs.get((send.sender, send.to))

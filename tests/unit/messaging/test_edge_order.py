@@ -345,3 +345,20 @@ def test_a_presence_answer_never_reaches_the_next_user_of_the_same_connection() 
     edge.take(shared)
     edge.store.run()
     assert edge.take(shared, "presence") == [], "bob got the answer to alice's question"
+
+
+def test_a_resend_that_joins_its_send_in_flight_counts_until_answered() -> None:
+    """The limit of sends waiting for an answer holds when a client resends one that is still in flight."""
+    edge = Edge(Limits(max_pending_deliveries=3))
+    edge.log_in(BOB, "bob")
+    edge.log_in(ALICE, "alice")
+    edge.send(ALICE, "carol", 1)  # carol is offline: stored once the store answers
+    edge.send(ALICE, "carol", 1)  # the same id again: it joins the one in flight (2 waiting)
+    edge.send(ALICE, "bob", 2)  # live to bob: waits for bob's ack (3 waiting)
+    edge.store.run()
+    assert [f["status"] for f in edge.take(ALICE, "sent")] == ["stored", "stored"]
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(2)]
+    edge.send(ALICE, "dave", 3)
+    edge.send(ALICE, "erin", 4)  # waiting: 2, 3 and 4
+    refused = edge.send(ALICE, "frank", 5)
+    assert edge.reply(ALICE, refused)["code"] == "too_many_pending"
