@@ -177,9 +177,8 @@ def test_restore_refuses_while_the_database_is_open(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]
 
 
-def test_a_restore_of_several_cores_changes_none_while_any_of_them_is_in_use(tmp_path: Path) -> None:
-    # With core1 stopped and core2 still running, putting back a whole backup must not replace core1's data
-    # and then stop at core2: every database is checked and locked before anything changes.
+def two_cores_backed_up(tmp_path: Path) -> list[tuple[Path, Path]]:
+    """data/core1 and data/core2, each with row `a` in its checkpoint under backup/ and `after-backup` written since."""
     pairs = []
     for name in ("core1", "core2"):
         db = Database(tmp_path / "data" / name)
@@ -188,6 +187,25 @@ def test_a_restore_of_several_cores_changes_none_while_any_of_them_is_in_use(tmp
         commit_now(db, [("offline_msg", b"after-backup", v(2))])
         db.close()
         pairs.append((backup, tmp_path / "data" / name))
+    return pairs
+
+
+def fail_renames_into_core2(monkeypatch: pytest.MonkeyPatch, sources: tuple[str, ...], error: OSError) -> None:
+    """Make restore's renames onto a data directory named core2, from a path containing any of `sources`, fail."""
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(dst).name == "core2" and any(part in str(src) for part in sources):
+            raise error
+        real_rename(src, dst)
+
+    monkeypatch.setattr("iris_mesh.store._backup.os.rename", rename)
+
+
+def test_a_restore_of_several_cores_changes_none_while_any_of_them_is_in_use(tmp_path: Path) -> None:
+    # With core1 stopped and core2 still running, putting back a whole backup must not replace core1's data
+    # and then stop at core2: every database is checked and locked before anything changes.
+    pairs = two_cores_backed_up(tmp_path)
     before = {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")}
     lines: list[str] = []
     with held_by_another_process(tmp_path / "data" / "core2"):
@@ -218,22 +236,10 @@ def test_a_restore_of_several_cores_names_every_refused_checkpoint(tmp_path: Pat
 
 def test_a_restore_that_fails_while_swapping_puts_every_old_directory_back(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    pairs = []
-    for name in ("core1", "core2"):
-        db = Database(tmp_path / "data" / name)
-        backup = checkpoint(db, tmp_path / "backup" / name)
-        commit_now(db, [("offline_msg", b"after-backup", v(1))])
-        db.close()
-        pairs.append((backup, tmp_path / "data" / name))
+    pairs = two_cores_backed_up(tmp_path)
     before = {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")}
-    real_rename = os.rename
-
-    def rename(src: Any, dst: Any) -> None:
-        if Path(dst).name == "core2" and ".restore-" in str(src):
-            raise OSError(28, "No space left on device")  # core1's copy is in place already
-        real_rename(src, dst)
-
-    monkeypatch.setattr("iris_mesh.store._backup.os.rename", rename)
+    # core1's copy is in place already when core2's cannot be renamed in
+    fail_renames_into_core2(monkeypatch, (".restore-",), OSError(28, "No space left on device"))
     with pytest.raises(StoreError, match="No space left on device.*every data directory is as it was"):
         restore_all(pairs)
     monkeypatch.undo()
@@ -243,28 +249,16 @@ def test_a_restore_that_fails_while_swapping_puts_every_old_directory_back(tmp_p
 
 def test_a_restore_that_cannot_put_an_old_directory_back_says_where_it_is(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    pairs = []
-    for name in ("core1", "core2"):
-        db = Database(tmp_path / "data" / name)
-        backup = checkpoint(db, tmp_path / "backup" / name)
-        commit_now(db, [("offline_msg", b"after-backup", v(1))])
-        db.close()
-        pairs.append((backup, tmp_path / "data" / name))
+    pairs = two_cores_backed_up(tmp_path)
     before = dump(tmp_path / "data" / "core1")
-    real_rename = os.rename
-
-    def rename(src: Any, dst: Any) -> None:
-        if Path(dst).name == "core2" and (".restore-" in str(src) or ".old-" in str(src)):
-            raise OSError(5, "Input/output error")  # neither the copy nor the old core2 can be renamed in
-        real_rename(src, dst)
-
-    monkeypatch.setattr("iris_mesh.store._backup.os.rename", rename)
+    # neither the copy nor the old core2 can be renamed in
+    fail_renames_into_core2(monkeypatch, (".restore-", ".old-"), OSError(5, "Input/output error"))
     with pytest.raises(StoreError, match=r"could not put back the old data of .*data/core2 .*its old data is in "
                                          r".*\.core2\.old-") as refused:
         restore_all(pairs)
     monkeypatch.undo()
     old = Path(str(refused.value).rsplit("its old data is in ", 1)[1].split(")")[0])
-    assert [k for k, _ in dump(old)["offline_msg"]] == [b"after-backup"]  # core2's data, where the error says
+    assert [k for k, _ in dump(old)["offline_msg"]] == [b"a", b"after-backup"]  # core2's data, where the error says
     assert dump(tmp_path / "data" / "core1") == before  # core1 was put back
 
 
