@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from iris_mesh.cli import _verdict
 from iris_mesh.cli._target import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -82,7 +83,7 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             continue
         status = dict(result["status"], reachable=True)
         entries.append(status)
-        not_alive = [f"{peer} {state}" for peer, state in _not_alive(status).items()]
+        not_alive = [f"{peer} {state}" for peer, state in _verdict.not_alive(status).items()]
         ok = ok and status["safe_for_writes"] and not not_alive
         rows.append([
             status["node_id"], status["role"], status["region"], status["mode"],
@@ -90,53 +91,10 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-",
             _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
         ])
-    summary = _status_summary(entries, args.node and entries[0]["node_id"])
-    _emit(args, {"ok": ok, "nodes": entries}, f"{_table(rows)}\n{summary}")
+    summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"])
+    _emit(args, {"ok": ok, "nodes": entries, "problems": _verdict.status_problems(entries), "verdict": summary},
+          f"{_table(rows)}\n{summary}")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
-
-
-def _seen_text(counts: dict[str, int]) -> str:
-    """How many nodes see a node in which state: "dead to 2, suspect to 1", "not seen by 2"."""
-    return ", ".join(f"{state} {'by' if state == 'not seen' else 'to'} {n}" for state, n in sorted(counts.items()))
-
-
-def _not_alive(status: dict[str, Any]) -> dict[str, str]:
-    """A node's peers that are not alive, and the expected cores it has not seen since it started ("not seen")."""
-    peers = status.get("peers", {})
-    out = {peer: state for peer, state in peers.items() if state != "alive"}
-    out.update((core, "not seen") for core in status.get("missing", ()) if core not in peers and core != status["node_id"])
-    return out
-
-
-def _status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -> str:
-    """The verdict under `meshctl status`'s table: which nodes are down or refuse writes, and what to do."""
-    down: dict[str, dict[str, int]] = {}  # peer -> state -> how many nodes see it so
-    for entry in entries:
-        for peer, state in _not_alive(entry).items():
-            counts = down.setdefault(peer, {})
-            counts[state] = counts.get(state, 0) + 1
-    refused = [e["node_id"] for e in entries if e["reachable"] and not e["safe_for_writes"]]
-    silent = [e["node_id"] for e in entries if not e["reachable"]]
-    seen_by = f" (as {one_node} sees it)" if one_node else ""
-    if not (down or refused or silent):
-        return f"all nodes alive, writes safe{seen_by}"
-    problems = []
-    if down:
-        problems.append("not alive: " + ", ".join(
-            f"{peer} ({_seen_text(counts)})" for peer, counts in sorted(down.items())))
-    if refused:
-        problems.append("writes refused by " + ", ".join(refused))
-    if silent:
-        problems.append("no answer from " + ", ".join(silent))
-    steps = []
-    if down:
-        steps.append("start the nodes that are down; a node that runs but is dead to others is cut off from them "
-                     "(runbook: Network partition)")
-    if silent:
-        steps.append("a node found but not answering is overloaded or stuck: read its log")
-    if refused:
-        steps.append("safe mode ends by itself once a majority of the region's cores is visible again")
-    return f"CHECK FAILED{seen_by}: {'; '.join(problems)}\n  next: {'; '.join(steps)}"
 
 
 def cmd_ping(target: Target, args: argparse.Namespace) -> int:

@@ -1,10 +1,10 @@
-"""meshctl's text: the RocksDB line (throttling states a test cluster does not reach), uptimes, sizes, the status verdict."""
+"""meshctl's text: the RocksDB line (throttling states a test cluster does not reach), uptimes, sizes."""
 
 from __future__ import annotations
 
 import pytest
 
-from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text, _status_summary
+from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text
 from iris_mesh.store._db import ENGINE_PROPERTIES
 
 MB = 2**20
@@ -49,37 +49,3 @@ def test_an_uptime_reads_in_its_two_largest_units(seconds: float, text: str) -> 
 def test_a_size_reads_in_mib_and_an_unknown_one_as_a_dash() -> None:
     assert _mib_text(52 * MB + MB // 3) == "52 MiB"
     assert _mib_text(None) == "-"
-
-
-def node_status(node_id: str, peers: dict[str, str], safe: bool = True) -> dict:
-    return {"node_id": node_id, "reachable": True, "safe_for_writes": safe, "peers": peers}
-
-
-def test_a_healthy_cluster_reads_as_all_alive_and_one_node_asked_says_whose_view_it_is() -> None:
-    entries = [node_status("core1", {"core2": "alive"}), node_status("core2", {"core1": "alive"})]
-    assert _status_summary(entries) == "all nodes alive, writes safe"
-    assert _status_summary(entries[:1], "core1") == "all nodes alive, writes safe (as core1 sees it)"
-
-
-def test_a_failed_check_names_the_nodes_down_and_those_refusing_writes_and_what_to_do() -> None:
-    entries = [
-        node_status("core1", {"core2": "dead", "core3": "dead", "edge1": "alive"}, safe=False),
-        node_status("edge1", {"core1": "alive", "core2": "dead", "core3": "suspect"}),
-        {"node_id": "core4", "reachable": False, "error": "timeout"},
-    ]
-    verdict, steps = _status_summary(entries).split("\n")
-    assert "core4" not in steps and "not answering is overloaded or stuck" in steps
-    assert verdict == ("CHECK FAILED: not alive: core2 (dead to 2), core3 (dead to 1, suspect to 1); "
-                       "writes refused by core1; no answer from core4")
-    assert steps.startswith("  next: start the nodes that are down;") and "Network partition" in steps
-    assert "safe mode ends by itself" in steps
-    only_down = _status_summary([node_status("core1", {"edge1": "dead"})])
-    assert "not alive: edge1 (dead to 1)" in only_down and "safe mode" not in only_down
-
-
-def test_an_expected_core_never_seen_since_the_start_fails_the_check() -> None:
-    # After a restart where core3 did not come up: it is in no node's peers, only in `missing`.
-    entries = [dict(node_status("core1", {"core2": "alive"}), missing=["core3"]),
-               dict(node_status("core2", {"core1": "alive"}), missing=["core3"])]
-    verdict = _status_summary(entries).split("\n")[0]
-    assert verdict == "CHECK FAILED: not alive: core3 (not seen by 2)"

@@ -1,0 +1,105 @@
+"""The verdict under `meshctl status`'s table: what is wrong, as the nodes that answered see it, and what to do.
+
+A node that others see dead but that answered meshctl itself runs: the others do not
+hear it (a network cut, or it started a moment ago). The verdict tells it apart from a
+node that is down, and names the groups the answering nodes are split into.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["not_alive", "status_problems", "status_summary"]
+
+
+def not_alive(status: dict[str, Any]) -> dict[str, str]:
+    """A node's peers that are not alive, and the expected cores it has not seen since it started ("not seen")."""
+    peers = status.get("peers", {})
+    out = {peer: state for peer, state in peers.items() if state != "alive"}
+    out.update((core, "not seen") for core in status.get("missing", ()) if core not in peers and core != status["node_id"])
+    return out
+
+
+def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """What is wrong: nodes down (peer -> state -> how many nodes see it so), nodes that answered although others
+    see them down (same shape), the groups the answering nodes are split into (one group: not split), nodes refusing
+    writes, nodes found that did not answer."""
+    answered = [entry for entry in entries if entry["reachable"]]
+    answered_ids = {entry["node_id"] for entry in answered}
+    seen: dict[str, dict[str, int]] = {}
+    for entry in answered:
+        for peer, state in not_alive(entry).items():
+            counts = seen.setdefault(peer, {})
+            counts[state] = counts.get(state, 0) + 1
+    unheard = {peer: counts for peer, counts in seen.items() if peer in answered_ids}
+    return {
+        "not_alive": {peer: counts for peer, counts in seen.items() if peer not in answered_ids},
+        "running_unheard": unheard,
+        "groups": _groups(answered) if unheard else [sorted(answered_ids)],
+        "writes_refused": [entry["node_id"] for entry in answered if not entry["safe_for_writes"]],
+        "no_answer": [entry["node_id"] for entry in entries if not entry["reachable"]],
+    }
+
+
+def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -> str:
+    """The verdict line and, when something is wrong, the next steps."""
+    problems = status_problems(entries)
+    down, unheard = problems["not_alive"], problems["running_unheard"]
+    refused, silent = problems["writes_refused"], problems["no_answer"]
+    seen_by = f" (as {one_node} sees it)" if one_node else ""
+    if not (down or unheard or refused or silent):
+        return f"all nodes alive, writes safe{seen_by}"
+    found, steps = [], []
+    if down:
+        found.append("not alive: " + ", ".join(f"{peer} ({_seen_text(counts)})" for peer, counts in sorted(down.items())))
+        steps.append("start the nodes that are down; a node that runs but is dead to others is cut off from them "
+                     "(runbook: Network partition)")
+    if unheard:
+        groups = problems["groups"]
+        if len(groups) > 1:
+            found.append("split into " + " | ".join(", ".join(group) for group in groups)
+                         + " (each group hears only its own nodes)")
+        else:
+            found.append("running but not heard: " + ", ".join(
+                f"{peer} ({_seen_text(counts)})" for peer, counts in sorted(unheard.items())))
+        steps.append("the nodes that answered meshctl run: the network between them does not carry their heartbeats "
+                     "(runbook: Network partition), or a node started seconds ago (check again); "
+                     "this heals by itself once they hear each other again")
+    if refused:
+        found.append("writes refused by " + ", ".join(refused))
+    if silent:
+        found.append("no answer from " + ", ".join(silent))
+        steps.append("a node found but not answering is overloaded or stuck: read its log")
+    if refused:
+        steps.append("safe mode ends by itself once a majority of the region's cores is visible again")
+    return f"CHECK FAILED{seen_by}: {'; '.join(found)}\n  next: {'; '.join(steps)}"
+
+
+def _seen_text(counts: dict[str, int]) -> str:
+    """How many nodes see a node in which state: "dead to 2, suspect to 1", "not seen by 2"."""
+    return ", ".join(f"{state} {'by' if state == 'not seen' else 'to'} {n}" for state, n in sorted(counts.items()))
+
+
+def _groups(answered: list[dict[str, Any]]) -> list[list[str]]:
+    """The answering nodes, in groups that hear each other (a node hears another if either sees the other alive)."""
+    ids = sorted(entry["node_id"] for entry in answered)
+    linked: dict[str, set[str]] = {node: set() for node in ids}
+    for entry in answered:
+        for peer, state in entry.get("peers", {}).items():
+            if state == "alive" and peer in linked:
+                linked[entry["node_id"]].add(peer)
+                linked[peer].add(entry["node_id"])
+    groups: list[list[str]] = []
+    placed: set[str] = set()
+    for start in ids:
+        if start in placed:
+            continue
+        group, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node not in group:
+                group.add(node)
+                todo.extend(linked[node] - group)
+        placed |= group
+        groups.append(sorted(group))
+    return sorted(groups, key=lambda group: (-len(group), group))
