@@ -407,11 +407,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
     names = ", ".join(p.name for p in nodes)
     print(f"restoring {names} from {source} into {args.data_root} (all of them or none) ...", file=sys.stderr)
     try:
-        restore_all(pairs, progress=lambda text: print(text, file=sys.stderr))
+        kept = restore_all(pairs, progress=lambda text: print(text, file=sys.stderr),
+                           keep_replaced=not args.delete_replaced)
     except StoreError as exc:
         raise CtlError(f"restore failed: {exc}", EXIT_CHECK_FAILED) from None
     restored = {checkpoint_dir.name: str(data_dir) for checkpoint_dir, data_dir in pairs}
-    _emit(args, {"ok": True, "restored": restored}, "restored " + ", ".join(restored) + "; start the cluster again")
+    replaced = {name: str(old) for name, old in zip(restored, kept.values()) if old is not None}
+    text = "restored " + ", ".join(restored) + "; start the cluster again"
+    if replaced:
+        text += ("\nthe data they replaced is kept (delete it once the restored cluster is right): "
+                 + ", ".join(replaced.values()))
+    _emit(args, {"ok": True, "restored": restored, "replaced_kept_in": replaced}, text)
     return EXIT_OK
 
 
@@ -469,6 +475,8 @@ def _parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", parents=[common], help="put a backup back (cluster stopped)")
     restore.add_argument("dir")
     restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
+    restore.add_argument("--delete-replaced", action="store_true",
+                         help="delete the data the backup replaces (default: keep it beside, as NODE.replaced-TIME)")
     restore.set_defaults(fn=None, offline=cmd_restore)
     token = commands.add_parser("token", parents=[common], help="print a login token for a user")
     token.add_argument("user")

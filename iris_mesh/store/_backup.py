@@ -4,13 +4,13 @@ A checkpoint is a complete, openable database directory that reflects one point
 of the database's history (every atomic batch is in it entirely or not at all).
 It is made while the node runs; writes continue meanwhile.
 
-Restore runs with the nodes stopped, for all of a backup's cores or none. It never
-deletes anything it has not first replaced: each checkpoint is copied next to its
-data directory and opened once to prove it is a usable iris_mesh database; once
-every copy is, each old directory is renamed away, its copy renamed in, and only
-then is the old one deleted. A crash in between
-leaves either the old or the new directory in place (plus a hidden sibling that
-can be removed by hand).
+Restore runs with the nodes stopped, for all of a backup's cores or none. It deletes
+nothing: each checkpoint is copied next to its data directory and opened once to
+prove it is a usable iris_mesh database; once every copy is, each old directory is
+renamed to NODE.replaced-TIME beside it, and its copy renamed in. The replaced data
+stays there until the operator deletes it (or asks for it to be deleted), so a
+restore of the wrong backup can be undone. A crash in between leaves either the old
+or the new directory in place (plus a hidden sibling that can be removed by hand).
 """
 
 from __future__ import annotations
@@ -42,18 +42,24 @@ def checkpoint(db: Database, dest: Path) -> Path:
     return dest
 
 
-def restore(checkpoint_dir: Path, data_dir: Path) -> None:
-    """Replace `data_dir` with a copy of `checkpoint_dir`. Offline only: refuses while a process holds the database."""
-    restore_all([(checkpoint_dir, data_dir)])
+def restore(checkpoint_dir: Path, data_dir: Path, *, keep_replaced: bool = True) -> Path | None:
+    """Replace `data_dir` with a copy of `checkpoint_dir`. Offline only: refuses while a process holds the database.
+
+    Returns where the replaced data was kept (None: there was none, or it was deleted).
+    """
+    return restore_all([(checkpoint_dir, data_dir)], keep_replaced=keep_replaced)[data_dir.resolve()]
 
 
-def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], None] = lambda _text: None) -> None:
+def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], None] = lambda _text: None, *,
+                keep_replaced: bool = True) -> dict[Path, Path | None]:
     """Replace each data directory with a copy of its checkpoint: all of them, or none if any is refused.
 
     Every checkpoint and data directory is checked, and every database locked, before anything
     changes; a refusal names every directory in the way. Each checkpoint is then copied next to
     its data directory and opened once, and only when every copy proved usable are the data
-    directories swapped. `progress` gets a line before each copy.
+    directories swapped. `progress` gets a line before each copy. Returns, for each data
+    directory (resolved), where its replaced data was kept: NODE.replaced-TIME beside it, or
+    None if it had none or `keep_replaced` is False (then it is deleted once every copy is in).
     """
     pairs = [(checkpoint_dir.resolve(), data_dir.resolve()) for checkpoint_dir, data_dir in pairs]
     refusals = [text for text in (_refusal(c, d) for c, d in pairs) if text]
@@ -88,7 +94,7 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 raise StoreError(f"copying {checkpoint_dir} next to {data_dir} failed ({exc}); nothing was changed") from None
             _prove_usable(copy, checkpoint_dir)
             staged.append((copy, data_dir))
-        _swap_all(staged)
+        return _swap_all(staged, keep_replaced)
     finally:
         for work in works:
             shutil.rmtree(work, ignore_errors=True)
@@ -160,17 +166,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _swap_all(staged: list[tuple[Path, Path]]) -> None:
+def _swap_all(staged: list[tuple[Path, Path]], keep_replaced: bool) -> dict[Path, Path | None]:
     """Put every staged copy in place of its data directory: all of them, or none (the old ones are put back).
 
-    Each old directory is renamed away before its copy is renamed in; the old ones are deleted only once
-    every copy is in place.
+    Each old directory is renamed to NODE.replaced-TIME before its copy is renamed in; with `keep_replaced`
+    False the old ones are deleted once every copy is in place. Returns where each old one is.
     """
     stamp = f"{os.getpid()}-{time.time_ns()}"
+    when = _utc_stamp()
     done: list[tuple[Path, Path | None]] = []  # (data directory, where its old one went: None if it had none)
     try:
         for copy, data_dir in staged:
-            old = data_dir.parent / f".{data_dir.name}.old-{stamp}" if data_dir.exists() else None
+            old = _replaced_name(data_dir, when) if data_dir.exists() else None
             if old is not None:
                 os.rename(data_dir, old)
             done.append((data_dir, old))  # from here on, an undo must bring the old one back
@@ -183,9 +190,26 @@ def _swap_all(staged: list[tuple[Path, Path]]) -> None:
     except OSError as exc:
         raise StoreError(f"the restored data is in place, but syncing its directory failed ({exc}); "
                          "check the disk before starting the cluster") from None
-    for _data_dir, old in done:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    if not keep_replaced:
+        for _data_dir, old in done:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        return {data_dir: None for data_dir, _old in done}
+    return dict(done)
+
+
+def _utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _replaced_name(data_dir: Path, when: str) -> Path:
+    """NODE.replaced-TIME beside `data_dir`, with a number added if a restore in the same second took that name."""
+    for n in range(1, 1000):
+        candidate = data_dir.parent / f"{data_dir.name}.replaced-{when}" if n == 1 else \
+            data_dir.parent / f"{data_dir.name}.replaced-{when}-{n}"
+        if not candidate.exists():
+            return candidate
+    raise OSError(errno.EEXIST, f"too many {data_dir.name}.replaced-{when}* directories in {data_dir.parent}")
 
 
 def _undo_swaps(done: list[tuple[Path, Path | None]], stamp: str) -> str:

@@ -216,8 +216,12 @@ def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: Lo
     assert _put(core1, "late", "written after backup")["ok"]
 
     local_cluster.stop()
-    restore = meshctl(local_cluster, "restore", str(backup_dir), "--data-root", str(local_cluster.root / "data"))
+    restore = meshctl(local_cluster, "restore", str(backup_dir), "--data-root", str(local_cluster.root / "data"),
+                      "--json")
     assert restore.returncode == 0, restore.stdout + restore.stderr
+    # The data the backup replaced is kept beside it, in case it was the wrong backup.
+    kept = json.loads(restore.stdout)["replaced_kept_in"]
+    assert sorted(kept) == list(CORES) and all(Path(path).is_dir() for path in kept.values()), kept
     local_cluster.start(*CORES)
     core2 = local_cluster.nodes["core2"]
     wait_until(lambda: core2.status()["safe_for_writes"], 10.0, "the restored cluster to accept writes")

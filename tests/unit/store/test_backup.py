@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -140,11 +141,40 @@ def test_restore_replaces_the_state_exactly(tmp_path: Path) -> None:
     commit_now(db, [("offline_msg", b"a", v(2, None)), ("offline_msg", b"c", v(2)), ("hints", b"h", v(2))])
     db.close()
     at_checkpoint = dump(backup)
-    assert dump(data) != at_checkpoint
-    restore(backup, data)
+    before_restore = dump(data)
+    assert before_restore != at_checkpoint
+    kept = restore(backup, data)
     assert dump(data) == at_checkpoint
     assert dump(data)["offline_msg"][0][0] == b"a"  # the later delete is gone with the rest
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]  # no temp or old copies left
+    # The replaced data is kept beside it, whole, in case the wrong backup was put back; no temp copies left.
+    assert kept is not None and re.fullmatch(r"data\.replaced-\d{8}T\d{6}Z", kept.name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data", kept.name]
+    assert dump(kept) == before_restore
+
+
+def test_a_restore_asked_to_delete_the_replaced_data_leaves_only_the_restored_copy(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    db = Database(data)
+    commit_now(db, [("offline_msg", b"a", v(1))])
+    backup = checkpoint(db, tmp_path / "backup")
+    commit_now(db, [("offline_msg", b"b", v(1))])
+    db.close()
+    assert restore(backup, data, keep_replaced=False) is None
+    assert [k for k, _ in dump(data)["offline_msg"]] == [b"a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]
+
+
+def test_two_restores_in_the_same_second_keep_both_replaced_directories(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    db = Database(data)
+    commit_now(db, [("offline_msg", b"a", v(1))])
+    backup = checkpoint(db, tmp_path / "backup")
+    db.close()
+    monkeypatch.setattr("iris_mesh.store._backup._utc_stamp", lambda: "20270115T080000Z")
+    first, second = restore(backup, data), restore(backup, data)
+    assert first is not None and second is not None
+    assert (first.name, second.name) == ("data.replaced-20270115T080000Z", "data.replaced-20270115T080000Z-2")
 
 
 def test_restore_into_a_missing_data_directory(tmp_path: Path) -> None:
@@ -217,7 +247,10 @@ def test_a_restore_of_several_cores_changes_none_while_any_of_them_is_in_use(tmp
     assert [k for k, _ in dump(tmp_path / "data" / "core1")["offline_msg"]] == [b"a"]
     assert [k for k, _ in dump(tmp_path / "data" / "core2")["offline_msg"]] == [b"a"]
     assert len(lines) == 2 and "core1" in lines[0] and "core2" in lines[1]
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["core1", "core2"]  # no temp or old copies left
+    names = sorted(p.name for p in (tmp_path / "data").iterdir())  # no temp copies left; the replaced data kept
+    when = names[1].removeprefix("core1.replaced-")
+    assert names == ["core1", f"core1.replaced-{when}", "core2", f"core2.replaced-{when}"]
+    assert [k for k, _ in dump(tmp_path / "data" / names[3])["offline_msg"]] == [b"a", b"after-backup"]
 
 
 def test_a_restore_of_several_cores_names_every_refused_checkpoint(tmp_path: Path) -> None:
@@ -252,9 +285,9 @@ def test_a_restore_that_cannot_put_an_old_directory_back_says_where_it_is(tmp_pa
     pairs = two_cores_backed_up(tmp_path)
     before = dump(tmp_path / "data" / "core1")
     # neither the copy nor the old core2 can be renamed in
-    fail_renames_into_core2(monkeypatch, (".restore-", ".old-"), OSError(5, "Input/output error"))
+    fail_renames_into_core2(monkeypatch, (".restore-", ".replaced-"), OSError(5, "Input/output error"))
     with pytest.raises(StoreError, match=r"could not put back the old data of .*data/core2 .*its old data is in "
-                                         r".*\.core2\.old-") as refused:
+                                         r".*/core2\.replaced-") as refused:
         restore_all(pairs)
     monkeypatch.undo()
     old = Path(str(refused.value).rsplit("its old data is in ", 1)[1].split(")")[0])
