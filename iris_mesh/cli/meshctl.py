@@ -412,7 +412,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise CtlError(f"restore failed: {exc}", EXIT_CHECK_FAILED) from None
     restored = {checkpoint_dir.name: str(data_dir) for checkpoint_dir, data_dir in pairs}
-    replaced = {name: str(old) for name, old in zip(restored, kept.values()) if old is not None}
+    replaced = {checkpoint_dir.name: str(kept[data_dir.resolve()]) for checkpoint_dir, data_dir in pairs
+                if kept[data_dir.resolve()] is not None}
     text = "restored " + ", ".join(restored) + "; start the cluster again"
     if replaced:
         text += ("\nthe data they replaced is kept (delete it once the restored cluster is right): "
