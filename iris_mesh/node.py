@@ -64,8 +64,11 @@ def _tune_garbage_collector() -> None:
 class Node:
     """One iris_mesh node. `start` returns once every socket is bound and the node is announced."""
 
-    def __init__(self, config: NodeConfig, cookie: bytes) -> None:
+    def __init__(self, config: NodeConfig, cookie: bytes, *, on_failure: Callable[[], None] | None = None) -> None:
+        """`on_failure` is called (from the engine thread) if the node stops serving by an error: exit and restart."""
         self.config = config
+        self.failed = threading.Event()
+        self._on_failure = on_failure
         self._keys = cluster_keys(cookie)
         self._cookie = cookie
         self._db: Database | None = None
@@ -182,6 +185,7 @@ class Node:
             admin_port=config.admin_port,
             client_port=config.client_port if config.role == "edge" else None,
             tuning=SocketTuning(max_frame_bytes=config.max_frame_bytes, link_send_hwm=config.link_send_hwm),
+            on_failure=self._engine_failed,
         )
         ports = self._engine.start()
         self.card = membership.card
@@ -202,6 +206,11 @@ class Node:
             self._discovery.start()
         elif not config.seeds:
             logger.warning("mDNS is off and no seeds are configured: this node waits for others to find it")
+
+    def _engine_failed(self) -> None:
+        self.failed.set()
+        if self._on_failure is not None:
+            self._on_failure()
 
     def _post(self, fn: Callable[[float], None]) -> None:
         if self._engine is not None:

@@ -19,6 +19,7 @@ __all__ = ["main"]
 
 EXIT_CONFIG = 2
 EXIT_START = 3
+EXIT_FAILED = 4  # the node stopped serving by an error while it ran (logged as CRITICAL)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    node = Node(config, cookie)
+    node = Node(config, cookie, on_failure=stop.set)
     try:
         node.start()
     except (StoreError, BindError) as exc:
@@ -52,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_START
     try:
         stop.wait()
-        logger.info("stopping on signal")
+        if node.failed.is_set():
+            logger.critical("exiting: the node stopped serving by an error (see above); restart it")
+        else:
+            logger.info("stopping on signal")
     finally:
         node.stop()
-    return 0
+    return EXIT_FAILED if node.failed.is_set() else 0
 
 
 if __name__ == "__main__":

@@ -110,7 +110,16 @@ def envelope(op: str, **fields: Any) -> dict[str, Any]:
 
 
 def decode(frame: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict[str, Any]:
-    """Decode and check the envelope of one frame, or raise FrameError."""
+    """Decode and check the envelope of one frame, or raise FrameError (and nothing else, whatever the bytes)."""
+    try:
+        return _decode(frame, max_frame_bytes)
+    except FrameError:
+        raise
+    except Exception as exc:  # a check that chokes on a hostile value must not escape as another error
+        raise FrameError("bad_frame", f"frame could not be checked ({type(exc).__name__})") from None
+
+
+def _decode(frame: bytes, max_frame_bytes: int) -> dict[str, Any]:
     if len(frame) > max_frame_bytes:
         raise FrameError("too_large", f"frame of {len(frame)} bytes exceeds the limit of {max_frame_bytes}")
     buffer = io.BytesIO(frame)
@@ -133,7 +142,8 @@ def decode(frame: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> d
     if not isinstance(version, int) or isinstance(version, bool):
         raise FrameError("bad_frame", "frame has no integer 'v' (protocol version)")
     if version != PROTOCOL_VERSION:
-        raise FrameError("bad_version", f"protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})")
+        shown = version if abs(version) < 1 << 63 else f"of {version.bit_length()} bits"
+        raise FrameError("bad_version", f"protocol version {shown} is not supported (this node speaks {PROTOCOL_VERSION})")
     op = msg.get("op")
     if not isinstance(op, str) or not op:
         raise FrameError("bad_frame", "frame has no text 'op'")

@@ -72,6 +72,7 @@ class Engine(PeerLinks):
         client_port: int | None = None,
         tuning: SocketTuning | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
@@ -84,6 +85,8 @@ class Engine(PeerLinks):
         self._gateway: zmq.Socket | None = None
         self._tuning = tuning or SocketTuning()
         self._clock = clock
+        # Called (on the engine thread, after every socket is closed) if the loop ended by an error, not by stop().
+        self._on_failure = on_failure
         self._name = f"iris-engine-{node_id}-{next(_engine_ids)}"
         self._mailbox: collections.deque[Callable[[float], None]] = collections.deque()
         self._wake_lock = threading.Lock()
@@ -213,14 +216,21 @@ class Engine(PeerLinks):
             self._ready.set()
             return
         self._ready.set()
+        failed = False
         try:
             self._loop()
+        except BaseException:
+            failed = True
+            logger.opt(exception=True).critical(
+                "the engine of node {} failed and stopped serving; the node must exit and be restarted", self.node_id)
         finally:
             try:
                 self._handler.async_on_stop(self._clock())
             except Exception:
                 logger.exception("error while stopping node {}", self.node_id)
             self._close()
+        if failed and self._on_failure is not None:
+            self._on_failure()
 
     def _open(self) -> None:
         self._ctx = zmq.Context()
@@ -288,7 +298,7 @@ class Engine(PeerLinks):
                 continue
             now = self._clock()
             for sock, _ in ready:
-                handlers[sock](now)
+                self._guard(handlers[sock], now)  # the drains catch what a frame can cause; this is the backstop
             if self._mailbox:
                 self._run_mailbox(now)
             soon = self._guard(self._handler.async_after_batch, now)

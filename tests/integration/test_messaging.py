@@ -190,6 +190,8 @@ def test_bad_clients_get_documented_errors_and_the_edge_keeps_serving(local_clus
         assert ask(cbor2.dumps({"v": 1, "op": "send"})[:-1])["code"] == "bad_frame"
         assert ask(cbor2.dumps({"v": 1, "op": "ping", "cid": 1, "pad": b"x" * (2 << 20)}))["code"] == "too_large"
         assert ask([b"a", b"b"])["code"] == "bad_frame"
+        # A version too long to print as decimal once stopped the edge's engine thread.
+        assert ask(cbor2.dumps({"v": 1 << 20000, "op": "hello"}))["code"] == "bad_version"
         assert ask(cbor2.dumps({"v": 1, "op": "send", "cid": 2, "id": b"0" * 16, "to": "bob", "body": b"x"}))["code"] == "not_logged_in"
         wrong = ask(cbor2.dumps({"v": 1, "op": "login", "cid": 3, "user": "mallory", "token": _token(local_cluster, "alice")}))
         assert wrong["code"] == "auth_failed"

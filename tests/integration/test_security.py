@@ -79,7 +79,7 @@ def test_malformed_and_pre_hello_frames_are_dropped_and_counted(local_cluster: L
         sock = _dealer(ctx, keys, b"core7", f"tcp://{core1.mesh}")
         garbage = [
             b"", b"\xff\xfe", os.urandom(300), cbor2.dumps([1, 2, 3]), cbor2.dumps({"v": 1}),
-            cbor2.dumps({"v": 999, "op": "hello"}), b"\x81" * 5000,
+            cbor2.dumps({"v": 999, "op": "hello"}), b"\x81" * 5000, cbor2.dumps({"v": 1 << 20000, "op": "hello"}),
         ]
         for frame in garbage:
             sock.send(frame)

@@ -113,3 +113,21 @@ def test_a_body_encoded_once_and_spliced_per_link_decodes_like_the_whole_frame(f
     assert decode_mesh(frame) == envelope("sput", src="core1", inc=7, seq=seq, **fields)
     # Another link's splice of the same body is its own frame.
     assert decode_mesh(body.frame(3, encode_pairs(src="core1", inc=7, seq=seq + 1)))["seq"] == seq + 1
+
+
+@pytest.mark.parametrize("version", [1 << 20000, -(1 << 20000)], ids=["huge", "huge-negative"])
+def test_a_version_too_long_to_print_is_refused_as_a_bad_version(version: int) -> None:
+    for decoder in (decode, decode_mesh):
+        with pytest.raises(FrameError) as info:
+            decoder(cbor2.dumps({"v": version, "op": "hello", "src": "a", "inc": 1, "seq": 1}))
+        assert info.value.code == "bad_version" and "of 20001 bits" in str(info.value)
+
+
+def test_a_check_that_fails_unexpectedly_is_a_bad_frame_not_another_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("something no check foresaw")
+
+    monkeypatch.setattr("iris_mesh.sockets._codec._decode", broken)
+    with pytest.raises(FrameError) as info:
+        decode(cbor2.dumps({"v": PROTOCOL_VERSION, "op": "x"}))
+    assert info.value.code == "bad_frame" and "ValueError" in str(info.value)
