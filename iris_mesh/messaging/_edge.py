@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from iris_mesh.messaging._ids import MAX_ID_AHEAD_MS, id_time_ms
 from iris_mesh.messaging._inbox import Store, StoredMessage, encode_stored, inbox_key, stored_version
 from iris_mesh.messaging._inbox_feed import InboxFeed
 from iris_mesh.messaging._protocol import (
@@ -241,6 +242,14 @@ class EdgeService:
     def _send(self, session: Session, request: SendRequest, now: float) -> None:
         assert session.user is not None
         sender = session.user
+        ahead_ms = id_time_ms(request.id) - self._wall_ms()
+        if ahead_ms > MAX_ID_AHEAD_MS:
+            self.counters["send_refused_id_ahead"] += 1
+            self._to_client(session.route, build_error("bad_request", (
+                f"the id is stamped {ahead_ms / 3_600_000:.1f} h ahead of this edge's clock (at most "
+                f"{MAX_ID_AHEAD_MS // 3_600_000} h): make ids from the current time (PROTOCOL.md section 10)"),
+                cid=request.cid))
+            return
         known = self._recent.get(sender, request.id)
         if known is not None:
             self._to_client(session.route, build_sent(request.cid, request.id, known))

@@ -19,7 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from ._protocol import MESSAGE_ID_BYTES
 
-__all__ = ["MESSAGE_ID_BYTES", "MessageIdGenerator", "id_from_hex", "id_time_ms", "id_to_hex"]
+__all__ = ["MAX_ID_AHEAD_MS", "MESSAGE_ID_BYTES", "MessageIdGenerator", "id_from_hex", "id_time_ms", "id_to_hex"]
+
+# An edge refuses a send whose id is stamped further ahead of its own clock than this: a wrong
+# clock made it, and the id's time becomes the stored message's version (PROTOCOL.md section 10).
+MAX_ID_AHEAD_MS = 24 * 3600 * 1000
 
 _TIME_BYTES = 6
 _RANDOM_BYTES = MESSAGE_ID_BYTES - _TIME_BYTES

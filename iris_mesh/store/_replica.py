@@ -99,7 +99,7 @@ class ReplicaSide:
             return
         # Only a client's own write (not a repair, hint or handoff) may be refused for space.
         limit = self._partition_limits.get(table) if flags & FRESH else None
-        self.clock.observe(max(item.version for item in items))
+        self.clock.observe(max(item.version for item in items), src)
         anti_entropy = self.anti_entropy
         assert anti_entropy is not None  # every node with a local store runs it
         refused: list[int] = []

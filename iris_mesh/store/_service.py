@@ -26,6 +26,8 @@ import itertools
 from collections import defaultdict
 from typing import Any, Callable, Protocol
 
+from loguru import logger
+
 from iris_mesh.store._anti_entropy import AntiEntropy, SessionResult
 from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, ReplicaRead, ReplicaWrite, Step
 from iris_mesh.store._digests import AllShared
@@ -37,6 +39,7 @@ from iris_mesh.store._outbox import AntiEntropyOutlet, frame_chunks
 from iris_mesh.store._replica import ReplicaSide
 from iris_mesh.store._scan import QuorumScanner, ReplicaScan, ScanDone
 from iris_mesh.store._versioned import (
+    MAX_OBSERVED_AHEAD_MS,
     HybridClock,
     Version,
     Versioned,
@@ -54,6 +57,7 @@ _INTEGER = frozenset({int})  # what a sack's request ids must all be, exactly (b
 INTERNAL_REQ_BASE = 1 << 62
 # A value must fit in one mesh frame with room to spare (max_frame_bytes is at least 1 MiB by default).
 MAX_VALUE_BYTES = 512 * 1024
+_CLOCK_LOG_EVERY_S = 60.0  # at most one line about clock readings refused for being too far ahead
 
 OnDone = Callable[[Done], None]
 _new_tuple = tuple.__new__
@@ -112,6 +116,8 @@ class StoreService:
         self.read_latency = LatencyWindow()  # quorum reads this node coordinated
         self._direct_reads: dict[int, Callable[[Versioned | None, str], None]] = {}
         self._last_now = 0.0
+        self._refused_logged = 0  # clock readings refused (too far ahead) when last logged
+        self._refused_logged_at = -_CLOCK_LOG_EVERY_S
         # Outgoing batches, flushed once per loop turn (replica writes: see WriteSender).
         # This node's own share of the turn's writes: (table, hint_for, flags) -> (reqs, keys, items, raws)
         self._own_writes: dict[tuple[str, tuple[str, ...], int],
@@ -303,6 +309,8 @@ class StoreService:
             self._run_scan([], self.scanner.tick(now))
         if self._hints is not None:
             self._hints.async_tick(now)
+        if self.clock.refused != self._refused_logged and now - self._refused_logged_at >= _CLOCK_LOG_EVERY_S:
+            self._log_refused_readings(now)
         wait_s = None
         if self.anti_entropy is not None:
             wait_s = self.anti_entropy.async_tick(now)
@@ -313,6 +321,17 @@ class StoreService:
             if held_s is not None:
                 wait_s = held_s if wait_s is None else min(wait_s, held_s)
         return wait_s
+
+    def _log_refused_readings(self, now: float) -> None:
+        refused, self._refused_logged, self._refused_logged_at = (
+            self.clock.refused - self._refused_logged, self.clock.refused, now)
+        assert self.clock.last_refused is not None
+        src, version = self.clock.last_refused
+        ahead_s = (version.wall_ms - self._wall_ms()) / 1000
+        logger.warning(
+            "{} version(s) more than {} s ahead of this node's clock were not merged into it (the last from {}, "
+            "made by {}, {:.0f} s ahead): a node's clock is wrong; check NTP on the nodes",
+            refused, MAX_OBSERVED_AHEAD_MS // 1000, src or "a replica", version.node, ahead_s)
 
     # ---- coordinator side -----------------------------------------------------------------------
 
@@ -366,7 +385,7 @@ class StoreService:
             direct(item, code)
             return
         if item is not None:
-            self.clock.observe(item.version)
+            self.clock.observe(item.version, node)
         self._run(self.coordinator.on_read_reply(node, req, item, code, self._now(now)))
 
     def _run(self, step: Step) -> None:

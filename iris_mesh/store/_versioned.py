@@ -20,10 +20,12 @@ On-disk layout of a versioned value:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-__all__ = ["Version", "Versioned", "HybridClock", "encode_versioned", "decode_versioned", "decode_many", "VersionError"]
+__all__ = ["Version", "Versioned", "HybridClock", "MAX_OBSERVED_AHEAD_MS", "encode_versioned", "decode_versioned",
+           "decode_many", "VersionError"]
 
 _FORMAT = 1
 _TOMBSTONE = 0x01
@@ -38,6 +40,10 @@ _LOGICAL_MASK = (1 << _LOGICAL_BITS) - 1
 _NODE_NAMES: dict[bytes, str] = {}
 _NODE_BYTES: dict[str, bytes] = {}
 _MAX_NODE_NAMES = 4096
+# A version read from elsewhere that is further ahead of this node's wall clock than this is not merged into
+# its clock: a node with a wrong clock (or a bad frame) must not drag every clock of the cluster far ahead of
+# the time, up to where versions run out (the hlc is 64 bits).
+MAX_OBSERVED_AHEAD_MS = 60_000
 
 
 class VersionError(ValueError):
@@ -138,11 +144,14 @@ def decode_many(raws: Iterable[bytes]) -> list[Versioned]:
 class HybridClock:
     """Hybrid logical clock (Kulkarni et al.): monotonic, close to wall time, merges remote readings."""
 
-    __slots__ = ("_node", "_last")
+    __slots__ = ("_node", "_last", "_wall_ms", "refused", "last_refused")
 
-    def __init__(self, node_id: str, last_hlc: int = 0) -> None:
+    def __init__(self, node_id: str, last_hlc: int = 0, *, wall_ms: Callable[[], int] | None = None) -> None:
         self._node = node_id
         self._last = last_hlc
+        self._wall_ms = wall_ms or _wall_now_ms
+        self.refused = 0  # readings not merged for being too far ahead, since the start
+        self.last_refused: tuple[str, Version] | None = None  # (who sent it, the version)
 
     def now(self, wall_ms: int) -> Version:
         """A new version, larger than every version this clock has made or observed."""
@@ -150,11 +159,27 @@ class HybridClock:
         self._last = candidate if candidate > self._last else self._last + 1
         return _new_tuple(Version, (self._last, self._node))
 
-    def observe(self, version: Version) -> None:
-        """Merge a version seen from elsewhere, so later local versions order after it."""
-        if version.hlc > self._last:
-            self._last = version.hlc
+    def observe(self, version: Version, src: str = "") -> bool:
+        """Merge a version another node's clock made, so later local versions order after it.
+
+        A version pinned from client data (node "", a stored message's) is not a clock reading
+        and is left out. A reading more than MAX_OBSERVED_AHEAD_MS ahead of this node's wall
+        clock is not merged: counted in `refused`, `last_refused` says who sent it; returns False.
+        """
+        hlc = version.hlc
+        if hlc <= self._last or not version.node:
+            return True
+        if hlc > (self._wall_ms() + MAX_OBSERVED_AHEAD_MS) << _LOGICAL_BITS:
+            self.refused += 1
+            self.last_refused = (src, version)
+            return False
+        self._last = hlc
+        return True
 
     @property
     def last_hlc(self) -> int:
         return self._last
+
+
+def _wall_now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -362,3 +362,26 @@ def test_a_resend_that_joins_its_send_in_flight_counts_until_answered() -> None:
     edge.send(ALICE, "erin", 4)  # waiting: 2, 3 and 4
     refused = edge.send(ALICE, "frank", 5)
     assert edge.reply(ALICE, refused)["code"] == "too_many_pending"
+
+
+# ---- ids from a wrong clock ----------------------------------------------------------------------
+
+
+def test_an_id_stamped_more_than_a_day_ahead_is_refused_and_nothing_is_sent_or_stored() -> None:
+    # The id's time becomes the stored copy's version: one from far ahead would order after everything.
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    wall_ms = int((WALL_S + edge.now) * 1000)
+    day_ms = 24 * 3600 * 1000
+    too_far = (wall_ms + day_ms + 60_000).to_bytes(6, "big") + bytes(10)
+    puts_before = list(edge.store.puts)
+    cid = edge.request(ALICE, "send", id=too_far, to="bob", body=b"from the future")
+    refused = edge.reply(ALICE, cid)
+    assert (refused["op"], refused["code"]) == ("error", "bad_request")
+    assert "ahead of this edge's clock" in refused["detail"]
+    edge.store.run()
+    assert edge.store.puts == puts_before and edge.take(ALICE) == []
+    # Within a day ahead (a client clock that is off), and in the past: accepted; nothing held back.
+    for stamp in (wall_ms + day_ms - 60_000, wall_ms - day_ms):
+        cid = edge.request(ALICE, "send", id=stamp.to_bytes(6, "big") + bytes(10), to="bob", body=b"ok")
+        assert edge.outcome(ALICE, cid) == "sent:stored"

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iris_mesh.store._versioned import Version, Versioned, VersionError, decode_many, decode_versioned, encode_versioned
+from iris_mesh.store._versioned import (
+    MAX_OBSERVED_AHEAD_MS,
+    HybridClock,
+    Version,
+    Versioned,
+    VersionError,
+    decode_many,
+    decode_versioned,
+    encode_versioned,
+)
 
 ITEMS = st.builds(
     Versioned,
@@ -36,3 +45,24 @@ def test_bad_encodings_are_refused_one_at_a_time_and_in_a_group(raw: bytes) -> N
         decode_versioned(raw)
     with pytest.raises(VersionError):
         decode_many([encode_versioned(Versioned(Version(1, "n"), b"ok")), raw])
+
+
+def test_a_reading_from_far_ahead_of_the_wall_clock_is_not_merged_and_is_counted() -> None:
+    wall = [1_700_000_000_000]
+    clock = HybridClock("core1", wall_ms=lambda: wall[0])
+    near = Version((wall[0] + MAX_OBSERVED_AHEAD_MS) << 16, "core2")
+    assert clock.observe(near, "core2") and clock.last_hlc == near.hlc
+    far = Version((wall[0] + MAX_OBSERVED_AHEAD_MS + 1) << 16 | 5, "core3")
+    assert not clock.observe(far, "core3")
+    assert clock.last_hlc == near.hlc and clock.refused == 1 and clock.last_refused == ("core3", far)
+    assert clock.now(wall[0]).hlc == near.hlc + 1  # versions go on from the last merged reading
+    # The largest hlc there is: refused, so later versions never run out of bits.
+    assert not clock.observe(Version(2**64 - 1, "core3"), "core3") and clock.refused == 2
+    wall[0] += 2 * MAX_OBSERVED_AHEAD_MS  # once the wall clock catches up, the same reading is merged
+    assert clock.observe(far, "core3") and clock.last_hlc == far.hlc
+
+
+def test_a_version_pinned_from_a_message_id_is_not_a_clock_reading() -> None:
+    clock = HybridClock("core1", wall_ms=lambda: 1_700_000_000_000)
+    pinned = Version((1_700_000_000_000 + 10 * MAX_OBSERVED_AHEAD_MS) << 16, "")
+    assert clock.observe(pinned, "edge1") and clock.last_hlc == 0 and clock.refused == 0
