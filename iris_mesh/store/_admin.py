@@ -33,6 +33,17 @@ class Request:
     def error(self, code: str, detail: str) -> None: ...
 
 
+def _replica_read_failed(replica: str, table: str, code: str, timeout_s: float) -> str:
+    """Why `get --replica` has no answer, for the operator."""
+    why = {
+        "unknown_node": f"{replica} is not a known node of this cluster",
+        "unavailable": f"{replica} is not alive now (meshctl status): its copy cannot be read until it is back",
+        "timeout": f"{replica} did not answer within {timeout_s:g} s",
+        "bad_request": f"{replica} holds no {table} table (only cores hold data)",
+    }
+    return why.get(code, f"{replica} could not read its copy ({code})")
+
+
 def _describe(item: Versioned | None) -> dict[str, Any]:
     if item is None or item.is_tombstone:
         return {"found": False, "value": None, "version": None if item is None else _version(item)}
@@ -126,10 +137,10 @@ class StoreAdmin:
         if isinstance(replica, str) and replica:
             def one(item: Versioned | None, code: str) -> None:
                 if code != "ok":
-                    request.error(code, f"{replica} could not read {table}/{key!r}: {code}")
+                    request.error(code, _replica_read_failed(replica, table, code, self._store.coordinator.timeout_s))
                 else:
                     request.reply({"ok": True, "replica": replica, **_describe(item)})
-            self._store.async_read_replica(replica, table, key, one)
+            self._store.async_read_replica(replica, table, key, one, now)
             return
 
         def done(result: Done) -> None:

@@ -114,7 +114,8 @@ class StoreService:
         self._callbacks: dict[int, tuple[OnDone, LatencyWindow, float]] = {}
         self.write_latency = LatencyWindow()  # quorum writes and deletes this node coordinated
         self.read_latency = LatencyWindow()  # quorum reads this node coordinated
-        self._direct_reads: dict[int, Callable[[Versioned | None, str], None]] = {}
+        # req -> (on_reply, deadline) of `async_read_replica`
+        self._direct_reads: dict[int, tuple[Callable[[Versioned | None, str], None], float]] = {}
         self._last_now = 0.0
         self._refused_logged = 0  # clock readings refused (too far ahead) when last logged
         self._refused_logged_at = -_CLOCK_LOG_EVERY_S
@@ -215,11 +216,27 @@ class StoreService:
         self._callbacks[req] = (on_done, self.read_latency, now)
         self._run(self.coordinator.get(req, table, key, replicas=replicas, live=self._live(replicas, now), now=now))
 
-    def async_read_replica(self, node: str, table: str, key: bytes, on_reply: Callable[[Versioned | None, str], None]) -> None:
-        """Read one replica's copy as it is, with no quorum and no repair (for `meshctl get --replica`)."""
+    def async_read_replica(self, node: str, table: str, key: bytes, on_reply: Callable[[Versioned | None, str], None],
+                           now: float) -> None:
+        """Read one replica's copy as it is, with no quorum and no repair (for `meshctl get --replica`).
+
+        on_reply gets exactly one answer: "ok" with the copy (None: it has none), "unknown_node" for a node
+        this one does not know, "unavailable" for one not alive now, "timeout" after `store_timeout_s`,
+        or the replica's own error code.
+        """
+        state = "alive" if node == self.node_id else self._membership.state_of(node)
+        if state not in _LIVE_STATES:
+            on_reply(None, "unknown_node" if state == "unknown" else "unavailable")
+            return
         req = next(self._ids)
-        self._direct_reads[req] = on_reply
+        self._direct_reads[req] = (on_reply, now + self.coordinator.timeout_s)
         self._route_read(node, ReplicaRead(req, table, key))
+
+    def _expire_direct_reads(self, now: float) -> None:
+        late = [req for req, (_on_reply, deadline) in self._direct_reads.items() if deadline <= now]
+        for req in late:
+            on_reply, _deadline = self._direct_reads.pop(req)
+            on_reply(None, "timeout")
 
     def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int,
                    on_done: Callable[[ScanDone], None], now: float) -> None:
@@ -305,6 +322,8 @@ class StoreService:
         """Timers of the store; returns how soon it wants the next tick (None: no hurry)."""
         self._last_now = now
         self._run(self.coordinator.tick(now))
+        if self._direct_reads:
+            self._expire_direct_reads(now)
         if self.scanner.pending():
             self._run_scan([], self.scanner.tick(now))
         if self._hints is not None:
@@ -382,7 +401,7 @@ class StoreService:
     def _on_value(self, node: str, req: int, item: Versioned | None, code: str, now: float | None) -> None:
         direct = self._direct_reads.pop(req, None)
         if direct is not None:
-            direct(item, code)
+            direct[0](item, code)
             return
         if item is not None:
             self.clock.observe(item.version, node)

@@ -50,6 +50,13 @@ def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster) -
     # The missed write is kept as a hint for core3 on the replicas that took it.
     counts = core1.request("tables")["tables"]
     assert counts["hints"] >= 1
+    # The dead core's own copy, or a node that does not exist, cannot be read: said at once, with the reason.
+    for replica, code, detail in (("core3", "unavailable", "core3 is not alive now"),
+                                  ("core9", "unknown_node", "core9 is not a known node")):
+        started = time.monotonic()
+        refused = _get(core1, "alice", replica=replica)
+        assert (refused["ok"], refused["error"]) == (False, code) and detail in refused["detail"], refused
+        assert time.monotonic() - started < 1.0
 
 
 def test_write_with_two_replicas_down_fails_fast_with_unavailable(local_cluster: LocalCluster) -> None:

@@ -189,3 +189,26 @@ def test_the_latency_view_shows_the_writes_and_reads_a_node_coordinated_and_the_
         assert view["writes"]["count"] == 0  # the edge coordinated them
         assert view["commit"]["count"] >= 1 and view["fsync"]["count"] >= 1
         assert 0 < view["fsync"]["max_ms"] <= elapsed_ms
+
+
+def test_a_replica_read_gets_exactly_one_answer_and_leaves_nothing_behind(cluster: Cluster) -> None:
+    assert cluster.put("core1", b"k", b"v").ok
+    answers: list[tuple[str, bytes | None]] = []
+    service = cluster.services["core1"]
+
+    def read(node: str) -> None:
+        service.async_read_replica(node, TABLE, b"k", lambda item, code: answers.append(
+            (code, None if item is None else item.value)), time.monotonic())
+
+    read("core2")
+    cluster.run_until(lambda: answers, "core2's copy")
+    read("core9")  # not a node: answered at once
+    mark(cluster, "core3", "dead")
+    read("core3")  # not alive: answered at once
+    assert answers == [("ok", b"v"), ("unknown_node", None), ("unavailable", None)]
+    mark(cluster, "core3", "alive")
+    cluster.down.add("core3")  # alive to the others, but its answer never comes: a timeout, then nothing is kept
+    read("core3")
+    cluster.run_until(lambda: len(answers) == 4, "the timeout of core3's read", timeout_s=10.0)
+    assert answers[3] == ("timeout", None)
+    assert service._direct_reads == {}
