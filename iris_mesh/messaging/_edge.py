@@ -85,6 +85,7 @@ __all__ = ["EdgeService", "EdgeSettings"]
 _RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this long
 _STORED_TAILS_MAX = 100_000  # pairs whose last stored id the origin remembers (the oldest is forgotten first)
 _OWED_MINBOX_MAX = 10_000  # users per edge whose missed minbox is kept for it
+_STORED_AFTER_LIVE_MAX = 10_000  # live sends stored after their deliver timeout, remembered for a late ack
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,9 @@ class EdgeService:
         self._stored_tails: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
         self._edges_seen: set[str] = set()  # every edge seen alive at a tick: those not alive now missed a minbox
         self._owed_minbox: dict[str, dict[str, None]] = {}  # edge -> users whose minbox it missed (ordered set)
+        # (to, id) of live sends stored once their deliver timeout passed, oldest first: the live copy may
+        # still be acked, and then the stored one must go (or the recipient gets the message twice).
+        self._stored_after_live: dict[tuple[str, bytes], None] = {}
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
@@ -432,7 +436,7 @@ class EdgeService:
         for session in sessions:
             if len(session.outstanding) >= self._limits.max_pending_deliveries:
                 continue
-            session.outstanding[msg_id] = Outstanding(True, origin, sender)
+            session.outstanding[msg_id] = Outstanding(True, origin, sender, self._now)
             self._to_client(session.route, build_deliver(Delivery(msg_id, sender, ts, body, session.next_seq())))
             taken += 1
         if not taken:
@@ -465,6 +469,11 @@ class EdgeService:
         send = self._live.get((to, msg_id))
         if send is not None:
             self._finish(send, "delivered", now)
+        elif (to, msg_id) in self._stored_after_live:
+            # Acked after its deliver timeout, when it had been stored: the user has it, the copy goes.
+            del self._stored_after_live[(to, msg_id)]
+            self.counters["late_live_acks"] += 1
+            self._inbox.async_delete(to, msg_id, now)
 
     # ---- acks, and news of the inbox --------------------------------------------------------------
 
@@ -489,8 +498,15 @@ class EdgeService:
                     other.outstanding.pop(msg_id, None)
                 if owed.origin == self.node_id:
                     self._delivered(msg_id, session.user, now)
-                elif owed.origin is not None:
+                    continue
+                if owed.origin is not None:
                     self._gateway_send(owed.origin, "mdelivered", id=msg_id, to=session.user)
+                if owed.origin is None or not self._is_alive(owed.origin) or \
+                        now - owed.at >= self._settings.deliver_timeout_s / 2:
+                    # Acked late, or its origin is gone: the origin may have stored a copy meanwhile
+                    # (and may not live to delete it). The user has the message: the copy goes.
+                    self.counters["late_live_acks"] += 1
+                    self._inbox.async_delete(session.user, msg_id, now)
             else:
                 # From the inbox (or an earlier session): it may leave the store now, and only now.
                 self._inbox.async_delete(session.user, msg_id, now)
@@ -536,6 +552,9 @@ class EdgeService:
             self._live.pop((send.to, send.id), None)
             if not send.done:
                 self.counters["live_timeouts"] += 1
+                self._stored_after_live[(send.to, send.id)] = None
+                if len(self._stored_after_live) > _STORED_AFTER_LIVE_MAX:
+                    del self._stored_after_live[next(iter(self._stored_after_live))]
                 self._store_message(send, now)
         for session in self.sessions.idle(now, self._settings.session_idle_timeout_s):
             logger.debug("session of {} idle for {} s: ended", session.user, self._settings.session_idle_timeout_s)

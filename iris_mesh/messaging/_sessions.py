@@ -23,6 +23,7 @@ class Outstanding:
     live: bool
     origin: str | None
     sender: str
+    at: float = 0.0  # when it was handed over (live deliveries)
 
 
 @dataclass(frozen=True, slots=True)

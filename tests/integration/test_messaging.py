@@ -415,9 +415,11 @@ def test_sends_past_the_rate_limit_get_rate_limited_with_retry_after(local_clust
     ctx = zmq.Context()
     try:
         sock, ask = _raw_session(local_cluster, local_cluster.nodes["edge1"], "alice", ctx)
+        stamp = int(time.time() * 1000).to_bytes(6, "big")  # ids are stamped with the time they are made
         for i in range(2):
-            sock.send(cbor2.dumps({"v": 1, "op": "send", "cid": 10 + i, "id": bytes([i]) * 16, "to": "bob", "body": b"x"}))
-        refused = ask({"op": "send", "cid": 12, "id": b"\x02" * 16, "to": "bob", "body": b"x"})
+            sock.send(cbor2.dumps({"v": 1, "op": "send", "cid": 10 + i, "id": stamp + bytes([i]) * 10, "to": "bob",
+                                   "body": b"x"}))
+        refused = ask({"op": "send", "cid": 12, "id": stamp + b"\x02" * 10, "to": "bob", "body": b"x"})
         while refused.get("op") == "sent":  # the answers to the first two may come first
             assert sock.poll(10_000)
             refused = cbor2.loads(sock.recv())

@@ -122,7 +122,7 @@ class Edge:
             self.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": "ack", "ids": ids}, self.now)
 
 
-ALICE, ALICE2, BOB, CAROL, DAVE = b"alice", b"alice-2", b"bob", b"carol", b"dave"
+ALICE, ALICE2, BOB, BOB2, CAROL, DAVE = b"alice", b"alice-2", b"bob", b"bob-2", b"carol", b"dave"
 
 
 # ---- a stored message and the pair's next one -------------------------------------------------
@@ -385,3 +385,44 @@ def test_an_id_stamped_more_than_a_day_ahead_is_refused_and_nothing_is_sent_or_s
     for stamp in (wall_ms + day_ms - 60_000, wall_ms - day_ms):
         cid = edge.request(ALICE, "send", id=stamp.to_bytes(6, "big") + bytes(10), to="bob", body=b"ok")
         assert edge.outcome(ALICE, cid) == "sent:stored"
+
+
+# ---- a live delivery acked after its deliver timeout -------------------------------------------
+
+
+def test_a_live_copy_acked_after_it_was_stored_leaves_no_stored_copy_to_come_again() -> None:
+    # bob's app is slow: the live copy waits past the deliver timeout, so the message is stored too.
+    # When bob acks the live copy, the stored one must go, or his next login gets the message again.
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob")
+    cid = edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)]
+    edge.now += EdgeSettings().deliver_timeout_s + 0.1
+    edge.service.async_tick(edge.now)
+    assert edge.outcome(ALICE, cid) == "sent:stored"
+    assert edge.take(BOB) == []  # the stored copy is not pushed to the session that has the live one
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    assert not [k for k in edge.store.tables["offline_msg"] if k.startswith(b"bob\x00")]
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "logout", "cid": 99}, edge.now)
+    edge.log_in(BOB2, "bob", sync=False)
+    assert edge.receive(BOB2) == []
+
+
+def test_a_live_copy_acked_late_on_another_edge_is_deleted_from_the_inbox_there() -> None:
+    # The origin edge may have stored the message meanwhile, and may be gone before it hears of the ack.
+    edge = Edge()
+    told: list[tuple[str, str, dict[str, Any]]] = []
+    edge.gateway.async_send = lambda node, op, **fields: told.append((node, op, fields)) is None  # type: ignore
+    edge.log_in(BOB, "bob")
+    edge.service.mesh_ops()["mdeliver"]({"v": PROTOCOL_VERSION, "op": "mdeliver", "src": "edge2", "inc": 1, "seq": 1,
+                                        "id": mid(7), "from": "alice", "to": "bob", "ts": 1, "body": b"hi"}, edge.now)
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(7)]
+    deletes_before = [p for p in edge.store.puts if p[2] is None]
+    edge.now += EdgeSettings().deliver_timeout_s
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(7)]}, edge.now)
+    deletes = [p for p in edge.store.puts if p[2] is None and p not in deletes_before]
+    assert deletes == [("offline_msg", b"bob\x00" + mid(7), None)]
+    assert ("edge2", "mdelivered", {"id": mid(7), "to": "bob"}) in told  # the origin is told all the same
