@@ -37,6 +37,7 @@ class Target:
         self._endpoints: list[tuple[str, str]] | None = None
         self._every_node = False
         self.expect: int | None = None  # how many nodes to wait for, when the command knows (mesh --expect)
+        self.foreign_nodes: set[str] = set()  # nodes found under our cluster name with another cookie's key
 
     def endpoints(self, *, every_node: bool = True) -> list[tuple[str, str]]:
         """(name, admin endpoint) of the nodes to ask (found once per run); raises CtlError if there is none.
@@ -73,6 +74,12 @@ class Target:
             if missing:
                 more = self.browse(want=len(cards) + len(missing))
                 cards = list({c.node_id: c for c in [*cards, *more]}.values())
+        if not cards and self.foreign_nodes:
+            raise CtlError(
+                f"nodes of cluster {self.args.cluster!r} answered mDNS ({', '.join(sorted(self.foreign_nodes))}), "
+                "but they use another cookie: pass this cluster's cookie (--cookie-file or IRIS_MESH_COOKIE), "
+                "or name another cluster (--cluster)"
+            )
         if not cards:
             raise CtlError(
                 f"no node of cluster {self.args.cluster!r} answered mDNS on "
@@ -96,10 +103,15 @@ class Target:
         """This cluster's cards (newest incarnation per node, our cookie only), as soon as `want` are seen."""
         wait_s = self.args.mdns_timeout if timeout_s is None else max(0.0, timeout_s)
         cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface, timeout_s=wait_s, want=want)
+        ours = [card for card in cards if card.key_fp == self.keys.fingerprint]
+        foreign = {card.node_id for card in cards} - {card.node_id for card in ours}
+        if foreign and want is not None and len(ours) < want:
+            # Stopped early at another cookie's node under the same name: listen the whole time for ours.
+            cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface, timeout_s=wait_s)
+            ours = [card for card in cards if card.key_fp == self.keys.fingerprint]
+        self.foreign_nodes |= foreign
         newest: dict[str, PeerCard] = {}
-        for card in cards:
-            if card.key_fp != self.keys.fingerprint:
-                continue  # another cookie's cluster under the same name: not ours to talk to
+        for card in ours:  # another cookie's cluster under the same name is not ours to talk to
             if card.node_id not in newest or newest[card.node_id].incarnation < card.incarnation:
                 newest[card.node_id] = card
         return list(newest.values())

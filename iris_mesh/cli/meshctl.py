@@ -333,18 +333,40 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(target: Target, args: argparse.Namespace) -> int:
+    """Checkpoint every core; a backup that lacks any expected core is reported INCOMPLETE (exit 1)."""
     directory = str(Path(args.dir).resolve())
     print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
     results = target.each("backup", dir=directory, timeout_s=60.0)
-    lines, ok, done = [], True, {}
+    lines: list[str] = []
+    done: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    expected: set[str] = set()
     for name, result in results:
         if isinstance(result, AdminError) or not result.get("ok"):
-            ok = False
-            lines.append(f"{name}: FAILED {result if isinstance(result, AdminError) else result.get('detail')}")
+            failed[name] = str(result) if isinstance(result, AdminError) else str(result.get("detail"))
+            lines.append(f"{name}: FAILED {failed[name]}")
         elif "path" in result:
             done[result["node"]] = result["path"]
             lines.append(f"{result['node']}: checkpoint in {result['path']}")
-    _emit(args, {"ok": ok, "checkpoints": done}, "\n".join(lines))
+    # A dead core is not found at all, and --node asks one node: compare with the expected cores.
+    for name, result in results:
+        if isinstance(result, dict) and result.get("ok"):
+            try:
+                expected |= set(target.request(_admin_of(target, name), "status")["status"]["expected"])
+                break
+            except (AdminError, KeyError):
+                continue
+    missing = sorted(expected - set(done) - set(failed))
+    for core in missing:
+        lines.append(f"{core}: NOT BACKED UP (not found or not asked: is it running? without --node every core is asked)")
+    ok = bool(done) and not failed and not missing
+    if not ok:
+        without = sorted(set(failed) | set(missing)) or ["every core"]
+        lines.append(f"INCOMPLETE: no checkpoint of {', '.join(without)}; a restore needs every core's checkpoint "
+                     "from the same backup: take it again once every core runs")
+        if done:
+            lines.append(f"(the checkpoints that were written stay in {directory})")
+    _emit(args, {"ok": ok, "checkpoints": done, "failed": failed, "missing": missing}, "\n".join(lines))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 

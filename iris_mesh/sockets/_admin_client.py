@@ -14,11 +14,10 @@ from iris_mesh.sockets._curve import ClusterKeys
 
 __all__ = ["AdminClient", "AdminError"]
 
-_AUTH_FAILED = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-}
+# A handshake that fails without detail this soon after the connection was made was ended by the node:
+# it could not read our CURVE hello (another cookie's keys). One that fails after about `handshake_ivl`
+# timed out: the node is stuck or paused, or the port is not an admin port at all.
+_REFUSED_WITHIN = 0.5  # of handshake_ivl
 
 
 class AdminError(Exception):
@@ -47,6 +46,8 @@ class AdminClient:
         self._sock.connect(endpoint)
         self._rids = itertools.count(1)
         self._handshaken = False
+        self._handshake_s = timeout_s
+        self._connected_at = time.monotonic()
 
     def request(self, op: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and return the reply map; raises AdminError."""
@@ -75,9 +76,20 @@ class AdminClient:
                     return reply
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        kind = event["event"]
+        if kind == zmq.EVENT_CONNECTED:
+            self._connected_at = time.monotonic()
+        elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._handshaken = True
-        elif event["event"] in _AUTH_FAILED:
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            raise AdminError("unreachable", f"{self.endpoint} does not speak this cluster's admin protocol "
+                                            "(is it an iris_mesh node's admin port?)")
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and \
+                time.monotonic() - self._connected_at >= _REFUSED_WITHIN * self._handshake_s:
+            raise AdminError("unreachable", f"{self.endpoint} accepted the connection but did not complete the "
+                                            f"handshake within {self._handshake_s:g} s: the node is stuck or paused, "
+                                            "or this is not an iris_mesh admin port")
+        elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
             raise AdminError(
                 "auth_failed",
                 f"authentication failed at {self.endpoint}: this cookie is not the cluster's "

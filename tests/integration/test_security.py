@@ -113,3 +113,7 @@ def test_meshctl_with_the_wrong_cookie_says_authentication_failed(local_cluster:
     assert result.returncode == 2
     assert "authentication failed" in result.stderr
     assert time.monotonic() - started < 5.0
+    # Found by mDNS, the cluster answers under its name with another cookie's key: said so, not "not running".
+    found = meshctl(local_cluster, "--cluster", local_cluster.name, "--cookie-file", str(bad), "status")
+    assert found.returncode == 2, found.stdout + found.stderr
+    assert "answered mDNS (core1), but they use another cookie" in found.stderr, found.stderr

@@ -34,7 +34,7 @@ def _get(node: NodeProcess, key: str, **fields) -> dict:
     return node.request("get", table="offline_msg", key=key, timeout_s=10.0, **fields)
 
 
-def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster) -> None:
+def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster, tmp_path: Path) -> None:
     _cores(local_cluster)
     core1 = local_cluster.nodes["core1"]
     assert _put(core1, "alice", "hello")["ok"]
@@ -57,6 +57,13 @@ def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster) -
         refused = _get(core1, "alice", replica=replica)
         assert (refused["ok"], refused["error"]) == (False, code) and detail in refused["detail"], refused
         assert time.monotonic() - started < 1.0
+    # A backup now lacks core3: it says so and fails the check (a nightly backup script must notice).
+    backup = meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(tmp_path / "b"), "--json")
+    assert backup.returncode == 1, backup.stdout + backup.stderr
+    doc = json.loads(backup.stdout)
+    assert (doc["ok"], doc["missing"], sorted(doc["checkpoints"])) == (False, ["core3"], ["core1", "core2"]), doc
+    text = meshctl(local_cluster, "--node", core1.admin, "backup", str(tmp_path / "c"))
+    assert text.returncode == 1 and "INCOMPLETE: no checkpoint of core2, core3" in text.stdout, text.stdout
 
 
 def test_write_with_two_replicas_down_fails_fast_with_unavailable(local_cluster: LocalCluster) -> None:
