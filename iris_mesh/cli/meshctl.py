@@ -133,13 +133,14 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
     last_problem = "nothing checked yet"
     last_print = 0.0
     while True:
+        reached = True
         try:
             target.rediscover()
             problem, seen = _mesh_problem(target, args.expect)
         except CtlError as exc:
-            if "authentication failed" in str(exc):
+            if "authentication failed" in str(exc) or "another cookie" in str(exc):
                 raise
-            problem, seen = str(exc), {}
+            problem, seen, reached = str(exc), {}, False
         if problem is None:
             _emit(args, {"ok": True, "nodes": seen}, f"mesh complete: {len(seen)} nodes, each sees every other alive")
             return EXIT_OK
@@ -148,7 +149,7 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
         if now >= deadline:
             _emit(args, {"ok": False, "problem": last_problem, "nodes": seen},
                   f"mesh NOT complete after {args.wait} s: {last_problem}")
-            return EXIT_CHECK_FAILED
+            return EXIT_CHECK_FAILED if reached else EXIT_UNREACHABLE
         if not args.json and now - last_print >= 2.0:
             print(f"waiting for the mesh: {problem}", file=sys.stderr)
             last_print = now
@@ -173,6 +174,11 @@ def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[
         named = ", ".join(f"{n} ({'/'.join(sorted(states[n]))})" for n in absent)
         known = f"; not found: {named}" if absent else ""
         return f"{len(seen)} of {expect} nodes found ({', '.join(sorted(seen))}){known}", seen
+    # A node the views list but mDNS did not find (dead, or cut off from here) is a hole in the mesh too.
+    absent = {n: states[n] for n in sorted(set(states) - set(seen)) if states[n] != {"alive"}}
+    if absent:
+        named = ", ".join(f"{n} ({'/'.join(sorted(st))})" for n, st in absent.items())
+        return f"{len(seen)} nodes found; not found: {named}", seen
     everyone = set(seen)
     for node_id, peers in sorted(seen.items()):
         missing = everyone - set(peers) - {node_id}
@@ -460,10 +466,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--node", help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second)")
     parser.add_argument("--cookie-file", help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
     parser.add_argument("--mdns-interface", action="append", help="address to run mDNS on (default: 127.0.0.1)")
-    parser.add_argument("--mdns-timeout", type=float, default=1.5,
+    parser.add_argument("--mdns-timeout", type=_positive(float), default=1.5,
                         help="seconds to listen for mDNS answers (default 1.5; commands that ask every node "
                              "listen this long, and once more if nodes are missing)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for a node's answer (default 3)")
+    parser.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds to wait for a node's answer (default 3)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[Target, argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -494,7 +500,7 @@ def _parser() -> argparse.ArgumentParser:
     add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument("dir")
     resync = add("resync", cmd_resync, "force a full anti-entropy pass of one core with every alive peer core")
     resync.add_argument("target_node", metavar="NODE")
-    resync.add_argument("--wait", type=float, default=30.0, help="deadline for the pass in seconds (default 30)")
+    resync.add_argument("--wait", type=_positive(float), default=30.0, help="deadline for the pass in seconds (default 30)")
     restore = commands.add_parser("restore", parents=[common], help="put a backup back (cluster stopped)")
     restore.add_argument("dir")
     restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
@@ -506,15 +512,36 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=30 * 86400, help="seconds until it expires (default 30 days)")
     token.set_defaults(fn=None, offline=cmd_token)
     mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive")
-    mesh.add_argument("--expect", type=int, help="number of nodes the mesh must have")
-    mesh.add_argument("--wait", type=float, default=30.0, help="deadline in seconds (default 30)")
+    mesh.add_argument("--expect", type=_positive(int), help="number of nodes the mesh must have")
+    mesh.add_argument("--wait", type=_positive(float), default=30.0, help="deadline in seconds (default 30)")
     return parser
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above zero."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above zero, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     args.mdns_interface = args.mdns_interface or ["127.0.0.1"]
+    for name in ("key", "value"):  # bytes that are not UTF-8 (a shell's $'\xff') go as they are
+        text = getattr(args, name, None)
+        if isinstance(text, str) and not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                setattr(args, name, os.fsencode(text))
     try:
         if getattr(args, "offline", None):
             return args.offline(args)
@@ -526,6 +553,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meshctl: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
+        return EXIT_UNREACHABLE
+    except Exception as exc:  # a bug or an input nothing checked: one clear line, not a traceback
+        text = f"cannot do this: {type(exc).__name__}: {exc}"
+        if args.json:
+            print(json.dumps({"ok": False, "error": text}))
+        print(f"meshctl: {text}", file=sys.stderr)
         return EXIT_UNREACHABLE
 
 

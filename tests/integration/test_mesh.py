@@ -92,6 +92,9 @@ def test_killed_node_is_marked_dead_and_rejoins_with_a_higher_incarnation(local_
     mesh = meshctl(local_cluster, "--cluster", local_cluster.name, "mesh", "--expect", "4", "--wait", "1")
     assert mesh.returncode == 1, mesh.stdout + mesh.stderr
     assert re.search(r"mesh NOT complete .* nodes found \(.*\); not found: .*core2 \(dead\)", mesh.stdout), mesh.stdout
+    # Without --expect too: a node the others see dead is a hole in the mesh, not a smaller complete one.
+    unsized = meshctl(local_cluster, "--cluster", local_cluster.name, "mesh", "--wait", "1")
+    assert unsized.returncode == 1 and "not found: core2 (dead)" in unsized.stdout, unsized.stdout + unsized.stderr
 
     victim.start()
     assert victim.incarnation > old_incarnation

@@ -1,10 +1,12 @@
-"""meshctl's text: the RocksDB line (throttling states a test cluster does not reach), uptimes, sizes."""
+"""meshctl: the RocksDB line (throttling states a test cluster does not reach), uptimes, sizes, bad arguments, errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text
+from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text, main
 from iris_mesh.store._db import ENGINE_PROPERTIES
 
 MB = 2**20
@@ -49,3 +51,25 @@ def test_an_uptime_reads_in_its_two_largest_units(seconds: float, text: str) -> 
 def test_a_size_reads_in_mib_and_an_unknown_one_as_a_dash() -> None:
     assert _mib_text(52 * MB + MB // 3) == "52 MiB"
     assert _mib_text(None) == "-"
+
+
+@pytest.mark.parametrize("argv", [["--timeout", "-1", "nodes"], ["--mdns-timeout", "0", "status"],
+                                  ["mesh", "--expect", "0"], ["mesh", "--wait", "soon"]])
+def test_a_timeout_or_count_that_is_not_above_zero_is_a_usage_error(argv: list[str],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and ("must be above zero" in err or "is not a number" in err), err
+
+
+def test_an_unexpected_error_is_one_line_and_json_under_json(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*_args: object) -> None:
+        raise ValueError("nothing checked this")
+
+    monkeypatch.setattr("iris_mesh.cli.meshctl.Target", broken)
+    assert main(["--json", "nodes"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "error": "cannot do this: ValueError: nothing checked this"}
+    assert err == "meshctl: cannot do this: ValueError: nothing checked this\n"
