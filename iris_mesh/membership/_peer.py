@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 ROLES = ("core", "edge")
+# An address a link can connect to: an IPv4 or IPv6 address or a host name (letters, digits, '-', '.', ':').
+_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+_MAX_NODE_ID_BYTES = 255
 
 # Short keys used in TXT records and in CBOR maps on the wire.
 _FIELDS = {
@@ -116,6 +120,10 @@ class PeerCard:
     def validate(self) -> None:
         if not self.node_id:
             raise CardError("peer card has an empty node id")
+        if len(self.node_id.encode()) > _MAX_NODE_ID_BYTES:
+            raise CardError(f"peer card node id is longer than {_MAX_NODE_ID_BYTES} bytes")
+        if not _HOST.fullmatch(self.host):
+            raise CardError(f"peer card host is not an address or host name: {self.host[:64]!r}")
         if self.role not in ROLES:
             raise CardError(f"peer card role must be one of {ROLES}, got {self.role!r}")
         for port_name in ("mesh_port", "hb_port", "admin_port"):

@@ -125,10 +125,19 @@ class MembershipService:
         linked = msg.get("ln")
         if isinstance(linked, dict) and linked.get(self.card.node_id) != self.card.incarnation:
             self._say_hello(src, now)
-        for raw in msg.get("peers") or ():
+        peers = msg.get("peers") or []
+        if not isinstance(peers, list):
+            self.counters["bad_cards"] += 1
+            peers = []
+        for raw in peers:
             gossiped = self._card_from(raw)
-            if gossiped is not None and gossiped.node_id != self.card.node_id and self._acceptable(gossiped, "gossip"):
-                self._learn(gossiped, now)
+            if gossiped is None or gossiped.node_id == self.card.node_id or not self._acceptable(gossiped, "gossip"):
+                continue
+            if gossiped.node_id != src and self.state_of(gossiped.node_id) == "alive":
+                # A node this one hears itself says where it is and which process it is: what a third
+                # node says about it can be stale or wrong, and must not re-point a working link.
+                continue
+            self._learn(gossiped, now)
 
     def async_tick(self, now: float) -> float:
         """Heartbeat, failure detection and partition guard; returns seconds until the next tick."""

@@ -356,7 +356,8 @@ class AntiEntropy:
         self._port.ae_send(session.peer, "ae_dig", **fields)
 
     def _own(self, msg: dict[str, Any]) -> Session | None:
-        session = self._sessions.get(msg.get("s"))  # type: ignore[arg-type]
+        sid = msg.get("s")
+        session = self._sessions.get(sid) if isinstance(sid, (int, str, bytes)) else None
         if session is None or session.peer != msg["src"]:
             self.counters["ae_stray_frames"] += 1
             return None

@@ -255,8 +255,8 @@ def parse_write_groups(msg: dict[str, Any]) -> list[WriteGroup]:
                 and isinstance(reqs, list) and isinstance(flat, list) and len(flat) == 2 * len(reqs)):
             raise ValueError("sput group has fields of the wrong types or lengths")
         # Exact types, checked a type per row in C (set(map(type, ...))): this runs for every replica write.
-        if not set(map(type, hint_for)) <= _TEXT:
-            raise ValueError("sput group has a hint target that is not text")
+        if not set(map(type, hint_for)) <= _TEXT or not all(0 < len(node.encode()) <= 255 for node in hint_for):
+            raise ValueError("sput group has a hint target that is not a node id (text of 1 to 255 bytes)")
         if not set(map(type, reqs)) <= _INTEGER:
             raise ValueError("sput group has a request id that is not an integer")
         if not set(map(type, flat)) <= _BYTES:

@@ -356,14 +356,17 @@ class StoreService:
 
     def _on_sack(self, msg: dict[str, Any], now: float) -> None:
         src = msg["src"]
-        ok = msg.get("k")
-        self._out_writes.answered(src, (len(ok) if isinstance(ok, list) else 0) + len(msg.get("a") or ()), now)
+        ok, other = msg.get("k"), msg.get("a") or []
+        if not isinstance(other, list):
+            self.counters["bad_store_frames"] += 1
+            other = []
+        self._out_writes.answered(src, (len(ok) if isinstance(ok, list) else 0) + len(other), now)
         if ok is not None:
             if isinstance(ok, list) and set(map(type, ok)) <= _INTEGER:
                 self._on_acks_ok(src, ok, now)
             else:
                 self.counters["bad_store_frames"] += 1
-        for entry in msg.get("a") or ():
+        for entry in other:
             try:
                 req, code = entry
             except (TypeError, ValueError):
@@ -388,7 +391,7 @@ class StoreService:
         self._run(self.coordinator.on_write_ack(node, req, code, self._now(now)))
 
     def _on_sval(self, msg: dict[str, Any], now: float) -> None:
-        for entry in msg.get("r") or ():
+        for entry in _entries(msg, "r", self.counters):
             try:
                 req, raw, code = entry
                 item = None if raw is None else decode_versioned(raw)
@@ -454,7 +457,7 @@ class StoreService:
             self._out_reads[node].append(entry)
 
     def _on_spage(self, msg: dict[str, Any], now: float) -> None:
-        for entry in msg.get("r") or ():
+        for entry in _entries(msg, "r", self.counters):
             try:
                 req, raw_rows, more, code = entry
                 rows = [(key, decode_versioned(raw)) for key, raw in raw_rows]
@@ -536,3 +539,13 @@ class StoreService:
             self._last_now = now
         return self._last_now
 
+
+def _entries(msg: dict[str, Any], key: str, counters: dict[str, int]) -> list[Any]:
+    """The list under `key` of a frame (empty if absent); anything else is counted as a bad frame."""
+    entries = msg.get(key)
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        counters["bad_store_frames"] += 1
+        return []
+    return entries

@@ -1,0 +1,94 @@
+"""MembershipService and gossip: what a third node says about a peer never re-points a link to a peer heard first-hand.
+
+Sans-IO: a fake mesh that records links, and a manual clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iris_mesh.membership import FailureDetector, MembershipService, PartitionGuard, PeerCard
+from iris_mesh.sockets import envelope
+
+T0 = 1000.0
+
+
+class FakeMesh:
+    def __init__(self) -> None:
+        self.links: dict[str, str] = {}  # node -> mesh endpoint
+
+    def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
+        changed = self.links.get(node_id) != mesh_endpoint
+        self.links[node_id] = mesh_endpoint
+        return changed
+
+    def async_disconnect_peer(self, node_id: str) -> None:
+        self.links.pop(node_id, None)
+
+    def async_seed_endpoints(self) -> list[str]:
+        return []
+
+    def async_close_seed(self, endpoint: str) -> None: ...
+    def async_open_seed(self, endpoint: str) -> None: ...
+    def async_send_seed(self, endpoint: str, op: str, **fields: Any) -> bool: return True
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool: return True
+    def async_hellos(self) -> dict[str, int]: return {}
+    def async_publish(self, op: str, **fields: Any) -> None: ...
+
+
+class Meta:
+    def save_expected_cores(self, region: str, cores: frozenset[str]) -> None: ...
+
+
+def card(node_id: str, incarnation: int, mesh_port: int, host: str = "127.0.0.1") -> PeerCard:
+    return PeerCard(cluster="c", node_id=node_id, role="core", region="local", host=host, mesh_port=mesh_port,
+                    hb_port=mesh_port + 1, admin_port=mesh_port + 2, client_port=0, version=1,
+                    incarnation=incarnation, key_fp="fp", client_key="")
+
+
+def heartbeat(src: PeerCard, peers: list[PeerCard], seq: int) -> dict[str, Any]:
+    return envelope("hb", src=src.node_id, inc=src.incarnation, seq=seq, card=src.to_wire(),
+                    peers=[p.to_wire() for p in peers])
+
+
+def membership() -> tuple[MembershipService, FakeMesh]:
+    me = card("core1", 1, 5000)
+    service = MembershipService(
+        card=me, detector=FailureDetector(suspect_after_s=0.8, dead_after_s=1.2),
+        guard=PartitionGuard(self_id="core1", self_is_core=True, safe_mode_exit_s=1.0,
+                             expected_cores={"core1", "core2", "core3"}),
+        expected_store=Meta(), heartbeat_interval_s=0.25,
+    )
+    mesh = FakeMesh()
+    service.async_attach(mesh, T0)  # type: ignore[arg-type]
+    return service, mesh
+
+
+def test_gossip_about_a_peer_heard_first_hand_does_not_re_point_its_link() -> None:
+    service, mesh = membership()
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0)
+    service.async_on_heartbeat(heartbeat(core3, [], 1), T0)
+    assert mesh.links == {"core2": core2.mesh_endpoint, "core3": core3.mesh_endpoint}
+    # core3 gossips a newer "core2" at a port where nothing of core2 listens (a bug, or stale news).
+    forged = card("core2", 1007, 1)
+    service.async_on_heartbeat(heartbeat(core3, [forged], 2), T0 + 0.1)
+    assert mesh.links["core2"] == core2.mesh_endpoint
+    assert service.cards["core2"].incarnation == 7
+    # Once core2 is not heard any more, news of it from others is what there is to go on.
+    service.async_tick(T0 + 2.0)
+    assert service.state_of("core2") == "dead"
+    service.async_on_heartbeat(heartbeat(core3, [forged], 3), T0 + 2.0)
+    assert mesh.links["core2"] == forged.mesh_endpoint
+
+
+def test_a_card_whose_host_is_not_an_address_is_counted_and_changes_nothing() -> None:
+    service, mesh = membership()
+    core3 = card("core3", 9, 7000)
+    service.async_on_heartbeat(heartbeat(core3, [card("core4", 1, 8000, host="bad host name")], 1), T0)
+    assert "core4" not in mesh.links and "core4" not in service.cards
+    assert service.counters["bad_cards"] == 1
+    bad = heartbeat(core3, [], 2)
+    bad["peers"] = 5
+    service.async_on_heartbeat(bad, T0)
+    assert service.counters["bad_cards"] == 2
