@@ -172,6 +172,8 @@ class NodeRuntime:
         node_id = msg.get("node")
         if not isinstance(node_id, str) or node_id == self.membership.card.node_id:
             return
+        if node_id not in self.membership.cards and node_id not in self.membership.guard.expected_cores:
+            return  # not known here (forgotten already): nothing to do, nothing to log
         try:
             self.membership.async_forget(node_id)
         except ValueError as exc:

@@ -224,6 +224,8 @@ class MembershipService:
         state = self.detector.state(node_id)
         if state is not None and state is not PeerState.DEAD:
             raise ValueError(f"{node_id} is {state.value}; stop it before forgetting it")
+        if state is None and node_id not in self.cards and node_id not in self.guard.expected_cores:
+            raise ValueError(f"{node_id[:64]} is not a known node of this cluster (forgotten already?)")
         shrunk = self.guard.forget_core(node_id)
         if shrunk:
             self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)

@@ -207,6 +207,10 @@ def test_forget_shrinks_the_expected_core_set_everywhere(local_cluster: LocalClu
     assert done.returncode == 0, done.stderr
     for node_id in CORES:
         wait_until(lambda: local_cluster.nodes[node_id].status()["expected_cores"] == 3, 5.0, f"{node_id} to forget core4")
+    # Forgetting it again, or a node that never was, is refused: nothing was forgotten.
+    for unknown in ("core4", "nosuch"):
+        again = meshctl(local_cluster, "--node", core1.admin, "forget", unknown)
+        assert again.returncode == 1 and "is not a known node" in again.stderr, again.stdout + again.stderr
     # The shrunk set survives a restart (it is persisted in meta).
     local_cluster.nodes["core2"].stop()
     local_cluster.nodes["core2"].start()
