@@ -252,10 +252,14 @@ def cmd_tables(target: Target, args: argparse.Namespace) -> int:
     cores = [(name, r) for name, r in results if isinstance(r, dict) and r.get("ok") and r["role"] == "core"]
     failed = [name for name, r in results if isinstance(r, AdminError) or not r.get("ok")]
     if not cores:
-        raise CtlError("no core answered: " + ", ".join(failed))
-    # A dead core is not found by mDNS at all: name every expected core that did not answer.
+        if args.node and not failed:
+            raise CtlError(f"{args.node} is an edge: edges hold no data; ask a core (or leave out --node)",
+                           EXIT_CHECK_FAILED)
+        raise CtlError("no core answered: " + (", ".join(failed) or "none was found"))
+    # A dead core is not found by mDNS at all: name every expected core that did not answer
+    # (with --node only that core was asked: the others are not missing).
     try:
-        expected = target.request(_admin_of(target, cores[0][0]), "status")["status"]["expected"]
+        expected = [] if args.node else target.request(_admin_of(target, cores[0][0]), "status")["status"]["expected"]
     except (AdminError, KeyError):
         expected = []
     answered = {r["node"] for _, r in cores}
@@ -387,7 +391,12 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
     else:
         found = dict(target.endpoints())
         if node_id not in found:
-            raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s (is it running? use --node)")
+            _, view = target.first("nodes")
+            states = {n.get("node_id"): n.get("state") for n in view.get("nodes", [])}
+            if node_id not in states:
+                raise CtlError(f"{node_id} is not a known node of this cluster", EXIT_CHECK_FAILED)
+            raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s and is {states[node_id]} "
+                           "to the others: start it first (or name it with --node)")
         endpoint = found[node_id]
     print(f"resyncing {node_id} with every alive peer core (up to {args.wait:g} s) ...", file=sys.stderr)
     try:
