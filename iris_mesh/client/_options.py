@@ -27,6 +27,7 @@ class ClientOptions:
     request_timeout_s: float = 10.0
     # A send that has no `sent` this long after send() was called fails with `timeout` (retries included).
     send_timeout_s: float = 30.0
+    # A quiet session pings its edge this often; while answers are awaited, after 1 s without a frame from it.
     ping_interval_s: float = 10.0
     # A ping unanswered this long means the session is gone: the SDK moves to another edge.
     pong_timeout_s: float = 3.0

@@ -80,6 +80,8 @@ class SessionState(enum.Enum):
 
 
 _LINKED = frozenset({SessionState.HELLO, SessionState.READY, SessionState.LOGGING_IN, SessionState.LOGGED_IN})
+# Answers awaited and nothing heard from the edge for this long: ping it now, not at the next quiet interval.
+_SILENT_WHILE_WAITING_S = 1.0
 
 
 @dataclass(slots=True)
@@ -422,8 +424,16 @@ class ClientSession:
             if now >= self._ping_deadline:
                 self._lose(f"edge {self.edge} did not answer a ping within {self._opts.pong_timeout_s} s", now)
             return
-        if now >= min(self._last_tx, self._last_rx) + self._opts.ping_interval_s:
+        if now >= self._ping_due():
             self._ping(now)
+
+    def _ping_due(self) -> float:
+        """When to ping: after ping_interval_s of quiet, or sooner while answers are awaited and the edge is silent
+        (a hung edge that the kernel still acks for would otherwise hold every send for the whole interval)."""
+        due = min(self._last_tx, self._last_rx) + self._opts.ping_interval_s
+        if self._requests:
+            due = min(due, self._last_rx + _SILENT_WHILE_WAITING_S)
+        return due
 
     def _ping(self, now: float) -> None:
         self._ping_cid = self._request(_Request("ping"), lambda c: PingRequest(cid=c).to_wire(), now)
@@ -434,8 +444,7 @@ class ClientSession:
         if self.state is SessionState.HELLO:
             times.append(self._hello_deadline)
         if self.state in (SessionState.READY, SessionState.LOGGING_IN, SessionState.LOGGED_IN):
-            times.append(self._ping_deadline if self._ping_deadline is not None
-                         else min(self._last_tx, self._last_rx) + self._opts.ping_interval_s)
+            times.append(self._ping_deadline if self._ping_deadline is not None else self._ping_due())
         times.extend(r.deadline for r in self._queries.values())
         return min((t for t in times if t is not None), default=None)
 

@@ -616,3 +616,19 @@ def test_sends_after_a_stored_one_name_it_until_one_is_delivered(h: Harness) -> 
     h.send("bob", 4)
     h.tick()
     assert "after" not in h.take("send")[0]
+
+
+def test_a_silent_edge_while_a_send_waits_is_pinged_at_once_and_left_when_it_does_not_answer(h: Harness) -> None:
+    # A hung edge (the kernel still acks): without this the send waited for the quiet-interval ping (13 s).
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    assert h.take("send")
+    assert h.tick(0.9) is not None and h.take() == []
+    # Nothing heard for a second with an answer awaited: a ping goes out now, not at the quiet interval.
+    h.tick(0.2)
+    assert len(h.take("ping")) == 1
+    h.tick(OPTIONS.pong_timeout_s + 0.1)
+    assert h.lost and "did not answer a ping" in h.lost[0]
+    assert waiter.values == []  # the send is not failed: it goes again through the next edge
