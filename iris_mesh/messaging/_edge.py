@@ -548,6 +548,12 @@ class EdgeService:
         self._edges_seen.update(self._live_edges())
         for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
             self._pay_owed_minbox(edge)
+        for send in [s for s in self._live.values() if s.offered - s.declined - {self.node_id}]:
+            # An edge it was offered to died: its user will not ack there; store it now, not at the deadline.
+            gone = {edge for edge in send.offered - send.declined if edge != self.node_id and not self._is_alive(edge)}
+            if gone:
+                send.declined |= gone
+                self._check_declined(send, now)
         for send in [s for s in self._live.values() if s.deadline <= now]:
             self._live.pop((send.to, send.id), None)
             if not send.done:

@@ -24,6 +24,7 @@ import pytest
 
 from iris_mesh import PROTOCOL_VERSION
 from iris_mesh.messaging._edge import EdgeService, EdgeSettings
+from iris_mesh.messaging._inbox import encode_presence, presence_key
 from iris_mesh.messaging._protocol import Limits
 from iris_mesh.messaging._sessions import HOLD_MAX_S
 from iris_mesh.messaging._tokens import issue_token, token_secret
@@ -57,8 +58,9 @@ class Edge:
         self.now = T0
         self.store = FakeStore()
         self.gateway = FakeGateway()
+        self.dead: set[str] = set()  # other edges that are not alive
         self.service = EdgeService(
-            node_id=NODE, token_secret=SECRET, store=self.store, is_alive=lambda node: True,
+            node_id=NODE, token_secret=SECRET, store=self.store, is_alive=lambda node: node not in self.dead,
             live_edges=lambda: [NODE], wall_ms=lambda: int((WALL_S + self.now) * 1000), wall_s=lambda: WALL_S + self.now,
             settings=EdgeSettings(limits=limits or Limits()),
         )
@@ -426,3 +428,18 @@ def test_a_live_copy_acked_late_on_another_edge_is_deleted_from_the_inbox_there(
     deletes = [p for p in edge.store.puts if p[2] is None and p not in deletes_before]
     assert deletes == [("offline_msg", b"bob\x00" + mid(7), None)]
     assert ("edge2", "mdelivered", {"id": mid(7), "to": "bob"}) in told  # the origin is told all the same
+
+
+def test_a_live_send_to_an_edge_that_dies_is_stored_at_once_not_at_its_deadline() -> None:
+    edge = Edge()
+    told: list[tuple[str, str]] = []
+    edge.gateway.async_send = lambda node, op, **fields: told.append((node, op)) is None  # type: ignore
+    edge.log_in(ALICE, "alice")
+    edge.store.tables["presence"][presence_key("bob", "edge2")] = encode_presence(True, 1)
+    cid = edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    assert ("edge2", "mdeliver") in told
+    edge.now += 1.5  # edge2 is dead to this edge now, well before the 5 s deliver timeout
+    edge.dead.add("edge2")
+    edge.service.async_tick(edge.now)
+    assert edge.outcome(ALICE, cid) == "sent:stored"
