@@ -86,6 +86,9 @@ _RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this l
 _STORED_TAILS_MAX = 100_000  # pairs whose last stored id the origin remembers (the oldest is forgotten first)
 _OWED_MINBOX_MAX = 10_000  # users per edge whose missed minbox is kept for it
 _STORED_AFTER_LIVE_MAX = 10_000  # live sends stored after their deliver timeout, remembered for a late ack
+# After a live copy to a user timed out, their next messages go straight to the inbox for this long
+# (or until an ack of theirs comes back): a slow app must not cost each sender a deliver timeout per message.
+_UNRESPONSIVE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,7 @@ class EdgeService:
         # (to, id) of live sends stored once their deliver timeout passed, oldest first: the live copy may
         # still be acked, and then the stored one must go (or the recipient gets the message twice).
         self._stored_after_live: dict[tuple[str, bytes], None] = {}
+        self._unresponsive: dict[str, float] = {}  # user -> until when their messages skip live delivery
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
@@ -301,7 +305,9 @@ class EdgeService:
         if send.done:
             return
         targets = [edge for edge in edges if edge == self.node_id or self._is_alive(edge)]
-        if not targets:
+        if not targets or self._unresponsive.get(send.to, 0.0) > now:
+            # Nobody to hand it to, or the user's app left a live copy unacked past the deliver timeout
+            # lately: stored (and pushed from the inbox) at once, not one deliver timeout per message.
             self._store_message(send, now)
             return
         send.deadline = now + self._settings.deliver_timeout_s
@@ -466,6 +472,7 @@ class EdgeService:
             self._delivered(msg["id"], msg["to"], now)
 
     def _delivered(self, msg_id: bytes, to: str, now: float) -> None:
+        self._unresponsive.pop(to, None)
         send = self._live.get((to, msg_id))
         if send is not None:
             self._finish(send, "delivered", now)
@@ -545,6 +552,8 @@ class EdgeService:
     def async_tick(self, now: float) -> None:
         self._now = now
         self._recent.forget_expired(now)
+        if self._unresponsive:
+            self._unresponsive = {user: until for user, until in self._unresponsive.items() if until > now}
         self._edges_seen.update(self._live_edges())
         for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
             self._pay_owed_minbox(edge)
@@ -558,6 +567,7 @@ class EdgeService:
             self._live.pop((send.to, send.id), None)
             if not send.done:
                 self.counters["live_timeouts"] += 1
+                self._unresponsive[send.to] = now + _UNRESPONSIVE_S
                 self._stored_after_live[(send.to, send.id)] = None
                 if len(self._stored_after_live) > _STORED_AFTER_LIVE_MAX:
                     del self._stored_after_live[next(iter(self._stored_after_live))]

@@ -443,3 +443,23 @@ def test_a_live_send_to_an_edge_that_dies_is_stored_at_once_not_at_its_deadline(
     edge.dead.add("edge2")
     edge.service.async_tick(edge.now)
     assert edge.outcome(ALICE, cid) == "sent:stored"
+
+
+def test_after_a_live_copy_times_out_the_users_next_messages_are_stored_at_once_until_it_acks() -> None:
+    # bob's app does not call receive(): one deliver timeout, not one per message.
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob")
+    first = edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    edge.now += EdgeSettings().deliver_timeout_s + 0.1
+    edge.service.async_tick(edge.now)
+    assert edge.outcome(ALICE, first) == "sent:stored"
+    second = edge.send(ALICE, "bob", 2)
+    assert edge.outcome(ALICE, second) == "sent:stored"  # no wait for a live ack
+    assert edge.receive(BOB) == [mid(1), mid(2)]  # the live copy of 1, then 2 from the inbox, in order
+    third = edge.send(ALICE, "bob", 3)  # bob acked: live again
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(3)]
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(3)]}, edge.now)
+    assert edge.outcome(ALICE, third) == "sent:delivered"
