@@ -164,7 +164,7 @@ class EdgeService:
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
-                                      now=lambda: self._now, to_client=self._to_client)
+                                      now=lambda: self._now, to_client=self._to_client, live_edges=live_edges)
         self._inbox = InboxFeed(store=store, sessions=self.sessions, limits=self._limits, counters=self.counters,
                                 now=lambda: self._now, to_client=self._to_client)
         self._client_ops: dict[type, Callable[[Session, Any, float], None]] = {

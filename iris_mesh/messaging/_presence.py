@@ -26,7 +26,7 @@ _MAX_EDGES_PER_USER = 64  # presence rows one scan reads: more edges than a user
 class PresenceBook:
     """Writes this edge's presence rows, finds a user's edges (cached briefly), answers the `presence` op."""
 
-    __slots__ = ("_node_id", "_store", "_sessions", "_wall_ms", "_now", "_to_client", "_cache")
+    __slots__ = ("_node_id", "_store", "_sessions", "_wall_ms", "_now", "_to_client", "_cache", "_live_edges")
 
     def __init__(
         self,
@@ -37,8 +37,10 @@ class PresenceBook:
         wall_ms: Callable[[], int],
         now: Callable[[], float],
         to_client: Callable[[bytes, dict[str, Any]], None],
+        live_edges: Callable[[], list[str]] = lambda: [],
     ) -> None:
-        """`now` is the engine's current monotonic time, read when a scan answers; `to_client` sends a frame."""
+        """`now` is the engine's current monotonic time, read when a scan answers; `to_client` sends a frame;
+        `live_edges` are the edges alive now (every candidate when the store cannot say where a user is)."""
         self._node_id = node_id
         self._store = store
         self._sessions = sessions
@@ -46,6 +48,7 @@ class PresenceBook:
         self._now = now
         self._to_client = to_client
         self._cache: dict[str, tuple[list[str], float]] = {}
+        self._live_edges = live_edges
 
     def async_write(self, user: str, online: bool, now: float) -> None:
         """Record that `user` is (no longer) online on this edge; the cached entry for `user` goes."""
@@ -61,8 +64,9 @@ class PresenceBook:
         """Call `then` with the edges `user` is online on (this edge first when it has a session of `user`).
 
         From the cache when it is younger than PRESENCE_TTL_S (then at once),
-        else after a scan; a failed scan gives just this edge, or nothing, and
-        is not cached.
+        else after a scan. A failed scan (too few cores) gives every live edge,
+        not cached: those where `user` is not decline the offer, so two online
+        users still chat while the store cannot answer.
         """
         cached = self._cache.get(user)
         if cached is not None and now - cached[1] < PRESENCE_TTL_S:
@@ -83,6 +87,8 @@ class PresenceBook:
                     if online and edge not in edges and edge != self._node_id:
                         edges.append(edge)
                 self._cache[user] = (edges, self._now())
+            else:
+                edges += [edge for edge in self._live_edges() if edge not in edges and edge != self._node_id]
             then(edges)
 
         self._store.async_scan("presence", presence_prefix(user), start_after=None, limit=_MAX_EDGES_PER_USER,

@@ -61,8 +61,17 @@ class FakeStore:
 
         self._waiting.append(answer)
 
+    def refuse_next_scan(self, table: str, code: str) -> None:
+        self._refusals["scan:" + table].append(code)
+
     def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int,
                    on_done: Callable[[Any], None], now: float) -> None:
+        refusals = self._refusals["scan:" + table]
+        if refusals:
+            code = refusals.pop(0)
+            self._waiting.append(lambda: on_done(Answer(False, code, f"{table} scan refused by the test")))
+            return
+
         def answer() -> None:
             keys = sorted(k for k in self.tables[table] if k.startswith(prefix) and (start_after is None or k > start_after))
             page = keys[:limit]

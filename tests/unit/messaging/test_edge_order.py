@@ -59,9 +59,10 @@ class Edge:
         self.store = FakeStore()
         self.gateway = FakeGateway()
         self.dead: set[str] = set()  # other edges that are not alive
+        self.others: list[str] = []  # other live edges
         self.service = EdgeService(
             node_id=NODE, token_secret=SECRET, store=self.store, is_alive=lambda node: node not in self.dead,
-            live_edges=lambda: [NODE], wall_ms=lambda: int((WALL_S + self.now) * 1000), wall_s=lambda: WALL_S + self.now,
+            live_edges=lambda: [NODE, *self.others], wall_ms=lambda: int((WALL_S + self.now) * 1000), wall_s=lambda: WALL_S + self.now,
             settings=EdgeSettings(limits=limits or Limits()),
         )
         self.service.async_attach(self.gateway)
@@ -463,3 +464,19 @@ def test_after_a_live_copy_times_out_the_users_next_messages_are_stored_at_once_
     assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(3)]
     edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(3)]}, edge.now)
     assert edge.outcome(ALICE, third) == "sent:delivered"
+
+
+def test_when_the_store_cannot_say_where_a_user_is_every_live_edge_is_offered_the_message() -> None:
+    # Two of three cores down: the presence scan fails, yet two online users on different edges still chat.
+    edge = Edge()
+    edge.others = ["edge2", "edge3"]
+    told: list[tuple[str, str]] = []
+    edge.gateway.async_send = lambda node, op, **fields: told.append((node, op)) is None  # type: ignore
+    edge.log_in(ALICE, "alice")
+    edge.store.refuse_next_scan("presence", "unavailable")
+    cid = edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    assert sorted(node for node, op in told if op == "mdeliver") == ["edge2", "edge3"]
+    edge.service.mesh_ops()["mdelivered"]({"v": PROTOCOL_VERSION, "op": "mdelivered", "src": "edge3", "inc": 1,
+                                           "seq": 1, "id": mid(1), "to": "bob"}, edge.now)
+    assert edge.outcome(ALICE, cid) == "sent:delivered"
