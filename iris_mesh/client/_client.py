@@ -225,6 +225,12 @@ class Client:
         return self._session.user
 
     @property
+    def login_lost(self) -> str | None:
+        """Why the client is no longer logged in, if logging in again after a failover failed (a token
+        that expired meanwhile, say); None otherwise. Call login() again: that clears it."""
+        return self._session.login_lost
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

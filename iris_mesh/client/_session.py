@@ -117,6 +117,8 @@ class ClientSession:
         self.limits = DEFAULT_LIMITS
         self.edge: str | None = None  # node id of the edge that answered hello on the current link
         self.user: str | None = None  # who to (re)log in as; None before login() and after a refused login
+        # Why the automatic login again after a failover failed (None: it did not, or login() was called since).
+        self.login_lost: str | None = None
         self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0}
         self._token: str | None = None
         self._login_waiter: Any = None
@@ -192,6 +194,7 @@ class ClientSession:
                 "bad_request", f"a token is text of 1 to {MAX_TOKEN_CHARS} characters"))
         if self._login_waiter is not None:
             return self._complete(waiter, IrisError("bad_request", "another login() of this client is in progress"))
+        self.login_lost = None
         if self.user is not None and user != self.user:
             return self._complete(waiter, IrisError(
                 "bad_request", f"this client is logged in as {self.user!r}; use another Client for {user!r}"))
@@ -218,7 +221,7 @@ class ClientSession:
             return self._complete(waiter, IrisError(
                 "too_large", f"body of {len(body)} bytes exceeds max_body_bytes ({self.limits.max_body_bytes})"))
         if self.user is None:
-            return self._complete(waiter, IrisError("not_logged_in", "call login() before send()"))
+            return self._complete(waiter, IrisError("not_logged_in", self.login_lost or "call login() before send()"))
         send = PendingSend(next(self._seqs), msg_id, to, body, waiter, now + self._opts.send_timeout_s)
         self._sends.add(send, now)
 
@@ -230,7 +233,8 @@ class ClientSession:
             return self._complete(waiter, IrisError("bad_request", f"{user!r} is not a user name"))
         if self.state is not SessionState.LOGGED_IN:
             if self.user is None:
-                return self._complete(waiter, IrisError("not_logged_in", "call login() before presence()"))
+                return self._complete(waiter, IrisError("not_logged_in",
+                                                        self.login_lost or "call login() before presence()"))
             return self._complete(waiter, IrisError("unavailable", "the client is moving to another edge; ask again"))
         request = _Request("presence", waiter=waiter, deadline=now + self._opts.request_timeout_s)
         cid = self._request(request, lambda c: PresenceRequest(cid=c, user=user).to_wire(), now)
@@ -501,6 +505,8 @@ class ClientSession:
             logger.error("logging in again as {} on edge {} failed: {} ({}); pending sends fail",
                          self.user, self.edge, error.code, error.detail)
             error = IrisError(error.code, f"logging in again on edge {self.edge} failed: {error.detail}")
+            self.login_lost = (f"the login as {self.user} was lost: {error.detail} ({error.code}); "
+                               "call login() again (with a fresh token if it expired)")
         self.user = self._token = None
         self._complete(waiter, error)
         for send in self._sends.drain():

@@ -632,3 +632,17 @@ def test_a_silent_edge_while_a_send_waits_is_pinged_at_once_and_left_when_it_doe
     h.tick(OPTIONS.pong_timeout_s + 0.1)
     assert h.lost and "did not answer a ping" in h.lost[0]
     assert waiter.values == []  # the send is not failed: it goes again through the next edge
+
+
+def test_a_login_lost_at_a_failover_says_why_until_login_is_called_again(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    h.s.link_lost("the connection to the edge closed", h.now)
+    h.tick()
+    h.connect("edge2")
+    h.frame(build_error("auth_failed", "login refused: expired", cid=h.take("login")[0]["cid"]))
+    assert h.s.user is None and h.s.login_lost is not None and "expired" in h.s.login_lost
+    refused = h.send("carol", 1)
+    assert refused.value.code == "not_logged_in" and "the login as bob was lost" in refused.value.detail
+    h.login("bob")
+    assert h.s.login_lost is None and h.s.user == "bob"
