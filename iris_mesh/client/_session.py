@@ -82,6 +82,7 @@ class SessionState(enum.Enum):
 _LINKED = frozenset({SessionState.HELLO, SessionState.READY, SessionState.LOGGING_IN, SessionState.LOGGED_IN})
 # Answers awaited and nothing heard from the edge for this long: ping it now, not at the next quiet interval.
 _SILENT_WHILE_WAITING_S = 1.0
+_EXPIRED_CIDS_KEPT = 10_000  # cids of sends given up on, whose late answers are expected
 
 
 @dataclass(slots=True)
@@ -119,6 +120,7 @@ class ClientSession:
         self.user: str | None = None  # who to (re)log in as; None before login() and after a refused login
         # Why the automatic login again after a failover failed (None: it did not, or login() was called since).
         self.login_lost: str | None = None
+        self._expired_cids: dict[int, None] = {}
         self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0}
         self._token: str | None = None
         self._login_waiter: Any = None
@@ -369,6 +371,11 @@ class ClientSession:
                 self._requests[frame.cid] = request  # type: ignore[index]  # _lose settles it with the rest
             self._lose(f"edge {self.edge} answered not_logged_in: it no longer knows this session", now)
             return
+        if request is None and frame.cid in self._expired_cids:
+            del self._expired_cids[frame.cid]
+            logger.debug("edge {} answered a send this client had already given up on: {} ({})",
+                         self.edge, frame.code, frame.detail)
+            return
         if request is None:
             logger.warning("edge {} reported {} ({}) about no request of ours", self.edge, frame.code, frame.detail)
             return
@@ -407,6 +414,9 @@ class ClientSession:
         for send in self._sends.expired(now):
             if send.cid is not None:
                 self._requests.pop(send.cid, None)
+                self._expired_cids[send.cid] = None  # its answer may still come: not news
+                if len(self._expired_cids) > _EXPIRED_CIDS_KEPT:
+                    del self._expired_cids[next(iter(self._expired_cids))]
             self._complete(send.waiter, send.last_error or IrisError(
                 "timeout", f"no `sent` within {self._opts.send_timeout_s} s (id {send.id.hex()}); it may still"
                 " arrive: resend with the same id to be sure"))

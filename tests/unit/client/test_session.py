@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from iris_mesh.client._errors import IrisError
 from iris_mesh.client._options import ClientOptions
@@ -646,3 +647,23 @@ def test_a_login_lost_at_a_failover_says_why_until_login_is_called_again(h: Harn
     assert refused.value.code == "not_logged_in" and "the login as bob was lost" in refused.value.detail
     h.login("bob")
     assert h.s.login_lost is None and h.s.user == "bob"
+
+
+def test_a_late_error_about_a_send_given_up_on_is_not_reported_as_a_stranger(h: Harness) -> None:
+    warnings: list[str] = []
+    handler = logger.add(lambda message: warnings.append(str(message)), level="WARNING")
+    try:
+        h.connect()
+        h.login()
+        waiter = h.send("bob", 1)
+        h.tick()
+        cid = h.take("send")[0]["cid"]
+        h.tick(OPTIONS.send_timeout_s + 0.1)
+        assert waiter.value.code == "timeout"
+        h.take()
+        h.frame(build_error("partition_detected", "not stored", cid=cid))
+        assert warnings == []
+        h.frame(build_error("partition_detected", "not stored", cid=9999))
+        assert len(warnings) == 1 and "about no request of ours" in warnings[0]
+    finally:
+        logger.remove(handler)
