@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,10 @@ from iris_mesh.messaging import issue_token, token_secret
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
+
+
+# The cluster `make run` started: its name is the config's (iris) unless IRIS_MESH_CLUSTER overrides it.
+CLUSTER = os.environ.get("IRIS_MESH_CLUSTER", "iris")
 
 
 def main() -> int:
@@ -25,9 +30,9 @@ def main() -> int:
         return issue_token(secret, user, int(time.time()) + 3600)
 
     step("alice connects to edge1 and bob to edge2 (found by mDNS), and both log in")
-    alice = Client.connect(cluster="iris", edge="edge1")
+    alice = Client.connect(cluster=CLUSTER, edge="edge1")
     alice.login("alice", token("alice"))
-    bob = Client.connect(cluster="iris", edge="edge2")
+    bob = Client.connect(cluster=CLUSTER, edge="edge2")
     bob.login("bob", token("bob"))
     print(f"alice is on {alice.edge}, bob is on {bob.edge}")
 
@@ -53,7 +58,7 @@ def main() -> int:
     print(f"alice: resent, status {again.status!r} (no second copy is made)")
 
     step("reconnect: bob logs in again, on edge1 this time, and gets his inbox in order")
-    bob = Client.connect(cluster="iris", edge="edge1")
+    bob = Client.connect(cluster=CLUSTER, edge="edge1")
     bob.login("bob", token("bob"))
     while (message := bob.receive(timeout=3.0)) is not None:
         print(f"bob:   received {message.body.decode()!r} from {message.sender}")
