@@ -121,12 +121,15 @@ class Target:
             reply = client.request(op, **fields)
         return reply
 
-    def first(self, op: str, **fields: Any) -> tuple[str, dict[str, Any]]:
-        """Ask the first node that answers (then the others, once all are found); auth failures end the command."""
+    def first(self, op: str, *, avoid: str | None = None, **fields: Any) -> tuple[str, dict[str, Any]]:
+        """Ask the first node that answers (then the others, once all are found); auth failures end the command.
+
+        `avoid` is asked last (a ping of a node goes through another one when there is another).
+        """
         errors: list[str] = []
         tried: set[str] = set()
-        for every_node in (False, True):
-            for name, endpoint in self.endpoints(every_node=every_node):
+        for every_node in (False, True) if avoid is None else (True,):
+            for name, endpoint in sorted(self.endpoints(every_node=every_node), key=lambda item: item[0] == avoid):
                 if name in tried:
                     continue
                 tried.add(name)

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from iris_mesh.cli import _verdict
 from iris_mesh.cli._target import (
@@ -98,7 +98,7 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_ping(target: Target, args: argparse.Namespace) -> int:
-    name, reply = target.first("ping", node=args.target_node)
+    name, reply = target.first("ping", avoid=args.target_node, node=args.target_node)
     if reply.get("ok"):
         _emit(args, reply, f"pong from {reply['node']} in {reply['rtt_ms']:.2f} ms (incarnation {reply['incarnation']}, asked via {name})")
         return EXIT_OK
@@ -243,10 +243,6 @@ def cmd_get(target: Target, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _admin_of(target: Target, name: str) -> str:
-    return dict(target.endpoints()).get(name) or target.endpoints()[0][1]
-
-
 def cmd_tables(target: Target, args: argparse.Namespace) -> int:
     results = target.each("tables")
     cores = [(name, r) for name, r in results if isinstance(r, dict) and r.get("ok") and r["role"] == "core"]
@@ -256,14 +252,7 @@ def cmd_tables(target: Target, args: argparse.Namespace) -> int:
             raise CtlError(f"{args.node} is an edge: edges hold no data; ask a core (or leave out --node)",
                            EXIT_CHECK_FAILED)
         raise CtlError("no core answered: " + (", ".join(failed) or "none was found"))
-    # A dead core is not found by mDNS at all: name every expected core that did not answer
-    # (with --node only that core was asked: the others are not missing).
-    try:
-        expected = [] if args.node else target.request(_admin_of(target, cores[0][0]), "status")["status"]["expected"]
-    except (AdminError, KeyError):
-        expected = []
-    answered = {r["node"] for _, r in cores}
-    failed = sorted(set(failed) | (set(expected) - answered))
+    failed = sorted(set(failed) | _expected_cores_missing(target, args, (r["node"] for _, r in cores)))
     tables = sorted({t for _, r in cores for t in r["tables"]})
     rows = [["TABLE", *[r["node"] for _, r in cores]]]
     for table in tables:
@@ -336,10 +325,23 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
     engines = [(node, view["rocksdb"]) for node, view in sorted(nodes.items()) if "rocksdb" in view]
     if engines:
         text += "\nRocksDB now:\n" + "\n".join(f"{node}: {_engine_text(state)}" for node, state in engines)
+    failed = sorted(set(failed) | _expected_cores_missing(target, args, nodes))
     if failed:
         text += f"\nnot answering: {', '.join(failed)}"
     _emit(args, {"ok": not failed, "nodes": nodes, "not_answering": failed}, text)
     return EXIT_OK if not failed else EXIT_CHECK_FAILED
+
+
+def _expected_cores_missing(target: Target, args: argparse.Namespace, answered: Iterable[str]) -> set[str]:
+    """Expected cores that did not answer (a dead core is not found by mDNS at all); none with --node."""
+    if args.node:
+        return set()
+    for _name, endpoint in target.endpoints():
+        try:
+            return set(target.request(endpoint, "status")["status"]["expected"]) - set(answered)
+        except (AdminError, KeyError):
+            continue
+    return set()
 
 
 def cmd_backup(target: Target, args: argparse.Namespace) -> int:
@@ -350,7 +352,6 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
     lines: list[str] = []
     done: dict[str, str] = {}
     failed: dict[str, str] = {}
-    expected: set[str] = set()
     for name, result in results:
         if isinstance(result, AdminError) or not result.get("ok"):
             failed[name] = str(result) if isinstance(result, AdminError) else str(result.get("detail"))
@@ -359,14 +360,8 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             done[result["node"]] = result["path"]
             lines.append(f"{result['node']}: checkpoint in {result['path']}")
     # A dead core is not found at all, and --node asks one node: compare with the expected cores.
-    for name, result in results:
-        if isinstance(result, dict) and result.get("ok"):
-            try:
-                expected |= set(target.request(_admin_of(target, name), "status")["status"]["expected"])
-                break
-            except (AdminError, KeyError):
-                continue
-    missing = sorted(expected - set(done) - set(failed))
+    args_every = argparse.Namespace(**{**vars(args), "node": None})
+    missing = sorted(_expected_cores_missing(target, args_every, [*done, *failed]))
     for core in missing:
         lines.append(f"{core}: NOT BACKED UP (not found or not asked: is it running? without --node every core is asked)")
     ok = bool(done) and not failed and not missing
@@ -437,6 +432,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from iris_mesh.store import StoreError, restore_all
 
     source = Path(args.dir)
+    if not Path(args.data_root).is_dir():
+        raise CtlError(f"--data-root {args.data_root} is not a directory (a typo? to restore onto a new disk, "
+                       "create it first)", EXIT_CHECK_FAILED)
     nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
     if not nodes:
         raise CtlError(f"{source} holds no node checkpoints (expected one directory per core)", EXIT_CHECK_FAILED)
@@ -506,12 +504,13 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--replica", metavar="NODE", help="read only this core's copy, as it is")
     add("tables", cmd_tables, "rows per table on every core")
     add("latency", cmd_latency, "per node: how long the last minute's writes, reads, commits and fsyncs took")
-    add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument("dir")
+    add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument(
+        "dir", type=_non_empty, help="a new directory: it gets one subdirectory per core")
     resync = add("resync", cmd_resync, "force a full anti-entropy pass of one core with every alive peer core")
     resync.add_argument("target_node", metavar="NODE")
     resync.add_argument("--wait", type=_positive(float), default=30.0, help="deadline for the pass in seconds (default 30)")
     restore = commands.add_parser("restore", parents=[common], help="put a backup back (cluster stopped)")
-    restore.add_argument("dir")
+    restore.add_argument("dir", type=_non_empty, help="a directory `meshctl backup` wrote")
     restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
     restore.add_argument("--delete-replaced", action="store_true",
                          help="delete the data the backup replaces (default: keep it beside, as NODE.replaced-TIME)")
@@ -524,6 +523,13 @@ def _parser() -> argparse.ArgumentParser:
     mesh.add_argument("--expect", type=_positive(int), help="number of nodes the mesh must have")
     mesh.add_argument("--wait", type=_positive(float), default=30.0, help="deadline in seconds (default 30)")
     return parser
+
+
+def _non_empty(text: str) -> str:
+    """An argparse type: a path that is not empty (an empty one means the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:

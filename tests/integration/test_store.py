@@ -62,6 +62,12 @@ def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster, t
     assert backup.returncode == 1, backup.stdout + backup.stderr
     doc = json.loads(backup.stdout)
     assert (doc["ok"], doc["missing"], sorted(doc["checkpoints"])) == (False, ["core3"], ["core1", "core2"]), doc
+    # Latency on every node names the core that is down (it exited 0 with core3 simply missing).
+    latency = meshctl(local_cluster, "--cluster", local_cluster.name, "latency")
+    assert latency.returncode == 1 and "not answering: core3" in latency.stdout, latency.stdout + latency.stderr
+    # A ping of core1 goes through another node, so it tests a round trip over the mesh.
+    pong = meshctl(local_cluster, "--cluster", local_cluster.name, "ping", "core1")
+    assert pong.returncode == 0 and "asked via core1" not in pong.stdout, pong.stdout + pong.stderr
     # Asked alone, a core shows its own rows; the cores not asked are not called "not answering".
     own = meshctl(local_cluster, "--node", core1.admin, "tables")
     assert own.returncode == 0 and "not answering" not in own.stdout, own.stdout + own.stderr

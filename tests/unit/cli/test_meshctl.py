@@ -73,3 +73,17 @@ def test_an_unexpected_error_is_one_line_and_json_under_json(monkeypatch: pytest
     out, err = capsys.readouterr()
     assert json.loads(out) == {"ok": False, "error": "cannot do this: ValueError: nothing checked this"}
     assert err == "meshctl: cannot do this: ValueError: nothing checked this\n"
+
+
+def test_an_empty_backup_directory_is_a_usage_error_not_the_current_directory(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["backup", ""])
+    assert exited.value.code == 2 and "must not be empty" in capsys.readouterr().err
+
+
+def test_a_restore_into_a_data_root_that_does_not_exist_changes_nothing(tmp_path, capsys) -> None:
+    (tmp_path / "backup" / "core1").mkdir(parents=True)
+    assert main(["restore", str(tmp_path / "backup"), "--data-root", str(tmp_path / "typo")]) == 1
+    assert "is not a directory (a typo?" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
