@@ -493,14 +493,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, fn, text in (("put", cmd_put, "write a key on its replicas (operator tool)"),
                            ("delete", cmd_delete, "delete a key on its replicas (leaves a tombstone)")):
         sub = add(name, fn, text)
-        sub.add_argument("table")
-        sub.add_argument("key")
+        sub.add_argument("table", help=_TABLE_HELP)
+        sub.add_argument("key", help=_KEY_HELP)
         if name == "put":
-            sub.add_argument("value")
+            sub.add_argument("value", help="the value (text; stored as its UTF-8 bytes)")
         sub.add_argument("--durability", default="quorum", choices=["quorum", "guaranteed", "best_effort"])
     get = add("get", cmd_get, "read a key (quorum read with repair, or one replica's copy with --replica)")
-    get.add_argument("table")
-    get.add_argument("key")
+    get.add_argument("table", help=_TABLE_HELP)
+    get.add_argument("key", help=_KEY_HELP)
     get.add_argument("--replica", metavar="NODE", help="read only this core's copy, as it is")
     add("tables", cmd_tables, "rows per table on every core")
     add("latency", cmd_latency, "per node: how long the last minute's writes, reads, commits and fsyncs took")
@@ -509,20 +509,30 @@ def _parser() -> argparse.ArgumentParser:
     resync = add("resync", cmd_resync, "force a full anti-entropy pass of one core with every alive peer core")
     resync.add_argument("target_node", metavar="NODE")
     resync.add_argument("--wait", type=_positive(float), default=30.0, help="deadline for the pass in seconds (default 30)")
-    restore = commands.add_parser("restore", parents=[common], help="put a backup back (cluster stopped)")
+    restore = commands.add_parser(
+        "restore", parents=[common], help="put a backup back (cluster stopped)",
+        description="put every core of a backup back, or none (the cluster must be stopped); the data it replaces "
+                    "is kept beside it as NODE.replaced-TIME")
     restore.add_argument("dir", type=_non_empty, help="a directory `meshctl backup` wrote")
     restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
     restore.add_argument("--delete-replaced", action="store_true",
                          help="delete the data the backup replaces (default: keep it beside, as NODE.replaced-TIME)")
     restore.set_defaults(fn=None, offline=cmd_restore)
-    token = commands.add_parser("token", parents=[common], help="print a login token for a user")
-    token.add_argument("user")
+    token = commands.add_parser(
+        "token", parents=[common], help="print a login token for a user",
+        description="print a login token for USER, signed with the cluster cookie (it works only with the cookie "
+                    "the cluster runs with)")
+    token.add_argument("user", help="a user name: 1-64 of A-Z a-z 0-9 _ . @ -")
     token.add_argument("--ttl", type=float, default=30 * 86400, help="seconds until it expires (default 30 days)")
     token.set_defaults(fn=None, offline=cmd_token)
     mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive")
     mesh.add_argument("--expect", type=_positive(int), help="number of nodes the mesh must have")
     mesh.add_argument("--wait", type=_positive(float), default=30.0, help="deadline in seconds (default 30)")
     return parser
+
+
+_TABLE_HELP = "offline_msg, cross_region_queue or presence"
+_KEY_HELP = "the key (text, sent as its UTF-8 bytes; bytes that are not UTF-8 go as they are)"
 
 
 def _non_empty(text: str) -> str:
