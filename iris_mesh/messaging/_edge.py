@@ -8,15 +8,22 @@ A send from user A to user B, accepted on A's edge (the origin):
 2. The origin looks up B's presence (cached briefly). If B has sessions on
    some edges, it offers the message to them (`mdeliver`); the first edge whose
    session acks it answers `mdelivered`, and A gets `sent{delivered}`.
-3. Otherwise (no session, every edge declined, or no ack within
-   `deliver_timeout_s`) the message is written to B's offline inbox with a
-   quorum and fsync; A gets `sent{stored}` and B's edges are told (`minbox`),
-   so B's online sessions get the stored message pushed to them.
+3. Otherwise (no session, every edge declined, an edge it was offered to
+   died, or no ack within `deliver_timeout_s`) the message is written to B's
+   offline inbox with a quorum and fsync; A gets `sent{stored}` and B's edges
+   are told (`minbox`), so B's online sessions get the stored message pushed
+   to them. A live copy acked after that is still the one B has: the origin
+   deletes the stored copy when the late `mdelivered` comes (B's edge deletes
+   it itself if the origin is gone), so B does not get it twice.
 
 An edge declines a live delivery while any session of B may still be owed
 stored messages (it has not synced, or its inbox changed): the message then
 goes to the inbox behind them, which keeps per-sender order across the switch
-between online and offline. A message leaves the inbox only when B acks it.
+between online and offline. A session that holds a message unacked for longer
+than `deliver_timeout_s` (its app is slow to receive) is skipped too, so its
+senders do not wait a deliver timeout per message. A message leaves the inbox
+only when B acks it. When the presence scan fails (too few cores), every live
+edge is offered the message; those without B decline.
 
 `minbox` reaches only edges the origin sees alive, so B's edge can miss it (it
 was paused, or cut off, when the message was stored) and think B's sessions
@@ -86,9 +93,6 @@ _RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this l
 _STORED_TAILS_MAX = 100_000  # pairs whose last stored id the origin remembers (the oldest is forgotten first)
 _OWED_MINBOX_MAX = 10_000  # users per edge whose missed minbox is kept for it
 _STORED_AFTER_LIVE_MAX = 10_000  # live sends stored after their deliver timeout, remembered for a late ack
-# After a live copy to a user timed out, their next messages go straight to the inbox for this long
-# (or until an ack of theirs comes back): a slow app must not cost each sender a deliver timeout per message.
-_UNRESPONSIVE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,6 @@ class EdgeService:
         # (to, id) of live sends stored once their deliver timeout passed, oldest first: the live copy may
         # still be acked, and then the stored one must go (or the recipient gets the message twice).
         self._stored_after_live: dict[tuple[str, bytes], None] = {}
-        self._unresponsive: dict[str, float] = {}  # user -> until when their messages skip live delivery
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
@@ -305,9 +308,7 @@ class EdgeService:
         if send.done:
             return
         targets = [edge for edge in edges if edge == self.node_id or self._is_alive(edge)]
-        if not targets or self._unresponsive.get(send.to, 0.0) > now:
-            # Nobody to hand it to, or the user's app left a live copy unacked past the deliver timeout
-            # lately: stored (and pushed from the inbox) at once, not one deliver timeout per message.
+        if not targets:
             self._store_message(send, now)
             return
         send.deadline = now + self._settings.deliver_timeout_s
@@ -439,14 +440,21 @@ class EdgeService:
             self._inbox.async_changed(to, self._now)
             return
         taken = 0
+        slow_before = self._now - self._settings.deliver_timeout_s
         for session in sessions:
             if len(session.outstanding) >= self._limits.max_pending_deliveries:
+                continue
+            oldest = next(iter(session.outstanding.values()), None)
+            if oldest is not None and oldest.at < slow_before:
+                # The app has left a message unacked past the deliver timeout: this one would wait as
+                # long. It goes to the inbox now, and reaches the session from there as the app acks.
+                self.counters["live_declined_slow_session"] += 1
                 continue
             session.outstanding[msg_id] = Outstanding(True, origin, sender, self._now)
             self._to_client(session.route, build_deliver(Delivery(msg_id, sender, ts, body, session.next_seq())))
             taken += 1
         if not taken:
-            self._decline(origin, msg_id, to, "sessions have too many unacked messages")
+            self._decline(origin, msg_id, to, "sessions have too many (or too old) unacked messages")
 
     def _decline(self, origin: str, msg_id: bytes, to: str, reason: str) -> None:
         self.counters["live_declined"] += 1
@@ -472,7 +480,6 @@ class EdgeService:
             self._delivered(msg["id"], msg["to"], now)
 
     def _delivered(self, msg_id: bytes, to: str, now: float) -> None:
-        self._unresponsive.pop(to, None)
         send = self._live.get((to, msg_id))
         if send is not None:
             self._finish(send, "delivered", now)
@@ -493,6 +500,8 @@ class EdgeService:
             if owed is None:
                 if again:
                     continue  # acked here before: its delete is on its way already
+                if id_time_ms(msg_id) - self._wall_ms() > MAX_ID_AHEAD_MS:
+                    continue  # no such message can have been stored (sends with such ids are refused)
                 if session.foreign_acks >= 2 * self._limits.max_ack_ids:
                     # More than a session on another edge could have left unacked: not deleted
                     # (each would cost a quorum write); such a message comes again in a sync.
@@ -506,13 +515,12 @@ class EdgeService:
                 if owed.origin == self.node_id:
                     self._delivered(msg_id, session.user, now)
                     continue
-                if owed.origin is not None:
-                    self._gateway_send(owed.origin, "mdelivered", id=msg_id, to=session.user)
-                if owed.origin is None or not self._is_alive(owed.origin) or \
-                        now - owed.at >= self._settings.deliver_timeout_s / 2:
-                    # Acked late, or its origin is gone: the origin may have stored a copy meanwhile
-                    # (and may not live to delete it). The user has the message: the copy goes.
-                    self.counters["late_live_acks"] += 1
+                assert owed.origin is not None  # a live copy always names the edge it came from
+                self._gateway_send(owed.origin, "mdelivered", id=msg_id, to=session.user)
+                if not self._is_alive(owed.origin):
+                    # Its origin is gone: it may have stored a copy (its deliver timeout, or this edge looked
+                    # dead to it) and cannot delete it now. The user has the message: the copy goes.
+                    self.counters["live_acks_origin_gone"] += 1
                     self._inbox.async_delete(session.user, msg_id, now)
             else:
                 # From the inbox (or an earlier session): it may leave the store now, and only now.
@@ -552,8 +560,6 @@ class EdgeService:
     def async_tick(self, now: float) -> None:
         self._now = now
         self._recent.forget_expired(now)
-        if self._unresponsive:
-            self._unresponsive = {user: until for user, until in self._unresponsive.items() if until > now}
         self._edges_seen.update(self._live_edges())
         for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
             self._pay_owed_minbox(edge)
@@ -562,19 +568,23 @@ class EdgeService:
             gone = {edge for edge in send.offered - send.declined if edge != self.node_id and not self._is_alive(edge)}
             if gone:
                 send.declined |= gone
+                self._remember_stored_after_live(send)  # a "dead" edge may yet deliver it and be acked
                 self._check_declined(send, now)
         for send in [s for s in self._live.values() if s.deadline <= now]:
             self._live.pop((send.to, send.id), None)
             if not send.done:
                 self.counters["live_timeouts"] += 1
-                self._unresponsive[send.to] = now + _UNRESPONSIVE_S
-                self._stored_after_live[(send.to, send.id)] = None
-                if len(self._stored_after_live) > _STORED_AFTER_LIVE_MAX:
-                    del self._stored_after_live[next(iter(self._stored_after_live))]
+                self._remember_stored_after_live(send)
                 self._store_message(send, now)
         for session in self.sessions.idle(now, self._settings.session_idle_timeout_s):
             logger.debug("session of {} idle for {} s: ended", session.user, self._settings.session_idle_timeout_s)
             self._end_session(session.route, now)
+
+    def _remember_stored_after_live(self, send: _Send) -> None:
+        """`send` is stored although a live copy is (or may be) out: a late ack of it must delete the stored one."""
+        self._stored_after_live[(send.to, send.id)] = None
+        if len(self._stored_after_live) > _STORED_AFTER_LIVE_MAX:
+            del self._stored_after_live[next(iter(self._stored_after_live))]
 
     def status(self) -> dict[str, Any]:
         return {"sessions": len(self.sessions), "users": self.sessions.users(), "in_flight": len(self._inflight),

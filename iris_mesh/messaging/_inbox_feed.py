@@ -117,7 +117,7 @@ class InboxFeed:
             msg_id = message_id_of(key)
             if skip_outstanding and msg_id in session.outstanding:
                 continue  # already in the client's hands, waiting for its ack
-            session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender))
+            session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
             msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
         return msgs
 

@@ -37,7 +37,7 @@ class PresenceBook:
         wall_ms: Callable[[], int],
         now: Callable[[], float],
         to_client: Callable[[bytes, dict[str, Any]], None],
-        live_edges: Callable[[], list[str]] = lambda: [],
+        live_edges: Callable[[], list[str]],
     ) -> None:
         """`now` is the engine's current monotonic time, read when a scan answers; `to_client` sends a frame;
         `live_edges` are the edges alive now (every candidate when the store cannot say where a user is)."""
@@ -64,9 +64,10 @@ class PresenceBook:
         """Call `then` with the edges `user` is online on (this edge first when it has a session of `user`).
 
         From the cache when it is younger than PRESENCE_TTL_S (then at once),
-        else after a scan. A failed scan (too few cores) gives every live edge,
-        not cached: those where `user` is not decline the offer, so two online
-        users still chat while the store cannot answer.
+        else after a scan. A failed scan (too few cores) gives the last answer
+        however old, or else every live edge, not cached: edges where `user` is
+        not decline the offer, so two online users still chat while the store
+        cannot answer.
         """
         cached = self._cache.get(user)
         if cached is not None and now - cached[1] < PRESENCE_TTL_S:
@@ -88,7 +89,9 @@ class PresenceBook:
                         edges.append(edge)
                 self._cache[user] = (edges, self._now())
             else:
-                edges += [edge for edge in self._live_edges() if edge not in edges and edge != self._node_id]
+                # The last answer, however old, before every live edge (each of which would get the body).
+                known = cached[0] if cached is not None else self._live_edges()
+                edges += [edge for edge in known if edge not in edges and edge != self._node_id]
             then(edges)
 
         self._store.async_scan("presence", presence_prefix(user), start_after=None, limit=_MAX_EDGES_PER_USER,

@@ -17,7 +17,7 @@ __all__ = ["AdminClient", "AdminError"]
 # A handshake that fails without detail this soon after the connection was made was ended by the node:
 # it could not read our CURVE hello (another cookie's keys). One that fails after about `handshake_ivl`
 # timed out: the node is stuck or paused, or the port is not an admin port at all.
-_REFUSED_WITHIN = 0.5  # of handshake_ivl
+_REFUSED_WITHIN_IVL_FRACTION = 0.9  # a timeout comes at handshake_ivl; a refusal, well before
 
 
 class AdminError(Exception):
@@ -85,7 +85,7 @@ class AdminClient:
             raise AdminError("unreachable", f"{self.endpoint} does not speak this cluster's admin protocol "
                                             "(is it an iris_mesh node's admin port?)")
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and \
-                time.monotonic() - self._connected_at >= _REFUSED_WITHIN * self._handshake_s:
+                time.monotonic() - self._connected_at >= _REFUSED_WITHIN_IVL_FRACTION * self._handshake_s:
             raise AdminError("unreachable", f"{self.endpoint} accepted the connection but did not complete the "
                                             f"handshake within {self._handshake_s:g} s: the node is stuck or paused, "
                                             "or this is not an iris_mesh admin port")

@@ -51,6 +51,7 @@ _BATCH = 512
 # and timers are not starved either.
 _MAILBOX_PER_TURN = 256
 _MAX_WAIT_S = 0.05
+_MAX_DRAIN_FAILURES = 1000  # in a row, on one socket: the engine stops (and the node exits) rather than spin deaf
 _MIN_WAIT_S = 0.001  # a tick asked for sooner waits this long: no busy loop of poll(0)
 _engine_ids = itertools.count(1)
 
@@ -286,6 +287,7 @@ class Engine(PeerLinks):
         if self._gateway is not None:
             handlers[self._gateway] = self._drain_gateway
         next_tick = self._clock()
+        failures: dict[Any, int] = {}  # socket -> drains in a row that raised
         while not self._stopping:
             now = self._clock()
             if now >= next_tick:
@@ -298,7 +300,18 @@ class Engine(PeerLinks):
                 continue
             now = self._clock()
             for sock, _ in ready:
-                self._guard(handlers[sock], now)  # the drains catch what a frame can cause; this is the backstop
+                # The drains catch what a frame can cause; this is the backstop. A drain that fails again
+                # and again (a socket it never empties keeps the loop spinning, deaf) ends the loop.
+                try:
+                    handlers[sock](now)
+                except Exception:
+                    self._handler_failed()
+                    failures[sock] = failures.get(sock, 0) + 1
+                    if failures[sock] >= _MAX_DRAIN_FAILURES:
+                        raise EngineError(f"a socket's drain failed {failures[sock]} times in a row") from None
+                else:
+                    if failures:
+                        failures.pop(sock, None)
             if self._mailbox:
                 self._run_mailbox(now)
             soon = self._guard(self._handler.async_after_batch, now)

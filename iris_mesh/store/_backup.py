@@ -4,13 +4,14 @@ A checkpoint is a complete, openable database directory that reflects one point
 of the database's history (every atomic batch is in it entirely or not at all).
 It is made while the node runs; writes continue meanwhile.
 
-Restore runs with the nodes stopped, for all of a backup's cores or none. It deletes
-nothing: each checkpoint is copied next to its data directory and opened once to
-prove it is a usable iris_mesh database; once every copy is, each old directory is
-renamed to NODE.replaced-TIME beside it, and its copy renamed in. The replaced data
-stays there until the operator deletes it (or asks for it to be deleted), so a
-restore of the wrong backup can be undone. A crash in between leaves either the old
-or the new directory in place (plus a hidden sibling that can be removed by hand).
+Restore runs with the nodes stopped, for all of a backup's cores or none. Each
+checkpoint is copied next to its data directory and opened once to prove it is a
+usable iris_mesh database; once every copy is, each old directory is renamed to
+NODE.replaced-TIME beside it, and its copy renamed in. The replaced data stays there
+until the operator deletes it (unless the restore was asked to delete it once every
+copy is in), so a restore of the wrong backup can be undone. A crash during the
+swaps can leave a core with its old data in NODE.replaced-TIME and its copy still
+in a hidden `.NODE.restore-*` sibling: move one of them back before starting it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ _LAST_HLC = b"last_hlc"
 # A restarted node's clock starts this far (in HLC units: ms << 16) above the last reading it
 # saved: the node saves its clock every CLOCK_SAVE_INTERVAL_S, so this covers what it read since.
 CLOCK_SAVE_INTERVAL_S = 0.5
+_HLC_FLOOR_MAX = (1 << 64) - (1 << 32)  # leaves 2**32 versions
 _HLC_RESTART_MARGIN = 2_000 << 16
 
 
@@ -54,7 +55,8 @@ class NodeMeta:
     def clock_floor(self) -> int:
         """An HLC reading above every version this node made before it stopped (0 on first start)."""
         raw = self._db.get("meta", _LAST_HLC)
-        return int.from_bytes(raw, "big") + _HLC_RESTART_MARGIN if raw else 0
+        # Never past what a version can hold (a reading saved from a clock once dragged to the end of time).
+        return min(int.from_bytes(raw, "big") + _HLC_RESTART_MARGIN, _HLC_FLOOR_MAX) if raw else 0
 
     def save_clock(self, hlc: int) -> None:
         """Remember the clock's reading (not fsync'd: survives a process kill; the margin covers the rest)."""

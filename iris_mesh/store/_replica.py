@@ -99,7 +99,10 @@ class ReplicaSide:
             return
         # Only a client's own write (not a repair, hint or handoff) may be refused for space.
         limit = self._partition_limits.get(table) if flags & FRESH else None
-        self.clock.observe(max(item.version for item in items), src)
+        newest = max(item.version for item in items)
+        if not newest.node:  # pinned versions (stored messages) are no clock readings: the newest made by a clock
+            newest = max((item.version for item in items if item.version.node), default=newest)
+        self.clock.observe(newest, src)
         anti_entropy = self.anti_entropy
         assert anti_entropy is not None  # every node with a local store runs it
         refused: list[int] = []

@@ -193,7 +193,9 @@ class StoreService:
         if version is None:
             version = self.clock.now(self._wall_ms())
             if version.hlc <= min_hlc:
-                version = Version(min_hlc + 1, version.node)
+                # Made from the known one, not by this clock: pinned like it (node ""), so no replica takes
+                # it for a clock reading (the known one can be a client's id time, ahead of every clock).
+                version = Version(min_hlc + 1, "")
         item = _new_tuple(Versioned, (version, value))
         replicas = self._replicas_for(key)
         fanout, done = self.coordinator.put_fanout(req, table, key, item, replicas=replicas,

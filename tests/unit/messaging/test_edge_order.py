@@ -414,21 +414,26 @@ def test_a_live_copy_acked_after_it_was_stored_leaves_no_stored_copy_to_come_aga
     assert edge.receive(BOB2) == []
 
 
-def test_a_live_copy_acked_late_on_another_edge_is_deleted_from_the_inbox_there() -> None:
-    # The origin edge may have stored the message meanwhile, and may be gone before it hears of the ack.
+def test_a_live_copy_acked_after_its_origin_died_is_deleted_from_the_inbox_by_the_recipients_edge() -> None:
+    # The origin may have stored the message (its deliver timeout) and cannot delete it now: this edge does.
     edge = Edge()
     told: list[tuple[str, str, dict[str, Any]]] = []
     edge.gateway.async_send = lambda node, op, **fields: told.append((node, op, fields)) is None  # type: ignore
     edge.log_in(BOB, "bob")
-    edge.service.mesh_ops()["mdeliver"]({"v": PROTOCOL_VERSION, "op": "mdeliver", "src": "edge2", "inc": 1, "seq": 1,
-                                        "id": mid(7), "from": "alice", "to": "bob", "ts": 1, "body": b"hi"}, edge.now)
-    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(7)]
+    for n in (7, 8):
+        edge.service.mesh_ops()["mdeliver"]({"v": PROTOCOL_VERSION, "op": "mdeliver", "src": "edge2", "inc": 1,
+                                            "seq": n, "id": mid(n), "from": "alice", "to": "bob", "ts": 1,
+                                            "body": b"hi"}, edge.now)
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(7), mid(8)]
     deletes_before = [p for p in edge.store.puts if p[2] is None]
-    edge.now += EdgeSettings().deliver_timeout_s
     edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(7)]}, edge.now)
+    assert [p for p in edge.store.puts if p[2] is None] == deletes_before  # its origin is alive: it deletes
+    edge.dead.add("edge2")
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(8)]}, edge.now)
     deletes = [p for p in edge.store.puts if p[2] is None and p not in deletes_before]
-    assert deletes == [("offline_msg", b"bob\x00" + mid(7), None)]
-    assert ("edge2", "mdelivered", {"id": mid(7), "to": "bob"}) in told  # the origin is told all the same
+    assert deletes == [("offline_msg", b"bob\x00" + mid(8), None)]
+    assert [(node, op, fields["id"]) for node, op, fields in told if op == "mdelivered"] == [
+        ("edge2", "mdelivered", mid(7)), ("edge2", "mdelivered", mid(8))]
 
 
 def test_a_live_send_to_an_edge_that_dies_is_stored_at_once_not_at_its_deadline() -> None:
@@ -444,10 +449,15 @@ def test_a_live_send_to_an_edge_that_dies_is_stored_at_once_not_at_its_deadline(
     edge.dead.add("edge2")
     edge.service.async_tick(edge.now)
     assert edge.outcome(ALICE, cid) == "sent:stored"
+    # edge2 was only paused: it delivers, bob acks, and the stored copy must go.
+    edge.service.mesh_ops()["mdelivered"]({"v": PROTOCOL_VERSION, "op": "mdelivered", "src": "edge2", "inc": 1,
+                                           "seq": 2, "id": mid(1), "to": "bob"}, edge.now)
+    edge.store.run()
+    assert not [k for k in edge.store.tables["offline_msg"] if k.startswith(b"bob\x00")]
 
 
-def test_after_a_live_copy_times_out_the_users_next_messages_are_stored_at_once_until_it_acks() -> None:
-    # bob's app does not call receive(): one deliver timeout, not one per message.
+def test_a_session_holding_a_message_unacked_past_the_deliver_timeout_gets_new_ones_through_the_inbox() -> None:
+    # bob's app does not call receive(): one deliver timeout, not one per message; live again once it acks.
     edge = Edge()
     edge.log_in(ALICE, "alice")
     edge.log_in(BOB, "bob")
@@ -480,3 +490,23 @@ def test_when_the_store_cannot_say_where_a_user_is_every_live_edge_is_offered_th
     edge.service.mesh_ops()["mdelivered"]({"v": PROTOCOL_VERSION, "op": "mdelivered", "src": "edge3", "inc": 1,
                                            "seq": 1, "id": mid(1), "to": "bob"}, edge.now)
     assert edge.outcome(ALICE, cid) == "sent:delivered"
+
+
+def test_a_new_session_of_a_user_whose_old_one_was_slow_gets_messages_live() -> None:
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob")
+    first = edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    edge.now += EdgeSettings().deliver_timeout_s + 0.1
+    edge.service.async_tick(edge.now)
+    assert edge.outcome(ALICE, first) == "sent:stored"
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "logout", "cid": 99}, edge.now)
+    edge.log_in(BOB2, "bob")  # bob's app restarted: it syncs what was stored, and acks it
+    edge.service.async_on_client(BOB2, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    second = edge.send(ALICE, "bob", 2)
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(2)]
+    edge.service.async_on_client(BOB2, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(2)]}, edge.now)
+    assert edge.outcome(ALICE, second) == "sent:delivered"

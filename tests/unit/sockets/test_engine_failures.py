@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 from iris_mesh.sockets._engine import Engine
 from support.waiting import wait_until
@@ -95,3 +97,22 @@ def test_a_stopped_engine_does_not_call_on_failure() -> None:
     engine.start()
     engine.stop()
     assert not failed.is_set()
+
+
+def test_a_drain_that_keeps_failing_ends_the_loop_instead_of_spinning_deaf() -> None:
+    failed = threading.Event()
+    engine = Engine(node_id="spins", incarnation=1, keys=KEYS, handler=Handler(),  # type: ignore[arg-type]
+                    bind_address="127.0.0.1", on_failure=failed.set)
+
+    def never_drains(now: float) -> None:
+        raise ValueError("a bug that leaves the frame in the socket")
+
+    engine._drain_admin = never_drains  # type: ignore[method-assign]
+    ports = engine.start()
+    try:
+        with AdminClient(f"tcp://127.0.0.1:{ports.admin}", KEYS, timeout_s=1.0) as client:
+            with pytest.raises(AdminError):
+                client.request("status", timeout_s=2.0)
+        assert failed.wait(10.0) and not engine.running
+    finally:
+        engine.stop()

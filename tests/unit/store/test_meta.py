@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from iris_mesh.store import Database, HybridClock, NodeMeta, StoreError
+from iris_mesh.store._versioned import Versioned, encode_versioned
 
 
 def test_incarnation_grows_across_restarts_and_the_directory_is_claimed(tmp_path: Path) -> None:
@@ -76,4 +77,13 @@ def test_expected_cores_are_kept_per_region(tmp_path: Path) -> None:
     meta.save_expected_cores("eu", frozenset({"c2", "c1"}))
     assert meta.expected_cores("eu") == ["c1", "c2"]
     assert meta.expected_cores("us") == []
+    db.close()
+
+
+def test_a_saved_reading_near_the_end_of_the_hlc_range_leaves_room_for_versions(tmp_path: Path) -> None:
+    db = Database(tmp_path / "n")
+    meta = NodeMeta(db)
+    meta.save_clock(2**64 - 65_536)  # a clock dragged to the end of time, saved before that was prevented
+    clock = HybridClock("core1", meta.clock_floor())
+    assert encode_versioned(Versioned(clock.now(wall_ms=5_000_000), b"v"))  # fits in 64 bits
     db.close()

@@ -212,3 +212,16 @@ def test_a_replica_read_gets_exactly_one_answer_and_leaves_nothing_behind(cluste
     cluster.run_until(lambda: len(answers) == 4, "the timeout of core3's read", timeout_s=10.0)
     assert answers[3] == ("timeout", None)
     assert service._direct_reads == {}
+
+
+def test_a_delete_ordered_after_a_message_ids_time_ahead_of_the_clocks_is_no_clock_reading(cluster: Cluster) -> None:
+    # A client whose clock is 5 minutes fast: its message's version, and the delete of it, are 5 minutes ahead.
+    ahead = (time.time_ns() // 1_000_000 + 300_000) << 16
+    box: list[Done] = []
+    cluster.services[EDGE].async_put(TABLE, b"bob\x00m", None, durability="quorum", on_done=box.append,
+                                     now=time.monotonic(), min_hlc=ahead)
+    cluster.run_until(lambda: box, "the delete")
+    assert box[0].ok
+    for core in THREE:
+        assert cluster.rows(core)[b"bob\x00m"].version == Version(ahead + 1, "")
+        assert cluster.services[core].clock.refused == 0 and cluster.services[core].clock.last_hlc < ahead
