@@ -313,6 +313,7 @@ class EdgeService:
             return
         send.deadline = now + self._settings.deliver_timeout_s
         self._live[(send.to, send.id)] = send
+        self._edges_seen.update(targets)  # watched at each tick: a send offered to an edge that dies is stored
         # The later of what this edge stored and what the client says was stored (through an edge it
         # used before): ids of one sender sort in send order.
         tail = self._stored_tails.get((send.sender, send.to))
@@ -563,9 +564,10 @@ class EdgeService:
         self._edges_seen.update(self._live_edges())
         for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
             self._pay_owed_minbox(edge)
-        for send in [s for s in self._live.values() if s.offered - s.declined - {self.node_id}]:
+        dead = {edge for edge in self._edges_seen if edge != self.node_id and not self._is_alive(edge)}
+        for send in [s for s in self._live.values() if s.offered & dead] if dead else ():
             # An edge it was offered to died: its user will not ack there; store it now, not at the deadline.
-            gone = {edge for edge in send.offered - send.declined if edge != self.node_id and not self._is_alive(edge)}
+            gone = (send.offered & dead) - send.declined
             if gone:
                 send.declined |= gone
                 self._remember_stored_after_live(send)  # a "dead" edge may yet deliver it and be acked

@@ -393,9 +393,8 @@ def test_an_id_stamped_more_than_a_day_ahead_is_refused_and_nothing_is_sent_or_s
 # ---- a live delivery acked after its deliver timeout -------------------------------------------
 
 
-def test_a_live_copy_acked_after_it_was_stored_leaves_no_stored_copy_to_come_again() -> None:
-    # bob's app is slow: the live copy waits past the deliver timeout, so the message is stored too.
-    # When bob acks the live copy, the stored one must go, or his next login gets the message again.
+def live_copy_timed_out() -> Edge:
+    """alice and bob logged in; alice's message 1 reached bob live, he did not ack it, and it was stored."""
     edge = Edge()
     edge.log_in(ALICE, "alice")
     edge.log_in(BOB, "bob")
@@ -405,6 +404,13 @@ def test_a_live_copy_acked_after_it_was_stored_leaves_no_stored_copy_to_come_aga
     edge.now += EdgeSettings().deliver_timeout_s + 0.1
     edge.service.async_tick(edge.now)
     assert edge.outcome(ALICE, cid) == "sent:stored"
+    return edge
+
+
+def test_a_live_copy_acked_after_it_was_stored_leaves_no_stored_copy_to_come_again() -> None:
+    # bob's app is slow: the live copy waits past the deliver timeout, so the message is stored too.
+    # When bob acks the live copy, the stored one must go, or his next login gets the message again.
+    edge = live_copy_timed_out()
     assert edge.take(BOB) == []  # the stored copy is not pushed to the session that has the live one
     edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
     edge.store.run()
@@ -458,17 +464,11 @@ def test_a_live_send_to_an_edge_that_dies_is_stored_at_once_not_at_its_deadline(
 
 def test_a_session_holding_a_message_unacked_past_the_deliver_timeout_gets_new_ones_through_the_inbox() -> None:
     # bob's app does not call receive(): one deliver timeout, not one per message; live again once it acks.
-    edge = Edge()
-    edge.log_in(ALICE, "alice")
-    edge.log_in(BOB, "bob")
-    first = edge.send(ALICE, "bob", 1)
-    edge.store.run()
-    edge.now += EdgeSettings().deliver_timeout_s + 0.1
-    edge.service.async_tick(edge.now)
-    assert edge.outcome(ALICE, first) == "sent:stored"
+    edge = live_copy_timed_out()
     second = edge.send(ALICE, "bob", 2)
     assert edge.outcome(ALICE, second) == "sent:stored"  # no wait for a live ack
-    assert edge.receive(BOB) == [mid(1), mid(2)]  # the live copy of 1, then 2 from the inbox, in order
+    assert edge.receive(BOB) == [mid(2)]  # from the inbox (1 came live and is still unacked)
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
     third = edge.send(ALICE, "bob", 3)  # bob acked: live again
     edge.store.run()
     assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(3)]
@@ -493,14 +493,7 @@ def test_when_the_store_cannot_say_where_a_user_is_every_live_edge_is_offered_th
 
 
 def test_a_new_session_of_a_user_whose_old_one_was_slow_gets_messages_live() -> None:
-    edge = Edge()
-    edge.log_in(ALICE, "alice")
-    edge.log_in(BOB, "bob")
-    first = edge.send(ALICE, "bob", 1)
-    edge.store.run()
-    edge.now += EdgeSettings().deliver_timeout_s + 0.1
-    edge.service.async_tick(edge.now)
-    assert edge.outcome(ALICE, first) == "sent:stored"
+    edge = live_copy_timed_out()
     edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "logout", "cid": 99}, edge.now)
     edge.log_in(BOB2, "bob")  # bob's app restarted: it syncs what was stored, and acks it
     edge.service.async_on_client(BOB2, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
