@@ -160,6 +160,7 @@ class EdgeService:
         # (sender, to) -> the id of the pair's last message that went to the inbox, until one goes live.
         self._stored_tails: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
         self._edges_seen: set[str] = set()  # every edge seen alive at a tick: those not alive now missed a minbox
+        self._dead_edges: set[str] = set()  # those of _edges_seen not alive at the last tick
         self._owed_minbox: dict[str, dict[str, None]] = {}  # edge -> users whose minbox it missed (ordered set)
         # (to, id) of live sends stored once their deliver timeout passed, oldest first: the live copy may
         # still be acked, and then the stored one must go (or the recipient gets the message twice).
@@ -565,13 +566,12 @@ class EdgeService:
         for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
             self._pay_owed_minbox(edge)
         dead = {edge for edge in self._edges_seen if edge != self.node_id and not self._is_alive(edge)}
-        for send in [s for s in self._live.values() if s.offered & dead] if dead else ():
-            # An edge it was offered to died: its user will not ack there; store it now, not at the deadline.
-            gone = (send.offered & dead) - send.declined
-            if gone:
-                send.declined |= gone
-                self._remember_stored_after_live(send)  # a "dead" edge may yet deliver it and be acked
-                self._check_declined(send, now)
+        died, self._dead_edges = dead - self._dead_edges, dead
+        for send in [s for s in self._live.values() if s.offered & died] if died else ():
+            # An edge it was offered to (alive then) died: its user will not ack there; store it now.
+            send.declined |= send.offered & died
+            self._remember_stored_after_live(send)  # a "dead" edge may yet deliver it and be acked
+            self._check_declined(send, now)
         for send in [s for s in self._live.values() if s.deadline <= now]:
             self._live.pop((send.to, send.id), None)
             if not send.done:

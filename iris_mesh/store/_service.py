@@ -358,10 +358,7 @@ class StoreService:
 
     def _on_sack(self, msg: dict[str, Any], now: float) -> None:
         src = msg["src"]
-        ok, other = msg.get("k"), msg.get("a") or []
-        if not isinstance(other, list):
-            self.counters["bad_store_frames"] += 1
-            other = []
+        ok, other = msg.get("k"), _entries(msg, "a", self.counters)
         self._out_writes.answered(src, (len(ok) if isinstance(ok, list) else 0) + len(other), now)
         if ok is not None:
             if isinstance(ok, list) and set(map(type, ok)) <= _INTEGER:
