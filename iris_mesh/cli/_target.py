@@ -6,7 +6,7 @@ import argparse
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from iris_mesh.membership import PeerCard, browse_cluster
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
@@ -58,21 +58,30 @@ class Target:
     def _find_endpoints(self, every_node: bool) -> list[tuple[str, str]]:
         if self.args.node:
             return [(self.args.node, endpoint_of(self.args.node))]
-        # Commands that ask every node listen for the whole --mdns-timeout (a node's own view
-        # cannot say how many others are up: right after a restart it sees only itself).
-        want = self.expect if self.expect is not None else (None if every_node else 1)
+        # A command that asks every node listens until every node that the first one found knows of
+        # (alive or not) has answered too, else for the whole --mdns-timeout: a node stopped or cut
+        # off from here never answers, and a node up for only seconds may not know the others yet.
+        known = _KnownNodes(self)
+        if self.expect is not None:
+            want = self.expect
+            enough: Callable[[list[PeerCard]], bool] = lambda cards: len(cards) >= want
+        elif every_node:
+            enough = known.all_found
+        else:
+            enough = bool
         # A node answers a question about a record it multicast in the last second only once that
         # second is over (RFC 6762 section 14), so with other mDNS clients asking at the same moment
         # (SDK clients, another meshctl) its answer can come after --mdns-timeout. Listening once
         # more costs nothing while every node answers, and keeps a busy moment from reading as an
         # unreachable cluster or a missing node.
-        cards = self.browse(want=want)
+        cards = self.browse(enough)
         if not cards:
-            cards = self.browse(want=want)
+            cards = self.browse(enough)
         elif every_node and self.expect is None:
-            missing = self._alive_not_found(cards)
+            missing = known.alive_not_found(cards)
             if missing:
-                more = self.browse(want=len(cards) + len(missing))
+                found = {c.node_id for c in cards}
+                more = self.browse(lambda more: {c.node_id for c in more} | found >= missing)
                 cards = list({c.node_id: c for c in [*cards, *more]}.values())
         if not cards and self.foreign_nodes:
             raise CtlError(
@@ -89,29 +98,25 @@ class Target:
         cards.sort(key=lambda c: (c.role != "core", c.node_id))
         return [(c.node_id, c.admin_endpoint) for c in cards]
 
-    def _alive_not_found(self, cards: list[PeerCard]) -> set[str]:
-        """Nodes that a node found by mDNS sees alive, and mDNS did not find (empty if it cannot be asked)."""
-        first = min(cards, key=lambda c: (c.role != "core", c.node_id))
-        try:
-            view = self.request(first.admin_endpoint, "nodes")
-        except AdminError:
-            return set()
-        alive = {row.get("node_id") for row in view.get("nodes", []) if row.get("state") == "alive"}
-        return alive - {c.node_id for c in cards} - {None}
+    def browse(self, enough_when: Callable[[list[PeerCard]], bool] | None = None) -> list[PeerCard]:
+        """This cluster's cards (newest incarnation per node, our cookie only), within --mdns-timeout;
+        as soon as `enough_when(ours so far)` is true."""
+        def enough(cards: list[PeerCard]) -> bool:
+            ours = self._ours(cards)
+            return bool(ours) and enough_when is not None and enough_when(ours)
 
-    def browse(self, *, want: int | None = None, timeout_s: float | None = None) -> list[PeerCard]:
-        """This cluster's cards (newest incarnation per node, our cookie only), as soon as `want` are seen."""
-        wait_s = self.args.mdns_timeout if timeout_s is None else max(0.0, timeout_s)
-        cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface, timeout_s=wait_s, want=want)
-        ours = [card for card in cards if card.key_fp == self.keys.fingerprint]
-        foreign = {card.node_id for card in cards} - {card.node_id for card in ours}
-        if foreign and want is not None and len(ours) < want:
-            # Stopped early at another cookie's node under the same name: listen the whole time for ours.
-            cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface, timeout_s=wait_s)
-            ours = [card for card in cards if card.key_fp == self.keys.fingerprint]
-        self.foreign_nodes |= foreign
+        cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface,
+                               timeout_s=self.args.mdns_timeout, enough_when=enough)
+        ours = self._ours(cards)
+        # another cookie's cluster under the same name is not ours to talk to
+        self.foreign_nodes |= {card.node_id for card in cards} - {card.node_id for card in ours}
+        return ours
+
+    def _ours(self, cards: list[PeerCard]) -> list[PeerCard]:
         newest: dict[str, PeerCard] = {}
-        for card in ours:  # another cookie's cluster under the same name is not ours to talk to
+        for card in cards:
+            if card.key_fp != self.keys.fingerprint:
+                continue
             if card.node_id not in newest or newest[card.node_id].incarnation < card.incarnation:
                 newest[card.node_id] = card
         return list(newest.values())
@@ -184,3 +189,43 @@ def read_cookie_file(cookie_file: str | None) -> bytes:
     if not cookie:
         raise CtlError(f"the cookie file {path} is empty")
     return cookie
+
+
+# A node up for less than this may not have heard of every other node yet: its view does not end a listen early.
+_SETTLED_UPTIME_S = 5.0
+
+
+class _KnownNodes:
+    """What the first node mDNS finds knows of the cluster: its view ends the listen once every node in it answered."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._asked = False
+        self._states: dict[str, str] = {}  # node -> state in the view of the first node asked; {} if none answered
+        self._settled = False  # whether that node has run long enough for its view to be complete
+
+    def all_found(self, cards: list[PeerCard]) -> bool:
+        self._ask(cards)
+        return self._settled and set(self._states) <= {c.node_id for c in cards}
+
+    def alive_not_found(self, cards: list[PeerCard]) -> set[str]:
+        """Nodes the view has alive that mDNS did not find (empty if no node could be asked)."""
+        self._ask(cards)
+        return {node for node, state in self._states.items() if state == "alive"} - {c.node_id for c in cards}
+
+    def _ask(self, cards: list[PeerCard]) -> None:
+        if self._asked or not cards:
+            return
+        self._asked = True
+        first = min(cards, key=lambda c: (c.role != "core", c.node_id))
+        try:
+            reply = self._target.request(first.admin_endpoint, "status")
+        except AdminError:
+            return
+        status = reply.get("status") if reply.get("ok") else None
+        if not isinstance(status, dict) or not isinstance(status.get("peers"), dict):
+            return
+        self._states = {str(node): str(state) for node, state in status["peers"].items()}
+        self._states[str(status.get("node_id", first.node_id))] = "alive"
+        uptime = status.get("uptime_s")
+        self._settled = isinstance(uptime, (int, float)) and uptime >= _SETTLED_UPTIME_S

@@ -474,8 +474,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cookie-file", help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
     parser.add_argument("--mdns-interface", action="append", help="address to run mDNS on (default: 127.0.0.1)")
     parser.add_argument("--mdns-timeout", type=_positive(float), default=1.5,
-                        help="seconds to listen for mDNS answers (default 1.5; commands that ask every node "
-                             "listen this long, and once more if nodes are missing)")
+                        help="seconds to listen for mDNS answers at most (default 1.5; commands that ask every node stop "
+                             "once every node known to the first one answered, and listen once more if "
+                             "a node that others see alive is missing)")
     parser.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds to wait for a node's answer (default 3)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -211,7 +212,7 @@ def browse_edges(
     port and a 40-character CURVE key (`ck`). [] after timeout_s if none answered.
     """
     return _browse(cluster, interfaces, timeout_s, lambda found: any(
-        _serves_clients(card) and (node_id is None or card.node_id == node_id) for card in found.values()
+        node_id is None or card.node_id == node_id for card in found
     ), keep=_serves_clients)
 
 
@@ -221,51 +222,75 @@ def _serves_clients(card: PeerCard) -> bool:
 
 
 def browse_cluster(
-    cluster: str, *, interfaces: Sequence[str], timeout_s: float = 1.5, want: int | None = None
+    cluster: str,
+    *,
+    interfaces: Sequence[str],
+    timeout_s: float = 1.5,
+    want: int | None = None,
+    enough_when: Callable[[list[PeerCard]], bool] | None = None,
 ) -> list[PeerCard]:
-    """The cards of `cluster` seen within timeout_s, sorted by node id; returns as soon as `want` nodes are seen.
+    """The cards of `cluster` seen within timeout_s, sorted by node id; returns early once `want` nodes are
+    seen, or once `enough_when(cards so far)` is true.
 
     One-shot, for `meshctl`: it advertises nothing. Live nodes answer within
     ~0.1-0.3 s, or up to ~1 s after they announced themselves (mDNS rate limit).
+    `enough_when` runs in the calling thread, holding no lock, each time a card
+    turns up (it may ask the nodes found so far; mDNS goes on listening meanwhile).
     """
     if want is not None and want < 1:
         raise ValueError(f"want must be at least 1 (or None to wait the whole timeout), got {want}")
-    return _browse(cluster, interfaces, timeout_s, lambda found: want is not None and len(found) >= want)
+
+    def enough(found: list[PeerCard]) -> bool:
+        return (want is not None and len(found) >= want) or (enough_when is not None and enough_when(found))
+
+    return _browse(cluster, interfaces, timeout_s, enough)
 
 
 def _browse(
     cluster: str,
     interfaces: Sequence[str],
     timeout_s: float,
-    enough_when: Callable[[dict[str, PeerCard]], bool],
+    enough_when: Callable[[list[PeerCard]], bool],
     keep: Callable[[PeerCard], bool] = lambda card: True,
 ) -> list[PeerCard]:
     found: dict[str, PeerCard] = {}
-    enough = threading.Event()
-    lock = threading.Lock()
+    changed = threading.Condition()
+    changes = 0
 
     def on_found(card: PeerCard) -> None:
+        nonlocal changes
         if not keep(card):
             return
-        with lock:
+        with changed:
             known = found.get(card.node_id)
             if known is None or card.incarnation >= known.incarnation:
                 found[card.node_id] = card
-            if enough_when(found):
-                enough.set()
+                changes += 1
+                changed.notify_all()
+
+    def snapshot() -> list[PeerCard]:
+        with changed:
+            return sorted(found.values(), key=lambda c: c.node_id)
 
     watcher = _ClusterWatcher(cluster, own_node_id=None, on_found=on_found, on_lost=None, is_own_card=None)
     zc = Zeroconf(interfaces=list(_checked_interfaces(interfaces)), ip_version=IPVersion.V4Only)
     browser: ServiceBrowser | None = None
+    deadline = time.monotonic() + max(0.0, timeout_s)
     try:
         browser = ServiceBrowser(
             zc, SERVICE_TYPE, handlers=[watcher.on_state_change], question_type=DNSQuestionType.QM
         )
-        enough.wait(max(0.0, timeout_s))
+        judged = 0  # the change count the last judgement saw
+        while True:
+            with changed:
+                changed.wait_for(lambda: changes != judged, timeout=max(0.0, deadline - time.monotonic()))
+                judged = changes
+            cards = snapshot()
+            if (cards and enough_when(cards)) or time.monotonic() >= deadline:
+                break
     finally:
         _close_quietly(zc, browser)
-    with lock:
-        return sorted(found.values(), key=lambda c: c.node_id)
+    return snapshot()
 
 
 class _ClusterWatcher:

@@ -1,9 +1,10 @@
-"""How meshctl finds the nodes to ask: a second listen when mDNS answers come late (answers and replies faked)."""
+"""How meshctl finds the nodes to ask: when a listen ends, and a second one when mDNS answers come late
+(answers and replies faked)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -22,66 +23,96 @@ CARDS = {c.node_id: c for c in (card("core1", 7000), card("core2", 7010), card("
 
 
 class ScriptedTarget(Target):
-    """Each browse returns the next list of node ids; the `nodes` reply is given (or an AdminError)."""
+    """Each listen hears the next list of node ids, in that order; the first node asked has the given view."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, browses: list[list[str]], view: dict[str, str] | None) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, listens: list[list[str]], view: dict[str, str] | None,
+                 uptime_s: float = 60.0) -> None:
         monkeypatch.setenv("IRIS_MESH_COOKIE", "target-test-cookie")
         super().__init__(argparse.Namespace(cookie_file=None, timeout=1.0, node=None, cluster="iris",
                                             mdns_interface=["127.0.0.1"], mdns_timeout=1.5))
-        self.browses = browses
-        self.wants: list[int | None] = []
+        self.listens = listens
+        self.ended: list[str] = []  # per listen: "after N" (ended early, at the Nth node) or "timeout"
         self.view = view
+        self.uptime_s = uptime_s
         self.asked: list[tuple[str, str]] = []
 
-    def browse(self, *, want: int | None = None, timeout_s: float | None = None) -> list[PeerCard]:
-        self.wants.append(want)
-        return [CARDS[n] for n in self.browses.pop(0)] if self.browses else []
+    def browse(self, enough_when: Callable[[list[PeerCard]], bool] | None = None) -> list[PeerCard]:
+        heard = [CARDS[n] for n in self.listens.pop(0)] if self.listens else []
+        for count in range(1, len(heard) + 1):
+            if enough_when is not None and enough_when(heard[:count]):
+                self.ended.append(f"after {count}")
+                return heard[:count]
+        self.ended.append("timeout")
+        return heard
 
     def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
         self.asked.append((endpoint, op))
         if self.view is None:
             raise AdminError("timeout", "no answer")
-        return {"ok": True, "nodes": [{"node_id": n, "state": s} for n, s in self.view.items()]}
+        me = next(node for node, c in CARDS.items() if c.admin_endpoint == endpoint)
+        return {"ok": True, "status": {"node_id": me, "uptime_s": self.uptime_s,
+                                       "peers": {n: s for n, s in self.view.items() if n != me}}}
 
 
 def names(endpoints: list[tuple[str, str]]) -> list[str]:
     return [name for name, _ in endpoints]
 
 
+ALL_ALIVE = {"core1": "alive", "core2": "alive", "core3": "alive", "edge1": "alive"}
+
+
+def test_a_listen_ends_once_every_node_the_first_one_knows_has_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = ScriptedTarget(monkeypatch, [["core2", "core1", "edge1", "core3"]], ALL_ALIVE)
+    assert names(target.endpoints()) == ["core1", "core2", "core3", "edge1"]
+    assert target.ended == ["after 4"]
+    assert target.asked == [(CARDS["core2"].admin_endpoint, "status")]  # once, the first node heard
+
+
+def test_a_node_the_view_has_dead_is_listened_for_the_whole_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = ScriptedTarget(monkeypatch, [["core1", "core2", "core3"]], dict(ALL_ALIVE, edge1="dead"))
+    assert names(target.endpoints()) == ["core1", "core2", "core3"]
+    assert target.ended == ["timeout"]  # a stopped node never answers; a cut-off one may
+
+
 def test_a_node_seen_alive_but_not_found_is_waited_for_once_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    target = ScriptedTarget(monkeypatch, [["core2", "core1"], ["core3"]],
-                            {"core1": "alive", "core2": "alive", "core3": "alive", "edge1": "dead"})
+    target = ScriptedTarget(monkeypatch, [["core2", "core1"], ["core3"]], dict(ALL_ALIVE, edge1="dead"))
     assert names(target.endpoints()) == ["core1", "core2", "core3"]
-    assert target.wants == [None, 3]  # the second listen ends as soon as the missing one answers
-    assert target.asked == [(CARDS["core1"].admin_endpoint, "nodes")]
+    assert target.ended == ["timeout", "after 1"]  # the second listen ends as soon as the missing one answers
+    assert target.asked == [(CARDS["core2"].admin_endpoint, "status")]
 
 
-def test_when_every_alive_node_answered_there_is_one_listen(monkeypatch: pytest.MonkeyPatch) -> None:
-    target = ScriptedTarget(monkeypatch, [["core1", "core2", "core3"]],
-                            {"core1": "alive", "core2": "alive", "core3": "alive", "edge1": "dead"})
+def test_a_node_up_for_seconds_does_not_end_a_listen_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = ScriptedTarget(monkeypatch, [["core1", "core2", "core3"]], {"core1": "alive"}, uptime_s=1.0)
     assert names(target.endpoints()) == ["core1", "core2", "core3"]
-    assert target.wants == [None]
+    assert target.ended == ["timeout"]
 
 
 def test_a_node_that_cannot_be_asked_leaves_what_mdns_found(monkeypatch: pytest.MonkeyPatch) -> None:
     target = ScriptedTarget(monkeypatch, [["core1", "core2"]], None)
     assert names(target.endpoints()) == ["core1", "core2"]
-    assert target.wants == [None]
+    assert target.ended == ["timeout"]
 
 
 def test_a_command_for_one_node_asks_no_view(monkeypatch: pytest.MonkeyPatch) -> None:
-    target = ScriptedTarget(monkeypatch, [["core2"]], {"core1": "alive", "core2": "alive"})
+    target = ScriptedTarget(monkeypatch, [["core2", "core1"]], ALL_ALIVE)
     assert names(target.endpoints(every_node=False)) == ["core2"]
-    assert target.wants == [1] and target.asked == []
+    assert target.ended == ["after 1"] and target.asked == []
+
+
+def test_mesh_expect_ends_a_listen_at_that_many_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = ScriptedTarget(monkeypatch, [["core1", "core2", "core3", "edge1"]], dict(ALL_ALIVE, edge1="dead"))
+    target.expect = 3
+    assert names(target.endpoints()) == ["core1", "core2", "core3"]
+    assert target.ended == ["after 3"] and target.asked == []
 
 
 def test_silence_is_listened_to_twice_before_the_cluster_counts_as_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     late = ScriptedTarget(monkeypatch, [[], ["edge1"]], {"edge1": "alive"})
     assert names(late.endpoints()) == ["edge1"]
-    assert late.wants == [None, None]
+    assert late.ended == ["timeout", "after 1"]
 
     silent = ScriptedTarget(monkeypatch, [], None)
     with pytest.raises(CtlError, match=r"answered mDNS on 127\.0\.0\.1 within 2 x 1\.5 s") as failed:
         silent.endpoints()
     assert failed.value.code == EXIT_UNREACHABLE
-    assert silent.wants == [None, None]
+    assert silent.ended == ["timeout", "timeout"]
