@@ -1,7 +1,7 @@
 """The Python SDK of iris_mesh: log in, send, receive (docs/PROTOCOL.md is the wire contract).
 
     from iris_mesh.client import Client
-    with Client.connect() as alice:               # an edge of cluster "iris" found by mDNS
+    with Client.connect() as alice:               # an edge found by mDNS ($IRIS_MESH_CLUSTER, else "iris")
         alice.login("alice", token)               # token from: meshctl token alice
         r = alice.send("bob", b"hi")              # SendResult(id, status): delivered, stored or queued
         alice.send("bob", b"hi", id=r.id)         # the same id again: still one copy

@@ -46,7 +46,8 @@ def _wall_ms() -> int:
 class Client:
     """One user's connection to an iris_mesh cluster: login, send, receive. Thread-safe; a context manager.
 
-    Connect with `Client.connect()` (an edge of cluster "iris" found by mDNS),
+    Connect with `Client.connect()` (an edge found by mDNS of the cluster named
+    by $IRIS_MESH_CLUSTER, as the nodes and meshctl read it, else "iris"),
     `Client.connect(edge="edge1")` (that edge first; another one of the
     cluster if it dies) or `Client.connect(endpoint="tcp://host:port",
     server_key=KEY)` (no mDNS: that endpoint only, reconnected after failures).
@@ -116,7 +117,7 @@ class Client:
     def connect(
         cls,
         *,
-        cluster: str = "iris",
+        cluster: str | None = None,
         edge: str | None = None,
         endpoint: str | None = None,
         server_key: str | bytes | None = None,
@@ -125,8 +126,12 @@ class Client:
         finder: EdgeFinder | None = None,
         socket_tuning: ClientSocketTuning | None = None,
     ) -> Client:
-        """Connect by mDNS (any edge of `cluster`, or first the one named `edge`), or to `endpoint` with `server_key`."""
+        """Connect by mDNS (any edge of `cluster`, or first the one named `edge`), or to `endpoint` with `server_key`.
+
+        `cluster` defaults to $IRIS_MESH_CLUSTER, else "iris".
+        """
         options = options or ClientOptions()
+        cluster = cluster or os.environ.get("IRIS_MESH_CLUSTER") or "iris"
         if finder is not None:
             if endpoint is not None or server_key is not None or edge is not None:
                 raise ValueError("pass either finder= or edge=/endpoint=/server_key=, not both")

@@ -247,10 +247,11 @@ def test_a_full_inbox_refuses_with_inbox_full_and_loses_nothing(local_cluster: L
         bob.close()
 
 
-def test_sdk_fails_over_when_its_edge_dies_mid_stream(local_cluster: LocalCluster) -> None:
+def test_sdk_fails_over_when_its_edge_dies_mid_stream(local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     _cluster(local_cluster)
     token = _token(local_cluster, "alice")
-    alice = Client.connect(cluster=local_cluster.name, edge="edge1")
+    monkeypatch.setenv("IRIS_MESH_CLUSTER", local_cluster.name)  # the cluster's name, as the nodes have it
+    alice = Client.connect(edge="edge1")
     alice.login("alice", token)
     bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
     received: list = []
