@@ -17,6 +17,8 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_UNREACHABLE = 2
 DEFAULT_COOKIE_FILE = "var/cookie"
+# Fields of every admin frame that are about the wire, not the answer: not shown, not in --json.
+_ENVELOPE = frozenset({"v", "op", "rid"})
 
 
 class CtlError(Exception):
@@ -124,7 +126,7 @@ class Target:
     def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
         with AdminClient(endpoint, self.keys, timeout_s=timeout_s or self.timeout_s) as client:
             reply = client.request(op, **fields)
-        return reply
+        return {key: value for key, value in reply.items() if key not in _ENVELOPE}
 
     def first(self, op: str, *, avoid: str | None = None, **fields: Any) -> tuple[str, dict[str, Any]]:
         """Ask the first node that answers (then the others, once all are found); auth failures end the command.

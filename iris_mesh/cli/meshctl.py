@@ -236,7 +236,8 @@ def cmd_get(target: Target, args: argparse.Namespace) -> int:
     where = f"replica {args.replica}" if args.replica else "quorum read"
     if not reply["found"]:
         deleted = " (deleted)" if reply.get("version") else ""
-        _emit(args, _jsonable(reply), f"{args.table}/{args.key}: not found{deleted} ({where})")
+        text = f"{args.table}/{args.key}: not found{deleted} ({where})"
+        _emit(args, _jsonable(dict(reply, ok=False, error="not_found", detail=text)), text)
         return EXIT_CHECK_FAILED
     version = reply["version"]
     _emit(args, _jsonable(reply), f"{_value_text(reply['value'])}\n(version {version['hlc']} by {version['node']}, {where})")

@@ -158,6 +158,18 @@ def test_ping_and_replicas_through_meshctl(local_cluster: LocalCluster) -> None:
     assert replicas.returncode == 0, replicas.stderr
     assert '"live": 3' in replicas.stdout
 
+    # --json carries the answer and not the admin frame's wire fields; its "ok" agrees with the exit code.
+    wait_until(lambda: all(local_cluster.nodes[n].status()["safe_for_writes"] for n in CORES), 10.0, "writes safe")
+    put = meshctl(local_cluster, "--node", admin, "put", "offline_msg", "test_key", "v1", "--json")
+    read = meshctl(local_cluster, "--node", admin, "get", "offline_msg", "test_key", "--json")
+    missing = meshctl(local_cluster, "--node", admin, "get", "offline_msg", "no_such_key", "--json")
+    pong_json = meshctl(local_cluster, "--node", admin, "ping", "core3", "--json")
+    assert [c.returncode for c in (put, read, missing, pong_json)] == [0, 0, 1, 0], [put, read, missing, pong_json]
+    docs = [json.loads(c.stdout) for c in (put, read, missing, pong_json)]
+    assert [d["ok"] for d in docs] == [True, True, False, True]
+    assert not any({"v", "op", "rid"} & set(d) for d in docs), docs
+    assert docs[1]["value"] == "v1" and (docs[2]["found"], docs[2]["error"]) == (False, "not_found"), docs
+
     local_cluster.nodes["core2"].kill()
     wait_until(lambda: local_cluster.nodes["core1"].states()["core2"] == "dead", 5.0, "core2 dead")
     two_live = meshctl(local_cluster, "--node", admin, "replicas", "test_key")
