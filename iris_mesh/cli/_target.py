@@ -107,8 +107,12 @@ class Target:
             ours = self._ours(cards)
             return bool(ours) and enough_when is not None and enough_when(ours)
 
-        cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface,
-                               timeout_s=self.args.mdns_timeout, enough_when=enough)
+        try:
+            cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface,
+                                   timeout_s=self.args.mdns_timeout, enough_when=enough)
+        except OSError as exc:  # an address no interface of this host has, say
+            raise CtlError(f"cannot run mDNS on {', '.join(self.args.mdns_interface)}: {exc.strerror or exc} "
+                           "(--mdns-interface must be an IPv4 address of this host)") from None
         ours = self._ours(cards)
         # another cookie's cluster under the same name is not ours to talk to
         self.foreign_nodes |= {card.node_id for card in cards} - {card.node_id for card in ours}

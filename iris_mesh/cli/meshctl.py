@@ -7,6 +7,7 @@ reach the cluster (or bad usage / authentication failed).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -392,7 +393,7 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
             if node_id not in states:
                 raise CtlError(f"{node_id} is not a known node of this cluster", EXIT_CHECK_FAILED)
             raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s and is {states[node_id]} "
-                           "to the others: start it first (or name it with --node)")
+                           "to the others: start it first (or name it with --node)", EXIT_CHECK_FAILED)
         endpoint = found[node_id]
     print(f"resyncing {node_id} with every alive peer core (up to {args.wait:g} s) ...", file=sys.stderr)
     try:
@@ -416,12 +417,7 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     """A login token for USER, signed with a key derived from the cluster cookie (no node is contacted)."""
     from iris_mesh.messaging import issue_token, token_secret
-    from iris_mesh.messaging._protocol import is_valid_user
 
-    if not is_valid_user(args.user):
-        raise CtlError(f"{args.user!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)", EXIT_CHECK_FAILED)
-    if args.ttl <= 0:
-        raise CtlError("--ttl must be a positive number of seconds", EXIT_CHECK_FAILED)
     expires = int(time.time() + args.ttl)
     token = issue_token(token_secret(read_cookie_file(args.cookie_file)), args.user, expires)
     _emit(args, {"ok": True, "user": args.user, "token": token, "expires_at": expires}, token)
@@ -466,14 +462,17 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
     parser = argparse.ArgumentParser(
         prog="meshctl",
-        description="Inspect and operate an iris_mesh cluster. Exit: 0 ok, 1 check failed, 2 cannot reach.",
+        description="Inspect and operate an iris_mesh cluster. Exit: 0 ok; 1 a check failed or the cluster "
+                    "refused (a node down, safe mode, no quorum, unknown table or node); 2 cannot reach the "
+                    "cluster, authentication failed, or a usage error.",
         parents=[common],
     )
     parser.add_argument("--cluster", default=os.environ.get("IRIS_MESH_CLUSTER", "iris"),
                         help="cluster name to find by mDNS (default: $IRIS_MESH_CLUSTER, else iris)")
     parser.add_argument("--node", help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second)")
     parser.add_argument("--cookie-file", help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
-    parser.add_argument("--mdns-interface", action="append", help="address to run mDNS on (default: 127.0.0.1)")
+    parser.add_argument("--mdns-interface", action="append", type=_ipv4,
+                        help="IPv4 address of this host to run mDNS on (default: 127.0.0.1; repeat for more)")
     parser.add_argument("--mdns-timeout", type=_positive(float), default=1.5,
                         help="seconds to listen for mDNS answers at most (default 1.5; commands that ask every node stop "
                              "once every node known to the first one answered, and listen once more if "
@@ -499,7 +498,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("key", help=_KEY_HELP)
         if name == "put":
             sub.add_argument("value", help="the value (text; stored as its UTF-8 bytes)")
-        sub.add_argument("--durability", default="quorum", choices=["quorum", "guaranteed", "best_effort"])
+        sub.add_argument("--durability", default="quorum", choices=["quorum", "guaranteed", "best_effort"],
+                         help="when the write is acknowledged: quorum (default) once W replicas (2 of 3) fsync'd "
+                              "it; guaranteed once every replica did; best_effort at once, unsynced (one replica "
+                              "must be live)")
     get = add("get", cmd_get, "read a key (quorum read with repair, or one replica's copy with --replica)")
     get.add_argument("table", help=_TABLE_HELP)
     get.add_argument("key", help=_KEY_HELP)
@@ -524,8 +526,9 @@ def _parser() -> argparse.ArgumentParser:
         "token", parents=[common], help="print a login token for a user",
         description="print a login token for USER, signed with the cluster cookie (it works only with the cookie "
                     "the cluster runs with)")
-    token.add_argument("user", help="a user name: 1-64 of A-Z a-z 0-9 _ . @ -")
-    token.add_argument("--ttl", type=float, default=30 * 86400, help="seconds until it expires (default 30 days)")
+    token.add_argument("user", type=_user_name, help="a user name: 1-64 of A-Z a-z 0-9 _ . @ -")
+    token.add_argument("--ttl", type=_positive(float), default=30 * 86400,
+                       help="seconds until it expires (default 30 days)")
     token.set_defaults(fn=None, offline=cmd_token)
     mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive")
     mesh.add_argument("--expect", type=_positive(int), help="number of nodes the mesh must have")
@@ -541,6 +544,26 @@ def _non_empty(text: str) -> str:
     """An argparse type: a path that is not empty (an empty one means the current directory)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _ipv4(text: str) -> str:
+    """An argparse type: an IPv4 address to run mDNS on (not 0.0.0.0, which means whatever the default route says)."""
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+    if address.is_unspecified:
+        raise argparse.ArgumentTypeError("0.0.0.0 is no interface: name the address of one")
+    return text
+
+
+def _user_name(text: str) -> str:
+    """An argparse type: a user name as the protocol allows it."""
+    from iris_mesh.messaging._protocol import is_valid_user
+
+    if not is_valid_user(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a user name (1-64 of A-Z a-z 0-9 _ . @ -)")
     return text
 
 

@@ -63,6 +63,29 @@ def test_a_timeout_or_count_that_is_not_above_zero_is_a_usage_error(argv: list[s
     assert exited.value.code == 2 and ("must be above zero" in err or "is not a number" in err), err
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["token", "bad user"], "'bad user' is not a user name"),
+    (["token", "alice", "--ttl", "0"], "must be above zero"),
+    (["--mdns-interface", "eth0", "status"], "'eth0' is not an IPv4 address"),
+    (["--mdns-interface", "0.0.0.0", "status"], "0.0.0.0 is no interface"),
+])
+def test_a_bad_argument_is_a_usage_error_that_names_it(argv: list[str], says: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and says in err, err
+
+
+def test_an_address_this_host_does_not_have_is_said_plainly(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("IRIS_MESH_COOKIE", "meshctl-test-cookie")
+    assert main(["--mdns-interface", "192.0.2.1", "status"]) == 2  # TEST-NET-1: no interface has it
+    err = capsys.readouterr().err
+    assert err.startswith("meshctl: cannot run mDNS on 192.0.2.1: ") and "an IPv4 address of this host" in err, err
+    assert "Errno" not in err and "OSError" not in err, err
+
+
 def test_an_unexpected_error_is_one_line_and_json_under_json(monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     def broken(*_args: object) -> None:
