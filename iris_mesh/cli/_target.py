@@ -64,9 +64,9 @@ class Target:
         # (alive or not) has answered too, else for the whole --mdns-timeout: a node stopped or cut
         # off from here never answers, and a node up for only seconds may not know the others yet.
         known = _KnownNodes(self)
-        if self.expect is not None:
+        if self.expect is not None:  # at least that many, and every node the first one knows of that answers
             want = self.expect
-            enough: Callable[[list[PeerCard]], bool] = lambda cards: len(cards) >= want
+            enough: Callable[[list[PeerCard]], bool] = lambda cards: len(cards) >= want and known.listed_found(cards)
         elif every_node:
             enough = known.all_found
         else:
@@ -211,8 +211,13 @@ class _KnownNodes:
         self._settled = False  # whether that node has run long enough for its view to be complete
 
     def all_found(self, cards: list[PeerCard]) -> bool:
+        """Whether every node of a complete view has answered (never, if the view may not be complete)."""
+        return self.listed_found(cards) and self._settled
+
+    def listed_found(self, cards: list[PeerCard]) -> bool:
+        """Whether every node the view lists has answered (yes, if no node could be asked)."""
         self._ask(cards)
-        return self._settled and set(self._states) <= {c.node_id for c in cards}
+        return set(self._states) <= {c.node_id for c in cards}
 
     def alive_not_found(self, cards: list[PeerCard]) -> set[str]:
         """Nodes the view has alive that mDNS did not find (empty if no node could be asked)."""

@@ -99,11 +99,18 @@ def test_a_command_for_one_node_asks_no_view(monkeypatch: pytest.MonkeyPatch) ->
     assert target.ended == ["after 1"] and target.asked == []
 
 
-def test_mesh_expect_ends_a_listen_at_that_many_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    target = ScriptedTarget(monkeypatch, [["core1", "core2", "core3", "edge1"]], dict(ALL_ALIVE, edge1="dead"))
-    target.expect = 3
-    assert names(target.endpoints()) == ["core1", "core2", "core3"]
-    assert target.ended == ["after 3"] and target.asked == []
+def test_mesh_expect_ends_a_listen_at_that_many_nodes_and_every_one_the_first_knows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    more = ScriptedTarget(monkeypatch, [["core1", "core2", "core3", "edge1"]], ALL_ALIVE, uptime_s=1.0)
+    more.expect = 3
+    assert names(more.endpoints()) == ["core1", "core2", "core3", "edge1"]  # a fourth node running is checked too
+    assert more.ended == ["after 4"]
+
+    enough = ScriptedTarget(monkeypatch, [["core1", "core2", "core3", "edge1"]], {"core1": "alive", "core2": "alive"},
+                            uptime_s=1.0)
+    enough.expect = 3
+    assert names(enough.endpoints()) == ["core1", "core2", "core3"]
+    assert enough.ended == ["after 3"]
 
 
 def test_silence_is_listened_to_twice_before_the_cluster_counts_as_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
