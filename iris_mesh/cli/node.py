@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, BindError) as exc:
         logger.error("cannot start: {}", exc)
         return EXIT_START
+    except OSError as exc:  # a file of the node's own (node.json, say) it cannot write
+        logger.error("cannot start: {}: {}", exc.filename or "the data directory", exc.strerror or exc)
+        return EXIT_START
     try:
         stop.wait()
         if node.failed.is_set():

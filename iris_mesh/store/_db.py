@@ -128,11 +128,18 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        self._resolved = path.resolve()
-        if held_by_this_process(path):
-            raise StoreError(f"the database in {path} is already open in this process")
-        _check_directory(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self._resolved = path.resolve()
+            if held_by_this_process(path):
+                raise StoreError(f"the database in {path} is already open in this process")
+            _check_directory(path)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {path} as the data directory: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else "")
+                + " (config key data_dir)"
+            ) from None
         try:
             self._db = Rdict(str(path), _options(), column_families={name: _table_options(name) for name in TABLES})
         except Exception as exc:

@@ -91,6 +91,12 @@ def test_a_directory_that_is_not_a_database_is_refused_and_left_alone(tmp_path: 
     assert tree(path) == before
 
 
+def test_a_data_directory_that_cannot_be_made_is_a_store_error_that_names_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file, not a directory")
+    with pytest.raises(StoreError, match=r"cannot use .*file/data as the data directory: Not a directory"):
+        Database(tmp_path / "file" / "data")
+
+
 @pytest.mark.parametrize("damage", ["CURRENT", "MANIFEST"])
 def test_a_damaged_database_is_refused_and_left_alone(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "db"

@@ -1,0 +1,24 @@
+"""`iris-mesh node`: a node that cannot start says why in one line and exits with the documented code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXIT_START = 3  # README: a node exits 3 when it cannot start (data directory, ports)
+
+
+def test_a_data_directory_that_cannot_be_made_exits_3_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file where the data directory's parent should be")
+    config = tmp_path / "node.toml"
+    config.write_text(f'node_id = "cli1"\ncluster = "clitest"\ndata_dir = "{tmp_path / "file" / "data"}"\n'
+                      'mdns_interfaces = ["127.0.0.1"]\n')
+    done = subprocess.run([sys.executable, "-m", "iris_mesh.cli.node", "node", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "IRIS_MESH_COOKIE": "node-cli-test-cookie"})
+    output = done.stdout + done.stderr
+    assert done.returncode == EXIT_START, output
+    assert "cannot start: cannot use" in output and "as the data directory: Not a directory" in output, output
+    assert "Traceback" not in output, output
