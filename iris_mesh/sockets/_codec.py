@@ -46,16 +46,25 @@ __all__ = [
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 # Our maps are shallow; a hostile frame must not recurse the decoder deep.
 _MAX_DEPTH = 16
+# Ids a sender matches replies by (a client's `cid`, meshctl's `rid`): an error about the frame carries them back.
+_REQUEST_IDS = ("cid", "rid")
+_MAX_REQUEST_ID = (1 << 63) - 1
 
 
 class FrameError(ValueError):
-    """A frame that cannot be accepted. `code` is a documented error code."""
+    """A frame that cannot be accepted. `code` is a documented error code.
 
-    __slots__ = ("code",)
+    `ids`: the request ids (`cid`, `rid`) of a frame that decoded to a map, where
+    readable (a uint below 2**63), for the error reply to carry: the sender
+    matches replies by them.
+    """
 
-    def __init__(self, code: str, detail: str) -> None:
+    __slots__ = ("code", "ids")
+
+    def __init__(self, code: str, detail: str, ids: dict[str, int] | None = None) -> None:
         super().__init__(detail)
         self.code = code
+        self.ids = ids or {}
 
 
 def encode(msg: Mapping[str, Any]) -> bytes:
@@ -138,15 +147,18 @@ def _decode(frame: bytes, max_frame_bytes: int) -> dict[str, Any]:
         if isinstance(msg, Mapping):  # cbor2 makes a map inside a tag (self-describe 55799, say) a frozendict
             raise FrameError("bad_frame", "frame is a tagged CBOR map: send the map itself, without a tag")
         raise FrameError("bad_frame", f"frame is a CBOR {type(msg).__name__}, not a map")
+    ids = {key: value for key in _REQUEST_IDS
+           if type(value := msg.get(key)) is int and 0 <= value <= _MAX_REQUEST_ID}
     version = msg.get("v")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise FrameError("bad_frame", "frame has no integer 'v' (protocol version)")
+        raise FrameError("bad_frame", "frame has no integer 'v' (protocol version)", ids)
     if version != PROTOCOL_VERSION:
         shown = version if abs(version) < 1 << 63 else f"of {version.bit_length()} bits"
-        raise FrameError("bad_version", f"protocol version {shown} is not supported (this node speaks {PROTOCOL_VERSION})")
+        raise FrameError("bad_version", f"protocol version {shown} is not supported (this node speaks {PROTOCOL_VERSION})",
+                         ids)
     op = msg.get("op")
     if not isinstance(op, str) or not op:
-        raise FrameError("bad_frame", "frame has no text 'op'")
+        raise FrameError("bad_frame", "frame has no text 'op'", ids)
     return msg
 
 

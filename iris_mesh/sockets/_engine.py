@@ -429,7 +429,8 @@ class Engine(PeerLinks):
                 msg = decode(frame, max_frame_bytes=limit)
             except FrameError as exc:
                 self.counters["admin_dropped_malformed"] += 1
-                self.async_send_admin(route, envelope("reply", ok=False, error=exc.code, detail=str(exc)))
+                self.async_send_admin(route, envelope("reply", ok=False, error=exc.code, detail=str(exc),
+                                                      **_only(exc.ids, "rid")))
                 continue
             request = AdminRequest(msg, self, route)
             self._guard(self._handler.async_on_admin, request, now)
@@ -447,7 +448,12 @@ class Engine(PeerLinks):
                 msg = decode(frames[1], max_frame_bytes=limit)
             except FrameError as exc:
                 self.counters["client_dropped_malformed"] += 1
-                self.async_send_client(route, envelope("error", code=exc.code, detail=str(exc)))
+                self.async_send_client(route, envelope("error", code=exc.code, detail=str(exc), **_only(exc.ids, "cid")))
                 continue
             self.counters["client_in"] += 1
             self._guard(self._handler.async_on_client, route, msg, now)
+
+
+def _only(ids: dict[str, int], key: str) -> dict[str, int]:
+    """The one request id a reply on this socket carries, if the refused frame had it readable."""
+    return {key: ids[key]} if key in ids else {}

@@ -201,6 +201,12 @@ def test_bad_clients_get_documented_errors_and_the_edge_keeps_serving(local_clus
         big = ask(cbor2.dumps({"v": 1, "op": "send", "cid": 6, "id": b"2" * 16, "to": "bob", "body": b"x" * (65 << 10)}))
         assert big["code"] == "too_large"
         assert ask(cbor2.dumps({"v": 1, "op": "nosuchop", "cid": 7}))["code"] == "unknown_op"
+        # A frame refused before its op is read still answers with its cid, when the cid is readable.
+        refused = [ask(cbor2.dumps(frame)) for frame in (
+            {"v": 2, "op": "ping", "cid": 8}, {"v": 1, "cid": 9}, {"v": "1", "op": "ping", "cid": 10},
+            {"v": 2, "op": "ping", "cid": -1})]
+        assert [(r["code"], r.get("cid")) for r in refused] == [
+            ("bad_version", 8), ("bad_frame", 9), ("bad_frame", 10), ("bad_version", None)], refused
     finally:
         ctx.destroy(linger=0)
     # Everyone else is still served.

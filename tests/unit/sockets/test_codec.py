@@ -43,6 +43,22 @@ def test_bad_frames_are_refused_with_a_code(frame: bytes, code: str) -> None:
     assert info.value.code == code
 
 
+@pytest.mark.parametrize(
+    ("fields", "ids"),
+    [
+        ({"v": PROTOCOL_VERSION + 1, "op": "ping", "cid": 4}, {"cid": 4}),
+        ({"v": PROTOCOL_VERSION, "rid": 9}, {"rid": 9}),
+        ({"v": "1", "op": "ping", "cid": 0, "rid": (1 << 63) - 1}, {"cid": 0, "rid": (1 << 63) - 1}),
+        ({"op": "ping", "cid": -1, "rid": 1 << 63}, {}),
+        ({"op": "ping", "cid": True, "rid": "7"}, {}),
+    ],
+)
+def test_a_refused_map_carries_its_readable_request_ids(fields: dict[str, object], ids: dict[str, int]) -> None:
+    with pytest.raises(FrameError) as info:
+        decode(cbor2.dumps(fields))
+    assert info.value.ids == ids
+
+
 def test_a_tagged_map_is_refused_with_a_detail_that_says_so() -> None:
     # The self-describe tag (55799) around an otherwise good frame: cbor2 reads a tagged map as a frozendict.
     with pytest.raises(FrameError) as info:
