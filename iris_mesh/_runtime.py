@@ -231,7 +231,7 @@ class NodeRuntime:
         replicas = self.placement.replicas(partition_key(key if isinstance(key, bytes) else key.encode()), expected)
         rows = [{"node_id": node_id, "state": self.membership.state_of(node_id)} for node_id in replicas]
         live = sum(1 for row in rows if row["state"] in ("alive", "suspect"))
-        quorum = self.placement.replication_factor // 2 + 1
+        quorum = self.store.coordinator.write_quorum  # as configured (write_quorum), a majority by default
         request.reply(
             {
                 "ok": True,

@@ -1,7 +1,8 @@
 """`meshctl`: inspect and operate an iris_mesh cluster.
 
-Exit codes: 0 ok, 1 a check failed (safe mode, a node down, no quorum), 2 cannot
-reach the cluster (or bad usage / authentication failed).
+Exit codes: 0 ok, 1 a check failed or the cluster refused (safe mode, a node
+down, no quorum, an unknown table or node), 2 cannot reach the cluster,
+authentication failed, a usage error, or a failure meshctl cannot name.
 """
 
 from __future__ import annotations

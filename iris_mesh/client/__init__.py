@@ -3,7 +3,7 @@
     from iris_mesh.client import Client
     with Client.connect() as alice:               # an edge found by mDNS ($IRIS_MESH_CLUSTER, else "iris")
         alice.login("alice", token)               # token from: meshctl token alice
-        r = alice.send("bob", b"hi")              # SendResult(id, status): delivered, stored or queued
+        r = alice.send("bob", b"hi")              # SendResult(id, status): delivered or stored
         alice.send("bob", b"hi", id=r.id)         # the same id again: still one copy
         m = alice.receive(timeout=5.0)            # Message(id, sender, body, ts) or None; acked once returned
 

@@ -1,6 +1,6 @@
 """mDNS discovery: advertise this node's PeerCard and report the other nodes of its cluster.
 
-The only module of iris_mesh that imports zeroconf (DESIGN.md section 2).
+The only module of iris_mesh that imports zeroconf (docs/ARCHITECTURE.md section 2).
 
 One service per node, of type `SERVICE_TYPE`, named f"{cluster}-{node_id}", on
 host f"{node_id}-{cluster}.local.", with the card's host as its A record, the

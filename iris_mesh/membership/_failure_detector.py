@@ -1,8 +1,8 @@
 """Heartbeat failure detector: alive -> suspect -> dead, with restart detection by incarnation.
 
-Sans-IO (DESIGN.md section 2): the engine calls `heard` for every authenticated
-heartbeat or mesh frame and `tick` on its timer, passing monotonic `now`; the
-detector returns the state changes for the caller to log and act on.
+Sans-IO (docs/ARCHITECTURE.md section 2): the membership service calls `heard`
+for every authenticated heartbeat or HELLO (other mesh frames do not count) and
+`tick` on its timer, passing monotonic `now`; the detector returns the state changes for the caller to log and act on.
 
 A suspect peer still counts as a member (it is in `visible()`): suspicion is
 there so an operator and the routing layer can see trouble early, while only

@@ -1,6 +1,6 @@
 """Partition guard: a core accepts writes only while it sees a strict majority of its region's cores.
 
-DESIGN.md section 4, "Partition safety". Sans-IO: the engine calls `evaluate`
+docs/ARCHITECTURE.md section 4, "Partition safety". Sans-IO: the engine calls `evaluate`
 with the cores the failure detector currently counts as visible and the
 monotonic `now`, logs the decision's reason when `changed` is True, and fails
 writes fast with `partition_detected` while `is_safe_for_writes()` is False.

@@ -1,6 +1,6 @@
 """Replica placement by rendezvous (highest-random-weight) hashing over a region's cores.
 
-DESIGN.md section 5: the replica set of a key is the `rf` cores with the
+docs/ARCHITECTURE.md section 5: the replica set of a key is the `rf` cores with the
 highest score, where
 
     score(key, node) = blake2b(key_bytes + b"\\x00" + node_id_bytes, digest_size=8)

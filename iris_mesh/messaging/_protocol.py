@@ -1,6 +1,6 @@
 """The client protocol as data: error codes, limits, request parsers and reply builders.
 
-DESIGN.md section 3. `docs/PROTOCOL.md` is the specification a client author
+docs/ARCHITECTURE.md section 3. `docs/PROTOCOL.md` is the specification a client author
 reads; its hex test vectors are checked against this module by
 `tests/unit/messaging/test_protocol_doc.py`, so the two cannot drift.
 
@@ -79,7 +79,8 @@ ERROR_CODES: Final[Mapping[str, str]] = MappingProxyType(
         "rate_limited": "the user sends faster than send_rate_per_s allows; wait retry_after seconds",
         "inbox_full": "the recipient's offline inbox is full until the recipient reads and acks",
         "too_many_pending": "the session has max_pending_deliveries sends still waiting for their sent",
-        "no_quorum": "a CP-mode write could not reach a Raft majority of the region's cores",
+        "no_quorum": ("a CP-mode write could not reach a Raft majority of the region's cores "
+                      "(reserved: CP mode is not built, so no server sends it yet)"),
         "internal": "the server failed unexpectedly; the detail says what to report",
     }
 )

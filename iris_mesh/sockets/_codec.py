@@ -1,6 +1,6 @@
 """CBOR frame codec shared by mesh links, heartbeats, the admin endpoint and clients.
 
-Frame layout (DESIGN.md section 3): one ZeroMQ message part holding one CBOR
+Frame layout (docs/ARCHITECTURE.md section 3): one ZeroMQ message part holding one CBOR
 map (RFC 8949) with short text keys. Every frame has
 
     v    protocol version (int)

@@ -1,6 +1,6 @@
 """Quorum coordinator: one node's side of a read or write of one key against that key's replicas.
 
-DESIGN.md sections 4 and 5. Sans-IO: the engine calls `put`/`get` with the
+docs/ARCHITECTURE.md sections 4 and 5. Sans-IO: the engine calls `put`/`get` with the
 key's replica set (rendezvous hashing over the *expected* cores, chosen
 elsewhere) and the replicas it currently counts as live, sends every
 `Outbound` of the returned `Step` over the mesh (a message to the node's own

@@ -1,7 +1,7 @@
 """Fake edges for the SDK tests: a pyzmq ROUTER with CURVE speaking docs/PROTOCOL.md, in a thread.
 
-The fake edges of one test share a FakeStore (the cluster's inboxes, keyed by
-(sender, id) like the real store), so a message stored through one edge is
+The fake edges of one test share a FakeStore (the cluster's inboxes, one copy
+per message id as in the real store), so a message stored through one edge is
 synced through another, and a resend through another edge makes no copy.
 Each edge records every frame it received, and a per-edge `reply` policy can
 answer a send with an error, hold its `sent` back, or stay silent entirely.

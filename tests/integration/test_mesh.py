@@ -180,6 +180,26 @@ def test_ping_and_replicas_through_meshctl(local_cluster: LocalCluster) -> None:
     assert no_quorum.returncode == 1 and "NO QUORUM" in no_quorum.stdout
 
 
+def test_replicas_counts_the_configured_write_quorum(local_cluster: LocalCluster) -> None:
+    local_cluster.add("core1", write_quorum=3)  # every replica must fsync this node's writes
+    for node_id in CORES[1:]:
+        local_cluster.add(node_id)
+    local_cluster.start(*CORES)
+    local_cluster.wait_full_mesh(list(CORES))
+    local_cluster.nodes["core3"].kill()
+    wait_until(lambda: local_cluster.nodes["core1"].states()["core3"] == "dead", 5.0, "core3 dead")
+    wait_until(lambda: local_cluster.nodes["core1"].status()["safe_for_writes"], 10.0, "core1 to accept writes")
+
+    strict = meshctl(local_cluster, "--node", local_cluster.nodes["core1"].admin, "replicas", "some_key", "--json")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    doc = json.loads(strict.stdout)
+    assert (doc["live"], doc["quorum"], doc["quorum_available"]) == (2, 3, False), doc
+    put = meshctl(local_cluster, "--node", local_cluster.nodes["core1"].admin, "put", "offline_msg", "some_key", "x")
+    assert put.returncode == 1 and "unavailable" in put.stdout, put.stdout + put.stderr  # as replicas said
+    usual = meshctl(local_cluster, "--node", local_cluster.nodes["core2"].admin, "replicas", "some_key", "--json")
+    assert usual.returncode == 0 and json.loads(usual.stdout)["quorum"] == 2, usual.stdout + usual.stderr
+
+
 def test_meshctl_cannot_reach_exits_2(local_cluster: LocalCluster) -> None:
     started = time.monotonic()
     result = meshctl(local_cluster, "--node", "127.0.0.1:9", "--timeout", "1", "status")
