@@ -103,6 +103,12 @@ class DigestUpkeep:
         self._next_maintenance = now + (self._interval_s if more else self._maintenance_every_s)
         self._counters["ae_tombstones_purged"] += purged
         if purged:
+            # From here until the rebuild the digests still count the purged rows: no session may use them,
+            # and a build under way (it may have read them) is void.
+            if self._build is not None:
+                self._build.cancelled = True
+                self._build = None
+            self._cache.invalidate()
             stats = self._local.stats()
             # The purge sits in the staged batch: it commits right after the batch in flight, if any.
             self._rebuild_when_commits = stats["commits"] + stats["failed_commits"] + (2 if stats["in_flight"] else 1)

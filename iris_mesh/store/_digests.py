@@ -152,6 +152,10 @@ class DigestCache:
             for floating in floating_of.values():
                 floating[2] = False  # a purge may have changed the committed row under the write: read it at settle
 
+    def invalidate(self) -> None:
+        """The rows changed behind the cache's back (a purge): not ready until the next `reset` and build."""
+        self._built = set()
+
     @property
     def ready(self) -> bool:
         return len(self._built) == len(self.tables)

@@ -158,7 +158,7 @@ def value_is(value: str) -> Callable[[dict[str, Any]], bool]:
 
 def is_deleted(doc: dict[str, Any]) -> bool:
     """A read that found the key's tombstone (deleted), not a key that was never written."""
-    return doc.get("ok") is True and doc.get("found") is False and bool(doc.get("version"))
+    return doc.get("error") == "not_found" and doc.get("found") is False and bool(doc.get("version"))
 
 
 # ---- the drills ------------------------------------------------------------------------------

@@ -116,5 +116,5 @@ def test_a_core_down_for_10k_writes_and_deletes_matches_its_peers_from_anti_entr
         assert counts(node)[TABLE] == WRITES
         assert not replica_read(node, doomed[-1])["found"]
     assert not core1.request("get", table=TABLE, key=doomed[0])["found"]
-    unknown = meshctl(local_cluster, "--mdns-timeout", "0.5", "resync", "core9")
+    unknown = meshctl(local_cluster, "resync", "core9")
     assert unknown.returncode == 1 and "core9 is not a known node" in unknown.stderr, unknown.stderr
