@@ -348,34 +348,88 @@ def _expected_cores_missing(target: Target, args: argparse.Namespace, answered: 
 
 
 def cmd_backup(target: Target, args: argparse.Namespace) -> int:
-    """Checkpoint every core; a backup that lacks any expected core is reported INCOMPLETE (exit 1)."""
+    """Checkpoint every core (with --node: that node only); a backup that lacks any expected core is INCOMPLETE (exit 1)."""
     directory = str(Path(args.dir).resolve())
-    print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
+    if Path(directory).exists() and not (Path(directory).is_dir() and not any(Path(directory).iterdir())):
+        raise CtlError(f"{directory} already exists: a backup goes into a new directory (or an empty one); "
+                       "choose another (nothing was written)", EXIT_CHECK_FAILED)
+    if args.node:
+        print(f"checkpointing only the node at {args.node} (--node) into {directory} (writes go on); "
+              "the other cores are not asked ...", file=sys.stderr)
+    else:
+        print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
     results = target.each("backup", dir=directory, timeout_s=60.0)
     lines: list[str] = []
     done: dict[str, str] = {}
     failed: dict[str, str] = {}
+    causes: dict[str, list[str]] = {}  # why cores have no checkpoint -> those cores
     for name, result in results:
-        if isinstance(result, AdminError) or not result.get("ok"):
-            failed[name] = str(result) if isinstance(result, AdminError) else str(result.get("detail"))
-            lines.append(f"{name}: FAILED {failed[name]}")
+        if isinstance(result, AdminError):
+            failed[name] = f"no answer: {result}"
+            causes.setdefault("silent", []).append(name)
+        elif not result.get("ok"):
+            failed[name] = _without_exception_name(str(result.get("detail")))
+            causes.setdefault(_backup_failure_cause(failed[name]), []).append(name)
         elif "path" in result:
             done[result["node"]] = result["path"]
             lines.append(f"{result['node']}: checkpoint in {result['path']}")
+            continue
+        else:
+            continue  # an edge: it holds no data
+        lines.append(f"{name}: FAILED: {failed[name]}")
     # A dead core is not found at all, and --node asks one node: compare with the expected cores.
     args_every = argparse.Namespace(**{**vars(args), "node": None})
     missing = sorted(_expected_cores_missing(target, args_every, [*done, *failed]))
     for core in missing:
-        lines.append(f"{core}: NOT BACKED UP (not found or not asked: is it running? without --node every core is asked)")
+        if args.node:
+            lines.append(f"{core}: NOT BACKED UP (not asked: with --node only that node is checkpointed)")
+        else:
+            lines.append(f"{core}: NOT BACKED UP (not found: is it running?)")
+        causes.setdefault("not_asked" if args.node else "down", []).append(core)
     ok = bool(done) and not failed and not missing
+    data: dict[str, Any] = {"ok": ok, "checkpoints": done, "failed": failed, "missing": missing}
     if not ok:
         without = sorted(set(failed) | set(missing)) or ["every core"]
+        data["next"] = "; ".join(_backup_advice(cause, sorted(cores), directory)
+                                 for cause, cores in sorted(causes.items())) or "no core answered: is the cluster running?"
         lines.append(f"INCOMPLETE: no checkpoint of {', '.join(without)}; a restore needs every core's checkpoint "
-                     "from the same backup: take it again once every core runs")
+                     "from the same backup")
+        lines.append(f"  next: {data['next']}")
         if done:
             lines.append(f"(the checkpoints that were written stay in {directory})")
-    _emit(args, {"ok": ok, "checkpoints": done, "failed": failed, "missing": missing}, "\n".join(lines))
+    _emit(args, data, "\n".join(lines))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _without_exception_name(detail: str) -> str:
+    """A node's backup_failed detail without the name of the exception it starts with (not for operators)."""
+    name, sep, rest = detail.partition(": ")
+    return rest if sep and name.isidentifier() and name.endswith(("Error", "Exception")) else detail
+
+
+def _backup_failure_cause(detail: str) -> str:
+    """Why a core's checkpoint failed, from the node's answer: exists, create, or checkpoint."""
+    if "already exists" in detail:
+        return "exists"
+    if "cannot create the directory" in detail:
+        return "create"
+    return "checkpoint"
+
+
+def _backup_advice(cause: str, cores: list[str], directory: str) -> str:
+    """What to do about the cores whose checkpoint is missing for `cause`."""
+    named = ", ".join(cores)
+    return {
+        "exists": f"{directory} already holds checkpoints of {named} from an earlier backup (left as they were): "
+                  "take the backup into a new directory",
+        "create": f"the directory {directory} cannot be created (see why above): choose another one",
+        "checkpoint": f"the checkpoint of {named} failed (see why above): mend that, then take the backup again "
+                      "into a new directory",
+        "down": f"start {named} (see `meshctl status`), then take the backup again into a new directory",
+        "silent": f"{named} did not answer (see why above): check {'it' if len(cores) == 1 else 'them'} with "
+                  "`meshctl status`, then take the backup again into a new directory",
+        "not_asked": "leave out --node to checkpoint every core",
+    }[cause]
 
 
 # ---- resync (anti-entropy) ---------------------------------------------------------------------

@@ -34,7 +34,10 @@ def checkpoint(db: Database, dest: Path) -> Path:
     """Write a consistent online checkpoint of `db` into `dest` (must not exist); returns `dest`."""
     if dest.exists():
         raise StoreError(f"backup destination {dest} already exists; choose a new directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the directory {dest.parent}: {exc.strerror or exc}") from None
     try:
         db.checkpoint(dest)
         _fsync_tree(dest)  # "backup done" means on disk, also after power loss

@@ -71,8 +71,25 @@ def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster, t
     # Asked alone, a core shows its own rows; the cores not asked are not called "not answering".
     own = meshctl(local_cluster, "--node", core1.admin, "tables")
     assert own.returncode == 0 and "not answering" not in own.stdout, own.stdout + own.stderr
+    # Asked alone, a core is the only one checkpointed, and the text says the others were not asked.
     text = meshctl(local_cluster, "--node", core1.admin, "backup", str(tmp_path / "c"))
     assert text.returncode == 1 and "INCOMPLETE: no checkpoint of core2, core3" in text.stdout, text.stdout
+    assert f"checkpointing only the node at {core1.admin} (--node)" in text.stderr, text.stderr
+    assert "core2: NOT BACKED UP (not asked: with --node only that node is checkpointed)" in text.stdout, text.stdout
+    assert text.stdout.endswith("next: leave out --node to checkpoint every core\n"
+                                f"(the checkpoints that were written stay in {tmp_path / 'c'})\n"), text.stdout
+    # A backup that cannot be written says why in words, with advice that fits the cause.
+    taken = meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(tmp_path / "b"))
+    assert taken.returncode == 1 and "already exists: a backup goes into a new directory" in taken.stderr, taken.stderr
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["core1", "core2"]
+    (tmp_path / "file").write_text("")
+    uncreatable = tmp_path / "file" / "backup"
+    failed = meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(uncreatable))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert f"core1: FAILED: cannot create the directory {uncreatable}: Not a directory" in failed.stdout, failed.stdout
+    assert f"next: the directory {uncreatable} cannot be created (see why above): choose another one; " \
+           "start core3" in failed.stdout, failed.stdout
+    assert "Error" not in failed.stdout, failed.stdout
 
 
 def test_write_with_two_replicas_down_fails_fast_with_unavailable(local_cluster: LocalCluster) -> None:

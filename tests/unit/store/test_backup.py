@@ -132,6 +132,16 @@ def test_checkpoint_into_an_existing_directory_is_refused(tmp_path: Path) -> Non
         db.close()
 
 
+def test_checkpoint_into_a_directory_that_cannot_be_created_says_so(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    try:
+        (tmp_path / "file").write_text("")
+        with pytest.raises(StoreError, match=r"^cannot create the directory .*/file/backup: Not a directory$"):
+            checkpoint(db, tmp_path / "file" / "backup" / "core1")
+    finally:
+        db.close()
+
+
 def test_restore_replaces_the_state_exactly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     db = Database(data)
