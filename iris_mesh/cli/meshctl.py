@@ -480,33 +480,56 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Put back every core of a backup, or none: all are checked and locked before anything changes."""
-    from iris_mesh.store import StoreError, restore_all
+    """Put back every core of a backup, or none: all are checked and locked before anything changes.
+
+    A backup that lacks a core (one its checkpoints expect, or one with data under --data-root) is
+    refused, unless --without-missing: then that core's data is moved aside and it starts empty.
+    """
+    from iris_mesh.store import MissingCores, StoreError, restore_backup
 
     source = Path(args.dir)
-    if not Path(args.data_root).is_dir():
+    data_root = Path(args.data_root)
+    if not data_root.is_dir():
         raise CtlError(f"--data-root {args.data_root} is not a directory (a typo? to restore onto a new disk, "
                        "create it first)", EXIT_CHECK_FAILED)
     nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
     if not nodes:
         raise CtlError(f"{source} holds no node checkpoints (expected one directory per core)", EXIT_CHECK_FAILED)
-    pairs = [(checkpoint_dir, Path(args.data_root) / checkpoint_dir.name) for checkpoint_dir in nodes]
     names = ", ".join(p.name for p in nodes)
     print(f"restoring {names} from {source} into {args.data_root} (all of them or none) ...", file=sys.stderr)
     try:
-        kept = restore_all(pairs, progress=lambda text: print(text, file=sys.stderr),
-                           keep_replaced=not args.delete_replaced)
+        done = restore_backup(nodes, data_root, progress=lambda text: print(text, file=sys.stderr),
+                              keep_replaced=not args.delete_replaced, without_missing=args.without_missing)
+    except MissingCores as exc:
+        raise CtlError(_missing_cores_text(exc.missing, args), EXIT_CHECK_FAILED) from None
     except StoreError as exc:
         raise CtlError(f"restore failed: {exc}", EXIT_CHECK_FAILED) from None
-    restored = {checkpoint_dir.name: str(data_dir) for checkpoint_dir, data_dir in pairs}
-    replaced = {checkpoint_dir.name: str(kept[data_dir.resolve()]) for checkpoint_dir, data_dir in pairs
-                if kept[data_dir.resolve()] is not None}
+    restored = {core: str(data_root / core) for core in done.kept}
+    replaced = {core: str(path) for core, path in {**done.kept, **done.emptied}.items() if path is not None}
     text = "restored " + ", ".join(restored) + "; start the cluster again"
+    if done.emptied:
+        one = len(done.emptied) == 1
+        text += (f"\n{', '.join(done.emptied)}: no checkpoint in the backup, so {'it starts' if one else 'they start'}"
+                 f" empty; anti-entropy refills {'it' if one else 'them'} from the restored cores once the cluster"
+                 " runs (`meshctl resync NODE` does it at once)")
     if replaced:
-        text += ("\nthe data they replaced is kept (delete it once the restored cluster is right): "
-                 + ", ".join(replaced.values()))
-    _emit(args, {"ok": True, "restored": restored, "replaced_kept_in": replaced}, text)
+        kept = "the data they replaced and the data moved aside are" if done.emptied else "the data they replaced is"
+        text += f"\n{kept} kept (delete it once the restored cluster is right): " + ", ".join(replaced.values())
+    _emit(args, {"ok": True, "restored": restored, "emptied": list(done.emptied), "replaced_kept_in": replaced}, text)
     return EXIT_OK
+
+
+def _missing_cores_text(missing: dict[str, Path | None], args: argparse.Namespace) -> str:
+    """Why a restore of a backup that lacks `missing` was refused, and the two ways on."""
+    named = ", ".join(f"{core} (its data is in {data_dir})" if data_dir else
+                      f"{core} (the checkpoints expect it; it has no data directory in {args.data_root})"
+                      for core, data_dir in missing.items())
+    aside = "deleted" if args.delete_replaced else "kept beside as NODE.replaced-TIME"
+    return (f"restore refused, nothing was changed: the backup has no checkpoint of {named}. A core started on "
+            "its own data hands what the backup lacks back to the restored cores (hints, anti-entropy), and the "
+            "restore is undone. Take a backup while every core runs, or restore anyway with --without-missing: "
+            f"the data of {', '.join(missing)} is then moved aside ({aside}) and "
+            f"{'it starts' if len(missing) == 1 else 'they start'} empty, refilled from the restored cores")
 
 
 # ---- argument parsing ---------------------------------------------------------------------------
@@ -571,11 +594,15 @@ def _parser() -> argparse.ArgumentParser:
     restore = commands.add_parser(
         "restore", parents=[common], help="put a backup back (cluster stopped)",
         description="put every core of a backup back, or none (the cluster must be stopped); the data it replaces "
-                    "is kept beside it as NODE.replaced-TIME")
+                    "is kept beside it as NODE.replaced-TIME. A backup that lacks a core (one its checkpoints expect, "
+                    "or one with data under --data-root) is refused: that core's data would undo the restore")
     restore.add_argument("dir", type=_non_empty, help="a directory `meshctl backup` wrote")
     restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
     restore.add_argument("--delete-replaced", action="store_true",
                          help="delete the data the backup replaces (default: keep it beside, as NODE.replaced-TIME)")
+    restore.add_argument("--without-missing", action="store_true",
+                         help="restore a backup that lacks a core: that core's data is moved aside like replaced "
+                              "data, and it starts empty (refilled from the restored cores)")
     restore.set_defaults(fn=None, offline=cmd_restore)
     token = commands.add_parser(
         "token", parents=[common], help="print a login token for a user",

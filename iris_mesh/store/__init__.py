@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from iris_mesh.store._admin import StoreAdmin
-from iris_mesh.store._backup import checkpoint, restore, restore_all
+from iris_mesh.store._backup import MissingCores, Restored, checkpoint, restore, restore_all, restore_backup
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
@@ -20,8 +20,10 @@ __all__ = [
     "Done",
     "HybridClock",
     "LocalStore",
+    "MissingCores",
     "NodeMeta",
     "QuorumCoordinator",
+    "Restored",
     "StoreAdmin",
     "StoreError",
     "StoreService",
@@ -36,4 +38,5 @@ __all__ = [
     "partition_key",
     "restore",
     "restore_all",
+    "restore_backup",
 ]

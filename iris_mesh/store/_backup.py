@@ -12,22 +12,34 @@ until the operator deletes it (unless the restore was asked to delete it once ev
 copy is in), so a restore of the wrong backup can be undone. A crash during the
 swaps can leave a core with its old data in NODE.replaced-TIME and its copy still
 in a hidden `.NODE.restore-*` sibling: move one of them back before starting it.
+
+A backup is restored whole only if it holds every core: a core left with its own
+data would hand what the backup lacks back to the restored cores once the cluster
+runs (hints, anti-entropy), and the restore would be undone without a word. So
+`restore_backup` refuses a backup that lacks a core the checkpoints expect or that
+has a core's data directory beside the others, unless told to move that core's
+data aside too, so that it starts empty and is refilled from the restored cores.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+from rocksdict import AccessType, Options, Rdict
 
 from iris_mesh.store._db import Database, StoreError, held_by_this_process
+from iris_mesh.store._meta import _EXPECTED_PREFIX, _NODE_ID
 
-__all__ = ["checkpoint", "restore", "restore_all"]
+__all__ = ["MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
 
 
 def checkpoint(db: Database, dest: Path) -> Path:
@@ -54,26 +66,79 @@ def restore(checkpoint_dir: Path, data_dir: Path, *, keep_replaced: bool = True)
     return restore_all([(checkpoint_dir, data_dir)], keep_replaced=keep_replaced)[data_dir.resolve()]
 
 
+class MissingCores(StoreError):
+    """A restore refused before changing anything: the backup has no checkpoint of cores that would undo it."""
+
+    def __init__(self, missing: dict[str, Path | None]) -> None:
+        self.missing = dict(sorted(missing.items()))  # core -> its data directory beside the others (None: none there)
+        named = ", ".join(f"{core} ({data_dir})" if data_dir else core for core, data_dir in self.missing.items())
+        super().__init__(f"the backup has no checkpoint of {named}; nothing was changed")
+
+
+class Restored(NamedTuple):
+    """What `restore_backup` did, by core."""
+
+    kept: dict[str, Path | None]  # each restored core -> where the data its checkpoint replaced is (None: none, or deleted)
+    emptied: dict[str, Path | None]  # each core without a checkpoint -> where its data went (None: none, or deleted)
+
+
+def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Callable[[str], None] = lambda _text: None,
+                   *, keep_replaced: bool = True, without_missing: bool = False) -> Restored:
+    """Put back a backup: each checkpoint (a directory named after its core) replaces data_root/CORE.
+
+    The backup must hold every core: each core that a checkpoint's expected-core sets name,
+    and each core whose data directory is in `data_root` (an edge's is not: edges hold no
+    data, and theirs stay as they are). A core left out would keep its own data and hand it
+    back to the restored cores once the cluster runs, undoing the restore; so MissingCores
+    is raised before anything changes. With `without_missing`, the data directory of each
+    such core is moved aside in the same all-or-nothing swap, like the replaced ones (or
+    deleted with them), so that it starts empty and is refilled from the restored cores.
+    """
+    data_root = data_root.resolve()
+    named = {checkpoint_dir.name: checkpoint_dir for checkpoint_dir in checkpoints}
+    expected: set[str] = set()
+    for checkpoint_dir in named.values():
+        if (checkpoint_dir / "CURRENT").is_file():
+            try:
+                expected |= _read_identity(checkpoint_dir).expected
+            except StoreError:
+                continue  # restore_all refuses it, naming why
+    missing = {core: data_root / core if (data_root / core).is_dir() else None
+               for core in (expected | _cores_with_data(data_root, skip=set(named))) - set(named)}
+    if missing and not without_missing:
+        raise MissingCores(missing)
+    pairs = [(checkpoint_dir, data_root / core) for core, checkpoint_dir in named.items()]
+    aside = [data_dir for data_dir in missing.values() if data_dir is not None]
+    moved = restore_all(pairs, progress, keep_replaced=keep_replaced, aside=aside)
+    return Restored(kept={core: moved[(data_root / core).resolve()] for core in named},
+                    emptied={core: None if data_dir is None else moved[data_dir.resolve()]
+                             for core, data_dir in sorted(missing.items())})
+
+
 def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], None] = lambda _text: None, *,
-                keep_replaced: bool = True) -> dict[Path, Path | None]:
+                keep_replaced: bool = True, aside: Sequence[Path] = ()) -> dict[Path, Path | None]:
     """Replace each data directory with a copy of its checkpoint: all of them, or none if any is refused.
 
     Every checkpoint and data directory is checked, and every database locked, before anything
     changes; a refusal names every directory in the way. Each checkpoint is then copied next to
     its data directory and opened once, and only when every copy proved usable are the data
-    directories swapped. `progress` gets a line before each copy. Returns, for each data
-    directory (resolved), where its replaced data was kept: NODE.replaced-TIME beside it, or
-    None if it had none or `keep_replaced` is False (then it is deleted once every copy is in).
+    directories swapped. The directories in `aside` are moved out of the way in the same swap
+    (checked and locked like the others), leaving none in their place. `progress` gets a line
+    before each copy. Returns, for each data directory and each of `aside` (resolved), where its
+    old data was kept: NODE.replaced-TIME beside it, or None if it had none or `keep_replaced`
+    is False (then it is deleted once every copy is in).
     """
     pairs = [(checkpoint_dir.resolve(), data_dir.resolve()) for checkpoint_dir, data_dir in pairs]
+    aside = [data_dir.resolve() for data_dir in aside]
     refusals = [text for text in (_refusal(c, d) for c, d in pairs) if text]
+    refusals += [text for text in (_aside_refusal(d) for d in aside) if text]
     if refusals:
         raise StoreError("; ".join(refusals) + "; nothing was changed")
     locks: list[int] = []
     works: list[Path] = []
     try:
         busy = []
-        for _checkpoint_dir, data_dir in pairs:
+        for data_dir in [*(d for _c, d in pairs), *aside]:
             fd = _lock(data_dir)
             if fd == _BUSY:
                 busy.append(str(data_dir))
@@ -84,7 +149,7 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 f"the database in {', '.join(busy)} is in use by another process (a running node?); "
                 "stop it before restoring; nothing was changed"
             )
-        staged = []
+        staged: list[tuple[Path | None, Path]] = []
         for checkpoint_dir, data_dir in pairs:
             progress(f"copying {checkpoint_dir} next to {data_dir} ...")
             try:
@@ -98,6 +163,7 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 raise StoreError(f"copying {checkpoint_dir} next to {data_dir} failed ({exc}); nothing was changed") from None
             _prove_usable(copy, checkpoint_dir)
             staged.append((copy, data_dir))
+        staged += [(None, data_dir) for data_dir in aside]
         return _swap_all(staged, keep_replaced)
     finally:
         for work in works:
@@ -117,6 +183,83 @@ def _refusal(checkpoint_dir: Path, data_dir: Path) -> str | None:
     if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / "CURRENT").exists():
         return f"{data_dir} is not empty and is not a database; refusing to replace it"
     return None
+
+
+def _aside_refusal(data_dir: Path) -> str | None:
+    """Why `data_dir` may not be moved aside (None: it may, once the database is locked)."""
+    if held_by_this_process(data_dir):
+        return f"the database in {data_dir} is open in this process; close it before restoring"
+    if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / "CURRENT").exists():
+        return f"{data_dir} is not empty and is not a database; refusing to move it"
+    return None
+
+
+class _Identity(NamedTuple):
+    node_id: str | None
+    expected: frozenset[str]  # the expected cores of every region in its meta table
+
+
+# Files of a database directory that a read needs no link to: rocksdict rewrites its config file
+# in the directory it opens, and the info log and lock belong to whoever has it open.
+_NOT_LINKED = ("rocksdict-config.json", "LOCK", "LOG")
+
+
+def _read_identity(db_dir: Path) -> _Identity:
+    """The node id and expected cores recorded in the database in `db_dir`, which is left exactly as it is.
+
+    Read through links in a temporary directory, with RocksDB's read-only open: the directory may
+    be a backup on read-only media, or the data of a node that runs.
+    """
+    with tempfile.TemporaryDirectory(prefix="iris-restore-read-") as tmp:
+        view = Path(tmp)
+        try:
+            for entry in db_dir.iterdir():
+                if entry.is_file() and not entry.name.startswith(_NOT_LINKED):
+                    (view / entry.name).symlink_to(entry.absolute())
+            options = Options(raw_mode=True)
+            options.set_max_open_files(16)  # only the meta table is read: no need to open every table file
+            tables = Rdict.list_cf(str(view), options)
+            if "meta" not in tables:
+                raise StoreError(f"{db_dir} is not an iris_mesh database (no meta table)")
+            db = Rdict(str(view), options, column_families={name: Options(raw_mode=True) for name in tables},
+                       access_type=AccessType.read_only())
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot read the database in {db_dir}: {exc}") from None
+        try:
+            meta = db.get_column_family("meta")
+            node_id = meta.get(_NODE_ID)
+            expected: set[str] = set()
+            for key, value in meta.items(from_key=_EXPECTED_PREFIX):
+                if not key.startswith(_EXPECTED_PREFIX):
+                    break
+                expected.update(json.loads(value))
+        except Exception as exc:
+            raise StoreError(f"cannot read the database in {db_dir}: {exc}") from None
+        finally:
+            db.close()
+    return _Identity(node_id.decode() if node_id is not None else None, frozenset(expected))
+
+
+def _cores_with_data(data_root: Path, *, skip: set[str]) -> set[str]:
+    """The cores (not edges) whose data directory is in `data_root`, but for those named in `skip`.
+
+    A core's directory is named after it and its meta table lists it among the expected cores
+    (a core always expects itself, an edge never); replaced data (NODE.replaced-TIME) belongs to
+    another name. A directory that cannot be read as a database holds nothing a node could serve.
+    """
+    found = set()
+    for entry in sorted(data_root.iterdir()) if data_root.is_dir() else ():
+        if entry.name in skip or entry.name.startswith(".") or not (entry / "CURRENT").is_file():
+            continue
+        try:
+            identity = _read_identity(entry)
+        except StoreError:
+            continue
+        if identity.node_id == entry.name and entry.name in identity.expected:
+            found.add(entry.name)
+    return found
 
 
 _BUSY = -1
@@ -170,11 +313,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _swap_all(staged: list[tuple[Path, Path]], keep_replaced: bool) -> dict[Path, Path | None]:
+def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool) -> dict[Path, Path | None]:
     """Put every staged copy in place of its data directory: all of them, or none (the old ones are put back).
 
-    Each old directory is renamed to NODE.replaced-TIME before its copy is renamed in; with `keep_replaced`
-    False the old ones are deleted once every copy is in place. Returns where each old one is.
+    Each old directory is renamed to NODE.replaced-TIME before its copy (if any: None leaves the
+    place empty) is renamed in; with `keep_replaced` False the old ones are deleted once every copy
+    is in place. Returns where each old one is.
     """
     stamp = f"{os.getpid()}-{time.time_ns()}"
     when = _utc_stamp()
@@ -185,7 +329,8 @@ def _swap_all(staged: list[tuple[Path, Path]], keep_replaced: bool) -> dict[Path
             if old is not None:
                 os.rename(data_dir, old)
             done.append((data_dir, old))  # from here on, an undo must bring the old one back
-            os.rename(copy, data_dir)
+            if copy is not None:
+                os.rename(copy, data_dir)
     except OSError as exc:
         raise StoreError(f"putting the restored copies in place failed ({exc}); {_undo_swaps(done, stamp)}") from None
     try:

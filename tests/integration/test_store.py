@@ -1,4 +1,4 @@
-"""The replicated store with real node processes: quorum, failures, crash durability, restarts, backups."""
+"""The replicated store with real node processes: quorum, failures, crash durability, restarts, backups and restores."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _get(node: NodeProcess, key: str, **fields) -> dict:
     return node.request("get", table="offline_msg", key=key, timeout_s=10.0, **fields)
 
 
-def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster, tmp_path: Path) -> None:
+def test_quorum_with_one_core_down_and_a_backup_taken_meanwhile(local_cluster: LocalCluster, tmp_path: Path) -> None:
     _cores(local_cluster)
     core1 = local_cluster.nodes["core1"]
     assert _put(core1, "alice", "hello")["ok"]
@@ -90,6 +90,36 @@ def test_quorum_write_and_read_with_one_core_down(local_cluster: LocalCluster, t
     assert f"next: the directory {uncreatable} cannot be created (see why above): choose another one; " \
            "start core3" in failed.stdout, failed.stdout
     assert "Error" not in failed.stdout, failed.stdout
+
+    # core3 comes back and is written to: its data is newer than the backup, which lacks it.
+    core3 = local_cluster.nodes["core3"]
+    core3.start()
+    local_cluster.wait_full_mesh(list(CORES))
+    assert _put(core1, "late", "written after the backup")["ok"]
+    wait_until(lambda: _get(core1, "late", replica="core3").get("found"), 10.0, "core3 to hold the late write")
+    local_cluster.stop()
+    data = local_cluster.root / "data"
+    before = sorted(p.name for p in data.iterdir())
+    refused = meshctl(local_cluster, "restore", str(tmp_path / "b"), "--data-root", str(data))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "restore refused, nothing was changed: the backup has no checkpoint of core3" in refused.stderr
+    assert "--without-missing" in refused.stderr and sorted(p.name for p in data.iterdir()) == before
+    restored = meshctl(local_cluster, "restore", str(tmp_path / "b"), "--data-root", str(data), "--without-missing",
+                       "--json")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert json.loads(restored.stdout)["emptied"] == ["core3"], restored.stdout
+    local_cluster.start(*CORES)
+    core2 = local_cluster.nodes["core2"]
+    wait_until(lambda: core2.status()["safe_for_writes"], 10.0, "the restored cluster to accept writes")
+    # core3 started empty and is refilled from the restored cores: the backup's state, not its own newer data.
+    for key, value in (("alice", b"hello"), ("bob", b"hi bob")):
+        wait_until(lambda: _get(core2, key, replica="core3").get("found"), 20.0, f"core3 to be refilled with {key}")
+        assert _get(core2, key, replica="core3")["value"] == value
+    resync = meshctl(local_cluster, "--cluster", local_cluster.name, "resync", "core3")
+    assert resync.returncode == 0, resync.stdout + resync.stderr
+    for replica in CORES:
+        assert not _get(core2, "late", replica=replica)["found"], replica
+    assert not _get(core2, "late")["found"]
 
 
 def test_write_with_two_replicas_down_fails_fast_with_unavailable(local_cluster: LocalCluster) -> None:
@@ -271,34 +301,50 @@ def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: Lo
     assert not _get(core2, "late")["found"]
 
 
-def test_a_core_restored_alone_while_the_others_run_rejoins_as_a_new_incarnation(local_cluster: LocalCluster,
-                                                                                 tmp_path: Path) -> None:
-    # The backup holds the incarnation core3 had then; core3 restarts after it, so its peers know a
-    # later one. Restored and started, core3 must still be told apart from every earlier process of it
-    # (peers ignore a node whose incarnation went back, and take an equal one for the same process).
+def test_a_core_is_not_restored_alone_and_restored_cores_rejoin_a_running_edge_as_new_incarnations(
+        local_cluster: LocalCluster, tmp_path: Path) -> None:
+    # The backup holds the incarnation core3 had then; core3 restarts after it, so the edge, which runs
+    # on through the restore, knows a later one. Restored and started, core3 must still be told apart
+    # from every earlier process of it (peers ignore a node whose incarnation went back, and take an
+    # equal one for the same process).
     _cores(local_cluster)
-    core1, core3 = local_cluster.nodes["core1"], local_cluster.nodes["core3"]
+    edge = local_cluster.add("edge1", role="edge")
+    edge.start()
+    everyone = [*CORES, "edge1"]
+    local_cluster.wait_full_mesh(everyone)
+    core3 = local_cluster.nodes["core3"]
     backup_dir = tmp_path / "backup-3"
     assert meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(backup_dir)).returncode == 0
     core3.stop()
     core3.start()
-    local_cluster.wait_full_mesh(list(CORES))
+    local_cluster.wait_full_mesh(everyone)
     before_restore = core3.incarnation
     core3.stop()
+    # core3 alone would be brought forward again by the others' data: refused, naming them.
+    data = local_cluster.root / "data"
     only_core3 = tmp_path / "only-core3"
     only_core3.mkdir()
     (only_core3 / "core3").symlink_to(backup_dir / "core3")
-    restore = meshctl(local_cluster, "restore", str(only_core3), "--data-root", str(local_cluster.root / "data"))
+    alone = meshctl(local_cluster, "restore", str(only_core3), "--data-root", str(data))
+    assert alone.returncode == 1, alone.stdout + alone.stderr
+    assert f"no checkpoint of core1 (its data is in {data / 'core1'}), core2 (its data is in" in alone.stderr, alone.stderr
+    assert sorted(p.name for p in data.iterdir()) == [*CORES, "edge1"]
+    # The whole backup, with the edge running: its data is not the backup's, and stays as it is.
+    local_cluster.nodes["core1"].stop()
+    local_cluster.nodes["core2"].stop()
+    restore = meshctl(local_cluster, "restore", str(backup_dir), "--data-root", str(data))
     assert restore.returncode == 0, restore.stdout + restore.stderr
-    core3.start()
+    assert restore.stdout.startswith("restored core1, core2, core3; start the cluster again\n"), restore.stdout
+    assert not [p.name for p in data.iterdir() if p.name.startswith("edge1.")]
+    local_cluster.start(*CORES)
     assert core3.incarnation > before_restore
 
-    def seen_by_core1() -> bool:
-        row = next(n for n in core1.request("nodes")["nodes"] if n["node_id"] == "core3")
+    def seen_by_edge1() -> bool:
+        row = next(n for n in edge.request("nodes")["nodes"] if n["node_id"] == "core3")
         return row["state"] == "alive" and row["incarnation"] == core3.incarnation
 
-    wait_until(seen_by_core1, 10.0, "core1 to see the restored core3 alive, as its new incarnation")
-    local_cluster.wait_full_mesh(list(CORES))
+    wait_until(seen_by_edge1, 10.0, "edge1 to see the restored core3 alive, as its new incarnation")
+    local_cluster.wait_full_mesh(everyone)
 
 
 def test_restore_refuses_while_the_node_runs(local_cluster: LocalCluster, tmp_path: Path) -> None:

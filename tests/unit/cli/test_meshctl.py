@@ -1,9 +1,10 @@
 """meshctl: the RocksDB line (throttling states a test cluster does not reach), uptimes, sizes, bad arguments, errors,
-what backup says of a node's failure."""
+what backup says of a node's failure, and restore of a backup that lacks a core (real databases in tmp_path)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from iris_mesh.cli.meshctl import (
     _without_exception_name,
     main,
 )
+from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_PROPERTIES
 
 MB = 2**20
@@ -132,3 +134,58 @@ def test_a_node_s_backup_failure_reads_without_the_exception_name_and_with_advic
         "the directory /proc/x cannot be created (see why above): choose another one")
     assert _without_exception_name("checkpoint into /b/core1 failed: IO error: No space left on device") == (
         "checkpoint into /b/core1 failed: IO error: No space left on device")
+
+
+def backed_up_while_core3_was_down(tmp_path: Path) -> tuple[Path, Path]:
+    """backup/ holds core1 and core2; data/ holds core1..3 (with a row written since the backup) and edge1."""
+    for node in ("core1", "core2", "core3", "edge1"):
+        db = Database(tmp_path / "data" / node)
+        try:
+            meta = NodeMeta(db)
+            meta.claim(node)
+            meta.save_expected_cores("local", {"core1", "core2", "core3"})  # an edge never expects itself
+            if node in ("core1", "core2"):
+                checkpoint(db, tmp_path / "backup" / node)
+            db.put_synced("offline_msg", b"after-backup", b"x")
+        finally:
+            db.close()
+    return tmp_path / "backup", tmp_path / "data"
+
+
+def test_a_restore_of_a_backup_that_lacks_a_core_is_refused_naming_it_and_the_ways_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    backup, data = backed_up_while_core3_was_down(tmp_path)
+    assert main(["restore", str(backup), "--data-root", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"restoring core1, core2 from {backup} into {data} (all of them or none) ...\n"), err
+    assert (f"meshctl: restore refused, nothing was changed: the backup has no checkpoint of core3 (its data is in "
+            f"{data.resolve() / 'core3'}). A core started on its own data hands what the backup lacks back to the "
+            "restored cores (hints, anti-entropy), and the restore is undone. Take a backup while every core runs, "
+            "or restore anyway with --without-missing: the data of core3 is then moved aside (kept beside as "
+            "NODE.replaced-TIME) and it starts empty, refilled from the restored cores\n") in err, err
+    assert sorted(p.name for p in data.iterdir()) == ["core1", "core2", "core3", "edge1"]
+    db = Database(data / "core1")
+    try:
+        assert db.get("offline_msg", b"after-backup") == b"x"
+    finally:
+        db.close()
+
+
+def test_a_restore_without_the_missing_core_says_it_starts_empty(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    backup, data = backed_up_while_core3_was_down(tmp_path)
+    assert main(["restore", str(backup), "--data-root", str(data), "--without-missing", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["restored"], doc["emptied"]) == (True, {"core1": str(data / "core1"),
+                                                                   "core2": str(data / "core2")}, ["core3"])
+    assert sorted(doc["replaced_kept_in"]) == ["core1", "core2", "core3"]
+    assert Path(doc["replaced_kept_in"]["core3"]).name.startswith("core3.replaced-")
+    assert not (data / "core3").exists() and (data / "edge1").is_dir()
+
+    backup, data = backed_up_while_core3_was_down(tmp_path / "again")
+    assert main(["restore", str(backup), "--data-root", str(data), "--without-missing", "--delete-replaced"]) == 0
+    out = capsys.readouterr().out
+    assert out == ("restored core1, core2; start the cluster again\ncore3: no checkpoint in the backup, so it starts "
+                   "empty; anti-entropy refills it from the restored cores once the cluster runs (`meshctl resync "
+                   "NODE` does it at once)\n"), out
+    assert sorted(p.name for p in data.iterdir()) == ["core1", "core2", "edge1"]

@@ -1,4 +1,5 @@
-"""Backups: online checkpoints while writes go on, and an offline restore that never loses the old data by accident."""
+"""Backups: online checkpoints while writes go on, and an offline restore that never loses the old data by accident
+nor puts back a backup that the cores it lacks would undo."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import collections
 import hashlib
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -13,9 +15,10 @@ from typing import Any, Callable
 import pytest
 from rocksdict import Options, Rdict
 
-from iris_mesh.store._backup import checkpoint, restore, restore_all
+from iris_mesh.store._backup import MissingCores, checkpoint, restore, restore_all, restore_backup
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
+from iris_mesh.store._meta import NodeMeta
 from iris_mesh.store._versioned import Version, Versioned
 from support.store_holder import held_by_another_process
 from support.waiting import wait_until
@@ -344,3 +347,110 @@ def test_restore_refuses_to_replace_a_directory_that_is_not_a_database(tmp_path:
     with pytest.raises(StoreError, match="not a database"):
         restore(backup, target)
     assert (target / "file.txt").read_text() == "keep me"
+
+
+def node_data(path: Path, node_id: str, expected: set[str], *batches: list[tuple[str, bytes, Versioned]],
+              backup: Path | None = None) -> None:
+    """A node's data directory as the node leaves it: its meta, then each batch; checkpointed into `backup` after the first."""
+    db = Database(path)
+    try:
+        meta = NodeMeta(db)
+        meta.claim(node_id)
+        meta.save_expected_cores("local", expected)
+        for n, batch in enumerate(batches):
+            if n == 1 and backup is not None:
+                checkpoint(db, backup)
+            commit_now(db, batch)
+    finally:
+        db.close()
+
+
+CORES = {"core1", "core2", "core3"}
+A, AFTER = [("offline_msg", b"a", v(1))], [("offline_msg", b"after-backup", v(2))]
+
+
+def backed_up_while_core3_was_down(tmp_path: Path) -> tuple[list[Path], Path]:
+    """backup/ holds core1 and core2 (each: row `a`); data/ holds core1..3 with `after-backup` since, and edge1's.
+
+    Returns the checkpoints and the data root.
+    """
+    for core in ("core1", "core2"):
+        node_data(tmp_path / "data" / core, core, CORES, A, AFTER, backup=tmp_path / "backup" / core)
+    node_data(tmp_path / "data" / "core3", "core3", CORES, A, AFTER)  # restarted after the backup, caught up
+    node_data(tmp_path / "data" / "edge1", "edge1", CORES)  # an edge never expects itself
+    return sorted((tmp_path / "backup").iterdir()), tmp_path / "data"
+
+
+def everything(root: Path) -> dict[str, Any]:
+    """Every directory and file under `root`, with each file's size, hash and time (read without opening a database)."""
+    return {"dirs": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir()),
+            "files": {name: (size, digest, (root / name).stat().st_mtime_ns) for name, (size, digest) in tree(root).items()}}
+
+
+def test_a_backup_that_lacks_a_core_whose_data_is_there_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    # core3 was down during the backup; its own data, newer than the backup, would flow back to the
+    # restored cores once the cluster runs and undo the restore without a word.
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    before, backup_before = everything(data), everything(tmp_path / "backup")
+    lines: list[str] = []
+    with pytest.raises(MissingCores, match=r"no checkpoint of core3 \(.*/data/core3\); nothing was changed") as refused:
+        restore_backup(checkpoints, data, progress=lines.append)
+    assert refused.value.missing == {"core3": data.resolve() / "core3"}
+    assert lines == []  # refused before any copy started
+    assert everything(data) == before
+    assert everything(tmp_path / "backup") == backup_before  # the checkpoints were read, not written to
+
+
+@pytest.mark.parametrize("keep_replaced", [True, False])
+def test_a_restore_without_the_missing_cores_moves_their_data_aside_so_they_start_empty(tmp_path: Path,
+                                                                                         keep_replaced: bool) -> None:
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    edge_before = everything(tmp_path / "data" / "edge1")
+    done = restore_backup(checkpoints, data, without_missing=True, keep_replaced=keep_replaced)
+    for core in ("core1", "core2"):
+        assert [k for k, _ in dump(data / core)["offline_msg"]] == [b"a"]
+    assert not (data / "core3").exists()  # a node creates it afresh: core3 starts empty
+    assert everything(data / "edge1") == edge_before  # an edge holds no data: left as it was
+    assert list(done.kept) == ["core1", "core2"] and list(done.emptied) == ["core3"]
+    names = sorted(p.name for p in data.iterdir())
+    if not keep_replaced:
+        assert done.emptied == {"core3": None} and names == ["core1", "core2", "edge1"]
+        return
+    aside = done.emptied["core3"]
+    assert aside is not None and re.fullmatch(r"core3\.replaced-\d{8}T\d{6}Z", aside.name)
+    assert [k for k, _ in dump(aside)["offline_msg"]] == [b"a", b"after-backup"]  # kept whole, like replaced data
+    when = aside.name.removeprefix("core3.replaced-")
+    assert names == ["core1", f"core1.replaced-{when}", "core2", f"core2.replaced-{when}", f"core3.replaced-{when}",
+                     "edge1"]
+    # The data kept aside is no core's data directory: restored again, core3 is missing with none here.
+    assert restore_backup(checkpoints, data, without_missing=True).emptied == {"core3": None}
+
+
+def test_a_core_the_checkpoints_expect_is_missing_even_with_no_data_directory_here(tmp_path: Path) -> None:
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    shutil.rmtree(data / "core3")  # its disk is elsewhere, or lost: this restore cannot tell
+    with pytest.raises(MissingCores) as refused:
+        restore_backup(checkpoints, data)
+    assert refused.value.missing == {"core3": None}
+    done = restore_backup(checkpoints, data, without_missing=True)
+    assert done.emptied == {"core3": None} and not (data / "core3").exists()
+    assert [k for k, _ in dump(data / "core2")["offline_msg"]] == [b"a"]
+
+
+def test_a_core_that_joined_after_the_backup_is_missing_too(tmp_path: Path) -> None:
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    node_data(data / "core4", "core4", CORES | {"core4"}, A)  # the checkpoints do not know it; its data says core
+    with pytest.raises(MissingCores) as refused:
+        restore_backup(checkpoints, data)
+    assert sorted(refused.value.missing) == ["core3", "core4"]
+
+
+def test_a_restore_without_the_missing_cores_changes_nothing_while_one_of_them_runs(tmp_path: Path) -> None:
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    before = {name: everything(data / name) for name in ("core1", "core2", "edge1")}
+    with held_by_another_process(data / "core3"):
+        with pytest.raises(StoreError, match=r"data/core3 is in use by another process .*nothing was changed"):
+            restore_backup(checkpoints, data, without_missing=True)
+        assert sorted(p.name for p in data.iterdir()) == ["core1", "core2", "core3", "edge1"]
+    assert {name: everything(data / name) for name in ("core1", "core2", "edge1")} == before
+    assert [k for k, _ in dump(data / "core3")["offline_msg"]] == [b"a", b"after-backup"]
