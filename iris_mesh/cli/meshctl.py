@@ -13,10 +13,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from iris_mesh.cli import _verdict
+from iris_mesh.cli._backup_cmds import cmd_backup, cmd_restore, expected_cores_missing
+from iris_mesh.cli._output import checked, emit, jsonable, table_text, value_text
 from iris_mesh.cli._target import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -30,30 +31,12 @@ from iris_mesh.sockets import AdminError
 
 __all__ = ["main"]
 
-# ---- output helpers -------------------------------------------------------------------------
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows)
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(_jsonable(data), indent=2, sort_keys=True) if args.json else text)
-
-
-def _checked(reply: dict[str, Any]) -> dict[str, Any]:
-    if not reply.get("ok"):
-        raise CtlError(f"{reply.get('error', 'error')}: {reply.get('detail', '')}", EXIT_CHECK_FAILED)
-    return reply
-
-
 # ---- commands -------------------------------------------------------------------------------
 
 
 def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("nodes")
-    nodes = _checked(reply)["nodes"]
+    nodes = checked(reply)["nodes"]
     rows = [["NODE", "ROLE", "REGION", "STATE", "INC", "ADDRESS", "ADMIN", "SILENT"]]
     for node in nodes:
         silent = "-" if node["self"] or node["silent_s"] is None else f"{node['silent_s']:.2f}s"
@@ -62,10 +45,10 @@ def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
             str(node["incarnation"]), f"{node['host']}:{node['mesh_port']}", str(node["admin_port"]), silent,
         ])
     down = [n["node_id"] for n in nodes if n["state"] != "alive"]
-    text = f"nodes seen by {reply['from']} (* = itself)\n{_table(rows)}"
+    text = f"nodes seen by {reply['from']} (* = itself)\n{table_text(rows)}"
     if down:
         text += f"\nnot alive: {', '.join(down)}"
-    _emit(args, {"from": reply["from"], "nodes": nodes}, text)
+    emit(args, {"from": reply["from"], "nodes": nodes}, text)
     return EXIT_OK
 
 
@@ -94,37 +77,37 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
         ])
     summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"])
-    _emit(args, {"ok": ok, "nodes": entries, "problems": _verdict.status_problems(entries), "verdict": summary},
-          f"{_table(rows)}\n{summary}")
+    emit(args, {"ok": ok, "nodes": entries, "problems": _verdict.status_problems(entries), "verdict": summary},
+          f"{table_text(rows)}\n{summary}")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
 def cmd_ping(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("ping", avoid=args.target_node, node=args.target_node)
     if reply.get("ok"):
-        _emit(args, reply, f"pong from {reply['node']} in {reply['rtt_ms']:.2f} ms (incarnation {reply['incarnation']}, asked via {name})")
+        emit(args, reply, f"pong from {reply['node']} in {reply['rtt_ms']:.2f} ms (incarnation {reply['incarnation']}, asked via {name})")
         return EXIT_OK
-    _emit(args, reply, f"pang: {reply.get('detail', reply.get('error'))}")
+    emit(args, reply, f"pang: {reply.get('detail', reply.get('error'))}")
     return EXIT_CHECK_FAILED
 
 
 def cmd_replicas(target: Target, args: argparse.Namespace) -> int:
     _, reply = target.first("replicas", key=args.key)
-    reply = _checked(reply)
+    reply = checked(reply)
     replicas = ", ".join(f"{r['node_id']} ({r['state']})" for r in reply["replicas"])
     verdict = "quorum writes possible" if reply["quorum_available"] else "NO QUORUM: quorum writes will fail"
     text = (
         f"key {reply['key']!r} in region {reply['region']}: {replicas}\n"
         f"{reply['live']} of {len(reply['replicas'])} live, quorum {reply['quorum']}: {verdict}"
     )
-    _emit(args, reply, text)
+    emit(args, reply, text)
     return EXIT_OK if reply["quorum_available"] else EXIT_CHECK_FAILED
 
 
 def cmd_forget(target: Target, args: argparse.Namespace) -> int:
     _, reply = target.first("forget", node=args.target_node)
-    reply = _checked(reply)
-    _emit(args, reply, reply["detail"])
+    reply = checked(reply)
+    emit(args, reply, reply["detail"])
     return EXIT_OK
 
 
@@ -144,12 +127,12 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
                 raise
             problem, seen, reached = str(exc), {}, False
         if problem is None:
-            _emit(args, {"ok": True, "nodes": seen}, f"mesh complete: {len(seen)} nodes, each sees every other alive")
+            emit(args, {"ok": True, "nodes": seen}, f"mesh complete: {len(seen)} nodes, each sees every other alive")
             return EXIT_OK
         last_problem = problem
         now = time.monotonic()
         if now >= deadline:
-            _emit(args, {"ok": False, "problem": last_problem, "nodes": seen},
+            emit(args, {"ok": False, "problem": last_problem, "nodes": seen},
                   f"mesh NOT complete after {args.wait} s: {last_problem}")
             return EXIT_CHECK_FAILED if reached else EXIT_UNREACHABLE
         if not args.json and now - last_print >= 2.0:
@@ -189,41 +172,22 @@ def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[
     return None, seen
 
 
-def _value_text(value: Any) -> str:
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return "0x" + value.hex()
-    return str(value)
-
-
-def _jsonable(data: Any) -> Any:
-    if isinstance(data, bytes):
-        return _value_text(data)
-    if isinstance(data, dict):
-        return {k: _jsonable(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_jsonable(v) for v in data]
-    return data
-
-
 def cmd_put(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("put", table=args.table, key=args.key, value=args.value, durability=args.durability)
     if reply.get("ok"):
-        _emit(args, reply, f"ok: {args.table}/{args.key} stored ({args.durability}), acknowledged by "
+        emit(args, reply, f"ok: {args.table}/{args.key} stored ({args.durability}), acknowledged by "
                            f"{', '.join(reply['acked_by']) or 'none yet'} (coordinated by {name})")
         return EXIT_OK
-    _emit(args, reply, f"FAILED: {reply.get('error')}: {reply.get('detail')}")
+    emit(args, reply, f"FAILED: {reply.get('error')}: {reply.get('detail')}")
     return EXIT_CHECK_FAILED
 
 
 def cmd_delete(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("delete", table=args.table, key=args.key, durability=args.durability)
     if reply.get("ok"):
-        _emit(args, reply, f"ok: {args.table}/{args.key} deleted, acknowledged by {', '.join(reply['acked_by'])}")
+        emit(args, reply, f"ok: {args.table}/{args.key} deleted, acknowledged by {', '.join(reply['acked_by'])}")
         return EXIT_OK
-    _emit(args, reply, f"FAILED: {reply.get('error')}: {reply.get('detail')}")
+    emit(args, reply, f"FAILED: {reply.get('error')}: {reply.get('detail')}")
     return EXIT_CHECK_FAILED
 
 
@@ -233,16 +197,16 @@ def cmd_get(target: Target, args: argparse.Namespace) -> int:
         fields["replica"] = args.replica
     _, reply = target.first("get", **fields)
     if not reply.get("ok"):
-        _emit(args, _jsonable(reply), f"FAILED: {reply.get('error')}: {reply.get('detail')}")
+        emit(args, jsonable(reply), f"FAILED: {reply.get('error')}: {reply.get('detail')}")
         return EXIT_CHECK_FAILED
     where = f"replica {args.replica}" if args.replica else "quorum read"
     if not reply["found"]:
         deleted = " (deleted)" if reply.get("version") else ""
         text = f"{args.table}/{args.key}: not found{deleted} ({where})"
-        _emit(args, _jsonable(dict(reply, ok=False, error="not_found", detail=text)), text)
+        emit(args, jsonable(dict(reply, ok=False, error="not_found", detail=text)), text)
         return EXIT_CHECK_FAILED
     version = reply["version"]
-    _emit(args, _jsonable(reply), f"{_value_text(reply['value'])}\n(version {version['hlc']} by {version['node']}, {where})")
+    emit(args, jsonable(reply), f"{value_text(reply['value'])}\n(version {version['hlc']} by {version['node']}, {where})")
     return EXIT_OK
 
 
@@ -255,13 +219,13 @@ def cmd_tables(target: Target, args: argparse.Namespace) -> int:
             raise CtlError(f"{args.node} is an edge: edges hold no data; ask a core (or leave out --node)",
                            EXIT_CHECK_FAILED)
         raise CtlError("no core answered: " + (", ".join(failed) or "none was found"))
-    failed = sorted(set(failed) | _expected_cores_missing(target, args, (r["node"] for _, r in cores)))
+    failed = sorted(set(failed) | expected_cores_missing(target, args, (r["node"] for _, r in cores)))
     tables = sorted({t for _, r in cores for t in r["tables"]})
     rows = [["TABLE", *[r["node"] for _, r in cores]]]
     for table in tables:
         rows.append([table, *[str(r["tables"].get(table, "-")) for _, r in cores]])
-    text = _table(rows) + (f"\nnot answering: {', '.join(failed)}" if failed else "")
-    _emit(args, {"ok": not failed, "cores": {r["node"]: r["tables"] for _, r in cores}, "not_answering": failed}, text)
+    text = table_text(rows) + (f"\nnot answering: {', '.join(failed)}" if failed else "")
+    emit(args, {"ok": not failed, "cores": {r["node"]: r["tables"] for _, r in cores}, "not_answering": failed}, text)
     return EXIT_OK if not failed else EXIT_CHECK_FAILED
 
 
@@ -324,112 +288,15 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
     window_s = next((w["window_s"] for n in nodes.values() for w in n.values() if isinstance(w, dict)
                      and "window_s" in w), 60.0)
     text = (f"the last {window_s:.0f} s on each node: quorum writes and reads it coordinated, and on cores their"
-            f" group commits and WAL fsyncs (percentiles to within 9 %)\n{_table(rows)}")
+            f" group commits and WAL fsyncs (percentiles to within 9 %)\n{table_text(rows)}")
     engines = [(node, view["rocksdb"]) for node, view in sorted(nodes.items()) if "rocksdb" in view]
     if engines:
         text += "\nRocksDB now:\n" + "\n".join(f"{node}: {_engine_text(state)}" for node, state in engines)
-    failed = sorted(set(failed) | _expected_cores_missing(target, args, nodes))
+    failed = sorted(set(failed) | expected_cores_missing(target, args, nodes))
     if failed:
         text += f"\nnot answering: {', '.join(failed)}"
-    _emit(args, {"ok": not failed, "nodes": nodes, "not_answering": failed}, text)
+    emit(args, {"ok": not failed, "nodes": nodes, "not_answering": failed}, text)
     return EXIT_OK if not failed else EXIT_CHECK_FAILED
-
-
-def _expected_cores_missing(target: Target, args: argparse.Namespace, answered: Iterable[str]) -> set[str]:
-    """Expected cores that did not answer (a dead core is not found by mDNS at all); none with --node."""
-    if args.node:
-        return set()
-    for _name, endpoint in target.endpoints():
-        try:
-            return set(target.request(endpoint, "status")["status"]["expected"]) - set(answered)
-        except (AdminError, KeyError):
-            continue
-    return set()
-
-
-def cmd_backup(target: Target, args: argparse.Namespace) -> int:
-    """Checkpoint every core (with --node: that node only); a backup that lacks any expected core is INCOMPLETE (exit 1)."""
-    directory = str(Path(args.dir).resolve())
-    if Path(directory).exists() and not (Path(directory).is_dir() and not any(Path(directory).iterdir())):
-        raise CtlError(f"{directory} already exists: a backup goes into a new directory (or an empty one); "
-                       "choose another (nothing was written)", EXIT_CHECK_FAILED)
-    if args.node:
-        print(f"checkpointing only the node at {args.node} (--node) into {directory} (writes go on); "
-              "the other cores are not asked ...", file=sys.stderr)
-    else:
-        print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
-    results = target.each("backup", dir=directory, timeout_s=60.0)
-    lines: list[str] = []
-    done: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    causes: dict[str, list[str]] = {}  # why cores have no checkpoint -> those cores
-    for name, result in results:
-        if isinstance(result, AdminError):
-            failed[name] = f"no answer: {result}"
-            causes.setdefault("silent", []).append(name)
-        elif not result.get("ok"):
-            failed[name] = _without_exception_name(str(result.get("detail")))
-            causes.setdefault(_backup_failure_cause(failed[name]), []).append(name)
-        elif "path" in result:
-            done[result["node"]] = result["path"]
-            lines.append(f"{result['node']}: checkpoint in {result['path']}")
-            continue
-        else:
-            continue  # an edge: it holds no data
-        lines.append(f"{name}: FAILED: {failed[name]}")
-    # A dead core is not found at all, and --node asks one node: compare with the expected cores.
-    args_every = argparse.Namespace(**{**vars(args), "node": None})
-    missing = sorted(_expected_cores_missing(target, args_every, [*done, *failed]))
-    for core in missing:
-        if args.node:
-            lines.append(f"{core}: NOT BACKED UP (not asked: with --node only that node is checkpointed)")
-        else:
-            lines.append(f"{core}: NOT BACKED UP (not found: is it running?)")
-        causes.setdefault("not_asked" if args.node else "down", []).append(core)
-    ok = bool(done) and not failed and not missing
-    data: dict[str, Any] = {"ok": ok, "checkpoints": done, "failed": failed, "missing": missing}
-    if not ok:
-        without = sorted(set(failed) | set(missing)) or ["every core"]
-        data["next"] = "; ".join(_backup_advice(cause, sorted(cores), directory)
-                                 for cause, cores in sorted(causes.items())) or "no core answered: is the cluster running?"
-        lines.append(f"INCOMPLETE: no checkpoint of {', '.join(without)}; a restore needs every core's checkpoint "
-                     "from the same backup")
-        lines.append(f"  next: {data['next']}")
-        if done:
-            lines.append(f"(the checkpoints that were written stay in {directory})")
-    _emit(args, data, "\n".join(lines))
-    return EXIT_OK if ok else EXIT_CHECK_FAILED
-
-
-def _without_exception_name(detail: str) -> str:
-    """A node's backup_failed detail without the name of the exception it starts with (not for operators)."""
-    name, sep, rest = detail.partition(": ")
-    return rest if sep and name.isidentifier() and name.endswith(("Error", "Exception")) else detail
-
-
-def _backup_failure_cause(detail: str) -> str:
-    """Why a core's checkpoint failed, from the node's answer: exists, create, or checkpoint."""
-    if "already exists" in detail:
-        return "exists"
-    if "cannot create the directory" in detail:
-        return "create"
-    return "checkpoint"
-
-
-def _backup_advice(cause: str, cores: list[str], directory: str) -> str:
-    """What to do about the cores whose checkpoint is missing for `cause`."""
-    named = ", ".join(cores)
-    return {
-        "exists": f"{directory} already holds checkpoints of {named} from an earlier backup (left as they were): "
-                  "take the backup into a new directory",
-        "create": f"the directory {directory} cannot be created (see why above): choose another one",
-        "checkpoint": f"the checkpoint of {named} failed (see why above): mend that, then take the backup again "
-                      "into a new directory",
-        "down": f"start {named} (see `meshctl status`), then take the backup again into a new directory",
-        "silent": f"{named} did not answer (see why above): check {'it' if len(cores) == 1 else 'them'} with "
-                  "`meshctl status`, then take the backup again into a new directory",
-        "not_asked": "leave out --node to checkpoint every core",
-    }[cause]
 
 
 # ---- resync (anti-entropy) ---------------------------------------------------------------------
@@ -456,16 +323,16 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
     except AdminError as exc:
         raise CtlError(f"{node_id}: {exc}") from None
     if "peers" not in reply:
-        _emit(args, reply, f"resync of {node_id} FAILED: {reply.get('error')}: {reply.get('detail')}")
+        emit(args, reply, f"resync of {node_id} FAILED: {reply.get('error')}: {reply.get('detail')}")
         return EXIT_CHECK_FAILED
     rows = [["PEER", "RESULT", "BUCKETS", "LISTED", "PUSHED", "PULLED", "REFUSED", "TIME"]]
     for peer in reply["peers"]:
         rows.append([peer["peer"], peer["code"], str(peer["buckets"]), str(peer["listed"]), str(peer["pushed"]),
                      str(peer["pulled"]), str(peer["refused"]), f"{peer['duration_s']:.2f}s"])
     verdict = "ok" if reply["ok"] else f"INCOMPLETE ({reply.get('detail')})"
-    text = (f"full anti-entropy pass of {node_id} with {len(reply['peers'])} peers: {verdict}\n{_table(rows)}\n"
+    text = (f"full anti-entropy pass of {node_id} with {len(reply['peers'])} peers: {verdict}\n{table_text(rows)}\n"
             f"{node_id} pushed {reply['pushed']} and pulled {reply['pulled']} keys")
-    _emit(args, reply, text)
+    emit(args, reply, text)
     return EXIT_OK if reply["ok"] else EXIT_CHECK_FAILED
 
 
@@ -475,61 +342,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     expires = int(time.time() + args.ttl)
     token = issue_token(token_secret(read_cookie_file(args.cookie_file)), args.user, expires)
-    _emit(args, {"ok": True, "user": args.user, "token": token, "expires_at": expires}, token)
+    emit(args, {"ok": True, "user": args.user, "token": token, "expires_at": expires}, token)
     return EXIT_OK
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    """Put back every core of a backup, or none: all are checked and locked before anything changes.
-
-    A backup that lacks a core (one its checkpoints expect, or one with data under --data-root) is
-    refused, unless --without-missing: then that core's data is moved aside and it starts empty.
-    """
-    from iris_mesh.store import MissingCores, StoreError, restore_backup
-
-    source = Path(args.dir)
-    data_root = Path(args.data_root)
-    if not data_root.is_dir():
-        raise CtlError(f"--data-root {args.data_root} is not a directory (a typo? to restore onto a new disk, "
-                       "create it first)", EXIT_CHECK_FAILED)
-    nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
-    if not nodes:
-        raise CtlError(f"{source} holds no node checkpoints (expected one directory per core)", EXIT_CHECK_FAILED)
-    names = ", ".join(p.name for p in nodes)
-    print(f"restoring {names} from {source} into {args.data_root} (all of them or none) ...", file=sys.stderr)
-    try:
-        done = restore_backup(nodes, data_root, progress=lambda text: print(text, file=sys.stderr),
-                              keep_replaced=not args.delete_replaced, without_missing=args.without_missing)
-    except MissingCores as exc:
-        raise CtlError(_missing_cores_text(exc.missing, args), EXIT_CHECK_FAILED) from None
-    except StoreError as exc:
-        raise CtlError(f"restore failed: {exc}", EXIT_CHECK_FAILED) from None
-    restored = {core: str(data_root / core) for core in done.kept}
-    replaced = {core: str(path) for core, path in {**done.kept, **done.emptied}.items() if path is not None}
-    text = "restored " + ", ".join(restored) + "; start the cluster again"
-    if done.emptied:
-        one = len(done.emptied) == 1
-        text += (f"\n{', '.join(done.emptied)}: no checkpoint in the backup, so {'it starts' if one else 'they start'}"
-                 f" empty; anti-entropy refills {'it' if one else 'them'} from the restored cores once the cluster"
-                 " runs (`meshctl resync NODE` does it at once)")
-    if replaced:
-        kept = "the data they replaced and the data moved aside are" if done.emptied else "the data they replaced is"
-        text += f"\n{kept} kept (delete it once the restored cluster is right): " + ", ".join(replaced.values())
-    _emit(args, {"ok": True, "restored": restored, "emptied": list(done.emptied), "replaced_kept_in": replaced}, text)
-    return EXIT_OK
-
-
-def _missing_cores_text(missing: dict[str, Path | None], args: argparse.Namespace) -> str:
-    """Why a restore of a backup that lacks `missing` was refused, and the two ways on."""
-    named = ", ".join(f"{core} (its data is in {data_dir})" if data_dir else
-                      f"{core} (the checkpoints expect it; it has no data directory in {args.data_root})"
-                      for core, data_dir in missing.items())
-    aside = "deleted" if args.delete_replaced else "kept beside as NODE.replaced-TIME"
-    return (f"restore refused, nothing was changed: the backup has no checkpoint of {named}. A core started on "
-            "its own data hands what the backup lacks back to the restored cores (hints, anti-entropy), and the "
-            "restore is undone. Take a backup while every core runs, or restore anyway with --without-missing: "
-            f"the data of {', '.join(missing)} is then moved aside ({aside}) and "
-            f"{'it starts' if len(missing) == 1 else 'they start'} empty, refilled from the restored cores")
 
 
 # ---- argument parsing ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import NamedTuple
 from rocksdict import AccessType, Options, Rdict
 
 from iris_mesh.store._db import Database, StoreError, held_by_this_process
-from iris_mesh.store._meta import _EXPECTED_PREFIX, _NODE_ID
+from iris_mesh.store._meta import EXPECTED_PREFIX, NODE_ID_KEY
 
 __all__ = ["MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
 
@@ -229,10 +229,10 @@ def _read_identity(db_dir: Path) -> _Identity:
             raise StoreError(f"cannot read the database in {db_dir}: {exc}") from None
         try:
             meta = db.get_column_family("meta")
-            node_id = meta.get(_NODE_ID)
+            node_id = meta.get(NODE_ID_KEY)
             expected: set[str] = set()
-            for key, value in meta.items(from_key=_EXPECTED_PREFIX):
-                if not key.startswith(_EXPECTED_PREFIX):
+            for key, value in meta.items(from_key=EXPECTED_PREFIX):
+                if not key.startswith(EXPECTED_PREFIX):
                     break
                 expected.update(json.loads(value))
         except Exception as exc:

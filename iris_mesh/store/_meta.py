@@ -6,11 +6,12 @@ import json
 
 from iris_mesh.store._db import Database, StoreError
 
-__all__ = ["NodeMeta", "CLOCK_SAVE_INTERVAL_S"]
+__all__ = ["CLOCK_SAVE_INTERVAL_S", "EXPECTED_PREFIX", "NODE_ID_KEY", "NodeMeta"]
 
 _INCARNATION = b"incarnation"
-_NODE_ID = b"node_id"
-_EXPECTED_PREFIX = b"expected_cores\x00"
+# Keys a restore reads too (store/_backup.py), without opening the database for writing.
+NODE_ID_KEY = b"node_id"
+EXPECTED_PREFIX = b"expected_cores\x00"  # + region
 _LAST_HLC = b"last_hlc"
 # A restarted node's clock starts this far (in HLC units: ms << 16) above the last reading it
 # saved: the node saves its clock every CLOCK_SAVE_INTERVAL_S, so this covers what it read since.
@@ -29,9 +30,9 @@ class NodeMeta:
 
     def claim(self, node_id: str) -> None:
         """Bind the data directory to `node_id`; a directory of another node is refused."""
-        stored = self._db.get("meta", _NODE_ID)
+        stored = self._db.get("meta", NODE_ID_KEY)
         if stored is None:
-            self._db.put_synced("meta", _NODE_ID, node_id.encode())
+            self._db.put_synced("meta", NODE_ID_KEY, node_id.encode())
         elif stored.decode() != node_id:
             raise StoreError(
                 f"{self._db.path} belongs to node {stored.decode()!r}, not {node_id!r}; refusing to start"
@@ -63,8 +64,8 @@ class NodeMeta:
         self._db.write([("meta", _LAST_HLC, hlc.to_bytes(8, "big"))])
 
     def expected_cores(self, region: str) -> list[str]:
-        raw = self._db.get("meta", _EXPECTED_PREFIX + region.encode())
+        raw = self._db.get("meta", EXPECTED_PREFIX + region.encode())
         return sorted(json.loads(raw)) if raw else []
 
     def save_expected_cores(self, region: str, cores: frozenset[str] | set[str]) -> None:
-        self._db.put_synced("meta", _EXPECTED_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())
+        self._db.put_synced("meta", EXPECTED_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from iris_mesh.cli.meshctl import (
-    _backup_advice,
-    _backup_failure_cause,
-    _duration_text,
-    _engine_text,
-    _mib_text,
-    _without_exception_name,
-    main,
-)
+from iris_mesh.cli._backup_cmds import _backup_advice, _backup_failure_cause, _without_exception_name
+from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text, main
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_PROPERTIES
 

@@ -1,0 +1,164 @@
+"""meshctl backup and restore: checkpoints of every core, and putting them back (cluster stopped)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from iris_mesh.cli._output import emit
+from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK, CtlError, Target
+from iris_mesh.sockets import AdminError
+
+__all__ = ["cmd_backup", "cmd_restore", "expected_cores_missing"]
+
+
+def expected_cores_missing(target: Target, args: argparse.Namespace, answered: Iterable[str]) -> set[str]:
+    """Expected cores that did not answer (a dead core is not found by mDNS at all); none with --node."""
+    if args.node:
+        return set()
+    for _name, endpoint in target.endpoints():
+        try:
+            return set(target.request(endpoint, "status")["status"]["expected"]) - set(answered)
+        except (AdminError, KeyError):
+            continue
+    return set()
+
+
+def cmd_backup(target: Target, args: argparse.Namespace) -> int:
+    """Checkpoint every core (with --node: that node only); a backup that lacks any expected core is INCOMPLETE (exit 1)."""
+    directory = str(Path(args.dir).resolve())
+    if Path(directory).exists() and not (Path(directory).is_dir() and not any(Path(directory).iterdir())):
+        raise CtlError(f"{directory} already exists: a backup goes into a new directory (or an empty one); "
+                       "choose another (nothing was written)", EXIT_CHECK_FAILED)
+    if args.node:
+        print(f"checkpointing only the node at {args.node} (--node) into {directory} (writes go on); "
+              "the other cores are not asked ...", file=sys.stderr)
+    else:
+        print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
+    results = target.each("backup", dir=directory, timeout_s=60.0)
+    lines: list[str] = []
+    done: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    causes: dict[str, list[str]] = {}  # why cores have no checkpoint -> those cores
+    for name, result in results:
+        if isinstance(result, AdminError):
+            failed[name] = f"no answer: {result}"
+            causes.setdefault("silent", []).append(name)
+        elif not result.get("ok"):
+            failed[name] = _without_exception_name(str(result.get("detail")))
+            causes.setdefault(_backup_failure_cause(failed[name]), []).append(name)
+        elif "path" in result:
+            done[result["node"]] = result["path"]
+            lines.append(f"{result['node']}: checkpoint in {result['path']}")
+            continue
+        else:
+            continue  # an edge: it holds no data
+        lines.append(f"{name}: FAILED: {failed[name]}")
+    # A dead core is not found at all, and --node asks one node: compare with the expected cores.
+    args_every = argparse.Namespace(**{**vars(args), "node": None})
+    missing = sorted(expected_cores_missing(target, args_every, [*done, *failed]))
+    for core in missing:
+        if args.node:
+            lines.append(f"{core}: NOT BACKED UP (not asked: with --node only that node is checkpointed)")
+        else:
+            lines.append(f"{core}: NOT BACKED UP (not found: is it running?)")
+        causes.setdefault("not_asked" if args.node else "down", []).append(core)
+    ok = bool(done) and not failed and not missing
+    data: dict[str, Any] = {"ok": ok, "checkpoints": done, "failed": failed, "missing": missing}
+    if not ok:
+        without = sorted(set(failed) | set(missing)) or ["every core"]
+        data["next"] = "; ".join(_backup_advice(cause, sorted(cores), directory)
+                                 for cause, cores in sorted(causes.items())) or "no core answered: is the cluster running?"
+        lines.append(f"INCOMPLETE: no checkpoint of {', '.join(without)}; a restore needs every core's checkpoint "
+                     "from the same backup")
+        lines.append(f"  next: {data['next']}")
+        if done:
+            lines.append(f"(the checkpoints that were written stay in {directory})")
+    emit(args, data, "\n".join(lines))
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _without_exception_name(detail: str) -> str:
+    """A node's backup_failed detail without the name of the exception it starts with (not for operators)."""
+    name, sep, rest = detail.partition(": ")
+    return rest if sep and name.isidentifier() and name.endswith(("Error", "Exception")) else detail
+
+
+def _backup_failure_cause(detail: str) -> str:
+    """Why a core's checkpoint failed, from the node's answer: exists, create, or checkpoint."""
+    if "already exists" in detail:
+        return "exists"
+    if "cannot create the directory" in detail:
+        return "create"
+    return "checkpoint"
+
+
+def _backup_advice(cause: str, cores: list[str], directory: str) -> str:
+    """What to do about the cores whose checkpoint is missing for `cause`."""
+    named = ", ".join(cores)
+    return {
+        "exists": f"{directory} already holds checkpoints of {named} from an earlier backup (left as they were): "
+                  "take the backup into a new directory",
+        "create": f"the directory {directory} cannot be created (see why above): choose another one",
+        "checkpoint": f"the checkpoint of {named} failed (see why above): mend that, then take the backup again "
+                      "into a new directory",
+        "down": f"start {named} (see `meshctl status`), then take the backup again into a new directory",
+        "silent": f"{named} did not answer (see why above): check {'it' if len(cores) == 1 else 'them'} with "
+                  "`meshctl status`, then take the backup again into a new directory",
+        "not_asked": "leave out --node to checkpoint every core",
+    }[cause]
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Put back every core of a backup, or none: all are checked and locked before anything changes.
+
+    A backup that lacks a core (one its checkpoints expect, or one with data under --data-root) is
+    refused, unless --without-missing: then that core's data is moved aside and it starts empty.
+    """
+    from iris_mesh.store import MissingCores, StoreError, restore_backup
+
+    source = Path(args.dir)
+    data_root = Path(args.data_root)
+    if not data_root.is_dir():
+        raise CtlError(f"--data-root {args.data_root} is not a directory (a typo? to restore onto a new disk, "
+                       "create it first)", EXIT_CHECK_FAILED)
+    nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
+    if not nodes:
+        raise CtlError(f"{source} holds no node checkpoints (expected one directory per core)", EXIT_CHECK_FAILED)
+    names = ", ".join(p.name for p in nodes)
+    print(f"restoring {names} from {source} into {args.data_root} (all of them or none) ...", file=sys.stderr)
+    try:
+        done = restore_backup(nodes, data_root, progress=lambda text: print(text, file=sys.stderr),
+                              keep_replaced=not args.delete_replaced, without_missing=args.without_missing)
+    except MissingCores as exc:
+        raise CtlError(_missing_cores_text(exc.missing, args), EXIT_CHECK_FAILED) from None
+    except StoreError as exc:
+        raise CtlError(f"restore failed: {exc}", EXIT_CHECK_FAILED) from None
+    restored = {core: str(data_root / core) for core in done.kept}
+    replaced = {core: str(path) for core, path in {**done.kept, **done.emptied}.items() if path is not None}
+    text = "restored " + ", ".join(restored) + "; start the cluster again"
+    if done.emptied:
+        one = len(done.emptied) == 1
+        text += (f"\n{', '.join(done.emptied)}: no checkpoint in the backup, so {'it starts' if one else 'they start'}"
+                 f" empty; anti-entropy refills {'it' if one else 'them'} from the restored cores once the cluster"
+                 " runs (`meshctl resync NODE` does it at once)")
+    if replaced:
+        kept = "the data they replaced and the data moved aside are" if done.emptied else "the data they replaced is"
+        text += f"\n{kept} kept (delete it once the restored cluster is right): " + ", ".join(replaced.values())
+    emit(args, {"ok": True, "restored": restored, "emptied": list(done.emptied), "replaced_kept_in": replaced}, text)
+    return EXIT_OK
+
+
+def _missing_cores_text(missing: dict[str, Path | None], args: argparse.Namespace) -> str:
+    """Why a restore of a backup that lacks `missing` was refused, and the two ways on."""
+    named = ", ".join(f"{core} (its data is in {data_dir})" if data_dir else
+                      f"{core} (the checkpoints expect it; it has no data directory in {args.data_root})"
+                      for core, data_dir in missing.items())
+    aside = "deleted" if args.delete_replaced else "kept beside as NODE.replaced-TIME"
+    return (f"restore refused, nothing was changed: the backup has no checkpoint of {named}. A core started on "
+            "its own data hands what the backup lacks back to the restored cores (hints, anti-entropy), and the "
+            "restore is undone. Take a backup while every core runs, or restore anyway with --without-missing: "
+            f"the data of {', '.join(missing)} is then moved aside ({aside}) and "
+            f"{'it starts' if len(missing) == 1 else 'they start'} empty, refilled from the restored cores")
