@@ -38,6 +38,9 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
     else:
         print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
     results = target.each("backup", dir=directory, timeout_s=60.0)
+    if args.node:  # named by its HOST:PORT: the node's own id is what the expected cores list
+        results = [(_node_id_at(target, endpoint) or name, result)
+                   for (name, result), (_, endpoint) in zip(results, target.endpoints())]
     lines: list[str] = []
     done: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -78,6 +81,13 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             lines.append(f"(the checkpoints that were written stay in {directory})")
     emit(args, data, "\n".join(lines))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _node_id_at(target: Target, endpoint: str) -> str | None:
+    try:
+        return str(target.request(endpoint, "status")["status"]["node_id"])
+    except (AdminError, KeyError, TypeError):
+        return None
 
 
 def _without_exception_name(detail: str) -> str:
@@ -144,21 +154,38 @@ def cmd_restore(args: argparse.Namespace) -> int:
         text += (f"\n{', '.join(done.emptied)}: no checkpoint in the backup, so {'it starts' if one else 'they start'}"
                  f" empty; anti-entropy refills {'it' if one else 'them'} from the restored cores once the cluster"
                  " runs (`meshctl resync NODE` does it at once)")
+    if done.elsewhere:
+        text += "\n" + _elsewhere_text(done.elsewhere, args)
     if replaced:
         kept = "the data they replaced and the data moved aside are" if done.emptied else "the data they replaced is"
         text += f"\n{kept} kept (delete it once the restored cluster is right): " + ", ".join(replaced.values())
-    emit(args, {"ok": True, "restored": restored, "emptied": list(done.emptied), "replaced_kept_in": replaced}, text)
+    emit(args, {"ok": True, "restored": restored, "emptied": list(done.emptied), "elsewhere": list(done.elsewhere),
+                "replaced_kept_in": replaced}, text)
     return EXIT_OK
 
 
 def _missing_cores_text(missing: dict[str, Path | None], args: argparse.Namespace) -> str:
     """Why a restore of a backup that lacks `missing` was refused, and the two ways on."""
     named = ", ".join(f"{core} (its data is in {data_dir})" if data_dir else
-                      f"{core} (the checkpoints expect it; it has no data directory in {args.data_root})"
+                      f"{core} (the checkpoints expect it; it has no data in {args.data_root})"
                       for core, data_dir in missing.items())
     aside = "deleted" if args.delete_replaced else "kept beside as NODE.replaced-TIME"
-    return (f"restore refused, nothing was changed: the backup has no checkpoint of {named}. A core started on "
+    here = [core for core, data_dir in missing.items() if data_dir is not None]
+    elsewhere = [core for core, data_dir in missing.items() if data_dir is None]
+    text = (f"restore refused, nothing was changed: the backup has no checkpoint of {named}. A core started on "
             "its own data hands what the backup lacks back to the restored cores (hints, anti-entropy), and the "
-            "restore is undone. Take a backup while every core runs, or restore anyway with --without-missing: "
-            f"the data of {', '.join(missing)} is then moved aside ({aside}) and "
-            f"{'it starts' if len(missing) == 1 else 'they start'} empty, refilled from the restored cores")
+            "restore is undone. Take a backup while every core runs, or restore anyway with --without-missing")
+    if here:
+        text += (f": the data of {', '.join(here)} is then moved aside ({aside}) and "
+                 f"{'it starts' if len(here) == 1 else 'they start'} empty, refilled from the restored cores")
+    if elsewhere:
+        text += ("; " if here else ": ") + _elsewhere_text(tuple(elsewhere), args)
+    return text
+
+
+def _elsewhere_text(cores: tuple[str, ...], args: argparse.Namespace) -> str:
+    """What to do about cores the backup lacks whose data (if any) is not under --data-root."""
+    one = len(cores) == 1
+    return (f"{', '.join(cores)} {'has' if one else 'have'} no data in {args.data_root}: if "
+            f"{'its' if one else 'their'} data is elsewhere (another data_dir, disk or host), move it aside there "
+            f"before starting {'it' if one else 'them'}, or it undoes the restore")

@@ -12,6 +12,7 @@ from loguru import logger
 from iris_mesh import PROTOCOL_VERSION, __version__
 from iris_mesh.cli._logging import setup_logging
 from iris_mesh.config import ConfigError, load_config, read_cookie
+from iris_mesh.membership import DiscoveryError
 from iris_mesh.sockets import BindError
 from iris_mesh.store import StoreError
 
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     node = Node(config, cookie, on_failure=stop.set)
     try:
         node.start()
-    except (StoreError, BindError) as exc:
+    except (StoreError, BindError, DiscoveryError) as exc:
         logger.error("cannot start: {}", exc)
         return EXIT_START
-    except OSError as exc:  # a file of the node's own (node.json, say) it cannot write
-        logger.error("cannot start: {}: {}", exc.filename or "the data directory", exc.strerror or exc)
+    except OSError as exc:  # something of the host's it needs (node.json's directory, say) that it cannot use
+        logger.error("cannot start: {}", exc)
         return EXIT_START
     try:
         stop.wait()

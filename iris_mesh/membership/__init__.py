@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iris_mesh.membership._discovery import SERVICE_TYPE, Discovery, browse_cluster, browse_edges
+from iris_mesh.membership._discovery import SERVICE_TYPE, Discovery, DiscoveryError, browse_cluster, browse_edges
 from iris_mesh.membership._failure_detector import FailureDetector, PeerState, PeerStatus, Transition
 from iris_mesh.membership._partition_guard import GuardDecision, PartitionGuard
 from iris_mesh.membership._peer import CardError, PeerCard
@@ -12,6 +12,7 @@ from iris_mesh.membership._service import MembershipService
 __all__ = [
     "CardError",
     "Discovery",
+    "DiscoveryError",
     "FailureDetector",
     "GuardDecision",
     "MembershipService",

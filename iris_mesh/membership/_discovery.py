@@ -50,7 +50,7 @@ from iris_mesh import PROTOCOL_VERSION
 
 from ._peer import CardError, PeerCard
 
-__all__ = ["SERVICE_TYPE", "Discovery", "browse_cluster", "browse_edges"]
+__all__ = ["SERVICE_TYPE", "Discovery", "DiscoveryError", "browse_cluster", "browse_edges"]
 
 SERVICE_TYPE = "_iris-mesh._tcp.local."
 
@@ -63,6 +63,10 @@ _RESOLVE_TIMEOUT_MS = 1500
 _LOOP_CALL_TIMEOUT_S = 10.0
 # Malformed-TXT warnings are logged once per instance name; this bounds that memory.
 _MAX_WARNED_NAMES = 4096
+
+
+class DiscoveryError(RuntimeError):
+    """mDNS cannot run on the configured interfaces; the node cannot start."""
 
 
 class Discovery:
@@ -122,7 +126,13 @@ class Discovery:
                 raise RuntimeError("discovery was closed; make a new Discovery")
             if self._zc is not None:
                 raise RuntimeError("discovery is already started")
-            zc = Zeroconf(interfaces=list(self._interfaces), ip_version=IPVersion.V4Only)
+            try:
+                zc = Zeroconf(interfaces=list(self._interfaces), ip_version=IPVersion.V4Only)
+            except OSError as exc:  # an address no interface of this host has, say
+                raise DiscoveryError(
+                    f"cannot run mDNS on {', '.join(self._interfaces)}: {exc.strerror or exc} "
+                    "(config key mdns_interfaces: IPv4 addresses of this host's interfaces)"
+                ) from None
             try:
                 self._announcing = _call_on_loop(
                     zc, zc.async_register_service(self._info, cooperating_responders=True)

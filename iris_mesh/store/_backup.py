@@ -79,7 +79,10 @@ class Restored(NamedTuple):
     """What `restore_backup` did, by core."""
 
     kept: dict[str, Path | None]  # each restored core -> where the data its checkpoint replaced is (None: none, or deleted)
-    emptied: dict[str, Path | None]  # each core without a checkpoint -> where its data went (None: none, or deleted)
+    emptied: dict[str, Path | None]  # each core without a checkpoint whose data was moved aside -> where (None: deleted)
+    # Cores without a checkpoint and without a data directory here: their data, if any, is elsewhere
+    # (another data_dir, disk or host), where this restore cannot move it aside.
+    elsewhere: tuple[str, ...]
 
 
 def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Callable[[str], None] = lambda _text: None,
@@ -98,12 +101,13 @@ def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Calla
     named = {checkpoint_dir.name: checkpoint_dir for checkpoint_dir in checkpoints}
     expected: set[str] = set()
     for checkpoint_dir in named.values():
-        if (checkpoint_dir / "CURRENT").is_file():
+        if (checkpoint_dir / "CURRENT").is_file():  # without it restore_all refuses the checkpoint, naming why
             try:
                 expected |= _read_identity(checkpoint_dir).expected
-            except StoreError:
-                continue  # restore_all refuses it, naming why
-    missing = {core: data_root / core if (data_root / core).is_dir() else None
+            except StoreError as exc:
+                raise StoreError(f"cannot tell which cores the checkpoint {checkpoint_dir} expects ({exc}); "
+                                 "nothing was changed") from None
+    missing = {core: data_root / core if _holds_anything(data_root / core) else None
                for core in (expected | _cores_with_data(data_root, skip=set(named))) - set(named)}
     if missing and not without_missing:
         raise MissingCores(missing)
@@ -111,8 +115,9 @@ def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Calla
     aside = [data_dir for data_dir in missing.values() if data_dir is not None]
     moved = restore_all(pairs, progress, keep_replaced=keep_replaced, aside=aside)
     return Restored(kept={core: moved[(data_root / core).resolve()] for core in named},
-                    emptied={core: None if data_dir is None else moved[data_dir.resolve()]
-                             for core, data_dir in sorted(missing.items())})
+                    emptied={core: moved[data_dir.resolve()] for core, data_dir in sorted(missing.items())
+                             if data_dir is not None},
+                    elsewhere=tuple(sorted(core for core, data_dir in missing.items() if data_dir is None)))
 
 
 def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], None] = lambda _text: None, *,
@@ -123,7 +128,8 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
     changes; a refusal names every directory in the way. Each checkpoint is then copied next to
     its data directory and opened once, and only when every copy proved usable are the data
     directories swapped. The directories in `aside` are moved out of the way in the same swap
-    (checked and locked like the others), leaving none in their place. `progress` gets a line
+    (checked and locked like the others), leaving an empty one in their place (so a symbolic
+    link to one still leads to a directory the node can start on). `progress` gets a line
     before each copy. Returns, for each data directory and each of `aside` (resolved), where its
     old data was kept: NODE.replaced-TIME beside it, or None if it had none or `keep_replaced`
     is False (then it is deleted once every copy is in).
@@ -210,8 +216,12 @@ def _read_identity(db_dir: Path) -> _Identity:
     Read through links in a temporary directory, with RocksDB's read-only open: the directory may
     be a backup on read-only media, or the data of a node that runs.
     """
-    with tempfile.TemporaryDirectory(prefix="iris-restore-read-") as tmp:
-        view = Path(tmp)
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="iris-restore-read-")
+    except OSError as exc:
+        raise StoreError(f"cannot make a temporary directory to read {db_dir} ({exc.strerror or exc})") from None
+    with tmp:
+        view = Path(tmp.name)
         try:
             for entry in db_dir.iterdir():
                 if entry.is_file() and not entry.name.startswith(_NOT_LINKED):
@@ -242,23 +252,32 @@ def _read_identity(db_dir: Path) -> _Identity:
     return _Identity(node_id.decode() if node_id is not None else None, frozenset(expected))
 
 
+def _holds_anything(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
 def _cores_with_data(data_root: Path, *, skip: set[str]) -> set[str]:
     """The cores (not edges) whose data directory is in `data_root`, but for those named in `skip`.
 
     A core's directory is named after it and its meta table lists it among the expected cores
     (a core always expects itself, an edge never); replaced data (NODE.replaced-TIME) belongs to
-    another name. A directory that cannot be read as a database holds nothing a node could serve.
+    another name. A database directory that cannot be read is refused (StoreError): it may be a core's.
     """
     found = set()
+    unreadable = []
     for entry in sorted(data_root.iterdir()) if data_root.is_dir() else ():
         if entry.name in skip or entry.name.startswith(".") or not (entry / "CURRENT").is_file():
             continue
         try:
             identity = _read_identity(entry)
-        except StoreError:
+        except StoreError as exc:
+            unreadable.append(f"{entry} ({exc})")
             continue
         if identity.node_id == entry.name and entry.name in identity.expected:
             found.add(entry.name)
+    if unreadable:
+        raise StoreError(f"cannot tell whether {', '.join(unreadable)} holds a core's data, which a restore must "
+                         "replace or move aside: fix it, or move it out of the data root; nothing was changed")
     return found
 
 
@@ -316,8 +335,8 @@ def _fsync_dir(path: Path) -> None:
 def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool) -> dict[Path, Path | None]:
     """Put every staged copy in place of its data directory: all of them, or none (the old ones are put back).
 
-    Each old directory is renamed to NODE.replaced-TIME before its copy (if any: None leaves the
-    place empty) is renamed in; with `keep_replaced` False the old ones are deleted once every copy
+    Each old directory is renamed to NODE.replaced-TIME before its copy (if any: None leaves an
+    empty directory in its place) is renamed in; with `keep_replaced` False the old ones are deleted once every copy
     is in place. Returns where each old one is.
     """
     stamp = f"{os.getpid()}-{time.time_ns()}"
@@ -331,6 +350,8 @@ def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool) -> di
             done.append((data_dir, old))  # from here on, an undo must bring the old one back
             if copy is not None:
                 os.rename(copy, data_dir)
+            else:
+                data_dir.mkdir()  # moved aside: the node starts empty here
     except OSError as exc:
         raise StoreError(f"putting the restored copies in place failed ({exc}); {_undo_swaps(done, stamp)}") from None
     try:

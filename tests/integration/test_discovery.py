@@ -266,6 +266,19 @@ def test_browse_cluster_finds_every_node_and_returns_early_with_want(
 
     assert browse_cluster(f"u{uuid4().hex[:8]}", interfaces=LOOPBACK, timeout_s=0.3) == []
 
+    # enough_when is asked, in this thread, with the cards found so far; the listen ends once it says so.
+    asked: list[list[str]] = []
+
+    def has_n1(found: list[PeerCard]) -> bool:
+        asked.append([card.node_id for card in found])
+        return "n1" in asked[-1]
+
+    t2 = time.monotonic()
+    cards = browse_cluster(cluster, interfaces=LOOPBACK, timeout_s=8.0, enough_when=has_n1)
+    assert time.monotonic() - t2 < 4.0, "browse_cluster should return as soon as enough_when is true"
+    assert "n1" in asked[-1] and set(asked[-1]) <= {card.node_id for card in cards}, (asked, cards)
+    assert all("n1" not in names for names in asked[:-1]) and all(names == sorted(names) for names in asked), asked
+
 
 def test_malformed_txt_records_are_ignored(cluster: str, start_node: Callable[..., tuple[Discovery, Seen]],
                                            warnings_logged: list[str]) -> None:

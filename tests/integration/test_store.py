@@ -90,6 +90,10 @@ def test_quorum_with_one_core_down_and_a_backup_taken_meanwhile(local_cluster: L
     assert f"next: the directory {uncreatable} cannot be created (see why above): choose another one; " \
            "start core3" in failed.stdout, failed.stdout
     assert "Error" not in failed.stdout, failed.stdout
+    # Asked alone, a core that fails is named by its id once, not also called "not asked".
+    alone = meshctl(local_cluster, "--node", core1.admin, "backup", str(uncreatable))
+    assert alone.returncode == 1 and "core1: FAILED: cannot create the directory" in alone.stdout, alone.stdout
+    assert "core1: NOT BACKED UP" not in alone.stdout and core1.admin not in alone.stdout, alone.stdout
 
     # core3 comes back and is written to: its data is newer than the backup, which lacks it.
     core3 = local_cluster.nodes["core3"]

@@ -4,6 +4,7 @@ what backup says of a node's failure, and restore of a backup that lacks a core 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,7 @@ def test_a_restore_without_the_missing_core_says_it_starts_empty(tmp_path: Path,
                                                                    "core2": str(data / "core2")}, ["core3"])
     assert sorted(doc["replaced_kept_in"]) == ["core1", "core2", "core3"]
     assert Path(doc["replaced_kept_in"]["core3"]).name.startswith("core3.replaced-")
-    assert not (data / "core3").exists() and (data / "edge1").is_dir()
+    assert list((data / "core3").iterdir()) == [] and (data / "edge1").is_dir()
 
     backup, data = backed_up_while_core3_was_down(tmp_path / "again")
     assert main(["restore", str(backup), "--data-root", str(data), "--without-missing", "--delete-replaced"]) == 0
@@ -181,4 +182,14 @@ def test_a_restore_without_the_missing_core_says_it_starts_empty(tmp_path: Path,
     assert out == ("restored core1, core2; start the cluster again\ncore3: no checkpoint in the backup, so it starts "
                    "empty; anti-entropy refills it from the restored cores once the cluster runs (`meshctl resync "
                    "NODE` does it at once)\n"), out
-    assert sorted(p.name for p in data.iterdir()) == ["core1", "core2", "edge1"]
+    assert sorted(p.name for p in data.iterdir()) == ["core1", "core2", "core3", "edge1"]
+
+    # A missing core with no data here: its data may be elsewhere, which this restore cannot move aside.
+    backup, data = backed_up_while_core3_was_down(tmp_path / "elsewhere")
+    shutil.rmtree(data / "core3")
+    assert main(["restore", str(backup), "--data-root", str(data), "--without-missing"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("restored core1, core2; start the cluster again\ncore3 has no data in "), out
+    assert "if its data is elsewhere (another data_dir, disk or host), move it aside there before starting it, " \
+           "or it undoes the restore" in out, out
+    assert "starts empty" not in out, out

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any, Callable
 
 import pytest
@@ -123,3 +124,25 @@ def test_silence_is_listened_to_twice_before_the_cluster_counts_as_unreachable(m
         silent.endpoints()
     assert failed.value.code == EXIT_UNREACHABLE
     assert silent.ended == ["timeout", "timeout"]
+
+
+def test_a_node_with_another_cookie_does_not_end_a_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRIS_MESH_COOKIE", "target-test-cookie")
+    target = Target(argparse.Namespace(cookie_file=None, timeout=1.0, node=None, cluster="iris",
+                                       mdns_interface=["127.0.0.1"], mdns_timeout=1.5))
+    ours = target.keys.fingerprint
+    heard = [CARDS["core1"], *(dataclasses.replace(CARDS[n], key_fp=ours) for n in ("core2", "core3"))]
+    ended: list[int] = []
+
+    def browse_cluster(cluster: str, *, interfaces: list[str], timeout_s: float,
+                       enough_when: Callable[[list[PeerCard]], bool]) -> list[PeerCard]:
+        for count in range(1, len(heard) + 1):
+            if enough_when(heard[:count]):
+                ended.append(count)
+                return heard[:count]
+        return heard
+
+    monkeypatch.setattr("iris_mesh.cli._target.browse_cluster", browse_cluster)
+    assert names(target.endpoints(every_node=False)) == ["core2"]
+    assert ended == [2]  # core1 answered first, under our cluster's name but with another cookie's key
+    assert target.foreign_nodes == {"core1"}

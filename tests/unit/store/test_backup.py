@@ -409,21 +409,22 @@ def test_a_restore_without_the_missing_cores_moves_their_data_aside_so_they_star
     done = restore_backup(checkpoints, data, without_missing=True, keep_replaced=keep_replaced)
     for core in ("core1", "core2"):
         assert [k for k, _ in dump(data / core)["offline_msg"]] == [b"a"]
-    assert not (data / "core3").exists()  # a node creates it afresh: core3 starts empty
+    assert list((data / "core3").iterdir()) == []  # core3 starts empty
     assert everything(data / "edge1") == edge_before  # an edge holds no data: left as it was
-    assert list(done.kept) == ["core1", "core2"] and list(done.emptied) == ["core3"]
+    assert list(done.kept) == ["core1", "core2"] and list(done.emptied) == ["core3"] and done.elsewhere == ()
     names = sorted(p.name for p in data.iterdir())
     if not keep_replaced:
-        assert done.emptied == {"core3": None} and names == ["core1", "core2", "edge1"]
+        assert done.emptied == {"core3": None} and names == ["core1", "core2", "core3", "edge1"]
         return
     aside = done.emptied["core3"]
     assert aside is not None and re.fullmatch(r"core3\.replaced-\d{8}T\d{6}Z", aside.name)
     assert [k for k, _ in dump(aside)["offline_msg"]] == [b"a", b"after-backup"]  # kept whole, like replaced data
     when = aside.name.removeprefix("core3.replaced-")
-    assert names == ["core1", f"core1.replaced-{when}", "core2", f"core2.replaced-{when}", f"core3.replaced-{when}",
-                     "edge1"]
-    # The data kept aside is no core's data directory: restored again, core3 is missing with none here.
-    assert restore_backup(checkpoints, data, without_missing=True).emptied == {"core3": None}
+    assert names == ["core1", f"core1.replaced-{when}", "core2", f"core2.replaced-{when}", "core3",
+                     f"core3.replaced-{when}", "edge1"]
+    # The data kept aside is no core's data directory: restored again, core3 is missing with no data here.
+    again = restore_backup(checkpoints, data, without_missing=True)
+    assert (again.emptied, again.elsewhere) == ({}, ("core3",))
 
 
 def test_a_core_the_checkpoints_expect_is_missing_even_with_no_data_directory_here(tmp_path: Path) -> None:
@@ -433,8 +434,32 @@ def test_a_core_the_checkpoints_expect_is_missing_even_with_no_data_directory_he
         restore_backup(checkpoints, data)
     assert refused.value.missing == {"core3": None}
     done = restore_backup(checkpoints, data, without_missing=True)
-    assert done.emptied == {"core3": None} and not (data / "core3").exists()
+    # Its data, if any, is where this restore cannot reach: said apart from the cores it emptied.
+    assert (done.emptied, done.elsewhere) == ({}, ("core3",)) and not (data / "core3").exists()
     assert [k for k, _ in dump(data / "core2")["offline_msg"]] == [b"a"]
+
+
+def test_a_missing_core_whose_data_directory_is_a_link_starts_empty_through_it(tmp_path: Path) -> None:
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    disk = tmp_path / "other-disk"
+    disk.mkdir()
+    (data / "core3").rename(disk / "core3")
+    (data / "core3").symlink_to(disk / "core3")
+    done = restore_backup(checkpoints, data, without_missing=True)
+    assert list(done.emptied) == ["core3"] and (data / "core3").is_symlink()
+    assert list((data / "core3").iterdir()) == []  # the link leads to an empty directory: core3 starts empty
+    aside = done.emptied["core3"]
+    assert aside is not None and aside.parent == disk
+    assert [k for k, _ in dump(aside)["offline_msg"]] == [b"a", b"after-backup"]
+
+
+def test_a_database_directory_that_cannot_be_read_is_refused_not_skipped(tmp_path: Path) -> None:
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    (data / "core3" / "CURRENT").write_text("MANIFEST-999999\n")  # damaged: it may still be a core's data
+    before = everything(data)
+    with pytest.raises(StoreError, match=r"cannot tell whether .*data/core3 .*holds a core's data.*nothing was changed"):
+        restore_backup(checkpoints, data, without_missing=True)
+    assert everything(data) == before
 
 
 def test_a_core_that_joined_after_the_backup_is_missing_too(tmp_path: Path) -> None:
