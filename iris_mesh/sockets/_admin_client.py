@@ -48,6 +48,7 @@ class AdminClient:
         self._handshaken = False
         self._handshake_s = timeout_s
         self._connected_at = time.monotonic()
+        self._ever_connected = False
 
     def request(self, op: str, *, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and return the reply map; raises AdminError."""
@@ -79,6 +80,12 @@ class AdminClient:
         kind = event["event"]
         if kind == zmq.EVENT_CONNECTED:
             self._connected_at = time.monotonic()
+            self._ever_connected = True
+        elif kind == zmq.EVENT_CONNECT_RETRIED and not self._ever_connected:
+            # The first connection was refused: nothing listens there (waiting out the timeout would not help).
+            raise AdminError("unreachable", f"nothing listens at {self.endpoint} (connection refused): is the node "
+                                            "running, and is that its admin port? A node on port 0 takes new ports "
+                                            "at every start (var/data/NODE/node.json has the current ones)")
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._handshaken = True
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:

@@ -202,10 +202,10 @@ def test_replicas_counts_the_configured_write_quorum(local_cluster: LocalCluster
 
 def test_meshctl_cannot_reach_exits_2(local_cluster: LocalCluster) -> None:
     started = time.monotonic()
-    result = meshctl(local_cluster, "--node", "127.0.0.1:9", "--timeout", "1", "status")
+    result = meshctl(local_cluster, "--node", "127.0.0.1:9", "--timeout", "30", "status")
     assert result.returncode == 2
-    assert "cannot reach" in result.stdout + result.stderr
-    assert time.monotonic() - started < 10
+    assert "nothing listens at tcp://127.0.0.1:9 (connection refused)" in result.stdout + result.stderr, result
+    assert time.monotonic() - started < 10  # a refused connection is said at once, not after --timeout
 
 
 def test_a_stopped_peer_never_blocks_the_others(local_cluster: LocalCluster) -> None:

@@ -67,3 +67,15 @@ def test_a_port_that_accepts_and_never_answers_is_unreachable_not_an_authenticat
                 client.request("status", timeout_s=5.0)  # the answer longer: the handshake's end decides
     assert refused.value.code == "unreachable", str(refused.value)
     assert "did not complete the handshake within 1 s" in str(refused.value)
+
+
+def test_a_port_where_nothing_listens_is_unreachable_at_once() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    with AdminClient(endpoint, KEYS, timeout_s=20.0) as client:
+        with pytest.raises(AdminError) as refused:
+            client.request("status")
+    assert refused.value.code == "unreachable" and "nothing listens at" in str(refused.value), str(refused.value)
+    assert time.monotonic() - started < 5.0  # not the 20 s timeout
