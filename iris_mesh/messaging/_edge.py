@@ -38,7 +38,8 @@ clean. Two rules keep order anyway:
   is alive again (before anything else it sends there), so the stored message
   reaches B without waiting for a next one.
 Sync, push and deletion of stored messages are InboxFeed's (_inbox_feed.py);
-presence rows and lookups are PresenceBook's (_presence.py).
+presence rows and lookups are PresenceBook's (_presence.py); minboxes, and those
+owed to edges that missed them, are MinboxCourier's (_minbox.py).
 
 Mesh frames between edges:
     mdeliver     {id, from, to, ts, body, after?}  offer a live delivery (after: the pair's last stored id)
@@ -59,6 +60,7 @@ from loguru import logger
 from iris_mesh.messaging._ids import MAX_ID_AHEAD_MS, id_time_ms
 from iris_mesh.messaging._inbox import Store, StoredMessage, encode_stored, inbox_key, stored_version
 from iris_mesh.messaging._inbox_feed import InboxFeed
+from iris_mesh.messaging._minbox import MinboxCourier
 from iris_mesh.messaging._protocol import (
     RETRYABLE_ERROR_CODES,
     AckRequest,
@@ -91,7 +93,6 @@ __all__ = ["EdgeService", "EdgeSettings"]
 
 _RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this long
 _STORED_TAILS_MAX = 100_000  # pairs whose last stored id the origin remembers (the oldest is forgotten first)
-_OWED_MINBOX_MAX = 10_000  # users per edge whose missed minbox is kept for it
 _STORED_AFTER_LIVE_MAX = 10_000  # live sends stored after their deliver timeout, remembered for a late ack
 
 
@@ -159,9 +160,9 @@ class EdgeService:
         self._recent = RecentOutcomes(_RECENT_TTL_S)  # (sender, id) -> the status its `sent` carried
         # (sender, to) -> the id of the pair's last message that went to the inbox, until one goes live.
         self._stored_tails: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
-        self._edges_seen: set[str] = set()  # every edge seen alive at a tick: those not alive now missed a minbox
-        self._dead_edges: set[str] = set()  # those of _edges_seen not alive at the last tick
-        self._owed_minbox: dict[str, dict[str, None]] = {}  # edge -> users whose minbox it missed (ordered set)
+        self._minbox = MinboxCourier(node_id=node_id, live_edges=live_edges, is_alive=is_alive,
+                                     send=lambda edge, op, **fields: self._gateway_send(edge, op, **fields))
+        self._dead_edges: set[str] = set()  # edges the courier has seen that were not alive at the last tick
         # (to, id) of live sends stored once their deliver timeout passed, oldest first: the live copy may
         # still be acked, and then the stored one must go (or the recipient gets the message twice).
         self._stored_after_live: dict[tuple[str, bytes], None] = {}
@@ -314,7 +315,7 @@ class EdgeService:
             return
         send.deadline = now + self._settings.deliver_timeout_s
         self._live[(send.to, send.id)] = send
-        self._edges_seen.update(targets)  # watched at each tick: a send offered to an edge that dies is stored
+        self._minbox.saw(targets)  # watched at each tick: a send offered to an edge that dies is stored
         # The later of what this edge stored and what the client says was stored (through an edge it
         # used before): ids of one sender sort in send order.
         tail = self._stored_tails.get((send.sender, send.to))
@@ -327,7 +328,7 @@ class EdgeService:
             if edge == self.node_id:
                 self._deliver_here(self.node_id, send.id, send.sender, send.to, send.ts_ms, send.body, after)
                 continue
-            self._pay_owed_minbox(edge)
+            self._minbox.pay(edge)
             if not self._gateway_send(edge, "mdeliver", id=send.id, to=send.to, ts=send.ts_ms, body=send.body, **extra):
                 send.declined.add(edge)
         self._check_declined(send, now)
@@ -530,28 +531,10 @@ class EdgeService:
         self._inbox.async_resume(session, now)
 
     def _announce_inbox(self, user: str, now: float) -> None:
-        """Tell every live edge that `user`'s inbox changed (cheap, and right even when presence is stale)."""
+        """Tell this edge's sessions and every other edge that `user`'s inbox changed (cheap, and right even
+        when presence is stale)."""
         self._inbox.async_changed(user, now)
-        live = self._live_edges()
-        for edge in live:
-            if edge != self.node_id:
-                self._gateway_send(edge, "minbox", to=user)
-        for edge in self._edges_seen.difference(live, (self.node_id,)):
-            owed = self._owed_minbox.setdefault(edge, {})
-            owed.pop(user, None)
-            owed[user] = None
-            if len(owed) > _OWED_MINBOX_MAX:
-                del owed[next(iter(owed))]
-
-    def _pay_owed_minbox(self, edge: str) -> None:
-        """Send `edge` the minboxes it missed while it was not alive here; those it cannot take yet stay owed."""
-        owed = self._owed_minbox.get(edge)
-        while owed:
-            user = next(iter(owed))
-            if not self._gateway_send(edge, "minbox", to=user):
-                return
-            del owed[user]
-        self._owed_minbox.pop(edge, None)
+        self._minbox.announce(user)
 
     def _on_minbox(self, msg: dict[str, Any], now: float) -> None:
         if isinstance(msg.get("to"), str):
@@ -562,10 +545,8 @@ class EdgeService:
     def async_tick(self, now: float) -> None:
         self._now = now
         self._recent.forget_expired(now)
-        self._edges_seen.update(self._live_edges())
-        for edge in [e for e in self._owed_minbox if self._is_alive(e)]:
-            self._pay_owed_minbox(edge)
-        dead = {edge for edge in self._edges_seen if edge != self.node_id and not self._is_alive(edge)}
+        self._minbox.tick()
+        dead = {edge for edge in self._minbox.seen if edge != self.node_id and not self._is_alive(edge)}
         died, self._dead_edges = dead - self._dead_edges, dead
         for send in [s for s in self._live.values() if s.offered & died] if died else ():
             # An edge it was offered to (alive then) died: its user will not ack there; store it now.
