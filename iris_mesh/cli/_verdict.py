@@ -1,8 +1,12 @@
 """The verdict under `meshctl status`'s table: what is wrong, as the nodes that answered see it, and what to do.
 
 A node that others see dead but that answered meshctl itself runs: the others do not
-hear it (a network cut, or it started a moment ago). The verdict tells it apart from a
-node that is down, and names the groups the answering nodes are split into.
+hear it (a network cut). The verdict tells it apart from a node that is down, and names
+the groups the answering nodes are split into. A node that started seconds ago is still
+joining: it is named as such, and neither its view nor how others see it is a problem yet.
+A node that did not answer and is dead to the others is down, hung, or cut off from every
+node that answered; when those see only a minority of the cores, a cut is as likely as a
+crash, and the verdict says to look from the other side before starting anything.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["not_alive", "status_problems", "status_summary"]
+
+# A node up for less than this may still be joining: others may not hear it yet, nor it them.
+_JOINING_S = 5.0
 
 
 def not_alive(status: dict[str, Any]) -> dict[str, str]:
@@ -23,21 +30,33 @@ def not_alive(status: dict[str, Any]) -> dict[str, str]:
 def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """What is wrong: nodes down (peer -> state -> how many nodes see it so), nodes that answered although others
     see them down (same shape), the groups the answering nodes are split into (one group: not split), nodes refusing
-    writes, nodes found that did not answer."""
+    writes, nodes found that did not answer, nodes still joining (up for seconds: left out of the others), and
+    whether the cores that answered all refuse writes while cores are down (they see only a minority)."""
     answered = [entry for entry in entries if entry["reachable"]]
     answered_ids = {entry["node_id"] for entry in answered}
+    young = {entry["node_id"]: entry for entry in answered if entry.get("uptime_s", _JOINING_S) < _JOINING_S}
+    # Joining: up for seconds, and not yet heard by every node that answered, or not yet hearing them all.
+    # (What it says of nodes that did not answer counts like any node's view.)
+    joining = sorted(node for node, entry in young.items()
+                     if answered_ids & set(not_alive(entry)) or any(node in not_alive(other) for other in answered))
+    settled = [entry for entry in answered if entry["node_id"] not in joining]
     seen: dict[str, dict[str, int]] = {}
-    for entry in answered:
+    for entry in settled:
         for peer, state in not_alive(entry).items():
-            counts = seen.setdefault(peer, {})
-            counts[state] = counts.get(state, 0) + 1
+            if peer not in joining:
+                counts = seen.setdefault(peer, {})
+                counts[state] = counts.get(state, 0) + 1
     unheard = {peer: counts for peer, counts in seen.items() if peer in answered_ids}
+    down = {peer: counts for peer, counts in seen.items() if peer not in answered_ids}
+    cores = [entry for entry in settled if entry.get("role") == "core"]
     return {
-        "not_alive": {peer: counts for peer, counts in seen.items() if peer not in answered_ids},
+        "not_alive": down,
         "running_unheard": unheard,
-        "groups": _groups(answered) if unheard else [sorted(answered_ids)],
+        "groups": _groups(settled) if unheard else [sorted(entry["node_id"] for entry in settled)],
         "writes_refused": [entry["node_id"] for entry in answered if not entry["safe_for_writes"]],
         "no_answer": [entry["node_id"] for entry in entries if not entry["reachable"]],
+        "joining": joining,
+        "minority_side": bool(down) and bool(cores) and not any(entry["safe_for_writes"] for entry in cores),
     }
 
 
@@ -45,15 +64,23 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     """The verdict line and, when something is wrong, the next steps."""
     problems = status_problems(entries)
     down, unheard = problems["not_alive"], problems["running_unheard"]
-    refused, silent = problems["writes_refused"], problems["no_answer"]
+    refused, silent, joining = problems["writes_refused"], problems["no_answer"], problems["joining"]
     seen_by = f" (as {one_node} sees it)" if one_node else ""
-    if not (down or unheard or refused or silent):
+    if not (down or unheard or refused or silent or joining):
         return f"all nodes alive, writes safe{seen_by}"
     found, steps = [], []
+    if joining:
+        found.append(f"{', '.join(joining)} started seconds ago and {'is' if len(joining) == 1 else 'are'} "
+                     "still joining")
+        steps.append("check again in a few seconds")
     if down:
         found.append("not alive: " + ", ".join(f"{peer} ({_seen_text(counts)})" for peer, counts in sorted(down.items())))
-        steps.append("start the nodes that are down; a node that runs but is dead to others is cut off from them "
-                     "(runbook: Network partition)")
+        if problems["minority_side"]:
+            steps.append("the cores that answered see only a minority of the cores: the others may run and take "
+                         "writes beyond a network cut (runbook: Network partition); look from a host on their side "
+                         "(meshctl --node HOST:PORT status) before starting anything")
+        steps.append("start the nodes that are down; one whose process still runs is hung (its log has stopped) or "
+                     "cut off from the nodes that answered (runbook: Network partition)")
     if unheard:
         groups = problems["groups"]
         if len(groups) > 1:

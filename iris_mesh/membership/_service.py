@@ -85,7 +85,8 @@ class MembershipService:
         self._stale_since: dict[str, float] = {}  # node -> when its frames first came with an older incarnation
         self._next_seed_check = 0.0
         self._last_decision: GuardDecision | None = None
-        self.counters: dict[str, int] = {"bad_cards": 0}
+        self.counters: dict[str, int] = {"bad_cards": 0, "stalls": 0}
+        self._last_tick: float | None = None
         self._on_peer_change: list[Callable[[Transition, float], None]] = []
 
     # ---- wiring --------------------------------------------------------------
@@ -142,6 +143,15 @@ class MembershipService:
     def async_tick(self, now: float) -> float:
         """Heartbeat, failure detection and partition guard; returns seconds until the next tick."""
         assert self._io is not None
+        stalled_s = 0.0 if self._last_tick is None else now - self._last_tick
+        self._last_tick = now
+        if stalled_s > self.detector.suspect_after_s:
+            # This node did not run (paused, or starved of CPU): its peers' silence meanwhile is its own.
+            # Their heartbeats wait in the socket and are read right after this tick: judge at the next.
+            self.counters["stalls"] += 1
+            logger.warning("this node did not run for {:.1f} s (paused, or starved of CPU or memory); peers are "
+                           "judged again once their heartbeats from that time are read", stalled_s)
+            return 0.0
         if now >= self._next_heartbeat:
             self._publish_heartbeat()
             self._next_heartbeat = now + self._heartbeat_interval_s
@@ -359,12 +369,16 @@ class MembershipService:
             logger.warning(transition.reason)
 
     def _evaluate_guard(self, now: float) -> None:
-        decision = self.guard.evaluate(self.visible_cores(), now)
+        visible = self.visible_cores()
+        decision = self.guard.evaluate(visible, now)
         if decision.changed:
             if decision.safe_for_writes:
                 logger.success(decision.reason)
             else:
-                logger.error(decision.reason)
+                # This node cannot tell a core that is down from one it is cut off from: name them, say both.
+                unheard = sorted(self.guard.expected_cores - visible)
+                logger.error("{}; not heard: {} (down, hung, or cut off from this node by the network)",
+                             decision.reason, ", ".join(unheard) or "none")
         self._last_decision = decision
 
     def _publish_heartbeat(self) -> None:

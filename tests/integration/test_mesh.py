@@ -129,8 +129,9 @@ def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_clust
     status = wait_until(in_safe_mode, 5.0, "core1 to enter safe mode")
     assert status["visible_cores"] == 1 and status["expected_cores"] == 3
     wait_until(
-        lambda: "PARTITION DETECTED - entering safe mode (1 of 3 cores visible)" in core1.log_path.read_text(),
-        5.0, "the safe-mode log line",
+        lambda: "PARTITION DETECTED - entering safe mode (1 of 3 cores visible); not heard: core2, core3 (down, hung, "
+                "or cut off from this node by the network)" in core1.log_path.read_text(),
+        5.0, "the safe-mode log line, naming the cores not heard",
     )
     failed = meshctl(local_cluster, "--node", core1.admin, "status")
     assert failed.returncode == 1, failed.stdout

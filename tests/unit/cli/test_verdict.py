@@ -5,8 +5,9 @@ from __future__ import annotations
 from iris_mesh.cli._verdict import status_problems, status_summary
 
 
-def node_status(node_id: str, peers: dict[str, str], safe: bool = True) -> dict:
-    return {"node_id": node_id, "reachable": True, "safe_for_writes": safe, "peers": peers}
+def node_status(node_id: str, peers: dict[str, str], safe: bool = True, uptime_s: float = 600.0) -> dict:
+    return {"node_id": node_id, "role": "core" if node_id.startswith("core") else "edge", "reachable": True,
+            "safe_for_writes": safe, "peers": peers, "uptime_s": uptime_s}
 
 
 def test_a_healthy_cluster_reads_as_all_alive_and_one_node_asked_says_whose_view_it_is() -> None:
@@ -25,8 +26,10 @@ def test_a_failed_check_names_the_nodes_down_and_those_refusing_writes_and_what_
     assert "core4" not in steps and "not answering is overloaded or stuck" in steps
     assert verdict == ("CHECK FAILED: not alive: core2 (dead to 2), core3 (dead to 1, suspect to 1); "
                        "writes refused by core1; no answer from core4")
-    assert steps.startswith("  next: start the nodes that are down;") and "Network partition" in steps
-    assert "safe mode ends by itself" in steps
+    # The only core that answered refuses writes: the cores it cannot hear may run beyond a cut.
+    assert steps.startswith("  next: the cores that answered see only a minority of the cores: the others may run")
+    assert "before starting anything; start the nodes that are down; one whose process still runs is hung" in steps
+    assert "Network partition" in steps and "safe mode ends by itself" in steps
     only_down = status_summary([node_status("core1", {"edge1": "dead"})])
     assert "not alive: edge1 (dead to 1)" in only_down and "safe mode" not in only_down
 
@@ -74,4 +77,34 @@ def test_a_stopped_node_and_a_cut_off_one_are_told_apart() -> None:
 def test_a_node_asked_alone_reports_its_own_view_without_a_split() -> None:
     problems = status_problems([node_status("core1", {"core2": "dead", "core3": "alive"})])
     assert problems == {"not_alive": {"core2": {"dead": 1}}, "running_unheard": {}, "groups": [["core1"]],
-                        "writes_refused": [], "no_answer": []}
+                        "writes_refused": [], "no_answer": [], "joining": [], "minority_side": False}
+
+
+def test_a_core_down_while_the_others_keep_a_majority_is_not_called_a_minority_side() -> None:
+    entries = [node_status("core1", {"core2": "alive", "core3": "dead"}),
+               node_status("core2", {"core1": "alive", "core3": "dead"})]
+    verdict, steps = status_summary(entries).split("\n")
+    assert verdict == "CHECK FAILED: not alive: core3 (dead to 2)"
+    assert steps.startswith("  next: start the nodes that are down;") and "minority" not in steps
+
+
+def test_a_node_that_started_seconds_ago_is_joining_not_split_off() -> None:
+    # core3 was started a moment ago: the others do not hear it yet, nor it them.
+    entries = [
+        node_status("core1", {"core2": "alive", "core3": "dead"}),
+        node_status("core2", {"core1": "alive", "core3": "dead"}),
+        node_status("core3", {"core1": "unknown", "core2": "unknown"}, safe=False, uptime_s=0.8),
+    ]
+    verdict, steps = status_summary(entries).split("\n")
+    assert verdict == "CHECK FAILED: core3 started seconds ago and is still joining; writes refused by core3"
+    assert steps.startswith("  next: check again in a few seconds") and "split" not in verdict
+    problems = status_problems(entries)
+    assert (problems["joining"], problems["not_alive"], problems["running_unheard"]) == (["core3"], {}, {})
+    # Once it hears and is heard by every node, a node up for seconds is no problem at all.
+    joined = [node_status(n, {p: "alive" for p in ("core1", "core2", "core3") if p != n}, uptime_s=1.0)
+              for n in ("core1", "core2", "core3")]
+    assert status_summary(joined) == "all nodes alive, writes safe"
+    # Nodes up for seconds that hear each other say what they see of a node that did not answer: it is down.
+    started = [node_status(n, {p: "alive" for p in ("core1", "core3") if p != n} | {"core2": "dead"}, uptime_s=2.0)
+               for n in ("core1", "core3")]
+    assert status_summary(started).split("\n")[0] == "CHECK FAILED: not alive: core2 (dead to 2)"

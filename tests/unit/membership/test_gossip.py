@@ -1,4 +1,5 @@
-"""MembershipService and gossip: what a third node says about a peer never re-points a link to a peer heard first-hand.
+"""MembershipService: gossip about a peer never re-points a link to a peer heard first-hand; a node that did not
+run for a while does not blame its peers for the silence.
 
 Sans-IO: a fake mesh that records links, and a manual clock.
 """
@@ -76,7 +77,8 @@ def test_gossip_about_a_peer_heard_first_hand_does_not_re_point_its_link() -> No
     assert mesh.links["core2"] == core2.mesh_endpoint
     assert service.cards["core2"].incarnation == 7
     # Once core2 is not heard any more, news of it from others is what there is to go on.
-    service.async_tick(T0 + 2.0)
+    for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5, T0 + 2.0):  # a node that runs ticks every 50 ms at most
+        service.async_tick(at)
     assert service.state_of("core2") == "dead"
     service.async_on_heartbeat(heartbeat(core3, [forged], 3), T0 + 2.0)
     assert mesh.links["core2"] == forged.mesh_endpoint
@@ -92,3 +94,21 @@ def test_a_card_whose_host_is_not_an_address_is_counted_and_changes_nothing() ->
     bad["peers"] = 5
     service.async_on_heartbeat(bad, T0)
     assert service.counters["bad_cards"] == 2
+
+
+def test_a_node_that_did_not_run_judges_its_peers_only_after_reading_what_they_sent_meanwhile() -> None:
+    service, _ = membership()
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    for at in (T0, T0 + 0.05):
+        service.async_on_heartbeat(heartbeat(core2, [], 1), at)
+        service.async_on_heartbeat(heartbeat(core3, [], 1), at)
+        service.async_tick(at)
+    # Frozen for 20 s (SIGSTOP, or starved of CPU): the first tick after it judges nobody.
+    service.async_tick(T0 + 20.0)
+    assert (service.state_of("core2"), service.state_of("core3")) == ("alive", "alive")
+    assert service.counters["stalls"] == 1
+    # core2's heartbeats waited in the socket and are read now; core3 sent none (it is down): judged at once.
+    service.async_on_heartbeat(heartbeat(core2, [], 80), T0 + 20.0)
+    service.async_tick(T0 + 20.01)
+    assert (service.state_of("core2"), service.state_of("core3")) == ("alive", "dead")
+    assert service.counters["stalls"] == 1
