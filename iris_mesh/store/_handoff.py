@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Iterator
 
+from loguru import logger
+
 from iris_mesh.store._frames import SYNC, WriteSender
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._versioned import Versioned, encode_versioned
@@ -48,6 +50,8 @@ class HintHandoff:
         self._handoffs: dict[int, tuple[str, str, bytes, Versioned, float]] = {}  # req -> (target, table, key, item, sent_at)
         self._handoff_keys: set[tuple[str, str, bytes]] = set()
         self._next_handoff = 0.0
+        # Replicas whose hints are being handed off -> how many it acked so far (for the operator's log).
+        self._handing: dict[str, int] = {}
 
     def async_tick(self, now: float) -> None:
         if now >= self._next_handoff:
@@ -63,6 +67,8 @@ class HintHandoff:
         self._handoff_keys.discard((target, table, key))
         if code == "ok":
             self._local.async_drop_hint(target, table, key, item)
+            if target in self._handing:
+                self._handing[target] += 1
         return True
 
     def async_drop_hints(self, target: str) -> int:
@@ -85,7 +91,15 @@ class HintHandoff:
         for target in sorted(self._membership.expected_cores() - {self.node_id}):
             if self._membership.state_of(target) != "alive":
                 continue
-            for table, key, item in self._local.hints_for(target, limit=_HANDOFF_BATCH):
+            hints = self._local.hints_for(target, limit=_HANDOFF_BATCH)
+            if hints and target not in self._handing:
+                self._handing[target] = 0
+                logger.info("handing {} the writes it missed ({}{} hints held here)", target, len(hints),
+                            "+" if len(hints) >= _HANDOFF_BATCH else "")
+            elif not hints and target in self._handing and not any(h[0] == target for h in self._handoffs.values()):
+                logger.info("{} has every write it missed that this core took: {} hints handed off, none left",
+                            target, self._handing.pop(target))
+            for table, key, item in hints:
                 if (target, table, key) in self._handoff_keys:
                     continue
                 req = next(self._internal_ids)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from loguru import logger
 
 from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.store._coordinator import Done
@@ -48,6 +49,8 @@ def test_the_writes_of_one_turn_go_out_as_one_frame_per_replica_and_come_back_as
 
 
 def test_a_core_that_was_down_gets_its_hinted_writes_and_the_hints_go_once_it_acked(cluster: Cluster) -> None:
+    logged: list[str] = []
+    sink = logger.add(lambda message: logged.append(message.record["message"]), level="INFO")
     cluster.down.add("core3")
     mark(cluster, "core3", "dead")
     keys = [b"user%03d\x00m" % i for i in range(50)]
@@ -70,6 +73,14 @@ def test_a_core_that_was_down_gets_its_hinted_writes_and_the_hints_go_once_it_ac
     handed_off = sum(cluster.services[c].counters["hints_handed_off"] for c in ("core1", "core2"))
     assert handed_off >= 50
     assert sum(cluster.services[c].counters["ae_repairs_sent"] for c in THREE) == 0
+    # The operator reads when the handoff to core3 starts and when it is done, on each core that held hints.
+    try:
+        cluster.run_until(lambda: sum("core3 has every write it missed" in m for m in logged) == 2, "the done lines")
+    finally:
+        logger.remove(sink)
+    assert sum(m == "handing core3 the writes it missed (50 hints held here)" for m in logged) == 2, logged
+    assert sum(m == "core3 has every write it missed that this core took: 50 hints handed off, none left"
+               for m in logged) == 2, logged
 
 
 def test_writes_past_the_partition_limit_in_one_frame_are_refused_from_the_first_one_over_it(cluster: Cluster) -> None:
