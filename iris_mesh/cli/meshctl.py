@@ -57,13 +57,13 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
     if all(isinstance(result, AdminError) for _, result in results):
         raise CtlError("; ".join(f"{name}: {result}" for name, result in results))
     entries: list[dict[str, Any]] = []
-    rows = [["NODE", "ROLE", "REGION", "MODE", "CORES", "WRITES", "PEERS NOT ALIVE", "UP", "RSS", "REASON"]]
+    rows = [["NODE", "ROLE", "REGION", "MODE", "CORES", "WRITES", "PEERS NOT ALIVE", "SESSIONS", "UP", "RSS", "REASON"]]
     ok = True
     for name, result in results:
         if isinstance(result, AdminError) or not result.get("ok"):
             detail = str(result) if isinstance(result, AdminError) else result.get("detail", "")
             entries.append({"node_id": name, "reachable": False, "error": detail})
-            rows.append([name, "?", "?", "unreachable", "-", "-", "-", "-", "-", detail])
+            rows.append([name, "?", "?", "unreachable", "-", "-", "-", "-", "-", "-", detail])
             ok = False
             continue
         status = dict(result["status"], reachable=True)
@@ -74,6 +74,7 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             status["node_id"], status["role"], status["region"], status["mode"],
             f"{status['visible_cores']}/{status['expected_cores']}",
             "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-",
+            str(status["edge"]["sessions"]) if isinstance(status.get("edge"), dict) else "-",
             _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
         ])
     summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"])

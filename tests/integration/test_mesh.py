@@ -43,7 +43,10 @@ def test_five_nodes_form_a_full_mesh_by_mdns(local_cluster: LocalCluster) -> Non
     for node_id in ALL:
         assert node_id in status.stdout
     # What each node's process uses, for an operator watching for leaks: in the table and in --json.
-    assert status.stdout.splitlines()[0].split()[-3:] == ["UP", "RSS", "REASON"]
+    assert status.stdout.splitlines()[0].split()[-4:] == ["SESSIONS", "UP", "RSS", "REASON"]
+    for node_id in ALL:  # client sessions: a number on edges (none connected here), "-" on cores
+        sessions = "0" if node_id.startswith("edge") else "-"
+        assert re.search(rf"(?m)^{node_id} .* {sessions} +\d+(s|m\d\ds) +\d+ MiB ", status.stdout), status.stdout
     as_json = meshctl(local_cluster, "--cluster", local_cluster.name, "status", "--json")
     assert as_json.returncode == 0, as_json.stdout + as_json.stderr
     for node in json.loads(as_json.stdout)["nodes"]:
