@@ -164,6 +164,7 @@ class Node:
                     ),
                 ),
             )
+            store.other_latency["sends"] = edge.send_latency  # `meshctl latency`: what users of this edge feel
         self.runtime = NodeRuntime(
             clock_saver=lambda: meta.save_clock(store.clock.last_hlc),
             membership=membership,

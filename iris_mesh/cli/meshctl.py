@@ -280,7 +280,7 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
         nodes[result["node"]] = {"role": result["role"], **result["latency"]}
         if "rocksdb" in result:
             nodes[result["node"]]["rocksdb"] = result["rocksdb"]
-        for what in ("writes", "reads", "commit", "fsync"):
+        for what in ("sends", "writes", "reads", "commit", "fsync"):
             window = result["latency"].get(what)
             if window is None:
                 continue
@@ -288,8 +288,9 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
                          _ms(window["p50_ms"]), _ms(window["p90_ms"]), _ms(window["p99_ms"]), _ms(window["max_ms"])])
     window_s = next((w["window_s"] for n in nodes.values() for w in n.values() if isinstance(w, dict)
                      and "window_s" in w), 60.0)
-    text = (f"the last {window_s:.0f} s on each node: quorum writes and reads it coordinated, and on cores their"
-            f" group commits and WAL fsyncs (percentiles to within 9 %)\n{table_text(rows)}")
+    text = (f"the last {window_s:.0f} s on each node: on edges the client sends it answered (from taking one to "
+            f"its `sent`; FAILED: refused), quorum writes and reads it coordinated, and on cores their group commits "
+            f"and WAL fsyncs (percentiles to within 9 %)\n{table_text(rows)}")
     engines = [(node, view["rocksdb"]) for node, view in sorted(nodes.items()) if "rocksdb" in view]
     if engines:
         text += "\nRocksDB now:\n" + "\n".join(f"{node}: {_engine_text(state)}" for node, state in engines)

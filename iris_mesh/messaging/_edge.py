@@ -88,6 +88,7 @@ from iris_mesh.messaging._rate import RateLimiter
 from iris_mesh.messaging._recent import RecentOutcomes
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
+from iris_mesh.store._latency import LatencyWindow
 
 __all__ = ["EdgeService", "EdgeSettings"]
 
@@ -111,9 +112,11 @@ class Gateway(Protocol):
 class _Send:
     """One message on its way, with every client request waiting for its outcome."""
 
-    __slots__ = ("sender", "to", "id", "body", "ts_ms", "after", "waiters", "offered", "declined", "deadline", "done")
+    __slots__ = ("sender", "to", "id", "body", "ts_ms", "after", "waiters", "offered", "declined", "deadline", "done",
+                 "started")
 
-    def __init__(self, sender: str, to: str, msg_id: bytes, body: bytes, ts_ms: int, after: bytes | None) -> None:
+    def __init__(self, sender: str, to: str, msg_id: bytes, body: bytes, ts_ms: int, after: bytes | None,
+                 started: float) -> None:
         self.sender = sender
         self.to = to
         self.id = msg_id
@@ -125,6 +128,7 @@ class _Send:
         self.declined: set[str] = set()
         self.deadline = 0.0
         self.done = False
+        self.started = started  # when the edge took it (monotonic): its `sent` time goes to send_latency
 
 
 class EdgeService:
@@ -168,6 +172,8 @@ class EdgeService:
         self._stored_after_live: dict[tuple[str, bytes], None] = {}
         self._now = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
+        # What users feel: each send this edge answered, from taking it to its `sent`; a refused one is a failure.
+        self.send_latency = LatencyWindow()
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
                                       now=lambda: self._now, to_client=self._to_client, live_edges=live_edges)
         self._inbox = InboxFeed(store=store, sessions=self.sessions, limits=self._limits, counters=self.counters,
@@ -258,6 +264,7 @@ class EdgeService:
         ahead_ms = id_time_ms(request.id) - self._wall_ms()
         if ahead_ms > MAX_ID_AHEAD_MS:
             self.counters["send_refused_id_ahead"] += 1
+            self.send_latency.record_failure(now)
             self._to_client(session.route, build_error("bad_request", (
                 f"the id is stamped {ahead_ms / 3_600_000:.1f} h ahead of this edge's clock (at most "
                 f"{MAX_ID_AHEAD_MS // 3_600_000} h): make ids from the current time (PROTOCOL.md section 10)"),
@@ -275,11 +282,13 @@ class EdgeService:
         hold = session.held(request.to, request.id, now)
         if hold is not None:
             self.counters["send_held"] += 1
+            self.send_latency.record_failure(now)
             self._to_client(session.route, build_error(hold.code, (
                 f"an earlier message to {request.to} was refused ({hold.code}); it goes first: send it again"),
                 cid=request.cid))
             return
         if session.pending_sends >= self._limits.max_pending_deliveries:
+            self.send_latency.record_failure(now)
             session.hold(request.to, request.id, "too_many_pending", now)
             self._to_client(session.route, build_error(
                 "too_many_pending", f"{session.pending_sends} sends are waiting for their answer", cid=request.cid))
@@ -289,12 +298,13 @@ class EdgeService:
             limiter = self._rates[sender] = RateLimiter(self._limits.send_rate_per_s, self._limits.send_burst)
         wait = limiter.try_take(now)
         if wait > 0:
+            self.send_latency.record_failure(now)
             session.hold(request.to, request.id, "rate_limited", now)
             self._to_client(session.route, build_error(
                 "rate_limited", f"{sender} sends faster than {self._limits.send_rate_per_s}/s",
                 cid=request.cid, retry_after_s=wait))
             return
-        send = _Send(sender, request.to, request.id, request.body, self._wall_ms(), request.after)
+        send = _Send(sender, request.to, request.id, request.body, self._wall_ms(), request.after, now)
         send.waiters.append((session, request.cid))
         session.pending_sends += 1
         self._inflight[(sender, request.id)] = send
@@ -366,6 +376,7 @@ class EdgeService:
             if self._sender_on(waiter.route, send.sender) is not None:
                 self._to_client(waiter.route, build_sent(cid, send.id, status))
         self.counters[f"sent_{status}"] += 1
+        self.send_latency.record(now - send.started, now)
         if status == "delivered":
             self._stored_tails.pop((send.sender, send.to), None)  # the recipient had the stored one: order holds
         self._next_of_pair(send, now)
@@ -375,6 +386,7 @@ class EdgeService:
         queue = self._pairs.pop((send.sender, send.to), collections.deque())
         for failed in queue:
             failed.done = True
+            self.send_latency.record_failure(self._now)
             self._live.pop((failed.to, failed.id), None)
             self._inflight.pop((failed.sender, failed.id), None)
             for waiter, cid in failed.waiters:

@@ -113,6 +113,8 @@ class StoreService:
         # req -> (on_done, the window its duration goes to, when the engine took the request)
         self._callbacks: dict[int, tuple[OnDone, LatencyWindow, float]] = {}
         self.write_latency = LatencyWindow()  # quorum writes and deletes this node coordinated
+        # Windows of other parts of the node shown with these (an edge's client sends), by name.
+        self.other_latency: dict[str, LatencyWindow] = {}
         self.read_latency = LatencyWindow()  # quorum reads this node coordinated
         # req -> (on_reply, deadline) of `async_read_replica`
         self._direct_reads: dict[int, tuple[Callable[[Versioned | None, str], None], float]] = {}
@@ -264,7 +266,8 @@ class StoreService:
     def latency_view(self, now: float) -> dict[str, dict[str, Any]]:
         """The last minute's durations on this node: quorum writes and reads it coordinated (from the moment its
         engine took them to their answer) and, on a core, its group commits (see `LocalStore.latency_view`)."""
-        view = {"writes": self.write_latency.summary(now), "reads": self.read_latency.summary(now)}
+        view = {name: window.summary(now) for name, window in self.other_latency.items()}
+        view.update(writes=self.write_latency.summary(now), reads=self.read_latency.summary(now))
         if self.local is not None:
             view.update(self.local.latency_view(now))
         return view

@@ -93,6 +93,10 @@ def test_online_chat_across_edges_both_ways(local_cluster: LocalCluster) -> None
         _check_total_queue({"alice": sent["alice"]}, received["bob"])
         _check_total_queue({"bob": sent["bob"]}, received["alice"])
         assert statuses["delivered"] > 0, statuses
+        # `meshctl latency` of an edge: the sends its users made, answered and refused, over the last minute.
+        for edge in ("edge1", "edge2"):
+            sends = local_cluster.nodes[edge].request("latency")["latency"]["sends"]
+            assert (sends["count"], sends["failed"]) == (500, 0) and sends["p50_ms"] > 0, (edge, sends)
     finally:
         alice.close()
         bob.close()

@@ -503,3 +503,16 @@ def test_a_new_session_of_a_user_whose_old_one_was_slow_gets_messages_live() -> 
     assert [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(2)]
     edge.service.async_on_client(BOB2, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(2)]}, edge.now)
     assert edge.outcome(ALICE, second) == "sent:delivered"
+
+
+def test_each_answered_and_each_refused_send_is_in_the_edge_send_window() -> None:
+    # What `meshctl latency` shows of an edge: how long its users' sends took, and how many were refused.
+    edge = Edge(Limits(send_rate_per_s=1, send_burst=1))
+    edge.log_in(ALICE, "alice")
+    first, second = edge.send(ALICE, "bob", 1), edge.send(ALICE, "bob", 2)
+    assert (edge.outcome(ALICE, first), edge.outcome(ALICE, second)) == ("sent:stored", "error:rate_limited")
+    edge.now += 1.0
+    held = edge.send(ALICE, "bob", 3)  # held behind the refused one
+    assert edge.reply(ALICE, held)["code"] == "rate_limited"
+    window = edge.service.send_latency.summary(edge.now)
+    assert (window["count"], window["failed"]) == (1, 2)
