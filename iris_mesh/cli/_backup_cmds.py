@@ -5,25 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from iris_mesh.cli._output import emit
-from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK, CtlError, Target
+from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK, CtlError, Target, expected_cores_missing
 from iris_mesh.sockets import AdminError
 
-__all__ = ["cmd_backup", "cmd_restore", "expected_cores_missing"]
-
-
-def expected_cores_missing(target: Target, args: argparse.Namespace, answered: Iterable[str]) -> set[str]:
-    """Expected cores that did not answer (a dead core is not found by mDNS at all); none with --node."""
-    if args.node:
-        return set()
-    for _name, endpoint in target.endpoints():
-        try:
-            return set(target.request(endpoint, "status")["status"]["expected"]) - set(answered)
-        except (AdminError, KeyError):
-            continue
-    return set()
+__all__ = ["cmd_backup", "cmd_restore"]
 
 
 def cmd_backup(target: Target, args: argparse.Namespace) -> int:

@@ -6,12 +6,13 @@ import argparse
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from iris_mesh.membership import PeerCard, browse_cluster
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
-__all__ = ["CtlError", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "endpoint_of", "read_cookie_file"]
+__all__ = ["CtlError", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "endpoint_of",
+           "expected_cores_missing", "read_cookie_file"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -167,6 +168,22 @@ class Target:
         if auth and len(auth) == len(results):
             raise CtlError(str(auth[0]))
         return results
+
+
+def expected_cores_missing(target: Target, args: argparse.Namespace, answered: Iterable[str], *,
+                           every_node: bool = False) -> set[str]:
+    """Expected cores (with `every_node`, every node the cluster knows) that did not answer: a node that is down
+    is not found by mDNS at all. None with --node."""
+    if args.node:
+        return set()
+    for _name, endpoint in target.endpoints():
+        try:
+            status = target.request(endpoint, "status")["status"]
+            known = set(status["expected"]) | (set(status["peers"]) if every_node else set())
+            return known - set(answered)
+        except (AdminError, KeyError, TypeError):
+            continue
+    return set()
 
 
 def endpoint_of(node: str) -> str:

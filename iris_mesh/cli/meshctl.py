@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable
 
 from iris_mesh.cli import _verdict
-from iris_mesh.cli._backup_cmds import cmd_backup, cmd_restore, expected_cores_missing
+from iris_mesh.cli._backup_cmds import cmd_backup, cmd_restore
 from iris_mesh.cli._output import checked, emit, jsonable, table_text, value_text
 from iris_mesh.cli._target import (
     EXIT_CHECK_FAILED,
@@ -25,6 +25,7 @@ from iris_mesh.cli._target import (
     CtlError,
     Target,
     endpoint_of,
+    expected_cores_missing,
     read_cookie_file,
 )
 from iris_mesh.sockets import AdminError
@@ -294,7 +295,7 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
     engines = [(node, view["rocksdb"]) for node, view in sorted(nodes.items()) if "rocksdb" in view]
     if engines:
         text += "\nRocksDB now:\n" + "\n".join(f"{node}: {_engine_text(state)}" for node, state in engines)
-    failed = sorted(set(failed) | expected_cores_missing(target, args, nodes))
+    failed = sorted(set(failed) | expected_cores_missing(target, args, nodes, every_node=True))
     if failed:
         text += f"\nnot answering: {', '.join(failed)}"
     emit(args, {"ok": not failed, "nodes": nodes, "not_answering": failed}, text)

@@ -114,6 +114,12 @@ def test_killed_node_is_marked_dead_and_rejoins_with_a_higher_incarnation(local_
         rows = {n["node_id"]: n for n in local_cluster.nodes[node_id].request("nodes")["nodes"]}
         assert rows["core2"]["incarnation"] == victim.incarnation
 
+    # An edge that is down is named by `latency` too (it is in no table of latencies, and not quietly left out).
+    local_cluster.nodes["edge1"].kill()
+    wait_until(lambda: local_cluster.nodes["core1"].states().get("edge1") == "dead", 5.0, "edge1 dead")
+    latency = meshctl(local_cluster, "--cluster", local_cluster.name, "latency")
+    assert latency.returncode == 1 and "not answering: edge1" in latency.stdout, latency.stdout + latency.stderr
+
 
 def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_cluster: LocalCluster) -> None:
     for node_id in CORES:
