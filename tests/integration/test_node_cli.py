@@ -10,28 +10,28 @@ from pathlib import Path
 EXIT_START = 3  # README: a node exits 3 when it cannot start (data directory, ports)
 
 
-def test_a_data_directory_that_cannot_be_made_exits_3_with_one_line(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("a file where the data directory's parent should be")
+def run_node(tmp_path: Path, config_lines: str) -> tuple[int, str]:
+    """Run a node with this config until it exits; its exit code and everything it printed."""
     config = tmp_path / "node.toml"
-    config.write_text(f'node_id = "cli1"\ncluster = "clitest"\ndata_dir = "{tmp_path / "file" / "data"}"\n'
-                      'mdns_interfaces = ["127.0.0.1"]\n')
+    config.write_text(config_lines)
     done = subprocess.run([sys.executable, "-m", "iris_mesh.cli.node", "node", "--config", str(config)],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "IRIS_MESH_COOKIE": "node-cli-test-cookie"})
-    output = done.stdout + done.stderr
-    assert done.returncode == EXIT_START, output
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_data_directory_that_cannot_be_made_exits_3_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file where the data directory's parent should be")
+    code, output = run_node(tmp_path, f'node_id = "cli1"\ncluster = "clitest"\ndata_dir = "{tmp_path / "file" / "data"}"\n'
+                                      'mdns_interfaces = ["127.0.0.1"]\n')
+    assert code == EXIT_START, output
     assert "cannot start: cannot use" in output and "as the data directory: Not a directory" in output, output
     assert "Traceback" not in output, output
 
 
 def test_an_mdns_interface_this_host_lacks_exits_3_naming_it(tmp_path: Path) -> None:
-    config = tmp_path / "node.toml"
-    config.write_text(f'node_id = "cli2"\ncluster = "clitest"\ndata_dir = "{tmp_path / "data"}"\n'
-                      'mdns_interfaces = ["192.0.2.1"]\n')  # TEST-NET-1: no interface of this host has it
-    done = subprocess.run([sys.executable, "-m", "iris_mesh.cli.node", "node", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "IRIS_MESH_COOKIE": "node-cli-test-cookie"})
-    output = done.stdout + done.stderr
-    assert done.returncode == EXIT_START, output
+    code, output = run_node(tmp_path, f'node_id = "cli2"\ncluster = "clitest"\ndata_dir = "{tmp_path / "data"}"\n'
+                                      'mdns_interfaces = ["192.0.2.1"]\n')  # TEST-NET-1: no interface of this host has it
+    assert code == EXIT_START, output
     assert "cannot start: cannot run mDNS on 192.0.2.1: " in output and "mdns_interfaces" in output, output
     assert "Traceback" not in output and "data directory" not in output, output
