@@ -81,6 +81,9 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
                          "(meshctl --node HOST:PORT status) before starting anything")
         steps.append("start the nodes that are down; one whose process still runs is hung (its log has stopped) or "
                      "cut off from the nodes that answered (runbook: Network partition)")
+        margin = _write_margin(entries, joining)
+        if margin is not None:
+            found.append(margin)
     if unheard:
         groups = problems["groups"]
         if len(groups) > 1:
@@ -100,6 +103,20 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     if refused:
         steps.append("safe mode ends by itself once a majority of the region's cores is visible again")
     return f"CHECK FAILED{seen_by}: {'; '.join(found)}\n  next: {'; '.join(steps)}"
+
+
+def _write_margin(entries: list[dict[str, Any]], joining: list[str]) -> str | None:
+    """"writes go on with 2 of 3 cores: one more core down stops them" when that is so (None otherwise)."""
+    accepting = [entry for entry in entries if entry["reachable"] and entry.get("role") == "core"
+                 and entry["safe_for_writes"] and entry["node_id"] not in joining
+                 and isinstance(entry.get("visible_cores"), int) and isinstance(entry.get("expected_cores"), int)]
+    if not accepting:
+        return None
+    visible = max(entry["visible_cores"] for entry in accepting)
+    expected = max(entry["expected_cores"] for entry in accepting)
+    if visible - (expected // 2 + 1) > 0:
+        return None
+    return f"writes go on with {visible} of {expected} cores: one more core down stops them"
 
 
 def _seen_text(counts: dict[str, int]) -> str:

@@ -86,6 +86,12 @@ def test_a_core_down_while_the_others_keep_a_majority_is_not_called_a_minority_s
     verdict, steps = status_summary(entries).split("\n")
     assert verdict == "CHECK FAILED: not alive: core3 (dead to 2)"
     assert steps.startswith("  next: start the nodes that are down;") and "minority" not in steps
+    # With what the cores report of themselves, the verdict says how much room is left for writes.
+    counted = [dict(entry, visible_cores=2, expected_cores=3) for entry in entries]
+    assert status_summary(counted).split("\n")[0] == ("CHECK FAILED: not alive: core3 (dead to 2); writes go on with "
+                                                      "2 of 3 cores: one more core down stops them")
+    five = [dict(entry, visible_cores=4, expected_cores=5) for entry in entries]  # 4 of 5: one more may go
+    assert "writes go on" not in status_summary(five)
 
 
 def test_a_node_that_started_seconds_ago_is_joining_not_split_off() -> None:
