@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from iris_mesh.cli._verdict import JOINING_S
 from iris_mesh.membership import PeerCard, browse_cluster
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
@@ -41,6 +43,7 @@ class Target:
         self._every_node = False
         self.expect: int | None = None  # how many nodes to wait for, when the command knows (mesh --expect)
         self.foreign_nodes: set[str] = set()  # nodes found under our cluster name with another cookie's key
+        self.first_status: dict[str, Any] | None = None  # the status of the node whose view ended the mDNS listen
 
     def endpoints(self, *, every_node: bool = True) -> list[tuple[str, str]]:
         """(name, admin endpoint) of the nodes to ask (found once per run); raises CtlError if there is none.
@@ -176,14 +179,21 @@ def expected_cores_missing(target: Target, args: argparse.Namespace, answered: I
     is not found by mDNS at all. None with --node."""
     if args.node:
         return set()
-    for _name, endpoint in target.endpoints():
+    asked = (_status_at(target, endpoint) for _name, endpoint in target.endpoints())  # one at a time, as needed
+    for status in itertools.chain([target.first_status], asked):
         try:
-            status = target.request(endpoint, "status")["status"]
             known = set(status["expected"]) | (set(status["peers"]) if every_node else set())
             return known - set(answered)
-        except (AdminError, KeyError, TypeError):
+        except (KeyError, TypeError):
             continue
     return set()
+
+
+def _status_at(target: Target, endpoint: str) -> dict[str, Any] | None:
+    try:
+        return target.request(endpoint, "status")["status"]
+    except (AdminError, KeyError):
+        return None
 
 
 def endpoint_of(node: str) -> str:
@@ -214,8 +224,6 @@ def read_cookie_file(cookie_file: str | None) -> bytes:
     return cookie
 
 
-# A node up for less than this may not have heard of every other node yet: its view does not end a listen early.
-_SETTLED_UPTIME_S = 5.0
 
 
 class _KnownNodes:
@@ -253,7 +261,9 @@ class _KnownNodes:
         status = reply.get("status") if reply.get("ok") else None
         if not isinstance(status, dict) or not isinstance(status.get("peers"), dict):
             return
+        self._target.first_status = status  # the cores and peers it expects, for the command itself
         self._states = {str(node): str(state) for node, state in status["peers"].items()}
         self._states[str(status.get("node_id", first.node_id))] = "alive"
         uptime = status.get("uptime_s")
-        self._settled = isinstance(uptime, (int, float)) and uptime >= _SETTLED_UPTIME_S
+        # A node still joining may not have heard of every other node yet: its view does not end a listen early.
+        self._settled = isinstance(uptime, (int, float)) and uptime >= JOINING_S

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["not_alive", "status_problems", "status_summary"]
+__all__ = ["JOINING_S", "not_alive", "status_problems", "status_summary"]
 
 # A node up for less than this may still be joining: others may not hear it yet, nor it them.
-_JOINING_S = 5.0
+JOINING_S = 5.0
 
 
 def not_alive(status: dict[str, Any]) -> dict[str, str]:
@@ -34,7 +34,7 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
     whether the cores that answered all refuse writes while cores are down (they see only a minority)."""
     answered = [entry for entry in entries if entry["reachable"]]
     answered_ids = {entry["node_id"] for entry in answered}
-    young = {entry["node_id"]: entry for entry in answered if entry.get("uptime_s", _JOINING_S) < _JOINING_S}
+    young = {entry["node_id"]: entry for entry in answered if entry.get("uptime_s", JOINING_S) < JOINING_S}
     # Joining: up for seconds, and not yet heard by every node that answered, or not yet hearing them all.
     # (What it says of nodes that did not answer counts like any node's view.)
     joining = sorted(node for node, entry in young.items()

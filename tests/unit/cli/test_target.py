@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
-from iris_mesh.cli._target import EXIT_UNREACHABLE, CtlError, Target
+from iris_mesh.cli._target import EXIT_UNREACHABLE, CtlError, Target, expected_cores_missing
 from iris_mesh.membership import PeerCard
 from iris_mesh.sockets import AdminError
 
@@ -52,6 +52,7 @@ class ScriptedTarget(Target):
             raise AdminError("timeout", "no answer")
         me = next(node for node, c in CARDS.items() if c.admin_endpoint == endpoint)
         return {"ok": True, "status": {"node_id": me, "uptime_s": self.uptime_s,
+                                       "expected": sorted(n for n in self.view if n.startswith("core")),
                                        "peers": {n: s for n, s in self.view.items() if n != me}}}
 
 
@@ -146,3 +147,12 @@ def test_a_node_with_another_cookie_does_not_end_a_listen(monkeypatch: pytest.Mo
     assert names(target.endpoints(every_node=False)) == ["core2"]
     assert ended == [2]  # core1 answered first, under our cluster's name but with another cookie's key
     assert target.foreign_nodes == {"core1"}
+
+
+def test_the_expected_cores_come_from_the_view_that_ended_the_listen_without_asking_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    target = ScriptedTarget(monkeypatch, [["core2", "core1", "edge1"]], dict(ALL_ALIVE, core3="dead"))
+    assert names(target.endpoints()) == ["core1", "core2", "edge1"]
+    assert expected_cores_missing(target, target.args, ["core1", "core2"]) == {"core3"}
+    assert expected_cores_missing(target, target.args, ["core1", "core2"], every_node=True) == {"core3", "edge1"}
+    assert target.asked == [(CARDS["core2"].admin_endpoint, "status")]  # once, while listening
