@@ -38,7 +38,7 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             failed[name] = f"no answer: {result}"
             causes.setdefault("silent", []).append(name)
         elif not result.get("ok"):
-            failed[name] = _without_exception_name(str(result.get("detail")))
+            failed[name] = str(result.get("detail"))
             causes.setdefault(_backup_failure_cause(failed[name]), []).append(name)
         elif "path" in result:
             done[result["node"]] = result["path"]
@@ -76,12 +76,6 @@ def _node_id_at(target: Target, endpoint: str) -> str | None:
         return str(target.request(endpoint, "status")["status"]["node_id"])
     except (AdminError, KeyError, TypeError):
         return None
-
-
-def _without_exception_name(detail: str) -> str:
-    """A node's backup_failed detail without the name of the exception it starts with (not for operators)."""
-    name, sep, rest = detail.partition(": ")
-    return rest if sep and name.isidentifier() and name.endswith(("Error", "Exception")) else detail
 
 
 def _backup_failure_cause(detail: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iris_mesh.store._coordinator import DURABILITIES, Done
+from iris_mesh.store._db import StoreError
 from iris_mesh.store._anti_entropy import SessionResult
 from iris_mesh.store._service import USER_TABLES, StoreService
 from iris_mesh.store._versioned import Versioned
@@ -185,7 +186,8 @@ class StoreAdmin:
             try:
                 path = checkpoint(Path(directory) / node_id)
             except Exception as exc:  # the operator needs the reason, the node keeps serving
-                error = f"{type(exc).__name__}: {exc}"
+                # A StoreError says what failed in words; anything else is a bug, named as such.
+                error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
                 post(lambda _now: request.error("backup_failed", error))
                 return
             post(lambda _now: request.reply({"ok": True, "node": node_id, "path": str(path)}))
