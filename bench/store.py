@@ -21,9 +21,12 @@ commits in groups: one WriteBatch + one WAL fsync per batch).
    `--latency-fraction` (0.5) of the max rate for `--latency-seconds` (10),
    however slowly the answers come (outstanding writes are capped at
    `--latency-max-outstanding`; a write over the cap is not sent and is
-   counted). The submitting thread sleeps at least `--pace-tick-ms` (1) between
-   bursts. Latency = Done callback time - time of the `put_async` call; the same
-   from the write's slot in the schedule is reported too (it adds the pacing lag).
+   counted). A paced run of `--latency-warmup` (2) s at the same rate comes
+   first and is not counted: it lets the queues and RocksDB work the saturated
+   max-rate runs left behind clear, as each max-rate run has its own warm-up.
+   The submitting thread sleeps at least `--pace-tick-ms` (1) between bursts.
+   Latency = Done callback time - time of the `put_async` call; the same from
+   the write's slot in the schedule is reported too (it adds the pacing lag).
    The flushes and compactions each core's RocksDB ran meanwhile are listed
    (`rocksdb_jobs`, from its LOG): they compete with the writes for the CPUs.
 3. **Light load**. The same, at `--light-rate` (200) writes/s for
@@ -103,6 +106,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=1000,
                         help="outstanding writes in the max-rate run (default 1000)")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="paced run for latency (default 10)")
+    parser.add_argument("--latency-warmup", type=float, default=2.0,
+                        help="unmeasured start of the paced run, at the same rate (default 2)")
     parser.add_argument("--latency-fraction", type=float, default=0.5, help="paced rate / max rate (default 0.5)")
     parser.add_argument("--latency-max-outstanding", type=int, default=20_000,
                         help="paced run: writes over this many outstanding are not sent (default 20000)")
@@ -275,7 +280,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # 2. latency at a fraction of the max rate, open loop
             paced_rate = max(1.0, max_rate * args.latency_fraction)
-            progress(f"latency: paced at {paced_rate:,.0f} writes/s for {args.latency_seconds} s")
+            progress(f"latency: paced at {paced_rate:,.0f} writes/s for {args.latency_warmup} s of warm-up"
+                     f" + {args.latency_seconds} s")
+            if args.latency_warmup > 0:
+                load.open_loop(paced_rate, args.latency_warmup, args.latency_max_outstanding,
+                               args.store_timeout + 5, args.pace_tick_ms / 1000)
             stats_before_paced = cluster.commit_stats()
             meter = _meter(cluster)
             meter.start()
@@ -394,6 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency": {
             "mode": "open loop: fixed schedule at latency_fraction x max rate; latency = Done - put_async call",
             "latency_fraction": args.latency_fraction,
+            "warmup_s": args.latency_warmup,
             "max_outstanding": args.latency_max_outstanding,
             "pace_tick_ms": args.pace_tick_ms,
             **paced,
