@@ -38,12 +38,16 @@ __all__ = ["main"]
 def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("nodes")
     nodes = checked(reply)["nodes"]
-    rows = [["NODE", "ROLE", "REGION", "STATE", "INC", "ADDRESS", "ADMIN", "SILENT"]]
+    rows = [["NODE", "ROLE", "REGION", "STATE", "INC", "ADDRESS", "ADMIN", "SILENT", "HEARTBEAT"]]
     for node in nodes:
         silent = "-" if node["self"] or node["silent_s"] is None else f"{node['silent_s']:.2f}s"
+        # A node answering HELLOs but sending no heartbeats here has a heartbeat path that does not work.
+        heard = node.get("heartbeat_s")
+        heartbeat = "-" if node["self"] or node["silent_s"] is None else "none" if heard is None else f"{heard:.2f}s"
         rows.append([
             node["node_id"] + ("*" if node["self"] else ""), node["role"], node["region"], node["state"],
             str(node["incarnation"]), f"{node['host']}:{node['mesh_port']}", str(node["admin_port"]), silent,
+            heartbeat,
         ])
     down = [n["node_id"] for n in nodes if n["state"] != "alive"]
     text = f"nodes seen by {reply['from']} (* = itself)\n{table_text(rows)}"

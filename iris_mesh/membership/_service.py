@@ -38,6 +38,7 @@ class MeshIO(Protocol):
     """What the service needs from the engine (engine thread only)."""
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool: ...
+    def async_resubscribe(self, node_id: str) -> bool: ...
     def async_disconnect_peer(self, node_id: str) -> None: ...
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
     def async_open_seed(self, endpoint: str) -> None: ...
@@ -83,6 +84,9 @@ class MembershipService:
         self._ignored: set[tuple[str, str]] = set()
         self._flaps: dict[str, list[float]] = {}
         self._stale_since: dict[str, float] = {}  # node -> when its frames first came with an older incarnation
+        # node -> (incarnation, when) of its last heartbeat: a node heard only through its HELLOs has a
+        # heartbeat path that does not work (its heartbeat port blocked, or not reconnected yet).
+        self._heartbeat_at: dict[str, tuple[int, float]] = {}
         self._next_seed_check = 0.0
         self._last_decision: GuardDecision | None = None
         self.counters: dict[str, int] = {"bad_cards": 0, "stalls": 0}
@@ -121,8 +125,10 @@ class MembershipService:
         card = self._card_from(msg.get("card"))
         if card is None or card.node_id != src or not self._acceptable(card, "heartbeat"):
             return
-        self._learn(card.with_(incarnation=msg["inc"]), now)
+        self._learn(card.with_(incarnation=msg["inc"]), now, by_heartbeat=True)
         self._heard(src, msg["inc"], now)
+        if msg["inc"] >= (self.detector.incarnation(src) or 0):
+            self._heartbeat_at[src] = (msg["inc"], now)
         linked = msg.get("ln")
         if isinstance(linked, dict) and linked.get(self.card.node_id) != self.card.incarnation:
             self._say_hello(src, now)
@@ -195,16 +201,19 @@ class MembershipService:
     def nodes_view(self, now: float) -> list[dict[str, Any]]:
         """Every node this one knows, itself first: the data behind `meshctl nodes`."""
         snapshot = self.detector.snapshot(now)
-        rows = [self._row(self.card, "alive", 0.0, True)]
+        rows = [self._row(self.card, "alive", 0.0, None, True)]
         for node_id in sorted(set(self.cards) | set(snapshot)):
             card = self.cards.get(node_id)
             status = snapshot.get(node_id)
             if card is None:
                 continue
             if status is None:
-                rows.append(self._row(card, "unknown", None, False))
-            else:
-                rows.append(self._row(card.with_(incarnation=status.incarnation), status.state.value, status.silent_for_s, False))
+                rows.append(self._row(card, "unknown", None, None, False))
+                continue
+            heartbeat = self._heartbeat_at.get(node_id)
+            heartbeat_s = now - heartbeat[1] if heartbeat is not None and heartbeat[0] == status.incarnation else None
+            rows.append(self._row(card.with_(incarnation=status.incarnation), status.state.value, status.silent_for_s,
+                                  heartbeat_s, False))
         return rows
 
     def status_view(self) -> dict[str, Any]:
@@ -243,6 +252,7 @@ class MembershipService:
         self.cards.pop(node_id, None)
         self._hello_sent_at.pop(node_id, None)
         self._hello_pending.discard(node_id)
+        self._heartbeat_at.pop(node_id, None)
         assert self._io is not None
         self._io.async_disconnect_peer(node_id)
         done = f"forgot {node_id}" + (
@@ -253,7 +263,8 @@ class MembershipService:
 
     # ---- internals -------------------------------------------------------------------
 
-    def _row(self, card: PeerCard, state: str, silent: float | None, is_self: bool) -> dict[str, Any]:
+    def _row(self, card: PeerCard, state: str, silent: float | None, heartbeat: float | None,
+             is_self: bool) -> dict[str, Any]:
         return {
             "node_id": card.node_id,
             "role": card.role,
@@ -267,6 +278,8 @@ class MembershipService:
             "admin_port": card.admin_port,
             "client_port": card.client_port,
             "silent_s": None if silent is None else round(silent, 3),
+            # Since its last heartbeat (None: none from this incarnation); only HELLOs and heartbeats keep it alive.
+            "heartbeat_s": None if heartbeat is None else round(max(heartbeat, 0.0), 3),
         }
 
     def _card_from(self, raw: Any) -> PeerCard | None:
@@ -291,7 +304,8 @@ class MembershipService:
             return False
         return True
 
-    def _learn(self, card: PeerCard, now: float) -> None:
+    def _learn(self, card: PeerCard, now: float, by_heartbeat: bool = False) -> None:
+        """Take a card (from mDNS, a HELLO, a heartbeat or gossip): link to the node, or re-point the link."""
         assert self._io is not None
         known = self.cards.get(card.node_id)
         if known is not None and known.incarnation > card.incarnation:
@@ -306,6 +320,11 @@ class MembershipService:
             logger.debug("linking to {} at {} (incarnation {})", card.node_id, card.mesh_endpoint, card.incarnation)
             self._say_hello(card.node_id, now, force=True)
         elif known is not None and known.incarnation != card.incarnation:
+            # Restarted at the same ports. The heartbeat subscription to it may be waiting out ZeroMQ's
+            # reconnect back-off (up to a second after a long outage) while its HELLO already made it alive
+            # here: it would then be suspected for the silence. Reconnect it now, unless a heartbeat told us.
+            if not by_heartbeat:
+                self._io.async_resubscribe(card.node_id)
             self._say_hello(card.node_id, now, force=True)
 
     def _say_hello(self, node_id: str, now: float, force: bool = False) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-
+from typing import Any
 
 from support.nodes import CORES, LocalCluster
 from support.waiting import wait_until
@@ -120,6 +120,41 @@ def test_killed_node_is_marked_dead_and_rejoins_with_a_higher_incarnation(local_
     wait_until(lambda: local_cluster.nodes["core1"].states().get("edge1") == "dead", 5.0, "edge1 dead")
     latency = meshctl(local_cluster, "--cluster", local_cluster.name, "latency")
     assert latency.returncode == 1 and "not answering: edge1" in latency.stdout, latency.stdout + latency.stderr
+
+
+def peer_row(cluster: LocalCluster, seen_by: str, node_id: str) -> dict[str, Any]:
+    return next(row for row in cluster.nodes[seen_by].request("nodes")["nodes"] if row["node_id"] == node_id)
+
+
+def test_a_core_restarted_at_the_same_ports_is_not_suspected_by_its_peers(local_cluster: LocalCluster) -> None:
+    for node_id in CORES:
+        local_cluster.add(node_id)
+    local_cluster.start(*CORES)
+    local_cluster.wait_full_mesh(list(CORES))
+    victim = local_cluster.nodes["core2"]
+    # Fixed ports, as production nodes have: the restarted process binds the ones its peers know.
+    victim.settings.update({key: victim.info[key] for key in ("mesh_port", "heartbeat_port", "admin_port")})
+    victim.kill()
+    survivors = ["core1", "core3"]
+    # Down long enough for ZeroMQ's reconnect back-off to reach its maximum (a second between attempts).
+    wait_until(lambda: all((peer_row(local_cluster, n, "core2")["silent_s"] or 0) >= 3.0 for n in survivors),
+               10.0, "core2 silent for 3 s on every survivor")
+    victim.start()
+
+    def heartbeat_heard(seen_by: str) -> bool:
+        row = peer_row(local_cluster, seen_by, "core2")
+        return row["incarnation"] == victim.incarnation and row["heartbeat_s"] is not None
+
+    # Its HELLO makes it alive at once; until its first heartbeat arrives, a late subscription would
+    # leave it silent, and it would be suspected after suspect_after_s (0.8 s).
+    wait_until(lambda: all(heartbeat_heard(n) for n in survivors), 10.0,
+               "every survivor to hear a heartbeat of the restarted core2")
+    for node_id in survivors:
+        log = local_cluster.nodes[node_id].log_path.read_text(errors="replace")
+        since_restart = log[log.rindex("core2 restarted"):]
+        assert "core2 is suspect" not in since_restart, since_restart
+    nodes = meshctl(local_cluster, "--node", local_cluster.nodes["core1"].admin, "nodes")
+    assert re.search(r"(?m)^core2 +core .* alive .* \d+\.\d\ds +\d+\.\d\ds$", nodes.stdout), nodes.stdout
 
 
 def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_cluster: LocalCluster) -> None:

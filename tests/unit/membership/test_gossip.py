@@ -1,5 +1,6 @@
 """MembershipService: gossip about a peer never re-points a link to a peer heard first-hand; a node that did not
-run for a while does not blame its peers for the silence.
+run for a while does not blame its peers for the silence; a peer restarted at the same ports gets its heartbeat
+subscription reconnected at once, and the nodes view tells a peer heard by heartbeat from one heard only by HELLO.
 
 Sans-IO: a fake mesh that records links, and a manual clock.
 """
@@ -17,6 +18,7 @@ T0 = 1000.0
 class FakeMesh:
     def __init__(self) -> None:
         self.links: dict[str, str] = {}  # node -> mesh endpoint
+        self.resubscribed: list[str] = []  # nodes whose heartbeat subscription was reconnected, in order
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
         changed = self.links.get(node_id) != mesh_endpoint
@@ -25,6 +27,10 @@ class FakeMesh:
 
     def async_disconnect_peer(self, node_id: str) -> None:
         self.links.pop(node_id, None)
+
+    def async_resubscribe(self, node_id: str) -> bool:
+        self.resubscribed.append(node_id)
+        return node_id in self.links
 
     def async_seed_endpoints(self) -> list[str]:
         return []
@@ -50,6 +56,10 @@ def card(node_id: str, incarnation: int, mesh_port: int, host: str = "127.0.0.1"
 def heartbeat(src: PeerCard, peers: list[PeerCard], seq: int) -> dict[str, Any]:
     return envelope("hb", src=src.node_id, inc=src.incarnation, seq=seq, card=src.to_wire(),
                     peers=[p.to_wire() for p in peers])
+
+
+def hello(src: PeerCard) -> dict[str, Any]:
+    return envelope("hello", src=src.node_id, inc=src.incarnation, seq=1, card=src.to_wire())
 
 
 def membership() -> tuple[MembershipService, FakeMesh]:
@@ -112,3 +122,40 @@ def test_a_node_that_did_not_run_judges_its_peers_only_after_reading_what_they_s
     service.async_tick(T0 + 20.01)
     assert (service.state_of("core2"), service.state_of("core3")) == ("alive", "dead")
     assert service.counters["stalls"] == 1
+
+
+def heartbeat_s(service: MembershipService, node_id: str, now: float) -> float | None:
+    row = next(row for row in service.nodes_view(now) if row["node_id"] == node_id)
+    return row["heartbeat_s"]
+
+
+def test_a_peer_restarted_at_the_same_ports_gets_its_heartbeat_subscription_reconnected_at_once() -> None:
+    service, mesh = membership()
+    core2 = card("core2", 7, 6000)
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0)
+    assert mesh.resubscribed == []  # a new peer: its subscription was just made
+    # core2 comes back with a new incarnation at the same ports, and its HELLO arrives first: the SUB
+    # socket may still be waiting out ZeroMQ's reconnect back-off, so it is reconnected now.
+    restarted = card("core2", 8, 6000)
+    service.async_on_hello(hello(restarted), T0 + 5.0)
+    assert mesh.resubscribed == ["core2"]
+    assert service.state_of("core2") == "alive"
+    # Its heartbeats flow again: nothing more to do. A restart first seen in a heartbeat needs nothing either.
+    service.async_on_heartbeat(heartbeat(restarted, [], 1), T0 + 5.1)
+    service.async_on_heartbeat(heartbeat(card("core2", 9, 6000), [], 1), T0 + 9.0)
+    assert mesh.resubscribed == ["core2"]
+
+
+def test_the_nodes_view_says_how_long_ago_each_peer_sent_a_heartbeat() -> None:
+    service, _ = membership()
+    core2 = card("core2", 7, 6000)
+    service.async_on_hello(hello(core2), T0)
+    assert heartbeat_s(service, "core2", T0 + 0.5) is None  # heard, but never by heartbeat
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0 + 1.0)
+    assert heartbeat_s(service, "core2", T0 + 1.25) == 0.25
+    assert heartbeat_s(service, "core1", T0 + 1.25) is None  # itself
+    # A new incarnation's HELLO: the old process's heartbeats say nothing about the new one.
+    service.async_on_hello(hello(card("core2", 8, 6000)), T0 + 2.0)
+    assert heartbeat_s(service, "core2", T0 + 2.0) is None
+    service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], 1), T0 + 2.1)
+    assert heartbeat_s(service, "core2", T0 + 2.1) == 0.0
