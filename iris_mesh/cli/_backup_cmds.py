@@ -39,7 +39,8 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             causes.setdefault("silent", []).append(name)
         elif not result.get("ok"):
             failed[name] = str(result.get("detail"))
-            causes.setdefault(_backup_failure_cause(failed[name]), []).append(name)
+            cause = result.get("cause")
+            causes.setdefault(cause if cause in ("exists", "create") else "checkpoint", []).append(name)
         elif "path" in result:
             done[result["node"]] = result["path"]
             lines.append(f"{result['node']}: checkpoint in {result['path']}")
@@ -76,15 +77,6 @@ def _node_id_at(target: Target, endpoint: str) -> str | None:
         return str(target.request(endpoint, "status")["status"]["node_id"])
     except (AdminError, KeyError, TypeError):
         return None
-
-
-def _backup_failure_cause(detail: str) -> str:
-    """Why a core's checkpoint failed, from the node's answer: exists, create, or checkpoint."""
-    if "already exists" in detail:
-        return "exists"
-    if "cannot create the directory" in detail:
-        return "create"
-    return "checkpoint"
 
 
 def _backup_advice(cause: str, cores: list[str], directory: str) -> str:

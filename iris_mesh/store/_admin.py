@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iris_mesh.store._coordinator import DURABILITIES, Done
+from iris_mesh.store._backup import BackupError
 from iris_mesh.store._db import StoreError
 from iris_mesh.store._anti_entropy import SessionResult
 from iris_mesh.store._service import USER_TABLES, StoreService
@@ -187,8 +188,10 @@ class StoreAdmin:
                 path = checkpoint(Path(directory) / node_id)
             except Exception as exc:  # the operator needs the reason, the node keeps serving
                 # A StoreError says what failed in words; anything else is a bug, named as such.
-                error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-                post(lambda _now: request.error("backup_failed", error))
+                failure = {"ok": False, "error": "backup_failed",
+                           "detail": str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}",
+                           "cause": exc.cause if isinstance(exc, BackupError) else "checkpoint"}
+                post(lambda _now: request.reply(failure))
                 return
             post(lambda _now: request.reply({"ok": True, "node": node_id, "path": str(path)}))
 

@@ -39,22 +39,34 @@ from rocksdict import AccessType, Options, Rdict
 from iris_mesh.store._db import Database, StoreError, held_by_this_process
 from iris_mesh.store._meta import EXPECTED_PREFIX, NODE_ID_KEY
 
-__all__ = ["MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
+__all__ = ["BackupError", "MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
+
+
+class BackupError(StoreError):
+    """A checkpoint was not taken; `cause` says why, for the advice meshctl gives.
+
+    `exists`: the destination is there already (an earlier backup's); `create`: its directory cannot
+    be made; `checkpoint`: RocksDB or the disk failed while writing it.
+    """
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def checkpoint(db: Database, dest: Path) -> Path:
-    """Write a consistent online checkpoint of `db` into `dest` (must not exist); returns `dest`."""
+    """Write a consistent online checkpoint of `db` into `dest` (must not exist); returns `dest`. BackupError if not."""
     if dest.exists():
-        raise StoreError(f"backup destination {dest} already exists; choose a new directory")
+        raise BackupError("exists", f"backup destination {dest} already exists; choose a new directory")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StoreError(f"cannot create the directory {dest.parent}: {exc.strerror or exc}") from None
+        raise BackupError("create", f"cannot create the directory {dest.parent}: {exc.strerror or exc}") from None
     try:
         db.checkpoint(dest)
         _fsync_tree(dest)  # "backup done" means on disk, also after power loss
     except Exception as exc:
-        raise StoreError(f"checkpoint into {dest} failed: {exc}") from None
+        raise BackupError("checkpoint", f"checkpoint into {dest} failed: {exc}") from None
     return dest
 
 

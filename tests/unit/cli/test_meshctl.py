@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iris_mesh.cli._backup_cmds import _backup_advice, _backup_failure_cause
+from iris_mesh.cli._backup_cmds import _backup_advice
 from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text, main
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_PROPERTIES
@@ -118,14 +118,13 @@ def test_a_restore_into_a_data_root_that_does_not_exist_changes_nothing(tmp_path
 
 
 def test_a_node_s_backup_failure_gets_advice_for_its_cause() -> None:
-    detail = "backup destination /b/core1 already exists; choose a new directory"
-    assert _backup_advice(_backup_failure_cause(detail), ["core1", "core2"], "/b") == (
+    assert _backup_advice("exists", ["core1", "core2"], "/b") == (
         "/b already holds checkpoints of core1, core2 from an earlier backup (left as they were): "
         "take the backup into a new directory")
-    detail = "cannot create the directory /proc/x: No such file or directory"
-    assert _backup_advice(_backup_failure_cause(detail), ["core1"], "/proc/x") == (
+    assert _backup_advice("create", ["core1"], "/proc/x") == (
         "the directory /proc/x cannot be created (see why above): choose another one")
-    assert _backup_failure_cause("checkpoint into /b/core1 failed: IO error: No space left on device") == "checkpoint"
+    assert _backup_advice("checkpoint", ["core1"], "/b") == (
+        "the checkpoint of core1 failed (see why above): mend that, then take the backup again into a new directory")
 
 
 def backed_up_while_core3_was_down(tmp_path: Path) -> tuple[Path, Path]:

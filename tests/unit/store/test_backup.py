@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 from rocksdict import Options, Rdict
 
-from iris_mesh.store._backup import MissingCores, checkpoint, restore, restore_all, restore_backup
+from iris_mesh.store._backup import BackupError, MissingCores, checkpoint, restore, restore_all, restore_backup
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._meta import NodeMeta
@@ -129,8 +129,9 @@ def test_checkpoint_into_an_existing_directory_is_refused(tmp_path: Path) -> Non
     db = Database(tmp_path / "db")
     try:
         (tmp_path / "taken").mkdir()
-        with pytest.raises(StoreError, match="already exists"):
+        with pytest.raises(BackupError, match="already exists") as refused:
             checkpoint(db, tmp_path / "taken")
+        assert refused.value.cause == "exists"  # what meshctl's advice goes by
     finally:
         db.close()
 
@@ -139,10 +140,19 @@ def test_checkpoint_into_a_directory_that_cannot_be_created_says_so(tmp_path: Pa
     db = Database(tmp_path / "db")
     try:
         (tmp_path / "file").write_text("")
-        with pytest.raises(StoreError, match=r"^cannot create the directory .*/file/backup: Not a directory$"):
+        with pytest.raises(BackupError, match=r"^cannot create the directory .*/file/backup: Not a directory$") as failed:
             checkpoint(db, tmp_path / "file" / "backup" / "core1")
+        assert failed.value.cause == "create"
     finally:
         db.close()
+
+
+def test_a_checkpoint_that_fails_while_written_says_so(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    db.close()
+    with pytest.raises(BackupError, match=r"^checkpoint into .*/backup/core1 failed: ") as failed:
+        checkpoint(db, tmp_path / "backup" / "core1")
+    assert failed.value.cause == "checkpoint"
 
 
 def test_restore_replaces_the_state_exactly(tmp_path: Path) -> None:
