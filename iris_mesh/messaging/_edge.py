@@ -16,14 +16,12 @@ A send from user A to user B, accepted on A's edge (the origin):
    deletes the stored copy when the late `mdelivered` comes (B's edge deletes
    it itself if the origin is gone), so B does not get it twice.
 
-An edge declines a live delivery while any session of B may still be owed
-stored messages (it has not synced, or its inbox changed): the message then
-goes to the inbox behind them, which keeps per-sender order across the switch
-between online and offline. A session that holds a message unacked for longer
-than `deliver_timeout_s` (its app is slow to receive) is skipped too, so its
-senders do not wait a deliver timeout per message. A message leaves the inbox
-only when B acks it. When the presence scan fails (too few cores), every live
-edge is offered the message; those without B decline.
+B's edge takes an offer or declines it as LiveDesk (_live.py) decides: it
+declines while any session of B may still be owed stored messages, so the
+message goes to the inbox behind them and per-sender order holds across the
+switch between online and offline. A message leaves the inbox only when B acks
+it. When the presence scan fails (too few cores), every live edge is offered
+the message; those without B decline.
 
 `minbox` reaches only edges the origin sees alive, so B's edge can miss it (it
 was paused, or cut off, when the message was stored) and think B's sessions
@@ -37,7 +35,8 @@ clean. Two rules keep order anyway:
 - the origin keeps the `minbox`es an edge missed and sends them once that edge
   is alive again (before anything else it sends there), so the stored message
   reaches B without waiting for a next one.
-Sync, push and deletion of stored messages are InboxFeed's (_inbox_feed.py);
+Offers on the recipient's edge are LiveDesk's (_live.py); sync, push and
+deletion of stored messages are InboxFeed's (_inbox_feed.py);
 presence rows and lookups are PresenceBook's (_presence.py); minboxes, and those
 owed to edges that missed them, are MinboxCourier's (_minbox.py).
 
@@ -60,11 +59,11 @@ from loguru import logger
 from iris_mesh.messaging._ids import MAX_ID_AHEAD_MS, id_time_ms
 from iris_mesh.messaging._inbox import Store, StoredMessage, encode_stored, inbox_key, stored_version
 from iris_mesh.messaging._inbox_feed import InboxFeed
+from iris_mesh.messaging._live import LiveDesk
 from iris_mesh.messaging._minbox import MinboxCourier
 from iris_mesh.messaging._protocol import (
     RETRYABLE_ERROR_CODES,
     AckRequest,
-    Delivery,
     HelloRequest,
     Limits,
     LoginRequest,
@@ -74,19 +73,17 @@ from iris_mesh.messaging._protocol import (
     ProtocolError,
     SendRequest,
     SyncRequest,
-    build_deliver,
     build_error,
     build_hello,
     build_ok,
     build_pong,
     build_sent,
-    is_valid_user,
     parse_request,
 )
 from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
 from iris_mesh.messaging._recent import RecentOutcomes
-from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
+from iris_mesh.messaging._sessions import Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
 from iris_mesh.store._latency import LatencyWindow
 
@@ -178,6 +175,12 @@ class EdgeService:
                                       now=lambda: self._now, to_client=self._to_client, live_edges=live_edges)
         self._inbox = InboxFeed(store=store, sessions=self.sessions, limits=self._limits, counters=self.counters,
                                 now=lambda: self._now, to_client=self._to_client)
+        self._desk = LiveDesk(node_id=node_id, sessions=self.sessions, limits=self._limits,
+                              deliver_timeout_s=settings.deliver_timeout_s, counters=self.counters,
+                              now=lambda: self._now, to_client=self._to_client,
+                              send=lambda edge, op, **fields: self._gateway_send(edge, op, **fields),
+                              declined_here=lambda msg_id, to: self._declined(self.node_id, msg_id, to),
+                              inbox_changed=lambda user: self._inbox.async_changed(user, self._now))
         self._client_ops: dict[type, Callable[[Session, Any, float], None]] = {
             HelloRequest: self._hello,
             LoginRequest: self._login,
@@ -336,7 +339,7 @@ class EdgeService:
         for edge in targets:
             send.offered.add(edge)
             if edge == self.node_id:
-                self._deliver_here(self.node_id, send.id, send.sender, send.to, send.ts_ms, send.body, after)
+                self._desk.async_offer(self.node_id, send.id, send.sender, send.to, send.ts_ms, send.body, after)
                 continue
             self._minbox.pay(edge)
             if not self._gateway_send(edge, "mdeliver", id=send.id, to=send.to, ts=send.ts_ms, body=send.body, **extra):
@@ -422,61 +425,11 @@ class EdgeService:
         if len(self._stored_tails) > _STORED_TAILS_MAX:
             self._stored_tails.popitem(last=False)
 
-    # ---- delivering (recipient edge) ---------------------------------------------------------
+    # ---- live delivery: offers to this edge (LiveDesk), answers to this edge's offers -------
 
     def _on_mdeliver(self, msg: dict[str, Any], now: float) -> None:
         self._now = now
-        try:
-            msg_id, sender, to, ts, body = msg["id"], msg["from"], msg["to"], msg["ts"], msg["body"]
-            after = msg.get("after")
-            if not (isinstance(msg_id, bytes) and is_valid_user(sender) and is_valid_user(to)
-                    and isinstance(ts, int) and isinstance(body, bytes) and (after is None or isinstance(after, bytes))):
-                raise TypeError
-        except (KeyError, TypeError):
-            self.counters["bad_mesh_frames"] += 1
-            return
-        self._deliver_here(msg["src"], msg_id, sender, to, ts, body, after)
-
-    def _deliver_here(self, origin: str, msg_id: bytes, sender: str, to: str, ts: int, body: bytes,
-                      after: bytes | None) -> None:
-        sessions = self.sessions.of_user(to)
-        if not sessions:
-            self._decline(origin, msg_id, to, "no session")
-            return
-        if any(not s.inbox_clean for s in sessions):
-            # Stored messages may still be owed to this user: this one queues behind them.
-            self._decline(origin, msg_id, to, "inbox not yet synced")
-            return
-        if after is not None and not all(s.has_seen(after) for s in sessions):
-            # The pair's last stored message has not reached every session (this edge missed its
-            # minbox): this one queues behind it, and the inbox is pushed.
-            self.counters["live_declined_behind_stored"] += 1
-            self._decline(origin, msg_id, to, "behind a stored message")
-            self._inbox.async_changed(to, self._now)
-            return
-        taken = 0
-        slow_before = self._now - self._settings.deliver_timeout_s
-        for session in sessions:
-            if len(session.outstanding) >= self._limits.max_pending_deliveries:
-                continue
-            oldest = next(iter(session.outstanding.values()), None)
-            if oldest is not None and oldest.at < slow_before:
-                # The app has left a message unacked past the deliver timeout: this one would wait as
-                # long. It goes to the inbox now, and reaches the session from there as the app acks.
-                self.counters["live_declined_slow_session"] += 1
-                continue
-            session.outstanding[msg_id] = Outstanding(True, origin, sender, self._now)
-            self._to_client(session.route, build_deliver(Delivery(msg_id, sender, ts, body, session.next_seq())))
-            taken += 1
-        if not taken:
-            self._decline(origin, msg_id, to, "sessions have too many (or too old) unacked messages")
-
-    def _decline(self, origin: str, msg_id: bytes, to: str, reason: str) -> None:
-        self.counters["live_declined"] += 1
-        if origin == self.node_id:
-            self._declined(self.node_id, msg_id, to)
-        else:
-            self._gateway_send(origin, "mdeclined", id=msg_id, to=to, reason=reason)
+        self._desk.async_on_mdeliver(msg)
 
     def _on_mdeclined(self, msg: dict[str, Any], now: float) -> None:
         if isinstance(msg.get("id"), bytes) and isinstance(msg.get("to"), str):

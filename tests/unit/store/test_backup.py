@@ -140,7 +140,8 @@ def test_checkpoint_into_a_directory_that_cannot_be_created_says_so(tmp_path: Pa
     db = Database(tmp_path / "db")
     try:
         (tmp_path / "file").write_text("")
-        with pytest.raises(BackupError, match=r"^cannot create the directory .*/file/backup: Not a directory$") as failed:
+        with pytest.raises(BackupError, match=r"^cannot create the directory .*/file/backup: Not a directory$") \
+                as failed:
             checkpoint(db, tmp_path / "file" / "backup" / "core1")
         assert failed.value.cause == "create"
     finally:
