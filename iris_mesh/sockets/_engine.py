@@ -429,8 +429,8 @@ class Engine(PeerLinks):
                 msg = decode(frame, max_frame_bytes=limit)
             except FrameError as exc:
                 self.counters["admin_dropped_malformed"] += 1
-                self.async_send_admin(route, envelope("reply", ok=False, error=exc.code, detail=str(exc),
-                                                      **_only(exc.ids, "rid")))
+                self.async_send_admin(route, envelope("reply", **_only(exc.ids, "rid"), ok=False, error=exc.code,
+                                                      detail=str(exc)))
                 continue
             request = AdminRequest(msg, self, route)
             self._guard(self._handler.async_on_admin, request, now)
@@ -448,7 +448,8 @@ class Engine(PeerLinks):
                 msg = decode(frames[1], max_frame_bytes=limit)
             except FrameError as exc:
                 self.counters["client_dropped_malformed"] += 1
-                self.async_send_client(route, envelope("error", code=exc.code, detail=str(exc), **_only(exc.ids, "cid")))
+                # Keys in the documented order (PROTOCOL.md section 3): cid right after op.
+                self.async_send_client(route, envelope("error", **_only(exc.ids, "cid"), code=exc.code, detail=str(exc)))
                 continue
             self.counters["client_in"] += 1
             self._guard(self._handler.async_on_client, route, msg, now)
