@@ -28,7 +28,7 @@ from ._errors import IrisError
 from ._io import IoLoop
 from ._options import ClientOptions
 from ._session import ClientSession
-from ._types import Message, Presence, SendResult
+from ._types import LoginLost, Message, Presence, SendResult
 
 __all__ = ["Client"]
 
@@ -94,7 +94,8 @@ class Client:
         self._ids = MessageIdGenerator(random_bytes)
         self._send_lock = threading.Lock()  # makes id order and submission order the same; guards _closed
         self._closed = False
-        self._inbox: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        # Messages, LOGIN_LOST when a login is lost at a failover, None once closed.
+        self._inbox: queue.SimpleQueue[Message | LoginLost | None] = queue.SimpleQueue()
         self._session = ClientSession(self._opts)  # touched only by commands running on the I/O thread
         self._loop = IoLoop(
             session=self._session,
@@ -174,16 +175,30 @@ class Client:
         return future
 
     def receive(self, timeout: float | None = None) -> Message | None:
-        """The next message, waiting up to `timeout` seconds (None: forever); None on timeout. Acked once returned."""
+        """The next message, waiting up to `timeout` seconds (None: forever); None on timeout. Acked once returned.
+
+        Before login() it waits for the messages that come once logged in. If logging in again after a
+        failover failed (`login_lost`), it raises IrisError(not_logged_in) once the messages received
+        before are returned, until login() succeeds again.
+        """
         if self._closed:
             raise IrisError("closed", "the client is closed")
-        try:
-            message = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if message is None:
-            self._inbox.put(None)  # for the other threads blocked in receive()
-            raise IrisError("closed", "the client was closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                message = self._inbox.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if message is None:
+                self._inbox.put(None)  # for the other threads blocked in receive()
+                raise IrisError("closed", "the client was closed")
+            if isinstance(message, LoginLost):
+                lost = self._session.login_lost
+                if lost is None:
+                    continue  # logged in again since
+                self._inbox.put(message)  # for the other threads blocked in receive(), and the next call
+                raise IrisError("not_logged_in", lost)
+            break
         batch = (message,)
         self._loop.post(lambda now: self._session.returned(batch, now))
         return message

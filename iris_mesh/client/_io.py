@@ -35,7 +35,7 @@ from ._edges import EdgeAddress, EdgeChooser, EdgeFinder
 from ._errors import IrisError
 from ._options import ClientOptions
 from ._session import ClientSession, Effects, SessionState
-from ._types import Message
+from ._types import LOGIN_LOST, LoginLost, Message
 
 __all__ = ["IoLoop"]
 
@@ -60,7 +60,7 @@ class IoLoop:
         finder: EdgeFinder,
         chooser: EdgeChooser,
         options: ClientOptions,
-        inbox: queue.SimpleQueue[Message | None],
+        inbox: queue.SimpleQueue[Message | LoginLost | None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
@@ -182,12 +182,14 @@ class IoLoop:
             if fx.messages:
                 for message in fx.messages:
                     self._inbox.put(message)
+            if fx.login_lost:
+                self._inbox.put(LOGIN_LOST)  # behind the messages already received: they are returned first
             if fx.hello is not None:
                 self._on_established(fx, now)
             if fx.lost is not None and not final:
                 self._on_lost(fx.lost, now)
             fx = self._session.drain()
-            if not (fx.frames or fx.completions or fx.messages or fx.hello or fx.lost):
+            if not (fx.frames or fx.completions or fx.messages or fx.hello or fx.lost or fx.login_lost):
                 return
 
     def _on_established(self, fx: Effects, now: float) -> None:

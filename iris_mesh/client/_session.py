@@ -94,6 +94,7 @@ class Effects:
     messages: list[Message] = field(default_factory=list)
     hello: HelloReply | None = None  # a new edge answered: the session is established there
     lost: str | None = None  # the session is gone, for this reason: close the link and connect again
+    login_lost: bool = False  # logging in again after a failover failed: wake every receive() to say so
 
 
 class _Request:
@@ -517,6 +518,7 @@ class ClientSession:
             error = IrisError(error.code, f"logging in again on edge {self.edge} failed: {error.detail}")
             self.login_lost = (f"the login as {self.user} was lost: {error.detail} ({error.code}); "
                                "call login() again (with a fresh token if it expired)")
+            self._fx.login_lost = True
         self.user = self._token = None
         self._complete(waiter, error)
         for send in self._sends.drain():

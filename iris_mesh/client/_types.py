@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from iris_mesh.messaging._protocol import SendStatus
 
-__all__ = ["Message", "Presence", "SendResult"]
+__all__ = ["LOGIN_LOST", "LoginLost", "Message", "Presence", "SendResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +43,12 @@ class Presence:
     user: str
     online: bool
     last_seen_ms: int | None
+
+
+class LoginLost:
+    """In a client's receive queue: logging in again after a failover failed (`Client.login_lost` says why)."""
+
+    __slots__ = ()
+
+
+LOGIN_LOST = LoginLost()

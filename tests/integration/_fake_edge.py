@@ -120,6 +120,7 @@ class FakeEdge:
         self.sessions: dict[bytes, str] = {}  # route -> logged-in user
         self.reply: ReplyPolicy = self._store_and_confirm
         self.silent = False  # answer nothing at all (a hung edge)
+        self.refuse_logins: str | None = None  # refuse every login with auth_failed and this detail
         self._attempts: dict[bytes, int] = {}
         self._commands: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -224,7 +225,9 @@ class FakeEdge:
         if isinstance(request, HelloRequest):
             self._send(route, build_hello(self.node_id, self.limits))
         elif isinstance(request, LoginRequest):
-            if request.token != token_for(request.user):
+            if self.refuse_logins is not None:
+                self._send(route, build_error("auth_failed", self.refuse_logins, cid=request.cid))
+            elif request.token != token_for(request.user):
                 self._send(route, build_error("auth_failed", "bad signature", cid=request.cid))
             else:
                 self.sessions[route] = request.user

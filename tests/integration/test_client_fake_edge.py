@@ -370,6 +370,41 @@ def test_a_named_edge_is_left_for_another_one_when_it_dies(edges: Callable[..., 
         assert alice.edge == "edge2" and alice.failovers == 1
 
 
+def test_a_login_lost_at_a_failover_wakes_receive_after_the_messages_received_before(
+    edges: Callable[..., FakeEdge], clients: Callable[..., Client]
+) -> None:
+    edge1, edge2 = edges("edge1"), edges("edge2")
+    finder = EdgeList(edge1)
+    bob = clients(finder=finder, user="bob")
+    edge1.push("bob", Delivery(id=mid(1), sender="alice", ts_ms=1, body=b"before", seq=1))
+    wait_until(lambda: not bob._inbox.empty(), 5.0, "the message in bob's receive queue")
+    outcome: list[Any] = []
+
+    def receive_twice() -> None:  # as a receive-only app does: it would otherwise wait forever
+        for _ in range(2):
+            try:
+                outcome.append(bob.receive(timeout=10.0))
+            except IrisError as exc:
+                outcome.append(exc)
+
+    reader = threading.Thread(target=receive_twice)
+    reader.start()
+    edge2.refuse_logins = "login refused: token expired"
+    finder.edges = [edge2]
+    edge1.kill()
+    reader.join(15.0)
+    assert not reader.is_alive()
+    assert isinstance(outcome[0], Message) and outcome[0].body == b"before"
+    assert isinstance(outcome[1], IrisError) and outcome[1].code == "not_logged_in", outcome
+    assert "the login as bob was lost" in outcome[1].detail and "token expired" in outcome[1].detail
+    with pytest.raises(IrisError, match="was lost"):  # and so on until login() again
+        bob.receive(timeout=0.0)
+    edge2.refuse_logins = None
+    bob.login("bob", token_for("bob"))
+    edge2.push("bob", Delivery(id=mid(2), sender="alice", ts_ms=2, body=b"after", seq=1))
+    assert bob.receive(timeout=5.0).body == b"after"  # type: ignore[union-attr]
+
+
 def test_a_silent_edge_is_detected_by_ping_and_left(
     edges: Callable[..., FakeEdge], clients: Callable[..., Client]
 ) -> None:
