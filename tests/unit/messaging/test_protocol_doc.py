@@ -41,7 +41,8 @@ from iris_mesh.messaging._protocol import (
 )
 from iris_mesh.messaging._sessions import HOLD_MAX_S
 from iris_mesh.messaging._tokens import issue_token, token_secret, verify_token
-from iris_mesh.sockets._codec import decode
+from iris_mesh.sockets._codec import FrameError, decode, envelope
+from iris_mesh.sockets._engine import _only
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "PROTOCOL.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -209,6 +210,18 @@ def test_every_server_frame_has_a_builder_mapping() -> None:
 def test_server_vectors_are_what_the_builders_make(vector: dict[str, str]) -> None:
     frame_map = parse_diag(vector["map"])
     assert cbor2.dumps(_BUILD[frame_map["op"]](frame_map)).hex() == vector["hex"]
+
+
+def test_a_frame_refused_by_the_codec_gets_its_cid_back_right_after_op() -> None:
+    # The vector is the gateway's answer to {"v": 2, "op": "ping", "cid": ...}: the codec's refusal, framed as
+    # Engine._drain_gateway frames it (tests/integration/test_messaging.py checks the running gateway's key order).
+    (vector,) = [v for v in VECTORS if v["dir"] == "S→C" and parse_diag(v["map"]).get("code") == "bad_version"]
+    frame_map = parse_diag(vector["map"])
+    with pytest.raises(FrameError) as refused:
+        decode(cbor2.dumps({"v": 2, "op": "ping", "cid": frame_map["cid"]}))
+    exc = refused.value
+    reply = envelope("error", **_only(exc.ids, "cid"), code=exc.code, detail=str(exc))
+    assert cbor2.dumps(reply).hex() == vector["hex"]
 
 
 # --- tables and the other vectors -------------------------------------------------------
