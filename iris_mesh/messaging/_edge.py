@@ -326,6 +326,14 @@ class EdgeService:
         if not targets:
             self._store_message(send, now)
             return
+        taken = self._live.get((send.to, send.id))
+        if taken is not None and taken is not send:
+            # Another sender's message to the same user with the same id is out live: this one would take its
+            # place, and that one would never be answered. Ids carry 80 random bits: a client makes them badly.
+            self.counters["send_refused_id_in_use"] += 1
+            self._fail_pair(send, "bad_request", f"another message to {send.to} with this id is on its way: "
+                                                 "make ids as PROTOCOL.md section 10 says")
+            return
         send.deadline = now + self._settings.deliver_timeout_s
         self._live[(send.to, send.id)] = send
         self._minbox.saw(targets)  # watched at each tick: a send offered to an edge that dies is stored
@@ -348,7 +356,7 @@ class EdgeService:
 
     def _check_declined(self, send: _Send, now: float) -> None:
         if not send.done and send.offered and send.offered <= send.declined:
-            self._live.pop((send.to, send.id), None)
+            self._unlive(send)
             self._store_message(send, now)
 
     def _store_message(self, send: _Send, now: float) -> None:
@@ -371,7 +379,7 @@ class EdgeService:
         if send.done:
             return
         send.done = True
-        self._live.pop((send.to, send.id), None)
+        self._unlive(send)
         self._inflight.pop((send.sender, send.id), None)
         self._recent.remember(send.sender, send.id, status, now)
         for waiter, cid in send.waiters:
@@ -390,7 +398,7 @@ class EdgeService:
         for failed in queue:
             failed.done = True
             self.send_latency.record_failure(self._now)
-            self._live.pop((failed.to, failed.id), None)
+            self._unlive(failed)
             self._inflight.pop((failed.sender, failed.id), None)
             for waiter, cid in failed.waiters:
                 waiter.pending_sends = max(0, waiter.pending_sends - 1)
@@ -400,6 +408,11 @@ class EdgeService:
                         session.hold(failed.to, failed.id, code, self._now)
                     self._to_client(waiter.route, build_error(code, f"message not stored: {detail}", cid=cid))
         self.counters[f"send_failed_{code}"] += len(queue)
+
+    def _unlive(self, send: _Send) -> None:
+        """`send` no longer waits for a live ack (an entry of another sender's message with the same id stays)."""
+        if self._live.get((send.to, send.id)) is send:
+            del self._live[(send.to, send.id)]
 
     def _sender_on(self, route: bytes, sender: str) -> Session | None:
         """The session of `sender` on `route`, which a send's answer goes to (None: another user may have

@@ -516,3 +516,22 @@ def test_each_answered_and_each_refused_send_is_in_the_edge_send_window() -> Non
     assert edge.reply(ALICE, held)["code"] == "rate_limited"
     window = edge.service.send_latency.summary(edge.now)
     assert (window["count"], window["failed"]) == (1, 2)
+
+
+# ---- ids that collide -------------------------------------------------------------------------
+
+
+def test_a_second_sender_s_message_with_an_id_out_live_is_refused_and_the_first_is_answered() -> None:
+    """Ids are 80 random bits; a client that makes them badly must not leave another user's send unanswered."""
+    edge = Edge()
+    for route, user in ((BOB, "bob"), (CAROL, "carol"), (ALICE, "alice")):
+        edge.log_in(route, user)
+    carol = edge.send(CAROL, "bob", 5)
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(5)]  # out live, not acked yet
+    alice = edge.send(ALICE, "bob", 5)
+    assert edge.outcome(ALICE, alice) == "error:bad_request"
+    assert edge.take(BOB, "deliver") == []
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(5)]}, edge.now)
+    assert edge.outcome(CAROL, carol) == "sent:delivered"
+    assert edge.service.counters["send_refused_id_in_use"] == 1
