@@ -280,11 +280,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # 2. latency at a fraction of the max rate, open loop
             paced_rate = max(1.0, max_rate * args.latency_fraction)
-            progress(f"latency: paced at {paced_rate:,.0f} writes/s for {args.latency_warmup} s of warm-up"
-                     f" + {args.latency_seconds} s")
+            progress(f"latency: paced at {paced_rate:,.0f} writes/s"
+                     + (f" for {args.latency_warmup} s of warm-up +" if args.latency_warmup > 0 else " for")
+                     + f" {args.latency_seconds} s")
+            warmup: dict[str, Any] | None = None
             if args.latency_warmup > 0:
-                load.open_loop(paced_rate, args.latency_warmup, args.latency_max_outstanding,
-                               args.store_timeout + 5, args.pace_tick_ms / 1000)
+                run_in = load.open_loop(paced_rate, args.latency_warmup, args.latency_max_outstanding,
+                                        args.store_timeout + 5, args.pace_tick_ms / 1000)
+                # Not counted, but shown: a warm-up that is still saturated or failing says the phase is off.
+                warmup = {k: run_in[k] for k in ("sent", "ok", "errors_by_code", "skipped_over_max_outstanding",
+                                                 "p50_ms", "p99_ms", "max_ms", "seconds")}
             stats_before_paced = cluster.commit_stats()
             meter = _meter(cluster)
             meter.start()
@@ -404,6 +409,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mode": "open loop: fixed schedule at latency_fraction x max rate; latency = Done - put_async call",
             "latency_fraction": args.latency_fraction,
             "warmup_s": args.latency_warmup,
+            "warmup": warmup,
             "max_outstanding": args.latency_max_outstanding,
             "pace_tick_ms": args.pace_tick_ms,
             **paced,

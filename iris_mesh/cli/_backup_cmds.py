@@ -39,7 +39,7 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             causes.setdefault("silent", []).append(name)
         elif not result.get("ok"):
             failed[name] = str(result.get("detail"))
-            cause = result.get("cause")
+            cause = result.get("cause") or _cause_in_words(failed[name])
             causes.setdefault(cause if cause in ("exists", "create") else "checkpoint", []).append(name)
         elif "path" in result:
             done[result["node"]] = result["path"]
@@ -77,6 +77,15 @@ def _node_id_at(target: Target, endpoint: str) -> str | None:
         return str(target.request(endpoint, "status")["status"]["node_id"])
     except (AdminError, KeyError, TypeError):
         return None
+
+
+def _cause_in_words(detail: str) -> str:
+    """The cause of a failed checkpoint from the words of a node of a version that does not send `cause`."""
+    if "already exists" in detail:
+        return "exists"
+    if "cannot create the directory" in detail:
+        return "create"
+    return "checkpoint"
 
 
 def _backup_advice(cause: str, cores: list[str], directory: str) -> str:

@@ -43,7 +43,8 @@ def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
         silent = "-" if node["self"] or node["silent_s"] is None else f"{node['silent_s']:.2f}s"
         # A node answering HELLOs but sending no heartbeats here has a heartbeat path that does not work.
         heard = node.get("heartbeat_s")
-        heartbeat = "-" if node["self"] or node["silent_s"] is None else "none" if heard is None else f"{heard:.2f}s"
+        heartbeat = ("-" if node["self"] or node["silent_s"] is None else "?" if "heartbeat_s" not in node
+                     else "none" if heard is None else f"{heard:.2f}s")  # ?: a node of a version without it
         rows.append([
             node["node_id"] + ("*" if node["self"] else ""), node["role"], node["region"], node["state"],
             str(node["incarnation"]), f"{node['host']}:{node['mesh_port']}", str(node["admin_port"]), silent,

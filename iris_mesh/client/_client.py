@@ -60,7 +60,10 @@ class Client:
     ping unanswered, `not_logged_in`), the client moves to another edge (or
     to the same endpoint if given one), logs in again, syncs the inbox and resends
     every unconfirmed send with its original id, in the original order: the
-    application sees no exception unless a send's deadline passes.
+    application sees no exception unless a send's deadline passes. If that
+    login is refused (a token that expired meanwhile), `send`, `presence` and
+    `receive` raise `not_logged_in` (`login_lost` says why) until `login`
+    succeeds again.
 
     Errors are `IrisError` with `.code` one of docs/PROTOCOL.md section 8
     (`auth_failed`, `not_logged_in`, `too_large`, `bad_frame`, `bad_request`,
@@ -247,7 +250,7 @@ class Client:
     @property
     def login_lost(self) -> str | None:
         """Why the client is no longer logged in, if logging in again after a failover failed (a token
-        that expired meanwhile, say); None otherwise. Call login() again: that clears it."""
+        that expired meanwhile, say); None otherwise. A login() that succeeds clears it."""
         return self._session.login_lost
 
     @property

@@ -197,7 +197,6 @@ class ClientSession:
                 "bad_request", f"a token is text of 1 to {MAX_TOKEN_CHARS} characters"))
         if self._login_waiter is not None:
             return self._complete(waiter, IrisError("bad_request", "another login() of this client is in progress"))
-        self.login_lost = None
         if self.user is not None and user != self.user:
             return self._complete(waiter, IrisError(
                 "bad_request", f"this client is logged in as {self.user!r}; use another Client for {user!r}"))
@@ -500,6 +499,7 @@ class ClientSession:
 
     def _logged_in(self, now: float) -> None:
         self.state = SessionState.LOGGED_IN
+        self.login_lost = None  # only now: receive() raises until a login succeeds
         self._login_deadline = None
         waiter, self._login_waiter = self._login_waiter, None
         self._complete(waiter, None)
@@ -519,6 +519,9 @@ class ClientSession:
             self.login_lost = (f"the login as {self.user} was lost: {error.detail} ({error.code}); "
                                "call login() again (with a fresh token if it expired)")
             self._fx.login_lost = True
+        elif self.login_lost is not None:  # login() after a lost login, refused too: say the latest reason
+            self.login_lost = (f"the login as {self.user} was lost, and login() was refused: {error.detail} "
+                               f"({error.code}); call login() again (with a fresh token if it expired)")
         self.user = self._token = None
         self._complete(waiter, error)
         for send in self._sends.drain():

@@ -38,7 +38,6 @@ class MeshIO(Protocol):
     """What the service needs from the engine (engine thread only)."""
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool: ...
-    def async_resubscribe(self, node_id: str) -> bool: ...
     def async_disconnect_peer(self, node_id: str) -> None: ...
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
     def async_open_seed(self, endpoint: str) -> None: ...
@@ -125,7 +124,7 @@ class MembershipService:
         card = self._card_from(msg.get("card"))
         if card is None or card.node_id != src or not self._acceptable(card, "heartbeat"):
             return
-        self._learn(card.with_(incarnation=msg["inc"]), now, by_heartbeat=True)
+        self._learn(card.with_(incarnation=msg["inc"]), now)
         self._heard(src, msg["inc"], now)
         if msg["inc"] >= (self.detector.incarnation(src) or 0):
             self._heartbeat_at[src] = (msg["inc"], now)
@@ -304,7 +303,7 @@ class MembershipService:
             return False
         return True
 
-    def _learn(self, card: PeerCard, now: float, by_heartbeat: bool = False) -> None:
+    def _learn(self, card: PeerCard, now: float) -> None:
         """Take a card (from mDNS, a HELLO, a heartbeat or gossip): link to the node, or re-point the link."""
         assert self._io is not None
         known = self.cards.get(card.node_id)
@@ -320,11 +319,6 @@ class MembershipService:
             logger.debug("linking to {} at {} (incarnation {})", card.node_id, card.mesh_endpoint, card.incarnation)
             self._say_hello(card.node_id, now, force=True)
         elif known is not None and known.incarnation != card.incarnation:
-            # Restarted at the same ports. The heartbeat subscription to it may be waiting out ZeroMQ's
-            # reconnect back-off (up to a second after a long outage) while its HELLO already made it alive
-            # here: it would then be suspected for the silence. Reconnect it now, unless a heartbeat told us.
-            if not by_heartbeat:
-                self._io.async_resubscribe(card.node_id)
             self._say_hello(card.node_id, now, force=True)
 
     def _say_hello(self, node_id: str, now: float, force: bool = False) -> None:

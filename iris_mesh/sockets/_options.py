@@ -28,6 +28,11 @@ class SocketTuning:
     handshake_ivl_ms: int = 3_000
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 1_000
+    # The heartbeat subscription retries a peer that is down more often: a peer restarted at the same
+    # ports is alive from its HELLO on, and its first heartbeat must follow well within suspect_after_s
+    # (0.8 s), or it is suspected for a silence that is only our back-off. A retry to a closed port costs
+    # a refused connect.
+    heartbeat_reconnect_ivl_max_ms: int = 250
     # Connections whose peer vanished without a FIN (a cut cable, a partition) are
     # torn down by the kernel, so zmq reconnects as soon as the path heals: data
     # unacknowledged for tcp_user_timeout_ms (ZMQ_TCP_MAXRT is TCP_USER_TIMEOUT on
@@ -116,6 +121,7 @@ def make_sub(ctx: zmq.Context, keys: ClusterKeys, tuning: SocketTuning) -> zmq.S
     sock = ctx.socket(zmq.SUB)
     _common(sock, tuning)
     _reconnecting(sock, tuning)
+    sock.reconnect_ivl_max = tuning.heartbeat_reconnect_ivl_max_ms
     sock.rcvhwm = 10_000
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     keys.client(sock)

@@ -87,23 +87,6 @@ class PeerLinks:
                 except zmq.ZMQError:
                     pass  # never completed the connect; nothing to undo
 
-    def async_resubscribe(self, node_id: str) -> bool:
-        """Reconnect the heartbeat subscription to a peer at once (a restarted peer's new socket, at the same port).
-
-        ZeroMQ reconnects by itself, but after a long outage only once a second (`reconnect_ivl_max`).
-        False if there is no link to the peer or it has no heartbeat endpoint.
-        """
-        link = self._links.get(node_id)
-        if link is None or not link.hb_endpoint or link.hb_endpoint not in self._sub_endpoints:
-            return False
-        try:
-            self._sub.disconnect(link.hb_endpoint)
-        except zmq.ZMQError:
-            pass  # not connected at the moment: connect below all the same
-        self._sub.connect(link.hb_endpoint)
-        self.counters["resubscribed"] += 1
-        return True
-
     def async_has_link(self, node_id: str) -> bool:
         return node_id in self._links
 

@@ -397,8 +397,12 @@ def test_a_login_lost_at_a_failover_wakes_receive_after_the_messages_received_be
     assert isinstance(outcome[0], Message) and outcome[0].body == b"before"
     assert isinstance(outcome[1], IrisError) and outcome[1].code == "not_logged_in", outcome
     assert "the login as bob was lost" in outcome[1].detail and "token expired" in outcome[1].detail
-    with pytest.raises(IrisError, match="was lost"):  # and so on until login() again
+    with pytest.raises(IrisError, match="was lost"):  # and so on until a login succeeds
         bob.receive(timeout=0.0)
+    with pytest.raises(IrisError, match="token expired"):  # the token is still refused
+        bob.login("bob", token_for("bob"))
+    with pytest.raises(IrisError, match="login\\(\\) was refused"):
+        bob.receive(timeout=1.0)
     edge2.refuse_logins = None
     bob.login("bob", token_for("bob"))
     edge2.push("bob", Delivery(id=mid(2), sender="alice", ts_ms=2, body=b"after", seq=1))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iris_mesh.cli._backup_cmds import _backup_advice
+from iris_mesh.cli._backup_cmds import _backup_advice, _cause_in_words
 from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text, main
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_PROPERTIES
@@ -125,6 +125,10 @@ def test_a_node_s_backup_failure_gets_advice_for_its_cause() -> None:
         "the directory /proc/x cannot be created (see why above): choose another one")
     assert _backup_advice("checkpoint", ["core1"], "/b") == (
         "the checkpoint of core1 failed (see why above): mend that, then take the backup again into a new directory")
+    # A node of a version that sends no cause: read from its words.
+    assert _cause_in_words("backup destination /b/core1 already exists; choose a new directory") == "exists"
+    assert _cause_in_words("cannot create the directory /proc/x: No such file or directory") == "create"
+    assert _cause_in_words("checkpoint into /b/core1 failed: IO error: No space left on device") == "checkpoint"
 
 
 def backed_up_while_core3_was_down(tmp_path: Path) -> tuple[Path, Path]:

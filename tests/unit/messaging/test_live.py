@@ -102,6 +102,19 @@ def test_a_session_with_a_message_unacked_past_the_deliver_timeout_is_skipped() 
     assert edge.declines() == ["sessions have too many (or too old) unacked messages"]
 
 
+def test_a_session_whose_window_is_full_is_skipped() -> None:
+    edge = Edge()
+    full = edge.session(b"r1", "bob")
+    for n in range(Limits().max_pending_deliveries):
+        full.outstanding[bytes([9, n % 256, n // 256]) * 5 + b"x"] = Outstanding(True, "edge2", "carol", edge.now)
+    edge.offer(M1)
+    assert edge.declines() == ["sessions have too many (or too old) unacked messages"] and edge.to_clients == []
+    roomy = edge.session(b"r2", "bob")
+    edge.offer(M2)
+    assert [(route, frame["id"]) for route, frame in edge.to_clients] == [(b"r2", M2)]
+    assert M2 not in full.outstanding and M2 in roomy.outstanding
+
+
 def test_an_offer_this_edge_made_to_itself_is_declined_without_a_frame() -> None:
     edge = Edge()
     edge.offer(M1, origin="edge1")

@@ -10,9 +10,8 @@ import pytest
 import zmq
 
 from iris_mesh.sockets import cluster_keys
-from iris_mesh.sockets._options import SocketTuning, bind, make_pub, make_sub
+from iris_mesh.sockets._options import SocketTuning, make_sub
 from iris_mesh.sockets._peer_links import PeerLinks
-from support.waiting import wait_until
 
 KEYS = cluster_keys(b"peer-links-test-cookie")
 
@@ -41,13 +40,13 @@ def ends() -> Iterator[tuple[str, str, str]]:
 class _Host(PeerLinks):
     """The engine's part that PeerLinks relies on, and nothing else."""
 
-    def __init__(self, ctx: zmq.Context, tuning: SocketTuning | None = None) -> None:
+    def __init__(self, ctx: zmq.Context) -> None:
         self.node_id = "n1"
         self.incarnation = 1
         self.counters = collections.Counter()
         self._ctx = ctx
         self._keys = KEYS
-        self._tuning = tuning or SocketTuning()
+        self._tuning = SocketTuning()
         self._identity = b"n1"
         self._sub = make_sub(ctx, KEYS, self._tuning)
         self._init_peer_links(self.node_id, self.incarnation)
@@ -104,41 +103,3 @@ def test_seeds_open_once_and_close(host: _Host, ends: tuple[str, str, str]) -> N
     host.async_close_seed(mesh_a)
     host.async_close_seed(mesh_a)
     assert host.async_seed_endpoints() == set()
-
-
-def test_resubscribing_reaches_a_publisher_restarted_at_the_same_port_without_waiting_out_the_back_off(
-        ends: tuple[str, str, str]) -> None:
-    ctx = zmq.Context()
-    # ZeroMQ would reconnect by itself only after a minute: whatever arrives sooner came by the resubscription.
-    host = _Host(ctx, SocketTuning(reconnect_ivl_ms=60_000, reconnect_ivl_max_ms=60_000))
-    monitor = host._sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    publishers: list[zmq.Socket] = []
-    try:
-        def published(port: int) -> zmq.Socket:
-            pub = make_pub(ctx, KEYS, SocketTuning())
-            publishers.append(pub)
-            assert bind(pub, "127.0.0.1", port, "heartbeat") == port or not port
-            return pub
-
-        def heard(pub: zmq.Socket, what: bytes) -> bool:
-            pub.send(what)  # a PUB drops what it sends before the subscriber is there: send until one arrives
-            return host._sub.poll(20) != 0 and host._sub.recv() == what
-
-        first = published(0)
-        port = int(first.last_endpoint.decode().rsplit(":", 1)[1])
-        assert host.async_connect_peer("n2", ends[0], f"tcp://127.0.0.1:{port}")
-        wait_until(lambda: heard(first, b"before"), 5.0, "the first publisher's message")
-        first.close(0)
-        wait_until(lambda: monitor.poll(20) != 0, 5.0, "the subscription to notice the publisher is gone")
-
-        restarted = published(port)
-        assert host.async_resubscribe("n2")
-        wait_until(lambda: heard(restarted, b"after"), 5.0, "the restarted publisher's message")
-        assert host.counters["resubscribed"] == 1
-        assert not host.async_resubscribe("n9")  # no link to it: nothing to do
-    finally:
-        monitor.close(0)
-        host._close_peer_links()
-        for pub in publishers:
-            pub.close(0)
-        ctx.destroy(linger=0)

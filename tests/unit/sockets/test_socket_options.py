@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 import zmq
 
+from iris_mesh.config import NodeConfig
 from iris_mesh.sockets import cluster_keys
 from iris_mesh.sockets._client_conn import ClientSocketTuning
 from iris_mesh.sockets._options import (
@@ -52,6 +53,23 @@ def test_no_node_socket_uses_zmtp_heartbeats_and_the_kernel_finds_dead_paths(kin
             1, TUNING.tcp_keepalive_idle_s, TUNING.tcp_keepalive_intvl_s, TUNING.tcp_keepalive_cnt)
     finally:
         sock.close(0)
+        ctx.term()
+
+
+def test_the_heartbeat_subscription_retries_a_down_peer_well_within_the_suspicion_time() -> None:
+    """A peer restarted at the same ports is alive from its HELLO on, and must not be suspected while the SUB
+    waits to reconnect: the retry (at most reconnect_ivl_max, plus up to reconnect_ivl of ZeroMQ's jitter) and
+    the next heartbeat after it (a heartbeat interval) fit in suspect_after_s with room to spare."""
+    defaults = NodeConfig(node_id="core1")
+    ctx = zmq.Context()
+    sub, link = make_sub(ctx, KEYS, TUNING), make_link(ctx, KEYS, TUNING, b"peer")
+    try:
+        retry_s = (sub.reconnect_ivl_max + sub.reconnect_ivl) / 1000
+        assert retry_s + defaults.heartbeat_interval_s < 0.8 * defaults.suspect_after_s
+        assert link.reconnect_ivl_max == TUNING.reconnect_ivl_max_ms  # links queue what they send meanwhile
+    finally:
+        sub.close(0)
+        link.close(0)
         ctx.term()
 
 
