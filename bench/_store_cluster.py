@@ -94,6 +94,7 @@ def commit_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, i
             "fsync_us_mean": round((a["fsync_us_total"] - b["fsync_us_total"]) / commits) if commits else 0,
             "write_us_mean": round((a["write_us_total"] - b["write_us_total"]) / commits) if commits else 0,
             "failed_commits": a["failed_commits"] - b["failed_commits"],
+            "fsyncs_over_10ms": a.get("fsyncs_over_10ms", 0) - b.get("fsyncs_over_10ms", 0),
         }
     return out
 

@@ -308,6 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             paced["cpu_per_commit"] = meter.per_commit(commits_paced)
             progress(
                 f"latency: p50 {paced['p50_ms']} ms, p99 {paced['p99_ms']} ms, max {paced['max_ms']} ms;"
+                f" fsyncs over 10 ms {[c['fsyncs_over_10ms'] for c in commits_paced.values()]};"
                 f" CPU busy {paced['cpu_busy_pct_during']} % (other processes {paced['cpu_other_pct_during']} %)"
                 f" ({paced['ok']} ok, errors {paced['errors_by_code'] or 0},"
                 f" skipped {paced['skipped_over_max_outstanding']})"

@@ -35,6 +35,8 @@ from iris_mesh.store._versioned import Versioned, encode_versioned
 
 __all__ = ["Batch", "GroupCommit", "OnDurable", "Post"]
 
+_SLOW_FSYNC_US = 10_000
+
 Post = Callable[[Callable[[float], None]], None]
 OnDurable = Callable[[bool], None]
 
@@ -64,8 +66,10 @@ class GroupCommit:
     before anything else can read it, for bookkeeping such as live-row counts.
     """
 
-    def __init__(self, db: Database, *, post: Post, on_written: Callable[[Batch], None], name: str) -> None:
+    def __init__(self, db: Database, *, post: Post, on_written: Callable[[Batch], None], name: str,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self._db = db
+        self._clock = clock  # for the durations in `stats` and the latency windows
         self._post = post
         self._on_written = on_written
         self._name = name
@@ -84,6 +88,7 @@ class GroupCommit:
             "write_us_total": 0,
             "fsync_us_total": 0,
             "fsync_us_max": 0,
+            "fsyncs_over_10ms": 0,  # a disk that stalls (every core's fsyncs at once, if they share it)
             "failed_commits": 0,
         }
 
@@ -120,7 +125,7 @@ class GroupCommit:
         raws = batch.raws
         ops = [(table, key, None if item is None else raws.get((table, key)) or encode_versioned(item))
                for (table, key), item in batch.ops.items()]
-        started = time.perf_counter()
+        started = self._clock()
         try:
             self._db.write(ops)
         except Exception as exc:
@@ -132,7 +137,7 @@ class GroupCommit:
             )
             self._post(lambda now: self._write_failed(batch, now))
             return
-        batch.written_at = time.perf_counter()
+        batch.written_at = self._clock()
         self.stats["write_us_total"] += int((batch.written_at - started) * 1e6)
         batch.written = True
         self._on_written(batch)
@@ -161,7 +166,7 @@ class GroupCommit:
             self.fsync_latency.record_failure(now)
         else:
             self.fsync_latency.record(fsync_s, now)
-        completed_at = time.perf_counter()
+        completed_at = self._clock()
         for batch in batches:
             if batch.completed:
                 continue
@@ -213,7 +218,7 @@ class GroupCommit:
     def _sync(self, batches: list[Batch]) -> None:
         """fsync the WAL, then post the completion of `batches` (every one of them was written before)."""
         writes = sum(len(batch.ops) for batch in batches)
-        started = time.perf_counter()
+        started = self._clock()
         try:
             self._db.flush_wal_synced()
         except Exception as exc:
@@ -226,7 +231,7 @@ class GroupCommit:
             )
             self._post(lambda now: self._synced(batches, False, now, None))
             return
-        fsync_s = time.perf_counter() - started
+        fsync_s = self._clock() - started
         fsync_us = int(fsync_s * 1e6)
         stats = self.stats
         stats["commits"] += 1
@@ -234,6 +239,8 @@ class GroupCommit:
         stats["max_batch"] = max(stats["max_batch"], writes)
         stats["fsync_us_total"] += fsync_us
         stats["fsync_us_max"] = max(stats["fsync_us_max"], fsync_us)
+        if fsync_us > _SLOW_FSYNC_US:
+            stats["fsyncs_over_10ms"] += 1
         self._post(lambda now: self._synced(batches, True, now, fsync_s))
 
 

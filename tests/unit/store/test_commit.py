@@ -22,6 +22,7 @@ import pytest
 from _local_harness import (
     TABLE, Acks, Engine, FailingDatabase, GatedDatabase, first_write_in_a_held_fsync, open_store, v,
 )
+from iris_mesh.store._commit import Batch, GroupCommit
 from iris_mesh.store._db import Database
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._versioned import Version, Versioned
@@ -339,3 +340,19 @@ def test_a_real_engine_thread_gets_every_write_acknowledged(tmp_path: Path) -> N
     stats = local.stats()
     assert stats["writes_committed"] == total
     assert stats["commits"] < total  # writes were grouped
+
+
+def test_fsyncs_over_10_ms_are_counted_for_operators(tmp_path: Path) -> None:
+    """A disk that stalls shows in the commit stats (`meshctl tables --json`), apart from the mean."""
+    db = Database(tmp_path / "db")
+    posted: list[Callable[[float], None]] = []
+    readings = iter([0.0, 0.004, 1.0, 1.012])  # one fsync of 4 ms, one of 12 ms
+    commit = GroupCommit(db, post=posted.append, on_written=lambda batch: None, name="t",
+                         clock=lambda: next(readings))
+    try:
+        for _ in range(2):
+            commit._sync([Batch()])
+    finally:
+        db.close()
+    assert (commit.stats["commits"], commit.stats["fsyncs_over_10ms"]) == (2, 1)
+    assert commit.stats["fsync_us_max"] == 12_000
