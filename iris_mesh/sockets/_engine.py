@@ -449,7 +449,8 @@ class Engine(PeerLinks):
             except FrameError as exc:
                 self.counters["client_dropped_malformed"] += 1
                 # Keys in the documented order (PROTOCOL.md section 3): cid right after op.
-                self.async_send_client(route, envelope("error", **_only(exc.ids, "cid"), code=exc.code, detail=str(exc)))
+                self.async_send_client(route, envelope("error", **_only(exc.ids, "cid"), code=exc.code,
+                                                       detail=str(exc)))
                 continue
             self.counters["client_in"] += 1
             self._guard(self._handler.async_on_client, route, msg, now)
