@@ -16,6 +16,14 @@ from support.waiting import wait_until
 ALL = [*CORES, "edge1", "edge2"]
 
 
+def three_cores(cluster: LocalCluster) -> None:
+    """core1..core3 with the default settings, started and meshed."""
+    for node_id in CORES:
+        cluster.add(node_id)
+    cluster.start(*CORES)
+    cluster.wait_full_mesh(list(CORES))
+
+
 def meshctl(cluster: LocalCluster, *args: str, timeout_s: float = 20.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "iris_mesh.cli.meshctl", *args],
@@ -127,10 +135,7 @@ def peer_row(cluster: LocalCluster, seen_by: str, node_id: str) -> dict[str, Any
 
 
 def test_a_core_restarted_at_the_same_ports_is_not_suspected_by_its_peers(local_cluster: LocalCluster) -> None:
-    for node_id in CORES:
-        local_cluster.add(node_id)
-    local_cluster.start(*CORES)
-    local_cluster.wait_full_mesh(list(CORES))
+    three_cores(local_cluster)
     victim = local_cluster.nodes["core2"]
     # Fixed ports, as production nodes have: the restarted process binds the ones its peers know.
     victim.settings.update({key: victim.info[key] for key in ("mesh_port", "heartbeat_port", "admin_port")})
@@ -158,10 +163,7 @@ def test_a_core_restarted_at_the_same_ports_is_not_suspected_by_its_peers(local_
 
 
 def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_cluster: LocalCluster) -> None:
-    for node_id in CORES:
-        local_cluster.add(node_id)
-    local_cluster.start(*CORES)
-    local_cluster.wait_full_mesh(list(CORES))
+    three_cores(local_cluster)
     core1 = local_cluster.nodes["core1"]
     wait_until(lambda: core1.status()["safe_for_writes"], 10.0, "core1 to accept writes")
 
@@ -189,10 +191,7 @@ def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_clust
 
 
 def test_ping_and_replicas_through_meshctl(local_cluster: LocalCluster) -> None:
-    for node_id in CORES:
-        local_cluster.add(node_id)
-    local_cluster.start(*CORES)
-    local_cluster.wait_full_mesh(list(CORES))
+    three_cores(local_cluster)
     admin = local_cluster.nodes["core1"].admin
 
     pong = meshctl(local_cluster, "--node", admin, "ping", "core3")
@@ -255,10 +254,7 @@ def test_meshctl_cannot_reach_exits_2(local_cluster: LocalCluster) -> None:
 
 
 def test_a_stopped_peer_never_blocks_the_others(local_cluster: LocalCluster) -> None:
-    for node_id in CORES:
-        local_cluster.add(node_id)
-    local_cluster.start(*CORES)
-    local_cluster.wait_full_mesh(list(CORES))
+    three_cores(local_cluster)
     frozen = local_cluster.nodes["core3"]
     frozen.kill(signal.SIGSTOP)
     try:
