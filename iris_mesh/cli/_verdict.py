@@ -3,7 +3,8 @@
 A node that others see dead but that answered meshctl itself runs: the others do not
 hear it (a network cut). The verdict tells it apart from a node that is down, and names
 the groups the answering nodes are split into. A node that started seconds ago is still
-joining: it is named as such, and neither its view nor how others see it is a problem yet.
+joining: it is named as such, and neither its view nor how others see it is a problem yet (nor its
+refusing writes while it waits out `safe_mode_exit_s` with a majority of the cores in view).
 A node that did not answer and is dead to the others is down, hung, or cut off from every
 node that answered; when those see only a minority of the cores, a cut is as likely as a
 crash, and the verdict says to look from the other side before starting anything.
@@ -37,8 +38,12 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
     young = {entry["node_id"]: entry for entry in answered if entry.get("uptime_s", JOINING_S) < JOINING_S}
     # Joining: up for seconds, and not yet heard by every node that answered, or not yet hearing them all.
     # (What it says of nodes that did not answer counts like any node's view.)
-    joining = sorted(node for node, entry in young.items()
-                     if answered_ids & set(not_alive(entry)) or any(node in not_alive(other) for other in answered))
+    # Also up for seconds and hearing a majority of the cores, but still refusing writes: it is waiting out
+    # safe_mode_exit_s, as every node does after its start, and leaves safe mode by itself in a moment.
+    waiting = {node for node, entry in young.items()
+               if not entry["safe_for_writes"] and entry.get("visible_cores", 0) * 2 > entry.get("expected_cores", 0)}
+    joining = sorted(waiting | {node for node, entry in young.items() if answered_ids & set(not_alive(entry))
+                                or any(node in not_alive(other) for other in answered)})
     settled = [entry for entry in answered if entry["node_id"] not in joining]
     seen: dict[str, dict[str, int]] = {}
     for entry in settled:
@@ -53,7 +58,8 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "not_alive": down,
         "running_unheard": unheard,
         "groups": _groups(settled) if unheard else [sorted(entry["node_id"] for entry in settled)],
-        "writes_refused": [entry["node_id"] for entry in answered if not entry["safe_for_writes"]],
+        "writes_refused": [entry["node_id"] for entry in answered
+                           if not entry["safe_for_writes"] and entry["node_id"] not in waiting],
         "no_answer": [entry["node_id"] for entry in entries if not entry["reachable"]],
         "joining": joining,
         "minority_side": bool(down) and bool(cores) and not any(entry["safe_for_writes"] for entry in cores),

@@ -106,6 +106,19 @@ def test_a_node_that_started_seconds_ago_is_joining_not_split_off() -> None:
     assert steps.startswith("  next: check again in a few seconds") and "split" not in verdict
     problems = status_problems(entries)
     assert (problems["joining"], problems["not_alive"], problems["running_unheard"]) == (["core3"], {}, {})
+    # Heard and hearing a majority, it still refuses writes for safe_mode_exit_s after its start: joining too,
+    # not a node whose safe mode waits for cores to come back.
+    waiting = [dict(entry, visible_cores=3, expected_cores=3) for entry in (
+        node_status("core1", {"core2": "alive", "core3": "alive"}),
+        node_status("core2", {"core1": "alive", "core3": "alive"}),
+        node_status("core3", {"core1": "alive", "core2": "alive"}, safe=False, uptime_s=0.5))]
+    verdict, steps = status_summary(waiting).split("\n")
+    assert verdict == "CHECK FAILED: core3 started seconds ago and is still joining"
+    assert steps == "  next: check again in a few seconds"
+    assert status_problems(waiting)["writes_refused"] == []
+    # Up for minutes and refusing writes although it sees a majority is no start-up matter.
+    stuck = [dict(entry, uptime_s=600.0) for entry in waiting]
+    assert status_summary(stuck).split("\n")[0] == "CHECK FAILED: writes refused by core3"
     # Once it hears and is heard by every node, a node up for seconds is no problem at all.
     joined = [node_status(n, {p: "alive" for p in ("core1", "core2", "core3") if p != n}, uptime_s=1.0)
               for n in ("core1", "core2", "core3")]
