@@ -12,7 +12,7 @@ CORES := core1 core2 core3
 EDGES := edge1 edge2
 MESH_WAIT_S ?= 30
 
-.PHONY: run venv cookie start_core start_edge1 start_edge2 mesh status stop clean test bench demo chaos
+.PHONY: run venv cookie start_core start_edge1 start_edge2 mesh status stop stop_node clean test bench demo chaos
 
 run: start_core start_edge1 start_edge2 mesh ## start the local cluster (creates the venv and cookie on first use)
 
@@ -51,6 +51,11 @@ status: venv
 
 stop: ## SIGTERM by pid, SIGKILL by pid after a grace period
 	@tools/cluster.sh stop $(CORES) $(EDGES)
+
+stop_node: ## stop one node the same way: make stop_node NODE=core2 (start it again with start_core or start_edgeN)
+	@case " $(CORES) $(EDGES) " in *" $(NODE) "*) ;; \
+	  *) echo "usage: make stop_node NODE=<one of: $(CORES) $(EDGES)>" >&2; exit 2 ;; esac
+	@tools/cluster.sh stop $(NODE)
 
 clean: stop
 	rm -rf var build *.egg-info
