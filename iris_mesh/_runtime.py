@@ -58,6 +58,7 @@ class NodeRuntime:
             "ping": self._mesh_ping,
             "pong": self._mesh_pong,
             "forget": self._mesh_forget,
+            "bye": membership.async_on_bye,
             # Carries nothing: counted in mesh_in, for link diagnostics and bench/mesh_throughput.py.
             "noop": lambda msg, now: None,
             **store.mesh_ops(),
@@ -148,6 +149,7 @@ class NodeRuntime:
         return wait_s if store_wait_s is None else min(wait_s, store_wait_s)
 
     def async_on_stop(self, now: float) -> None:
+        self.membership.async_leave()  # the engine gives the goodbyes a moment to leave (Engine._close)
         if self._clock_saver is not None:
             self._clock_saver()
         if self.store.local is not None:

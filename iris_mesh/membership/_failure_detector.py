@@ -34,6 +34,7 @@ class Transition:
     new: PeerState
     incarnation: int
     reason: str
+    planned: bool = False  # the peer said it was stopping: logged at INFO, not counted as flapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,19 @@ class FailureDetector:
                 f"{node_id} is alive again after {max(silent_for_s, 0.0):.2f} s of silence",
             )
         ]
+
+    def left(self, node_id: str, incarnation: int) -> list[Transition]:
+        """node_id said it is stopping (a planned stop): dead at once, without a suspicion first.
+
+        Only the incarnation this detector knows may say so: a goodbye of an earlier process
+        (late, or replayed after a restart) changes nothing. Its next frame revives it as usual.
+        """
+        peer = self._peers.get(node_id)
+        if peer is None or incarnation != peer.incarnation or peer.state is PeerState.DEAD:
+            return []
+        old_state, peer.state = peer.state, PeerState.DEAD
+        return [Transition(node_id, old_state, PeerState.DEAD, incarnation,
+                           f"{node_id} stopped (it said so: a planned stop)", planned=True)]
 
     def tick(self, now: float) -> list[Transition]:
         """Age every peer to `now`; returns the resulting transitions, ordered by node id."""

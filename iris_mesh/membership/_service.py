@@ -117,6 +117,19 @@ class MembershipService:
         self._learn(card.with_(incarnation=msg["inc"]), now)
         self._heard(msg["src"], msg["inc"], now)
 
+    def async_on_bye(self, msg: dict[str, Any], now: float) -> None:
+        """A peer is stopping (a planned stop): it is dead now, and no suspicion or warning is logged for it."""
+        incarnation = msg.get("inc")
+        if isinstance(incarnation, int):
+            for transition in self.detector.left(msg["src"], incarnation):
+                self._on_transition(transition, now)
+
+    def async_leave(self) -> None:
+        """This node is stopping: say so to every linked peer, so they take it for stopped, not failed."""
+        assert self._io is not None
+        for node_id in self.cards:
+            self._io.async_send(node_id, "bye")
+
     def async_on_heartbeat(self, msg: dict[str, Any], now: float) -> None:
         src = msg["src"]
         if src == self.card.node_id:
@@ -369,6 +382,9 @@ class MembershipService:
         self._evaluate_guard(now)
 
     def _log_transition(self, transition: Transition, now: float) -> None:
+        if transition.planned:  # an operator's stop: news, neither a warning nor a flap
+            logger.info(transition.reason)
+            return
         times = [t for t in self._flaps.get(transition.node_id, []) if now - t < _FLAP_WINDOW_S]
         times.append(now)
         self._flaps[transition.node_id] = times

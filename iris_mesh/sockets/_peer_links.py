@@ -50,10 +50,13 @@ class PeerLinks:
         # What every mesh frame of this node carries besides its body and per-link seq.
         self._src_inc = encode_pairs(src=node_id, inc=incarnation)
 
-    def _close_peer_links(self) -> None:
-        """Close every peer and seed link (the engine closes the SUB socket with its context)."""
+    def _close_peer_links(self, linger_ms: int = 0) -> None:
+        """Close every peer and seed link (the engine closes the SUB socket with its context).
+
+        Frames still queued to a peer may leave for up to `linger_ms` (the engine's context waits for them).
+        """
         for link in self._links.values():
-            link.sock.close(0)
+            link.sock.close(linger_ms)
         self._links.clear()
         for sock in self._seeds.values():
             sock.close(0)

@@ -162,6 +162,22 @@ def test_a_core_restarted_at_the_same_ports_is_not_suspected_by_its_peers(local_
     assert re.search(r"(?m)^core2 +core .* alive .* \d+\.\d\ds +\d+\.\d\ds$", nodes.stdout), nodes.stdout
 
 
+def test_a_core_stopped_on_purpose_is_dead_at_once_and_no_peer_warns(local_cluster: LocalCluster) -> None:
+    three_cores(local_cluster)
+    local_cluster.nodes["core2"].stop()  # SIGTERM, as make stop_node does
+    survivors = ["core1", "core3"]
+    # Dead at once, without a suspicion first: it said goodbye on its way out.
+    wait_until(lambda: all(local_cluster.nodes[n].states().get("core2") == "dead" for n in survivors), 5.0,
+               "every survivor to take core2 for stopped")
+    for node_id in survivors:
+        log = local_cluster.nodes[node_id].log_path.read_text(errors="replace")
+        assert re.search(r"(?m)^.* INFO .*core2 stopped \(it said so: a planned stop\)$", log), log
+        since_stop = log[log.index("core2 stopped (it said so"):]
+        assert "core2 is suspect" not in since_stop and "core2 is dead" not in since_stop, since_stop
+    wait_until(lambda: all(local_cluster.nodes[n].status()["safe_for_writes"] for n in survivors), 5.0,
+               "the survivors (2 of 3 cores) to accept writes")
+
+
 def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_cluster: LocalCluster) -> None:
     three_cores(local_cluster)
     core1 = local_cluster.nodes["core1"]

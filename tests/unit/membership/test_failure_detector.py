@@ -40,6 +40,21 @@ def test_first_heartbeat_is_a_join(fd: FailureDetector) -> None:
     assert fd.visible() == frozenset({"core2"})
 
 
+def test_a_peer_that_says_it_stops_is_dead_at_once_and_is_not_suspected_first(fd: FailureDetector) -> None:
+    fd.heard("core2", 3, now=10.0)
+    assert fd.left("core2", 2) == []  # a goodbye of the process before: nothing about this one
+    assert fd.left("core2", 3) == [
+        Transition("core2", PeerState.ALIVE, PeerState.DEAD, 3, "core2 stopped (it said so: a planned stop)",
+                   planned=True)
+    ]
+    assert fd.state("core2") is PeerState.DEAD and "core2" not in fd.visible()
+    assert fd.tick(now=20.0) == [] and fd.left("core2", 3) == []  # nothing more to say about it
+    assert fd.left("core9", 1) == []  # never heard of
+    # Back (a restart): a new incarnation, alive at once.
+    [back] = fd.heard("core2", 4, now=21.0)
+    assert (back.new, back.planned, back.reason) == (PeerState.ALIVE, False, "core2 restarted (incarnation 3 -> 4)")
+
+
 def test_unknown_peer_has_no_state(fd: FailureDetector) -> None:
     assert fd.state("nobody") is None
     assert fd.incarnation("nobody") is None

@@ -1,6 +1,6 @@
 """MembershipService: gossip about a peer never re-points a link to a peer heard first-hand; a node that did not
 run for a while does not blame its peers for the silence; the nodes view tells a peer heard by heartbeat from one
-heard only by HELLO.
+heard only by HELLO; a peer's planned stop is news, not a warning, and a stopping node says goodbye.
 
 Sans-IO: a fake mesh that records links, and a manual clock.
 """
@@ -8,6 +8,8 @@ Sans-IO: a fake mesh that records links, and a manual clock.
 from __future__ import annotations
 
 from typing import Any
+
+from loguru import logger
 
 from iris_mesh.membership import FailureDetector, MembershipService, PartitionGuard, PeerCard
 from iris_mesh.sockets import envelope
@@ -18,6 +20,7 @@ T0 = 1000.0
 class FakeMesh:
     def __init__(self) -> None:
         self.links: dict[str, str] = {}  # node -> mesh endpoint
+        self.sent: list[tuple[str, str]] = []  # (node, op) of the mesh frames sent, in order
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
         changed = self.links.get(node_id) != mesh_endpoint
@@ -33,7 +36,9 @@ class FakeMesh:
     def async_close_seed(self, endpoint: str) -> None: ...
     def async_open_seed(self, endpoint: str) -> None: ...
     def async_send_seed(self, endpoint: str, op: str, **fields: Any) -> bool: return True
-    def async_send(self, node_id: str, op: str, **fields: Any) -> bool: return True
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool:
+        self.sent.append((node_id, op))
+        return True
     def async_hellos(self) -> dict[str, int]: return {}
     def async_publish(self, op: str, **fields: Any) -> None: ...
 
@@ -140,3 +145,29 @@ def test_the_nodes_view_says_how_long_ago_each_peer_sent_a_heartbeat() -> None:
     # A late heartbeat of the process before the restart says nothing about the new one.
     service.async_on_heartbeat(heartbeat(core2, [], 9), T0 + 2.5)
     assert heartbeat_s(service, "core2", T0 + 2.5) == 0.4
+
+
+def test_a_peer_s_planned_stop_is_logged_as_news_and_a_stopping_node_says_goodbye() -> None:
+    service, mesh = membership()
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    for peer in (core2, core3):
+        service.async_on_heartbeat(heartbeat(peer, [], 1), T0)
+    lines: list[tuple[str, str]] = []
+    handler = logger.add(lambda message: lines.append((message.record["level"].name, message.record["message"])),
+                         level="DEBUG")
+    try:
+        service.async_on_bye(envelope("bye", src="core2", inc=6, seq=2), T0 + 0.1)  # an older process's
+        assert service.state_of("core2") == "alive"
+        for restart in range(4):  # stopped and started again and again: planned, so never "flapping"
+            service.async_on_bye(envelope("bye", src="core2", inc=7 + restart, seq=2), T0 + 0.2 + restart)
+            assert service.state_of("core2") == "dead"
+            service.async_on_heartbeat(heartbeat(card("core2", 8 + restart, 6000), [], 1), T0 + 0.5 + restart)
+        service.async_tick(T0 + 4.0)
+    finally:
+        logger.remove(handler)
+    about_core2 = [(level, text) for level, text in lines if "core2" in text]
+    assert ("INFO", "core2 stopped (it said so: a planned stop)") in about_core2
+    assert {level for level, _ in about_core2} <= {"INFO", "DEBUG"}, about_core2  # no warning at all
+    assert not any("flapping" in text or "suspect" in text for _, text in about_core2), about_core2
+    service.async_leave()
+    assert sorted((node, op) for node, op in mesh.sent if op == "bye") == [("core2", "bye"), ("core3", "bye")]
