@@ -149,7 +149,6 @@ class NodeRuntime:
         return wait_s if store_wait_s is None else min(wait_s, store_wait_s)
 
     def async_on_stop(self, now: float) -> None:
-        self.membership.async_leave()  # the engine gives the goodbyes a moment to leave (Engine._close)
         if self._clock_saver is not None:
             self._clock_saver()
         if self.store.local is not None:

@@ -282,7 +282,11 @@ class Node:
         return self._engine.ports
 
     def stop(self) -> None:
-        """Say goodbye on mDNS, close every socket, close the database. Idempotent."""
+        """Say goodbye on mDNS and to every peer, close every socket, close the database. Idempotent.
+
+        The peers' goodbye goes out before the engine halts (posts run in order); an engine that already
+        stopped by an error says none, so its peers see a failure as one.
+        """
         if self._discovery is not None:
             try:
                 self._discovery.close()
@@ -290,6 +294,9 @@ class Node:
                 logger.exception("closing mDNS discovery failed")
             self._discovery = None
         if self._engine is not None:
+            if self.runtime is not None:
+                membership = self.runtime.membership
+                self._engine.post(lambda _now: membership.async_leave())
             self._engine.stop()
             self._engine = None
             self.endpoints_file.unlink(missing_ok=True)

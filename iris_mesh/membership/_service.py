@@ -90,6 +90,7 @@ class MembershipService:
         self._last_decision: GuardDecision | None = None
         self.counters: dict[str, int] = {"bad_cards": 0, "stalls": 0}
         self._last_tick: float | None = None
+        self._leaving = False  # said goodbye: the node is stopping
         self._on_peer_change: list[Callable[[Transition, float], None]] = []
 
     # ---- wiring --------------------------------------------------------------
@@ -125,8 +126,12 @@ class MembershipService:
                 self._on_transition(transition, now)
 
     def async_leave(self) -> None:
-        """This node is stopping: say so to every linked peer, so they take it for stopped, not failed."""
+        """This node is stopping: say so to every linked peer, so they take it for stopped, not failed.
+
+        It sends no heartbeat (nor HELLO) afterwards: one would make it alive again to them.
+        """
         assert self._io is not None
+        self._leaving = True
         for node_id in self.cards:
             self._io.async_send(node_id, "bye")
 
@@ -170,7 +175,7 @@ class MembershipService:
             logger.warning("this node did not run for {:.1f} s (paused, or starved of CPU or memory); peers are "
                            "judged again once their heartbeats from that time are read", stalled_s)
             return 0.0
-        if now >= self._next_heartbeat:
+        if now >= self._next_heartbeat and not self._leaving:  # after its goodbye a heartbeat would revive it
             self._publish_heartbeat()
             self._next_heartbeat = now + self._heartbeat_interval_s
         for node_id in list(self._hello_pending):
@@ -336,6 +341,8 @@ class MembershipService:
 
     def _say_hello(self, node_id: str, now: float, force: bool = False) -> None:
         assert self._io is not None
+        if self._leaving:
+            return
         last = self._hello_sent_at.get(node_id)
         if not force and last is not None and now - last < _REHELLO_INTERVAL_S:
             return

@@ -21,6 +21,7 @@ class FakeMesh:
     def __init__(self) -> None:
         self.links: dict[str, str] = {}  # node -> mesh endpoint
         self.sent: list[tuple[str, str]] = []  # (node, op) of the mesh frames sent, in order
+        self.published: list[str] = []  # ops published on the heartbeat socket
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
         changed = self.links.get(node_id) != mesh_endpoint
@@ -40,7 +41,8 @@ class FakeMesh:
         self.sent.append((node_id, op))
         return True
     def async_hellos(self) -> dict[str, int]: return {}
-    def async_publish(self, op: str, **fields: Any) -> None: ...
+    def async_publish(self, op: str, **fields: Any) -> None:
+        self.published.append(op)
 
 
 class Meta:
@@ -171,3 +173,8 @@ def test_a_peer_s_planned_stop_is_logged_as_news_and_a_stopping_node_says_goodby
     assert not any("flapping" in text or "suspect" in text for _, text in about_core2), about_core2
     service.async_leave()
     assert sorted((node, op) for node, op in mesh.sent if op == "bye") == [("core2", "bye"), ("core3", "bye")]
+    # Nothing after the goodbye that would make it alive again to them: no HELLO, no heartbeat.
+    sent, published = len(mesh.sent), len(mesh.published)
+    service.async_on_heartbeat(heartbeat(card("core4", 1, 8000), [], 1), T0 + 10.0)  # a newcomer: no HELLO
+    service.async_tick(T0 + 10.0)
+    assert (len(mesh.sent), len(mesh.published)) == (sent, published)
