@@ -18,8 +18,8 @@ from collections import OrderedDict
 __all__ = ["Seen", "SeenMessages"]
 
 # (sender, id): ids are made by senders, so two senders' messages to this user may carry equal ids and
-# both arrive (when the first went live). The server keeps one stored copy per (recipient, id), the first
-# written (docs/PROTOCOL.md sections 9.2 and 10).
+# both arrive (when the first went live). The server keeps one stored copy per (recipient, id)
+# (docs/PROTOCOL.md sections 9.2 and 10).
 MessageKey = tuple[str, bytes]
 
 

@@ -72,7 +72,19 @@ class Versioned(NamedTuple):
         return self.value is None
 
     def newer_than(self, other: Versioned | None) -> bool:
-        return other is None or self.version > other.version
+        """Whether this one wins over `other`, the same way on every replica: the newer version wins.
+
+        Equal versions with different values come only from two writes made from one message id (a
+        stored message's version is its id's: a resend through another edge, or two senders' equal ids):
+        the tombstone wins, else the larger value, so replicas that got both, in either order, agree.
+        """
+        if other is None:
+            return True
+        mine, theirs = self.version, other.version
+        if mine != theirs:
+            return mine > theirs
+        value, other_value = self.value, other.value
+        return value != other_value and (value is None or (other_value is not None and value > other_value))
 
 
 def _node_bytes(node: str) -> bytes:

@@ -28,6 +28,11 @@ def test_newer_version_wins_whatever_the_arrival_order(store: tuple[LocalStore, 
     assert local.async_apply(TABLE, b"c", v(20, b"from-a", node="a"))
     assert local.async_apply(TABLE, b"c", v(20, b"from-b", node="b"))
     assert not local.async_apply(TABLE, b"c", v(20, b"from-a", node="a"))
+    # the same version with two values (two writes made from one message id): the same winner in either order
+    assert local.async_apply(TABLE, b"d", v(30, b"from carol", node=""))
+    assert local.async_apply(TABLE, b"d", v(30, b"from dave", node=""))
+    assert local.async_apply(TABLE, b"e", v(30, b"from dave", node=""))
+    assert not local.async_apply(TABLE, b"e", v(30, b"from carol", node=""))
     engine.turn_until(lambda: local.stats()["pending"] == 0 and local.stats()["commits"] >= 1, "the commit")
     # older arrivals after the newer one is stored
     assert not local.async_apply(TABLE, b"b", v(15, b"late"))
@@ -35,6 +40,7 @@ def test_newer_version_wins_whatever_the_arrival_order(store: tuple[LocalStore, 
     assert local.read(TABLE, b"a") == v(20, b"new")
     assert local.read(TABLE, b"b") == v(20, b"new")
     assert local.read(TABLE, b"c") == v(20, b"from-b", node="b")
+    assert local.read(TABLE, b"d") == local.read(TABLE, b"e") == v(30, b"from dave", node="")
 
 
 def test_stale_write_is_acknowledged_once_the_newer_value_in_flight_is_durable(

@@ -33,8 +33,20 @@ def test_decoding_many_is_decoding_each(items: list[Versioned]) -> None:
 @given(a=ITEMS, b=ITEMS)
 def test_versions_order_as_hlc_then_node_and_newer_wins(a: Versioned, b: Versioned) -> None:
     assert (a.version < b.version) == ((a.version.hlc, a.version.node) < (b.version.hlc, b.version.node))
-    assert a.newer_than(b) == (a.version > b.version)
+    if a.version != b.version:
+        assert a.newer_than(b) == (a.version > b.version)
     assert a.newer_than(None)
+    # One winner for any two different items, whichever a replica got first: replicas converge.
+    assert not (a.newer_than(b) and b.newer_than(a))
+    assert a.newer_than(b) or b.newer_than(a) or a == b
+
+
+def test_equal_versions_from_one_message_id_resolve_the_same_way_everywhere() -> None:
+    pinned = Version(1_700_000_000_000 << 16, "")  # a stored message's version, made from its id
+    first, second, deleted = Versioned(pinned, b"from carol"), Versioned(pinned, b"from alice"), Versioned(pinned, None)
+    assert first.newer_than(second) and not second.newer_than(first)  # the larger value
+    assert deleted.newer_than(first) and not first.newer_than(deleted)  # a tombstone above any value
+    assert not first.newer_than(Versioned(pinned, b"from carol"))  # the same write again changes nothing
 
 
 @pytest.mark.parametrize("raw", [b"", b"\x01\x00\x00", b"\x02" + encode_versioned(Versioned(Version(1, "n"), b"v"))[1:],
