@@ -216,7 +216,8 @@ class LocalStore:
                     current = None if found is None else decode(table, key, found)
             current_version = None if current is None else current[0]  # type: ignore[index]
             add_current(current_version)
-            if current_version is None or version > current_version:
+            if current_version is None or version > current_version or (
+                    version == current_version and item.newer_than(current)):  # type: ignore[arg-type]
                 ops[ident] = item
                 staged_raws[ident] = raw
                 on_staged = True

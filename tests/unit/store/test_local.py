@@ -219,6 +219,20 @@ def test_a_group_is_applied_newer_wins_with_one_answer_once_all_of_it_is_durable
     assert local.stats()["commits"] == 2 and local.count(TABLE) == 2
 
 
+def test_replica_writes_of_equal_versions_and_different_values_end_the_same_in_either_order(
+        store: tuple[LocalStore, Engine]) -> None:
+    """Two writes made from one message id (two senders' equal ids): every replica keeps the same one."""
+    local, engine = store
+    carol, dave = v(30, b"from carol", node=""), v(30, b"from dave", node="")
+    acks = Acks()
+    apply_group(local, [(b"x", carol), (b"y", dave)], acks("first"))
+    engine.turn_until(lambda: acks.got("first"), "the first group")
+    apply_group(local, [(b"x", dave), (b"y", carol), (b"x", carol)], acks("second"))
+    engine.turn_until(lambda: acks.got("second"), "the second group")
+    assert local.read(TABLE, b"x") == local.read(TABLE, b"y") == dave
+    assert local.count(TABLE) == 2
+
+
 def test_a_group_that_lost_to_a_value_being_fsynced_is_answered_after_that_fsync(
     gated: tuple[LocalStore, Engine, GatedDatabase],
 ) -> None:
