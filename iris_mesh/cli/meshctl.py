@@ -41,14 +41,10 @@ def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
     rows = [["NODE", "ROLE", "REGION", "STATE", "INC", "ADDRESS", "ADMIN", "SILENT", "HEARTBEAT"]]
     for node in nodes:
         silent = "-" if node["self"] or node["silent_s"] is None else f"{node['silent_s']:.2f}s"
-        # A node answering HELLOs but sending no heartbeats here has a heartbeat path that does not work.
-        heard = node.get("heartbeat_s")
-        heartbeat = ("-" if node["self"] or node["silent_s"] is None else "?" if "heartbeat_s" not in node
-                     else "none" if heard is None else f"{heard:.2f}s")  # ?: a node of a version without it
         rows.append([
             node["node_id"] + ("*" if node["self"] else ""), node["role"], node["region"], node["state"],
             str(node["incarnation"]), f"{node['host']}:{node['mesh_port']}", str(node["admin_port"]), silent,
-            heartbeat,
+            _heartbeat_text(node),
         ])
     down = [n["node_id"] for n in nodes if n["state"] != "alive"]
     text = f"nodes seen by {reply['from']} (* = itself)\n{table_text(rows)}"
@@ -56,6 +52,16 @@ def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
         text += f"\nnot alive: {', '.join(down)}"
     emit(args, {"from": reply["from"], "nodes": nodes}, text)
     return EXIT_OK
+
+
+def _heartbeat_text(node: dict[str, Any]) -> str:
+    """The HEARTBEAT cell of `nodes`: `none` for a peer heard only by its HELLOs (its heartbeat path does not
+    work), `?` when the answering node is of a version that does not report it, `-` for itself or an unheard peer."""
+    if node["self"] or node["silent_s"] is None:
+        return "-"
+    if "heartbeat_s" not in node:
+        return "?"
+    return "none" if node["heartbeat_s"] is None else f"{node['heartbeat_s']:.2f}s"
 
 
 def cmd_status(target: Target, args: argparse.Namespace) -> int:

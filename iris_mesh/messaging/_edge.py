@@ -178,7 +178,7 @@ class EdgeService:
         self._desk = LiveDesk(node_id=node_id, sessions=self.sessions, limits=self._limits,
                               deliver_timeout_s=settings.deliver_timeout_s, counters=self.counters,
                               now=lambda: self._now, to_client=self._to_client,
-                              send=lambda edge, op, **fields: self._gateway_send(edge, op, **fields),
+                              send=self._gateway_send,
                               declined_here=lambda msg_id, to: self._declined(self.node_id, msg_id, to),
                               inbox_changed=lambda user: self._inbox.async_changed(user, self._now))
         self._client_ops: dict[type, Callable[[Session, Any, float], None]] = {

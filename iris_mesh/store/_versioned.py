@@ -78,11 +78,10 @@ class Versioned(NamedTuple):
         stored message's version is its id's: a resend through another edge, or two senders' equal ids):
         the tombstone wins, else the larger value, so replicas that got both, in either order, agree.
         """
-        if other is None:
+        if other is None or self.version > other.version:
             return True
-        mine, theirs = self.version, other.version
-        if mine != theirs:
-            return mine > theirs
+        if self.version != other.version:
+            return False
         value, other_value = self.value, other.value
         return value != other_value and (value is None or (other_value is not None and value > other_value))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iris_mesh.cli._backup_cmds import _backup_advice, _cause_in_words
-from iris_mesh.cli.meshctl import _duration_text, _engine_text, _mib_text, main
+from iris_mesh.cli.meshctl import _duration_text, _engine_text, _heartbeat_text, _mib_text, main
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_PROPERTIES
 
@@ -194,3 +194,12 @@ def test_a_restore_without_the_missing_core_says_it_starts_empty(tmp_path: Path,
     assert "if its data is elsewhere (another data_dir, disk or host), move it aside there before starting it, " \
            "or it undoes the restore" in out, out
     assert "starts empty" not in out, out
+
+
+def test_the_heartbeat_cell_of_nodes_tells_a_blocked_heartbeat_path_from_an_older_node() -> None:
+    peer = {"self": False, "silent_s": 0.1}
+    assert _heartbeat_text(peer | {"heartbeat_s": 0.123}) == "0.12s"
+    assert _heartbeat_text(peer | {"heartbeat_s": None}) == "none"  # heard by its HELLOs only
+    assert _heartbeat_text(peer) == "?"  # a node of a version that does not report it
+    assert _heartbeat_text({"self": True, "silent_s": 0.0, "heartbeat_s": None}) == "-"
+    assert _heartbeat_text({"self": False, "silent_s": None, "heartbeat_s": None}) == "-"  # not heard at all
