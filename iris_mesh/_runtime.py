@@ -70,6 +70,7 @@ class NodeRuntime:
             "ping": self._admin_ping,
             "replicas": self._admin_replicas,
             "forget": self._admin_forget,
+            "move_sessions": self._admin_move_sessions,
             **store_admin.ops(),
         }
 
@@ -245,6 +246,22 @@ class NodeRuntime:
                 "quorum_available": live >= quorum,
             }
         )
+
+    def _admin_move_sessions(self, request: AdminRequest, now: float) -> None:
+        count = request.msg.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            request.error("bad_request", f"move_sessions needs a 'count' of sessions, an integer >= 0, got {count!r}")
+            return
+        node_id = self.membership.card.node_id
+        if self.edge is None:
+            request.error("not_an_edge", f"{node_id} is a {self.membership.card.role}: only edges hold client sessions")
+            return
+        before = len(self.edge.sessions.logged_in())
+        detail = request.msg.get("detail")
+        users = self.edge.async_move_sessions(
+            count, detail if isinstance(detail, str) and detail else f"asked by an operator to leave {node_id}", now)
+        logger.info("moved {} of {} client sessions to other edges (operator's request)", len(users), before)
+        request.reply({"ok": True, "node": node_id, "moved": len(users), "logged_in_before": before})
 
     def _admin_forget(self, request: AdminRequest, now: float) -> None:
         node_id = request.msg.get("node")

@@ -282,7 +282,7 @@ class Node:
         return self._engine.ports
 
     def stop(self) -> None:
-        """Say goodbye on mDNS and to every peer, close every socket, close the database. Idempotent.
+        """Say goodbye on mDNS, to every client (`move`) and to every peer, close every socket and the database. Idempotent.
 
         The peers' goodbye goes out before the engine halts (posts run in order); an engine that already
         stopped by an error says none, so its peers see a failure as one.
@@ -295,7 +295,10 @@ class Node:
             self._discovery = None
         if self._engine is not None:
             if self.runtime is not None:
-                membership = self.runtime.membership
+                membership, edge = self.runtime.membership, self.runtime.edge
+                if edge is not None:  # clients log in elsewhere at once, instead of finding this edge gone
+                    self._engine.post(lambda now: edge.async_move_sessions(
+                        len(edge.sessions), f"edge {membership.card.node_id} is stopping", now))
                 self._engine.post(lambda _now: membership.async_leave())
             self._engine.stop()
             self._engine = None

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from iris_mesh.cli import _verdict
 from iris_mesh.cli._backup_cmds import cmd_backup, cmd_restore
 from iris_mesh.cli._output import checked, emit, jsonable, table_text, value_text
+from iris_mesh.cli._rebalance_cmd import cmd_rebalance
 from iris_mesh.cli._target import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -416,6 +417,12 @@ def _parser() -> argparse.ArgumentParser:
     add("latency", cmd_latency, "per node: how long the last minute's writes, reads, commits and fsyncs took")
     add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument(
         "dir", type=_non_empty, help="a new directory: it gets one subdirectory per core")
+    rebalance = add("rebalance", cmd_rebalance,
+                    "move logged-in clients from edges holding more than their share to the others")
+    rebalance.add_argument("--dry-run", action="store_true", help="show what would move, move nothing")
+    rebalance.add_argument("--slack", type=_non_negative_int, default=0,
+                           help="leave an edge alone unless it holds more than this many sessions above its share "
+                                "(default 0)")
     resync = add("resync", cmd_resync, "force a full anti-entropy pass of one core with every alive peer core")
     resync.add_argument("target_node", metavar="NODE")
     resync.add_argument("--wait", type=_positive(float), default=30.0, help="deadline for the pass in seconds (default 30)")
@@ -455,6 +462,17 @@ def _non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _ipv4(text: str) -> str:

@@ -243,6 +243,11 @@ class Client:
         return self._loop.failovers
 
     @property
+    def moves(self) -> int:
+        """How many of those an edge asked for with `move` (it was stopping, or an operator's rebalance)."""
+        return self._session.counters["moves"]
+
+    @property
     def user(self) -> str | None:
         """The user this client is (or is logging) in as."""
         return self._session.user

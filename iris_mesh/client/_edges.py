@@ -13,7 +13,10 @@ may block for its own bounded timeout but no longer. Two finders ship:
   edge.
 
 `EdgeChooser` is the pure part: it orders what a finder returned, at random
-so clients spread over edges, with the edges that failed recently last.
+so clients spread over edges, with the edges that failed recently (or asked
+the client to move) last. A finder whose `find_edges` takes `avoid` is told
+their endpoints, so it can look on for another edge instead of returning one
+of them.
 """
 
 from __future__ import annotations
@@ -52,7 +55,11 @@ class EdgeAddress:
 
 
 class EdgeFinder(Protocol):
-    """Finds edges to connect to; called on the SDK's I/O thread, it must return within its own timeout."""
+    """Finds edges to connect to; called on the SDK's I/O thread, it must return within its own timeout.
+
+    A finder may also take a keyword `avoid` (a frozenset of endpoints): the SDK then names the edges it
+    would rather not use now, and the finder should look on for others (returning the avoided ones too).
+    """
 
     def find_edges(self) -> list[EdgeAddress]:
         """The edges usable now (any order); [] if none was found. Raises IrisError for a setup problem."""
@@ -72,14 +79,15 @@ class StaticEdgeFinder:
             raise ValueError(f"server_key must be the edge's CURVE public key (40 characters of Z85), got {server_key!r}")
         self._edge = EdgeAddress(endpoint=endpoint, server_key=key)
 
-    def find_edges(self) -> list[EdgeAddress]:
-        return [self._edge]
+    def find_edges(self, avoid: frozenset[str] = frozenset()) -> list[EdgeAddress]:
+        return [self._edge]  # the only one there is, avoided or not
 
 
 # What the SDK asks of membership (the only package allowed to import zeroconf):
-#   browse_edges(cluster, *, interfaces, timeout_s, node_id=None) -> list[PeerCard]
+#   browse_edges(cluster, *, interfaces, timeout_s, node_id=None, avoid=()) -> list[PeerCard]
 # the usable edges of `cluster` (role "edge", version 1, non-zero client port, a `ck`), returning as soon as one
-# (or the one named `node_id`) is seen. Until it exists, browse_cluster serves, waiting its whole timeout.
+# (or the one named `node_id`) is seen whose (host, client port) is not in `avoid`. Until it exists,
+# browse_cluster serves, waiting its whole timeout.
 BrowseEdges = Callable[..., Sequence[Any]]
 
 
@@ -115,10 +123,13 @@ class MdnsEdgeFinder:
         self._browse = browse or _membership_browse
         self._named_found = False
 
-    def find_edges(self) -> list[EdgeAddress]:
+    def find_edges(self, avoid: frozenset[str] = frozenset()) -> list[EdgeAddress]:
+        """The edges seen; with `avoid` (endpoints), the browse goes on until another edge turns up or it times out."""
         only_named = self._edge is not None and not self._named_found
         node_id = self._edge if only_named else None
-        cards = self._browse(self._cluster, interfaces=self._interfaces, timeout_s=self._timeout_s, node_id=node_id)
+        avoided = frozenset(_host_port(endpoint) for endpoint in avoid) - {None}
+        cards = self._browse(self._cluster, interfaces=self._interfaces, timeout_s=self._timeout_s, node_id=node_id,
+                             avoid=avoided)
         edges = []
         for card in cards:
             # Checked here too, so a browse that filters less never hands the SDK an unusable edge.
@@ -139,8 +150,15 @@ class MdnsEdgeFinder:
         return f"mDNS ({which} cluster {self._cluster!r} on {', '.join(self._interfaces)})"
 
 
+def _host_port(endpoint: str) -> tuple[str, int] | None:
+    """('host', port) of 'tcp://host:port'; None for anything else."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    return (host, int(port)) if endpoint.startswith("tcp://") and host and port.isdigit() else None
+
+
 def _membership_browse(
-    cluster: str, *, interfaces: Sequence[str], timeout_s: float, node_id: str | None
+    cluster: str, *, interfaces: Sequence[str], timeout_s: float, node_id: str | None,
+    avoid: frozenset[tuple[str, int]] = frozenset(),
 ) -> Sequence[Any]:
     """membership's browse_edges, or browse_cluster where that is missing; imported late (it brings zeroconf)."""
     try:
@@ -152,7 +170,7 @@ def _membership_browse(
         ) from None
     browse_edges: BrowseEdges | None = getattr(membership, "browse_edges", None)
     if browse_edges is not None:
-        return browse_edges(cluster, interfaces=interfaces, timeout_s=timeout_s, node_id=node_id)
+        return browse_edges(cluster, interfaces=interfaces, timeout_s=timeout_s, node_id=node_id, avoid=avoid)
     return membership.browse_cluster(cluster, interfaces=interfaces, timeout_s=timeout_s)
 
 
@@ -176,5 +194,9 @@ class EdgeChooser:
         return healthy + failed
 
     def failed(self, edge: EdgeAddress, now: float) -> None:
-        """The SDK lost or could not reach `edge`."""
+        """The SDK lost or could not reach `edge`, or the edge asked it to move."""
         self._failed_at[edge.endpoint] = now
+
+    def avoided(self, now: float) -> frozenset[str]:
+        """The endpoints that failed within the penalty: a finder should look for others first."""
+        return frozenset(e for e, t in self._failed_at.items() if now - t < self._penalty_s)

@@ -16,6 +16,7 @@ edge (mDNS again, or the same endpoint if it was given by hand).
 from __future__ import annotations
 
 import collections
+import inspect
 import math
 import queue
 import threading
@@ -66,6 +67,7 @@ class IoLoop:
         self._session = session
         self._conn = conn
         self._finder = finder
+        self._finder_avoids = _takes_avoid(finder)
         self._chooser = chooser
         self._opts = options
         self._inbox = inbox
@@ -187,7 +189,7 @@ class IoLoop:
             if fx.hello is not None:
                 self._on_established(fx, now)
             if fx.lost is not None and not final:
-                self._on_lost(fx.lost, now)
+                self._on_lost(fx.lost, now, moved=fx.moved)
             fx = self._session.drain()
             if not (fx.frames or fx.completions or fx.messages or fx.hello or fx.lost or fx.login_lost):
                 return
@@ -204,16 +206,19 @@ class IoLoop:
         logger.info("iris client: connected to edge {} at {}", fx.hello.node, endpoint)
         self.ready.set()
 
-    def _on_lost(self, reason: str, now: float) -> None:
+    def _on_lost(self, reason: str, now: float, *, moved: bool = False) -> None:
         self._conn.close_link()
         lost, self._current = self._current, None
         if lost is not None:
-            self._chooser.failed(lost, now)
+            self._chooser.failed(lost, now)  # also after a move: another edge is tried first
         if self._established:
             self.failovers += 1
             pending = self._session.pending_sends
-            logger.warning("iris client: lost the session to edge {}: {}; reconnecting ({} sends to resend)",
-                           self.edge, reason, pending)
+            if moved:
+                logger.info("iris client: {}; reconnecting ({} sends to resend)", reason, pending)
+            else:
+                logger.warning("iris client: lost the session to edge {}: {}; reconnecting ({} sends to resend)",
+                               self.edge, reason, pending)
             self._established = False
             self.edge = None
             self._candidates.clear()  # browse again: the edge list is stale now
@@ -235,7 +240,8 @@ class IoLoop:
             return
         if not self._candidates:
             try:
-                found = self._finder.find_edges()
+                found = (self._finder.find_edges(avoid=self._chooser.avoided(now)) if self._finder_avoids
+                         else self._finder.find_edges())
             except IrisError as exc:
                 self._attempt_failed(exc.detail)
                 found = []
@@ -287,6 +293,14 @@ class IoLoop:
             self._last_bad_frame_log = now
             logger.warning("iris client: dropped a malformed frame from edge {}: {} ({} so far)",
                            self.edge, detail, self.bad_frames)
+
+
+def _takes_avoid(finder: EdgeFinder) -> bool:
+    """Whether the finder's find_edges takes `avoid` (finders written before it existed do not)."""
+    try:
+        return "avoid" in inspect.signature(finder.find_edges).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _resolve(waiter: Any, value: Any) -> None:

@@ -12,7 +12,7 @@ another one.
 States::
 
     IDLE --link_opened--> HELLO --hello--> READY --login--> LOGGING_IN --ok--> LOGGED_IN
-    HELLO..LOGGED_IN --lost--> IDLE        (link down, no pong, not_logged_in, no hello or login reply)
+    HELLO..LOGGED_IN --lost--> IDLE        (link down, no pong, not_logged_in, no hello or login reply, move)
     any --finish--> CLOSED
 
 What survives a lost session: the credentials (the next edge gets the same
@@ -38,6 +38,7 @@ from iris_mesh.messaging._client_frames import (
     ErrorReply,
     HelloReply,
     InboxReply,
+    MoveFrame,
     OkReply,
     PongReply,
     PresenceReply,
@@ -95,6 +96,7 @@ class Effects:
     hello: HelloReply | None = None  # a new edge answered: the session is established there
     lost: str | None = None  # the session is gone, for this reason: close the link and connect again
     login_lost: bool = False  # logging in again after a failover failed: wake every receive() to say so
+    moved: bool = False  # `lost` because the edge asked the client to move (planned: not a failure)
 
 
 class _Request:
@@ -122,7 +124,7 @@ class ClientSession:
         # Why the automatic login again after a failover failed (None: it did not, or login() was called since).
         self.login_lost: str | None = None
         self._expired_cids: dict[int, None] = {}
-        self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0}
+        self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0, "moves": 0}
         self._token: str | None = None
         self._login_waiter: Any = None
         self._login_deadline: float | None = None
@@ -361,6 +363,12 @@ class ClientSession:
             # session, or ZeroMQ reconnected on its own): log in again, sync, resend. Only once the
             # edge has named us in a pong: an edge that never does is older than that rule.
             self._lose(f"edge {self.edge} answered a ping without our login: the session ended there", now)
+
+    def _on_move(self, frame: MoveFrame, now: float) -> None:
+        # The edge ended the session (a rebalance, or it is stopping): log in on another edge, as after a failover.
+        self.counters["moves"] += 1
+        self._fx.moved = self._fx.lost is None
+        self._lose(f"edge {self.edge} asked this client to move to another edge ({frame.detail})", now)
 
     def _on_error(self, frame: ErrorReply, now: float) -> None:
         error = IrisError(frame.code, frame.detail, frame.retry_after_s)
@@ -642,4 +650,5 @@ _FRAME_HANDLERS: dict[type, Callable[[ClientSession, Any, float], None]] = {
     PresenceReply: ClientSession._on_presence,
     PongReply: ClientSession._on_pong,
     ErrorReply: ClientSession._on_error,
+    MoveFrame: ClientSession._on_move,
 }

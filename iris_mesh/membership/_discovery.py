@@ -33,7 +33,7 @@ import asyncio
 import ipaddress
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from loguru import logger
@@ -214,15 +214,18 @@ class Discovery:
 
 
 def browse_edges(
-    cluster: str, *, interfaces: Sequence[str], timeout_s: float = 1.5, node_id: str | None = None
+    cluster: str, *, interfaces: Sequence[str], timeout_s: float = 1.5, node_id: str | None = None,
+    avoid: Collection[tuple[str, int]] = (),
 ) -> list[PeerCard]:
-    """Edges of `cluster` that serve clients; returns as soon as one (or the one named `node_id`) is seen.
+    """Edges of `cluster` that serve clients; returns as soon as one (or the one named `node_id`) is seen
+    whose client address (host, client port) is not in `avoid`.
 
     For the client SDK: a client gateway needs role edge, this protocol version, a client
-    port and a 40-character CURVE key (`ck`). [] after timeout_s if none answered.
+    port and a 40-character CURVE key (`ck`). The result has every edge seen, avoided ones
+    too; [] after timeout_s if none answered.
     """
     return _browse(cluster, interfaces, timeout_s, lambda found: any(
-        node_id is None or card.node_id == node_id for card in found
+        (node_id is None or card.node_id == node_id) and (card.host, card.client_port) not in avoid for card in found
     ), keep=_serves_clients)
 
 

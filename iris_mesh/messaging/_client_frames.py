@@ -46,6 +46,7 @@ __all__ = [
     "ErrorReply",
     "HelloReply",
     "InboxReply",
+    "MoveFrame",
     "OkReply",
     "PongReply",
     "PresenceReply",
@@ -128,8 +129,15 @@ class ErrorReply:
     retry_after_s: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MoveFrame:
+    """`move {detail}`: the edge ended the session and asks the client to log in on another edge."""
+
+    detail: str
+
+
 ServerFrame: TypeAlias = (
-    HelloReply | OkReply | SentReply | DeliverFrame | InboxReply | PresenceReply | PongReply | ErrorReply
+    HelloReply | OkReply | SentReply | DeliverFrame | InboxReply | PresenceReply | PongReply | ErrorReply | MoveFrame
 )
 
 
@@ -296,6 +304,10 @@ def _parse_error(msg: Mapping[Any, Any]) -> ErrorReply:
     return ErrorReply(cid=cid, code=code, detail=detail, retry_after_s=retry_after)
 
 
+def _parse_move(msg: Mapping[Any, Any]) -> MoveFrame:
+    return MoveFrame(detail=_text(msg, "detail", "move"))
+
+
 _PARSERS: Final[Mapping[str, Callable[[Mapping[Any, Any]], ServerFrame]]] = MappingProxyType(
     {
         "hello": _parse_hello,
@@ -306,6 +318,7 @@ _PARSERS: Final[Mapping[str, Callable[[Mapping[Any, Any]], ServerFrame]]] = Mapp
         "presence": _parse_presence,
         "pong": _parse_pong,
         "error": _parse_error,
+        "move": _parse_move,
     }
 )
 

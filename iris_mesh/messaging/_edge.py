@@ -75,6 +75,7 @@ from iris_mesh.messaging._protocol import (
     SyncRequest,
     build_error,
     build_hello,
+    build_move,
     build_ok,
     build_pong,
     build_sent,
@@ -252,11 +253,32 @@ class EdgeService:
         self._to_client(session.route, build_ok(request.cid))
         self._end_session(session.route, now)
 
+    def async_move_sessions(self, count: int, detail: str, now: float) -> list[str]:
+        """End up to `count` logged-in sessions with a `move` frame, which asks their clients to log in on another
+        edge; those with the least in flight go first. Returns the users of the sessions moved."""
+        self._now = now
+        chosen = sorted(self.sessions.logged_in(), key=lambda s: s.pending_sends + len(s.outstanding))[:max(0, count)]
+        for session in chosen:
+            self._to_client(session.route, build_move(detail))
+            self._end_session(session.route, now)
+        self.counters["sessions_moved"] += len(chosen)
+        return [session.user for session in chosen if session.user is not None]
+
     def _end_session(self, route: bytes, now: float) -> None:
         session = self.sessions.remove(route)
         if session is None or session.user is None:
             return
-        if not self.sessions.of_user(session.user):
+        others = self.sessions.of_user(session.user)
+        for msg_id, owed in session.outstanding.items():
+            # A live copy this session did not ack can never be acked now: its origin stores it at once
+            # rather than at its deliver timeout (unless another session here holds it too).
+            if owed.live and owed.origin is not None and not any(msg_id in other.outstanding for other in others):
+                self.counters["live_handed_back"] += 1
+                if owed.origin == self.node_id:
+                    self._declined(self.node_id, msg_id, session.user)
+                else:
+                    self._gateway_send(owed.origin, "mdeclined", id=msg_id, to=session.user, reason="session ended")
+        if not others:
             self._presence.async_write(session.user, False, now)
 
     # ---- sending (origin edge) --------------------------------------------------------------
@@ -548,7 +570,8 @@ class EdgeService:
             del self._stored_after_live[next(iter(self._stored_after_live))]
 
     def status(self) -> dict[str, Any]:
-        return {"sessions": len(self.sessions), "users": self.sessions.users(), "in_flight": len(self._inflight),
+        return {"sessions": len(self.sessions), "logged_in": len(self.sessions.logged_in()),
+                "users": self.sessions.users(), "in_flight": len(self._inflight),
                 "recent_ids": len(self._recent), "counters": dict(self.counters)}
 
     # ---- helpers -----------------------------------------------------------------------------------

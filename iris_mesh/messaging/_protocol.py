@@ -56,6 +56,7 @@ __all__ = [
     "build_error",
     "build_hello",
     "build_inbox",
+    "build_move",
     "build_ok",
     "build_pong",
     "build_presence",
@@ -429,7 +430,7 @@ _PARSERS: Final[Mapping[str, Callable[[Mapping[Any, Any], int | None, Limits], R
     }
 )
 C2S_OPS: Final[tuple[str, ...]] = tuple(_PARSERS)
-S2C_OPS: Final[tuple[str, ...]] = ("hello", "ok", "sent", "deliver", "inbox", "presence", "pong", "error")
+S2C_OPS: Final[tuple[str, ...]] = ("hello", "ok", "sent", "deliver", "inbox", "presence", "pong", "error", "move")
 
 
 def parse_request(msg: object, limits: Limits = DEFAULT_LIMITS) -> Request:
@@ -542,6 +543,11 @@ def build_pong(cid: int, user: str | None = None) -> dict[str, Any]:
     if user is not None:
         frame["user"] = user
     return frame
+
+
+def build_move(detail: str) -> dict[str, Any]:
+    """The edge ended this session and asks the client to log in on another edge (`detail`: why, for logs)."""
+    return {**_envelope("move"), "detail": str(detail)}
 
 
 def build_error(

@@ -124,6 +124,10 @@ class SessionTable:
     def of_user(self, user: str) -> list[Session]:
         return [self._by_route[route] for route in self._by_user.get(user, ())]
 
+    def logged_in(self) -> list[Session]:
+        """Every session with a user, oldest connection first."""
+        return [s for s in self._by_route.values() if s.user is not None]
+
     def idle(self, now: float, timeout_s: float) -> list[Session]:
         return [s for s in self._by_route.values() if now - s.last_heard > timeout_s]
 

@@ -12,71 +12,21 @@ import pytest
 import zmq
 
 from iris_mesh.client import Client, ClientOptions, IrisError
-from iris_mesh.messaging import issue_token, token_secret
 from iris_mesh.sockets import cluster_keys
+from support.chat import EDGES, check_total_queue, chat_cluster, connect_static, drain, token_for
 from support.nodes import CORES, LocalCluster, NodeProcess
 from support.waiting import wait_until
 
-EDGES = ("edge1", "edge2")
-
-
-def _cluster(cluster: LocalCluster) -> None:
-    for node_id in CORES:
-        cluster.add(node_id)
-    for node_id in EDGES:
-        cluster.add(node_id, role="edge")
-    cluster.start(*CORES, *EDGES)
-    cluster.wait_full_mesh([*CORES, *EDGES])
-    for node_id in (*CORES, *EDGES):
-        wait_until(lambda: cluster.nodes[node_id].status()["safe_for_writes"], 10.0, f"{node_id} to accept writes")
-
-
-def _token(cluster: LocalCluster, user: str) -> str:
-    return issue_token(token_secret(cluster.cookie), user, int(time.time()) + 3600)
-
-
-def _connect(cluster: LocalCluster, edge: NodeProcess, user: str, options: ClientOptions | None = None) -> Client:
-    client = Client.connect(endpoint=f"tcp://{edge.info['host']}:{edge.info['client_port']}",
-                            server_key=edge.info["client_key"], options=options)
-    client.login(user, _token(cluster, user))
-    return client
-
-
-def _drain(client: Client, count: int, timeout_s: float) -> list:
-    received = []
-    deadline = time.monotonic() + timeout_s
-    while len(received) < count and time.monotonic() < deadline:
-        message = client.receive(timeout=0.5)
-        if message is not None:
-            received.append(message)
-    return received
-
-
-def _check_total_queue(sent: dict[str, list[bytes]], received: list) -> None:
-    """Every acked id arrives exactly once, nothing unexpected, each sender's order kept."""
-    by_sender: dict[str, list[bytes]] = defaultdict(list)
-    for message in received:
-        by_sender[message.sender].append(message.id)
-    all_sent = {i for ids in sent.values() for i in ids}
-    got = [m.id for m in received]
-    lost = all_sent - set(got)
-    unexpected = set(got) - all_sent
-    duplicated = len(got) - len(set(got))
-    assert not lost and not unexpected and duplicated == 0, (len(lost), len(unexpected), duplicated)
-    for sender, ids in sent.items():
-        assert by_sender[sender] == ids, f"order from {sender} not kept"
-
-
 def test_online_chat_across_edges_both_ways(local_cluster: LocalCluster) -> None:
-    _cluster(local_cluster)
-    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
-    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    chat_cluster(local_cluster)
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
+    bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
     try:
         sent = {"alice": [], "bob": []}
         received = {"alice": [], "bob": []}
 
         def reader(client: Client, name: str, count: int) -> None:
-            received[name] = _drain(client, count, 60.0)
+            received[name] = drain(client, count, 60.0)
 
         readers = [threading.Thread(target=reader, args=(bob, "bob", 500)),
                    threading.Thread(target=reader, args=(alice, "alice", 500))]
@@ -90,8 +40,8 @@ def test_online_chat_across_edges_both_ways(local_cluster: LocalCluster) -> None
                 statuses[result.status] += 1
         for thread in readers:
             thread.join(timeout=90)
-        _check_total_queue({"alice": sent["alice"]}, received["bob"])
-        _check_total_queue({"bob": sent["bob"]}, received["alice"])
+        check_total_queue({"alice": sent["alice"]}, received["bob"])
+        check_total_queue({"bob": sent["bob"]}, received["alice"])
         assert statuses["delivered"] > 0, statuses
         # `meshctl latency` of an edge: the sends its users made, answered and refused, over the last minute.
         for edge in ("edge1", "edge2"):
@@ -103,8 +53,8 @@ def test_online_chat_across_edges_both_ways(local_cluster: LocalCluster) -> None
 
 
 def test_offline_inbox_from_five_senders(local_cluster: LocalCluster) -> None:
-    _cluster(local_cluster)
-    senders = [_connect(local_cluster, local_cluster.nodes[EDGES[i % 2]], f"user{i}") for i in range(5)]
+    chat_cluster(local_cluster)
+    senders = [connect_static(local_cluster, local_cluster.nodes[EDGES[i % 2]], f"user{i}") for i in range(5)]
     sent: dict[str, list[bytes]] = {f"user{i}": [] for i in range(5)}
     try:
         for round_ in range(200):
@@ -115,13 +65,13 @@ def test_offline_inbox_from_five_senders(local_cluster: LocalCluster) -> None:
     finally:
         for client in senders:
             client.close()
-    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
     try:
-        received = _drain(bob, 1000, 60.0)
-        _check_total_queue(sent, received)
+        received = drain(bob, 1000, 60.0)
+        check_total_queue(sent, received)
     finally:
         bob.close()
-    again = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
+    again = connect_static(local_cluster, local_cluster.nodes["edge1"], "bob")
     try:
         assert again.receive(timeout=2.0) is None
     finally:
@@ -130,11 +80,11 @@ def test_offline_inbox_from_five_senders(local_cluster: LocalCluster) -> None:
 
 @pytest.mark.parametrize("bob_online", [True, False], ids=["online", "offline"])
 def test_no_acked_message_is_lost_while_cores_are_killed(local_cluster: LocalCluster, bob_online: bool) -> None:
-    _cluster(local_cluster)
-    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
-    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob") if bob_online else None
+    chat_cluster(local_cluster)
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
+    bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob") if bob_online else None
     received: list = []
-    reader = threading.Thread(target=lambda: received.extend(_drain(bob, 300, 120.0))) if bob else None
+    reader = threading.Thread(target=lambda: received.extend(drain(bob, 300, 120.0))) if bob else None
     if reader is not None:
         reader.start()
     rng = random.Random(11)
@@ -159,18 +109,18 @@ def test_no_acked_message_is_lost_while_cores_are_killed(local_cluster: LocalClu
         alice.close()
     try:
         if bob is None:
-            bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
-            received = _drain(bob, len(sent), 60.0)
+            bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
+            received = drain(bob, len(sent), 60.0)
         else:
             assert reader is not None
             reader.join(timeout=150)
-        _check_total_queue({"alice": sent}, received)
+        check_total_queue({"alice": sent}, received)
     finally:
         bob.close()
 
 
 def test_bad_clients_get_documented_errors_and_the_edge_keeps_serving(local_cluster: LocalCluster) -> None:
-    _cluster(local_cluster)
+    chat_cluster(local_cluster)
     edge = local_cluster.nodes["edge1"]
     keys = cluster_keys(local_cluster.cookie)
     ctx = zmq.Context()
@@ -197,9 +147,9 @@ def test_bad_clients_get_documented_errors_and_the_edge_keeps_serving(local_clus
         # A version too long to print as decimal once stopped the edge's engine thread.
         assert ask(cbor2.dumps({"v": 1 << 20000, "op": "hello"}))["code"] == "bad_version"
         assert ask(cbor2.dumps({"v": 1, "op": "send", "cid": 2, "id": b"0" * 16, "to": "bob", "body": b"x"}))["code"] == "not_logged_in"
-        wrong = ask(cbor2.dumps({"v": 1, "op": "login", "cid": 3, "user": "mallory", "token": _token(local_cluster, "alice")}))
+        wrong = ask(cbor2.dumps({"v": 1, "op": "login", "cid": 3, "user": "mallory", "token": token_for(local_cluster, "alice")}))
         assert wrong["code"] == "auth_failed"
-        assert ask(cbor2.dumps({"v": 1, "op": "login", "cid": 4, "user": "alice", "token": _token(local_cluster, "alice")}))["op"] == "ok"
+        assert ask(cbor2.dumps({"v": 1, "op": "login", "cid": 4, "user": "alice", "token": token_for(local_cluster, "alice")}))["op"] == "ok"
         as_other = ask(cbor2.dumps({"v": 1, "op": "send", "cid": 5, "id": b"1" * 16, "to": "bob", "body": b"x", "from": "carol"}))
         assert as_other["code"] == "bad_request"
         big = ask(cbor2.dumps({"v": 1, "op": "send", "cid": 6, "id": b"2" * 16, "to": "bob", "body": b"x" * (65 << 10)}))
@@ -217,8 +167,8 @@ def test_bad_clients_get_documented_errors_and_the_edge_keeps_serving(local_clus
     finally:
         ctx.destroy(linger=0)
     # Everyone else is still served.
-    alice = _connect(local_cluster, edge, "alice")
-    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    alice = connect_static(local_cluster, edge, "alice")
+    bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
     try:
         result = alice.send("bob", b"still here")
         message = bob.receive(timeout=10.0)
@@ -236,7 +186,7 @@ def test_a_full_inbox_refuses_with_inbox_full_and_loses_nothing(local_cluster: L
     local_cluster.wait_full_mesh([*CORES, "edge1"])
     wait_until(lambda: local_cluster.nodes["edge1"].status()["safe_for_writes"], 10.0, "edge1 to accept writes")
     # inbox_full is retryable: the SDK retries until its send deadline, kept short here.
-    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice", ClientOptions(send_timeout_s=3.0))
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice", ClientOptions(send_timeout_s=3.0))
     refused = None
     try:
         ids = [alice.send("bob", f"{i}".encode()).id for i in range(5)]
@@ -253,22 +203,22 @@ def test_a_full_inbox_refuses_with_inbox_full_and_loses_nothing(local_cluster: L
         alice.close()
     assert refused is not None, f"{len(ids)} messages were accepted into an inbox of 5"
     assert refused.code == "inbox_full", refused
-    bob = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
+    bob = connect_static(local_cluster, local_cluster.nodes["edge1"], "bob")
     try:
-        assert [m.id for m in _drain(bob, len(ids), 20.0)] == ids  # every accepted message, in order
+        assert [m.id for m in drain(bob, len(ids), 20.0)] == ids  # every accepted message, in order
     finally:
         bob.close()
 
 
 def test_sdk_fails_over_when_its_edge_dies_mid_stream(local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    _cluster(local_cluster)
-    token = _token(local_cluster, "alice")
+    chat_cluster(local_cluster)
+    token = token_for(local_cluster, "alice")
     monkeypatch.setenv("IRIS_MESH_CLUSTER", local_cluster.name)  # the cluster's name, as the nodes have it
     alice = Client.connect(edge="edge1")
     alice.login("alice", token)
-    bob = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
+    bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
     received: list = []
-    reader = threading.Thread(target=lambda: received.extend(_drain(bob, 300, 90.0)))
+    reader = threading.Thread(target=lambda: received.extend(drain(bob, 300, 90.0)))
     reader.start()
     sent: list[bytes] = []
     try:
@@ -279,17 +229,17 @@ def test_sdk_fails_over_when_its_edge_dies_mid_stream(local_cluster: LocalCluste
             sent.append(alice.send("bob", f"m{i}".encode()).id)
         assert alice.edge == "edge2" and alice.failovers >= 1
         reader.join(timeout=120)
-        _check_total_queue({"alice": sent}, received)
+        check_total_queue({"alice": sent}, received)
     finally:
         alice.close()
         bob.close()
 
 
 def test_every_session_of_a_user_gets_a_live_message(local_cluster: LocalCluster) -> None:
-    _cluster(local_cluster)
-    phone = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
-    laptop = _connect(local_cluster, local_cluster.nodes["edge2"], "bob")
-    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    chat_cluster(local_cluster)
+    phone = connect_static(local_cluster, local_cluster.nodes["edge1"], "bob")
+    laptop = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
     try:
         wait_until(lambda: alice.presence("bob").online, 10.0, "bob to be online")
         pending = alice.send_async("bob", b"to both devices")
@@ -316,13 +266,13 @@ def _raw_session(cluster: LocalCluster, edge: NodeProcess, user: str, ctx: zmq.C
         assert sock.poll(10_000), f"no answer to {msg['op']}"
         return cbor2.loads(sock.recv())
 
-    assert ask({"op": "login", "cid": 1, "user": user, "token": _token(cluster, user)})["op"] == "ok"
+    assert ask({"op": "login", "cid": 1, "user": user, "token": token_for(cluster, user)})["op"] == "ok"
     return sock, ask
 
 
 def test_a_client_that_drops_mid_sync_gets_the_unacked_rest(local_cluster: LocalCluster) -> None:
-    _cluster(local_cluster)
-    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    chat_cluster(local_cluster)
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
     try:
         sent = [alice.send("bob", f"{i}".encode()).id for i in range(20)]
     finally:
@@ -338,9 +288,9 @@ def test_a_client_that_drops_mid_sync_gets_the_unacked_rest(local_cluster: Local
         sock.close(0)
     finally:
         ctx.destroy(linger=0)
-    bob = _connect(local_cluster, local_cluster.nodes["edge1"], "bob")
+    bob = connect_static(local_cluster, local_cluster.nodes["edge1"], "bob")
     try:
-        assert [m.id for m in _drain(bob, 17, 30.0)] == sent[3:]
+        assert [m.id for m in drain(bob, 17, 30.0)] == sent[3:]
         assert bob.receive(timeout=1.0) is None
     finally:
         bob.close()
@@ -349,7 +299,7 @@ def test_a_client_that_drops_mid_sync_gets_the_unacked_rest(local_cluster: Local
 def test_a_pong_names_the_login_of_its_connection_so_a_lost_session_shows(local_cluster: LocalCluster) -> None:
     # A client whose connection ZeroMQ re-made on its own (a new routing id) or whose session the
     # edge ended still gets pongs: only the missing `user` tells it to log in again (PROTOCOL.md 4.5).
-    _cluster(local_cluster)
+    chat_cluster(local_cluster)
     edge = local_cluster.nodes["edge1"]
     ctx = zmq.Context()
     try:
@@ -368,8 +318,8 @@ def test_a_pong_names_the_login_of_its_connection_so_a_lost_session_shows(local_
 def test_a_sync_reads_past_acked_entries_instead_of_answering_empty_pages(local_cluster: LocalCluster) -> None:
     # Acked messages leave tombstones in the inbox for a while; a sync must not answer page after
     # page of nothing with `more: true` while it walks over them.
-    _cluster(local_cluster)
-    alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+    chat_cluster(local_cluster)
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
     try:
         for i in range(30):
             alice.send("bob", f"{i}".encode())
@@ -407,7 +357,7 @@ def test_a_sync_reads_past_acked_entries_instead_of_answering_empty_pages(local_
         # 30 deleted entries, 5 per scan: one answer, and it says the inbox is done.
         empty = ask({"op": "sync", "cursor": None, "limit": 5})
         assert empty["msgs"] == [] and empty["more"] is False, empty
-        alice = _connect(local_cluster, local_cluster.nodes["edge1"], "alice")
+        alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
         try:
             late = alice.send("bob", b"after the acked ones").id
         finally:

@@ -20,6 +20,7 @@ from iris_mesh.messaging._client_frames import (
     ErrorReply,
     HelloReply,
     InboxReply,
+    MoveFrame,
     OkReply,
     PongReply,
     PresenceReply,
@@ -36,6 +37,7 @@ from iris_mesh.messaging._protocol import (
     build_error,
     build_hello,
     build_inbox,
+    build_move,
     build_ok,
     build_pong,
     build_presence,
@@ -75,7 +77,7 @@ def test_every_documented_server_vector_parses() -> None:
     assert len(vectors) >= len(S2C_OPS)
     parsed = [parse_server_frame(decode(raw)) for raw in vectors]
     assert {type(p) for p in parsed} == {
-        HelloReply, OkReply, SentReply, DeliverFrame, InboxReply, PresenceReply, PongReply, ErrorReply}
+        HelloReply, OkReply, SentReply, DeliverFrame, InboxReply, PresenceReply, PongReply, ErrorReply, MoveFrame}
     by_type = {type(p): p for p in parsed}
     assert by_type[HelloReply] == HelloReply(node="edge1", version=1, limits=DEFAULT_LIMITS)
     assert by_type[SentReply] == SentReply(cid=2, id=ID, status="stored")
@@ -88,6 +90,7 @@ def test_every_documented_server_vector_parses() -> None:
     errors = [p for p in parsed if isinstance(p, ErrorReply)]
     assert errors[0] == ErrorReply(cid=2, code="rate_limited", detail="over 200 sends per second", retry_after_s=0.005)
     assert errors[1].cid is None and errors[1].code == "bad_frame"
+    assert by_type[MoveFrame] == MoveFrame(detail="edge edge1 is stopping")
 
 
 @pytest.mark.parametrize(
@@ -99,6 +102,7 @@ def test_every_documented_server_vector_parses() -> None:
         (build_presence(3, "bob", True, None), PresenceReply(3, "bob", True, None)),
         (build_error("unavailable", "later", cid=4), ErrorReply(4, "unavailable", "later", None)),
         (build_inbox(5, [], None, False), InboxReply(5, (), None, False)),
+        (build_move("rebalance"), MoveFrame("rebalance")),
     ],
 )
 def test_builders_round_trip(frame: dict[str, Any], expected: object) -> None:

@@ -20,6 +20,7 @@ from iris_mesh.messaging._protocol import (
     build_error,
     build_hello,
     build_inbox,
+    build_move,
     build_ok,
     build_pong,
     build_presence,
@@ -385,6 +386,32 @@ def test_not_logged_in_after_login_loses_the_session_and_resends_after_login(h: 
     for f in frames[:2]:
         h.frame(build_sent(f["cid"], f["id"], "stored"))
     assert [w.value.id for w in waiters] == [mid(1), mid(2), mid(3)]
+
+
+def test_a_move_ends_the_session_at_once_and_resends_on_the_next_edge(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiters = [h.send("bob", n) for n in (1, 2)]
+    h.tick()
+    sends = h.take("send")
+    h.frame(build_sent(sends[0]["cid"], mid(1), "stored"))
+    h.s.on_frame(parse_server_frame(build_move("rebalance")), h.now)
+    fx = h.collect()
+    assert fx.moved and h.lost == ["edge edge1 asked this client to move to another edge (rebalance)"]
+    assert h.s.state is SessionState.IDLE and h.s.counters["moves"] == 1 and h.s.counters["resent"] == 1
+    h.connect("edge2")
+    h.login_ok(h.take("login")[0]["cid"])
+    frames = h.take()
+    assert [(f["op"], f.get("id")) for f in frames] == [("send", mid(2)), ("sync", None)]
+    h.frame(build_sent(frames[0]["cid"], mid(2), "stored"))
+    assert [w.value.id for w in waiters] == [mid(1), mid(2)]
+
+
+def test_a_lost_link_is_not_a_move(h: Harness) -> None:
+    h.connect()
+    h.login()
+    h.s.link_lost("the connection to the edge closed", h.now)
+    assert not h.collect().moved and h.s.counters["moves"] == 0
 
 
 def test_a_lost_link_keeps_acks_and_the_login_for_the_next_edge(h: Harness) -> None:

@@ -1,0 +1,82 @@
+"""`meshctl rebalance`: spread logged-in clients evenly over the edges again.
+
+Clients stay on the edge they logged in on. After a rolling restart, or an edge
+that was down for a while, most of them sit on the edges that stayed up, and
+nothing moves them back by itself. This command reads every edge's count of
+logged-in sessions, and asks each edge holding more than its share (the total
+divided by the edges, rounded up) to move the excess: the edge ends those
+sessions with a `move` frame (docs/PROTOCOL.md section 6.9), and their clients
+log in on another edge at once, resending what was unconfirmed. The clients
+choose among the other edges at random, so the counts end near even, not
+exactly even.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from iris_mesh.cli._output import emit, table_text
+from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK, CtlError, Target
+from iris_mesh.sockets import AdminError
+
+__all__ = ["cmd_rebalance", "plan_moves"]
+
+
+def plan_moves(logged_in: dict[str, int], *, slack: int = 0) -> dict[str, int]:
+    """Sessions each edge should move: those above its share (the average, rounded up), when more than `slack`."""
+    if not logged_in:
+        return {}
+    share = math.ceil(sum(logged_in.values()) / len(logged_in))
+    return {edge: count - share for edge, count in sorted(logged_in.items()) if count - share > slack}
+
+
+def _logged_in(status: dict[str, Any]) -> int:
+    edge = status["edge"]
+    return int(edge.get("logged_in", edge["sessions"]))  # nodes of an older version count connections only
+
+
+def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
+    if args.node:
+        raise CtlError("rebalance asks every edge: run it without --node (it finds the edges by mDNS)")
+    results = target.each("status")
+    edges: dict[str, tuple[str, int]] = {}  # name -> (admin endpoint, logged-in sessions)
+    unreachable = []
+    endpoints = dict(target.endpoints())
+    for name, result in results:
+        if isinstance(result, AdminError) or not result.get("ok"):
+            unreachable.append(name)
+        elif isinstance(result["status"].get("edge"), dict):
+            edges[name] = (endpoints[name], _logged_in(result["status"]))
+    if len(edges) < 2:
+        raise CtlError(f"{len(edges)} edge(s) answered: rebalancing needs at least two", EXIT_CHECK_FAILED)
+    plan = plan_moves({name: count for name, (_, count) in edges.items()}, slack=args.slack)
+    moved: dict[str, int | str] = {}
+    if not args.dry_run:
+        for name, count in plan.items():
+            try:
+                reply = target.request(edges[name][0], "move_sessions", count=count)
+                moved[name] = reply["moved"] if reply.get("ok") else f"refused: {reply.get('detail')}"
+            except AdminError as exc:
+                moved[name] = f"failed: {exc}"
+    rows = [["EDGE", "LOGGED IN", "TO MOVE", "MOVED"]]
+    for name, (_, count) in sorted(edges.items()):
+        done = moved.get(name, "-" if args.dry_run or name not in plan else 0)
+        rows.append([name, str(count), str(plan.get(name, 0)), str(done)])
+    total = sum(count for _, count in edges.values())
+    failed = [name for name, done in moved.items() if not isinstance(done, int)]
+    if not plan:
+        verdict = f"balanced: {total} sessions on {len(edges)} edges, none above its share; nothing to move"
+    elif args.dry_run:
+        verdict = f"would move {sum(plan.values())} of {total} sessions (dry run: nothing moved)"
+    else:
+        count = sum(done for done in moved.values() if isinstance(done, int))
+        verdict = (f"moved {count} of {total} sessions; their clients log in on other edges within seconds "
+                   "(check with `meshctl status`, SESSIONS)")
+    if unreachable:
+        verdict += f"\nnot reachable, left out: {', '.join(sorted(unreachable))}"
+    report = {"ok": not failed, "edges": {name: count for name, (_, count) in edges.items()}, "plan": plan,
+              "moved": moved, "unreachable": sorted(unreachable), "dry_run": args.dry_run}
+    emit(args, report, f"{table_text(rows)}\n{verdict}")
+    return EXIT_OK if not failed else EXIT_CHECK_FAILED
