@@ -8,7 +8,15 @@ overtakes a stored one of the same sender.
 
 When a user's inbox changes (`async_changed`), each of their sessions here is
 marked not clean and pushed the inbox from the start; a push already running
-starts over once it ends (`rescan`). A push hands out at most as many
+starts over once it ends (`rescan`). A message stored where a running push has
+already read past (its id is older than messages stored before it: a resend
+after a failover or a move keeps its id) would reach the session only after
+that pass, behind its sender's next message. So a push told the message's id
+checks each page it reads: when a message stored during the read is at or
+before the page's end (its cursor) and not in it, the page is dropped and the
+push starts over from the start, before anything after the message goes out.
+Messages stored beyond the page's end are read by the next page, or by a new
+pass after the last one. A push hands out at most as many
 messages as the session has room for (`max_pending_deliveries` unacked); when
 full it pauses, and acks resume it (`async_resume`). Messages the session
 already holds unacked are not handed out again. A stored message leaves the
@@ -86,14 +94,17 @@ class InboxFeed:
         self._store.async_scan("offline_msg", prefix, start_after=cursor, limit=request.page_size(self._limits),
                                on_done=page, now=now)
 
-    def async_changed(self, user: str, now: float) -> None:
-        """`user`'s inbox has new messages: every session of theirs here is not clean and gets them pushed."""
+    def async_changed(self, user: str, now: float, msg_id: bytes | None = None) -> None:
+        """`user`'s inbox has new messages (`msg_id`: the one stored, when known): every session of theirs here is
+        not clean and gets them pushed."""
         for session in self._sessions.of_user(user):
             session.inbox_clean = False
-            if session.pushing:
+            if not session.pushing:
+                self._push(session, None, now)
+            elif msg_id is None:
                 session.rescan = True
             else:
-                self._push(session, None, now)
+                session.stored_while_reading.add(inbox_key(user, msg_id))
 
     def async_resume(self, session: Session, now: float) -> None:
         """After acks: a push paused for room goes on once the session has room again."""
@@ -131,6 +142,7 @@ class InboxFeed:
             session.push_paused = True
             return
         session.pushing = True
+        session.stored_while_reading.clear()
         route = session.route
 
         def page(result: Any) -> None:
@@ -140,8 +152,15 @@ class InboxFeed:
             if not result.ok:
                 live.pushing = False
                 return
+            if _missed(live.stored_while_reading, result):
+                # Stored where this pass has read past: it goes out before anything after it, from a new pass.
+                self._counters["inbox_push_restarts"] += 1
+                self._push(live, None, self._now())
+                return
             for delivery in self._deliveries(live, result.items, skip_outstanding=True):
                 self._to_client(route, build_deliver(delivery))
+            if not result.more and live.stored_while_reading:
+                live.rescan = True  # stored after everything this pass read (see _missed): the pass goes again
             if result.more:
                 self._push(live, result.cursor, self._now())
             elif live.rescan:
@@ -153,3 +172,12 @@ class InboxFeed:
 
         self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
                                limit=min(room, self._limits.sync_page), on_done=page, now=now)
+
+
+
+def _missed(stored: set[bytes], result: Any) -> bool:
+    """Whether a key stored while `result` was read lies within what the pass has read so far and is not in it."""
+    if not stored or result.cursor is None:
+        return False
+    read = {key for key, _item in result.items}
+    return any(key <= result.cursor and key not in read for key in stored)

@@ -47,6 +47,7 @@ class Session:
     pushing: bool = False
     push_paused: bool = False  # the push waits for acks to make room
     rescan: bool = False
+    stored_while_reading: set[bytes] = field(default_factory=set)  # inbox keys stored while a push page was read
     outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)  # recipient -> hold
     acked: dict[bytes, None] = field(default_factory=dict)  # the last ACKED_MEMORY ids acked (ordered set)

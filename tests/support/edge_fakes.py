@@ -85,6 +85,10 @@ class FakeStore:
         """Whether some answer waits for run()."""
         return bool(self._waiting)
 
+    def run_one(self) -> None:
+        """Answer the oldest request waiting."""
+        self._waiting.popleft()()
+
     def run(self) -> None:
         """Answer everything asked so far, and whatever those answers ask in turn."""
         while self._waiting:

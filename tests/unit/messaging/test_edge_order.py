@@ -15,6 +15,7 @@ the first answer's status and goes nowhere again.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +23,13 @@ import pytest
 
 from iris_mesh import PROTOCOL_VERSION
 from iris_mesh.messaging._edge import EdgeSettings
-from iris_mesh.messaging._inbox import encode_presence, presence_key
+from iris_mesh.messaging._inbox import StoredMessage, encode_presence, encode_stored, inbox_key, presence_key
+from iris_mesh.messaging._inbox_feed import InboxFeed
 from iris_mesh.messaging._protocol import Limits
-from iris_mesh.messaging._sessions import HOLD_MAX_S
+from iris_mesh.messaging._sessions import HOLD_MAX_S, SessionTable
 from iris_mesh.messaging._tokens import issue_token
 
-from support.edge_fakes import mid
+from support.edge_fakes import FakeStore, mid
 from support.edge_harness import SECRET, WALL_S, Edge
 
 ALICE, ALICE2, BOB, BOB2, CAROL, DAVE = b"alice", b"alice-2", b"bob", b"bob-2", b"carol", b"dave"
@@ -440,3 +442,45 @@ def test_a_second_sender_s_message_with_an_id_out_live_is_refused_and_the_first_
     edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(5)]}, edge.now)
     assert edge.outcome(CAROL, carol) == "sent:delivered"
     assert edge.service.counters["send_refused_id_in_use"] == 1
+
+
+# ---- a message stored behind a push under way ----------------------------------------------------
+
+
+def _inbox_feed() -> tuple[InboxFeed, FakeStore, list[bytes]]:
+    """A feed pushing bob's inbox two messages a page, and the ids it hands his session, in order."""
+    store, sessions, pushed = FakeStore(), SessionTable(), []
+    feed = InboxFeed(store=store, sessions=sessions, limits=Limits(sync_page=2), counters=collections.Counter(),
+                     now=lambda: 0.0, to_client=lambda route, frame: pushed.append(frame["id"]))
+    sessions.log_in(sessions.touch(b"bob", 0.0), "bob")
+    return feed, store, pushed
+
+
+def _stored(feed: InboxFeed, store: FakeStore, sender: str, n: int) -> None:
+    store.tables["offline_msg"][inbox_key("bob", mid(n))] = encode_stored(StoredMessage(sender, n, b""))
+    feed.async_changed("bob", 0.0, mid(n))
+
+
+def test_a_message_stored_behind_a_push_under_way_comes_before_its_senders_next_one() -> None:
+    # alice's first message is stored late, with the id it had before a failover or a move (resends keep their
+    # id), so its key sorts before messages of others that the push already read; her second one sorts after.
+    feed, store, pushed = _inbox_feed()
+    for n in (10, 20, 30):
+        _stored(feed, store, "carol", n)
+    store.run_one()  # the first page: 10 and 20
+    _stored(feed, store, "alice", 15)
+    _stored(feed, store, "alice", 25)  # stored once 15 was: the same origin stores one message of a pair at a time
+    store.run()
+    assert [i for i in pushed if i in (mid(15), mid(25))] == [mid(15), mid(25)], "alice's second message came first"
+    assert sorted(pushed) == [mid(n) for n in (10, 15, 20, 25, 30)]  # each once
+
+
+def test_messages_stored_after_everything_a_push_read_are_pushed_by_another_pass() -> None:
+    feed, store, pushed = _inbox_feed()
+    _stored(feed, store, "carol", 10)
+    _stored(feed, store, "carol", 20)  # while the first page is read: after its end
+    store.run()
+    assert pushed == [mid(10), mid(20)]
+    _stored(feed, store, "carol", 30)
+    store.run()
+    assert pushed == [mid(10), mid(20), mid(30)]

@@ -1,0 +1,121 @@
+"""Clients moved between edges on purpose, with real processes: `meshctl rebalance`, and an edge that stops.
+
+Both end sessions with a `move` frame; the SDK logs in on another edge at once and
+resends what was unconfirmed. Checked like a total queue: every message a sender
+had confirmed reaches its recipient exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from iris_mesh.client import Client
+from support.chat import check_total_queue, chat_cluster, connect_static, drain, token_for
+from support.nodes import LocalCluster
+from support.waiting import wait_until
+
+
+def meshctl(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iris_mesh.cli.meshctl", "--cluster", cluster.name, *args],
+        capture_output=True, text=True, timeout=60.0,
+        env={"IRIS_MESH_COOKIE": cluster.cookie.decode(), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def logged_in(cluster: LocalCluster, edge: str) -> int:
+    return cluster.nodes[edge].status()["edge"]["logged_in"]
+
+
+@contextmanager
+def chatting(cluster: LocalCluster, senders: dict[str, Client], to: str) -> Iterator[dict[str, list[bytes]]]:
+    """Each sender sends to `to` one message after another until the block ends; yields the ids confirmed so far."""
+    sent: dict[str, list[bytes]] = {user: [] for user in senders}
+    halt = threading.Event()
+    failures: list[BaseException] = []
+
+    def chat(user: str) -> None:
+        try:
+            while not halt.is_set():
+                sent[user].append(senders[user].send(to, f"{user} {len(sent[user])}".encode()).id)
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=chat, args=(user,)) for user in senders]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: all(len(ids) >= 10 for ids in sent.values()), 30.0, "every sender to get going")
+        yield sent
+    finally:
+        halt.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not failures, failures
+
+
+@pytest.fixture
+def on_edge1(local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Client]]:
+    """Six users, all on edge1 (found by mDNS, so they can find edge2 too), and bob on edge2."""
+    chat_cluster(local_cluster)
+    monkeypatch.setenv("IRIS_MESH_CLUSTER", local_cluster.name)
+    clients: dict[str, Client] = {}
+    try:
+        for n in range(6):
+            user = f"user{n}"
+            clients[user] = Client.connect(edge="edge1")
+            clients[user].login(user, token_for(local_cluster, user))
+        clients["bob"] = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
+        yield clients
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def test_meshctl_rebalance_moves_the_excess_to_the_other_edge_and_loses_nothing(
+        local_cluster: LocalCluster, on_edge1: dict[str, Client]) -> None:
+    bob = on_edge1["bob"]
+    senders = {user: client for user, client in on_edge1.items() if user != "bob"}
+    assert (logged_in(local_cluster, "edge1"), logged_in(local_cluster, "edge2")) == (6, 1)
+    with chatting(local_cluster, senders, "bob") as sent:
+        done = meshctl(local_cluster, "rebalance", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout)
+        assert report["plan"] == {"edge1": 2} and report["moved"] == {"edge1": 2}  # 7 sessions: a share is 4
+        wait_until(lambda: logged_in(local_cluster, "edge2") == 3, 20.0, "two clients to log in on edge2")
+        moved = [user for user, client in senders.items() if client.edge == "edge2"]
+        assert len(moved) == 2 and all(senders[user].moves == senders[user].failovers == 1 for user in moved)
+        at_move = {user: len(sent[user]) for user in moved}
+        wait_until(lambda: all(len(sent[user]) >= at_move[user] + 10 for user in moved), 30.0,
+                   "the moved clients to send on from edge2")
+    total = sum(len(ids) for ids in sent.values())
+    check_total_queue(sent, drain(bob, total, 60.0))
+    assert logged_in(local_cluster, "edge1") == 4
+    again = meshctl(local_cluster, "rebalance")
+    assert again.returncode == 0 and "nothing to move" in again.stdout, again.stdout + again.stderr
+    refused = [local_cluster.nodes["core1"].request("move_sessions", count=1),
+               local_cluster.nodes["edge1"].request("move_sessions", count=-1)]
+    assert [(r["ok"], r["error"]) for r in refused] == [(False, "not_an_edge"), (False, "bad_request")]
+    assert logged_in(local_cluster, "edge1") == 4  # nothing moved by them
+
+
+def test_clients_of_an_edge_that_stops_move_to_another_at_once_and_lose_nothing(
+        local_cluster: LocalCluster, on_edge1: dict[str, Client]) -> None:
+    bob = on_edge1["bob"]
+    senders = {user: client for user, client in on_edge1.items() if user != "bob"}
+    with chatting(local_cluster, senders, "bob") as sent:
+        local_cluster.nodes["edge1"].stop()  # SIGTERM: a planned stop
+        wait_until(lambda: logged_in(local_cluster, "edge2") == 7, 20.0, "every client to log in on edge2")
+        assert all(client.edge == "edge2" and client.moves == client.failovers == 1 for client in senders.values())
+        at_move = {user: len(ids) for user, ids in sent.items()}
+        wait_until(lambda: all(len(sent[user]) >= at_move[user] + 10 for user in senders), 30.0,
+                   "every client to send on from edge2")
+    total = sum(len(ids) for ids in sent.values())
+    check_total_queue(sent, drain(bob, total, 60.0))
