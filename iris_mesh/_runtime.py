@@ -17,6 +17,7 @@ from iris_mesh.store import CLOCK_SAVE_INTERVAL_S, StoreAdmin, StoreService, par
 __all__ = ["NodeRuntime"]
 
 _PING_TIMEOUT_S = 2.0
+_MOVE_DETAIL_MAX_CHARS = 200  # the reason a `move` frame gives clients, for their logs
 
 MeshHandler = Callable[[dict[str, Any], float], None]
 AdminHandler = Callable[[AdminRequest, float], None]
@@ -258,8 +259,9 @@ class NodeRuntime:
             return
         before = len(self.edge.sessions.logged_in())
         detail = request.msg.get("detail")
-        users = self.edge.async_move_sessions(
-            count, detail if isinstance(detail, str) and detail else f"asked by an operator to leave {node_id}", now)
+        if not isinstance(detail, str) or not detail.strip():
+            detail = f"asked by an operator to leave {node_id}"
+        users = self.edge.async_move_sessions(count, detail[:_MOVE_DETAIL_MAX_CHARS], now)
         logger.info("moved {} of {} client sessions to other edges (operator's request)", len(users), before)
         request.reply({"ok": True, "node": node_id, "moved": len(users), "logged_in_before": before})
 

@@ -65,6 +65,13 @@ def _heartbeat_text(node: dict[str, Any]) -> str:
     return "none" if node["heartbeat_s"] is None else f"{node['heartbeat_s']:.2f}s"
 
 
+def _sessions_text(edge: Any) -> str:
+    """An edge's logged-in client sessions (a node of an older version counts its connections); '-' on cores."""
+    if not isinstance(edge, dict):
+        return "-"
+    return str(edge.get("logged_in", edge.get("sessions", "?")))
+
+
 def cmd_status(target: Target, args: argparse.Namespace) -> int:
     results = target.each("status")
     if all(isinstance(result, AdminError) for _, result in results):
@@ -87,7 +94,7 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             status["node_id"], status["role"], status["region"], status["mode"],
             f"{status['visible_cores']}/{status['expected_cores']}",
             "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-",
-            str(status["edge"]["sessions"]) if isinstance(status.get("edge"), dict) else "-",
+            _sessions_text(status.get("edge")),
             _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
         ])
     summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"])

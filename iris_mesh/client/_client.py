@@ -239,7 +239,8 @@ class Client:
 
     @property
     def failovers(self) -> int:
-        """How many times the session was lost and the client moved on (to another edge, or the same one again)."""
+        """How many times the session was lost and the client moved on (to another edge, or the same one again);
+        `moves` of them were asked for by an edge, not failures."""
         return self._loop.failovers
 
     @property

@@ -14,9 +14,9 @@ may block for its own bounded timeout but no longer. Two finders ship:
 
 `EdgeChooser` is the pure part: it orders what a finder returned, at random
 so clients spread over edges, with the edges that failed recently (or asked
-the client to move) last. A finder whose `find_edges` takes `avoid` is told
-their endpoints, so it can look on for another edge instead of returning one
-of them.
+the client to move) last. After a `move`, a finder whose `find_edges` takes
+`avoid` is told the edge the client left, so it can look on for another one
+instead of ending its browse at that edge's answer.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class EdgeAddress:
 class EdgeFinder(Protocol):
     """Finds edges to connect to; called on the SDK's I/O thread, it must return within its own timeout.
 
-    A finder may also take a keyword `avoid` (a frozenset of endpoints): the SDK then names the edges it
-    would rather not use now, and the finder should look on for others (returning the avoided ones too).
+    `find_edges` may also take a keyword `avoid` (a frozenset of endpoints): after a `move` the SDK names
+    the edge it left, and the finder should look a little for another one (returning the avoided ones too).
     """
 
     def find_edges(self) -> list[EdgeAddress]:
@@ -124,12 +124,13 @@ class MdnsEdgeFinder:
         self._named_found = False
 
     def find_edges(self, avoid: frozenset[str] = frozenset()) -> list[EdgeAddress]:
-        """The edges seen; with `avoid` (endpoints), the browse goes on until another edge turns up or it times out."""
+        """The edges seen; with `avoid` (endpoints), the browse looks on a little for another edge (browse_edges)."""
         only_named = self._edge is not None and not self._named_found
         node_id = self._edge if only_named else None
         avoided = frozenset(_host_port(endpoint) for endpoint in avoid) - {None}
+        extra = {"avoid": avoided} if avoided else {}  # a browse of before `avoid` is still called as it was
         cards = self._browse(self._cluster, interfaces=self._interfaces, timeout_s=self._timeout_s, node_id=node_id,
-                             avoid=avoided)
+                             **extra)
         edges = []
         for card in cards:
             # Checked here too, so a browse that filters less never hands the SDK an unusable edge.
@@ -197,6 +198,3 @@ class EdgeChooser:
         """The SDK lost or could not reach `edge`, or the edge asked it to move."""
         self._failed_at[edge.endpoint] = now
 
-    def avoided(self, now: float) -> frozenset[str]:
-        """The endpoints that failed within the penalty: a finder should look for others first."""
-        return frozenset(e for e, t in self._failed_at.items() if now - t < self._penalty_s)

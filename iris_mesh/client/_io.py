@@ -81,6 +81,7 @@ class IoLoop:
         self.failovers = 0
         self._candidates: list[EdgeAddress] = []
         self._current: EdgeAddress | None = None
+        self._moved_from: EdgeAddress | None = None  # the edge that asked this client to move, until it is elsewhere
         self._established = False
         self._next_attempt_at: float | None = 0.0
         self._backoff_s = options.reconnect_initial_s
@@ -200,6 +201,7 @@ class IoLoop:
         self.edge = fx.hello.node
         self._backoff_s = self._opts.reconnect_initial_s
         self._candidates.clear()
+        self._moved_from = None
         self._attempt_errors.clear()
         self._outage_reported = False
         endpoint = self._current.endpoint if self._current else "?"
@@ -211,6 +213,8 @@ class IoLoop:
         lost, self._current = self._current, None
         if lost is not None:
             self._chooser.failed(lost, now)  # also after a move: another edge is tried first
+            if moved:
+                self._moved_from = lost
         if self._established:
             self.failovers += 1
             pending = self._session.pending_sends
@@ -240,8 +244,9 @@ class IoLoop:
             return
         if not self._candidates:
             try:
-                found = (self._finder.find_edges(avoid=self._chooser.avoided(now)) if self._finder_avoids
-                         else self._finder.find_edges())
+                moved_from = self._moved_from
+                found = (self._finder.find_edges(avoid=frozenset({moved_from.endpoint}))
+                         if moved_from is not None and self._finder_avoids else self._finder.find_edges())
             except IrisError as exc:
                 self._attempt_failed(exc.detail)
                 found = []

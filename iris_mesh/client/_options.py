@@ -39,8 +39,9 @@ class ClientOptions:
     # Backoff between rounds of connection attempts when no edge answers, doubling per round.
     reconnect_initial_s: float = 0.1
     reconnect_max_s: float = 2.0
-    # How long an mDNS browse for edges may take. It ends at the first edge found; an edge's answer
-    # can take over a second when other clients ask at the same moment (RFC 6762 section 14).
+    # How long an mDNS browse for edges may take. It ends at the first edge found (after a `move`: the first
+    # other than the edge left, or half a second after the first answer); an edge's answer can take over a
+    # second when other clients ask at the same moment (RFC 6762 section 14).
     mdns_timeout_s: float = 3.0
     # How many returned message ids the SDK remembers to drop redeliveries (docs/PROTOCOL.md 9.2).
     dedup_window: int = 10_000

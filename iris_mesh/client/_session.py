@@ -366,8 +366,10 @@ class ClientSession:
 
     def _on_move(self, frame: MoveFrame, now: float) -> None:
         # The edge ended the session (a rebalance, or it is stopping): log in on another edge, as after a failover.
+        if self._fx.lost is not None:
+            return  # lost already (a frame behind the loss): not a move
         self.counters["moves"] += 1
-        self._fx.moved = self._fx.lost is None
+        self._fx.moved = True
         self._lose(f"edge {self.edge} asked this client to move to another edge ({frame.detail})", now)
 
     def _on_error(self, frame: ErrorReply, now: float) -> None:

@@ -215,18 +215,19 @@ class Discovery:
 
 def browse_edges(
     cluster: str, *, interfaces: Sequence[str], timeout_s: float = 1.5, node_id: str | None = None,
-    avoid: Collection[tuple[str, int]] = (),
+    avoid: Collection[tuple[str, int]] = (), avoid_grace_s: float = 0.5,
 ) -> list[PeerCard]:
-    """Edges of `cluster` that serve clients; returns as soon as one (or the one named `node_id`) is seen
-    whose client address (host, client port) is not in `avoid`.
+    """Edges of `cluster` that serve clients; returns as soon as one (or the one named `node_id`) is seen.
 
-    For the client SDK: a client gateway needs role edge, this protocol version, a client
-    port and a 40-character CURVE key (`ck`). The result has every edge seen, avoided ones
-    too; [] after timeout_s if none answered.
+    With `avoid` (client addresses: host, client port), an edge there does not end the browse
+    at once: it goes on until another one is seen, or for `avoid_grace_s` after the first
+    answer (the avoided edge may be the only one). For the client SDK: a client gateway needs
+    role edge, this protocol version, a client port and a 40-character CURVE key (`ck`). The
+    result has every edge seen, avoided ones too; [] after timeout_s if none answered.
     """
     return _browse(cluster, interfaces, timeout_s, lambda found: any(
         (node_id is None or card.node_id == node_id) and (card.host, card.client_port) not in avoid for card in found
-    ), keep=_serves_clients)
+    ), keep=_serves_clients, settle_s=avoid_grace_s if avoid else None)
 
 
 def _serves_clients(card: PeerCard) -> bool:
@@ -265,7 +266,9 @@ def _browse(
     timeout_s: float,
     enough_when: Callable[[list[PeerCard]], bool],
     keep: Callable[[PeerCard], bool] = lambda card: True,
+    settle_s: float | None = None,
 ) -> list[PeerCard]:
+    """The cards kept until `enough_when` them, or timeout_s; with `settle_s`, at most that long after the first."""
     found: dict[str, PeerCard] = {}
     changed = threading.Condition()
     changes = 0
@@ -299,6 +302,8 @@ def _browse(
                 changed.wait_for(lambda: changes != judged, timeout=max(0.0, deadline - time.monotonic()))
                 judged = changes
             cards = snapshot()
+            if cards and settle_s is not None:  # the first card seen: the browse ends soon after it
+                deadline, settle_s = min(deadline, time.monotonic() + settle_s), None
             if (cards and enough_when(cards)) or time.monotonic() >= deadline:
                 break
     finally:

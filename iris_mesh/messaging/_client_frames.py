@@ -305,7 +305,7 @@ def _parse_error(msg: Mapping[Any, Any]) -> ErrorReply:
 
 
 def _parse_move(msg: Mapping[Any, Any]) -> MoveFrame:
-    return MoveFrame(detail=_text(msg, "detail", "move"))
+    return MoveFrame(detail=_text(msg, "detail", "move") if msg.get("detail") is not None else "")
 
 
 _PARSERS: Final[Mapping[str, Callable[[Mapping[Any, Any]], ServerFrame]]] = MappingProxyType(

@@ -44,7 +44,7 @@ Mesh frames between edges:
     mdeliver     {id, from, to, ts, body, after?}  offer a live delivery (after: the pair's last stored id)
     mdelivered   {id, to}                      a session of `to` acked it
     mdeclined    {id, to, reason}              no session could take it
-    minbox       {to, id?}                     `to` has new stored messages (id: the one just stored)
+    minbox       {to, id?, from?}              `to` has new stored messages (id from `from`: the one just stored)
 """
 
 from __future__ import annotations
@@ -389,7 +389,7 @@ class EdgeService:
                 # Announce first: _finish starts the pair's next message, which must find the
                 # recipient's sessions owed this one, or it could go live and overtake it.
                 self._remember_stored(send)
-                self._announce_inbox(send.to, send.id, self._now)
+                self._announce_inbox(send.to, send.id, send.sender, self._now)
                 self._finish(send, "stored", self._now)
             else:
                 self._fail_pair(send, result.code, result.detail)
@@ -530,16 +530,19 @@ class EdgeService:
                 self._inbox.async_delete(session.user, msg_id, now)
         self._inbox.async_resume(session, now)
 
-    def _announce_inbox(self, user: str, msg_id: bytes, now: float) -> None:
-        """Tell this edge's sessions and every other edge that `msg_id` was stored in `user`'s inbox (cheap, and
-        right even when presence is stale)."""
-        self._inbox.async_changed(user, now, msg_id)
-        self._minbox.announce(user, msg_id)
+    def _announce_inbox(self, user: str, msg_id: bytes, sender: str, now: float) -> None:
+        """Tell this edge's sessions and every other edge that `msg_id` from `sender` was stored in `user`'s inbox
+        (cheap, and right even when presence is stale)."""
+        self._inbox.async_changed(user, now, msg_id, sender)
+        self._minbox.announce(user, msg_id, sender)
 
     def _on_minbox(self, msg: dict[str, Any], now: float) -> None:
         if isinstance(msg.get("to"), str):
-            msg_id = msg.get("id")
-            self._inbox.async_changed(msg["to"], now, msg_id if isinstance(msg_id, bytes) else None)
+            msg_id, sender = msg.get("id"), msg.get("from")
+            if isinstance(msg_id, bytes) and isinstance(sender, str):
+                self._inbox.async_changed(msg["to"], now, msg_id, sender)
+            else:
+                self._inbox.async_changed(msg["to"], now)  # owed, or from an older node: which message is not known
 
     # ---- time --------------------------------------------------------------------------------------
 

@@ -10,13 +10,13 @@ When a user's inbox changes (`async_changed`), each of their sessions here is
 marked not clean and pushed the inbox from the start; a push already running
 starts over once it ends (`rescan`). A message stored where a running push has
 already read past (its id is older than messages stored before it: a resend
-after a failover or a move keeps its id) would reach the session only after
-that pass, behind its sender's next message. So a push told the message's id
-checks each page it reads: when a message stored during the read is at or
-before the page's end (its cursor) and not in it, the page is dropped and the
-push starts over from the start, before anything after the message goes out.
-Messages stored beyond the page's end are read by the next page, or by a new
-pass after the last one. A push hands out at most as many
+after a failover or a move keeps its id) reaches the session only in that next
+pass: so that its sender's later messages do not overtake it, a push told the
+message's id and sender holds back that sender's messages after it for the
+rest of the pass (they come in the next one, behind it), while everyone
+else's go on. A change whose message is not known (an owed `minbox`, or one
+from an older node) holds back every later message of the pass.
+A push hands out at most as many
 messages as the session has room for (`max_pending_deliveries` unacked); when
 full it pauses, and acks resume it (`async_resume`). Messages the session
 already holds unacked are not handed out again. A stored message leaves the
@@ -34,6 +34,9 @@ from iris_mesh.messaging._protocol import Delivery, Limits, SyncRequest, build_d
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 
 __all__ = ["InboxFeed"]
+
+_ANYWHERE = b""  # the key of a stored message that is not known: before every key, so it is always missed
+_NOWHERE = b"\xff" * 256  # after every inbox key: holds nothing back
 
 # A sync reads on past pages of only deleted (acked) entries this many times before it answers an empty page.
 _EMPTY_SCANS_PER_SYNC = 8
@@ -94,17 +97,16 @@ class InboxFeed:
         self._store.async_scan("offline_msg", prefix, start_after=cursor, limit=request.page_size(self._limits),
                                on_done=page, now=now)
 
-    def async_changed(self, user: str, now: float, msg_id: bytes | None = None) -> None:
-        """`user`'s inbox has new messages (`msg_id`: the one stored, when known): every session of theirs here is
-        not clean and gets them pushed."""
+    def async_changed(self, user: str, now: float, msg_id: bytes | None = None, sender: str | None = None) -> None:
+        """`user`'s inbox has new messages (`msg_id` from `sender`: the one stored, when known): every session of
+        theirs here is not clean and gets them pushed."""
+        key = _ANYWHERE if msg_id is None else inbox_key(user, msg_id)
         for session in self._sessions.of_user(user):
             session.inbox_clean = False
             if not session.pushing:
                 self._push(session, None, now)
-            elif msg_id is None:
-                session.rescan = True
             else:
-                session.stored_while_reading.add(inbox_key(user, msg_id))
+                session.stored_while_reading[key] = None if msg_id is None else sender
 
     def async_resume(self, session: Session, now: float) -> None:
         """After acks: a push paused for room goes on once the session has room again."""
@@ -117,7 +119,8 @@ class InboxFeed:
         self._store.async_put("offline_msg", inbox_key(user, msg_id), None, durability="quorum",
                               on_done=lambda result: None, now=now, min_hlc=stored_version(msg_id).hlc)
 
-    def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool) -> list[Delivery]:
+    def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
+                    held: dict[str | None, bytes] | None = None) -> list[Delivery]:
         msgs = []
         for key, item in items:
             try:
@@ -128,6 +131,8 @@ class InboxFeed:
             msg_id = message_id_of(key)
             if skip_outstanding and msg_id in session.outstanding:
                 continue  # already in the client's hands, waiting for its ack
+            if held and (key > held.get(stored.sender, _NOWHERE) or key > held.get(None, _NOWHERE)):
+                continue  # behind a message of its sender that this pass missed: the next pass brings both
             session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
             msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
         return msgs
@@ -142,6 +147,8 @@ class InboxFeed:
             session.push_paused = True
             return
         session.pushing = True
+        if cursor is None:
+            session.push_held.clear()  # a new pass reads from the start: nothing is missed yet
         session.stored_while_reading.clear()
         route = session.route
 
@@ -152,15 +159,9 @@ class InboxFeed:
             if not result.ok:
                 live.pushing = False
                 return
-            if _missed(live.stored_while_reading, result):
-                # Stored where this pass has read past: it goes out before anything after it, from a new pass.
-                self._counters["inbox_push_restarts"] += 1
-                self._push(live, None, self._now())
-                return
-            for delivery in self._deliveries(live, result.items, skip_outstanding=True):
+            self._note_missed(live, result)
+            for delivery in self._deliveries(live, result.items, skip_outstanding=True, held=live.push_held):
                 self._to_client(route, build_deliver(delivery))
-            if not result.more and live.stored_while_reading:
-                live.rescan = True  # stored after everything this pass read (see _missed): the pass goes again
             if result.more:
                 self._push(live, result.cursor, self._now())
             elif live.rescan:
@@ -174,10 +175,16 @@ class InboxFeed:
                                limit=min(room, self._limits.sync_page), on_done=page, now=now)
 
 
-
-def _missed(stored: set[bytes], result: Any) -> bool:
-    """Whether a key stored while `result` was read lies within what the pass has read so far and is not in it."""
-    if not stored or result.cursor is None:
-        return False
-    read = {key for key, _item in result.items}
-    return any(key <= result.cursor and key not in read for key in stored)
+    def _note_missed(self, session: Session, result: Any) -> None:
+        """Messages stored while `result` was read: those within what the pass has read and not in the page were
+        missed by this pass, and hold back their senders' later ones; the next page or pass brings them."""
+        if not session.stored_while_reading:
+            return
+        session.rescan = session.rescan or not result.more  # the last page: another pass for what came meanwhile
+        read = {key for key, _item in result.items}
+        for key, sender in session.stored_while_reading.items():
+            if result.cursor is not None and key <= result.cursor and key not in read:
+                session.rescan = True
+                held = session.push_held
+                held[sender] = min(held.get(sender, key), key)
+                self._counters["inbox_push_held_back"] += 1

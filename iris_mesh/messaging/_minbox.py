@@ -1,7 +1,7 @@
 """MinboxCourier: tells the other edges that a user's inbox changed (`minbox`), also those that missed it.
 
-`minbox {to, id}` goes to every edge alive now, so the sessions of `to` there get the
-stored message `id` pushed. An edge seen alive before (at a tick, or offered a live
+`minbox {to, id, from}` goes to every edge alive now, so the sessions of `to` there get
+the stored message `id` (from user `from`) pushed. An edge seen alive before (at a tick, or offered a live
 delivery) that is not alive now misses it: it may have been paused or cut off,
 and would think its sessions of `to` clean. The courier keeps what each such edge
 missed (per user, newest last, at most `_OWED_MINBOX_MAX` users per edge) and
@@ -36,13 +36,13 @@ class MinboxCourier:
         """These edges are alive now (a live delivery is offered to them, say)."""
         self.seen.update(edges)
 
-    def announce(self, user: str, msg_id: bytes) -> None:
-        """`msg_id` was stored in `user`'s inbox: tell every other live edge, and owe it to the edges seen before
-        and not alive (an owed minbox names no id: by then it is about the whole inbox)."""
+    def announce(self, user: str, msg_id: bytes, sender: str) -> None:
+        """`msg_id` from `sender` was stored in `user`'s inbox: tell every other live edge, and owe it to the edges
+        seen before and not alive (an owed minbox names no message: by then it is about the whole inbox)."""
         live = self._live_edges()
         for edge in live:
             if edge != self._node_id:
-                self._send(edge, "minbox", to=user, id=msg_id)
+                self._send(edge, "minbox", to=user, id=msg_id, **{"from": sender})
         for edge in self.seen.difference(live, (self._node_id,)):
             owed = self._owed.setdefault(edge, {})
             owed.pop(user, None)

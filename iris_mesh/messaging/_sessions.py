@@ -47,7 +47,10 @@ class Session:
     pushing: bool = False
     push_paused: bool = False  # the push waits for acks to make room
     rescan: bool = False
-    stored_while_reading: set[bytes] = field(default_factory=set)  # inbox keys stored while a push page was read
+    # Inbox keys stored while a push page was read, with their sender (None: not known).
+    stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
+    # Senders (None: any) whose messages after the key this push pass missed wait for the next pass.
+    push_held: dict[str | None, bytes] = field(default_factory=dict)
     outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)  # recipient -> hold
     acked: dict[bytes, None] = field(default_factory=dict)  # the last ACKED_MEMORY ids acked (ordered set)

@@ -52,7 +52,7 @@ _BATCH = 512
 _MAILBOX_PER_TURN = 256
 _MAX_WAIT_S = 0.05
 _MAX_DRAIN_FAILURES = 1000  # in a row, on one socket: the engine stops (and the node exits) rather than spin deaf
-_LAST_FRAMES_LINGER_MS = 200  # on close: how long frames queued to live peers may still take to leave
+_LAST_FRAMES_LINGER_MS = 200  # on close: how long frames queued to live peers and clients may still take to leave
 _MIN_WAIT_S = 0.001  # a tick asked for sooner waits this long: no busy loop of poll(0)
 _engine_ids = itertools.count(1)
 
@@ -271,9 +271,13 @@ class Engine(PeerLinks):
             if self._waker is not None:
                 self._waker.close()
             self._waker = None
-        # The last frames to peers (a stopping node's goodbyes) get a moment to leave; to a peer that is
-        # down nothing is queued (links queue only on live connections), so nothing waits for it.
+        # The last frames to peers and clients (a stopping node's goodbyes, an edge's `move`s) get a moment to
+        # leave; to a peer that is down nothing is queued (links queue only on live connections), so nothing
+        # waits for it.
         self._close_peer_links(linger_ms=_LAST_FRAMES_LINGER_MS)
+        if self._gateway is not None:
+            self._gateway.close(_LAST_FRAMES_LINGER_MS)
+            self._gateway = None
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
             self._ctx = None

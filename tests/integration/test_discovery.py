@@ -399,3 +399,12 @@ def test_browse_edges_finds_only_edges_that_serve_clients(cluster: str, start_no
     everyone = wait_until(lambda: browse_edges(cluster, interfaces=LOOPBACK, timeout_s=1.0), 10.0, "an edge")
     assert {card.node_id for card in everyone} <= {"edge1", "edge2"}
     assert browse_edges(f"{cluster}x", interfaces=LOOPBACK, timeout_s=0.3) == []
+    # After a move the SDK avoids the edge it left: the browse looks on for another one...
+    edge1 = (everyone[0].host, 21210)
+    past = browse_edges(cluster, interfaces=LOOPBACK, timeout_s=10.0, avoid={edge1})
+    assert "edge2" in [card.node_id for card in past]
+    # ... but when every edge that answers is avoided, it ends half a second after the first answer, not at
+    # its timeout (the edge left may be the only one).
+    started = time.monotonic()
+    only = browse_edges(cluster, interfaces=LOOPBACK, timeout_s=30.0, avoid={edge1, (everyone[0].host, 21310)})
+    assert only and time.monotonic() - started < 15.0

@@ -73,27 +73,22 @@ def test_the_mdns_finder_keeps_usable_edges_of_its_cluster() -> None:
         EdgeAddress("tcp://127.0.0.1:7211", KEY, "edge1"),
         EdgeAddress("tcp://10.0.0.2:7300", OTHER_KEY, "edge2"),
     ]
-    assert calls == [{"cluster": "iris", "interfaces": ("127.0.0.1",), "timeout_s": 0.7, "node_id": None,
-                      "avoid": frozenset()}]
+    assert calls == [{"cluster": "iris", "interfaces": ("127.0.0.1",), "timeout_s": 0.7, "node_id": None}]
 
 
-def test_the_mdns_finder_tells_the_browse_which_edges_to_look_past() -> None:
-    # A client that just left edge1 (it died, or asked the client to move) must not stop browsing at edge1's
-    # answer, which often comes first: the browse waits for another edge, and returns both.
+def test_the_mdns_finder_tells_the_browse_which_edge_to_look_past() -> None:
+    # A client that an edge asked to move must not end its browse at that edge's answer, which often comes first:
+    # the browse looks on for another edge, and returns both.
     avoided: list[Any] = []
 
-    def browse(cluster: str, *, avoid: Any, **kwargs: Any) -> list[PeerCard]:
-        avoided.append(avoid)
+    def browse(cluster: str, **kwargs: Any) -> list[PeerCard]:
+        avoided.append(kwargs.get("avoid"))
         return [card("edge1"), card("edge2", client_port=7300)]
 
     finder = MdnsEdgeFinder("iris", browse=browse)
     found = finder.find_edges(avoid=frozenset({"tcp://127.0.0.1:7211", "not an endpoint"}))
-    assert avoided == [frozenset({("127.0.0.1", 7211)})]
-    chooser = EdgeChooser(random.Random(3))
-    chooser.failed(found[0], 0.0)
-    assert chooser.avoided(1.0) == frozenset({"tcp://127.0.0.1:7211"})
-    assert all(chooser.order(found, 1.0)[0].node_id == "edge2" for _ in range(10))
-    assert chooser.avoided(31.0) == frozenset()  # forgiven after the penalty
+    assert found == finder.find_edges()
+    assert avoided == [frozenset({("127.0.0.1", 7211)}), None]  # nothing to avoid: called as before `avoid` existed
     assert StaticEdgeFinder("tcp://127.0.0.1:7211", KEY).find_edges(avoid=frozenset({"tcp://127.0.0.1:7211"})) == [
         EdgeAddress("tcp://127.0.0.1:7211", KEY)]  # the only one there is
 
