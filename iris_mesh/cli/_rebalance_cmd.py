@@ -3,7 +3,8 @@
 Clients stay on the edge they logged in on. After a rolling restart, or an edge
 that was down for a while, most of them sit on the edges that stayed up, and
 nothing moves them back by itself. This command reads every edge's count of
-logged-in sessions, and asks each edge holding more than its share (the total
+logged-in sessions (edges found by mDNS, or with --node, those that node sees
+alive), and asks each edge holding more than its share (the total
 divided by the edges, rounded up) to move the excess: the edge ends those
 sessions with a `move` frame (docs/PROTOCOL.md section 6.9), and their clients
 log in on another edge at once, resending what was unconfirmed. The clients
@@ -39,18 +40,33 @@ def _logged_in(status: dict[str, Any]) -> int:
     return int(edge.get("logged_in", edge["sessions"]))  # nodes of an older version count connections only
 
 
+def _nodes_to_ask(target: Target, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(name, admin endpoint) of the nodes that may be edges: every node mDNS finds, or with --node, the edges
+    that node sees alive (their admin addresses from its membership view: no mDNS at all)."""
+    if not args.node:
+        return target.endpoints()
+    _, view = target.first("nodes")
+    return [(row["node_id"], f"tcp://{row['host']}:{row['admin_port']}") for row in view.get("nodes", [])
+            if row.get("role") == "edge" and row.get("state") in ("alive", "suspect") and row.get("admin_port")]
+
+
+def _ask_status(target: Target, endpoint: str) -> dict[str, Any] | AdminError:
+    try:
+        return target.request(endpoint, "status")
+    except AdminError as exc:
+        return exc
+
+
 def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
-    if args.node:
-        raise CtlError("rebalance asks every edge: run it without --node (it finds the edges by mDNS)")
-    results = target.each("status")
+    nodes = _nodes_to_ask(target, args)
     edges: dict[str, tuple[str, int]] = {}  # name -> (admin endpoint, logged-in sessions)
     unreachable = []
-    endpoints = dict(target.endpoints())
-    for name, result in results:
+    for name, endpoint in nodes:
+        result = _ask_status(target, endpoint)
         if isinstance(result, AdminError) or not result.get("ok"):
             unreachable.append(name)
         elif isinstance(result["status"].get("edge"), dict):
-            edges[name] = (endpoints[name], _logged_in(result["status"]))
+            edges[name] = (endpoint, _logged_in(result["status"]))
     if len(edges) < 2:
         raise CtlError(f"{len(edges)} edge(s) answered: rebalancing needs at least two", EXIT_CHECK_FAILED)
     plan = plan_moves({name: count for name, (_, count) in edges.items()}, slack=args.slack)

@@ -79,43 +79,41 @@ def on_edge1(local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> It
             client.close()
 
 
-def test_meshctl_rebalance_moves_the_excess_to_the_other_edge_and_loses_nothing(
+def test_clients_moved_by_meshctl_rebalance_and_by_a_stopping_edge_lose_nothing(
         local_cluster: LocalCluster, on_edge1: dict[str, Client]) -> None:
     bob = on_edge1["bob"]
     senders = {user: client for user, client in on_edge1.items() if user != "bob"}
     assert (logged_in(local_cluster, "edge1"), logged_in(local_cluster, "edge2")) == (6, 1)
+    # meshctl rebalance: edge1 holds 6 of 7 sessions, its share is 4, so it moves 2.
     with chatting(local_cluster, senders, "bob") as sent:
         done = meshctl(local_cluster, "rebalance", "--json")
         assert done.returncode == 0, done.stdout + done.stderr
         report = json.loads(done.stdout)
-        assert report["plan"] == {"edge1": 2} and report["moved"] == {"edge1": 2}  # 7 sessions: a share is 4
+        assert report["plan"] == {"edge1": 2} and report["moved"] == {"edge1": 2}
         wait_until(lambda: logged_in(local_cluster, "edge2") == 3, 20.0, "two clients to log in on edge2")
         moved = [user for user, client in senders.items() if client.edge == "edge2"]
         assert len(moved) == 2 and all(senders[user].moves == senders[user].failovers == 1 for user in moved)
         at_move = {user: len(sent[user]) for user in moved}
         wait_until(lambda: all(len(sent[user]) >= at_move[user] + 10 for user in moved), 30.0,
                    "the moved clients to send on from edge2")
-    total = sum(len(ids) for ids in sent.values())
-    check_total_queue(sent, drain(bob, total, 60.0))
+    check_total_queue(sent, drain(bob, sum(len(ids) for ids in sent.values()), 60.0))
     assert logged_in(local_cluster, "edge1") == 4
-    again = meshctl(local_cluster, "rebalance")
-    assert again.returncode == 0 and "nothing to move" in again.stdout, again.stdout + again.stderr
+    again = meshctl(local_cluster, "--node", local_cluster.nodes["core1"].admin, "rebalance")  # no mDNS: core1's view
+    assert again.returncode == 0 and "balanced: 7 sessions on 2 edges" in again.stdout, again.stdout + again.stderr
     refused = [local_cluster.nodes["core1"].request("move_sessions", count=1),
                local_cluster.nodes["edge1"].request("move_sessions", count=-1)]
     assert [(r["ok"], r["error"]) for r in refused] == [(False, "not_an_edge"), (False, "bad_request")]
     assert logged_in(local_cluster, "edge1") == 4  # nothing moved by them
 
-
-def test_clients_of_an_edge_that_stops_move_to_another_at_once_and_lose_nothing(
-        local_cluster: LocalCluster, on_edge1: dict[str, Client]) -> None:
-    bob = on_edge1["bob"]
-    senders = {user: client for user, client in on_edge1.items() if user != "bob"}
+    # A planned stop of edge1 (SIGTERM): it asks each of its clients to move, and they do at once.
+    stayed = [user for user in senders if user not in moved]
     with chatting(local_cluster, senders, "bob") as sent:
-        local_cluster.nodes["edge1"].stop()  # SIGTERM: a planned stop
+        local_cluster.nodes["edge1"].stop()
         wait_until(lambda: logged_in(local_cluster, "edge2") == 7, 20.0, "every client to log in on edge2")
-        assert all(client.edge == "edge2" and client.moves == client.failovers == 1 for client in senders.values())
-        at_move = {user: len(ids) for user, ids in sent.items()}
-        wait_until(lambda: all(len(sent[user]) >= at_move[user] + 10 for user in senders), 30.0,
+        assert all(client.edge == "edge2" for client in senders.values())
+        counts = {user: (client.moves, client.failovers) for user, client in senders.items()}
+        assert all(counts[user] == (1, 1) for user in senders), counts  # one move each: by rebalance or by the stop
+        at_stop = {user: len(ids) for user, ids in sent.items()}
+        wait_until(lambda: all(len(sent[user]) >= at_stop[user] + 10 for user in stayed), 30.0,
                    "every client to send on from edge2")
-    total = sum(len(ids) for ids in sent.values())
-    check_total_queue(sent, drain(bob, total, 60.0))
+    check_total_queue(sent, drain(bob, sum(len(ids) for ids in sent.values()), 60.0))
