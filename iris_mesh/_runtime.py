@@ -191,6 +191,8 @@ class NodeRuntime:
         counters.update(self.store.counters)
         if self.edge is not None:
             status["edge"] = self.edge.status()
+        if self.store.local is not None:
+            status["hints_pending"] = self.store.local.count("hints")  # writes held for peers that missed them
         status.update(
             pid=os.getpid(),
             uptime_s=round(now - self._started_at, 3),

@@ -5,6 +5,8 @@ hear it (a network cut). The verdict tells it apart from a node that is down, an
 the groups the answering nodes are split into. A node that started seconds ago is still
 joining: it is named as such, and neither its view nor how others see it is a problem yet (nor its
 refusing writes while it waits out `safe_mode_exit_s` with a majority of the cores in view).
+When all is well but cores still hold hints (writes a restarted core missed, not yet handed
+to it), a second line says so: the check passes, but no other core should be restarted yet.
 A node that did not answer and is dead to the others is down, hung, or cut off from every
 node that answered; when those see only a minority of the cores, a cut is as likely as a
 crash, and the verdict says to look from the other side before starting anything.
@@ -73,7 +75,7 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     refused, silent, joining = problems["writes_refused"], problems["no_answer"], problems["joining"]
     seen_by = f" (as {one_node} sees it)" if one_node else ""
     if not (down or unheard or refused or silent or joining):
-        return f"all nodes alive, writes safe{seen_by}"
+        return f"all nodes alive, writes safe{seen_by}{_catching_up(entries)}"
     found, steps = [], []
     if joining:
         found.append(f"{', '.join(joining)} started seconds ago and {'is' if len(joining) == 1 else 'are'} "
@@ -109,6 +111,17 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     if refused:
         steps.append("safe mode ends by itself once a majority of the region's cores is visible again")
     return f"CHECK FAILED{seen_by}: {'; '.join(found)}\n  next: {'; '.join(steps)}"
+
+
+def _catching_up(entries: list[dict[str, Any]]) -> str:
+    """"; catching up: core2 holds 1,204 hints ..." while cores still hold writes for peers that missed them."""
+    holding = {entry["node_id"]: entry["hints_pending"] for entry in entries
+               if entry.get("reachable") and isinstance(entry.get("hints_pending"), int) and entry["hints_pending"] > 0}
+    if not holding:
+        return ""
+    held = ", ".join(f"{node} {count:,}" for node, count in sorted(holding.items()))
+    return (f"\n  catching up: writes that a restarted core missed are still being handed to it (hints held: {held}); "
+            "until they are, those writes have fewer copies than usual: restart no other core yet")
 
 
 def _write_margin(entries: list[dict[str, Any]], joining: list[str]) -> str | None:

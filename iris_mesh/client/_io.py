@@ -44,7 +44,8 @@ __all__ = ["IoLoop"]
 _MAX_WAIT_S = 0.5
 _LINK_REASONS = {
     LinkEvent.DOWN: "the connection to the edge closed",
-    LinkEvent.AUTH_FAILED: "the CURVE handshake failed (is the server key the edge's `ck`?)",
+    LinkEvent.AUTH_FAILED: "the CURVE handshake failed (is the server key the edge's `ck`? an edge that is stopping "
+                           "fails it too)",
 }
 # Bad frames are logged at most this often.
 _BAD_FRAME_LOG_INTERVAL_S = 5.0

@@ -16,6 +16,16 @@ def test_a_healthy_cluster_reads_as_all_alive_and_one_node_asked_says_whose_view
     assert status_summary(entries[:1], "core1") == "all nodes alive, writes safe (as core1 sees it)"
 
 
+def test_cores_still_holding_hints_pass_the_check_and_say_they_are_catching_up() -> None:
+    # After a core's restart: all alive, but what it missed is still on its way to it.
+    entries = [dict(node_status("core1", {"core2": "alive"}), hints_pending=1204),
+               dict(node_status("core2", {"core1": "alive"}), hints_pending=0), node_status("edge1", {})]
+    verdict, catching = status_summary(entries).split("\n")
+    assert verdict == "all nodes alive, writes safe"
+    assert "catching up" in catching and "core1 1,204" in catching and "core2" not in catching
+    assert "\n" not in status_summary([dict(entries[0], hints_pending=0), entries[1]])
+
+
 def test_a_failed_check_names_the_nodes_down_and_those_refusing_writes_and_what_to_do() -> None:
     entries = [
         node_status("core1", {"core2": "dead", "core3": "dead", "edge1": "alive"}, safe=False),
