@@ -237,7 +237,7 @@ def _windows(
 
 
 LABELLED_FAULTS_MAX = 30
-_FAULT_COLOURS = {"kill": "tab:red", "pause": "tab:orange", "partition": "tab:purple"}
+_FAULT_COLOURS = {"kill": "tab:red", "stop": "tab:pink", "pause": "tab:orange", "partition": "tab:purple"}
 
 
 def plot_timeline(report: dict[str, Any], path: Path) -> Path:

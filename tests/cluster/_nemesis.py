@@ -4,6 +4,8 @@ One fault at a time, each held for a random while and then undone, with a
 quiet gap before the next:
 
 - ``kill``: SIGKILL a node, restart it (same data dir) when the hold ends;
+- ``stop``: SIGTERM a node (a planned stop: it says goodbye, and an edge asks
+  its clients to move), restart it when the hold ends;
 - ``pause``: SIGSTOP a node, SIGCONT it when the hold ends;
 - ``partition``: cut a random minority (one core, maybe an edge) off the
   rest, heal when the hold ends;
@@ -29,7 +31,10 @@ from _chaos_report import Fault
 
 __all__ = ["KINDS", "Nemesis", "Step", "Target", "plan"]
 
-KINDS = ("kill", "pause", "partition", "isolate")
+KINDS = ("kill", "stop", "pause", "partition", "isolate")
+# A planned step is drawn from these; half the kills are then made stops by a second generator, so adding
+# `stop` left every seed's schedule as it was in time, kind of fault and target.
+_DRAWN = ("kill", "pause", "partition", "isolate")
 HOLD_S = (1.0, 6.0)  # how long a fault lasts
 GAP_S = (2.0, 5.0)  # quiet time after a fault is undone
 
@@ -38,6 +43,7 @@ class Target(Protocol):
     """What the nemesis needs of a cluster (tests/cluster/_mesh.py MeshOnHosts provides it)."""
 
     def kill(self, node_id: str) -> None: ...
+    def stop(self, *node_ids: str) -> None: ...
     def restart(self, node_id: str) -> None: ...
     def pause(self, node_id: str) -> None: ...
     def resume(self, node_id: str) -> None: ...
@@ -64,10 +70,11 @@ def plan(seed: int, duration_s: float, cores: Sequence[str], edges: Sequence[str
     if len(cores) < 3:
         raise ValueError(f"a minority partition needs at least 3 cores, got {list(cores)}")
     rng = random.Random(seed)
+    gentle = random.Random(seed * 7919 + 1)  # which kills are stops
     nodes = [*cores, *edges]
     steps: list[Step] = []
     at_s = rng.uniform(*GAP_S)
-    kinds = KINDS if clients else tuple(k for k in KINDS if k != "isolate")
+    kinds = _DRAWN if clients else tuple(k for k in _DRAWN if k != "isolate")
     while True:
         kind = rng.choice(kinds)
         hold_s = round(rng.uniform(*HOLD_S), 2)
@@ -81,6 +88,8 @@ def plan(seed: int, duration_s: float, cores: Sequence[str], edges: Sequence[str
             targets = (rng.choice(list(clients)),)
         else:
             targets = (rng.choice(nodes),)
+            if kind == "kill" and gentle.random() < 0.5:
+                kind = "stop"
         steps.append(Step(round(at_s, 2), kind, targets, hold_s))
         at_s += hold_s + rng.uniform(*GAP_S)
 
@@ -136,6 +145,8 @@ class Nemesis:
         self._log(f"nemesis: {step.kind} {','.join(step.targets)} for {step.hold_s} s")
         if step.kind == "kill":
             self._target.kill(step.targets[0])
+        elif step.kind == "stop":
+            self._target.stop(step.targets[0])
         elif step.kind == "pause":
             self._target.pause(step.targets[0])
         else:  # partition, isolate: `everyone` (the nodes, not the client hosts) on the other side
@@ -144,7 +155,7 @@ class Nemesis:
         try:
             self._stop.wait(step.hold_s)
         finally:
-            if step.kind == "kill":
+            if step.kind in ("kill", "stop"):
                 self._target.restart(step.targets[0])
             elif step.kind == "pause":
                 self._target.resume(step.targets[0])

@@ -2,8 +2,9 @@
 
 Three cores and two edges on test hosts, one client host whose users each
 prefer an edge and send to a user on the other edge, continuously. A seeded
-nemesis (_nemesis.py) kills and restarts, pauses and resumes, cuts off a
-minority, and cuts the client host off every node, one fault at a time, for
+nemesis (_nemesis.py) kills or stops (a planned stop: an edge moves its
+clients) and restarts, pauses and resumes, cuts off a minority, and cuts the
+client host off every node, one fault at a time, for
 CHAOS_SECONDS (60 here; `make chaos` runs 600). Then everything heals, the
 clients stop sending and drain, and the checker (_chaos_report.py) judges
 what they saw as a total queue: nothing acked may be lost, nothing
@@ -49,8 +50,8 @@ RATE_PER_S = 8  # per flow: 32 sends a second in all, leaving the 2 CPUs to the 
 
 EDGE_COUNTERS = ("sent_delivered", "sent_stored", "live_declined", "live_declined_behind_stored", "live_timeouts")
 DEFAULT_SECONDS = 60.0
-# make test replays one fixed schedule (kills and pauses of cores and edges, a core
-# and an edge cut off together, the client host cut off twice), so a failure there
+# make test replays one fixed schedule (a planned stop of an edge, a core killed, pauses of cores and
+# edges, a core and an edge cut off together, the client host cut off twice), so a failure there
 # can be replayed; `make chaos` draws a random seed.
 DEFAULT_SEED = 8
 READY_DEADLINE_S = 60.0

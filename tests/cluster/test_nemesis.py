@@ -51,6 +51,9 @@ class Recorder:
     def kill(self, node_id: str) -> None:
         self.calls.append(("kill", node_id))
 
+    def stop(self, *node_ids: str) -> None:
+        self.calls.append(("stop", node_ids))
+
     def restart(self, node_id: str) -> None:
         self.calls.append(("restart", node_id))
 
@@ -69,7 +72,8 @@ class Recorder:
 
 def test_every_fault_is_undone_and_recorded_with_its_times() -> None:
     steps = [Step(0.0, "kill", ("core2",), 0.05), Step(0.1, "pause", ("edge1",), 0.05),
-             Step(0.2, "partition", ("core3", "edge2"), 0.05), Step(0.3, "isolate", ("client1",), 0.05)]
+             Step(0.2, "partition", ("core3", "edge2"), 0.05), Step(0.3, "isolate", ("client1",), 0.05),
+             Step(0.4, "stop", ("edge2",), 0.05)]
     target = Recorder()
     nemesis = Nemesis(target, steps, everyone=[*CORES, *EDGES])
     nemesis.start()
@@ -79,6 +83,7 @@ def test_every_fault_is_undone_and_recorded_with_its_times() -> None:
         ("kill", "core2"), ("restart", "core2"), ("pause", "edge1"), ("resume", "edge1"),
         ("partition", [["core1", "core2", "edge1"], ["core3", "edge2"]]), ("heal", None),
         ("partition", [["core1", "core2", "core3", "edge1", "edge2"], ["client1"]]), ("heal", None),
+        ("stop", ("edge2",)), ("restart", "edge2"),
     ]
     assert [(f.kind, f.targets) for f in nemesis.faults] == [(s.kind, s.targets) for s in steps]
     assert all(f.end is not None and f.end >= f.start + 0.04 for f in nemesis.faults)
