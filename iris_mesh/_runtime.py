@@ -259,7 +259,7 @@ class NodeRuntime:
         if self.edge is None:
             request.error("not_an_edge", f"{node_id} is a {self.membership.card.role}: only edges hold client sessions")
             return
-        before = len(self.edge.sessions.logged_in())
+        before = len(self.edge.sessions.logged_in())  # those whose hello did not say `moves` stay
         detail = request.msg.get("detail")
         if not isinstance(detail, str) or not detail.strip():
             detail = f"asked by an operator to leave {node_id}"

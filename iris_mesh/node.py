@@ -298,7 +298,7 @@ class Node:
                 membership, edge = self.runtime.membership, self.runtime.edge
                 if edge is not None:  # clients log in elsewhere at once, instead of finding this edge gone
                     self._engine.post(lambda now: edge.async_move_sessions(
-                        len(edge.sessions), f"edge {membership.card.node_id} is stopping", now))
+                        len(edge.sessions), f"edge {membership.card.node_id} is stopping", now, movable_only=False))
                 self._engine.post(lambda _now: membership.async_leave())
             self._engine.stop()
             self._engine = None

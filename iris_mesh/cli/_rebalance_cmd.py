@@ -9,9 +9,9 @@ divided by the edges, rounded up) to move the excess: the edge ends those
 sessions with a `move` frame (docs/PROTOCOL.md section 6.9), and their clients
 log in on another edge at once, resending what was unconfirmed. The clients
 choose among the other edges at random, so the counts end near even, not
-exactly even. A client pinned to one edge's address (not found by mDNS)
-logs in on that same edge again, and one that does not know `move` only at
-its next request: such sessions are counted as moved but stay where they were.
+exactly even. Only sessions whose client said in its `hello` that it moves
+(`moves`: the Python SDK does unless it was given one edge's address) are
+moved; the others are counted, and left where they are.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def _ask_status(target: Target, endpoint: str) -> dict[str, Any] | AdminError:
 def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
     nodes = _nodes_to_ask(target, args)
     edges: dict[str, tuple[str, int]] = {}  # name -> (admin endpoint, logged-in sessions)
+    pinned: dict[str, int] = {}  # name -> logged-in sessions that cannot move (their hello did not say `moves`)
     unreachable = []
     for name, endpoint in nodes:
         result = _ask_status(target, endpoint)
@@ -67,6 +68,9 @@ def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
             unreachable.append(name)
         elif isinstance(result["status"].get("edge"), dict):
             edges[name] = (endpoint, _logged_in(result["status"]))
+            movable = result["status"]["edge"].get("movable")
+            if isinstance(movable, int):
+                pinned[name] = edges[name][1] - movable
     if len(edges) < 2:
         raise CtlError(f"{len(edges)} edge(s) answered: rebalancing needs at least two", EXIT_CHECK_FAILED)
     plan = plan_moves({name: count for name, (_, count) in edges.items()}, slack=args.slack)
@@ -83,10 +87,10 @@ def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
                 moved[name] = reply["moved"]
             else:
                 failed[name] = f"{reply.get('error')}: {reply.get('detail')}"
-    rows = [["EDGE", "LOGGED IN", "TO MOVE", "MOVED"]]
+    rows = [["EDGE", "LOGGED IN", "CANNOT MOVE", "TO MOVE", "MOVED"]]
     for name, (_, count) in sorted(edges.items()):
         done = failed[name] if name in failed else moved.get(name, "-" if args.dry_run or name not in plan else 0)
-        rows.append([name, str(count), str(plan.get(name, 0)), str(done)])
+        rows.append([name, str(count), str(pinned.get(name, "?")), str(plan.get(name, 0)), str(done)])
     total = sum(count for _, count in edges.values())
     if not plan:
         verdict = f"balanced: {total} sessions on {len(edges)} edges, none above its share; nothing to move"
@@ -96,9 +100,13 @@ def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
         count = sum(moved.values())
         verdict = (f"moved {count} of {total} sessions; their clients log in on other edges within seconds "
                    "(check with `meshctl status`, SESSIONS)")
+        if count < sum(plan[name] for name in moved):
+            verdict += ("\nfewer than planned: the other sessions cannot move (clients given one edge's address, "
+                        "or whose hello does not say `moves`: PROTOCOL.md 5.1)")
     if unreachable:
         verdict += f"\nnot reachable, left out: {', '.join(sorted(unreachable))}"
-    report = {"ok": not failed, "edges": {name: count for name, (_, count) in edges.items()}, "plan": plan,
+    report = {"ok": not failed, "edges": {name: count for name, (_, count) in edges.items()}, "cannot_move": pinned,
+              "plan": plan,
               "moved": moved, "failed": failed, "unreachable": sorted(unreachable), "dry_run": args.dry_run}
     emit(args, report, f"{table_text(rows)}\n{verdict}")
     return EXIT_OK if not failed else EXIT_CHECK_FAILED

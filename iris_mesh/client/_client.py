@@ -99,7 +99,9 @@ class Client:
         self._closed = False
         # Messages, LOGIN_LOST when a login is lost at a failover, None once closed.
         self._inbox: queue.SimpleQueue[Message | LoginLost | None] = queue.SimpleQueue()
-        self._session = ClientSession(self._opts)  # touched only by commands running on the I/O thread
+        # Touched only by commands running on the I/O thread. A client given one address cannot move elsewhere:
+        # its hello says so, and an operator's rebalance leaves it be.
+        self._session = ClientSession(self._opts, can_move=not isinstance(finder, StaticEdgeFinder))
         self._loop = IoLoop(
             session=self._session,
             conn=ClientConnection(socket_tuning),

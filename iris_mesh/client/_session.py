@@ -115,8 +115,10 @@ class _Request:
 class ClientSession:
     """The protocol state of one client across edges; see the module docstring. Not thread-safe."""
 
-    def __init__(self, options: ClientOptions) -> None:
+    def __init__(self, options: ClientOptions, *, can_move: bool = True) -> None:
+        """`can_move`: the client can log in on another edge (its finder finds more than one address)."""
         self._opts = options
+        self._can_move = can_move
         self.state = SessionState.IDLE
         self.limits = DEFAULT_LIMITS
         self.edge: str | None = None  # node id of the edge that answered hello on the current link
@@ -179,7 +181,7 @@ class ClientSession:
         self.state = SessionState.HELLO
         self._hello_deadline = now + self._opts.connect_timeout_s
         self._last_rx = now
-        self._emit(HelloRequest(client=self._opts.client_name).to_wire(), now)
+        self._emit(HelloRequest(client=self._opts.client_name, moves=self._can_move).to_wire(), now)
 
     def link_lost(self, reason: str, now: float) -> None:
         """The transport saw the link fail (connection closed, handshake refused, queue full)."""

@@ -223,6 +223,7 @@ class EdgeService:
         handler(session, request, now)
 
     def _hello(self, session: Session, request: HelloRequest, now: float) -> None:
+        session.can_move = request.moves
         self._to_client(session.route, build_hello(self.node_id, self._limits))
 
     def _ping(self, session: Session, request: PingRequest, now: float) -> None:
@@ -253,11 +254,13 @@ class EdgeService:
         self._to_client(session.route, build_ok(request.cid))
         self._end_session(session.route, now)
 
-    def async_move_sessions(self, count: int, detail: str, now: float) -> list[str]:
+    def async_move_sessions(self, count: int, detail: str, now: float, *, movable_only: bool = True) -> list[str]:
         """End up to `count` logged-in sessions with a `move` frame, which asks their clients to log in on another
-        edge; those with the least in flight go first. Returns the users of the sessions moved."""
+        edge; those with the least in flight go first. Only sessions whose hello said `moves` are chosen, unless
+        `movable_only` is False (the edge is stopping: every session ends anyway). Returns their users."""
         self._now = now
-        chosen = sorted(self.sessions.logged_in(), key=lambda s: s.pending_sends + len(s.outstanding))[:max(0, count)]
+        candidates = [s for s in self.sessions.logged_in() if s.can_move or not movable_only]
+        chosen = sorted(candidates, key=lambda s: s.pending_sends + len(s.outstanding))[:max(0, count)]
         for session in chosen:
             self._to_client(session.route, build_move(detail))
             self._end_session(session.route, now)
@@ -574,7 +577,9 @@ class EdgeService:
             del self._stored_after_live[next(iter(self._stored_after_live))]
 
     def status(self) -> dict[str, Any]:
-        return {"sessions": len(self.sessions), "logged_in": len(self.sessions.logged_in()),
+        logged_in = self.sessions.logged_in()
+        return {"sessions": len(self.sessions), "logged_in": len(logged_in),
+                "movable": sum(1 for session in logged_in if session.can_move),
                 "users": self.sessions.users(), "in_flight": len(self._inflight),
                 "recent_ids": len(self._recent), "counters": dict(self.counters)}
 

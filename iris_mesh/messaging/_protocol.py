@@ -181,15 +181,19 @@ def _envelope(op: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class HelloRequest:
-    """`hello {client?}`: version check; `client` names the client software (free text)."""
+    """`hello {client?, moves?}`: version check; `client` names the client software (free text); `moves`: the
+    client handles `move` by logging in on another edge, so an operator's rebalance may move it."""
 
     op: ClassVar[str] = "hello"
     client: str | None = None
+    moves: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         wire = _envelope(self.op)
         if self.client is not None:
             wire["client"] = self.client
+        if self.moves:
+            wire["moves"] = True
         return wire
 
 
@@ -356,9 +360,11 @@ def _message_id(value: object, what: str, cid: int | None) -> bytes:
 
 
 def _parse_hello(msg: Mapping[Any, Any], cid: int | None, limits: Limits) -> HelloRequest:
-    if msg.get("client") is None:
-        return HelloRequest()
-    return HelloRequest(client=_text(msg, "client", cid, MAX_CLIENT_NAME_CHARS))
+    client = None if msg.get("client") is None else _text(msg, "client", cid, MAX_CLIENT_NAME_CHARS)
+    moves = msg.get("moves")
+    if moves is not None and not isinstance(moves, bool):
+        raise _bad(f"'moves' must be true or false, got {_kind(moves)}", cid)
+    return HelloRequest(client=client, moves=bool(moves))
 
 
 def _parse_login(msg: Mapping[Any, Any], cid: int | None, limits: Limits) -> LoginRequest:

@@ -44,6 +44,7 @@ class Session:
     pending_sends: int = 0
     # Every stored message has been offered to this session (by sync or push) since the last inbox change.
     inbox_clean: bool = False
+    can_move: bool = False  # its hello said `moves`: it logs in on another edge when asked to (a rebalance)
     pushing: bool = False
     push_paused: bool = False  # the push waits for acks to make room
     rescan: bool = False

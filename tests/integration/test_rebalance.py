@@ -90,6 +90,7 @@ def test_clients_moved_by_meshctl_rebalance_and_by_a_stopping_edge_lose_nothing(
         assert done.returncode == 0, done.stdout + done.stderr
         report = json.loads(done.stdout)
         assert report["plan"] == {"edge1": 2} and report["moved"] == {"edge1": 2}
+        assert report["cannot_move"] == {"edge1": 0, "edge2": 1}  # bob's client was given edge2's address
         wait_until(lambda: logged_in(local_cluster, "edge2") == 3, 20.0, "two clients to log in on edge2")
         moved = [user for user, client in senders.items() if client.edge == "edge2"]
         assert len(moved) == 2 and all(senders[user].moves == senders[user].failovers == 1 for user in moved)

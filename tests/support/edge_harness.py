@@ -72,8 +72,12 @@ class Edge:
         frames.remove(replies[0])
         return replies[0]
 
-    def log_in(self, route: bytes, user: str, *, sync: bool = True) -> None:
-        """Log `route` in as `user`; with sync, page through the inbox so the session takes live messages."""
+    def log_in(self, route: bytes, user: str, *, sync: bool = True, moves: bool = False) -> None:
+        """Log `route` in as `user`; with sync, page through the inbox so the session takes live messages; with
+        moves, its hello says it moves to another edge when asked."""
+        if moves:
+            self.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": "hello", "moves": True}, self.now)
+            assert self.take(route, "hello")
         token = issue_token(SECRET, user, WALL_S + 3600)
         cid = self.request(route, "login", user=user, token=token)
         self.store.run()

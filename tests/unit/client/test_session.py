@@ -61,6 +61,12 @@ class Harness:
         self.lost: list[str] = []
         self.hellos: list[str] = []
 
+    @staticmethod
+    def _hello_of(session: ClientSession) -> dict[str, Any]:
+        session.link_opened(0.0)
+        (hello,) = session.drain().frames
+        return hello
+
     def collect(self) -> Effects:
         fx = self.s.drain()
         self.frames.extend(fx.frames)
@@ -386,6 +392,11 @@ def test_not_logged_in_after_login_loses_the_session_and_resends_after_login(h: 
     for f in frames[:2]:
         h.frame(build_sent(f["cid"], f["id"], "stored"))
     assert [w.value.id for w in waiters] == [mid(1), mid(2), mid(3)]
+
+
+def test_hello_says_the_client_moves_unless_it_knows_one_edge_only() -> None:
+    assert [Harness._hello_of(ClientSession(OPTIONS)).get("moves"),
+            Harness._hello_of(ClientSession(OPTIONS, can_move=False)).get("moves")] == [True, None]
 
 
 def test_a_move_ends_the_session_at_once_and_resends_on_the_next_edge(h: Harness) -> None:

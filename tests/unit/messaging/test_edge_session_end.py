@@ -29,7 +29,7 @@ def _recording_mesh(edge: Edge) -> list[tuple[str, str, dict[str, Any]]]:
 def test_a_move_ends_the_least_busy_sessions_with_a_move_frame() -> None:
     edge = Edge()
     for route, user in ((ALICE, "alice"), (BOB, "bob"), (CAROL, "carol")):
-        edge.log_in(route, user)
+        edge.log_in(route, user, moves=True)
     edge.send(ALICE, "bob", 1)  # bob holds a live delivery: he is the busiest, and stays
     edge.store.run()
     assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)]
@@ -47,8 +47,20 @@ def test_a_move_ends_the_least_busy_sessions_with_a_move_frame() -> None:
     presence = [key for table, key, _ in edge.store.puts[puts_before:] if table == "presence"]
     assert sorted(presence) == [presence_key("alice", "edge1"), presence_key("carol", "edge1")]  # offline here
     assert edge.service.status()["logged_in"] == 1
-    assert edge.service.async_move_sessions(5, "stopping", edge.now) == ["bob"]  # more than there are: all
-    assert edge.service.async_move_sessions(1, "stopping", edge.now) == []
+    assert edge.service.async_move_sessions(5, "rebalance", edge.now) == ["bob"]  # more than there are: all
+    assert edge.service.async_move_sessions(1, "rebalance", edge.now) == []
+
+
+def test_a_rebalance_moves_only_clients_that_said_they_move_and_a_stopping_edge_moves_everyone() -> None:
+    # A client that knows one edge's address would log in here again: a rebalance leaves it be.
+    edge = Edge()
+    edge.log_in(ALICE, "alice", moves=True)
+    edge.log_in(BOB, "bob")  # its hello did not say `moves` (or it sent none)
+    assert edge.service.status()["movable"] == 1
+    assert edge.service.async_move_sessions(2, "rebalance", edge.now) == ["alice"]
+    assert edge.take(BOB, "move") == []
+    assert edge.service.async_move_sessions(2, "edge edge1 is stopping", edge.now, movable_only=False) == ["bob"]
+    assert [f["op"] for f in edge.take(BOB)] == ["move"]
 
 
 @pytest.mark.parametrize("end", ["logout", "move"])
@@ -64,7 +76,8 @@ def test_a_live_copy_the_ended_session_did_not_ack_goes_to_the_inbox_at_once(end
         edge.request(BOB, "logout")
         assert edge.outcome(ALICE, cid) == "sent:stored"  # the clock did not move
     else:
-        assert sorted(edge.service.async_move_sessions(2, "edge edge1 is stopping", edge.now)) == ["alice", "bob"]
+        moved = edge.service.async_move_sessions(2, "edge edge1 is stopping", edge.now, movable_only=False)
+        assert sorted(moved) == ["alice", "bob"]
         edge.store.run()
     assert edge.service.counters["live_handed_back"] == 1
     edge.log_in(BOB2, "bob", sync=False)
@@ -95,6 +108,6 @@ def test_a_live_copy_from_another_edge_is_declined_back_to_its_origin() -> None:
     edge.service.mesh_ops()["mdeliver"]({"v": PROTOCOL_VERSION, "op": "mdeliver", "src": "edge2", "inc": 1, "seq": 1,
                                         "id": mid(7), "from": "alice", "to": "bob", "ts": 1, "body": b"hi"}, edge.now)
     assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(7)]
-    edge.service.async_move_sessions(1, "edge edge1 is stopping", edge.now)
+    edge.service.async_move_sessions(1, "edge edge1 is stopping", edge.now, movable_only=False)
     declined = [(node, fields["id"], fields["to"]) for node, op, fields in told if op == "mdeclined"]
     assert declined == [("edge2", mid(7), "bob")]  # edge2 stores it now, not at its deliver timeout
