@@ -86,8 +86,8 @@ class StaticEdgeFinder:
 # What the SDK asks of membership (the only package allowed to import zeroconf):
 #   browse_edges(cluster, *, interfaces, timeout_s, node_id=None, avoid=()) -> list[PeerCard]
 # the usable edges of `cluster` (role "edge", version 1, non-zero client port, a `ck`), returning as soon as one
-# (or the one named `node_id`) is seen whose (host, client port) is not in `avoid`. Until it exists,
-# browse_cluster serves, waiting its whole timeout.
+# (or the one named `node_id`) is seen whose (host, client port) is not in `avoid` (or shortly after the first
+# answer, when only avoided edges answer). Until it exists, browse_cluster serves, waiting its whole timeout.
 BrowseEdges = Callable[..., Sequence[Any]]
 
 
@@ -197,4 +197,3 @@ class EdgeChooser:
     def failed(self, edge: EdgeAddress, now: float) -> None:
         """The SDK lost or could not reach `edge`, or the edge asked it to move."""
         self._failed_at[edge.endpoint] = now
-

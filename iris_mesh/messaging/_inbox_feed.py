@@ -16,11 +16,11 @@ message's id and sender holds back that sender's messages after it for the
 rest of the pass (they come in the next one, behind it), while everyone
 else's go on. A change whose message is not known (an owed `minbox`, or one
 from an older node) holds back every later message of the pass.
-A push hands out at most as many
-messages as the session has room for (`max_pending_deliveries` unacked); when
-full it pauses, and acks resume it (`async_resume`). Messages the session
-already holds unacked are not handed out again. A stored message leaves the
-store only when acked (`async_delete`).
+
+A push hands out at most as many messages as the session has room for
+(`max_pending_deliveries` unacked); when full it pauses, and acks resume it
+(`async_resume`). Messages the session already holds unacked are not handed
+out again. A stored message leaves the store only when acked (`async_delete`).
 """
 
 from __future__ import annotations
@@ -173,7 +173,6 @@ class InboxFeed:
 
         self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
                                limit=min(room, self._limits.sync_page), on_done=page, now=now)
-
 
     def _note_missed(self, session: Session, result: Any) -> None:
         """Messages stored while `result` was read: those within what the pass has read and not in the page were
