@@ -282,7 +282,9 @@ class Node:
         return self._engine.ports
 
     def stop(self) -> None:
-        """Say goodbye on mDNS, to every client (`move`) and to every peer, close every socket and the database. Idempotent.
+        """Say goodbye on mDNS, to every client (`move`) and to every peer; close every socket and the database.
+
+        Idempotent.
 
         The peers' goodbye goes out before the engine halts (posts run in order); an engine that already
         stopped by an error says none, so its peers see a failure as one.

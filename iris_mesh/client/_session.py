@@ -126,7 +126,8 @@ class ClientSession:
         # Why the automatic login again after a failover failed (None: it did not, or login() was called since).
         self.login_lost: str | None = None
         self._expired_cids: dict[int, None] = {}
-        self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0, "moves": 0}
+        self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0,
+                                         "moves": 0}
         self._token: str | None = None
         self._login_waiter: Any = None
         self._login_deadline: float | None = None

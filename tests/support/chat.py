@@ -1,4 +1,5 @@
-"""A chat cluster for integration tests (3 cores, 2 edges, real processes) and SDK clients checked like a total queue."""
+"""A chat cluster for integration tests (3 cores, 2 edges, real processes), and SDK clients checked as a total
+queue."""
 
 from __future__ import annotations
 
