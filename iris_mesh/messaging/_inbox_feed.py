@@ -15,7 +15,11 @@ pass: so that its sender's later messages do not overtake it, a push told the
 message's id and sender holds back that sender's messages after it for the
 rest of the pass (they come in the next one, behind it), while everyone
 else's go on. A change whose message is not known (an owed `minbox`, or one
-from an older node) holds back every later message of the pass.
+from an older node) holds back every later message of the pass. The client's
+own sync pages hold back the same way: a message stored where the session's
+sync has already paged past (or in a page being read, and not in it) comes by
+push, and the sync leaves out its sender's later ones until a push pass has
+gone through the whole inbox.
 
 A push hands out at most as many messages as the session has room for
 (`max_pending_deliveries` unacked); when full it pauses, and acks resume it
@@ -75,12 +79,17 @@ class InboxFeed:
             return
 
         rounds = [1]
+        if cursor is None:
+            session.sync_held.clear()  # the client reads its inbox from the start again
+            session.sync_read_to = None
+        session.syncs_reading += 1
 
         def page(result: Any) -> None:
             live = self._sessions.get(session.route)
             if live is not session:
                 return  # the session ended or logged out (a login after that is a new session) meanwhile
             if not result.ok:
+                live.syncs_reading -= 1
                 self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
                 return
             if not result.items and result.more and rounds[0] < _EMPTY_SCANS_PER_SYNC:
@@ -89,7 +98,13 @@ class InboxFeed:
                 self._store.async_scan("offline_msg", prefix, start_after=result.cursor,
                                        limit=request.page_size(self._limits), on_done=page, now=self._now())
                 return
-            msgs = self._deliveries(live, result.items, skip_outstanding=False)
+            live.syncs_reading -= 1
+            _hold_missed(live.sync_stored_while_reading, result, live.sync_held, self._counters)
+            if not live.syncs_reading:
+                live.sync_stored_while_reading.clear()
+            if result.cursor is not None and (live.sync_read_to is None or result.cursor > live.sync_read_to):
+                live.sync_read_to = result.cursor
+            msgs = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync_held)
             if not result.more and not live.pushing and not live.push_paused:
                 live.inbox_clean = True
             self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
@@ -103,6 +118,13 @@ class InboxFeed:
         key = _ANYWHERE if msg_id is None else inbox_key(user, msg_id)
         for session in self._sessions.of_user(user):
             session.inbox_clean = False
+            # The session's own sync: behind where it has paged to, the message comes by the push started here.
+            known_sender = None if msg_id is None else sender
+            if session.sync_read_to is not None and key <= session.sync_read_to:
+                held = session.sync_held
+                held[known_sender] = min(held.get(known_sender, key), key)
+            if session.syncs_reading:
+                session.sync_stored_while_reading[key] = known_sender
             if not session.pushing:
                 self._push(session, None, now)
             else:
@@ -170,6 +192,7 @@ class InboxFeed:
             else:
                 live.pushing = False
                 live.inbox_clean = True
+                live.sync_held.clear()  # a whole pass went out after those messages were stored: nothing is behind
 
         self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
                                limit=min(room, self._limits.sync_page), on_done=page, now=now)
@@ -180,10 +203,21 @@ class InboxFeed:
         if not session.stored_while_reading:
             return
         session.rescan = session.rescan or not result.more  # the last page: another pass for what came meanwhile
-        read = {key for key, _item in result.items}
-        for key, sender in session.stored_while_reading.items():
-            if result.cursor is not None and key <= result.cursor and key not in read:
-                session.rescan = True
-                held = session.push_held
-                held[sender] = min(held.get(sender, key), key)
-                self._counters["inbox_push_held_back"] += 1
+        if _hold_missed(session.stored_while_reading, result, session.push_held, self._counters):
+            session.rescan = True
+
+
+def _hold_missed(stored: dict[bytes, str | None], result: Any, held: dict[str | None, bytes],
+                 counters: collections.Counter[str]) -> bool:
+    """Hold back the senders (None: anyone) of the keys stored while `result` was read that lie within what was
+    read and are not in it: their later messages wait for a pass that brings these first. True if any."""
+    if not stored or result.cursor is None:
+        return False
+    read = {key for key, _item in result.items}
+    missed = False
+    for key, sender in stored.items():
+        if key <= result.cursor and key not in read:
+            held[sender] = min(held.get(sender, key), key)
+            counters["inbox_held_back"] += 1
+            missed = True
+    return missed

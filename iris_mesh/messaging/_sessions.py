@@ -52,6 +52,12 @@ class Session:
     stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
     # Senders (None: any) whose messages after the key this push pass missed wait for the next pass.
     push_held: dict[str | None, bytes] = field(default_factory=dict)
+    # The client's own sync: how far its pages have read, pages being read, keys stored meanwhile, and the
+    # senders (None: any) whose messages after the key its sync paged past come only by push.
+    sync_read_to: bytes | None = None
+    syncs_reading: int = 0
+    sync_stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
+    sync_held: dict[str | None, bytes] = field(default_factory=dict)
     outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)  # recipient -> hold
     acked: dict[bytes, None] = field(default_factory=dict)  # the last ACKED_MEMORY ids acked (ordered set)

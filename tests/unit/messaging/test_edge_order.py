@@ -25,7 +25,7 @@ from iris_mesh import PROTOCOL_VERSION
 from iris_mesh.messaging._edge import EdgeSettings
 from iris_mesh.messaging._inbox import StoredMessage, encode_presence, encode_stored, inbox_key, presence_key
 from iris_mesh.messaging._inbox_feed import InboxFeed
-from iris_mesh.messaging._protocol import Limits
+from iris_mesh.messaging._protocol import Limits, SyncRequest
 from iris_mesh.messaging._sessions import HOLD_MAX_S, SessionTable
 from iris_mesh.messaging._tokens import issue_token
 
@@ -501,3 +501,29 @@ def test_a_message_stored_after_everything_a_push_read_is_pushed_by_another_pass
     store.tables["offline_msg"][inbox_key("bob", mid(20))] = encode_stored(StoredMessage("carol", 20, b""))
     store.run()
     assert pushed == [mid(10), mid(20)]
+
+
+def test_a_message_stored_behind_the_clients_sync_comes_before_its_senders_next_one() -> None:
+    # bob syncs after a login while alice's resend (an old id) is stored behind his sync cursor: her next message
+    # must not come in his next sync page ahead of it; both come by push, in order.
+    store, sessions, handed = FakeStore(), SessionTable(), []
+
+    def to_client(route: bytes, frame: dict[str, Any]) -> None:
+        handed.extend([frame["id"]] if frame["op"] == "deliver" else [m["id"] for m in frame.get("msgs", [])])
+
+    feed = InboxFeed(store=store, sessions=sessions, limits=Limits(sync_page=2), counters=collections.Counter(),
+                     now=lambda: 0.0, to_client=to_client)
+    bob = sessions.touch(b"bob", 0.0)
+    sessions.log_in(bob, "bob")
+    for n in (10, 20, 30):
+        store.tables["offline_msg"][inbox_key("bob", mid(n))] = encode_stored(StoredMessage("carol", n, b""))
+    feed.async_sync(bob, SyncRequest(cid=1, cursor=None, limit=None), 0.0)
+    store.run()
+    assert handed == [mid(10), mid(20)]
+    feed.async_sync(bob, SyncRequest(cid=2, cursor=inbox_key("bob", mid(20)), limit=None), 0.0)  # his next page
+    _stored(feed, store, "alice", 15)
+    _stored(feed, store, "alice", 25)
+    store.run()
+    alice = [i for i in handed if i in (mid(15), mid(25))]
+    assert alice[:2] == [mid(15), mid(25)], "alice's second message came first"
+    assert set(handed) == {mid(n) for n in (10, 15, 20, 25, 30)}
