@@ -88,6 +88,7 @@ class MembershipService:
         self._heartbeat_at: dict[str, tuple[int, float]] = {}
         self._next_seed_check = 0.0
         self._last_decision: GuardDecision | None = None
+        self._stopped_on_purpose: set[str] = set()  # peers whose last change was a planned stop (they said bye)
         self.counters: dict[str, int] = {"bad_cards": 0, "stalls": 0}
         self._last_tick: float | None = None
         self._leaving = False  # said goodbye: the node is stopping
@@ -383,6 +384,10 @@ class MembershipService:
                 logger.info("expected cores of region {} are now {}", self.card.region, sorted(self.guard.expected_cores))
         if transition.new is PeerState.ALIVE:
             self._gossip_due = True  # tell everyone about the newcomer now, not in a second
+        if transition.planned:
+            self._stopped_on_purpose.add(transition.node_id)
+        else:
+            self._stopped_on_purpose.discard(transition.node_id)
         self._log_transition(transition, now)
         for listener in self._on_peer_change:
             listener(transition, now)
@@ -411,10 +416,18 @@ class MembershipService:
             if decision.safe_for_writes:
                 logger.success(decision.reason)
             else:
-                # This node cannot tell a core that is down from one it is cut off from: name them, say both.
                 unheard = sorted(self.guard.expected_cores - visible)
-                logger.error("{}; not heard: {} (down, hung, or cut off from this node by the network)",
-                             decision.reason, ", ".join(unheard) or "none")
+                planned = [node for node in unheard if node in self._stopped_on_purpose]
+                if self._leaving or (unheard and planned == unheard):
+                    # Stopped by an operator (this node too, or every core it misses said so): expected, no alarm.
+                    logger.warning("{}; {} stopped on purpose{}", decision.reason, ", ".join(planned) or "none",
+                                   " (this node is stopping too)" if self._leaving else
+                                   ": writes resume once a majority of the cores is back")
+                else:
+                    # This node cannot tell a core that is down from one it is cut off from: name them, say both.
+                    also = f"; stopped on purpose: {', '.join(planned)}" if planned else ""
+                    logger.error("{}; not heard: {} (down, hung, or cut off from this node by the network){}",
+                                 decision.reason, ", ".join(n for n in unheard if n not in planned) or "none", also)
         self._last_decision = decision
 
     def _publish_heartbeat(self) -> None:

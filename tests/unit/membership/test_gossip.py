@@ -178,3 +178,40 @@ def test_a_peer_s_planned_stop_is_logged_as_news_and_a_stopping_node_says_goodby
     service.async_on_heartbeat(heartbeat(card("core4", 1, 8000), [], 1), T0 + 10.0)  # a newcomer: no HELLO
     service.async_tick(T0 + 10.0)
     assert (len(mesh.sent), len(mesh.published)) == (sent, published)
+
+
+def test_safe_mode_after_planned_stops_is_a_warning_and_after_a_failure_an_error() -> None:
+    # `make stop` of the other cores: this one enters safe mode, as it must, but nothing failed.
+    service, _ = membership()
+    peers = {"core2": card("core2", 7, 6000), "core3": card("core3", 9, 7000)}
+    now = T0
+
+    def run_until(end: float, beating: tuple[str, ...]) -> None:
+        nonlocal now
+        while now < end:
+            now = round(now + 0.25, 2)
+            for node in beating:
+                service.async_on_heartbeat(heartbeat(peers[node], [], 1), now)
+            service.async_tick(now)
+
+    run_until(T0 + 2.0, ("core2", "core3"))
+    assert service.guard.is_safe_for_writes()
+    lines: list[tuple[str, str]] = []
+    handler = logger.add(lambda message: lines.append((message.record["level"].name, message.record["message"])),
+                         level="INFO")
+    try:
+        for node in ("core2", "core3"):
+            service.async_on_bye(envelope("bye", src=node, inc=peers[node].incarnation, seq=2), now)
+        assert not service.guard.is_safe_for_writes()
+        peers = {node: card(node, c.incarnation + 1, c.mesh_port) for node, c in peers.items()}  # restarted
+        run_until(now + 3.0, ("core2", "core3"))
+        assert service.guard.is_safe_for_writes()
+        run_until(now + 3.0, ("core3",))  # core2 falls silent without a word: a failure (2 of 3 still write)
+        assert service.guard.is_safe_for_writes()
+        run_until(now + 2.0, ())  # and then core3 too: safe mode, and an error
+    finally:
+        logger.remove(handler)
+    entries = [(level, text) for level, text in lines if "entering safe mode" in text]
+    assert [level for level, _ in entries] == ["WARNING", "ERROR"], entries
+    assert "core2, core3 stopped on purpose" in entries[0][1]
+    assert "not heard: core2, core3 (down, hung, or cut off" in entries[1][1]
