@@ -152,6 +152,10 @@ class Node:
                 is_alive=lambda node: membership.state_of(node) in ("alive", "suspect"),
                 live_edges=lambda: [n for n, c in membership.cards.items()
                                     if c.role == "edge" and membership.state_of(n) in ("alive", "suspect")],
+                gateways=lambda: [(n, f"tcp://{c.host}:{c.client_port}", c.client_key)
+                                  for n, c in membership.cards.items()
+                                  if c.role == "edge" and c.client_port and len(c.client_key) == 40
+                                  and membership.state_of(n) == "alive"],
                 wall_ms=lambda: time.time_ns() // 1_000_000,
                 wall_s=time.time,
                 settings=EdgeSettings(

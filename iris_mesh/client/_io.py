@@ -191,7 +191,7 @@ class IoLoop:
             if fx.hello is not None:
                 self._on_established(fx, now)
             if fx.lost is not None and not final:
-                self._on_lost(fx.lost, now, moved=fx.moved)
+                self._on_lost(fx.lost, now, moved=fx.moved, move_to=fx.move_to)
             fx = self._session.drain()
             if not (fx.frames or fx.completions or fx.messages or fx.hello or fx.lost or fx.login_lost):
                 return
@@ -209,7 +209,8 @@ class IoLoop:
         logger.info("iris client: connected to edge {} at {}", fx.hello.node, endpoint)
         self.ready.set()
 
-    def _on_lost(self, reason: str, now: float, *, moved: bool = False) -> None:
+    def _on_lost(self, reason: str, now: float, *, moved: bool = False,
+                 move_to: tuple[tuple[str, str, str], ...] = ()) -> None:
         self._conn.close_link()
         lost, self._current = self._current, None
         if lost is not None:
@@ -227,6 +228,9 @@ class IoLoop:
             self._established = False
             self.edge = None
             self._candidates.clear()  # browse again: the edge list is stale now
+            if move_to:  # the edge named the others: no browse needed unless none of them answers
+                self._candidates = self._chooser.order(
+                    [EdgeAddress(endpoint, key, node) for node, endpoint, key in move_to], now)
             self._next_attempt_at = now
             return
         self._attempt_failed(f"{lost}: {reason}")

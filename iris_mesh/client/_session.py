@@ -97,6 +97,7 @@ class Effects:
     lost: str | None = None  # the session is gone, for this reason: close the link and connect again
     login_lost: bool = False  # logging in again after a failover failed: wake every receive() to say so
     moved: bool = False  # `lost` because the edge asked the client to move (planned: not a failure)
+    move_to: tuple[tuple[str, str, str], ...] = ()  # the other edges the `move` named: (node, endpoint, key)
 
 
 class _Request:
@@ -373,6 +374,7 @@ class ClientSession:
             return  # lost already (a frame behind the loss): not a move
         self.counters["moves"] += 1
         self._fx.moved = True
+        self._fx.move_to = frame.edges if self._can_move else ()  # a client given one address stays with it
         self._lose(f"edge {self.edge} asked this client to move to another edge ({frame.detail})", now)
 
     def _on_error(self, frame: ErrorReply, now: float) -> None:

@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 _MAX_UINT64 = (1 << 64) - 1
+_Z85_KEY_CHARS = 40  # a CURVE public key as Z85 text
 _MAX_QUOTED_CHARS = 40
 
 
@@ -131,9 +132,11 @@ class ErrorReply:
 
 @dataclass(frozen=True, slots=True)
 class MoveFrame:
-    """`move {detail}`: the edge ended the session and asks the client to log in on another edge."""
+    """`move {detail, edges?}`: the edge ended the session and asks the client to log in on another edge;
+    `edges`: (node id, endpoint, server key) of other edges to try first (malformed entries are left out)."""
 
     detail: str
+    edges: tuple[tuple[str, str, str], ...] = ()
 
 
 ServerFrame: TypeAlias = (
@@ -305,7 +308,17 @@ def _parse_error(msg: Mapping[Any, Any]) -> ErrorReply:
 
 
 def _parse_move(msg: Mapping[Any, Any]) -> MoveFrame:
-    return MoveFrame(detail=_text(msg, "detail", "move") if msg.get("detail") is not None else "")
+    detail = _text(msg, "detail", "move") if msg.get("detail") is not None else ""
+    edges = msg.get("edges")
+    hints = []
+    for entry in edges if isinstance(edges, list) else ():
+        if not isinstance(entry, Mapping):
+            continue
+        node, endpoint, key = entry.get("node"), entry.get("endpoint"), entry.get("key")
+        if (isinstance(node, str) and isinstance(endpoint, str) and endpoint.startswith("tcp://")
+                and isinstance(key, str) and len(key) == _Z85_KEY_CHARS):
+            hints.append((node, endpoint, key))
+    return MoveFrame(detail=detail, edges=tuple(hints))
 
 
 _PARSERS: Final[Mapping[str, Callable[[Mapping[Any, Any]], ServerFrame]]] = MappingProxyType(

@@ -143,7 +143,10 @@ class EdgeService:
         wall_ms: Callable[[], int],
         wall_s: Callable[[], float],
         settings: EdgeSettings,
+        gateways: Callable[[], list[tuple[str, str, str]]] = lambda: [],
     ) -> None:
+        """`gateways()`: (node id, endpoint, server key) of the client gateways of the edges alive now, this one
+        included; a `move` names the others, so clients need not look for them over mDNS."""
         self.node_id = node_id
         self._secret = token_secret
         self._store = store
@@ -152,6 +155,7 @@ class EdgeService:
         self._wall_ms = wall_ms
         self._wall_s = wall_s
         self._settings = settings
+        self._gateways = gateways
         self._limits = settings.limits
         self._gateway: Gateway | None = None
         self.sessions = SessionTable()
@@ -261,8 +265,9 @@ class EdgeService:
         self._now = now
         candidates = [s for s in self.sessions.logged_in() if s.can_move or not movable_only]
         chosen = sorted(candidates, key=lambda s: s.pending_sends + len(s.outstanding))[:max(0, count)]
+        others = [gateway for gateway in self._gateways() if gateway[0] != self.node_id] if chosen else []
         for session in chosen:
-            self._to_client(session.route, build_move(detail))
+            self._to_client(session.route, build_move(detail, others))
             self._end_session(session.route, now)
         self.counters["sessions_moved"] += len(chosen)
         return [session.user for session in chosen if session.user is not None]

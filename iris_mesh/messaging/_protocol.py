@@ -551,9 +551,13 @@ def build_pong(cid: int, user: str | None = None) -> dict[str, Any]:
     return frame
 
 
-def build_move(detail: str) -> dict[str, Any]:
-    """The edge ended this session and asks the client to log in on another edge (`detail`: why, for logs)."""
-    return {**_envelope("move"), "detail": str(detail)}
+def build_move(detail: str, edges: Sequence[tuple[str, str, str]] = ()) -> dict[str, Any]:
+    """The edge ended this session and asks the client to log in on another edge (`detail`: why, for logs);
+    `edges`: (node id, endpoint, server key) of the other edges serving clients now, to try before mDNS."""
+    frame = {**_envelope("move"), "detail": str(detail)}
+    if edges:
+        frame["edges"] = [{"node": node, "endpoint": endpoint, "key": key} for node, endpoint, key in edges]
+    return frame
 
 
 def build_error(

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from iris_mesh.client import Client
+from iris_mesh.client import Client, EdgeAddress, MdnsEdgeFinder
 from support.chat import check_total_queue, chat_cluster, connect_static, drain, token_for
 from support.nodes import LocalCluster
 from support.waiting import wait_until
@@ -61,16 +61,32 @@ def chatting(cluster: LocalCluster, senders: dict[str, Client], to: str) -> Iter
     assert not failures, failures
 
 
+class CountingFinder:
+    """The SDK's mDNS finder, counting its browses."""
+
+    def __init__(self, cluster: str) -> None:
+        self._finder = MdnsEdgeFinder(cluster, edge="edge1")
+        self.browses = 0
+
+    def find_edges(self, avoid: frozenset[str] = frozenset()) -> list[EdgeAddress]:
+        self.browses += 1
+        return self._finder.find_edges(avoid=avoid)
+
+
+BROWSES: dict[str, CountingFinder] = {}  # user -> the finder of their client (the test's one cluster)
+
+
 @pytest.fixture
-def on_edge1(local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Client]]:
+def on_edge1(local_cluster: LocalCluster) -> Iterator[dict[str, Client]]:
     """Six users, all on edge1 (found by mDNS, so they can find edge2 too), and bob on edge2."""
     chat_cluster(local_cluster)
-    monkeypatch.setenv("IRIS_MESH_CLUSTER", local_cluster.name)
+    BROWSES.clear()
     clients: dict[str, Client] = {}
     try:
         for n in range(6):
             user = f"user{n}"
-            clients[user] = Client.connect(edge="edge1")
+            BROWSES[user] = CountingFinder(local_cluster.name)
+            clients[user] = Client(BROWSES[user])
             clients[user].login(user, token_for(local_cluster, user))
         clients["bob"] = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
         yield clients
@@ -94,6 +110,8 @@ def test_clients_moved_by_meshctl_rebalance_and_by_a_stopping_edge_lose_nothing(
         wait_until(lambda: logged_in(local_cluster, "edge2") == 3, 20.0, "two clients to log in on edge2")
         moved = [user for user, client in senders.items() if client.edge == "edge2"]
         assert len(moved) == 2 and all(senders[user].moves == senders[user].failovers == 1 for user in moved)
+        # The move named edge2: no mDNS round (which can take a second when many clients ask at once).
+        assert all(BROWSES[user].browses == 1 for user in senders), {u: f.browses for u, f in BROWSES.items()}
         at_move = {user: len(sent[user]) for user in moved}
         wait_until(lambda: all(len(sent[user]) >= at_move[user] + 10 for user in moved), 30.0,
                    "the moved clients to send on from edge2")
@@ -114,6 +132,7 @@ def test_clients_moved_by_meshctl_rebalance_and_by_a_stopping_edge_lose_nothing(
         assert all(client.edge == "edge2" for client in senders.values())
         counts = {user: (client.moves, client.failovers) for user, client in senders.items()}
         assert all(counts[user] == (1, 1) for user in senders), counts  # one move each: by rebalance or by the stop
+        assert all(BROWSES[user].browses == 1 for user in senders), {u: f.browses for u, f in BROWSES.items()}
         at_stop = {user: len(ids) for user, ids in sent.items()}
         wait_until(lambda: all(len(sent[user]) >= at_stop[user] + 10 for user in stayed), 30.0,
                    "every client to send on from edge2")

@@ -44,10 +44,13 @@ class Edge:
         self.gateway = FakeGateway()
         self.dead: set[str] = set()  # other edges that are not alive
         self.others: list[str] = []  # other live edges
+        # (node, endpoint, key) of the client gateways alive, this edge's included
+        self.gateways: list[tuple[str, str, str]] = [(NODE, "tcp://127.0.0.1:7211", "k" * 40)]
         self.service = EdgeService(
             node_id=NODE, token_secret=SECRET, store=self.store, is_alive=lambda node: node not in self.dead,
-            live_edges=lambda: [NODE, *self.others], wall_ms=lambda: int((WALL_S + self.now) * 1000), wall_s=lambda: WALL_S + self.now,
-            settings=EdgeSettings(limits=limits or Limits()),
+            live_edges=lambda: [NODE, *self.others], wall_ms=lambda: int((WALL_S + self.now) * 1000),
+            wall_s=lambda: WALL_S + self.now, settings=EdgeSettings(limits=limits or Limits()),
+            gateways=lambda: list(self.gateways),
         )
         self.service.async_attach(self.gateway)
         self._cids = itertools.count(1)

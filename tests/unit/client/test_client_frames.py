@@ -210,3 +210,13 @@ def test_hostile_frames_raise_only_protocol_error(op: str, fields: dict[str, Any
         parse_server_frame({"v": 1, "op": op, **fields})
     except ProtocolError:
         pass
+
+
+def test_a_move_names_the_other_edges_and_malformed_entries_are_left_out() -> None:
+    key = "E1kR0o8nFcmmsL3H8yf7rqrM5ULns47xPz2QaW9d"
+    frame = build_move("rebalance", [("edge2", "tcp://192.0.2.7:7211", key)])
+    frame["edges"] += [{"node": "edge3", "endpoint": "192.0.2.8:7211", "key": key}, {"node": "edge4"}, "edge5",
+                       {"node": "edge6", "endpoint": "tcp://192.0.2.9:7211", "key": "short"}]
+    assert parse_server_frame(frame) == MoveFrame("rebalance", (("edge2", "tcp://192.0.2.7:7211", key),))
+    assert parse_server_frame({**build_move("x"), "edges": "not a list"}) == MoveFrame("x")
+    assert parse_server_frame({"v": 1, "op": "move"}) == MoveFrame("")  # no detail: still a move

@@ -51,6 +51,15 @@ def test_a_move_ends_the_least_busy_sessions_with_a_move_frame() -> None:
     assert edge.service.async_move_sessions(1, "rebalance", edge.now) == []
 
 
+def test_a_move_names_the_other_edges_serving_clients() -> None:
+    edge = Edge()
+    edge.gateways.append(("edge2", "tcp://127.0.0.2:7211", "q" * 40))
+    edge.log_in(ALICE, "alice", moves=True)
+    edge.service.async_move_sessions(1, "rebalance", edge.now)
+    (move,) = edge.take(ALICE, "move")
+    assert move["edges"] == [{"node": "edge2", "endpoint": "tcp://127.0.0.2:7211", "key": "q" * 40}]  # not itself
+
+
 def test_a_rebalance_moves_only_clients_that_said_they_move_and_a_stopping_edge_moves_everyone() -> None:
     # A client that knows one edge's address would log in here again: a rebalance leaves it be.
     edge = Edge()

@@ -200,7 +200,7 @@ _BUILD: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "presence": lambda m: build_presence(m["cid"], m["user"], m["online"], m["last_seen"]),
     "pong": lambda m: build_pong(m["cid"], m.get("user")),
     "error": lambda m: build_error(m["code"], m["detail"], cid=m.get("cid"), retry_after_s=m.get("retry_after")),
-    "move": lambda m: build_move(m["detail"]),
+    "move": lambda m: build_move(m["detail"], [(e["node"], e["endpoint"], e["key"]) for e in m.get("edges", [])]),
 }
 
 
