@@ -72,7 +72,10 @@ def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
             if isinstance(movable, int):
                 pinned[name] = edges[name][1] - movable
     if len(edges) < 2:
-        raise CtlError(f"{len(edges)} edge(s) answered: rebalancing needs at least two", EXIT_CHECK_FAILED)
+        answered = f" ({', '.join(sorted(edges))})" if edges else ""
+        missing = f"; not reachable: {', '.join(sorted(unreachable))}" if unreachable else ""
+        raise CtlError(f"{len(edges)} edge(s) answered{answered}: rebalancing needs at least two{missing}",
+                       EXIT_CHECK_FAILED)
     plan = plan_moves({name: count for name, (_, count) in edges.items()}, slack=args.slack)
     moved: dict[str, int] = {}
     failed: dict[str, str] = {}
@@ -106,7 +109,7 @@ def cmd_rebalance(target: Target, args: argparse.Namespace) -> int:
     if unreachable:
         verdict += f"\nnot reachable, left out: {', '.join(sorted(unreachable))}"
     report = {"ok": not failed, "edges": {name: count for name, (_, count) in edges.items()}, "cannot_move": pinned,
-              "plan": plan,
+              "plan": plan, "verdict": verdict,
               "moved": moved, "failed": failed, "unreachable": sorted(unreachable), "dry_run": args.dry_run}
     emit(args, report, f"{table_text(rows)}\n{verdict}")
     return EXIT_OK if not failed else EXIT_CHECK_FAILED
