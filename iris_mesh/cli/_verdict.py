@@ -7,6 +7,7 @@ joining: it is named as such, and neither its view nor how others see it is a pr
 refusing writes while it waits out `safe_mode_exit_s` with a majority of the cores in view).
 When all is well but cores still hold hints (writes a restarted core missed, not yet handed
 to it), a second line says so: the check passes, but no other core should be restarted yet.
+A node that others saw say goodbye (a planned stop) is "stopped on purpose", not a failure.
 A node that did not answer and is dead to the others is down, hung, or cut off from every
 node that answered; when those see only a minority of the cores, a cut is as likely as a
 crash, and the verdict says to look from the other side before starting anything.
@@ -23,9 +24,12 @@ JOINING_S = 5.0
 
 
 def not_alive(status: dict[str, Any]) -> dict[str, str]:
-    """A node's peers that are not alive, and the expected cores it has not seen since it started ("not seen")."""
+    """A node's peers that are not alive ("stopped": dead after saying goodbye), and the expected cores it has not
+    seen since it started ("not seen")."""
     peers = status.get("peers", {})
-    out = {peer: state for peer, state in peers.items() if state != "alive"}
+    stopped = set(status.get("stopped", ()))
+    out = {peer: "stopped" if state == "dead" and peer in stopped else state
+           for peer, state in peers.items() if state != "alive"}
     out.update((core, "not seen") for core in status.get("missing", ()) if core not in peers and core != status["node_id"])
     return out
 
@@ -64,7 +68,9 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
                            if not entry["safe_for_writes"] and entry["node_id"] not in waiting],
         "no_answer": [entry["node_id"] for entry in entries if not entry["reachable"]],
         "joining": joining,
-        "minority_side": bool(down) and bool(cores) and not any(entry["safe_for_writes"] for entry in cores),
+        # A cut is as likely as a crash only for cores that did not say goodbye.
+        "minority_side": any(set(counts) != {"stopped"} for counts in down.values()) and bool(cores)
+                         and not any(entry["safe_for_writes"] for entry in cores),
     }
 
 
@@ -81,6 +87,16 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
         found.append(f"{', '.join(joining)} started seconds ago and {'is' if len(joining) == 1 else 'are'} "
                      "still joining")
         steps.append("check again in a few seconds")
+    planned = {peer: counts for peer, counts in down.items() if set(counts) == {"stopped"}}
+    if planned:
+        found.append("stopped on purpose: " + ", ".join(f"{peer} ({_seen_text(counts)})"
+                                                        for peer, counts in sorted(planned.items())))
+        steps.append("start them again when their work is done (they said goodbye when they stopped: not a failure)")
+    down = {peer: counts for peer, counts in down.items() if peer not in planned}
+    if planned and not down:
+        margin = _write_margin(entries, joining)
+        if margin is not None:
+            found.append(margin)
     if down:
         found.append("not alive: " + ", ".join(f"{peer} ({_seen_text(counts)})" for peer, counts in sorted(down.items())))
         if problems["minority_side"]:

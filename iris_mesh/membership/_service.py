@@ -250,6 +250,8 @@ class MembershipService:
             "expected": sorted(expected),
             "missing": sorted(expected - visible),
             "peers": {node_id: self.state_of(node_id) for node_id in sorted(self.cards)},
+            # Dead peers whose last word was a goodbye: stopped on purpose, not failed.
+            "stopped": sorted(n for n in self._stopped_on_purpose if self.state_of(n) == "dead"),
         }
 
     # ---- operator actions ----------------------------------------------------------

@@ -176,6 +176,10 @@ def test_a_core_stopped_on_purpose_is_dead_at_once_and_no_peer_warns(local_clust
         assert "core2 is suspect" not in since_stop and "core2 is dead" not in since_stop, since_stop
     wait_until(lambda: all(local_cluster.nodes[n].status()["safe_for_writes"] for n in survivors), 5.0,
                "the survivors (2 of 3 cores) to accept writes")
+    # meshctl status names it so: stopped on purpose, not a failure to look into.
+    assert all(local_cluster.nodes[n].status()["stopped"] == ["core2"] for n in survivors)
+    verdict = meshctl(local_cluster, "--cluster", local_cluster.name, "status")
+    assert verdict.returncode == 1 and "stopped on purpose: core2 (stopped to 2)" in verdict.stdout, verdict.stdout
 
 
 def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_cluster: LocalCluster) -> None:

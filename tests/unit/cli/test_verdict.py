@@ -16,6 +16,23 @@ def test_a_healthy_cluster_reads_as_all_alive_and_one_node_asked_says_whose_view
     assert status_summary(entries[:1], "core1") == "all nodes alive, writes safe (as core1 sees it)"
 
 
+def test_a_node_stopped_on_purpose_is_named_so_not_as_a_failure() -> None:
+    # A rolling restart, between `make stop_node NODE=edge1` and its start: the peers heard its goodbye.
+    entries = [dict(node_status("core1", {"core2": "alive", "edge1": "dead"}), stopped=["edge1"]),
+               dict(node_status("core2", {"core1": "alive", "edge1": "dead"}), stopped=["edge1"])]
+    verdict, steps = status_summary(entries).split("\n")
+    assert verdict == "CHECK FAILED: stopped on purpose: edge1 (stopped to 2)"
+    assert "start them again when their work is done" in steps and "hung" not in steps
+    # Every core stopped on purpose but this one: no talk of a network cut either.
+    alone = [dict(node_status("core1", {"core2": "dead", "core3": "dead"}, safe=False), stopped=["core2", "core3"])]
+    assert not status_problems(alone)["minority_side"]
+    # One that said nothing is a failure as before, named beside the planned one.
+    mixed = [dict(node_status("core1", {"core2": "dead", "edge1": "dead"}), stopped=["edge1"])]
+    verdict, steps = status_summary(mixed).split("\n")
+    assert "stopped on purpose: edge1" in verdict and "not alive: core2 (dead to 1)" in verdict
+    assert "start the nodes that are down" in steps
+
+
 def test_cores_still_holding_hints_pass_the_check_and_say_they_are_catching_up() -> None:
     # After a core's restart: all alive, but what it missed is still on its way to it.
     entries = [dict(node_status("core1", {"core2": "alive"}), hints_pending=1204),
