@@ -90,6 +90,15 @@ class Edge:
             self.store.run()
             assert self.reply(route, cid)["more"] is False
 
+    def live_to_bob(self) -> int:
+        """alice and bob log in (routes b"alice", b"bob"); alice's message 1 reaches bob live, unacked. Its cid."""
+        self.log_in(b"alice", "alice")
+        self.log_in(b"bob", "bob")
+        cid = self.send(b"alice", "bob", 1)
+        self.store.run()
+        assert [f["id"] for f in self.take(b"bob", "deliver")] == [mid(1)]
+        return cid
+
     def send(self, route: bytes, to: str, n: int) -> int:
         return self.request(route, "send", id=mid(n), to=to, body=b"m%d" % n)
 

@@ -303,11 +303,7 @@ def test_an_id_stamped_more_than_a_day_ahead_is_refused_and_nothing_is_sent_or_s
 def live_copy_timed_out() -> Edge:
     """alice and bob logged in; alice's message 1 reached bob live, he did not ack it, and it was stored."""
     edge = Edge()
-    edge.log_in(ALICE, "alice")
-    edge.log_in(BOB, "bob")
-    cid = edge.send(ALICE, "bob", 1)
-    edge.store.run()
-    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)]
+    cid = edge.live_to_bob()
     edge.now += EdgeSettings().deliver_timeout_s + 0.1
     edge.service.async_tick(edge.now)
     assert edge.outcome(ALICE, cid) == "sent:stored"

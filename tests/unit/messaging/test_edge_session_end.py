@@ -76,11 +76,7 @@ def test_a_rebalance_moves_only_clients_that_said_they_move_and_a_stopping_edge_
 def test_a_live_copy_the_ended_session_did_not_ack_goes_to_the_inbox_at_once(end: str) -> None:
     # Before, its sender waited the whole deliver timeout for an ack that could no longer come.
     edge = Edge()
-    edge.log_in(ALICE, "alice")
-    edge.log_in(BOB, "bob")
-    cid = edge.send(ALICE, "bob", 1)
-    edge.store.run()
-    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)]
+    cid = edge.live_to_bob()
     if end == "logout":
         edge.request(BOB, "logout")
         assert edge.outcome(ALICE, cid) == "sent:stored"  # the clock did not move
