@@ -41,6 +41,8 @@ SDK_FAILOVER_LIMIT_S = 10.0  # runbook: "a few seconds at most"; a sanity bound,
 # Deadlines of the waits: generous for a loaded 2-core runner, so that a slow
 # run fails on the measured promise above (with the number) rather than here.
 FAULT_SEEN_DEADLINE_S = 20.0
+# A peer restarted at the same ports is heard again well within this (its heartbeat SUB retries every 0.25 s).
+RECONNECT_WINDOW_S = 3.0
 RECOVERY_DEADLINE_S = 30.0
 TRAFFIC_DEADLINE_S = 30.0
 DRAIN_DEADLINE_S = 60.0
@@ -255,9 +257,13 @@ def test_single_core_failure_quorum_continues_and_the_core_catches_up(mesh: Mesh
             mesh.wait(lambda: all(heartbeat_heard(n) for n in others), FAULT_SEEN_DEADLINE_S,
                       "every other node to hear core3's heartbeats again")
             for node_id in others:  # from each node's own "core3 restarted" line on (its clock, not ours)
-                log = mesh.nodes[node_id].log_text()
-                since_restart = log[log.rindex("core3 restarted"):]
-                assert "core3 is suspect" not in since_restart, f"{node_id}: {since_restart}"
+                node = mesh.nodes[node_id]
+                restarted_at = node.log_lines("core3 restarted")[-1][0]
+                # Within the reconnect window only: a suspicion seconds later has another cause (the whole
+                # machine stalled, which the nodes log as "this node did not run"), not the reconnect.
+                early = [line for at, line in node.log_lines("core3 is suspect", since=restarted_at)
+                         if at - restarted_at <= RECONNECT_WINDOW_S]
+                assert not early, f"{node_id}: {early}\n{node.log_text()[-4000:]}"
             drain_and_check(driver)
     finally:
         driver.stop()
