@@ -85,6 +85,8 @@ class NodeConfig:
     tombstone_grace_s: float = 864000.0
     deliver_timeout_s: float = 5.0
     session_idle_timeout_s: float = 30.0
+    rebalance_interval_s: float = 10.0
+    rebalance_slack: int = 2
     max_body_bytes: int = 65536
     send_rate_per_s: int = 200
     send_burst: int = 400
@@ -192,6 +194,9 @@ _RULES: dict[str, _Rule] = {
     "tombstone_grace_s": _SECONDS,
     "deliver_timeout_s": _SECONDS,
     "session_idle_timeout_s": _SECONDS,
+    "rebalance_interval_s": _Rule("a number >= 0 (0 = no automatic rebalancing)",
+                                  lambda v: v == 0 or _positive_finite(v)),
+    "rebalance_slack": _Rule("an integer >= 0", lambda v: v >= 0),
     "max_body_bytes": _Rule("an integer >= 1", lambda v: v >= 1),
     "send_rate_per_s": _Rule("an integer >= 1", lambda v: v >= 1),
     "send_burst": _Rule("an integer >= 1", lambda v: v >= 1),

@@ -156,11 +156,14 @@ class Node:
                                   for n, c in membership.cards.items()
                                   if c.role == "edge" and c.client_port and len(c.client_key) == 40
                                   and membership.state_of(n) == "alive"],
+                peer_clients=membership.client_counts,
                 wall_ms=lambda: time.time_ns() // 1_000_000,
                 wall_s=time.time,
                 settings=EdgeSettings(
                     deliver_timeout_s=config.deliver_timeout_s,
                     session_idle_timeout_s=config.session_idle_timeout_s,
+                    rebalance_interval_s=config.rebalance_interval_s,
+                    rebalance_slack=config.rebalance_slack,
                     limits=Limits(
                         max_frame_bytes=config.max_frame_bytes, max_body_bytes=config.max_body_bytes,
                         send_rate_per_s=config.send_rate_per_s, send_burst=config.send_burst,
@@ -168,6 +171,7 @@ class Node:
                     ),
                 ),
             )
+            membership.clients_here = edge.logged_in_count  # in its heartbeats, for the other edges' rebalancing
             store.other_latency["sends"] = edge.send_latency  # `meshctl latency`: what users of this edge feel
         self.runtime = NodeRuntime(
             clock_saver=lambda: meta.save_clock(store.clock.last_hlc),

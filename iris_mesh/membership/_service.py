@@ -26,6 +26,8 @@ __all__ = ["MembershipService", "MeshIO", "ExpectedCoresStore"]
 
 # A peer whose heartbeat shows it has not accepted our HELLO gets it again, at most this often.
 _REHELLO_INTERVAL_S = 0.5
+# A heartbeat's `clients` above this is malformed (more sessions than one edge could hold).
+_MAX_CLIENT_COUNT = 1 << 32
 # Full peer cards ride on every Nth heartbeat (gossip), so a node that knows one
 # member learns all of them even without mDNS.
 _GOSSIP_EVERY = 4
@@ -86,10 +88,14 @@ class MembershipService:
         # node -> (incarnation, when) of its last heartbeat: a node heard only through its HELLOs has a
         # heartbeat path that does not work (its heartbeat port blocked, or not reconnected yet).
         self._heartbeat_at: dict[str, tuple[int, float]] = {}
+        # node -> (incarnation, sessions logged in on it) from its last heartbeat that carried `clients` (edges).
+        self._clients: dict[str, tuple[int, int]] = {}
+        # This node's own count for its heartbeats (set on edges: how many sessions are logged in here).
+        self.clients_here: Callable[[], int] | None = None
         self._next_seed_check = 0.0
         self._last_decision: GuardDecision | None = None
         self._stopped_on_purpose: set[str] = set()  # peers whose last change was a planned stop (they said bye)
-        self.counters: dict[str, int] = {"bad_cards": 0, "stalls": 0}
+        self.counters: dict[str, int] = {"bad_cards": 0, "bad_client_counts": 0, "stalls": 0}
         self._last_tick: float | None = None
         self._leaving = False  # said goodbye: the node is stopping
         self._on_peer_change: list[Callable[[Transition, float], None]] = []
@@ -147,6 +153,7 @@ class MembershipService:
         self._heard(src, msg["inc"], now)
         if msg["inc"] >= (self.detector.incarnation(src) or 0):
             self._heartbeat_at[src] = (msg["inc"], now)
+            self._note_clients(src, msg["inc"], msg.get("clients"))
         linked = msg.get("ln")
         if isinstance(linked, dict) and linked.get(self.card.node_id) != self.card.incarnation:
             self._say_hello(src, now)
@@ -216,6 +223,11 @@ class MembershipService:
         state = self.detector.state(node_id)
         return state.value if state is not None else "unknown"
 
+    def client_counts(self) -> dict[str, int]:
+        """Sessions logged in on each alive peer edge, as its last heartbeat of this incarnation said."""
+        return {node_id: count for node_id, (incarnation, count) in self._clients.items()
+                if self.state_of(node_id) == "alive" and self.detector.incarnation(node_id) == incarnation}
+
     def nodes_view(self, now: float) -> list[dict[str, Any]]:
         """Every node this one knows, itself first: the data behind `meshctl nodes`."""
         snapshot = self.detector.snapshot(now)
@@ -273,6 +285,7 @@ class MembershipService:
         self._hello_sent_at.pop(node_id, None)
         self._hello_pending.discard(node_id)
         self._heartbeat_at.pop(node_id, None)
+        self._clients.pop(node_id, None)
         assert self._io is not None
         self._io.async_disconnect_peer(node_id)
         done = f"forgot {node_id}" + (
@@ -440,11 +453,22 @@ class MembershipService:
             "ln": self._io.async_hellos(),
             "safe": self.guard.is_safe_for_writes(),
         }
+        if self.clients_here is not None:
+            fields["clients"] = self.clients_here()
         if self._gossip_due or self._heartbeats_sent % _GOSSIP_EVERY == 0:
             self._gossip_due = False
             visible = self.detector.visible()
             fields["peers"] = [self.cards[n].to_wire() for n in sorted(visible) if n in self.cards]
         self._io.async_publish("hb", **fields)
+
+    def _note_clients(self, src: str, incarnation: int, count: Any) -> None:
+        """Keep the count of logged-in sessions an edge's heartbeat carried; a malformed one is counted and ignored."""
+        if count is None:
+            return
+        if type(count) is not int or not 0 <= count <= _MAX_CLIENT_COUNT:
+            self.counters["bad_client_counts"] += 1
+            return
+        self._clients[src] = (incarnation, count)
 
     def _tend_seeds(self) -> bool:
         """Say HELLO on a seed link to each seed endpoint of no known node; False if one could not be sent yet."""

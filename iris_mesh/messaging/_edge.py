@@ -83,6 +83,7 @@ from iris_mesh.messaging._protocol import (
 )
 from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
+from iris_mesh.messaging._rebalance import Rebalancer
 from iris_mesh.messaging._recent import RecentOutcomes
 from iris_mesh.messaging._sessions import Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
@@ -100,6 +101,8 @@ class EdgeSettings:
     deliver_timeout_s: float = 5.0
     session_idle_timeout_s: float = 30.0
     limits: Limits = field(default_factory=Limits)
+    rebalance_interval_s: float = 0.0  # 0: no automatic rebalancing (see _rebalance.py)
+    rebalance_slack: int = 2
 
 
 class Gateway(Protocol):
@@ -144,9 +147,11 @@ class EdgeService:
         wall_s: Callable[[], float],
         settings: EdgeSettings,
         gateways: Callable[[], list[tuple[str, str, str]]] = lambda: [],
+        peer_clients: Callable[[], dict[str, int]] = lambda: {},
     ) -> None:
         """`gateways()`: (node id, endpoint, server key) of the client gateways of the edges alive now, this one
-        included; a `move` names the others, so clients need not look for them over mDNS."""
+        included; a `move` names the others, so clients need not look for them over mDNS. `peer_clients()`: the
+        sessions logged in on each other alive edge, as its heartbeats say (for automatic rebalancing)."""
         self.node_id = node_id
         self._secret = token_secret
         self._store = store
@@ -156,6 +161,8 @@ class EdgeService:
         self._wall_s = wall_s
         self._settings = settings
         self._gateways = gateways
+        self._peer_clients = peer_clients
+        self._rebalancer = Rebalancer(interval_s=settings.rebalance_interval_s, slack=settings.rebalance_slack)
         self._limits = settings.limits
         self._gateway: Gateway | None = None
         self.sessions = SessionTable()
@@ -258,14 +265,17 @@ class EdgeService:
         self._to_client(session.route, build_ok(request.cid))
         self._end_session(session.route, now)
 
-    def async_move_sessions(self, count: int, detail: str, now: float, *, movable_only: bool = True) -> list[str]:
+    def async_move_sessions(self, count: int, detail: str, now: float, *, movable_only: bool = True,
+                            to: tuple[str, ...] | None = None) -> list[str]:
         """End up to `count` logged-in sessions with a `move` frame, which asks their clients to log in on another
         edge; those with the least in flight go first. Only sessions whose hello said `moves` are chosen, unless
-        `movable_only` is False (the edge is stopping: every session ends anyway). Returns their users."""
+        `movable_only` is False (the edge is stopping: every session ends anyway). The frame names the other
+        alive edges, or those of `to` among them. Returns the users moved."""
         self._now = now
         candidates = [s for s in self.sessions.logged_in() if s.can_move or not movable_only]
         chosen = sorted(candidates, key=lambda s: s.pending_sends + len(s.outstanding))[:max(0, count)]
-        others = [gateway for gateway in self._gateways() if gateway[0] != self.node_id] if chosen else []
+        others = [gateway for gateway in self._gateways()
+                  if gateway[0] != self.node_id and (to is None or gateway[0] in to)] if chosen else []
         for session in chosen:
             self._to_client(session.route, build_move(detail, others))
             self._end_session(session.route, now)
@@ -574,6 +584,25 @@ class EdgeService:
         for session in self.sessions.idle(now, self._settings.session_idle_timeout_s):
             logger.debug("session of {} idle for {} s: ended", session.user, self._settings.session_idle_timeout_s)
             self._end_session(session.route, now)
+        if self._rebalancer.due(now):
+            self._rebalance(now)
+
+    def _rebalance(self, now: float) -> None:
+        """Move what this edge holds over its share of the logged-in sessions to the edges under theirs."""
+        logged_in = self.sessions.logged_in()
+        others = {edge: count for edge, count in self._peer_clients().items() if edge != self.node_id}
+        move = self._rebalancer.decide(len(logged_in), sum(1 for s in logged_in if s.can_move), others)
+        if move is None:
+            return
+        detail = (f"rebalancing: edge {self.node_id} holds {move.mine} of the {move.total} sessions on "
+                  f"{move.edges} edges, over its share of {move.share}")
+        moved = self.async_move_sessions(move.count, detail, now, to=move.to)
+        self.counters["rebalances"] += 1
+        logger.info("{}: moved {} sessions to {}", detail, len(moved), ", ".join(move.to) or "the other edges")
+
+    def logged_in_count(self) -> int:
+        """Sessions logged in on this edge (what its heartbeats say)."""
+        return self.sessions.logged_in_count()
 
     def _remember_stored_after_live(self, send: _Send) -> None:
         """`send` is stored although a live copy is (or may be) out: a late ack of it must delete the stored one."""
@@ -586,7 +615,8 @@ class EdgeService:
         return {"sessions": len(self.sessions), "logged_in": len(logged_in),
                 "movable": sum(1 for session in logged_in if session.can_move),
                 "users": self.sessions.users(), "in_flight": len(self._inflight),
-                "recent_ids": len(self._recent), "counters": dict(self.counters)}
+                "recent_ids": len(self._recent), "rebalance_interval_s": self._rebalancer.interval_s,
+                "counters": dict(self.counters)}
 
     # ---- helpers -----------------------------------------------------------------------------------
 

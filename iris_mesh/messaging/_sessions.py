@@ -102,11 +102,12 @@ class Session:
 class SessionTable:
     """Sessions by connection and by user."""
 
-    __slots__ = ("_by_route", "_by_user")
+    __slots__ = ("_by_route", "_by_user", "_logged_in")
 
     def __init__(self) -> None:
         self._by_route: dict[bytes, Session] = {}
         self._by_user: dict[str, set[bytes]] = defaultdict(set)
+        self._logged_in = 0
 
     def get(self, route: bytes) -> Session | None:
         return self._by_route.get(route)
@@ -119,12 +120,16 @@ class SessionTable:
         return session
 
     def log_in(self, session: Session, user: str) -> None:
+        """Log a session in (once: a session's user does not change)."""
+        assert session.user is None, "a logged-in session logs out before it logs in again"
+        self._logged_in += 1
         session.user = user
         self._by_user[user].add(session.route)
 
     def remove(self, route: bytes) -> Session | None:
         session = self._by_route.pop(route, None)
         if session is not None and session.user is not None:
+            self._logged_in -= 1
             routes = self._by_user.get(session.user)
             if routes is not None:
                 routes.discard(route)
@@ -138,6 +143,10 @@ class SessionTable:
     def logged_in(self) -> list[Session]:
         """Every session with a user, oldest connection first."""
         return [s for s in self._by_route.values() if s.user is not None]
+
+    def logged_in_count(self) -> int:
+        """How many sessions have a user (O(1): every heartbeat of the edge says it)."""
+        return self._logged_in
 
     def idle(self, now: float, timeout_s: float) -> list[Session]:
         return [s for s in self._by_route.values() if now - s.last_heard > timeout_s]

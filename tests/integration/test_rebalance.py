@@ -1,6 +1,7 @@
-"""Clients moved between edges on purpose, with real processes: `meshctl rebalance`, and an edge that stops.
+"""Clients moved between edges on purpose, with real processes: `meshctl rebalance`, an edge that stops, and the
+edges' automatic rebalancing when an edge comes up.
 
-Both end sessions with a `move` frame; the SDK logs in on another edge at once and
+All end sessions with a `move` frame; the SDK logs in on another edge at once and
 resends what was unconfirmed. Checked like a total queue: every message a sender
 had confirmed reaches its recipient exactly once, in order.
 """
@@ -17,8 +18,8 @@ from contextlib import contextmanager
 import pytest
 
 from iris_mesh.client import Client, EdgeAddress, MdnsEdgeFinder
-from support.chat import check_total_queue, chat_cluster, connect_static, drain, token_for
-from support.nodes import LocalCluster
+from support.chat import EDGES, check_total_queue, chat_cluster, connect_static, drain, token_for
+from support.nodes import CORES, LocalCluster
 from support.waiting import wait_until
 
 
@@ -137,3 +138,32 @@ def test_clients_moved_by_meshctl_rebalance_and_by_a_stopping_edge_lose_nothing(
         wait_until(lambda: all(len(sent[user]) >= at_stop[user] + 10 for user in stayed), 30.0,
                    "every client to send on from edge2")
     check_total_queue(sent, drain(bob, sum(len(ids) for ids in sent.values()), 60.0))
+
+
+def test_an_edge_that_comes_up_gets_its_share_of_the_clients_without_an_operator(local_cluster: LocalCluster) -> None:
+    chat_cluster(local_cluster, start=("edge1",), rebalance_interval_s=1.0)
+    clients: dict[str, Client] = {}
+    try:
+        for n in range(8):  # edge1 is the only edge: they all log in there
+            user = f"user{n}"
+            clients[user] = Client(MdnsEdgeFinder(local_cluster.name))
+            clients[user].login(user, token_for(local_cluster, user))
+        local_cluster.start("edge2")
+        local_cluster.wait_full_mesh([*CORES, *EDGES])
+        clients["bob"] = bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
+        senders = {user: client for user, client in clients.items() if user != "bob"}
+        # 8 + 1 sessions on 2 edges: a share of 5. Once edge1 has seen that at two checks in a row, it moves 3.
+        with chatting(local_cluster, senders, "bob") as sent:
+            wait_until(lambda: logged_in(local_cluster, "edge2") == 4, 30.0, "edge1 to move three clients to edge2")
+            moved = [user for user, client in senders.items() if client.edge == "edge2"]
+            assert len(moved) == 3 and all(senders[user].moves == 1 for user in moved)
+            at_move = {user: len(sent[user]) for user in moved}
+            wait_until(lambda: all(len(sent[user]) >= at_move[user] + 10 for user in moved), 30.0,
+                       "the moved clients to send on from edge2")
+        check_total_queue(sent, drain(bob, sum(len(ids) for ids in sent.values()), 60.0))
+        edge1 = local_cluster.nodes["edge1"].status()["edge"]
+        assert (edge1["logged_in"], edge1["counters"]["rebalances"], edge1["counters"]["sessions_moved"]) == (5, 1, 3)
+        assert "over its share of 5: moved 3 sessions to edge2" in local_cluster.nodes["edge1"].log_path.read_text()
+    finally:
+        for client in clients.values():
+            client.close()

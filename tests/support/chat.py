@@ -16,14 +16,16 @@ __all__ = ["EDGES", "chat_cluster", "check_total_queue", "connect_static", "drai
 EDGES = ("edge1", "edge2")
 
 
-def chat_cluster(cluster: LocalCluster) -> None:
+def chat_cluster(cluster: LocalCluster, *, start: tuple[str, ...] = EDGES, **edge_settings: object) -> None:
+    """Add the cores and both edges (with `edge_settings`), start the cores and the edges of `start`, and wait
+    until they are all linked and accept writes."""
     for node_id in CORES:
         cluster.add(node_id)
     for node_id in EDGES:
-        cluster.add(node_id, role="edge")
-    cluster.start(*CORES, *EDGES)
-    cluster.wait_full_mesh([*CORES, *EDGES])
-    for node_id in (*CORES, *EDGES):
+        cluster.add(node_id, role="edge", **edge_settings)
+    cluster.start(*CORES, *start)
+    cluster.wait_full_mesh([*CORES, *start])
+    for node_id in (*CORES, *start):
         wait_until(lambda: cluster.nodes[node_id].status()["safe_for_writes"], 10.0, f"{node_id} to accept writes")
 
 

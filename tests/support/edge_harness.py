@@ -38,7 +38,7 @@ class FakeGateway:
 class Edge:
     """One EdgeService, its fakes and a manual clock; routes are named after their user."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, settings: EdgeSettings | None = None) -> None:
         self.now = T0
         self.store = FakeStore()
         self.gateway = FakeGateway()
@@ -46,11 +46,12 @@ class Edge:
         self.others: list[str] = []  # other live edges
         # (node, endpoint, key) of the client gateways alive, this edge's included
         self.gateways: list[tuple[str, str, str]] = [(NODE, "tcp://127.0.0.1:7211", "k" * 40)]
+        self.peer_clients: dict[str, int] = {}  # sessions on the other alive edges, as their heartbeats say
         self.service = EdgeService(
             node_id=NODE, token_secret=SECRET, store=self.store, is_alive=lambda node: node not in self.dead,
             live_edges=lambda: [NODE, *self.others], wall_ms=lambda: int((WALL_S + self.now) * 1000),
-            wall_s=lambda: WALL_S + self.now, settings=EdgeSettings(limits=limits or Limits()),
-            gateways=lambda: list(self.gateways),
+            wall_s=lambda: WALL_S + self.now, settings=settings or EdgeSettings(limits=limits or Limits()),
+            gateways=lambda: list(self.gateways), peer_clients=lambda: dict(self.peer_clients),
         )
         self.service.async_attach(self.gateway)
         self._cids = itertools.count(1)

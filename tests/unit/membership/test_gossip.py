@@ -1,6 +1,7 @@
 """MembershipService: gossip about a peer never re-points a link to a peer heard first-hand; a node that did not
 run for a while does not blame its peers for the silence; the nodes view tells a peer heard by heartbeat from one
-heard only by HELLO; a peer's planned stop is news, not a warning, and a stopping node says goodbye.
+heard only by HELLO; a peer's planned stop is news, not a warning, and a stopping node says goodbye; edges say in
+their heartbeats how many sessions are logged in on them.
 
 Sans-IO: a fake mesh that records links, and a manual clock.
 """
@@ -22,6 +23,7 @@ class FakeMesh:
         self.links: dict[str, str] = {}  # node -> mesh endpoint
         self.sent: list[tuple[str, str]] = []  # (node, op) of the mesh frames sent, in order
         self.published: list[str] = []  # ops published on the heartbeat socket
+        self.published_fields: list[dict[str, Any]] = []
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
         changed = self.links.get(node_id) != mesh_endpoint
@@ -43,6 +45,7 @@ class FakeMesh:
     def async_hellos(self) -> dict[str, int]: return {}
     def async_publish(self, op: str, **fields: Any) -> None:
         self.published.append(op)
+        self.published_fields.append(fields)
 
 
 class Meta:
@@ -55,9 +58,9 @@ def card(node_id: str, incarnation: int, mesh_port: int, host: str = "127.0.0.1"
                     incarnation=incarnation, key_fp="fp", client_key="")
 
 
-def heartbeat(src: PeerCard, peers: list[PeerCard], seq: int) -> dict[str, Any]:
+def heartbeat(src: PeerCard, peers: list[PeerCard], seq: int, **fields: Any) -> dict[str, Any]:
     return envelope("hb", src=src.node_id, inc=src.incarnation, seq=seq, card=src.to_wire(),
-                    peers=[p.to_wire() for p in peers])
+                    peers=[p.to_wire() for p in peers], **fields)
 
 
 def hello(src: PeerCard) -> dict[str, Any]:
@@ -147,6 +150,35 @@ def test_the_nodes_view_says_how_long_ago_each_peer_sent_a_heartbeat() -> None:
     # A late heartbeat of the process before the restart says nothing about the new one.
     service.async_on_heartbeat(heartbeat(core2, [], 9), T0 + 2.5)
     assert heartbeat_s(service, "core2", T0 + 2.5) == 0.4
+
+
+def test_edges_heartbeats_carry_their_logged_in_sessions_and_only_alive_peers_counts_are_used() -> None:
+    service, mesh = membership()
+    service.clients_here = lambda: 7
+    service.async_tick(T0 + 0.25)  # the next heartbeat
+    assert mesh.published_fields[-1]["clients"] == 7
+    edge1, edge2 = card("edge1", 3, 7000).with_(role="edge"), card("edge2", 4, 8000).with_(role="edge")
+    service.async_on_heartbeat(heartbeat(edge1, [], 1, clients=5), T0 + 0.1)
+    service.async_on_heartbeat(heartbeat(edge2, [], 1), T0 + 0.1)  # an older node: says nothing
+    assert service.client_counts() == {"edge1": 5}
+    service.async_on_heartbeat(heartbeat(edge1, [], 2, clients=6), T0 + 0.2)
+    assert service.client_counts() == {"edge1": 6}
+    # Malformed counts are counted and ignored: the last good one stands.
+    for bad in (-1, "6", 2.5, True, 1 << 40):
+        service.async_on_heartbeat(heartbeat(edge1, [], 3, clients=bad), T0 + 0.3)
+    assert service.counters["bad_client_counts"] == 5
+    assert service.client_counts() == {"edge1": 6}
+    # A restarted edge's old count says nothing about the new process.
+    restarted = edge1.with_(incarnation=9)
+    service.async_on_hello(hello(restarted), T0 + 0.4)
+    assert service.client_counts() == {}
+    service.async_on_heartbeat(heartbeat(restarted, [], 1, clients=0), T0 + 0.5)
+    assert service.client_counts() == {"edge1": 0}
+    # A peer that went silent is not counted once it is suspect.
+    for step in range(1, 5):
+        service.async_tick(T0 + 0.5 + 0.25 * step)
+    assert service.state_of("edge1") == "suspect"
+    assert service.client_counts() == {}
 
 
 def test_a_peer_s_planned_stop_is_logged_as_news_and_a_stopping_node_says_goodbye() -> None:
