@@ -154,8 +154,7 @@ class Node:
                                     if c.role == "edge" and membership.state_of(n) in ("alive", "suspect")],
                 gateways=lambda: [(n, f"tcp://{c.host}:{c.client_port}", c.client_key)
                                   for n, c in membership.cards.items()
-                                  if c.role == "edge" and c.client_port and len(c.client_key) == 40
-                                  and membership.state_of(n) == "alive"],
+                                  if c.serves_clients and membership.state_of(n) == "alive"],
                 peer_clients=membership.client_counts,
                 wall_ms=lambda: time.time_ns() // 1_000_000,
                 wall_s=time.time,

@@ -27,19 +27,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from iris_mesh import PROTOCOL_VERSION
+from iris_mesh._z85 import is_z85_key
 
 from ._errors import IrisError
 
 __all__ = ["EdgeAddress", "EdgeChooser", "EdgeFinder", "MdnsEdgeFinder", "StaticEdgeFinder"]
-
-_Z85_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
-_Z85_KEY_CHARS = 40
-
-
-def is_z85_key(key: object) -> bool:
-    """True for 40 characters of Z85 text: the form of a CURVE public key in a TXT record."""
-    return isinstance(key, str) and len(key) == _Z85_KEY_CHARS and set(key) <= _Z85_CHARS
-
 
 @dataclass(frozen=True, slots=True)
 class EdgeAddress:
@@ -134,16 +126,13 @@ class MdnsEdgeFinder:
         edges = []
         for card in cards:
             # Checked here too, so a browse that filters less never hands the SDK an unusable edge.
-            if card.cluster != self._cluster or card.role != "edge" or card.version != PROTOCOL_VERSION:
-                continue
-            key = getattr(card, "client_key", "")
-            if not card.client_port or not is_z85_key(key):
+            if card.cluster != self._cluster or card.version != PROTOCOL_VERSION or not card.serves_clients:
                 continue
             if only_named and card.node_id != self._edge:
                 continue
             preferred = card.node_id == self._edge
             self._named_found = self._named_found or preferred
-            edges.append(EdgeAddress(f"tcp://{card.host}:{card.client_port}", key, card.node_id, preferred))
+            edges.append(EdgeAddress(f"tcp://{card.host}:{card.client_port}", card.client_key, card.node_id, preferred))
         return sorted(edges, key=lambda e: e.node_id or "")
 
     def __repr__(self) -> str:

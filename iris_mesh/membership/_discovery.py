@@ -231,8 +231,7 @@ def browse_edges(
 
 
 def _serves_clients(card: PeerCard) -> bool:
-    return (card.role == "edge" and card.version == PROTOCOL_VERSION and card.client_port != 0
-            and len(card.client_key) == 40)
+    return card.version == PROTOCOL_VERSION and card.serves_clients
 
 
 def browse_cluster(

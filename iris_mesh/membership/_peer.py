@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from iris_mesh._z85 import is_z85_key
+
 ROLES = ("core", "edge")
 # An address a link can connect to: an IPv4 or IPv6 address or a host name (letters, digits, '-', '.', ':').
 _HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
@@ -51,6 +53,11 @@ class PeerCard:
     incarnation: int
     key_fp: str
     client_key: str = ""
+
+    @property
+    def serves_clients(self) -> bool:
+        """An edge with a client gateway: a port and a well-formed CURVE server key."""
+        return self.role == "edge" and self.client_port != 0 and is_z85_key(self.client_key)
 
     @property
     def mesh_endpoint(self) -> str:

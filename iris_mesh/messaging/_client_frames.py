@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeAlias
 
 from iris_mesh import PROTOCOL_VERSION
+from iris_mesh._z85 import is_z85_key
 
 from ._protocol import (
     DEFAULT_LIMITS,
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 _MAX_UINT64 = (1 << 64) - 1
-_Z85_KEY_CHARS = 40  # a CURVE public key as Z85 text
 _MAX_QUOTED_CHARS = 40
 
 
@@ -316,7 +316,7 @@ def _parse_move(msg: Mapping[Any, Any]) -> MoveFrame:
             continue
         node, endpoint, key = entry.get("node"), entry.get("endpoint"), entry.get("key")
         if (isinstance(node, str) and isinstance(endpoint, str) and endpoint.startswith("tcp://")
-                and isinstance(key, str) and len(key) == _Z85_KEY_CHARS):
+                and is_z85_key(key)):
             hints.append((node, endpoint, key))
     return MoveFrame(detail=detail, edges=tuple(hints))
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 import iris_mesh.membership
-from iris_mesh.client._edges import EdgeAddress, EdgeChooser, MdnsEdgeFinder, StaticEdgeFinder, is_z85_key
+from iris_mesh._z85 import is_z85_key
+from iris_mesh.client._edges import EdgeAddress, EdgeChooser, MdnsEdgeFinder, StaticEdgeFinder
 from iris_mesh.membership import PeerCard
 
 KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # 40 characters of Z85
