@@ -80,16 +80,16 @@ class InboxFeed:
 
         rounds = [1]
         if cursor is None:
-            session.sync_held.clear()  # the client reads its inbox from the start again
-            session.sync_read_to = None
-        session.syncs_reading += 1
+            session.sync.held.clear()  # the client reads its inbox from the start again
+            session.sync.read_to = None
+        session.sync.reading += 1
 
         def page(result: Any) -> None:
             live = self._sessions.get(session.route)
             if live is not session:
                 return  # the session ended or logged out (a login after that is a new session) meanwhile
             if not result.ok:
-                live.syncs_reading -= 1
+                live.sync.reading -= 1
                 self._to_client(session.route, build_error(result.code, f"inbox not readable: {result.detail}", cid=request.cid))
                 return
             if not result.items and result.more and rounds[0] < _EMPTY_SCANS_PER_SYNC:
@@ -98,14 +98,14 @@ class InboxFeed:
                 self._store.async_scan("offline_msg", prefix, start_after=result.cursor,
                                        limit=request.page_size(self._limits), on_done=page, now=self._now())
                 return
-            live.syncs_reading -= 1
-            _hold_missed(live.sync_stored_while_reading, result, live.sync_held, self._counters)
-            if not live.syncs_reading:
-                live.sync_stored_while_reading.clear()
-            if result.cursor is not None and (live.sync_read_to is None or result.cursor > live.sync_read_to):
-                live.sync_read_to = result.cursor
-            msgs = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync_held)
-            if not result.more and not live.pushing and not live.push_paused:
+            live.sync.reading -= 1
+            _hold_missed(live.sync.stored_while_reading, result, live.sync.held, self._counters)
+            if not live.sync.reading:
+                live.sync.stored_while_reading.clear()
+            if result.cursor is not None and (live.sync.read_to is None or result.cursor > live.sync.read_to):
+                live.sync.read_to = result.cursor
+            msgs = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
+            if not result.more and not live.push.running and not live.push.paused:
                 live.inbox_clean = True
             self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
 
@@ -120,20 +120,20 @@ class InboxFeed:
             session.inbox_clean = False
             # The session's own sync: behind where it has paged to, the message comes by the push started here.
             known_sender = None if msg_id is None else sender
-            if session.sync_read_to is not None and key <= session.sync_read_to:
-                held = session.sync_held
+            if session.sync.read_to is not None and key <= session.sync.read_to:
+                held = session.sync.held
                 held[known_sender] = min(held.get(known_sender, key), key)
-            if session.syncs_reading:
-                session.sync_stored_while_reading[key] = known_sender
-            if not session.pushing:
+            if session.sync.reading:
+                session.sync.stored_while_reading[key] = known_sender
+            if not session.push.running:
                 self._push(session, None, now)
             else:
-                session.stored_while_reading[key] = None if msg_id is None else sender
+                session.push.stored_while_reading[key] = None if msg_id is None else sender
 
     def async_resume(self, session: Session, now: float) -> None:
         """After acks: a push paused for room goes on once the session has room again."""
-        if session.push_paused and len(session.outstanding) < self._limits.max_pending_deliveries:
-            session.push_paused = False
+        if session.push.paused and len(session.outstanding) < self._limits.max_pending_deliveries:
+            session.push.paused = False
             self._push(session, None, now)
 
     def async_delete(self, user: str, msg_id: bytes, now: float) -> None:
@@ -165,13 +165,13 @@ class InboxFeed:
         room = self._limits.max_pending_deliveries - len(session.outstanding)
         if room <= 0:
             # Resumed by acks (see async_resume).
-            session.pushing = False
-            session.push_paused = True
+            session.push.running = False
+            session.push.paused = True
             return
-        session.pushing = True
+        session.push.running = True
         if cursor is None:
-            session.push_held.clear()  # a new pass reads from the start: nothing is missed yet
-        session.stored_while_reading.clear()
+            session.push.held.clear()  # a new pass reads from the start: nothing is missed yet
+        session.push.stored_while_reading.clear()
         route = session.route
 
         def page(result: Any) -> None:
@@ -179,20 +179,20 @@ class InboxFeed:
             if live is not session:
                 return  # the session ended or logged out (a login after that is a new session) meanwhile
             if not result.ok:
-                live.pushing = False
+                live.push.running = False
                 return
             self._note_missed(live, result)
-            for delivery in self._deliveries(live, result.items, skip_outstanding=True, held=live.push_held):
+            for delivery in self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held):
                 self._to_client(route, build_deliver(delivery))
             if result.more:
                 self._push(live, result.cursor, self._now())
-            elif live.rescan:
-                live.rescan = False
+            elif live.push.rescan:
+                live.push.rescan = False
                 self._push(live, None, self._now())
             else:
-                live.pushing = False
+                live.push.running = False
                 live.inbox_clean = True
-                live.sync_held.clear()  # a whole pass went out after those messages were stored: nothing is behind
+                live.sync.held.clear()  # a whole pass went out after those messages were stored: nothing is behind
 
         self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
                                limit=min(room, self._limits.sync_page), on_done=page, now=now)
@@ -200,11 +200,12 @@ class InboxFeed:
     def _note_missed(self, session: Session, result: Any) -> None:
         """Messages stored while `result` was read: those within what the pass has read and not in the page were
         missed by this pass, and hold back their senders' later ones; the next page or pass brings them."""
-        if not session.stored_while_reading:
+        if not session.push.stored_while_reading:
             return
-        session.rescan = session.rescan or not result.more  # the last page: another pass for what came meanwhile
-        if _hold_missed(session.stored_while_reading, result, session.push_held, self._counters):
-            session.rescan = True
+        # The last page: another pass for what came meanwhile.
+        session.push.rescan = session.push.rescan or not result.more
+        if _hold_missed(session.push.stored_while_reading, result, session.push.held, self._counters):
+            session.push.rescan = True
 
 
 def _hold_missed(stored: dict[bytes, str | None], result: Any, held: dict[str | None, bytes],

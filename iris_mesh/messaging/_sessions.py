@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["ACKED_MEMORY", "HOLD_MAX_S", "Hold", "Session", "SessionTable", "Outstanding"]
+__all__ = ["ACKED_MEMORY", "HOLD_MAX_S", "Hold", "Outstanding", "PushReading", "Session", "SessionTable", "SyncReading"]
 
 # A session remembers this many of the ids it acked last: enough for the edge to tell that a live message's
 # `after` (its pair's last stored id) reached it; a forgotten one only sends a message the slower way, via the inbox.
@@ -36,6 +36,30 @@ class Hold:
 
 
 @dataclass(slots=True)
+class PushReading:
+    """Where the push of a session's inbox stands (see _inbox_feed.py)."""
+
+    running: bool = False
+    paused: bool = False  # waits for acks to make room
+    rescan: bool = False  # another pass once this one ends
+    # Inbox keys stored while a page was read, with their sender (None: not known).
+    stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
+    # Senders (None: any) whose messages after the key this pass missed wait for the next pass.
+    held: dict[str | None, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SyncReading:
+    """Where the client's own sync of its inbox stands (see _inbox_feed.py)."""
+
+    read_to: bytes | None = None  # how far its pages have read
+    reading: int = 0  # pages being read
+    stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
+    # Senders (None: any) whose messages after the key its pages read past come only by push.
+    held: dict[str | None, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Session:
     route: bytes
     user: str | None = None
@@ -45,19 +69,8 @@ class Session:
     # Every stored message has been offered to this session (by sync or push) since the last inbox change.
     inbox_clean: bool = False
     can_move: bool = False  # its hello said `moves`: it logs in on another edge when asked to (a rebalance)
-    pushing: bool = False
-    push_paused: bool = False  # the push waits for acks to make room
-    rescan: bool = False
-    # Inbox keys stored while a push page was read, with their sender (None: not known).
-    stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
-    # Senders (None: any) whose messages after the key this push pass missed wait for the next pass.
-    push_held: dict[str | None, bytes] = field(default_factory=dict)
-    # The client's own sync: how far its pages have read, pages being read, keys stored meanwhile, and the
-    # senders (None: any) whose messages after the key its sync paged past come only by push.
-    sync_read_to: bytes | None = None
-    syncs_reading: int = 0
-    sync_stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
-    sync_held: dict[str | None, bytes] = field(default_factory=dict)
+    push: PushReading = field(default_factory=PushReading)
+    sync: SyncReading = field(default_factory=SyncReading)
     outstanding: dict[bytes, Outstanding] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)  # recipient -> hold
     acked: dict[bytes, None] = field(default_factory=dict)  # the last ACKED_MEMORY ids acked (ordered set)
