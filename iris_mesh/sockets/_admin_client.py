@@ -75,6 +75,10 @@ class AdminClient:
                     raise AdminError("bad_reply", f"unreadable reply from {self.endpoint}: {exc}") from None
                 if reply.get("rid") == rid:
                     return reply
+                if "rid" not in reply and "v" in reply:
+                    # A client-protocol frame (PROTOCOL.md: every one has `v`): an edge's gateway answered.
+                    raise AdminError("unreachable", f"{self.endpoint} is an edge's client port, not an admin port "
+                                                    "(the ADMIN column of `meshctl nodes` lists them)")
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]

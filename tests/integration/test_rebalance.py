@@ -120,6 +120,10 @@ def test_clients_moved_by_meshctl_rebalance_and_by_a_stopping_edge_lose_nothing(
     assert logged_in(local_cluster, "edge1") == 4
     again = meshctl(local_cluster, "--node", local_cluster.nodes["core1"].admin, "rebalance")  # no mDNS: core1's view
     assert again.returncode == 0 and "balanced: 7 sessions on 2 edges" in again.stdout, again.stdout + again.stderr
+    gateway = local_cluster.nodes["edge1"].info["client_port"]
+    wrong = meshctl(local_cluster, "--node", f"127.0.0.1:{gateway}", "rebalance")  # a client port, not an admin one
+    assert wrong.returncode == 2 and "is an edge's client port, not an admin port" in wrong.stdout + wrong.stderr, \
+        wrong.stdout + wrong.stderr
     refused = [local_cluster.nodes["core1"].request("move_sessions", count=1),
                local_cluster.nodes["edge1"].request("move_sessions", count=-1)]
     assert [(r["ok"], r["error"]) for r in refused] == [(False, "not_an_edge"), (False, "bad_request")]
