@@ -263,7 +263,8 @@ class NodeRuntime:
         detail = request.msg.get("detail")
         if not isinstance(detail, str) or not detail.strip():
             detail = f"asked by an operator to leave {node_id}"
-        users = self.edge.async_move_sessions(count, detail[:_MOVE_DETAIL_MAX_CHARS], now)
+        users = self.edge.async_move_sessions(count, detail[:_MOVE_DETAIL_MAX_CHARS], now,
+                                              to=self.edge.edges_under_share())
         logger.info("moved {} of {} client sessions to other edges (operator's request)", len(users), before)
         request.reply({"ok": True, "node": node_id, "moved": len(users), "logged_in_before": before})
 

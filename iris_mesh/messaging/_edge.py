@@ -83,7 +83,7 @@ from iris_mesh.messaging._protocol import (
 )
 from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
-from iris_mesh.messaging._rebalance import Rebalancer
+from iris_mesh.messaging._rebalance import Rebalancer, under_share
 from iris_mesh.messaging._recent import RecentOutcomes
 from iris_mesh.messaging._sessions import Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
@@ -590,7 +590,7 @@ class EdgeService:
     def _rebalance(self, now: float) -> None:
         """Move what this edge holds over its share of the logged-in sessions to the edges under theirs."""
         logged_in = self.sessions.logged_in()
-        others = {edge: count for edge, count in self._peer_clients().items() if edge != self.node_id}
+        others = self._other_edges_clients()
         move = self._rebalancer.decide(len(logged_in), sum(1 for s in logged_in if s.can_move), others)
         if move is None:
             return
@@ -599,6 +599,14 @@ class EdgeService:
         moved = self.async_move_sessions(move.count, detail, now, to=move.to)
         self.counters["rebalances"] += 1
         logger.info("{}: moved {} sessions to {}", detail, len(moved), ", ".join(move.to) or "the other edges")
+
+    def edges_under_share(self) -> tuple[str, ...] | None:
+        """The other edges below their share of the logged-in sessions, least loaded first, as heartbeats tell
+        (for an operator's rebalance); None when there are none, or no other edge's count is known."""
+        return under_share(self.sessions.logged_in_count(), self._other_edges_clients()) or None
+
+    def _other_edges_clients(self) -> dict[str, int]:
+        return {edge: count for edge, count in self._peer_clients().items() if edge != self.node_id}
 
     def logged_in_count(self) -> int:
         """Sessions logged in on this edge (what its heartbeats say)."""

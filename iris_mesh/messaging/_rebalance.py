@@ -20,11 +20,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["MAX_MOVES_PER_CHECK", "RebalanceMove", "Rebalancer"]
+__all__ = ["MAX_MOVES_PER_CHECK", "RebalanceMove", "Rebalancer", "under_share"]
 
 MAX_MOVES_PER_CHECK = 200  # a bound on the logins one check sends the other edges at once
 _CHECKS_IN_A_ROW = 2
 _TOLERANCE = 0.1  # of the share
+
+
+def under_share(mine: int, others: dict[str, int]) -> tuple[str, ...]:
+    """The other edges below their share of the sessions (`mine` here, `others` there), least loaded first."""
+    share = math.ceil((mine + sum(others.values())) / (len(others) + 1))
+    return tuple(sorted((edge for edge, n in others.items() if n < share), key=lambda edge: (others[edge], edge)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,5 +87,5 @@ class Rebalancer:
         count = min(excess, movable, MAX_MOVES_PER_CHECK)
         if count <= 0:
             return None
-        to = tuple(sorted((edge for edge, n in others.items() if n < share), key=lambda edge: (others[edge], edge)))
+        to = under_share(mine, others)
         return RebalanceMove(count=count, mine=mine, share=share, total=total, edges=edges, to=to)

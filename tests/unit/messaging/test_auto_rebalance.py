@@ -79,3 +79,18 @@ def test_the_edge_moves_its_excess_movable_sessions_naming_only_the_edges_under_
     assert "over its share of 4" in moves[0]["detail"]
     assert edge.take(b"pinned", "move") == [] and edge.take(b"pinned2", "move") == []
     assert edge.service.logged_in_count() == 4
+
+
+def test_an_operator_s_move_names_the_edges_under_their_share_when_their_counts_are_known() -> None:
+    edge = Edge()
+    edge.gateways += [("edge2", "tcp://127.0.0.2:7211", "q" * 40), ("edge3", "tcp://127.0.0.3:7211", "r" * 40)]
+    for user in ("alice", "bob", "carol", "dan", "erin", "fay"):
+        edge.log_in(user.encode(), user, moves=True)
+    assert edge.service.edges_under_share() is None  # no other edge's count known: the move names them all
+    edge.peer_clients = {"edge2": 6, "edge3": 0}  # 12 on 3 edges: a share of 4
+    assert edge.service.edges_under_share() == ("edge3",)
+    edge.service.async_move_sessions(1, "asked by an operator", edge.now, to=edge.service.edges_under_share())
+    (move,) = [frame for user in (b"alice", b"bob", b"carol", b"dan", b"erin", b"fay") for frame in edge.take(user)]
+    assert [hint["node"] for hint in move["edges"]] == ["edge3"]
+    edge.peer_clients = {"edge2": 5, "edge3": 5}
+    assert edge.service.edges_under_share() is None  # every other edge holds its share: name them all
