@@ -263,10 +263,9 @@ class NodeRuntime:
         detail = request.msg.get("detail")
         if not isinstance(detail, str) or not detail.strip():
             detail = f"asked by an operator to leave {node_id}"
-        users = self.edge.async_move_sessions(count, detail[:_MOVE_DETAIL_MAX_CHARS], now,
-                                              to=self.edge.edges_under_share())
-        logger.info("moved {} of {} client sessions to other edges (operator's request)", len(users), before)
-        request.reply({"ok": True, "node": node_id, "moved": len(users), "logged_in_before": before})
+        moved = sum(n for _edge, n in self.edge.async_move_over_share(count, detail[:_MOVE_DETAIL_MAX_CHARS], now))
+        logger.info("moved {} of {} client sessions to other edges (operator's request)", moved, before)
+        request.reply({"ok": True, "node": node_id, "moved": moved, "logged_in_before": before})
 
     def _admin_forget(self, request: AdminRequest, now: float) -> None:
         node_id = request.msg.get("node")

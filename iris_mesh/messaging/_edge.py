@@ -83,7 +83,7 @@ from iris_mesh.messaging._protocol import (
 )
 from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
-from iris_mesh.messaging._rebalance import Rebalancer, under_share
+from iris_mesh.messaging._rebalance import Rebalancer, split
 from iris_mesh.messaging._recent import RecentOutcomes
 from iris_mesh.messaging._sessions import Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
@@ -280,7 +280,26 @@ class EdgeService:
             self._to_client(session.route, build_move(detail, others))
             self._end_session(session.route, now)
         self.counters["sessions_moved"] += len(chosen)
+        if chosen:
+            self._rebalancer.moved(now)  # the next automatic check judges counts that show these moves
         return [session.user for session in chosen if session.user is not None]
+
+    def async_move_over_share(self, count: int, detail: str, now: float) -> list[tuple[str | None, int]]:
+        """Move up to `count` movable sessions to the other edges below their share (as their heartbeats tell),
+        as many to each as it lacks, each `move` naming that one edge; the rest (no other edge's count known, or
+        more than they lack) with frames naming every other edge (None). Returns (edge, sessions moved)."""
+        plan = split(count, self.sessions.logged_in_count(), self._other_edges_clients())
+        return self._move_as_planned(plan, count, detail, now)
+
+    def _move_as_planned(self, plan: list[tuple[str, int]], count: int, detail: str,
+                         now: float) -> list[tuple[str | None, int]]:
+        done: list[tuple[str | None, int]] = []
+        for edge, n in plan:
+            done.append((edge, len(self.async_move_sessions(n, detail, now, to=(edge,)))))
+        rest = count - sum(n for _edge, n in plan)
+        if rest > 0:
+            done.append((None, len(self.async_move_sessions(rest, detail, now))))
+        return [(edge, n) for edge, n in done if n]
 
     def _end_session(self, route: bytes, now: float) -> None:
         session = self.sessions.remove(route)
@@ -596,14 +615,14 @@ class EdgeService:
             return
         detail = (f"rebalancing: edge {self.node_id} holds {move.mine} of the {move.total} sessions on "
                   f"{move.edges} edges, over its share of {move.share}")
-        moved = self.async_move_sessions(move.count, detail, now, to=move.to)
+        moved = self._move_as_planned(list(move.to), move.count, detail, now)
         self.counters["rebalances"] += 1
-        logger.info("{}: moved {} sessions to {}", detail, len(moved), ", ".join(move.to) or "the other edges")
-
-    def edges_under_share(self) -> tuple[str, ...] | None:
-        """The other edges below their share of the logged-in sessions, least loaded first, as heartbeats tell
-        (for an operator's rebalance); None when there are none, or no other edge's count is known."""
-        return under_share(self.sessions.logged_in_count(), self._other_edges_clients()) or None
+        where = ", ".join(f"{n} to {edge or 'any other edge'}" for edge, n in moved) or "none"
+        logger.info("{}: moved {}", detail, where)
+        if move.backoff > 1:
+            logger.warning("the clients this edge moved at its last rebalance came back (an edge that cannot take "
+                           "them: is its client port reachable from the clients?); it checks every {:g} s now",
+                           self._rebalancer.interval_s * move.backoff)
 
     def _other_edges_clients(self) -> dict[str, int]:
         return {edge: count for edge, count in self._peer_clients().items() if edge != self.node_id}

@@ -75,8 +75,9 @@ class AdminClient:
                     raise AdminError("bad_reply", f"unreadable reply from {self.endpoint}: {exc}") from None
                 if reply.get("rid") == rid:
                     return reply
-                if "rid" not in reply and "v" in reply:
-                    # A client-protocol frame (PROTOCOL.md: every one has `v`): an edge's gateway answered.
+                if "rid" not in reply and reply.get("op") != "reply":
+                    # Not an admin reply (those are `reply`, with the request's `rid` when it could be read): a
+                    # client-protocol frame, so an edge's client gateway answered.
                     raise AdminError("unreachable", f"{self.endpoint} is an edge's client port, not an admin port "
                                                     "(the ADMIN column of `meshctl nodes` lists them)")
 

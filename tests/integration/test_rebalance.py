@@ -79,8 +79,9 @@ BROWSES: dict[str, CountingFinder] = {}  # user -> the finder of their client (t
 
 @pytest.fixture
 def on_edge1(local_cluster: LocalCluster) -> Iterator[dict[str, Client]]:
-    """Six users, all on edge1 (found by mDNS, so they can find edge2 too), and bob on edge2."""
-    chat_cluster(local_cluster)
+    """Six users, all on edge1 (found by mDNS, so they can find edge2 too), and bob on edge2. The edges do not
+    rebalance by themselves here: the test moves clients on purpose."""
+    chat_cluster(local_cluster, rebalance_interval_s=0)
     BROWSES.clear()
     clients: dict[str, Client] = {}
     try:
@@ -152,22 +153,23 @@ def test_an_edge_that_comes_up_gets_its_share_of_the_clients_without_an_operator
             user = f"user{n}"
             clients[user] = Client(MdnsEdgeFinder(local_cluster.name))
             clients[user].login(user, token_for(local_cluster, user))
+        clients["bob"] = bob = connect_static(local_cluster, local_cluster.nodes["edge1"], "bob")  # cannot move
         local_cluster.start("edge2")
         local_cluster.wait_full_mesh([*CORES, *EDGES])
-        clients["bob"] = bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
         senders = {user: client for user, client in clients.items() if user != "bob"}
-        # 8 + 1 sessions on 2 edges: a share of 5. Once edge1 has seen that at two checks in a row, it moves 3.
+        # 9 + 0 sessions on 2 edges: a share of 5. Once edge1 has seen that at two checks in a row, it moves 4.
         with chatting(local_cluster, senders, "bob") as sent:
-            wait_until(lambda: logged_in(local_cluster, "edge2") == 4, 30.0, "edge1 to move three clients to edge2")
+            wait_until(lambda: logged_in(local_cluster, "edge2") == 4, 30.0, "edge1 to move four clients to edge2")
             moved = [user for user, client in senders.items() if client.edge == "edge2"]
-            assert len(moved) == 3 and all(senders[user].moves == 1 for user in moved)
+            assert len(moved) == 4 and all(senders[user].moves == 1 for user in moved)
             at_move = {user: len(sent[user]) for user in moved}
             wait_until(lambda: all(len(sent[user]) >= at_move[user] + 10 for user in moved), 30.0,
                        "the moved clients to send on from edge2")
         check_total_queue(sent, drain(bob, sum(len(ids) for ids in sent.values()), 60.0))
         edge1 = local_cluster.nodes["edge1"].status()["edge"]
-        assert (edge1["logged_in"], edge1["counters"]["rebalances"], edge1["counters"]["sessions_moved"]) == (5, 1, 3)
-        assert "over its share of 5: moved 3 sessions to edge2" in local_cluster.nodes["edge1"].log_path.read_text()
+        assert (edge1["logged_in"], edge1["counters"]["rebalances"], edge1["counters"]["sessions_moved"]) == (5, 1, 4)
+        assert "holds 9 of the 9 sessions on 2 edges, over its share of 5: moved 4 to edge2" in \
+            local_cluster.nodes["edge1"].log_path.read_text()
     finally:
         for client in clients.values():
             client.close()
