@@ -371,27 +371,40 @@ def cmd_token(args: argparse.Namespace) -> int:
 # ---- argument parsing ---------------------------------------------------------------------------
 
 
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes, before or after its name. Only the main parser has their defaults: a
+    command's parser leaves out what was not given after the name, so what was given before it stands."""
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    parser.add_argument("--cluster", default=default(os.environ.get("IRIS_MESH_CLUSTER", "iris")),
+                        help="cluster name to find by mDNS (default: $IRIS_MESH_CLUSTER, else iris)")
+    parser.add_argument("--node", default=default(None),
+                        help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second)")
+    parser.add_argument("--cookie-file", default=default(None),
+                        help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
+    parser.add_argument("--mdns-interface", action="append", type=_ipv4, default=default(None),
+                        help="IPv4 address of this host to run mDNS on (default: 127.0.0.1; repeat for more)")
+    parser.add_argument("--mdns-timeout", type=_positive(float), default=default(1.5),
+                        help="seconds to listen for mDNS answers at most (default 1.5; commands that ask every node stop "
+                             "once every node known to the first one answered, and listen once more if "
+                             "a node that others see alive is missing)")
+    parser.add_argument("--timeout", type=_positive(float), default=default(3.0),
+                        help="seconds to wait for a node's answer (default 3)")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    _global_options(common, defaults=False)
     parser = argparse.ArgumentParser(
         prog="meshctl",
         description="Inspect and operate an iris_mesh cluster. Exit: 0 ok; 1 a check failed or the cluster "
                     "refused (a node down, safe mode, no quorum, unknown table or node); 2 cannot reach the "
-                    "cluster, authentication failed, or a usage error.",
-        parents=[common],
+                    "cluster, authentication failed, or a usage error. The options below go before or after "
+                    "the command.",
     )
-    parser.add_argument("--cluster", default=os.environ.get("IRIS_MESH_CLUSTER", "iris"),
-                        help="cluster name to find by mDNS (default: $IRIS_MESH_CLUSTER, else iris)")
-    parser.add_argument("--node", help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second)")
-    parser.add_argument("--cookie-file", help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
-    parser.add_argument("--mdns-interface", action="append", type=_ipv4,
-                        help="IPv4 address of this host to run mDNS on (default: 127.0.0.1; repeat for more)")
-    parser.add_argument("--mdns-timeout", type=_positive(float), default=1.5,
-                        help="seconds to listen for mDNS answers at most (default 1.5; commands that ask every node stop "
-                             "once every node known to the first one answered, and listen once more if "
-                             "a node that others see alive is missing)")
-    parser.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds to wait for a node's answer (default 3)")
+    _global_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[Target, argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:

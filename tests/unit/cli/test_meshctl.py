@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iris_mesh.cli._backup_cmds import _backup_advice, _cause_in_words
-from iris_mesh.cli.meshctl import _duration_text, _engine_text, _heartbeat_text, _mib_text, main
+from iris_mesh.cli.meshctl import _duration_text, _engine_text, _heartbeat_text, _mib_text, _parser, main
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_PROPERTIES
 
@@ -80,6 +80,20 @@ def test_a_bad_argument_is_a_usage_error_that_names_it(argv: list[str], says: st
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and says in err, err
+
+
+def test_the_options_every_command_takes_go_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("IRIS_MESH_CLUSTER", raising=False)
+    before = _parser().parse_args(["--node", "127.0.0.1:7", "--timeout", "5", "rebalance", "--dry-run"])
+    after = _parser().parse_args(["rebalance", "--dry-run", "--node", "127.0.0.1:7", "--timeout", "5"])
+    for args in (before, after):
+        assert (args.node, args.timeout, args.dry_run, args.cluster, args.mdns_timeout, args.mdns_interface) == \
+            ("127.0.0.1:7", 5.0, True, "iris", 1.5, None)
+    assert _parser().parse_args(["--node", "127.0.0.1:1", "status", "--node", "127.0.0.1:2"]).node == "127.0.0.1:2"
+    monkeypatch.setenv("IRIS_MESH_COOKIE", "meshctl-test-cookie")
+    assert main(["status", "--node", "127.0.0.1:9"]) == 2  # the option after the command is used: nothing there
+    assert "nothing listens at tcp://127.0.0.1:9" in capsys.readouterr().err
 
 
 def test_an_address_this_host_does_not_have_is_said_plainly(monkeypatch: pytest.MonkeyPatch,
