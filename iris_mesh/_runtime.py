@@ -263,8 +263,10 @@ class NodeRuntime:
         detail = request.msg.get("detail")
         if not isinstance(detail, str) or not detail.strip():
             detail = f"asked by an operator to leave {node_id}"
-        moved = sum(n for _edge, n in self.edge.async_move_over_share(count, detail[:_MOVE_DETAIL_MAX_CHARS], now))
-        logger.info("moved {} of {} client sessions to other edges (operator's request)", moved, before)
+        done = self.edge.async_move_over_share(count, detail[:_MOVE_DETAIL_MAX_CHARS], now)
+        moved = sum(n for _edge, n in done)
+        where = ", ".join(f"{n} to {edge or 'any other edge'}" for edge, n in done) or "none"
+        logger.info("rebalancing (operator's request): moved {} of the {} sessions here: {}", moved, before, where)
         request.reply({"ok": True, "node": node_id, "moved": moved, "logged_in_before": before})
 
     def _admin_forget(self, request: AdminRequest, now: float) -> None:

@@ -306,8 +306,13 @@ class Node:
             if self.runtime is not None:
                 membership, edge = self.runtime.membership, self.runtime.edge
                 if edge is not None:  # clients log in elsewhere at once, instead of finding this edge gone
-                    self._engine.post(lambda now: edge.async_move_sessions(
-                        len(edge.sessions), f"edge {membership.card.node_id} is stopping", now, movable_only=False))
+                    def move_all(now: float) -> None:
+                        node_id = membership.card.node_id
+                        moved = edge.async_move_sessions(len(edge.sessions), f"edge {node_id} is stopping", now,
+                                                         movable_only=False)
+                        logger.info("edge {} is stopping: asked its {} logged-in clients to move to another edge",
+                                    node_id, len(moved))
+                    self._engine.post(move_all)
                 self._engine.post(lambda _now: membership.async_leave())
             self._engine.stop()
             self._engine = None

@@ -155,8 +155,9 @@ def _write_margin(entries: list[dict[str, Any]], joining: list[str]) -> str | No
 
 
 def _seen_text(counts: dict[str, int]) -> str:
-    """How many nodes see a node in which state: "dead to 2, suspect to 1", "not seen by 2"."""
-    return ", ".join(f"{state} {'by' if state == 'not seen' else 'to'} {n}" for state, n in sorted(counts.items()))
+    """How many nodes see a node in which state: "dead to 2, suspect to 1", "not seen by 2", "seen stopped by 2"."""
+    words = {"not seen": "not seen by", "stopped": "seen stopped by"}
+    return ", ".join(f"{words.get(state, state + ' to')} {n}" for state, n in sorted(counts.items()))
 
 
 def _groups(answered: list[dict[str, Any]]) -> list[list[str]]:

@@ -83,7 +83,7 @@ from iris_mesh.messaging._protocol import (
 )
 from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
-from iris_mesh.messaging._rebalance import Rebalancer, split
+from iris_mesh.messaging._rebalance import Rebalancer, share_of, split
 from iris_mesh.messaging._recent import RecentOutcomes
 from iris_mesh.messaging._sessions import Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
@@ -612,6 +612,11 @@ class EdgeService:
         others = self._other_edges_clients()
         move = self._rebalancer.decide(len(logged_in), sum(1 for s in logged_in if s.can_move), others)
         if move is None:
+            if self._rebalancer.first_over:
+                logger.info("rebalancing: edge {} holds {} of the {} sessions on {} edges, over its share of {}: it "
+                            "moves the excess at the next check, in {:g} s, unless that evens out", self.node_id,
+                            len(logged_in), len(logged_in) + sum(others.values()), len(others) + 1,
+                            share_of(len(logged_in), others), self._rebalancer.interval_s * self._rebalancer.backoff)
             return
         detail = (f"rebalancing: edge {self.node_id} holds {move.mine} of the {move.total} sessions on "
                   f"{move.edges} edges, over its share of {move.share}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["MAX_BACKOFF", "MAX_MOVES_PER_CHECK", "RebalanceMove", "Rebalancer", "split", "under_share"]
+__all__ = ["MAX_BACKOFF", "MAX_MOVES_PER_CHECK", "RebalanceMove", "Rebalancer", "share_of", "split", "under_share"]
 
 MAX_MOVES_PER_CHECK = 200  # a bound on the logins one check sends the other edges at once
 MAX_BACKOFF = 32  # the checks' interval grows to at most this many times `interval_s` while moves do not stick
@@ -33,13 +33,14 @@ _CHECKS_IN_A_ROW = 2
 _TOLERANCE = 0.1  # of the share
 
 
-def _share(mine: int, others: dict[str, int]) -> int:
+def share_of(mine: int, others: dict[str, int]) -> int:
+    """Each edge's share of the sessions: the total over the edges, rounded up."""
     return math.ceil((mine + sum(others.values())) / (len(others) + 1))
 
 
 def under_share(mine: int, others: dict[str, int]) -> tuple[str, ...]:
     """The other edges below their share of the sessions (`mine` here, `others` there), least loaded first."""
-    share = _share(mine, others)
+    share = share_of(mine, others)
     return tuple(sorted((edge for edge, n in others.items() if n < share), key=lambda edge: (others[edge], edge)))
 
 
@@ -47,7 +48,7 @@ def split(count: int, mine: int, others: dict[str, int]) -> list[tuple[str, int]
     """How many of `count` sessions to send each edge below its share: as many as it lacks, in proportion when
     `count` is less than they lack together; the most lacking edges get the rounding. Edges that get none are left
     out."""
-    share = _share(mine, others)
+    share = share_of(mine, others)
     lacks = {edge: share - others[edge] for edge in under_share(mine, others)}
     total = sum(lacks.values())
     if count <= 0 or total <= 0:
@@ -76,14 +77,13 @@ class RebalanceMove:
 class Rebalancer:
     """Decides, every `interval_s` (0: never), how many sessions this edge should move; see the module docstring."""
 
-    __slots__ = ("interval_s", "slack", "backoff", "_next_at", "_checked_at", "_over", "_least_excess", "_moved_from")
+    __slots__ = ("interval_s", "slack", "backoff", "_next_at", "_over", "_least_excess", "_moved_from")
 
     def __init__(self, *, interval_s: float, slack: int) -> None:
         self.interval_s = interval_s
         self.slack = slack
         self.backoff = 1
         self._next_at: float | None = None
-        self._checked_at = 0.0  # when the last check was due
         self._over = 0  # checks in a row that found this edge over its share
         self._least_excess = 0  # the least excess those checks found
         self._moved_from: int | None = None  # this edge's count when its last rebalance moved sessions
@@ -97,13 +97,12 @@ class Rebalancer:
             return False
         if now < self._next_at:
             return False
-        self._checked_at = now
         self._next_at = now + self.interval_s * self.backoff
         return True
 
     def moved(self, now: float) -> None:
-        """Sessions were moved (by a check or an operator): the next check waits an interval, and starts a new
-        streak, so it judges counts that show the move."""
+        """Sessions were moved (by a check or an operator): the next check waits an interval (times the back-off),
+        and starts a new streak, so it judges counts that show the move."""
         self._over = 0
         if self.interval_s > 0:
             self._next_at = now + self.interval_s * self.backoff
@@ -114,7 +113,7 @@ class Rebalancer:
             self._balanced()
             return None
         total = mine + sum(others.values())
-        share = _share(mine, others)
+        share = share_of(mine, others)
         excess = mine - share
         if excess <= max(self.slack, share * _TOLERANCE):
             self._balanced()
@@ -130,10 +129,14 @@ class Rebalancer:
         if self._moved_from is not None:
             # The clients moved last time came back (or others came in their place): check less often.
             self.backoff = min(self.backoff * 2, MAX_BACKOFF) if mine >= self._moved_from else 1
-            self._next_at = self._checked_at + self.interval_s * self.backoff
         self._moved_from = mine
         return RebalanceMove(count=count, mine=mine, share=share, total=total, edges=len(others) + 1,
                              to=tuple(split(count, mine, others)), backoff=self.backoff)
+
+    @property
+    def first_over(self) -> bool:
+        """The last check was the first of a streak over the share: the next one moves, unless it evens out."""
+        return self._over == 1
 
     def _balanced(self) -> None:
         self._over = 0

@@ -21,7 +21,7 @@ def test_a_node_stopped_on_purpose_is_named_so_not_as_a_failure() -> None:
     entries = [dict(node_status("core1", {"core2": "alive", "edge1": "dead"}), stopped=["edge1"]),
                dict(node_status("core2", {"core1": "alive", "edge1": "dead"}), stopped=["edge1"])]
     verdict, steps = status_summary(entries).split("\n")
-    assert verdict == "CHECK FAILED: stopped on purpose: edge1 (stopped to 2)"
+    assert verdict == "CHECK FAILED: stopped on purpose: edge1 (seen stopped by 2)"
     assert "start them again when their work is done" in steps and "hung" not in steps
     # Every core stopped on purpose but this one: no talk of a network cut either.
     alone = [dict(node_status("core1", {"core2": "dead", "core3": "dead"}, safe=False), stopped=["core2", "core3"])]
