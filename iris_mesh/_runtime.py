@@ -10,7 +10,7 @@ from loguru import logger
 
 from iris_mesh._process import process_usage
 from iris_mesh.membership import MembershipService, Placement
-from iris_mesh.messaging import EdgeService
+from iris_mesh.messaging import EdgeService, moves_text
 from iris_mesh.sockets import AdminRequest, Engine
 from iris_mesh.store import CLOCK_SAVE_INTERVAL_S, StoreAdmin, StoreService, partition_key
 
@@ -265,8 +265,8 @@ class NodeRuntime:
             detail = f"asked by an operator to leave {node_id}"
         done = self.edge.async_move_over_share(count, detail[:_MOVE_DETAIL_MAX_CHARS], now)
         moved = sum(n for _edge, n in done)
-        where = ", ".join(f"{n} to {edge or 'any other edge'}" for edge, n in done) or "none"
-        logger.info("rebalancing (operator's request): moved {} of the {} sessions here: {}", moved, before, where)
+        logger.info("rebalancing (operator's request): moved {} of the {} sessions here: {}", moved, before,
+                    moves_text(done))
         request.reply({"ok": True, "node": node_id, "moved": moved, "logged_in_before": before})
 
     def _admin_forget(self, request: AdminRequest, now: float) -> None:

@@ -83,7 +83,7 @@ from iris_mesh.messaging._protocol import (
 )
 from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
-from iris_mesh.messaging._rebalance import Rebalancer, share_of, split
+from iris_mesh.messaging._rebalance import Rebalancer, moves_text, share_of, split
 from iris_mesh.messaging._recent import RecentOutcomes
 from iris_mesh.messaging._sessions import Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
@@ -622,8 +622,7 @@ class EdgeService:
                   f"{move.edges} edges, over its share of {move.share}")
         moved = self._move_as_planned(list(move.to), move.count, detail, now)
         self.counters["rebalances"] += 1
-        where = ", ".join(f"{n} to {edge or 'any other edge'}" for edge, n in moved) or "none"
-        logger.info("{}: moved {}", detail, where)
+        logger.info("{}: moved {}", detail, moves_text(moved))
         if move.backoff > 1:
             logger.warning("the clients this edge moved at its last rebalance came back (an edge that cannot take "
                            "them: is its client port reachable from the clients?); it checks every {:g} s now",

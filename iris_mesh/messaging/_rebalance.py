@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["MAX_BACKOFF", "MAX_MOVES_PER_CHECK", "RebalanceMove", "Rebalancer", "share_of", "split", "under_share"]
+__all__ = ["MAX_BACKOFF", "MAX_MOVES_PER_CHECK", "RebalanceMove", "Rebalancer", "moves_text", "share_of", "split",
+           "under_share"]
 
 MAX_MOVES_PER_CHECK = 200  # a bound on the logins one check sends the other edges at once
 MAX_BACKOFF = 32  # the checks' interval grows to at most this many times `interval_s` while moves do not stick
@@ -59,6 +60,11 @@ def split(count: int, mine: int, others: dict[str, int]) -> list[tuple[str, int]
     for edge in by_need[:count - sum(shares.values())]:
         shares[edge] += 1
     return [(edge, shares[edge]) for edge in by_need if shares[edge] > 0]
+
+
+def moves_text(done: list[tuple[str | None, int]]) -> str:
+    """Where moved sessions went, for logs: "3 to edge1, 1 to any other edge" (None: frames naming every edge)."""
+    return ", ".join(f"{n} to {edge or 'any other edge'}" for edge, n in done) or "none"
 
 
 @dataclass(frozen=True, slots=True)
