@@ -75,9 +75,10 @@ class Target:
             enough = known.all_found
         else:
             enough = bool
-        # A node answers a question about a record it multicast in the last second only once that
-        # second is over (RFC 6762 section 14), so with other mDNS clients asking at the same moment
-        # (SDK clients, another meshctl) its answer can come after --mdns-timeout. Listening once
+        # Where only port 5353 gets through (a firewall drops the one-shot answers), a node answers
+        # a question about a record it multicast in the last second only once that second is over
+        # (RFC 6762 section 14), so with other mDNS clients asking at the same moment (SDK clients,
+        # another meshctl) its answer can come after --mdns-timeout. Listening once
         # more costs nothing while every node answers, and keeps a busy moment from reading as an
         # unreachable cluster or a missing node.
         cards = self.browse(enough)

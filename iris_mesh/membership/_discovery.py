@@ -19,6 +19,17 @@ them binds 5353 with SO_REUSEPORT, so the kernel hands such a unicast answer to
 just one of those sockets, often not the asker's: the answer is lost and the
 peer only shows up at the next query, a second later.
 
+Why a one-shot browse (meshctl, the client SDK) also asks from a second port:
+a responder answers a multicast answer it sent within the last second only
+once that second is over (RFC 6762 section 14), and drops a query identical to
+one it got within the last second; with several meshctl runs or clients in a
+row, every browse would take a second. A query from a port other than 5353 is
+a one-shot query (section 5.1): it is answered at once, by unicast to that
+port, which no other socket shares. Its questions are QU, which responders
+never drop as repeats. The browse still listens on 5353 too, for nodes that
+announce themselves while it runs, and for networks whose firewalls let only
+port 5353 through.
+
 Why registration skips the probe (`cooperating_responders=True`): the instance
 name is unique per cluster and node by construction, so probing could only
 catch two processes claiming one node id; on one host the probe's answers are
@@ -246,7 +257,8 @@ def browse_cluster(
     seen, or once `enough_when(cards so far)` is true.
 
     One-shot, for `meshctl`: it advertises nothing. Live nodes answer within
-    ~0.1-0.3 s, or up to ~1 s after they announced themselves (mDNS rate limit).
+    ~0.1 s (a one-shot query); where only port 5353 gets through, up to ~1 s after
+    they last multicast their records (mDNS rate limit).
     `enough_when` runs in the calling thread, holding no lock, each time a card
     turns up (it may ask the nodes found so far; mDNS goes on listening meanwhile).
     """
@@ -287,14 +299,18 @@ def _browse(
         with changed:
             return sorted(found.values(), key=lambda c: c.node_id)
 
-    watcher = _ClusterWatcher(cluster, own_node_id=None, on_found=on_found, on_lost=None, is_own_card=None)
-    zc = Zeroconf(interfaces=list(_checked_interfaces(interfaces)), ip_version=IPVersion.V4Only)
-    browser: ServiceBrowser | None = None
+    addresses = list(_checked_interfaces(interfaces))
+    opened: list[tuple[Zeroconf, ServiceBrowser | None]] = []
     deadline = time.monotonic() + max(0.0, timeout_s)
     try:
-        browser = ServiceBrowser(
-            zc, SERVICE_TYPE, handlers=[watcher.on_state_change], question_type=DNSQuestionType.QM
-        )
+        # Two listeners, each with its own watcher (each runs in its browser's thread): a one-shot
+        # querier for the answers now, and one on port 5353 for what only multicast brings.
+        for unicast, question_type in ((True, DNSQuestionType.QU), (False, DNSQuestionType.QM)):
+            zc = Zeroconf(interfaces=addresses, ip_version=IPVersion.V4Only, unicast=unicast)
+            opened.append((zc, None))
+            watcher = _ClusterWatcher(cluster, own_node_id=None, on_found=on_found, on_lost=None, is_own_card=None)
+            opened[-1] = (zc, ServiceBrowser(zc, SERVICE_TYPE, handlers=[watcher.on_state_change],
+                                             question_type=question_type))
         judged = 0  # the change count the last judgement saw
         while True:
             with changed:
@@ -306,7 +322,8 @@ def _browse(
             if (cards and enough_when(cards)) or time.monotonic() >= deadline:
                 break
     finally:
-        _close_quietly(zc, browser)
+        for zc, browser in opened:
+            _close_quietly(zc, browser)
     return snapshot()
 
 
