@@ -43,7 +43,7 @@ start_edge1: venv cookie
 start_edge2: venv cookie
 	@tools/cluster.sh start edge2
 
-mesh: venv ## wait until every node sees every other alive
+mesh: venv ## wait until every node sees every other alive and accepts writes
 	@$(MESHCTL) mesh --expect $(words $(CORES) $(EDGES)) --wait $(MESH_WAIT_S)
 
 status: venv

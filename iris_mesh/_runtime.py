@@ -208,7 +208,8 @@ class NodeRuntime:
         request.reply({"ok": True, "status": self._status(now)})
 
     def _admin_nodes(self, request: AdminRequest, now: float) -> None:
-        request.reply({"ok": True, "from": self.membership.card.node_id, "nodes": self.membership.nodes_view(now)})
+        request.reply({"ok": True, "from": self.membership.card.node_id, "nodes": self.membership.nodes_view(now),
+                       "safe_for_writes": self.membership.guard.is_safe_for_writes()})
 
     def _admin_ping(self, request: AdminRequest, now: float) -> None:
         node_id = request.msg.get("node")

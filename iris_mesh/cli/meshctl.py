@@ -133,7 +133,7 @@ def cmd_forget(target: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
-    """Wait until `--expect` nodes are found and every one sees every other alive."""
+    """Wait until `--expect` nodes are found, every one sees every other alive and none is in safe mode."""
     deadline = time.monotonic() + args.wait
     target.expect = args.expect
     last_problem = "nothing checked yet"
@@ -165,12 +165,15 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
 def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[str, list[str]]]:
     seen: dict[str, list[str]] = {}
     unreachable = []
+    refusing = []  # nodes still in safe mode: at start-up, until a majority of cores was in view for safe_mode_exit_s
     states: dict[str, set[str]] = {}  # every node some view lists -> the states the views give it
     for name, result in target.each("nodes"):
         if isinstance(result, AdminError) or not result.get("ok"):
             unreachable.append(name)
             continue
         seen[result["from"]] = sorted(n["node_id"] for n in result["nodes"] if n["state"] == "alive" and not n["self"])
+        if result.get("safe_for_writes") is False:
+            refusing.append(result["from"])
         for n in result["nodes"]:
             states.setdefault(n["node_id"], set()).add(n["state"])
     if unreachable:
@@ -190,6 +193,8 @@ def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[
         missing = everyone - set(peers) - {node_id}
         if missing:
             return f"{node_id} does not see {', '.join(sorted(missing))} alive", seen
+    if refusing:
+        return f"still in safe mode (refusing writes): {', '.join(sorted(refusing))}", seen
     return None, seen
 
 
@@ -467,7 +472,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=_positive(float), default=30 * 86400,
                        help="seconds until it expires (default 30 days)")
     token.set_defaults(fn=None, offline=cmd_token)
-    mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive")
+    mesh = add("mesh", cmd_mesh, "wait until every node sees every other alive and accepts writes")
     mesh.add_argument("--expect", type=_positive(int), help="number of nodes the mesh must have")
     mesh.add_argument("--wait", type=_positive(float), default=30.0, help="deadline in seconds (default 30)")
     return parser
