@@ -14,7 +14,7 @@ from iris_mesh.membership import PeerCard, browse_cluster
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
 __all__ = ["CtlError", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "endpoint_of",
-           "expected_cores_missing", "read_cookie_file"]
+           "expected_cores_missing", "no_answer", "read_cookie_file"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -44,6 +44,7 @@ class Target:
         self.expect: int | None = None  # how many nodes to wait for, when the command knows (mesh --expect)
         self.foreign_nodes: set[str] = set()  # nodes found under our cluster name with another cookie's key
         self.first_status: dict[str, Any] | None = None  # the status of the node whose view ended the mDNS listen
+        self._port_hint_asked = False
 
     def endpoints(self, *, every_node: bool = True) -> list[tuple[str, str]]:
         """(name, admin endpoint) of the nodes to ask (found once per run); raises CtlError if there is none.
@@ -133,16 +134,49 @@ class Target:
         return list(newest.values())
 
     def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
-        with AdminClient(endpoint, self.keys, timeout_s=timeout_s or self.timeout_s) as client:
-            reply = client.request(op, **fields)
+        try:
+            with AdminClient(endpoint, self.keys, timeout_s=timeout_s or self.timeout_s) as client:
+                reply = client.request(op, **fields)
+        except AdminError as exc:
+            # Another port of a node answers in other ways: silence (mesh), a failed handshake that reads as
+            # another cookie's (heartbeat), or client frames. With this cluster's cookie mDNS can tell which.
+            other = self._other_port() if exc.code in ("unreachable", "auth_failed") and self.args.node else None
+            if other is None:
+                raise
+            raise AdminError("unreachable", other) from None
         return {key: value for key, value in reply.items() if key not in _ENVELOPE}
+
+    def _other_port(self) -> str | None:
+        """What --node names, if mDNS finds it is another port of a node of this cluster (asked once per run)."""
+        if self._port_hint_asked:
+            return None
+        self._port_hint_asked = True
+        host, _sep, port_text = self.args.node.rpartition(":")
+        port = int(port_text)
+
+        def named(card: PeerCard) -> str | None:
+            if card.host != host and not (host == "localhost" and card.host.startswith("127.")):
+                return None
+            ports = {card.mesh_port: "mesh", card.hb_port: "heartbeat", card.client_port: "client"}
+            return ports.get(port) if port != card.admin_port else None
+
+        try:
+            cards = self.browse(lambda found: any(named(card) for card in found))
+        except CtlError:
+            return None
+        for card in cards:
+            kind = named(card)
+            if kind is not None:
+                return (f"{self.args.node} is {card.node_id}'s {kind} port, not its admin port: "
+                        f"use --node {card.host}:{card.admin_port}")
+        return None
 
     def first(self, op: str, *, avoid: str | None = None, **fields: Any) -> tuple[str, dict[str, Any]]:
         """Ask the first node that answers (then the others, once all are found); auth failures end the command.
 
         `avoid` is asked last (a ping of a node goes through another one when there is another).
         """
-        errors: list[str] = []
+        errors: list[tuple[str, AdminError]] = []
         tried: set[str] = set()
         for every_node in (False, True) if avoid is None else (True,):
             for name, endpoint in sorted(self.endpoints(every_node=every_node), key=lambda item: item[0] == avoid):
@@ -154,8 +188,8 @@ class Target:
                 except AdminError as exc:
                     if exc.code == "auth_failed":
                         raise CtlError(str(exc)) from None
-                    errors.append(f"{name}: {exc}")
-        raise CtlError("no node answered: " + "; ".join(errors))
+                    errors.append((name, exc))
+        raise CtlError(no_answer(errors))
 
     def each(self, op: str, timeout_s: float | None = None, **fields: Any) -> list[tuple[str, dict[str, Any] | AdminError]]:
         endpoints = self.endpoints()
@@ -172,6 +206,14 @@ class Target:
         if auth and len(auth) == len(results):
             raise CtlError(str(auth[0]))
         return results
+
+
+def no_answer(errors: Iterable[tuple[str, Any]]) -> str:
+    """What to say when no node answered: each node with its error (one error alone names its endpoint already)."""
+    errors = list(errors)
+    if len(errors) == 1:
+        return str(errors[0][1])
+    return "no node answered: " + "; ".join(f"{name}: {error}" for name, error in errors)
 
 
 def expected_cores_missing(target: Target, args: argparse.Namespace, answered: Iterable[str], *,

@@ -27,6 +27,7 @@ from iris_mesh.cli._target import (
     Target,
     endpoint_of,
     expected_cores_missing,
+    no_answer,
     read_cookie_file,
 )
 from iris_mesh.sockets import AdminError
@@ -75,7 +76,7 @@ def _sessions_text(edge: Any) -> str:
 def cmd_status(target: Target, args: argparse.Namespace) -> int:
     results = target.each("status")
     if all(isinstance(result, AdminError) for _, result in results):
-        raise CtlError("; ".join(f"{name}: {result}" for name, result in results))
+        raise CtlError(no_answer(results))
     entries: list[dict[str, Any]] = []
     rows = [["NODE", "ROLE", "REGION", "MODE", "CORES", "WRITES", "PEERS NOT ALIVE", "SESSIONS", "UP", "RSS", "REASON"]]
     ok = True
@@ -294,7 +295,7 @@ def _engine_text(state: dict[str, int]) -> str:
 def cmd_latency(target: Target, args: argparse.Namespace) -> int:
     results = target.each("latency")
     if all(isinstance(result, AdminError) for _, result in results):
-        raise CtlError("; ".join(f"{name}: {result}" for name, result in results))
+        raise CtlError(no_answer(results))
     rows = [["NODE", "ROLE", "WHAT", "COUNT", "FAILED", "P50 MS", "P90 MS", "P99 MS", "MAX MS"]]
     nodes: dict[str, Any] = {}
     failed: list[str] = []

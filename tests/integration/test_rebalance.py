@@ -123,8 +123,13 @@ def test_clients_moved_by_meshctl_rebalance_and_by_a_stopping_edge_lose_nothing(
     assert again.returncode == 0 and "balanced: 7 sessions on 2 edges" in again.stdout, again.stdout + again.stderr
     gateway = local_cluster.nodes["edge1"].info["client_port"]
     wrong = meshctl(local_cluster, "--node", f"127.0.0.1:{gateway}", "rebalance")  # a client port, not an admin one
-    assert wrong.returncode == 2 and "is an edge's client port, not an admin port" in wrong.stdout + wrong.stderr, \
-        wrong.stdout + wrong.stderr
+    said = f"127.0.0.1:{gateway} is edge1's client port, not its admin port: use --node {local_cluster.nodes['edge1'].admin}"
+    assert wrong.returncode == 2 and said in wrong.stdout + wrong.stderr, wrong.stdout + wrong.stderr
+    # Where mDNS cannot tell whose port it is (another cluster name here), the client frames still give it away.
+    unnamed = meshctl(local_cluster, "--cluster", "not-this-one", "--mdns-timeout", "0.3",
+                      "--node", f"127.0.0.1:{gateway}", "rebalance")
+    assert unnamed.returncode == 2 and "is an edge's client port, not an admin port" in unnamed.stdout + unnamed.stderr, \
+        unnamed.stdout + unnamed.stderr
     refused = [local_cluster.nodes["core1"].request("move_sessions", count=1),
                local_cluster.nodes["edge1"].request("move_sessions", count=-1)]
     assert [(r["ok"], r["error"]) for r in refused] == [(False, "not_an_edge"), (False, "bad_request")]
