@@ -21,15 +21,6 @@ sync has already paged past (or in a page being read, and not in it) comes by
 push, and the sync leaves out its sender's later ones until a push pass has
 gone through the whole inbox.
 
-The news of a stored message can come too late for that: another edge stored
-it, its `minbox` is slow or lost, and the sender's next message, stored after
-it, is read first. So each stored message names the pair's message stored
-before it (`p`). A message whose `p` has not reached the session (not handed
-to it, nor acked lately) is held back, with its sender's later ones, until a
-pass started after that: such a pass reads `p` before it if `p` is still
-stored, and hands it out if `p` is gone (acked in an earlier session, or
-delivered live). A sync page holds it back the same way, for the push.
-
 A push hands out at most as many messages as the session has room for
 (`max_pending_deliveries` unacked); when full it pauses, and acks resume it
 (`async_resume`). Messages the session already holds unacked are not handed
@@ -53,10 +44,6 @@ _NOWHERE = b"\xff" * 256  # after every inbox key: holds nothing back
 
 # A sync reads on past pages of only deleted (acked) entries this many times before it answers an empty page.
 _EMPTY_SCANS_PER_SYNC = 8
-
-# A session remembers at most this many messages held back for the message stored before them; past that, a pass
-# hands such messages out without waiting (as if their predecessor had reached the session).
-_HELD_FOR_PREV_MEMORY = 4096
 
 
 class InboxFeed:
@@ -117,13 +104,7 @@ class InboxFeed:
                 live.sync.stored_while_reading.clear()
             if result.cursor is not None and (live.sync.read_to is None or result.cursor > live.sync.read_to):
                 live.sync.read_to = result.cursor
-            msgs, waiting = self._deliveries(live, result.items, by_push=False, held=live.sync.held)
-            if waiting:  # the push brings them, behind the messages stored before them
-                live.inbox_clean = False
-                if live.push.running:
-                    live.push.rescan = True
-                elif not live.push.paused:
-                    self._push(live, None, self._now())
+            msgs = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
             if not result.more and not live.push.running and not live.push.paused:
                 live.inbox_clean = True
             self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
@@ -160,12 +141,9 @@ class InboxFeed:
         self._store.async_put("offline_msg", inbox_key(user, msg_id), None, durability="quorum",
                               on_done=lambda result: None, now=now, min_hlc=stored_version(msg_id).hlc)
 
-    def _deliveries(self, session: Session, items: Any, *, by_push: bool,
-                    held: dict[str | None, bytes]) -> tuple[list[Delivery], bool]:
-        """What to hand out of `items` (a push skips what the client holds unacked; a sync page hands it again),
-        and whether one was held back for the message stored before it."""
+    def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
+                    held: dict[str | None, bytes] | None = None) -> list[Delivery]:
         msgs = []
-        waiting = False
         for key, item in items:
             try:
                 stored = decode_stored(item.value)
@@ -173,36 +151,13 @@ class InboxFeed:
                 self._counters["corrupt_inbox_rows"] += 1
                 continue
             msg_id = message_id_of(key)
-            if by_push and msg_id in session.outstanding:
+            if skip_outstanding and msg_id in session.outstanding:
                 continue  # already in the client's hands, waiting for its ack
             if held and (key > held.get(stored.sender, _NOWHERE) or key > held.get(None, _NOWHERE)):
                 continue  # behind a message of its sender that this pass missed: the next pass brings both
-            if (stored.prev is not None and msg_id not in session.outstanding
-                    and self._waits_for_prev(session, msg_id, stored.prev, by_push=by_push)):
-                held[stored.sender] = min(held.get(stored.sender, key), key)
-                self._counters["inbox_held_back"] += 1
-                waiting = True
-                continue
-            session.push.held_for_prev.pop(msg_id, None)
             session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
             msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
-        return msgs, waiting
-
-    def _waits_for_prev(self, session: Session, msg_id: bytes, prev: bytes, *, by_push: bool) -> bool:
-        """Whether message `msg_id` waits for `prev`, the one its sender stored for this user before it: `prev` has
-        not reached the session, and no push pass started since `msg_id` was first held back for it (such a pass
-        reads `prev` first if it is still stored: it was stored before `msg_id`, and so before `msg_id` was read)."""
-        if session.has_seen(prev):
-            return False
-        reading = session.push
-        since = reading.held_for_prev.get(msg_id)
-        if since is None:
-            if len(reading.held_for_prev) >= _HELD_FOR_PREV_MEMORY:
-                self._counters["inbox_order_unchecked"] += 1
-                return False
-            reading.held_for_prev[msg_id] = reading.passes
-            return True
-        return not (by_push and since < reading.passes)
+        return msgs
 
     def _push(self, session: Session, cursor: bytes | None, now: float) -> None:
         """Send the stored messages to an online session as deliver frames, page by page."""
@@ -215,7 +170,6 @@ class InboxFeed:
             return
         session.push.running = True
         if cursor is None:
-            session.push.passes += 1
             session.push.held.clear()  # a new pass reads from the start: nothing is missed yet
         session.push.stored_while_reading.clear()
         route = session.route
@@ -228,15 +182,8 @@ class InboxFeed:
                 live.push.running = False
                 return
             self._note_missed(live, result)
-            deliveries, waiting = self._deliveries(live, result.items, by_push=True, held=live.push.held)
-            live.push.rescan = live.push.rescan or waiting
-            for delivery in deliveries:
+            for delivery in self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held):
                 self._to_client(route, build_deliver(delivery))
-            if not result.more and live.push.held_for_prev:
-                # The pass read the whole inbox: a message held back before it began and not handed out in it is
-                # gone (or was held back for another reason, and is checked again when next read).
-                passes = live.push.passes
-                live.push.held_for_prev = {m: since for m, since in live.push.held_for_prev.items() if since >= passes}
             if result.more:
                 self._push(live, result.cursor, self._now())
             elif live.push.rescan:

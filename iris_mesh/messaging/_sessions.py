@@ -46,10 +46,6 @@ class PushReading:
     stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
     # Senders (None: any) whose messages after the key this pass missed wait for the next pass.
     held: dict[str | None, bytes] = field(default_factory=dict)
-    passes: int = 0  # passes started so far
-    # Messages held back once because the message stored before them had not reached the session, each with
-    # the passes started by then: a pass started later hands it out, as that one is read before it if stored.
-    held_for_prev: dict[bytes, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
