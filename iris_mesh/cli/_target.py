@@ -44,7 +44,7 @@ class Target:
         self.expect: int | None = None  # how many nodes to wait for, when the command knows (mesh --expect)
         self.foreign_nodes: set[str] = set()  # nodes found under our cluster name with another cookie's key
         self.first_status: dict[str, Any] | None = None  # the status of the node whose view ended the mDNS listen
-        self._port_hint_asked = False
+        self._other_port_asked = False
 
     def endpoints(self, *, every_node: bool = True) -> list[tuple[str, str]]:
         """(name, admin endpoint) of the nodes to ask (found once per run); raises CtlError if there is none.
@@ -148,9 +148,9 @@ class Target:
 
     def _other_port(self) -> str | None:
         """What --node names, if mDNS finds it is another port of a node of this cluster (asked once per run)."""
-        if self._port_hint_asked:
+        if self._other_port_asked:
             return None
-        self._port_hint_asked = True
+        self._other_port_asked = True
         host, _sep, port_text = self.args.node.rpartition(":")
         port = int(port_text)
 
