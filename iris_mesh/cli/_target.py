@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,6 +22,7 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_UNREACHABLE = 2
 DEFAULT_COOKIE_FILE = "var/cookie"
+DEFAULT_DATA_ROOT = "var/data"  # where `make run` keeps each node's data, and its node.json
 # Fields of every admin frame that are about the wire, not the answer: not shown, not in --json.
 _ENVELOPE = frozenset({"v", "op", "rid"})
 
@@ -139,11 +142,16 @@ class Target:
                 reply = client.request(op, **fields)
         except AdminError as exc:
             # Another port of a node answers in other ways: silence (mesh), a failed handshake that reads as
-            # another cookie's (heartbeat), or client frames. With this cluster's cookie mDNS can tell which.
+            # another cookie's (heartbeat), or client frames. The local nodes' node.json files, or mDNS with
+            # this cluster's cookie, tell which.
             other = self._other_port() if exc.code in ("unreachable", "auth_failed") and self.args.node else None
-            if other is None:
-                raise
-            raise AdminError("unreachable", other) from None
+            if other is not None:
+                raise AdminError("unreachable", other) from None
+            if exc.code == "auth_failed" and self.args.node:
+                raise AdminError(exc.code, f"{exc}; or {self.args.node} is not an admin port (a node's heartbeat "
+                                           "port refuses the same way): var/data/NODE/node.json and `meshctl "
+                                           "nodes` list the admin ports") from None
+            raise
         return {key: value for key, value in reply.items() if key not in _ENVELOPE}
 
     def _other_port(self) -> str | None:
@@ -154,22 +162,28 @@ class Target:
         host, _sep, port_text = self.args.node.rpartition(":")
         port = int(port_text)
 
-        def named(card: PeerCard) -> str | None:
-            if card.host != host and not (host == "localhost" and card.host.startswith("127.")):
+        def named(node: _Ports) -> str | None:
+            if node.host != host and not (host == "localhost" and node.host.startswith("127.")):
                 return None
-            ports = {card.mesh_port: "mesh", card.hb_port: "heartbeat", card.client_port: "client"}
-            return ports.get(port) if port != card.admin_port else None
+            kinds = {node.mesh_port: "mesh", node.heartbeat_port: "heartbeat", node.client_port: "client"}
+            return kinds.get(port) if port != node.admin_port else None
 
+        def found(nodes: Iterable[_Ports]) -> str | None:
+            for node in nodes:
+                kind = named(node)
+                if kind is not None:
+                    return (f"{self.args.node} is {node.node_id}'s {kind} port, not its admin port: "
+                            f"use --node {node.host}:{node.admin_port}")
+            return None
+
+        local = found(_local_nodes())
+        if local is not None:
+            return local
         try:
-            cards = self.browse(lambda found: any(named(card) for card in found))
+            cards = self.browse(lambda seen: any(named(_Ports.of_card(card)) for card in seen))
         except CtlError:
             return None
-        for card in cards:
-            kind = named(card)
-            if kind is not None:
-                return (f"{self.args.node} is {card.node_id}'s {kind} port, not its admin port: "
-                        f"use --node {card.host}:{card.admin_port}")
-        return None
+        return found(_Ports.of_card(card) for card in cards)
 
     def first(self, op: str, *, avoid: str | None = None, **fields: Any) -> tuple[str, dict[str, Any]]:
         """Ask the first node that answers (then the others, once all are found); auth failures end the command.
@@ -206,6 +220,35 @@ class Target:
         if auth and len(auth) == len(results):
             raise CtlError(str(auth[0]))
         return results
+
+
+@dataclass(frozen=True)
+class _Ports:
+    """Where one node serves (from its mDNS card or its node.json)."""
+
+    node_id: str
+    host: str
+    mesh_port: int
+    heartbeat_port: int
+    admin_port: int
+    client_port: int
+
+    @classmethod
+    def of_card(cls, card: PeerCard) -> _Ports:
+        return cls(card.node_id, card.host, card.mesh_port, card.hb_port, card.admin_port, card.client_port)
+
+
+def _local_nodes() -> list[_Ports]:
+    """The nodes `make run` started from this directory, as their node.json files say (unreadable ones skipped)."""
+    nodes = []
+    for path in sorted(Path(DEFAULT_DATA_ROOT).glob("*/node.json")):
+        try:
+            info = json.loads(path.read_text())
+            nodes.append(_Ports(str(info["node_id"]), str(info["host"]), int(info["mesh_port"]),
+                                int(info["heartbeat_port"]), int(info["admin_port"]), int(info.get("client_port") or 0)))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return nodes
 
 
 def no_answer(errors: Iterable[tuple[str, Any]]) -> str:

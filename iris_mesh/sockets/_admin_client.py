@@ -21,7 +21,7 @@ _REFUSED_WITHIN_IVL_FRACTION = 0.9  # a timeout comes at handshake_ivl; a refusa
 
 
 class AdminError(Exception):
-    """A request could not be answered. `code`: unreachable, auth_failed, bad_reply."""
+    """A request could not be answered. `code`: unreachable, refused (nothing listens there), auth_failed, bad_reply."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
@@ -88,7 +88,7 @@ class AdminClient:
             self._ever_connected = True
         elif kind == zmq.EVENT_CONNECT_RETRIED and not self._ever_connected:
             # The first connection was refused: nothing listens there (waiting out the timeout would not help).
-            raise AdminError("unreachable", f"nothing listens at {self.endpoint} (connection refused): is the node "
+            raise AdminError("refused", f"nothing listens at {self.endpoint} (connection refused): is the node "
                                             "running, and is that its admin port? A node on port 0 takes new ports "
                                             "at every start (var/data/NODE/node.json has the current ones)")
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:

@@ -217,3 +217,22 @@ def test_the_heartbeat_cell_of_nodes_tells_a_blocked_heartbeat_path_from_an_olde
     assert _heartbeat_text(peer) == "?"  # a node of a version that does not report it
     assert _heartbeat_text({"self": True, "silent_s": 0.0, "heartbeat_s": None}) == "-"
     assert _heartbeat_text({"self": False, "silent_s": None, "heartbeat_s": None}) == "-"  # not heard at all
+
+
+def test_another_port_of_a_local_node_is_named_from_its_node_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from iris_mesh.cli._target import Target
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IRIS_MESH_COOKIE", "meshctl-test-cookie")
+    node_dir = tmp_path / "var" / "data" / "edge1"
+    node_dir.mkdir(parents=True)
+    (node_dir / "node.json").write_text(json.dumps({
+        "node_id": "edge1", "pid": 1, "incarnation": 1, "host": "127.0.0.1", "mesh_port": 4001,
+        "heartbeat_port": 4002, "admin_port": 4003, "admin": "127.0.0.1:4003", "client_port": 4004}))
+    (tmp_path / "var" / "data" / "broken").mkdir()
+    (tmp_path / "var" / "data" / "broken" / "node.json").write_text("{not json")
+
+    def said(port: int) -> str | None:
+        return Target(_parser().parse_args(["--node", f"127.0.0.1:{port}", "status"]))._other_port()
+
+    for port, kind in ((4001, "mesh"), (4002, "heartbeat"), (4004, "client")):
+        assert said(port) == f"127.0.0.1:{port} is edge1's {kind} port, not its admin port: use --node 127.0.0.1:4003"
