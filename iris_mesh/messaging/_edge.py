@@ -396,7 +396,12 @@ class EdgeService:
         send.deadline = now + self._settings.deliver_timeout_s
         self._live[(send.to, send.id)] = send
         self._minbox.saw(targets)  # watched at each tick: a send offered to an edge that dies is stored
-        after = self._stored_before(send)
+        # The later of what this edge stored and what the client says was stored (through an edge it
+        # used before): ids of one sender sort in send order.
+        tail = self._stored_tails.get((send.sender, send.to))
+        after = tail if send.after is None or (tail is not None and tail > send.after) else send.after
+        if after is not None and after >= send.id:
+            after = None  # not an earlier message: a confused client, and nothing to wait for
         extra = {"from": send.sender} if after is None else {"from": send.sender, "after": after}
         for edge in targets:
             send.offered.add(edge)
@@ -413,17 +418,8 @@ class EdgeService:
             self._unlive(send)
             self._store_message(send, now)
 
-    def _stored_before(self, send: _Send) -> bytes | None:
-        """The pair's last message stored before `send`: the later of what this edge stored and what the client
-        says was stored (through an edge it used before); ids of one sender sort in send order."""
-        tail = self._stored_tails.get((send.sender, send.to))
-        after = tail if send.after is None or (tail is not None and tail > send.after) else send.after
-        if after is not None and after >= send.id:
-            return None  # not an earlier message: a confused client, and nothing to wait for
-        return after
-
     def _store_message(self, send: _Send, now: float) -> None:
-        value = encode_stored(StoredMessage(send.sender, send.ts_ms, send.body, self._stored_before(send)))
+        value = encode_stored(StoredMessage(send.sender, send.ts_ms, send.body))
 
         def stored(result: Any) -> None:
             if result.ok:

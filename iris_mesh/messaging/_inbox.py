@@ -1,16 +1,12 @@
 """How messages and presence rows are laid out in the store.
 
-offline_msg   key  user \\x00 message_id (16 bytes, time-ordered)   value  CBOR {f: sender, t: ts_ms, b: body, p?: id}
+offline_msg   key  user \\x00 message_id (16 bytes, time-ordered)   value  CBOR {f: sender, t: ts_ms, b: body}
 presence      key  user \\x00 edge node id                          value  CBOR {on: bool, t: ts_ms}
 
 The user is the partition key (see `store._keys`), so a user's inbox and
 presence rows each live on one replica set and are read with one prefix scan,
-in message-id order: per sender, send order. `p` is the id of the message the
-same sender stored for the same recipient before this one (as far as the
-storing edge and the sender's client knew): the edge that reads the inbox
-holds a message back until that one has reached the session or is gone from
-the store (`_inbox_feed.py`). `Store` is what the edge needs of the store
-service to read and write them.
+in message-id order: per sender, send order. `Store` is what the edge needs
+of the store service to read and write them.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from typing import Any, Protocol
 
 import cbor2
 
-from iris_mesh.messaging._protocol import MESSAGE_ID_BYTES
 from iris_mesh.store import Version, compose
 
 __all__ = ["Store", "stored_version", "inbox_key", "inbox_prefix", "message_id_of", "encode_stored", "decode_stored", "StoredMessage",
@@ -29,12 +24,11 @@ __all__ = ["Store", "stored_version", "inbox_key", "inbox_prefix", "message_id_o
 
 
 class Store(Protocol):
-    """Quorum writes, reads and prefix scans of `iris_mesh.store.StoreService`; each answers `on_done` exactly once."""
+    """Quorum writes and prefix scans of `iris_mesh.store.StoreService`; each answers `on_done` exactly once."""
 
     def async_put(self, table: str, key: bytes, value: bytes | None, *, durability: str, on_done: Callable[[Any], None],
                   now: float, min_hlc: int = 0, version: Any = None) -> None: ...
     def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int, on_done: Callable[[Any], None], now: float) -> None: ...
-    def async_get(self, table: str, key: bytes, *, on_done: Callable[[Any], None], now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +36,6 @@ class StoredMessage:
     sender: str
     ts_ms: int
     body: bytes
-    prev: bytes | None = None  # the pair's message stored before this one, if any was known
 
 
 def inbox_prefix(user: str) -> bytes:
@@ -69,19 +62,14 @@ def message_id_of(key: bytes) -> bytes:
 
 
 def encode_stored(message: StoredMessage) -> bytes:
-    value: dict[str, Any] = {"f": message.sender, "t": message.ts_ms, "b": message.body}
-    if message.prev is not None:
-        value["p"] = message.prev
-    return cbor2.dumps(value)
+    return cbor2.dumps({"f": message.sender, "t": message.ts_ms, "b": message.body})
 
 
 def decode_stored(raw: bytes) -> StoredMessage:
-    """ValueError for a value that is not a stored message; a `p` that is not a message id counts as none."""
+    """ValueError for a value that is not a stored message."""
     try:
         data = cbor2.loads(raw)
-        prev = data.get("p")
-        return StoredMessage(str(data["f"]), int(data["t"]), bytes(data["b"]),
-                             prev if isinstance(prev, bytes) and len(prev) == MESSAGE_ID_BYTES else None)
+        return StoredMessage(str(data["f"]), int(data["t"]), bytes(data["b"]))
     except Exception as exc:  # a corrupt row must not take the edge down
         raise ValueError(f"not a stored message: {exc}") from None
 

@@ -21,20 +21,6 @@ sync has already paged past (or in a page being read, and not in it) comes by
 push, and the sync leaves out its sender's later ones until a push pass has
 gone through the whole inbox.
 
-The news of a stored message can come too late for that: another edge stored
-it, its `minbox` is slow or lost, and the sender's next message, stored after
-it, is read first. So each stored message names the pair's message stored
-before it (`p`). A push that reads a message whose `p` has not reached the
-session (not handed to it, nor acked lately) holds it back, with its sender's
-later ones, and asks the store for `p` (a quorum read, which sees every
-acknowledged write while read and write quorums overlap, R + W > RF, as by
-default; one read for each such message of the page, all at once). Those whose `p` is gone
-(acked in an earlier session or on another device, or delivered live) are then
-handed out in order, from the page already read; at the first whose `p` is
-still stored it stops, and the next pass reads `p` before it. Either way
-another pass follows for the sender's later messages. A sync page leaves such
-messages to the push.
-
 A push hands out at most as many messages as the session has room for
 (`max_pending_deliveries` unacked); when full it pauses, and acks resume it
 (`async_resume`). Messages the session already holds unacked are not handed
@@ -47,21 +33,11 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from iris_mesh.messaging._inbox import (
-    Store,
-    StoredMessage,
-    decode_stored,
-    inbox_key,
-    inbox_prefix,
-    message_id_of,
-    stored_version,
-)
+from iris_mesh.messaging._inbox import Store, decode_stored, inbox_key, inbox_prefix, message_id_of, stored_version
 from iris_mesh.messaging._protocol import Delivery, Limits, SyncRequest, build_deliver, build_error, build_inbox
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 
 __all__ = ["InboxFeed"]
-
-_Row = tuple[bytes, bytes, StoredMessage]  # inbox key, message id, the stored message
 
 _ANYWHERE = b""  # the key of a stored message that is not known: before every key, so it is always missed
 _NOWHERE = b"\xff" * 256  # after every inbox key: holds nothing back
@@ -128,10 +104,8 @@ class InboxFeed:
                 live.sync.stored_while_reading.clear()
             if result.cursor is not None and (live.sync.read_to is None or result.cursor > live.sync.read_to):
                 live.sync.read_to = result.cursor
-            msgs, deferred = self._deliveries(live, result.items, by_push=False, held=live.sync.held)
-            if deferred:
-                self._read_again(live)  # the push brings them, behind the messages stored before them
-            if not result.more and not live.push.running and not live.push.paused and not live.push.looking_up:
+            msgs = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
+            if not result.more and not live.push.running and not live.push.paused:
                 live.inbox_clean = True
             self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
 
@@ -167,13 +141,9 @@ class InboxFeed:
         self._store.async_put("offline_msg", inbox_key(user, msg_id), None, durability="quorum",
                               on_done=lambda result: None, now=now, min_hlc=stored_version(msg_id).hlc)
 
-    def _deliveries(self, session: Session, items: Any, *, by_push: bool,
-                    held: dict[str | None, bytes]) -> tuple[list[Delivery], dict[str, list[_Row]]]:
-        """What to hand out of `items` (a push skips what the client holds unacked; a sync page hands it again),
-        and, per sender, the messages held back from the first whose predecessor has not reached the session."""
+    def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
+                    held: dict[str | None, bytes] | None = None) -> list[Delivery]:
         msgs = []
-        deferred: dict[str, list[_Row]] = {}
-        waiting: set[str] = set()  # senders with a message whose predecessor is being looked up already
         for key, item in items:
             try:
                 stored = decode_stored(item.value)
@@ -181,74 +151,13 @@ class InboxFeed:
                 self._counters["corrupt_inbox_rows"] += 1
                 continue
             msg_id = message_id_of(key)
-            if by_push and msg_id in session.outstanding:
+            if skip_outstanding and msg_id in session.outstanding:
                 continue  # already in the client's hands, waiting for its ack
-            sender = stored.sender
-            if sender in deferred:
-                deferred[sender].append((key, msg_id, stored))
-                continue
-            if sender in waiting or (held and (key > held.get(sender, _NOWHERE) or key > held.get(None, _NOWHERE))):
+            if held and (key > held.get(stored.sender, _NOWHERE) or key > held.get(None, _NOWHERE)):
                 continue  # behind a message of its sender that this pass missed: the next pass brings both
-            if msg_id in session.push.looking_up:
-                waiting.add(sender)  # the lookup's answer hands it out, or reads the inbox again
-                held[sender] = min(held.get(sender, key), key)
-                continue
-            if stored.prev is not None and msg_id not in session.outstanding and not session.has_seen(stored.prev):
-                deferred[sender] = [(key, msg_id, stored)]
-                continue
-            session.outstanding.setdefault(msg_id, Outstanding(False, None, sender, self._now()))
-            msgs.append(Delivery(msg_id, sender, stored.ts_ms, stored.body, session.next_seq()))
-        for sender, rows in deferred.items():
-            held[sender] = min(held.get(sender, rows[0][0]), rows[0][0])
-            self._counters["inbox_held_for_previous"] += 1
-        return msgs, deferred
-
-    def _look_up(self, session: Session, rows: list[_Row], now: float) -> None:
-        """Ask the store whether the predecessors of one sender's held-back messages are still stored; then hand
-        out, in order, those whose predecessor reached the session or is gone, up to the first still stored."""
-        assert session.user is not None
-        ids = {msg_id for _key, msg_id, _stored in rows}
-        wanted = {stored.prev for _key, _msg_id, stored in rows
-                  if stored.prev is not None and stored.prev not in ids and not session.has_seen(stored.prev)}
-        session.push.looking_up |= ids
-        stored_now: dict[bytes, bool | None] = {}  # predecessor -> still stored (None: the read failed)
-
-        def finish() -> None:
-            live = self._sessions.get(session.route)
-            if live is not session:
-                return
-            session.push.looking_up -= ids
-            for _key, msg_id, stored in rows:
-                if session.has_seen(msg_id):
-                    continue
-                prev = stored.prev
-                blocked = prev is not None and not session.has_seen(prev) and stored_now.get(prev) is not False
-                if blocked or len(session.outstanding) >= self._limits.max_pending_deliveries:
-                    break  # the next pass reads `prev` first (or has room again)
-                session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
-                self._to_client(session.route, build_deliver(
-                    Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq())))
-            self._read_again(session)  # for the sender's later messages, held back in the passes meanwhile
-
-        def answered(prev: bytes, result: Any) -> None:
-            stored_now[prev] = _still_stored(result)
-            if len(stored_now) == len(wanted):
-                finish()
-
-        if not wanted:
-            finish()
-            return
-        for prev in wanted:
-            self._store.async_get("offline_msg", inbox_key(session.user, prev),
-                                  on_done=lambda result, prev=prev: answered(prev, result), now=now)
-
-    def _read_again(self, session: Session) -> None:
-        """Another push pass over the session's inbox, after the one running (if any)."""
-        session.inbox_clean = False
-        if session.push.running:
-            session.push.rescan = True
-        elif not session.push.paused:
-            self._push(session, None, self._now())
+            session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
+            msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
+        return msgs
 
     def _push(self, session: Session, cursor: bytes | None, now: float) -> None:
         """Send the stored messages to an online session as deliver frames, page by page."""
@@ -273,11 +182,8 @@ class InboxFeed:
                 live.push.running = False
                 return
             self._note_missed(live, result)
-            deliveries, deferred = self._deliveries(live, result.items, by_push=True, held=live.push.held)
-            for delivery in deliveries:
+            for delivery in self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held):
                 self._to_client(route, build_deliver(delivery))
-            for rows in deferred.values():
-                self._look_up(live, rows, self._now())
             if result.more:
                 self._push(live, result.cursor, self._now())
             elif live.push.rescan:
@@ -285,9 +191,8 @@ class InboxFeed:
                 self._push(live, None, self._now())
             else:
                 live.push.running = False
-                if not live.push.looking_up:  # else the lookups' answers read the inbox again
-                    live.inbox_clean = True
-                    live.sync.held.clear()  # a whole pass went out after those messages were stored: nothing is behind
+                live.inbox_clean = True
+                live.sync.held.clear()  # a whole pass went out after those messages were stored: nothing is behind
 
         self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
                                limit=min(room, self._limits.sync_page), on_done=page, now=now)
@@ -301,20 +206,6 @@ class InboxFeed:
         session.push.rescan = session.push.rescan or not result.more
         if _hold_missed(session.push.stored_while_reading, result, session.push.held, self._counters):
             session.push.rescan = True
-
-
-def _still_stored(result: Any) -> bool | None:
-    """Whether a get found a readable stored message (a tombstone or a corrupt row counts as gone); None on failure."""
-    if not result.ok:
-        return None
-    item = result.item
-    if item is None or item.value is None:
-        return False
-    try:
-        decode_stored(item.value)
-    except ValueError:
-        return False  # never handed out: nothing to wait for
-    return True
 
 
 def _hold_missed(stored: dict[bytes, str | None], result: Any, held: dict[str | None, bytes],

@@ -46,8 +46,6 @@ class PushReading:
     stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
     # Senders (None: any) whose messages after the key this pass missed wait for the next pass.
     held: dict[str | None, bytes] = field(default_factory=dict)
-    # Messages read and held back while the store is asked whether the message stored before each is still there.
-    looking_up: set[bytes] = field(default_factory=set)
 
 
 @dataclass(slots=True)

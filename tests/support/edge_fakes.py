@@ -30,7 +30,6 @@ class Answer:
     items: list[tuple[bytes, Row]] = field(default_factory=list)
     more: bool = False
     cursor: bytes | None = None
-    item: Row | None = None  # a get's row (None: not stored)
 
 
 class FakeStore:
@@ -41,8 +40,6 @@ class FakeStore:
         self._waiting: collections.deque[Callable[[], None]] = collections.deque()
         self._refusals: dict[str, list[str]] = collections.defaultdict(list)
         self.puts: list[tuple[str, bytes, bytes | None]] = []  # every write asked for, in order
-        self.gets: list[tuple[str, bytes]] = []  # every read asked for, in order
-        self.scans = 0  # scan pages asked for
 
     def refuse_next_put(self, table: str, code: str) -> None:
         self._refusals[table].append(code)
@@ -69,7 +66,6 @@ class FakeStore:
 
     def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int,
                    on_done: Callable[[Any], None], now: float) -> None:
-        self.scans += 1
         refusals = self._refusals["scan:" + table]
         if refusals:
             code = refusals.pop(0)
@@ -83,23 +79,6 @@ class FakeStore:
             on_done(Answer(True, items=items, more=len(keys) > limit, cursor=page[-1] if page else start_after))
 
         self._waiting.append(answer)
-
-    def async_get(self, table: str, key: bytes, *, on_done: Callable[[Any], None], now: float) -> None:
-        self.gets.append((table, key))
-        refusals = self._refusals["get:" + table]
-        if refusals:
-            code = refusals.pop(0)
-            self._waiting.append(lambda: on_done(Answer(False, code, f"{table} read refused by the test")))
-            return
-
-        def answer() -> None:
-            value = self.tables[table].get(key)
-            on_done(Answer(True, item=None if value is None else Row(value)))
-
-        self._waiting.append(answer)
-
-    def refuse_next_get(self, table: str, code: str) -> None:
-        self._refusals["get:" + table].append(code)
 
     @property
     def pending(self) -> bool:
