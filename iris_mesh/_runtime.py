@@ -224,7 +224,9 @@ class NodeRuntime:
             return
         nonce = secrets.token_bytes(8)
         if not self.engine.async_send(node_id, "ping", nonce=nonce):
-            request.error("pang", f"{node_id} is not connected (state: {self.membership.state_of(node_id)})")
+            state = self.membership.state_of(node_id)
+            why = ", stopped on purpose" if self.membership.stopped_on_purpose(node_id) else ""
+            request.error("pang", f"{node_id} is not connected (state: {state}{why})")
             return
         self._pings[nonce] = _PendingPing(request, node_id, now)
 

@@ -223,6 +223,10 @@ class MembershipService:
         state = self.detector.state(node_id)
         return state.value if state is not None else "unknown"
 
+    def stopped_on_purpose(self, node_id: str) -> bool:
+        """Whether `node_id` is dead after saying goodbye (a planned stop, not a failure)."""
+        return node_id in self._stopped_on_purpose and self.state_of(node_id) == PeerState.DEAD.value
+
     def client_counts(self) -> dict[str, int]:
         """Sessions logged in on each alive peer edge, as its last heartbeat of this incarnation said."""
         return {node_id: count for node_id, (incarnation, count) in self._clients.items()
@@ -263,7 +267,7 @@ class MembershipService:
             "missing": sorted(expected - visible),
             "peers": {node_id: self.state_of(node_id) for node_id in sorted(self.cards)},
             # Dead peers whose last word was a goodbye: stopped on purpose, not failed.
-            "stopped": sorted(n for n in self._stopped_on_purpose if self.state_of(n) == "dead"),
+            "stopped": sorted(n for n in self._stopped_on_purpose if self.stopped_on_purpose(n)),
         }
 
     # ---- operator actions ----------------------------------------------------------

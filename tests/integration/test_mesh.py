@@ -185,6 +185,8 @@ def test_a_core_stopped_on_purpose_is_dead_at_once_and_no_peer_warns(local_clust
     assert all(local_cluster.nodes[n].status()["stopped"] == ["core2"] for n in survivors)
     verdict = meshctl(local_cluster, "--cluster", local_cluster.name, "status")
     assert verdict.returncode == 1 and "stopped on purpose: core2 (seen stopped by 2)" in verdict.stdout, verdict.stdout
+    pang = local_cluster.nodes["core1"].request("ping", node="core2")
+    assert pang["error"] == "pang" and pang["detail"] == "core2 is not connected (state: dead, stopped on purpose)", pang
 
 
 def test_losing_the_majority_enters_safe_mode_and_recovery_leaves_it(local_cluster: LocalCluster) -> None:
