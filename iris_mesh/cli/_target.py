@@ -6,8 +6,8 @@ import argparse
 import itertools
 import json
 import os
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -15,7 +15,7 @@ from iris_mesh.cli._verdict import JOINING_S
 from iris_mesh.membership import PeerCard, browse_cluster
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
-__all__ = ["CtlError", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "endpoint_of",
+__all__ = ["CtlError", "DEFAULT_DATA_ROOT", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "endpoint_of",
            "expected_cores_missing", "no_answer", "read_cookie_file"]
 
 EXIT_OK = 0
@@ -155,7 +155,8 @@ class Target:
         return {key: value for key, value in reply.items() if key not in _ENVELOPE}
 
     def _other_port(self) -> str | None:
-        """What --node names, if mDNS finds it is another port of a node of this cluster (asked once per run)."""
+        """What --node names, if the local nodes' node.json files or mDNS show it is another port of a node (asked
+        once per run)."""
         if self._other_port_asked:
             return None
         self._other_port_asked = True

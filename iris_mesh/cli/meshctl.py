@@ -20,6 +20,7 @@ from iris_mesh.cli._backup_cmds import cmd_backup, cmd_restore
 from iris_mesh.cli._output import checked, emit, jsonable, table_text, value_text
 from iris_mesh.cli._rebalance_cmd import cmd_rebalance
 from iris_mesh.cli._target import (
+    DEFAULT_DATA_ROOT,
     EXIT_CHECK_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -458,7 +459,8 @@ def _parser() -> argparse.ArgumentParser:
                     "is kept beside it as NODE.replaced-TIME. A backup that lacks a core (one its checkpoints expect, "
                     "or one with data under --data-root) is refused: that core's data would undo the restore")
     restore.add_argument("dir", type=_non_empty, help="a directory `meshctl backup` wrote")
-    restore.add_argument("--data-root", default="var/data", help="where the nodes keep their data (default var/data)")
+    restore.add_argument("--data-root", default=DEFAULT_DATA_ROOT,
+                         help=f"where the nodes keep their data (default {DEFAULT_DATA_ROOT})")
     restore.add_argument("--delete-replaced", action="store_true",
                          help="delete the data the backup replaces (default: keep it beside, as NODE.replaced-TIME)")
     restore.add_argument("--without-missing", action="store_true",

@@ -267,7 +267,7 @@ class MembershipService:
             "missing": sorted(expected - visible),
             "peers": {node_id: self.state_of(node_id) for node_id in sorted(self.cards)},
             # Dead peers whose last word was a goodbye: stopped on purpose, not failed.
-            "stopped": sorted(n for n in self._stopped_on_purpose if self.stopped_on_purpose(n)),
+            "stopped": sorted(filter(self.stopped_on_purpose, self._stopped_on_purpose)),
         }
 
     # ---- operator actions ----------------------------------------------------------

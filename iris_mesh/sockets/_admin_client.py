@@ -89,8 +89,8 @@ class AdminClient:
         elif kind == zmq.EVENT_CONNECT_RETRIED and not self._ever_connected:
             # The first connection was refused: nothing listens there (waiting out the timeout would not help).
             raise AdminError("refused", f"nothing listens at {self.endpoint} (connection refused): is the node "
-                                            "running, and is that its admin port? A node on port 0 takes new ports "
-                                            "at every start (var/data/NODE/node.json has the current ones)")
+                                        "running, and is that its admin port? A node on port 0 takes new ports "
+                                        "at every start (var/data/NODE/node.json has the current ones)")
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._handshaken = True
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
