@@ -587,6 +587,7 @@ class EdgeService:
         self._now = now
         self._recent.forget_expired(now)
         self._minbox.tick()
+        self._inbox.async_tick(now)
         dead = {edge for edge in self._minbox.seen if edge != self.node_id and not self._is_alive(edge)}
         died, self._dead_edges = dead - self._dead_edges, dead
         for send in [s for s in self._live.values() if s.offered & died] if died else ():
@@ -646,6 +647,7 @@ class EdgeService:
         return {"sessions": len(self.sessions), "logged_in": len(logged_in),
                 "movable": sum(1 for session in logged_in if session.can_move),
                 "users": self.sessions.users(), "in_flight": len(self._inflight),
+                "deletes_waiting": self._inbox.deletes_waiting(),
                 "recent_ids": len(self._recent), "rebalance_interval_s": self._rebalancer.interval_s,
                 "counters": dict(self.counters)}
 

@@ -24,7 +24,11 @@ gone through the whole inbox.
 A push hands out at most as many messages as the session has room for
 (`max_pending_deliveries` unacked); when full it pauses, and acks resume it
 (`async_resume`). Messages the session already holds unacked are not handed
-out again. A stored message leaves the store only when acked (`async_delete`).
+out again. A stored message leaves the store only when acked (`async_delete`);
+a delete that fails is tried again until it succeeds, and meanwhile the
+message is handed to none of the user's sessions here (`_deletes.py`). A push
+whose page cannot be read (the user's replicas unavailable) starts over on
+its own, after a backoff, so its messages do not wait for the next change.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from iris_mesh.messaging._inbox import Store, decode_stored, inbox_key, inbox_prefix, message_id_of, stored_version
+from iris_mesh.messaging._deletes import AckDeletes, retry_delay_s
+from iris_mesh.messaging._inbox import Store, decode_stored, inbox_key, inbox_prefix, message_id_of
 from iris_mesh.messaging._protocol import Delivery, Limits, SyncRequest, build_deliver, build_error, build_inbox
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 
@@ -49,7 +54,7 @@ _EMPTY_SCANS_PER_SYNC = 8
 class InboxFeed:
     """Sync, push and ack-delete of stored messages for the sessions of one edge."""
 
-    __slots__ = ("_store", "_sessions", "_limits", "_counters", "_now", "_to_client")
+    __slots__ = ("_store", "_sessions", "_limits", "_counters", "_now", "_to_client", "_deletes", "_push_retries")
 
     def __init__(
         self,
@@ -68,6 +73,8 @@ class InboxFeed:
         self._counters = counters
         self._now = now
         self._to_client = to_client
+        self._deletes = AckDeletes(store=store, counters=counters, now=now)
+        self._push_retries: dict[bytes, float] = {}  # route -> when its failed push starts over
 
     def async_sync(self, session: Session, request: SyncRequest, now: float) -> None:
         """The `sync` op: one page of the session's inbox after the request's cursor."""
@@ -138,8 +145,23 @@ class InboxFeed:
 
     def async_delete(self, user: str, msg_id: bytes, now: float) -> None:
         """`user` acked a stored message: it leaves the store now, and only now (the delete wins over its write)."""
-        self._store.async_put("offline_msg", inbox_key(user, msg_id), None, durability="quorum",
-                              on_done=lambda result: None, now=now, min_hlc=stored_version(msg_id).hlc)
+        self._deletes.async_delete(user, msg_id, now)
+
+    def deletes_waiting(self) -> int:
+        """Acked messages whose delete has not succeeded yet (on its way, or failed and waiting to be retried)."""
+        return len(self._deletes)
+
+    def async_tick(self, now: float) -> None:
+        """Retry the failed deletes and pushes whose wait is over."""
+        self._deletes.async_tick(now)
+        for route, due in list(self._push_retries.items()) if self._push_retries else ():
+            if due > now:
+                continue
+            del self._push_retries[route]
+            session = self._sessions.get(route)
+            if session is not None and session.user is not None and not session.push.running:
+                self._counters["inbox_push_retries"] += 1
+                self._push(session, None, now)
 
     def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
                     held: dict[str | None, bytes] | None = None) -> list[Delivery]:
@@ -150,6 +172,8 @@ class InboxFeed:
             except ValueError:
                 self._counters["corrupt_inbox_rows"] += 1
                 continue
+            if self._deletes.waiting(key):
+                continue  # acked: its delete is on its way, or is retried
             msg_id = message_id_of(key)
             if skip_outstanding and msg_id in session.outstanding:
                 continue  # already in the client's hands, waiting for its ack
@@ -180,7 +204,11 @@ class InboxFeed:
                 return  # the session ended or logged out (a login after that is a new session) meanwhile
             if not result.ok:
                 live.push.running = False
+                live.push.failures += 1
+                self._push_retries[route] = self._now() + retry_delay_s(live.push.failures)
+                self._counters["inbox_push_failures"] += 1
                 return
+            live.push.failures = 0
             self._note_missed(live, result)
             for delivery in self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held):
                 self._to_client(route, build_deliver(delivery))

@@ -42,6 +42,7 @@ class PushReading:
     running: bool = False
     paused: bool = False  # waits for acks to make room
     rescan: bool = False  # another pass once this one ends
+    failures: int = 0  # pages in a row that could not be read (the pass starts over after a backoff)
     # Inbox keys stored while a page was read, with their sender (None: not known).
     stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
     # Senders (None: any) whose messages after the key this pass missed wait for the next pass.

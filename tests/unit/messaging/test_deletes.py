@@ -1,0 +1,189 @@
+"""Tests for the deletes of acked messages (iris_mesh.messaging._deletes) and the retries of failed inbox reads.
+
+Sans-IO: a fake store whose answers wait until the test runs them, a manual
+clock. The rules checked:
+- a delete the store refuses is tried again, after 0.5 s, then twice as long
+  each time up to 30 s, until it succeeds; the row then leaves the store;
+- meanwhile no session on the edge is handed the acked message again, by its
+  own sync or by a push;
+- past MAX_WAITING deletes waiting, the oldest is given up and counted;
+- a push whose page the store could not read starts over by itself.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from iris_mesh import PROTOCOL_VERSION
+from iris_mesh.messaging import _deletes
+from iris_mesh.messaging._deletes import RETRY_FIRST_S, RETRY_MAX_S, AckDeletes, retry_delay_s
+from iris_mesh.messaging._inbox import inbox_key
+
+from support.edge_fakes import FakeStore, mid
+from support.edge_harness import Edge
+
+ALICE, BOB, BOB2 = b"alice", b"bob", b"bob-2"
+
+
+class Deletes:
+    """An AckDeletes with its fake store, counters and clock."""
+
+    def __init__(self) -> None:
+        self.now = 10.0
+        self.store = FakeStore()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.deletes = AckDeletes(store=self.store, counters=self.counters, now=lambda: self.now)
+
+    def stored(self, user: str, n: int) -> bytes:
+        key = inbox_key(user, mid(n))
+        self.store.tables["offline_msg"][key] = b"row"
+        return key
+
+    def tick_at(self, at: float) -> int:
+        """Tick at `at` and answer what it asked; how many writes the tick sent."""
+        self.now = at
+        writes = len(self.store.puts)
+        self.deletes.async_tick(at)
+        self.store.run()
+        return len(self.store.puts) - writes
+
+
+def test_the_backoff_doubles_from_half_a_second_to_thirty() -> None:
+    assert [retry_delay_s(n) for n in (1, 2, 3, 4)] == [RETRY_FIRST_S, 2 * RETRY_FIRST_S, 4 * RETRY_FIRST_S, 8 * RETRY_FIRST_S]
+    assert retry_delay_s(7) == RETRY_MAX_S == retry_delay_s(10_000)
+
+
+def test_a_refused_delete_is_tried_again_with_backoff_until_the_row_is_gone() -> None:
+    d = Deletes()
+    key = d.stored("bob", 1)
+    for _ in range(3):
+        d.store.refuse_next_put("offline_msg", "unavailable")
+    d.deletes.async_delete("bob", mid(1), d.now)
+    d.store.run()
+    assert key in d.store.tables["offline_msg"] and d.deletes.waiting(key)
+    start = d.now
+    # Refused at 0, then at +0.5 and +1.5: the next tries are due 0.5, 1 and 2 s after each refusal.
+    for due in (start + 0.5, start + 1.5, start + 3.5):
+        assert d.tick_at(due - 0.01) == 0, "a delete was tried again before its backoff was over"
+        assert d.tick_at(due) == 1
+    assert key not in d.store.tables["offline_msg"], "the acked message is still stored"
+    assert not d.deletes.waiting(key) and len(d.deletes) == 0
+    assert d.counters["inbox_delete_failures"] == 3
+    assert d.counters["inbox_delete_retries"] == 3
+    assert d.counters["inbox_deletes_recovered"] == 1
+    assert d.tick_at(start + 100) == 0, "a delete that succeeded was sent again"
+
+
+def test_a_delete_that_succeeds_at_once_is_not_waiting_and_writes_once() -> None:
+    d = Deletes()
+    key = d.stored("bob", 1)
+    d.deletes.async_delete("bob", mid(1), d.now)
+    assert d.deletes.waiting(key), "a delete on its way is not counted as waiting"
+    d.store.run()
+    assert key not in d.store.tables["offline_msg"] and len(d.deletes) == 0
+    assert d.tick_at(d.now + RETRY_MAX_S) == 0
+    assert d.counters["inbox_delete_failures"] == 0
+
+
+def test_an_ack_again_of_a_waiting_delete_tries_it_at_the_next_tick() -> None:
+    d = Deletes()
+    d.stored("bob", 1)
+    d.store.refuse_next_put("offline_msg", "unavailable")
+    d.deletes.async_delete("bob", mid(1), d.now)
+    d.store.run()
+    d.store.refuse_next_put("offline_msg", "unavailable")
+    assert d.tick_at(d.now + RETRY_FIRST_S) == 1  # second failure: the next is due a second later
+    d.deletes.async_delete("bob", mid(1), d.now + 0.1)
+    assert d.tick_at(d.now + 0.1) == 1
+    assert len(d.deletes) == 0
+
+
+def test_an_ack_again_while_the_delete_is_on_its_way_sends_nothing_more() -> None:
+    d = Deletes()
+    d.stored("bob", 1)
+    d.deletes.async_delete("bob", mid(1), d.now)
+    d.deletes.async_delete("bob", mid(1), d.now)
+    assert len(d.store.puts) == 1
+
+
+def test_past_max_waiting_the_oldest_delete_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_deletes, "MAX_WAITING", 2)
+    d = Deletes()
+    keys = [d.stored("bob", n) for n in (1, 2, 3)]
+    for n in (1, 2, 3):
+        d.store.refuse_next_put("offline_msg", "unavailable")
+        d.deletes.async_delete("bob", mid(n), d.now)
+        d.store.run()
+    assert d.counters["inbox_deletes_given_up"] == 1
+    assert [d.deletes.waiting(k) for k in keys] == [False, True, True]
+    assert d.tick_at(d.now + RETRY_FIRST_S) == 2
+    assert keys[0] in d.store.tables["offline_msg"] and keys[1] not in d.store.tables["offline_msg"]
+
+
+# ---- through the edge ---------------------------------------------------------------------------
+
+
+def _acked_with_a_refused_delete(edge: Edge) -> bytes:
+    """alice's message 1 is stored for offline bob; bob logs in, gets it and acks it; its delete is refused."""
+    edge.log_in(ALICE, "alice")
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
+    edge.log_in(BOB, "bob", sync=False)
+    cid = edge.request(BOB, "sync", cursor=None)
+    edge.store.run()
+    assert [m["id"] for m in edge.reply(BOB, cid)["msgs"]] == [mid(1)]
+    edge.take(BOB)
+    edge.store.refuse_next_put("offline_msg", "unavailable")
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    key = inbox_key("bob", mid(1))
+    assert key in edge.store.tables["offline_msg"]
+    assert edge.service.status()["deletes_waiting"] == 1
+    return key
+
+
+def test_an_acked_message_whose_delete_failed_is_deleted_later_and_handed_to_no_session_meanwhile() -> None:
+    edge = Edge()
+    key = _acked_with_a_refused_delete(edge)
+    # bob's second device logs in on this edge and has not read its inbox yet: carol's message is stored, and
+    # pushed to both sessions; the pushes read the acked message's row too, and skip it.
+    edge.log_in(BOB2, "bob", sync=False)
+    edge.log_in(b"carol", "carol")
+    assert edge.outcome(b"carol", edge.send(b"carol", "bob", 2)) == "sent:stored"
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(2)], "an acked message was pushed again"
+    assert [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(2)], "an acked message was pushed again"
+    # Nor does the second device's own read of the inbox hand it out.
+    cid = edge.request(BOB2, "sync", cursor=None)
+    edge.store.run()
+    assert [m["id"] for m in edge.reply(BOB2, cid)["msgs"]] == [mid(2)], "an acked message was handed out again"
+
+    edge.now += RETRY_FIRST_S
+    edge.service.async_tick(edge.now)
+    edge.store.run()
+    assert key not in edge.store.tables["offline_msg"], "the failed delete was not tried again"
+    assert edge.service.status()["deletes_waiting"] == 0
+    assert edge.service.counters["inbox_deletes_recovered"] == 1
+
+
+def test_a_push_whose_page_could_not_be_read_starts_over_after_a_backoff() -> None:
+    """bob is logged in but has not synced, so alice's message is stored and pushed; the push's read fails."""
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob", sync=False)
+    edge.store.refuse_next_scan("offline_msg", "unavailable")
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
+    edge.store.run()
+    assert edge.take(BOB, "deliver") == []
+    assert edge.service.counters["inbox_push_failures"] == 1
+
+    edge.now += RETRY_FIRST_S - 0.01
+    edge.service.async_tick(edge.now)
+    edge.store.run()
+    assert edge.take(BOB, "deliver") == [], "the push started over before its backoff was over"
+    edge.now += 0.01
+    edge.service.async_tick(edge.now)
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)], "the stored message waits for another change"
+    assert edge.service.counters["inbox_push_retries"] == 1
