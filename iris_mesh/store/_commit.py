@@ -44,7 +44,8 @@ OnDurable = Callable[[bool], None]
 class Batch:
     """The writes of one loop turn. Engine thread only."""
 
-    __slots__ = ("ops", "raws", "early", "durable", "live_delta", "written", "written_at", "completed")
+    __slots__ = ("ops", "raws", "early", "durable", "live_delta", "partition_delta", "written", "written_at",
+                 "completed")
 
     def __init__(self) -> None:
         # (table, key) -> new value, or None for a delete
@@ -54,6 +55,8 @@ class Batch:
         self.early: list[OnDurable] = []  # sync=False: may run once written, before the fsync
         self.durable: list[OnDurable] = []
         self.live_delta: dict[str, int] = {}
+        # (table, partition) -> live rows the batch adds (or removes) there, against what RocksDB holds
+        self.partition_delta: dict[tuple[str, bytes], int] = {}
         self.written = False
         self.written_at = 0.0  # perf_counter() once written
         self.completed = False

@@ -178,7 +178,7 @@ class LocalStore:
         """
         self._check_table(table)
         staged = self._staged
-        ops, staged_raws = staged.ops, staged.raws
+        ops, staged_raws, partition_delta = staged.ops, staged.raws, staged.partition_delta
         written = list(self._commit.written_batches())  # at most _MAX_WRITTEN_UNSYNCED
         counted = self._partition_live
         live_in_partition = self.live_in_partition
@@ -224,12 +224,13 @@ class LocalStore:
                 delta = (value is not None) - (current is not None and current[1] is not None)  # type: ignore[index]
                 if delta:
                     live_delta += delta
-                    if counted:
-                        if partition is None:
-                            cut = key.find(b"\x00")
-                            partition = key if cut < 0 else key[:cut]
-                        if (table, partition) in counted:
-                            counted[(table, partition)] += delta
+                    if partition is None:
+                        cut = key.find(b"\x00")
+                        partition = key if cut < 0 else key[:cut]
+                    where = (table, partition)
+                    partition_delta[where] = partition_delta.get(where, 0) + delta
+                    if where in counted:
+                        counted[where] += delta
             elif holder is staged:
                 on_staged = True
             elif holder is not None and holder not in waits_for:
@@ -329,11 +330,11 @@ class LocalStore:
         counted = self._partition_live
         count = counted.pop(ident, None)
         if count is None:
-            prefix = partition + b"\x00"
-            count = sum(1 for _key, item in self.scan(table, prefix) if not item.is_tombstone)
-            for (staged_table, key), item in self._staged.ops.items():
-                if staged_table == table and key.startswith(prefix):
-                    count += _is_live(item) - _is_live(self.read(table, key))
+            count = sum(1 for _key, item in self.scan(table, partition + b"\x00") if not item.is_tombstone)
+            # What RocksDB does not hold yet: the writes staged for the next commit (kept per partition as they
+            # are staged: going through every staged write for each partition counted made a batch of writes to
+            # many new partitions quadratic).
+            count += self._staged.partition_delta.get(ident, 0)
             if len(counted) >= _COUNTED_PARTITIONS:
                 del counted[next(iter(counted))]  # the least recently asked: counted again if asked again
         counted[ident] = count
@@ -399,10 +400,10 @@ class LocalStore:
         delta = _is_live(item) - _is_live(current)
         if delta:
             staged.live_delta[table] = staged.live_delta.get(table, 0) + delta
-            if self._partition_live:
-                ident = (table, key.split(b"\x00", 1)[0])
-                if ident in self._partition_live:
-                    self._partition_live[ident] += delta
+            ident = (table, key.split(b"\x00", 1)[0])
+            staged.partition_delta[ident] = staged.partition_delta.get(ident, 0) + delta
+            if ident in self._partition_live:
+                self._partition_live[ident] += delta
 
     def _wait_for(self, batch: Batch | None, on_durable: OnDurable, sync: bool) -> None:
         """Acknowledge a stale write once the newer value it lost to is durable."""

@@ -296,3 +296,20 @@ def test_a_partition_first_counted_while_writes_are_staged_counts_them(store: tu
     engine.turn_until(lambda: local.stats()["pending"] == 0, "commit")
     assert local.live_in_partition(TABLE, b"dan") == 3
     assert sum(1 for _, item in local.scan(TABLE, b"dan\x00") if not item.is_tombstone) == 3
+
+
+def test_partitions_first_counted_while_a_group_is_staged_count_its_rows_in_their_own_partition(
+        store: tuple[LocalStore, Engine]) -> None:
+    """A group (as replica writes come) to many users, some of them new, then a delete of a written row."""
+    local, engine = store
+    acks = Acks()
+    assert local.async_apply(TABLE, b"eve\x00m0", v(1), acks("first"))
+    engine.turn_until(lambda: acks.got("first"), "the first message")
+    rows = [(b"u%02d\x00m%d" % (u, i), v(2)) for u in range(20) for i in range(u % 3 + 1)]
+    apply_group(local, [*rows, (b"eve\x00m0", v(2, None)), (b"eve\x00m1", v(2))], acks("group"), limit=10)
+    assert local.stats()["staged"] == len(rows) + 2
+    assert [local.live_in_partition(TABLE, b"u%02d" % u) for u in range(20)] == [u % 3 + 1 for u in range(20)]
+    assert local.live_in_partition(TABLE, b"eve") == 1  # m0 deleted, m1 added
+    engine.turn_until(lambda: acks.got("group"), "the group's answer")
+    assert [local.live_in_partition(TABLE, b"u%02d" % u) for u in range(20)] == [u % 3 + 1 for u in range(20)]
+    assert local.live_in_partition(TABLE, b"eve") == 1
