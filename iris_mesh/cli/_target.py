@@ -141,9 +141,9 @@ class Target:
             with AdminClient(endpoint, self.keys, timeout_s=timeout_s or self.timeout_s) as client:
                 reply = client.request(op, **fields)
         except AdminError as exc:
-            # Another port of a node answers in other ways: silence (mesh), a failed handshake that reads as
-            # another cookie's (heartbeat), or client frames. The local nodes' node.json files, or mDNS with
-            # this cluster's cookie, tell which.
+            # Another port of a node answers in other ways: a failed handshake that reads as another cookie's
+            # (heartbeat), client frames, or silence (the mesh port of a node older than `wrong_port`, below).
+            # The local nodes' node.json files, or mDNS with this cluster's cookie, tell which.
             other = self._other_port() if exc.code in ("unreachable", "auth_failed") and self.args.node else None
             if other is not None:
                 raise AdminError("unreachable", other) from None
@@ -152,6 +152,12 @@ class Target:
                                            "port refuses the same way): var/data/NODE/node.json and `meshctl "
                                            "nodes` list the admin ports") from None
             raise
+        if reply.get("error") == "wrong_port" and isinstance(reply.get("admin_port"), int):
+            # A node's mesh port says so, and which port is its admin port.
+            address = endpoint.removeprefix("tcp://")
+            host = address.rpartition(":")[0]
+            raise AdminError("unreachable", f"{address} is {reply.get('node')}'s mesh port, not its admin port: "
+                                            f"use --node {host}:{reply['admin_port']}")
         return {key: value for key, value in reply.items() if key not in _ENVELOPE}
 
     def _other_port(self) -> str | None:
