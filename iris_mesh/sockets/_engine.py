@@ -54,6 +54,10 @@ _MAX_WAIT_S = 0.05
 _MAX_DRAIN_FAILURES = 1000  # in a row, on one socket: the engine stops (and the node exits) rather than spin deaf
 _LAST_FRAMES_LINGER_MS = 200  # on close: how long frames queued to live peers and clients may still take to leave
 _MIN_WAIT_S = 0.001  # a tick asked for sooner waits this long: no busy loop of poll(0)
+# A turn (or tick) busy this long held back the node's heartbeats and every answer by about a heartbeat interval
+# (0.25 s by default): logged, so that a peer's "no heartbeat" can be told from a network fault.
+_SLOW_TURN_S = 0.2
+_SLOW_TURN_LOG_EVERY_S = 5.0
 _engine_ids = itertools.count(1)
 
 
@@ -107,6 +111,7 @@ class Engine(PeerLinks):
         self._ctx: zmq.Context | None = None
         self._waker: Waker | None = None  # guarded by _wake_lock: None while not serving
         self._last_error_log = 0.0
+        self._last_slow_log = -_SLOW_TURN_LOG_EVERY_S
 
     # ---- facade: any thread -------------------------------------------------
 
@@ -293,6 +298,8 @@ class Engine(PeerLinks):
         }
         if self._gateway is not None:
             handlers[self._gateway] = self._drain_gateway
+        names = {self._zap: "authentication", self._waker.fd: "posted work", self._inbox: "mesh frames",
+                 self._sub: "heartbeats", self._admin: "admin requests", self._gateway: "client frames"}
         next_tick = self._clock()
         failures: dict[Any, int] = {}  # socket -> drains in a row that raised
         while not self._stopping:
@@ -300,6 +307,9 @@ class Engine(PeerLinks):
             if now >= next_tick:
                 wait_s = self._guard(self._handler.async_tick, now, default=_MAX_WAIT_S)
                 next_tick = now + max(_MIN_WAIT_S, min(wait_s, _MAX_WAIT_S))
+                took = self._clock() - now
+                if took >= _SLOW_TURN_S:
+                    self._slow(took, "its timers")
             # Rounded up: rounding down made every wait under a millisecond a busy loop of poll(0).
             wait_ms = 0 if self._mailbox else max(0, math.ceil((next_tick - self._clock()) * 1000))
             ready = self._poller.poll(wait_ms)
@@ -325,6 +335,23 @@ class Engine(PeerLinks):
             if soon is not None:
                 # A timer the turn set (a held frame's deadline) may be due before the next tick.
                 next_tick = min(next_tick, now + max(_MIN_WAIT_S, soon))
+            took = self._clock() - now
+            if took >= _SLOW_TURN_S:
+                self._slow(took, ", ".join(names[sock] for sock, _ in ready) or "posted work")
+
+    def _slow(self, took_s: float, what: str) -> None:
+        """Count a turn that kept the loop busy for took_s, and log it (at most every 5 s)."""
+        self.counters["engine_slow_turns"] += 1
+        took_ms = round(took_s * 1000)
+        if took_ms > self.counters["engine_longest_turn_ms"]:
+            self.counters["engine_longest_turn_ms"] = took_ms
+        now = time.monotonic()
+        if now - self._last_slow_log >= _SLOW_TURN_LOG_EVERY_S:
+            self._last_slow_log = now
+            logger.warning("node {} was busy for {:.2f} s in one turn of its engine ({}): its heartbeats and answers "
+                           "waited that long, and its peers take it for dead after dead_after_s; a large request, a "
+                           "CPU shared with other busy processes, or a pause of the process does this ({} such turns "
+                           "so far)", self.node_id, took_s, what, self.counters["engine_slow_turns"])
 
     def _guard(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         """Call handler code; an exception is logged (rate-limited) and counted, never kills the loop."""

@@ -1,10 +1,12 @@
-"""The engine loop's timers: a deadline set during a turn brings the next tick forward (a real Engine, a manual clock)."""
+"""The engine loop's timers (a real Engine, a manual clock): a deadline set during a turn brings the next tick
+forward, and a turn that kept the loop busy past a heartbeat interval is counted and logged."""
 
 from __future__ import annotations
 
 from typing import Any, Iterator
 
 import pytest
+from loguru import logger
 
 from iris_mesh.sockets import cluster_keys
 from iris_mesh.sockets._engine import Engine
@@ -78,3 +80,27 @@ def test_a_turn_without_a_deadline_leaves_the_next_tick_where_it_was(
     assert handler.ticks == [START]
     clock[0] = START + 0.05
     wait_until(lambda: len(handler.ticks) == 2, 10.0, "the regular tick")
+
+
+def test_a_turn_busy_for_longer_than_a_heartbeat_interval_is_counted_and_logged(
+    running: tuple[Engine, Handler, list[float]],
+) -> None:
+    engine, _handler, clock = running
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(message.record["message"]), level="WARNING")
+    try:
+        engine.call(lambda _now: None)
+        assert engine.counters["engine_slow_turns"] == 0
+
+        def busy(_now: float) -> None:
+            clock[0] += 0.75  # what 0.75 s of work in one turn looks like to the loop
+        engine.call(busy)
+        said = "node timers was busy for 0.75 s in one turn of its engine (posted work)"
+        wait_until(lambda: any(said in w for w in warnings), 10.0, "the slow turn logged")
+        assert engine.counters["engine_slow_turns"] == 1
+        assert engine.counters["engine_longest_turn_ms"] == 750
+        clock[0] += 0.01
+        engine.call(lambda _now: None)
+        assert engine.counters["engine_slow_turns"] == 1, "a quick turn was counted as slow"
+    finally:
+        logger.remove(sink)
