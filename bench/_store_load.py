@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from collections import Counter
 from typing import Any, Callable
 
@@ -32,12 +33,14 @@ def _ms(seconds: float) -> float:
 class Load:
     """Submits writes through the writer's public API and records every answer.
 
-    Answers are recorded column by column: appending floats, bools and strings to lists
-    creates nothing the cyclic garbage collector tracks, and a tuple per answer did. Those
-    tuples were the writer process's only growing population of young objects: every ~50k
-    of them (the node's young-generation threshold) the collector walked them all, 10-17 ms
-    with the GIL held, and the writer's engine stood still meanwhile (twice in a 10 s
-    latency phase at 10k writes/s). A node serving clients keeps no such records.
+    Answers are recorded column by column, in arrays (times, ok flags) and, for the failed
+    ones only, a map of their codes: nothing the cyclic garbage collector tracks or walks.
+    A tuple per answer was the writer process's only growing population of young objects:
+    every ~50k of them (the node's young-generation threshold) the collector walked them
+    all, 10-17 ms with the GIL held, and the writer's engine stood still meanwhile. Lists of
+    floats were no better: a list is a container the collector walks element by element,
+    and the first collection of a phase found its lists young and 150,000 long (an 85 ms
+    pause at 17k writes/s). A node serving clients keeps no such records.
     """
 
     def __init__(self, node: Node, body: bytes, partitions: int) -> None:
@@ -65,11 +68,12 @@ class Load:
         node, body, table = self.node, self.body, TABLE
         key_of = self._keys()
         perf = time.perf_counter
-        # Appended on the engine thread, column by column (see the class docstring); codes last.
-        submitted_ats: list[float] = []
-        answered_ats: list[float] = []
-        oks: list[bool] = []
-        codes: list[str] = []
+        # Appended on the engine thread, column by column (see the class docstring); answered_ats last, so
+        # that its length counts the answers recorded whole.
+        submitted_ats = array("d")
+        answered_ats = array("d")
+        oks = array("b")
+        failed: dict[int, str] = {}  # answer number -> code
         refill = threading.Event()
         low = window - max(1, window // 10)  # top up once no more than this many are outstanding
         counts = [0]  # writes submitted, read by the engine thread
@@ -77,10 +81,11 @@ class Load:
         def answer_for(submitted_at: float) -> Callable[[Any], None]:
             def done(result: Any) -> None:
                 submitted_ats.append(submitted_at)
-                answered_ats.append(perf())
                 oks.append(result.ok)
-                codes.append(result.code)
-                if counts[0] - len(codes) <= low and not refill.is_set():
+                if not result.ok:
+                    failed[len(answered_ats)] = result.code
+                answered_ats.append(perf())
+                if counts[0] - len(answered_ats) <= low and not refill.is_set():
                     refill.set()
             return done
 
@@ -98,11 +103,11 @@ class Load:
                 marked = True
                 if on_measured is not None:
                     on_measured("start")
-            outstanding = sent - len(codes)
+            outstanding = sent - len(answered_ats)
             if outstanding > low:
                 refill.clear()
                 # Checked again after the clear: an answer that came in between set nothing.
-                if sent - len(codes) > low and not refill.wait(min(stall_timeout_s, max(0.0, end_at - now))):
+                if sent - len(answered_ats) > low and not refill.wait(min(stall_timeout_s, max(0.0, end_at - now))):
                     if perf() < end_at:
                         progress(f"closed loop: no answer for {stall_timeout_s} s with {outstanding} writes"
                                  " outstanding; stopping")
@@ -116,13 +121,13 @@ class Load:
         if on_measured is not None:
             on_measured("stop")
         # Drain: every write gets exactly one Done (the store times out at store_timeout_s).
-        wait_until(lambda: len(codes) >= sent, stall_timeout_s + 5.0, "the last answers of the closed loop",
+        wait_until(lambda: len(answered_ats) >= sent, stall_timeout_s + 5.0, "the last answers of the closed loop",
                    interval_s=0.01)
-        answers = list(zip(submitted_ats, answered_ats, oks, codes))
+        answers = list(zip(submitted_ats, answered_ats, oks))
         window_s = stopped_at - measure_from
         measured = [a for a in answers if measure_from <= a[1] <= stopped_at]
         ok = [a for a in measured if a[2]]
-        errors = Counter(a[3] for a in answers if not a[2])
+        errors = Counter(failed.values())
         latencies = sorted(a[1] - a[0] for a in ok if a[0] >= measure_from)
         return {
             "sent": sent,
@@ -144,20 +149,21 @@ class Load:
         node, body, table = self.node, self.body, TABLE
         key_of = self._keys()
         perf = time.perf_counter
-        # Appended on the engine thread, column by column (see the class docstring); codes last.
-        slot_ats: list[float] = []
-        called_ats: list[float] = []
-        answered_ats: list[float] = []
-        oks: list[bool] = []
-        codes: list[str] = []
+        # Appended on the engine thread, column by column (see the class docstring); answered_ats last.
+        slot_ats = array("d")
+        called_ats = array("d")
+        answered_ats = array("d")
+        oks = array("b")
+        failed: dict[int, str] = {}  # answer number -> code
 
         def answer_for(slot_at: float, called_at: float) -> Callable[[Any], None]:
             def done(result: Any) -> None:
                 slot_ats.append(slot_at)
                 called_ats.append(called_at)
-                answered_ats.append(perf())
                 oks.append(result.ok)
-                codes.append(result.code)
+                if not result.ok:
+                    failed[len(answered_ats)] = result.code
+                answered_ats.append(perf())
             return done
 
         put = node.put_async
@@ -175,7 +181,7 @@ class Load:
             while i < due:
                 slot_at = started_at + i * interval
                 i += 1
-                if sent - len(codes) >= max_outstanding:
+                if sent - len(answered_ats) >= max_outstanding:
                     skipped += 1
                     continue
                 called_at = perf()
@@ -191,11 +197,11 @@ class Load:
         ended_at = perf()
         if on_measured is not None:
             on_measured("stop")
-        wait_until(lambda: len(codes) >= sent, stall_timeout_s + 5.0, "the last answers of the paced run",
+        wait_until(lambda: len(answered_ats) >= sent, stall_timeout_s + 5.0, "the last answers of the paced run",
                    interval_s=0.01)
-        answers = list(zip(slot_ats, called_ats, answered_ats, oks, codes))
+        answers = list(zip(slot_ats, called_ats, answered_ats, oks))
         ok = [a for a in answers if a[3]]
-        errors = Counter(a[4] for a in answers if not a[3])
+        errors = Counter(failed.values())
         from_call = sorted(a[2] - a[1] for a in ok)
         from_slot = sorted(a[2] - a[0] for a in ok)
         elapsed = ended_at - started_at
