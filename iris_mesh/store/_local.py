@@ -119,7 +119,7 @@ class LocalStore:
         self._closed = True
         if self._staged.ops:
             batch, self._staged = self._staged, Batch()
-            self._commit.async_write(batch)
+            self._write(batch)
         self._commit.close()
 
     # ---- engine thread: writes ----------------------------------------------
@@ -290,7 +290,16 @@ class LocalStore:
         if not self._commit.started:
             raise StoreError("LocalStore.start() was not called; staged writes cannot be committed")
         batch, self._staged = self._staged, Batch()
+        self._write(batch)
+
+    def _write(self, batch: Batch) -> None:
+        """Write a staged batch; if RocksDB refused it, its rows are not there: the partition counts forget them."""
         self._commit.async_write(batch)
+        if not batch.written:
+            counted = self._partition_live
+            for ident, delta in batch.partition_delta.items():
+                if ident in counted:
+                    counted[ident] -= delta
 
     # ---- reads (any thread; they see written data, durable or about to be) ---
 

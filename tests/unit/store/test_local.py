@@ -282,6 +282,30 @@ def test_a_group_whose_commit_fails_is_answered_false(tmp_path: Path) -> None:
         db.close()
 
 
+def test_the_rows_of_a_failed_commit_leave_the_partition_counts(tmp_path: Path) -> None:
+    """A partition counted before a commit that RocksDB refuses: its count must not keep the rows that are not there,
+    or a user with an empty inbox would be refused as full."""
+    db = FailingDatabase(tmp_path / "db")
+    local, engine = open_store(db)
+    try:
+        acks = Acks()
+        assert local.live_in_partition(TABLE, b"bob") == 0
+        db.fail_write = True
+        apply_group(local, [(b"bob\x00m%d" % i, v(1)) for i in range(3)], acks("failed"), limit=3)
+        engine.turn_until(lambda: acks.got("failed"), "the failed answer")
+        assert acks.results["failed"] == [False]
+        assert local.live_in_partition(TABLE, b"bob") == 0
+        db.fail_write = False
+        refused, _currents = apply_group(local, [(b"bob\x00m9", v(2))], acks("next"), limit=3)
+        assert refused == [], "an empty inbox was refused as full"
+        engine.turn_until(lambda: acks.got("next"), "the next answer")
+        assert acks.results["next"] == [True]
+        assert local.live_in_partition(TABLE, b"bob") == 1
+    finally:
+        local.close()
+        db.close()
+
+
 def test_a_partition_first_counted_while_writes_are_staged_counts_them(store: tuple[LocalStore, Engine]) -> None:
     local, engine = store
     local.async_apply(TABLE, b"dan\x00m0", v(1))
