@@ -6,7 +6,10 @@ three cores down, a partition: `unavailable`, `partition_detected`). The user
 has the message, so the delete is not dropped: it is tried again after
 `RETRY_FIRST_S`, then twice as long each time up to `RETRY_MAX_S`, until it
 succeeds. Trying again is safe: each attempt writes a tombstone newer than the
-message (`min_hlc`), whatever the earlier attempts did.
+message (`min_hlc`), whatever the earlier attempts did. An ack of an id the
+session was not handed (carried over from an earlier session) is deleted once,
+not retried: it may name no stored message at all, and such a message comes
+again in a later sync anyway.
 
 Meanwhile the row is still stored, and this edge hands it to none of the
 user's sessions (`waiting`): the user acked it. Other edges do not know, so a
@@ -33,7 +36,7 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 MAX_WAITING = 100_000
 # Retries started per tick: after a long outage the backlog goes out over a few ticks, not in one burst.
-_RETRIES_PER_TICK = 2_000
+_RETRIES_PER_TICK = 200
 
 
 def retry_delay_s(failures: int) -> float:
@@ -42,11 +45,12 @@ def retry_delay_s(failures: int) -> float:
 
 
 class _Waiting:
-    __slots__ = ("user", "msg_id", "failures", "due")
+    __slots__ = ("user", "msg_id", "retry", "failures", "due")
 
-    def __init__(self, user: str, msg_id: bytes) -> None:
+    def __init__(self, user: str, msg_id: bytes, retry: bool) -> None:
         self.user = user
         self.msg_id = msg_id
+        self.retry = retry
         self.failures = 0
         self.due: float | None = None  # None: an attempt is on its way
 
@@ -67,15 +71,15 @@ class AckDeletes:
         self._due: list[tuple[float, int, bytes]] = []  # heap of (when to try again, order, key); stale ones skipped
         self._order = itertools.count()
 
-    def async_delete(self, user: str, msg_id: bytes, now: float) -> None:
-        """`user` acked a stored message: delete its row now, and again later while that fails."""
+    def async_delete(self, user: str, msg_id: bytes, now: float, *, retry: bool = True) -> None:
+        """`user` acked a stored message: delete its row now, and (with `retry`) again later while that fails."""
         key = inbox_key(user, msg_id)
         entry = self._waiting.get(key)
         if entry is not None:
             if entry.due is not None:
                 self._schedule(key, entry, now)  # acked again: try at the next tick rather than wait out the backoff
             return
-        entry = self._waiting[key] = _Waiting(user, msg_id)
+        entry = self._waiting[key] = _Waiting(user, msg_id, retry)
         if len(self._waiting) > MAX_WAITING:
             oldest_key = next(iter(self._waiting))
             oldest = self._waiting.pop(oldest_key)
@@ -124,13 +128,17 @@ class AckDeletes:
                     if not self._failing:
                         logger.info("the deletes of acked messages succeed again: none is waiting to be retried")
                 return
+            self._counters["inbox_delete_failures"] += 1
+            if not entry.retry:
+                del self._waiting[key]
+                self._counters["inbox_deletes_not_retried"] += 1
+                return
             if not self._failing:
                 logger.warning("the delete of an acked message failed ({}: {}): this one and any other that fails "
                                "are tried again until the store takes them", result.code, result.detail)
             self._failing += entry.failures == 0
             entry.failures += 1
             self._schedule(key, entry, self._now() + retry_delay_s(entry.failures))
-            self._counters["inbox_delete_failures"] += 1
 
         self._store.async_put("offline_msg", key, None, durability="quorum", on_done=done, now=now,
                               min_hlc=stored_version(entry.msg_id).hlc)

@@ -563,8 +563,9 @@ class EdgeService:
                     self.counters["live_acks_origin_gone"] += 1
                     self._inbox.async_delete(session.user, msg_id, now)
             else:
-                # From the inbox (or an earlier session): it may leave the store now, and only now.
-                self._inbox.async_delete(session.user, msg_id, now)
+                # From the inbox (or an earlier session, then once: see _deletes.py): it may leave the store now,
+                # and only now.
+                self._inbox.async_delete(session.user, msg_id, now, retry=owed is not None)
         self._inbox.async_resume(session, now)
 
     def _announce_inbox(self, user: str, msg_id: bytes, sender: str, now: float) -> None:

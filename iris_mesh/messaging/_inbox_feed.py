@@ -34,6 +34,7 @@ its own, after a backoff, so its messages do not wait for the next change.
 from __future__ import annotations
 
 import collections
+import heapq
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,8 @@ class InboxFeed:
 
     __slots__ = ("_store", "_sessions", "_limits", "_counters", "_now", "_to_client", "_deletes", "_push_retries")
 
+    _PUSH_RETRIES_PER_TICK = 200
+
     def __init__(
         self,
         *,
@@ -74,7 +77,7 @@ class InboxFeed:
         self._now = now
         self._to_client = to_client
         self._deletes = AckDeletes(store=store, counters=counters, now=now)
-        self._push_retries: dict[bytes, float] = {}  # route -> when its failed push starts over
+        self._push_retries: list[tuple[float, bytes]] = []  # heap of (when a failed push starts over, route)
 
     def async_sync(self, session: Session, request: SyncRequest, now: float) -> None:
         """The `sync` op: one page of the session's inbox after the request's cursor."""
@@ -143,9 +146,10 @@ class InboxFeed:
             session.push.paused = False
             self._push(session, None, now)
 
-    def async_delete(self, user: str, msg_id: bytes, now: float) -> None:
-        """`user` acked a stored message: it leaves the store now, and only now (the delete wins over its write)."""
-        self._deletes.async_delete(user, msg_id, now)
+    def async_delete(self, user: str, msg_id: bytes, now: float, *, retry: bool = True) -> None:
+        """`user` acked a stored message: it leaves the store now, and only now (the delete wins over its write);
+        a failed delete is tried again unless `retry` is False (see _deletes.py)."""
+        self._deletes.async_delete(user, msg_id, now, retry=retry)
 
     def deletes_waiting(self) -> int:
         """Acked messages whose delete has not succeeded yet (on its way, or failed and waiting to be retried)."""
@@ -154,14 +158,17 @@ class InboxFeed:
     def async_tick(self, now: float) -> None:
         """Retry the failed deletes and pushes whose wait is over."""
         self._deletes.async_tick(now)
-        for route, due in list(self._push_retries.items()) if self._push_retries else ():
-            if due > now:
-                continue
-            del self._push_retries[route]
+        retries = self._push_retries
+        started = 0
+        while retries and retries[0][0] <= now and started < self._PUSH_RETRIES_PER_TICK:
+            _due, route = heapq.heappop(retries)
             session = self._sessions.get(route)
-            if session is not None and session.user is not None and not session.push.running:
+            # Not if the session ended, or a push started meanwhile (a change: it retries by itself if it fails).
+            if session is not None and session.user is not None and not session.push.running \
+                    and session.push.failures:
                 self._counters["inbox_push_retries"] += 1
                 self._push(session, None, now)
+                started += 1
 
     def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
                     held: dict[str | None, bytes] | None = None) -> list[Delivery]:
@@ -175,6 +182,8 @@ class InboxFeed:
             if self._deletes.waiting(key):
                 continue  # acked: its delete is on its way, or is retried
             msg_id = message_id_of(key)
+            if msg_id in session.acked:
+                continue  # acked lately by this session: a page read before its delete landed
             if skip_outstanding and msg_id in session.outstanding:
                 continue  # already in the client's hands, waiting for its ack
             if held and (key > held.get(stored.sender, _NOWHERE) or key > held.get(None, _NOWHERE)):
@@ -205,7 +214,7 @@ class InboxFeed:
             if not result.ok:
                 live.push.running = False
                 live.push.failures += 1
-                self._push_retries[route] = self._now() + retry_delay_s(live.push.failures)
+                heapq.heappush(self._push_retries, (self._now() + retry_delay_s(live.push.failures), route))
                 self._counters["inbox_push_failures"] += 1
                 return
             live.push.failures = 0

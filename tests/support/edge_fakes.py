@@ -33,13 +33,17 @@ class Answer:
 
 
 class FakeStore:
-    """Tables in dicts. Every answer waits in a queue, in request order, until run(); refuse_next_put fails one write."""
+    """Tables in dicts. Every answer waits in a queue, in request order, until run() (run_newest() lets the newest
+    overtake); refuse_next_put fails one write."""
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[bytes, bytes]] = collections.defaultdict(dict)
         self._waiting: collections.deque[Callable[[], None]] = collections.deque()
         self._refusals: dict[str, list[str]] = collections.defaultdict(list)
         self.puts: list[tuple[str, bytes, bytes | None]] = []  # every write asked for, in order
+        # A scan reads its rows when it is answered; with this set, when it is asked (as a replica that reads
+        # at once and answers late does), so a write answered in between is not in it.
+        self.scans_read_when_asked = False
 
     def refuse_next_put(self, table: str, code: str) -> None:
         self._refusals[table].append(code)
@@ -72,13 +76,17 @@ class FakeStore:
             self._waiting.append(lambda: on_done(Answer(False, code, f"{table} scan refused by the test")))
             return
 
-        def answer() -> None:
+        def read() -> Answer:
             keys = sorted(k for k in self.tables[table] if k.startswith(prefix) and (start_after is None or k > start_after))
             page = keys[:limit]
             items = [(k, Row(self.tables[table][k])) for k in page]
-            on_done(Answer(True, items=items, more=len(keys) > limit, cursor=page[-1] if page else start_after))
+            return Answer(True, items=items, more=len(keys) > limit, cursor=page[-1] if page else start_after)
 
-        self._waiting.append(answer)
+        if self.scans_read_when_asked:
+            answer = read()
+            self._waiting.append(lambda: on_done(answer))
+        else:
+            self._waiting.append(lambda: on_done(read()))
 
     @property
     def pending(self) -> bool:
@@ -88,6 +96,10 @@ class FakeStore:
     def run_one(self) -> None:
         """Answer the oldest request waiting."""
         self._waiting.popleft()()
+
+    def run_newest(self) -> None:
+        """Answer the newest request waiting (it overtakes the older ones)."""
+        self._waiting.pop()()
 
     def run(self) -> None:
         """Answer everything asked so far, and whatever those answers ask in turn."""

@@ -187,3 +187,48 @@ def test_a_push_whose_page_could_not_be_read_starts_over_after_a_backoff() -> No
     edge.store.run()
     assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)], "the stored message waits for another change"
     assert edge.service.counters["inbox_push_retries"] == 1
+
+
+def test_a_push_page_read_before_an_ack_s_delete_landed_does_not_hand_that_message_again() -> None:
+    """bob acks 1 while a push's page that holds it is on its way; the delete is answered first."""
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob", sync=False)
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)]
+    edge.log_in(BOB2, "bob", sync=False)  # a second device that has not read its inbox: bob's messages are stored
+    edge.store.scans_read_when_asked = True
+    cid = edge.send(ALICE, "bob", 2)
+    edge.store.run_one()  # 2 is stored, and pushes to bob's sessions read his inbox: 1 and 2
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run_newest()  # the delete of 1 lands first
+    assert edge.service.status()["deletes_waiting"] == 0
+    edge.store.run()  # then the pages read before it
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(2)], "an acked message was handed to its session again"
+    assert edge.outcome(ALICE, cid) == "sent:stored"
+
+
+def test_an_ack_of_an_id_the_session_was_not_handed_is_deleted_once_not_retried() -> None:
+    """Acks carried over from an earlier session may name nothing stored: a failed delete of one is not retried."""
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"
+    edge.log_in(BOB, "bob")  # its sync page hands it 1 (not acked yet)
+    edge.log_in(BOB2, "bob", sync=False)
+    edge.store.refuse_next_put("offline_msg", "unavailable")
+    writes = len(edge.store.puts)
+    edge.service.async_on_client(BOB2, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    assert len(edge.store.puts) == writes + 1
+    assert edge.service.counters["inbox_deletes_not_retried"] == 1
+    assert edge.service.status()["deletes_waiting"] == 0
+    edge.now += RETRY_MAX_S
+    edge.service.async_tick(edge.now)
+    edge.store.run()
+    assert len(edge.store.puts) == writes + 1, "a foreign ack's failed delete was retried"
+    # bob's first session was handed 1: its own ack deletes it, and is retried while that fails.
+    edge.store.refuse_next_put("offline_msg", "unavailable")
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    assert edge.service.status()["deletes_waiting"] == 1
