@@ -30,13 +30,14 @@ from loguru import logger
 
 from iris_mesh.messaging._inbox import Store, inbox_key, stored_version
 
-__all__ = ["AckDeletes", "MAX_WAITING", "RETRY_FIRST_S", "RETRY_MAX_S", "retry_delay_s"]
+__all__ = ["AckDeletes", "MAX_WAITING", "RETRIES_PER_TICK", "RETRY_FIRST_S", "RETRY_MAX_S", "retry_delay_s"]
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 MAX_WAITING = 100_000
-# Retries started per tick: after a long outage the backlog goes out over a few ticks, not in one burst.
-_RETRIES_PER_TICK = 200
+# Retries (of deletes, and of inbox pushes) started per tick: after an outage the backlog goes out over
+# several ticks, not in one burst.
+RETRIES_PER_TICK = 200
 
 
 def retry_delay_s(failures: int) -> float:
@@ -101,7 +102,7 @@ class AckDeletes:
     def async_tick(self, now: float) -> None:
         """Try again the deletes whose wait is over."""
         started = 0
-        while self._due and self._due[0][0] <= now and started < _RETRIES_PER_TICK:
+        while self._due and self._due[0][0] <= now and started < RETRIES_PER_TICK:
             due, _order, key = heapq.heappop(self._due)
             entry = self._waiting.get(key)
             if entry is None or entry.due != due:

@@ -38,7 +38,7 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
-from iris_mesh.messaging._deletes import AckDeletes, retry_delay_s
+from iris_mesh.messaging._deletes import RETRIES_PER_TICK, AckDeletes, retry_delay_s
 from iris_mesh.messaging._inbox import Store, decode_stored, inbox_key, inbox_prefix, message_id_of
 from iris_mesh.messaging._protocol import Delivery, Limits, SyncRequest, build_deliver, build_error, build_inbox
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
@@ -56,8 +56,6 @@ class InboxFeed:
     """Sync, push and ack-delete of stored messages for the sessions of one edge."""
 
     __slots__ = ("_store", "_sessions", "_limits", "_counters", "_now", "_to_client", "_deletes", "_push_retries")
-
-    _PUSH_RETRIES_PER_TICK = 200
 
     def __init__(
         self,
@@ -160,7 +158,7 @@ class InboxFeed:
         self._deletes.async_tick(now)
         retries = self._push_retries
         started = 0
-        while retries and retries[0][0] <= now and started < self._PUSH_RETRIES_PER_TICK:
+        while retries and retries[0][0] <= now and started < RETRIES_PER_TICK:
             _due, route = heapq.heappop(retries)
             session = self._sessions.get(route)
             # Not if the session ended, or a push started meanwhile (a change: it retries by itself if it fails).
