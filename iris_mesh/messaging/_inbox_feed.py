@@ -112,7 +112,7 @@ class InboxFeed:
                 live.sync.stored_while_reading.clear()
             if result.cursor is not None and (live.sync.read_to is None or result.cursor > live.sync.read_to):
                 live.sync.read_to = result.cursor
-            msgs = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
+            msgs, _full = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
             if not result.more and not live.push.running and not live.push.paused:
                 live.inbox_clean = True
             self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
@@ -169,8 +169,10 @@ class InboxFeed:
                 started += 1
 
     def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
-                    held: dict[str | None, bytes] | None = None) -> list[Delivery]:
-        msgs = []
+                    held: dict[str | None, bytes] | None = None, room: int | None = None) -> tuple[list[Delivery], bool]:
+        """What to hand out of `items`, in order; at most `room` of them: True if a message to hand out was left
+        for want of room."""
+        msgs: list[Delivery] = []
         for key, item in items:
             try:
                 stored = decode_stored(item.value)
@@ -186,9 +188,11 @@ class InboxFeed:
                 continue  # already in the client's hands, waiting for its ack
             if held and (key > held.get(stored.sender, _NOWHERE) or key > held.get(None, _NOWHERE)):
                 continue  # behind a message of its sender that this pass missed: the next pass brings both
+            if room is not None and len(msgs) >= room:
+                return msgs, True
             session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
             msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
-        return msgs
+        return msgs, False
 
     def _push(self, session: Session, cursor: bytes | None, now: float) -> None:
         """Send the stored messages to an online session as deliver frames, page by page."""
@@ -217,9 +221,17 @@ class InboxFeed:
                 return
             live.push.failures = 0
             self._note_missed(live, result)
-            for delivery in self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held):
+            # The room as it is now: live deliveries may have taken some while the page was read.
+            room_now = self._limits.max_pending_deliveries - len(live.outstanding)
+            deliveries, full = self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held,
+                                                room=room_now)
+            for delivery in deliveries:
                 self._to_client(route, build_deliver(delivery))
-            if result.more:
+            if full:
+                # Resumed by acks (see async_resume), with a new pass.
+                live.push.running = False
+                live.push.paused = True
+            elif result.more:
                 self._push(live, result.cursor, self._now())
             elif live.push.rescan:
                 live.push.rescan = False
@@ -229,8 +241,10 @@ class InboxFeed:
                 live.inbox_clean = True
                 live.sync.held.clear()  # a whole pass went out after those messages were stored: nothing is behind
 
+        # Whole pages, whatever the room: rows the session holds unacked (or acked) are skipped and take none,
+        # and pages as short as the room read them one scan each.
         self._store.async_scan("offline_msg", inbox_prefix(session.user), start_after=cursor,
-                               limit=min(room, self._limits.sync_page), on_done=page, now=now)
+                               limit=self._limits.sync_page, on_done=page, now=now)
 
     def _note_missed(self, session: Session, result: Any) -> None:
         """Messages stored while `result` was read: those within what the pass has read and not in the page were

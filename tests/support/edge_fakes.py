@@ -44,6 +44,7 @@ class FakeStore:
         # A scan reads its rows when it is answered; with this set, when it is asked (as a replica that reads
         # at once and answers late does), so a write answered in between is not in it.
         self.scans_read_when_asked = False
+        self.scans = 0  # scans asked for
 
     def refuse_next_put(self, table: str, code: str) -> None:
         self._refusals[table].append(code)
@@ -70,6 +71,7 @@ class FakeStore:
 
     def async_scan(self, table: str, prefix: bytes, *, start_after: bytes | None, limit: int,
                    on_done: Callable[[Any], None], now: float) -> None:
+        self.scans += 1
         refusals = self._refusals["scan:" + table]
         if refusals:
             code = refusals.pop(0)

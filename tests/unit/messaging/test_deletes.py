@@ -7,7 +7,9 @@ clock. The rules checked:
 - meanwhile no session on the edge is handed the acked message again, by its
   own sync or by a push;
 - past MAX_WAITING deletes waiting, the oldest is given up and counted;
-- a push whose page the store could not read starts over by itself.
+- a push whose page the store could not read starts over by itself;
+- a push reads whole pages whatever the session's room (the messages it
+  holds take none), and hands out no more than that room.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from iris_mesh import PROTOCOL_VERSION
 from iris_mesh.messaging import _deletes
 from iris_mesh.messaging._deletes import RETRY_FIRST_S, RETRY_MAX_S, AckDeletes, retry_delay_s
 from iris_mesh.messaging._inbox import inbox_key
+from iris_mesh.messaging._protocol import Limits
 
 from support.edge_fakes import FakeStore, mid
 from support.edge_harness import Edge
@@ -232,3 +235,28 @@ def test_an_ack_of_an_id_the_session_was_not_handed_is_deleted_once_not_retried(
     edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
     edge.store.run()
     assert edge.service.status()["deletes_waiting"] == 1
+
+
+# ---- room ----------------------------------------------------------------------------------------
+
+
+def test_a_push_resumed_with_little_room_reads_whole_pages_and_hands_out_no_more_than_the_room() -> None:
+    """bob's window is 3: each ack lets one more stored message out, found in one scan past those he holds."""
+    edge = Edge(Limits(max_pending_deliveries=3))
+    edge.log_in(ALICE, "alice")
+    for n in range(1, 11):
+        assert edge.outcome(ALICE, edge.send(ALICE, "bob", n)) == "sent:stored"
+    edge.log_in(BOB, "bob", sync=False)
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 11)) == "sent:stored"  # a change: the push starts
+    edge.store.run()
+    got = [f["id"] for f in edge.take(BOB, "deliver")]
+    assert got == [mid(1), mid(2), mid(3)]
+    while len(got) < 11:
+        scans = edge.store.scans
+        edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [got[-3]]}, edge.now)
+        edge.store.run()
+        handed = [f["id"] for f in edge.take(BOB, "deliver")]
+        assert len(handed) == 1, f"{handed}: the push handed out more than the room, or nothing"
+        assert edge.store.scans - scans == 1, "the resumed push read the messages bob holds one scan each"
+        got += handed
+    assert got == [mid(n) for n in range(1, 12)]
