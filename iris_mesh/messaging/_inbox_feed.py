@@ -140,7 +140,7 @@ class InboxFeed:
 
     def async_resume(self, session: Session, now: float) -> None:
         """After acks: a push paused for room goes on once the session has room again."""
-        if session.push.paused and len(session.outstanding) < self._limits.max_pending_deliveries:
+        if session.push.paused and self._room(session) > 0:
             session.push.paused = False
             self._push(session, None, now)
 
@@ -194,11 +194,14 @@ class InboxFeed:
             msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
         return msgs, False
 
+    def _room(self, session: Session) -> int:
+        """How many more messages the session may be handed before it acks some."""
+        return self._limits.max_pending_deliveries - len(session.outstanding)
+
     def _push(self, session: Session, cursor: bytes | None, now: float) -> None:
         """Send the stored messages to an online session as deliver frames, page by page."""
         assert session.user is not None
-        room = self._limits.max_pending_deliveries - len(session.outstanding)
-        if room <= 0:
+        if self._room(session) <= 0:
             # Resumed by acks (see async_resume).
             session.push.running = False
             session.push.paused = True
@@ -222,9 +225,8 @@ class InboxFeed:
             live.push.failures = 0
             self._note_missed(live, result)
             # The room as it is now: live deliveries may have taken some while the page was read.
-            room_now = self._limits.max_pending_deliveries - len(live.outstanding)
             deliveries, full = self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held,
-                                                room=room_now)
+                                                room=self._room(live))
             for delivery in deliveries:
                 self._to_client(route, build_deliver(delivery))
             if full:
