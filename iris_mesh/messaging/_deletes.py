@@ -5,7 +5,8 @@ row. That write fails while the user's replicas cannot take it (two of their
 three cores down, a partition: `unavailable`, `partition_detected`). The user
 has the message, so the delete is not dropped: it is tried again after
 `RETRY_FIRST_S`, then twice as long each time up to `RETRY_MAX_S`, until it
-succeeds. Trying again is safe: each attempt writes a tombstone newer than the
+succeeds; each wait is drawn between half and all of that backoff, so that
+deletes refused together (an outage) are not all tried again together. Trying again is safe: each attempt writes a tombstone newer than the
 message (`min_hlc`), whatever the earlier attempts did. An ack of an id the
 session was not handed (carried over from an earlier session) is deleted once,
 not retried: it may name no stored message at all, and such a message comes
@@ -23,6 +24,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -40,9 +42,13 @@ MAX_WAITING = 100_000
 RETRIES_PER_TICK = 200
 
 
-def retry_delay_s(failures: int) -> float:
-    """How long to wait after the `failures`-th failure in a row (1, 2, ...) before trying again."""
-    return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+def retry_delay_s(failures: int, jitter: float = 1.0) -> float:
+    """How long to wait after the `failures`-th failure in a row (1, 2, ...) before trying again.
+
+    The backoff doubles from `RETRY_FIRST_S` to `RETRY_MAX_S`; `jitter` (0 to 1, drawn per wait) puts the wait
+    between half (0) and all (1) of it.
+    """
+    return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16)) * (0.5 + 0.5 * jitter)
 
 
 class _Waiting:
@@ -59,13 +65,16 @@ class _Waiting:
 class AckDeletes:
     """The deletes of acked messages: one quorum write each, tried again while it fails."""
 
-    __slots__ = ("_store", "_counters", "_now", "_waiting", "_failing", "_due", "_order")
+    __slots__ = ("_store", "_counters", "_now", "_jitter", "_waiting", "_failing", "_due", "_order")
 
-    def __init__(self, *, store: Store, counters: collections.Counter[str], now: Callable[[], float]) -> None:
-        """`counters` is the edge's; `now` is the engine's current monotonic time."""
+    def __init__(self, *, store: Store, counters: collections.Counter[str], now: Callable[[], float],
+                 jitter: Callable[[], float] = random.random) -> None:
+        """`counters` is the edge's; `now` is the engine's current monotonic time; `jitter` draws each wait's
+        place in its backoff (see `retry_delay_s`)."""
         self._store = store
         self._counters = counters
         self._now = now
+        self._jitter = jitter
         # By inbox key, oldest first: deletes on their way or waiting to be tried again.
         self._waiting: dict[bytes, _Waiting] = {}
         self._failing = 0  # entries of _waiting that failed at least once
@@ -139,7 +148,7 @@ class AckDeletes:
                                "are tried again until the store takes them", result.code, result.detail)
             self._failing += entry.failures == 0
             entry.failures += 1
-            self._schedule(key, entry, self._now() + retry_delay_s(entry.failures))
+            self._schedule(key, entry, self._now() + retry_delay_s(entry.failures, self._jitter()))
 
         self._store.async_put("offline_msg", key, None, durability="quorum", on_done=done, now=now,
                               min_hlc=stored_version(entry.msg_id).hlc)

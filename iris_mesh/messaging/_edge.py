@@ -50,6 +50,7 @@ Mesh frames between edges:
 from __future__ import annotations
 
 import collections
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -148,10 +149,13 @@ class EdgeService:
         settings: EdgeSettings,
         gateways: Callable[[], list[tuple[str, str, str]]] = lambda: [],
         peer_clients: Callable[[], dict[str, int]] = lambda: {},
+        retry_jitter: Callable[[], float] = random.random,
     ) -> None:
         """`gateways()`: (node id, endpoint, server key) of the client gateways of the edges alive now, this one
         included; a `move` names the others, so clients need not look for them over mDNS. `peer_clients()`: the
-        sessions logged in on each other alive edge, as its heartbeats say (for automatic rebalancing)."""
+        sessions logged in on each other alive edge, as its heartbeats say (for automatic rebalancing).
+        `retry_jitter()`: a number from 0 to 1 drawn for each retry of a failed delete or inbox read, its place
+        between half and all of its backoff."""
         self.node_id = node_id
         self._secret = token_secret
         self._store = store
@@ -186,7 +190,7 @@ class EdgeService:
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
                                       now=lambda: self._now, to_client=self._to_client, live_edges=live_edges)
         self._inbox = InboxFeed(store=store, sessions=self.sessions, limits=self._limits, counters=self.counters,
-                                now=lambda: self._now, to_client=self._to_client)
+                                now=lambda: self._now, to_client=self._to_client, jitter=retry_jitter)
         self._desk = LiveDesk(node_id=node_id, sessions=self.sessions, limits=self._limits,
                               deliver_timeout_s=settings.deliver_timeout_s, counters=self.counters,
                               now=lambda: self._now, to_client=self._to_client,

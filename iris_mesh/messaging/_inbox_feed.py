@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +56,8 @@ _EMPTY_SCANS_PER_SYNC = 8
 class InboxFeed:
     """Sync, push and ack-delete of stored messages for the sessions of one edge."""
 
-    __slots__ = ("_store", "_sessions", "_limits", "_counters", "_now", "_to_client", "_deletes", "_push_retries")
+    __slots__ = ("_store", "_sessions", "_limits", "_counters", "_now", "_to_client", "_jitter", "_deletes",
+                 "_push_retries")
 
     def __init__(
         self,
@@ -66,15 +68,18 @@ class InboxFeed:
         counters: collections.Counter[str],
         now: Callable[[], float],
         to_client: Callable[[bytes, dict[str, Any]], None],
+        jitter: Callable[[], float] = random.random,
     ) -> None:
-        """`counters` is the edge's; `now` is the engine's current monotonic time; `to_client` sends a frame."""
+        """`counters` is the edge's; `now` is the engine's current monotonic time; `to_client` sends a frame;
+        `jitter` draws each retry's place in its backoff (`retry_delay_s`)."""
         self._store = store
         self._sessions = sessions
         self._limits = limits
         self._counters = counters
         self._now = now
         self._to_client = to_client
-        self._deletes = AckDeletes(store=store, counters=counters, now=now)
+        self._jitter = jitter
+        self._deletes = AckDeletes(store=store, counters=counters, now=now, jitter=jitter)
         self._push_retries: list[tuple[float, bytes]] = []  # heap of (when a failed push starts over, route)
 
     def async_sync(self, session: Session, request: SyncRequest, now: float) -> None:
@@ -219,7 +224,7 @@ class InboxFeed:
             if not result.ok:
                 live.push.running = False
                 live.push.failures += 1
-                heapq.heappush(self._push_retries, (self._now() + retry_delay_s(live.push.failures), route))
+                heapq.heappush(self._push_retries, (self._now() + retry_delay_s(live.push.failures, self._jitter()), route))
                 self._counters["inbox_push_failures"] += 1
                 return
             live.push.failures = 0

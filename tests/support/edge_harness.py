@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from iris_mesh import PROTOCOL_VERSION
@@ -38,7 +39,9 @@ class FakeGateway:
 class Edge:
     """One EdgeService, its fakes and a manual clock; routes are named after their user."""
 
-    def __init__(self, limits: Limits | None = None, settings: EdgeSettings | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, settings: EdgeSettings | None = None,
+                 retry_jitter: Callable[[], float] = lambda: 1.0) -> None:
+        """Retries wait out their whole backoff unless `retry_jitter` says otherwise."""
         self.now = T0
         self.store = FakeStore()
         self.gateway = FakeGateway()
@@ -52,6 +55,7 @@ class Edge:
             live_edges=lambda: [NODE, *self.others], wall_ms=lambda: int((WALL_S + self.now) * 1000),
             wall_s=lambda: WALL_S + self.now, settings=settings or EdgeSettings(limits=limits or Limits()),
             gateways=lambda: list(self.gateways), peer_clients=lambda: dict(self.peer_clients),
+            retry_jitter=retry_jitter,
         )
         self.service.async_attach(self.gateway)
         self._cids = itertools.count(1)

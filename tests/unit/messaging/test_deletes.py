@@ -4,6 +4,8 @@ Sans-IO: a fake store whose answers wait until the test runs them, a manual
 clock. The rules checked:
 - a delete the store refuses is tried again, after 0.5 s, then twice as long
   each time up to 30 s, until it succeeds; the row then leaves the store;
+- each wait lies between half and all of its backoff, drawn per retry, so
+  deletes refused together are not all tried again together;
 - meanwhile no session on the edge is handed the acked message again, by its
   own sync or by a push;
 - past MAX_WAITING deletes waiting, the oldest is given up and counted;
@@ -15,6 +17,7 @@ clock. The rules checked:
 from __future__ import annotations
 
 import collections
+import random
 
 import pytest
 
@@ -33,11 +36,13 @@ ALICE, BOB, BOB2 = b"alice", b"bob", b"bob-2"
 class Deletes:
     """An AckDeletes with its fake store, counters and clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, jitter: float | random.Random = 1.0) -> None:
+        """Each retry waits out its whole backoff (`jitter` 1), the part of it `jitter` says, or as drawn from it."""
         self.now = 10.0
         self.store = FakeStore()
         self.counters: collections.Counter[str] = collections.Counter()
-        self.deletes = AckDeletes(store=self.store, counters=self.counters, now=lambda: self.now)
+        draw = jitter.random if isinstance(jitter, random.Random) else lambda: jitter
+        self.deletes = AckDeletes(store=self.store, counters=self.counters, now=lambda: self.now, jitter=draw)
 
     def stored(self, user: str, n: int) -> bytes:
         key = inbox_key(user, mid(n))
@@ -56,6 +61,25 @@ class Deletes:
 def test_the_backoff_doubles_from_half_a_second_to_thirty() -> None:
     assert [retry_delay_s(n) for n in (1, 2, 3, 4)] == [RETRY_FIRST_S, 2 * RETRY_FIRST_S, 4 * RETRY_FIRST_S, 8 * RETRY_FIRST_S]
     assert retry_delay_s(7) == RETRY_MAX_S == retry_delay_s(10_000)
+    # Jittered: between half and all of the backoff.
+    assert [retry_delay_s(n, 0.0) for n in (1, 2, 7)] == [RETRY_FIRST_S / 2, RETRY_FIRST_S, RETRY_MAX_S / 2]
+    assert retry_delay_s(3, 0.5) == 0.75 * 4 * RETRY_FIRST_S
+
+
+def test_deletes_refused_together_are_tried_again_spread_over_their_backoff() -> None:
+    """An outage refuses many deletes at once: their retries go out over half the backoff, not in one tick."""
+    d = Deletes(jitter=random.Random(3))
+    for n in range(100):
+        d.stored("bob", n)
+        d.store.refuse_next_put("offline_msg", "unavailable")
+        d.deletes.async_delete("bob", mid(n), d.now)
+    d.store.run()
+    start = d.now
+    assert d.tick_at(start + RETRY_FIRST_S / 2 - 0.001) == 0, "a delete was tried again before half its backoff"
+    per_step = [d.tick_at(start + RETRY_FIRST_S / 2 + RETRY_FIRST_S / 10 * step) for step in range(1, 6)]
+    assert sum(per_step) == 100, "some deletes were not tried again within their backoff"
+    assert max(per_step) < 50, f"the retries went out together: {per_step} in each tenth of a second"
+    assert len(d.deletes) == 0
 
 
 def test_a_refused_delete_is_tried_again_with_backoff_until_the_row_is_gone() -> None:
@@ -170,9 +194,12 @@ def test_an_acked_message_whose_delete_failed_is_deleted_later_and_handed_to_no_
     assert edge.service.counters["inbox_deletes_recovered"] == 1
 
 
-def test_a_push_whose_page_could_not_be_read_starts_over_after_a_backoff() -> None:
-    """bob is logged in but has not synced, so alice's message is stored and pushed; the push's read fails."""
-    edge = Edge()
+@pytest.mark.parametrize("jitter", [1.0, 0.0])
+def test_a_push_whose_page_could_not_be_read_starts_over_after_a_backoff(jitter: float) -> None:
+    """bob is logged in but has not synced, so alice's message is stored and pushed; the push's read fails.
+
+    It starts over once its wait is over: all of the first backoff, or half of it, as its jitter says."""
+    edge = Edge(retry_jitter=lambda: jitter)
     edge.log_in(ALICE, "alice")
     edge.log_in(BOB, "bob", sync=False)
     edge.store.refuse_next_scan("offline_msg", "unavailable")
@@ -181,7 +208,7 @@ def test_a_push_whose_page_could_not_be_read_starts_over_after_a_backoff() -> No
     assert edge.take(BOB, "deliver") == []
     assert edge.service.counters["inbox_push_failures"] == 1
 
-    edge.now += RETRY_FIRST_S - 0.01
+    edge.now += RETRY_FIRST_S * (0.5 + 0.5 * jitter) - 0.01
     edge.service.async_tick(edge.now)
     edge.store.run()
     assert edge.take(BOB, "deliver") == [], "the push started over before its backoff was over"
