@@ -6,8 +6,9 @@ three cores down, a partition: `unavailable`, `partition_detected`). The user
 has the message, so the delete is not dropped: it is tried again after
 `RETRY_FIRST_S`, then twice as long each time up to `RETRY_MAX_S`, until it
 succeeds; each wait is drawn between half and all of that backoff, so that
-deletes refused together (an outage) are not all tried again together. Trying again is safe: each attempt writes a tombstone newer than the
-message (`min_hlc`), whatever the earlier attempts did. An ack of an id the
+deletes refused together (an outage) are not all tried again together. Trying
+again is safe: each attempt writes a tombstone newer than the message
+(`min_hlc`), whatever the earlier attempts did. An ack of an id the
 session was not handed (carried over from an earlier session) is deleted once,
 not retried: it may name no stored message at all, and such a message comes
 again in a later sync anyway.

@@ -224,7 +224,8 @@ class InboxFeed:
             if not result.ok:
                 live.push.running = False
                 live.push.failures += 1
-                heapq.heappush(self._push_retries, (self._now() + retry_delay_s(live.push.failures, self._jitter()), route))
+                due = self._now() + retry_delay_s(live.push.failures, self._jitter())
+                heapq.heappush(self._push_retries, (due, route))
                 self._counters["inbox_push_failures"] += 1
                 return
             live.push.failures = 0
