@@ -5,9 +5,11 @@ on, mDNS off: `core1` is the seed of the others and of the writer, and every
 node lists the three cores in `expected_cores`) and one writing `Node`
 (`writer`, role edge) inside this process, all on 127.0.0.1 in a fresh temp
 directory, with a fresh cookie and a unique cluster name. Every write is a
-100-byte value under its own unique key in `offline_msg`, durability
-"quorum": the answer is ok once 2 of the 3 cores have fsync'd it (each core
-commits in groups: one WriteBatch + one WAL fsync per batch).
+100-byte value (all the same by default; `--bodies random`: 4096 random ones
+in turn, which RocksDB cannot compress) under its own unique key in
+`offline_msg`, durability "quorum": the answer is ok once 2 of the 3 cores
+have fsync'd it (each core commits in groups: one WriteBatch + one WAL fsync
+per batch).
 
 1. **Max rate** (closed loop), `--repeats` (3) runs; the median is reported.
    This process's main thread submits with `Node.put_async` behind a
@@ -96,6 +98,7 @@ from iris_mesh.store._versioned import HybridClock, Versioned, encode_versioned
 
 GOAL_WRITES_PER_S = 30_000
 GOAL_P99_MS = 10.0
+_RANDOM_BODIES = 4096  # --bodies random: distinct values in turn (a power of two), more than a table block holds
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,6 +121,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--light-seconds", type=float, default=3.0, help="light-load run (default 3; 0: none)")
     parser.add_argument("--local-seconds", type=float, default=3.0, help="local synced-batch run (default 3)")
     parser.add_argument("--body-bytes", type=int, default=100, help="value size (default 100)")
+    parser.add_argument("--bodies", choices=("repeated", "random"), default="repeated",
+                        help="value contents: the same --body-bytes of 'x' in every write (default; RocksDB's"
+                             " tables compress it well), or random bytes, 4096 different values in turn"
+                             " (incompressible, like encrypted or varied chat text)")
     parser.add_argument("--partitions", type=int, default=1000,
                         help="users (key partitions) the writes go to in turn"
                              " (default 1000; inbox_max applies per user)")
@@ -138,12 +145,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ---- local ceiling --------------------------------------------------------------------------------
 
 
-def local_sync_batches(root: Path, batch: int, seconds: float, body: bytes, partitions: int) -> dict[str, Any]:
+def local_sync_batches(root: Path, batch: int, seconds: float, bodies: list[bytes], partitions: int) -> dict[str, Any]:
     """Synced batches of `batch` writes into one Database, back to back, for `seconds`."""
     db = Database(root / "local-ceiling")
     try:
         clock = HybridClock("core1")
-        value = encode_versioned(Versioned(clock.now(time.time_ns() // 1_000_000), body))
+        values = [encode_versioned(Versioned(clock.now(time.time_ns() // 1_000_000), body)) for body in bodies]
+        mask = len(values) - 1
+        value = values[0]
         perf = time.perf_counter
         written = batches = 0
         write_s = sync_s = 0.0
@@ -154,8 +163,8 @@ def local_sync_batches(root: Path, batch: int, seconds: float, body: bytes, part
         end_at = started_at + seconds
         while perf() < end_at:
             # Built inside the loop, like the committer builds each batch's op list.
-            ops = [(TABLE, compose(b"user%05d" % ((written + i) % partitions), b"local-%d" % (written + i)), value)
-                   for i in range(batch)]
+            ops = [(TABLE, compose(b"user%05d" % ((written + i) % partitions), b"local-%d" % (written + i)),
+                    values[(written + i) & mask]) for i in range(batch)]
             t0 = perf()
             db.write(ops)
             t1 = perf()
@@ -252,7 +261,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides = _parse_overrides(args.overrides)
     busy_before = warn_if_busy()
     wakeup_us = wakeup_roundtrip_us()
-    body = b"x" * args.body_bytes
+    bodies = [b"x" * args.body_bytes] if args.bodies == "repeated" else \
+        [os.urandom(args.body_bytes) for _ in range(_RANDOM_BODIES)]
     cookie = new_cookie()
     profile: dict[str, Any] | None = None
     light: dict[str, Any] | None = None
@@ -263,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress("starting 3 cores and the writer (RF 3, W 2, CURVE, 127.0.0.1)")
             cluster = StoreCluster(bench, cookie, overrides)
             args.store_timeout = cluster.writer_config.store_timeout_s
-            load = Load(cluster.writer, body, args.partitions)
+            load = Load(cluster.writer, bodies, args.partitions)
 
             # 1. max rate, closed loop, `repeats` times
             for i in range(1, args.repeats + 1):
@@ -348,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    if any(c["commits"] for c in r["commits"].values())]
         batch = max(1, round(statistics.median(per_run))) if per_run else 1
         progress(f"local ceiling: synced batches of {batch} into one RocksDB for {args.local_seconds} s")
-        local = local_sync_batches(bench.root, batch, args.local_seconds, body, args.partitions)
+        local = local_sync_batches(bench.root, batch, args.local_seconds, bodies, args.partitions)
         progress(f"local ceiling: {local['writes_per_s']:,.0f} writes/s")
 
     ratio = max_rate / local["writes_per_s"] if local["writes_per_s"] else 0.0
@@ -370,7 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "goal_met": max_rate >= GOAL_WRITES_PER_S and paced["p99_ms"] <= GOAL_P99_MS,
         "params": {
             "cores": len(CORES), "replication_factor": RF, "write_quorum": W, "durability": "quorum",
-            "table": TABLE, "value_bytes": args.body_bytes, "unique_keys": True, "curve": True,
+            "table": TABLE, "value_bytes": args.body_bytes, "bodies": args.bodies, "unique_keys": True, "curve": True,
             "keys": "user<n> NUL <run>-<i>: write i to partition (user) i mod partitions, a unique message id",
             "partitions": args.partitions,
             "fsync": "group commit (WriteBatch + flush_wal_synced per batch) on each core",
