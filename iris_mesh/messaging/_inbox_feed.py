@@ -174,7 +174,8 @@ class InboxFeed:
                 started += 1
 
     def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
-                    held: dict[str | None, bytes] | None = None, room: int | None = None) -> tuple[list[Delivery], bool]:
+                    held: dict[str | None, bytes] | None = None,
+                    room: int | None = None) -> tuple[list[Delivery], bool]:
         """What to hand out of `items`, in order; at most `room` of them: True if a message to hand out was left
         for want of room."""
         msgs: list[Delivery] = []
