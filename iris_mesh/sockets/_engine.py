@@ -421,8 +421,10 @@ class Engine(PeerLinks):
             try:
                 msg = decode_mesh(frame, max_frame_bytes=limit)
             except FrameError:
-                self.counters["mesh_dropped_malformed"] += 1
-                self._answer_misdirected(route, frame, limit)
+                # An admin request (meshctl given the mesh port) is not a malformed frame: counted apart, so that
+                # mesh_dropped_malformed keeps meaning a peer or something else on the network sends garbage.
+                answered = self._answer_misdirected(route, frame, limit)
+                self.counters["mesh_misdirected_admin" if answered else "mesh_dropped_malformed"] += 1
                 continue
             if msg["op"] == "hello":
                 if msg["src"].encode() != route:
@@ -439,16 +441,17 @@ class Engine(PeerLinks):
             self.counters["mesh_in"] += 1
             self._guard(self._handler.async_on_mesh, msg, now)
 
-    def _answer_misdirected(self, route: bytes, frame: bytes, limit: int) -> None:
+    def _answer_misdirected(self, route: bytes, frame: bytes, limit: int) -> bool:
         """An admin request at the mesh port (meshctl's --node given the wrong port) is told which port is the admin
-        one, rather than left to wait out its timeout; nothing else that is not a mesh frame gets an answer."""
+        one, rather than left to wait out its timeout; nothing else that is not a mesh frame gets an answer.
+        Whether the frame was such a request."""
         try:
             msg = decode(frame, max_frame_bytes=limit)
         except FrameError:
-            return
+            return False
         rid = msg.get("rid")
         if "src" in msg or not isinstance(rid, int) or isinstance(rid, bool) or self.ports is None:
-            return
+            return False
         reply = envelope("reply", rid=rid, ok=False, error="wrong_port", node=self.node_id,
                          admin_port=self.ports.admin,
                          detail=f"this is {self.node_id}'s mesh port, not its admin port ({self.ports.admin})")
@@ -456,6 +459,7 @@ class Engine(PeerLinks):
             self._inbox.send_multipart([route, encode(reply)], zmq.NOBLOCK)
         except zmq.ZMQError:
             self.counters["admin_reply_dropped"] += 1
+        return True
 
     def _drain_sub(self, now: float) -> None:
         limit = self._tuning.max_frame_bytes
