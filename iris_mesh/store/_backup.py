@@ -10,8 +10,9 @@ usable iris_mesh database; once every copy is, each old directory is renamed to
 NODE.replaced-TIME beside it, and its copy renamed in. The replaced data stays there
 until the operator deletes it (unless the restore was asked to delete it once every
 copy is in), so a restore of the wrong backup can be undone. A crash during the
-swaps can leave a core with its old data in NODE.replaced-TIME and its copy still
-in a hidden `.NODE.restore-*` sibling: move one of them back before starting it.
+swaps leaves a `.NODE.restoring` mark beside each data directory, and no node opens
+its database while its mark is there (`_restore_mark.py`): running the same restore
+again does every swap again and deletes the marks and the copies left behind.
 
 A backup is restored whole only if it holds every core: a core left with its own
 data would hand what the backup lacks back to the restored cores once the cluster
@@ -32,12 +33,13 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rocksdict import AccessType, Options, Rdict
 
 from iris_mesh.store._db import Database, StoreError, held_by_this_process
 from iris_mesh.store._meta import EXPECTED_PREFIX, NODE_ID_KEY
+from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
 __all__ = ["BackupError", "MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
 
@@ -167,6 +169,13 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 f"the database in {', '.join(busy)} is in use by another process (a running node?); "
                 "stop it before restoring; nothing was changed"
             )
+        # A restore that did not finish (killed between its renames) left marks: this one does all of it again.
+        unfinished = {d: found for d in [*(d for _c, d in pairs), *aside] if (found := read_marker(d)) is not None}
+        for data_dir, found in unfinished.items():
+            progress(f"a restore into {data_dir} did not finish (started {found.get('started', 'at an unknown time')}"
+                     f"); this one replaces every directory again")
+        when = _utc_stamp()
+        marks: dict[Path, dict[str, Any]] = {}
         staged: list[tuple[Path | None, Path]] = []
         for checkpoint_dir, data_dir in pairs:
             progress(f"copying {checkpoint_dir} next to {data_dir} ...")
@@ -181,8 +190,21 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 raise StoreError(f"copying {checkpoint_dir} next to {data_dir} failed ({exc}); nothing was changed") from None
             _prove_usable(copy, checkpoint_dir)
             staged.append((copy, data_dir))
+            marks[data_dir] = {"started": when, "from": str(checkpoint_dir), "staged": str(work), "pid": os.getpid()}
         staged += [(None, data_dir) for data_dir in aside]
-        return _swap_all(staged, keep_replaced)
+        marks.update({d: {"started": when, "from": None, "staged": None, "pid": os.getpid()} for d in aside})
+        try:
+            write_markers(marks)
+        except OSError as exc:
+            try:
+                remove_markers(list(marks))
+            except OSError:
+                pass  # the error below names the cause; a mark left behind only stops a node until a restore runs
+            raise StoreError(f"cannot mark the data directories as being restored ({exc}); nothing was changed") \
+                from None
+        moved = _swap_all(staged, keep_replaced, when)
+        _remove_leftovers(unfinished)
+        return moved
     finally:
         for work in works:
             shutil.rmtree(work, ignore_errors=True)
@@ -344,15 +366,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool) -> dict[Path, Path | None]:
+def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when: str) -> dict[Path, Path | None]:
     """Put every staged copy in place of its data directory: all of them, or none (the old ones are put back).
 
     Each old directory is renamed to NODE.replaced-TIME before its copy (if any: None leaves an
     empty directory in its place) is renamed in; with `keep_replaced` False the old ones are deleted once every copy
-    is in place. Returns where each old one is.
+    is in place. Returns where each old one is. Every directory's restore mark is written already: it is
+    deleted once every directory is in place, or every old one is back, and left (nodes do not start there)
+    if neither could be made durable.
     """
     stamp = f"{os.getpid()}-{time.time_ns()}"
-    when = _utc_stamp()
+    data_dirs = [data_dir for _copy, data_dir in staged]
     done: list[tuple[Path, Path | None]] = []  # (data directory, where its old one went: None if it had none)
     try:
         for copy, data_dir in staged:
@@ -365,13 +389,19 @@ def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool) -> di
             else:
                 data_dir.mkdir()  # moved aside: the node starts empty here
     except OSError as exc:
-        raise StoreError(f"putting the restored copies in place failed ({exc}); {_undo_swaps(done, stamp)}") from None
+        stuck, said = _undo_swaps(done, stamp)
+        try:
+            remove_markers([data_dir for data_dir in data_dirs if data_dir not in stuck])  # those stuck keep theirs
+        except OSError as unmark:
+            said += f" (but deleting the restore marks failed: {unmark}; delete .NODE.restoring beside each)"
+        raise StoreError(f"putting the restored copies in place failed ({exc}); {said}") from None
     try:
         for parent in {data_dir.parent for data_dir, _old in done}:
             _fsync_dir(parent)
+        remove_markers(data_dirs)
     except OSError as exc:
-        raise StoreError(f"the restored data is in place, but syncing its directory failed ({exc}); "
-                         "check the disk before starting the cluster") from None
+        raise StoreError(f"the restored data is in place, but making that durable failed ({exc}); check the disk, "
+                         "then run the same restore again: until then the nodes there do not start") from None
     if not keep_replaced:
         for _data_dir, old in done:
             if old is not None:
@@ -394,9 +424,21 @@ def _replaced_name(data_dir: Path, when: str) -> Path:
     raise OSError(errno.EEXIST, f"too many {data_dir.name}.replaced-{when}* directories in {data_dir.parent}")
 
 
-def _undo_swaps(done: list[tuple[Path, Path | None]], stamp: str) -> str:
-    """Put the old data directories back after a failed swap; says what the operator finds."""
+def _remove_leftovers(unfinished: dict[Path, dict[str, Any]]) -> None:
+    """Delete the staged copies an unfinished restore left beside the data directories (only such copies)."""
+    for data_dir, found in unfinished.items():
+        staged = found.get("staged")
+        if not isinstance(staged, str):
+            continue
+        path = Path(staged)
+        if path.parent == data_dir.parent and path.name.startswith(f".{data_dir.name}.restore-"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _undo_swaps(done: list[tuple[Path, Path | None]], stamp: str) -> tuple[set[Path], str]:
+    """Put the old data directories back after a failed swap; those that could not be, and what the operator finds."""
     stuck = []
+    stuck_dirs: set[Path] = set()
     for data_dir, old in reversed(done):
         aside = data_dir.parent / f".{data_dir.name}.undone-{stamp}"
         try:
@@ -406,8 +448,10 @@ def _undo_swaps(done: list[tuple[Path, Path | None]], stamp: str) -> str:
                 os.rename(old, data_dir)
         except OSError as exc:
             stuck.append(f"{data_dir} ({exc}; its old data is in {old})")
+            stuck_dirs.add(data_dir)
             continue
         shutil.rmtree(aside, ignore_errors=True)
     if stuck:
-        return "could not put back the old data of " + ", ".join(stuck) + ": move it back by hand before starting"
-    return "every data directory is as it was"
+        return stuck_dirs, ("could not put back the old data of " + ", ".join(stuck) + ": move it back by hand, "
+                            "then delete the .NODE.restoring mark beside it, before starting")
+    return stuck_dirs, "every data directory is as it was"

@@ -30,6 +30,8 @@ from typing import Iterable, Iterator, Sequence
 
 from rocksdict import BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
 
+from iris_mesh.store._restore_mark import refuse_if_restoring
+
 __all__ = ["Database", "ENGINE_PROPERTIES", "StoreError", "TABLES", "held_by_this_process"]
 
 TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
@@ -128,6 +130,9 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        unfinished = refuse_if_restoring(path)
+        if unfinished is not None:
+            raise StoreError(unfinished)
         try:
             path.mkdir(parents=True, exist_ok=True)
             self._resolved = path.resolve()

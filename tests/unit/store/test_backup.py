@@ -8,6 +8,9 @@ import hashlib
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -317,6 +320,58 @@ def test_a_restore_that_cannot_put_an_old_directory_back_says_where_it_is(tmp_pa
     old = Path(str(refused.value).rsplit("its old data is in ", 1)[1].split(")")[0])
     assert [k for k, _ in dump(old)["offline_msg"]] == [b"a", b"after-backup"]  # core2's data, where the error says
     assert dump(tmp_path / "data" / "core1") == before  # core1 was put back
+    with pytest.raises(StoreError, match=r"a restore into .*data/core2 did not finish"):
+        Database(tmp_path / "data" / "core2")  # not started on whatever is there until someone looked
+    assert not (tmp_path / "data" / ".core1.restoring").exists()
+
+
+# Runs restore_all on argv[1:] (checkpoint, data directory, ...) and is SIGKILLed right after core2's data went
+# aside, before its copy is renamed in: core1 is restored by then, core2 has no data directory at all.
+_KILLED_RESTORE = """
+import os, signal, sys
+from pathlib import Path
+from iris_mesh.store import _backup
+
+real_rename = os.rename
+
+def rename(src, dst):
+    real_rename(src, dst)
+    if Path(dst).name.startswith("core2.replaced-"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+_backup.os.rename = rename
+args = [Path(arg) for arg in sys.argv[1:]]
+_backup.restore_all(list(zip(args[::2], args[1::2])))
+"""
+
+
+def test_a_restore_killed_between_its_renames_stops_the_nodes_until_it_is_run_again(tmp_path: Path) -> None:
+    pairs = two_cores_backed_up(tmp_path)
+    data = tmp_path / "data"
+    child = subprocess.run([sys.executable, "-c", _KILLED_RESTORE, *(str(p) for pair in pairs for p in pair)],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    look = shutil.copytree(data / "core1", tmp_path / "look" / "core1")  # a copy: core1 itself does not open now
+    assert [k for k, _ in dump(look)["offline_msg"]] == [b"a"]  # restored
+    assert not (data / "core2").exists()  # aside, its copy not in yet
+    # Neither core opens: core1 would hand nothing back, but core2 would start empty next to a half-done restore.
+    for name in ("core1", "core2"):
+        with pytest.raises(StoreError, match=rf"a restore into .*data/{name} did not finish \(started \d{{8}}T\d{{6}}Z "
+                                             rf"from .*backup/{name}\).*Run the same `meshctl restore` again"):
+            Database(data / name)
+    assert not (data / "core2").exists()  # the refusal made no empty directory either
+    lines: list[str] = []
+    restore_all(pairs, progress=lines.append)
+    assert sum("did not finish" in line for line in lines) == 2, lines
+    for name in ("core1", "core2"):
+        assert [k for k, _ in dump(data / name)["offline_msg"]] == [b"a"]
+    left = sorted(p.name for p in data.iterdir())
+    assert not [name for name in left if name.startswith(".")], left  # no marks, no copies the killed one staged
+    replaced = [name for name in left if ".replaced-" in name]
+    # core1's own data and its first restored copy, and core2's own data: all kept until the operator deletes them
+    assert len(replaced) == 3 and sum(name.startswith("core2.") for name in replaced) == 1, left
+    core2_own = data / next(name for name in replaced if name.startswith("core2."))
+    assert [k for k, _ in dump(core2_own)["offline_msg"]] == [b"a", b"after-backup"]
 
 
 @pytest.mark.parametrize("kind", ["empty", "garbage", "damaged", "foreign"])
