@@ -197,12 +197,12 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
             write_markers(marks)
         except OSError as exc:
             try:
-                remove_markers(list(marks))
+                _unmark(list(marks), unfinished)
             except OSError:
                 pass  # the error below names the cause; a mark left behind only stops a node until a restore runs
             raise StoreError(f"cannot mark the data directories as being restored ({exc}); nothing was changed") \
                 from None
-        moved = _swap_all(staged, keep_replaced, when)
+        moved = _swap_all(staged, keep_replaced, when, unfinished)
         _remove_leftovers(unfinished)
         return moved
     finally:
@@ -366,14 +366,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when: str) -> dict[Path, Path | None]:
+def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when: str,
+              unfinished: dict[Path, dict[str, Any]]) -> dict[Path, Path | None]:
     """Put every staged copy in place of its data directory: all of them, or none (the old ones are put back).
 
     Each old directory is renamed to NODE.replaced-TIME before its copy (if any: None leaves an
     empty directory in its place) is renamed in; with `keep_replaced` False the old ones are deleted once every copy
     is in place. Returns where each old one is. Every directory's restore mark is written already: it is
-    deleted once every directory is in place, or every old one is back, and left (nodes do not start there)
-    if neither could be made durable.
+    deleted once every directory is in place, or every old one is back (but for the marks of an earlier restore
+    that did not finish, `unfinished`, which are written back: what is back is its half-done state), and left
+    (nodes do not start there) if neither could be made durable.
     """
     stamp = f"{os.getpid()}-{time.time_ns()}"
     data_dirs = [data_dir for _copy, data_dir in staged]
@@ -391,7 +393,7 @@ def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when:
     except OSError as exc:
         stuck, said = _undo_swaps(done, stamp)
         try:
-            remove_markers([data_dir for data_dir in data_dirs if data_dir not in stuck])  # those stuck keep theirs
+            _unmark([data_dir for data_dir in data_dirs if data_dir not in stuck], unfinished)  # stuck: marked
         except OSError as unmark:
             said += f" (but deleting the restore marks failed: {unmark}; delete .NODE.restoring beside each)"
         raise StoreError(f"putting the restored copies in place failed ({exc}); {said}") from None
@@ -422,6 +424,12 @@ def _replaced_name(data_dir: Path, when: str) -> Path:
         if not candidate.exists():
             return candidate
     raise OSError(errno.EEXIST, f"too many {data_dir.name}.replaced-{when}* directories in {data_dir.parent}")
+
+
+def _unmark(data_dirs: list[Path], unfinished: dict[Path, dict[str, Any]]) -> None:
+    """Take this restore's marks off `data_dirs`: those an earlier, unfinished restore had marked get its mark back."""
+    remove_markers([data_dir for data_dir in data_dirs if data_dir not in unfinished])
+    write_markers({data_dir: unfinished[data_dir] for data_dir in data_dirs if data_dir in unfinished})
 
 
 def _remove_leftovers(unfinished: dict[Path, dict[str, Any]]) -> None:

@@ -360,6 +360,14 @@ def test_a_restore_killed_between_its_renames_stops_the_nodes_until_it_is_run_ag
                                              rf"from .*backup/{name}\).*Run the same `meshctl restore` again"):
             Database(data / name)
     assert not (data / "core2").exists()  # the refusal made no empty directory either
+    # A second try that fails too puts back the half-done state, and with it the first one's marks.
+    with pytest.MonkeyPatch.context() as patch:
+        fail_renames_into_core2(patch, (".restore-",), OSError(28, "No space left on device"))
+        with pytest.raises(StoreError, match="No space left on device.*every data directory is as it was"):
+            restore_all(pairs)
+    for name in ("core1", "core2"):
+        with pytest.raises(StoreError, match=rf"a restore into .*data/{name} did not finish"):
+            Database(data / name)
     lines: list[str] = []
     restore_all(pairs, progress=lines.append)
     assert sum("did not finish" in line for line in lines) == 2, lines
