@@ -23,8 +23,13 @@ gone through the whole inbox.
 
 A push hands out at most as many messages as the session has room for
 (`max_pending_deliveries` unacked); when full it pauses, and acks resume it
-(`async_resume`). Messages the session already holds unacked are not handed
-out again. A stored message leaves the store only when acked (`async_delete`);
+(`async_resume`) where it stopped, not from the inbox start: a backlog drained
+a little room at a time reads each page about once, not every acked row again
+at every resume (rows acked stay as tombstones that count in a page until
+they are purged). A message stored meanwhile behind where the pass stopped is
+missed by it, like one stored behind a page being read: it holds back its
+sender's later ones and brings another pass. Messages the session already
+holds unacked are not handed out again. A stored message leaves the store only when acked (`async_delete`);
 a delete that fails is tried again until it succeeds, and meanwhile the
 message is handed to none of the user's sessions here (`_deletes.py`). A push
 whose page cannot be read (the user's replicas unavailable) starts over on
@@ -117,7 +122,7 @@ class InboxFeed:
                 live.sync.stored_while_reading.clear()
             if result.cursor is not None and (live.sync.read_to is None or result.cursor > live.sync.read_to):
                 live.sync.read_to = result.cursor
-            msgs, _full = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
+            msgs, _left_at = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
             if not result.more and not live.push.running and not live.push.paused:
                 live.inbox_clean = True
             self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
@@ -138,16 +143,25 @@ class InboxFeed:
                 held[known_sender] = min(held.get(known_sender, key), key)
             if session.sync.reading:
                 session.sync.stored_while_reading[key] = known_sender
-            if not session.push.running:
-                self._push(session, None, now)
+            push = session.push
+            if push.running:
+                push.stored_while_reading[key] = known_sender
+            elif push.paused and push.resume_after is not None:
+                # A pass waiting for room goes on where it stopped: behind that, the message is missed like one
+                # stored behind a page being read (its sender's later ones wait for the next pass, which brings it).
+                if key <= push.resume_after:
+                    push.held[known_sender] = min(push.held.get(known_sender, key), key)
+                    push.rescan = True
+                    self._counters["inbox_held_back"] += 1
+                self.async_resume(session, now)
             else:
-                session.push.stored_while_reading[key] = None if msg_id is None else sender
+                self._push(session, None, now)
 
     def async_resume(self, session: Session, now: float) -> None:
         """After acks: a push paused for room goes on once the session has room again."""
         if session.push.paused and self._room(session) > 0:
             session.push.paused = False
-            self._push(session, None, now)
+            self._push(session, session.push.resume_after, now)
 
     def async_delete(self, user: str, msg_id: bytes, now: float, *, retry: bool = True) -> None:
         """`user` acked a stored message: it leaves the store now, and only now (the delete wins over its write);
@@ -175,11 +189,11 @@ class InboxFeed:
 
     def _deliveries(self, session: Session, items: Any, *, skip_outstanding: bool,
                     held: dict[str | None, bytes] | None = None,
-                    room: int | None = None) -> tuple[list[Delivery], bool]:
-        """What to hand out of `items`, in order; at most `room` of them: True if a message to hand out was left
-        for want of room."""
+                    room: int | None = None) -> tuple[list[Delivery], int | None]:
+        """What to hand out of `items`, in order; at most `room` of them: and the position in `items` of the first
+        message left for want of room (None: none was)."""
         msgs: list[Delivery] = []
-        for key, item in items:
+        for position, (key, item) in enumerate(items):
             try:
                 stored = decode_stored(item.value)
             except ValueError:
@@ -195,10 +209,10 @@ class InboxFeed:
             if held and (key > held.get(stored.sender, _NOWHERE) or key > held.get(None, _NOWHERE)):
                 continue  # behind a message of its sender that this pass missed: the next pass brings both
             if room is not None and len(msgs) >= room:
-                return msgs, True
+                return msgs, position
             session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
             msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
-        return msgs, False
+        return msgs, None
 
     def _room(self, session: Session) -> int:
         """How many more messages the session may be handed before it acks some."""
@@ -208,11 +222,13 @@ class InboxFeed:
         """Send the stored messages to an online session as deliver frames, page by page."""
         assert session.user is not None
         if self._room(session) <= 0:
-            # Resumed by acks (see async_resume).
+            # Resumed by acks (see async_resume), from here.
             session.push.running = False
             session.push.paused = True
+            session.push.resume_after = cursor
             return
         session.push.running = True
+        session.push.resume_after = None
         if cursor is None:
             session.push.held.clear()  # a new pass reads from the start: nothing is missed yet
         session.push.stored_while_reading.clear()
@@ -232,14 +248,15 @@ class InboxFeed:
             live.push.failures = 0
             self._note_missed(live, result)
             # The room as it is now: live deliveries may have taken some while the page was read.
-            deliveries, full = self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held,
-                                                room=self._room(live))
+            deliveries, left_at = self._deliveries(live, result.items, skip_outstanding=True, held=live.push.held,
+                                                   room=self._room(live))
             for delivery in deliveries:
                 self._to_client(route, build_deliver(delivery))
-            if full:
-                # Resumed by acks (see async_resume), with a new pass.
+            if left_at is not None:
+                # Resumed by acks (see async_resume) right before the message left out.
                 live.push.running = False
                 live.push.paused = True
+                live.push.resume_after = result.items[left_at - 1][0] if left_at else cursor
             elif result.more:
                 self._push(live, result.cursor, self._now())
             elif live.push.rescan:

@@ -41,6 +41,8 @@ class PushReading:
 
     running: bool = False
     paused: bool = False  # waits for acks to make room
+    # Where a paused pass goes on (the key its next page starts after); None: it starts over from the inbox start.
+    resume_after: bytes | None = None
     rescan: bool = False  # another pass once this one ends
     failures: int = 0  # pages in a row that could not be read (the pass starts over after a backoff)
     # Inbox keys stored while a page was read, with their sender (None: not known).

@@ -45,6 +45,11 @@ class FakeStore:
         # at once and answers late does), so a write answered in between is not in it.
         self.scans_read_when_asked = False
         self.scans = 0  # scans asked for
+        # With this set a delete leaves a tombstone, as the real store's do until they are purged: a scan reads
+        # it and counts it in its page, but does not return it.
+        self.tombstones = False
+        self.dead: dict[str, set[bytes]] = collections.defaultdict(set)
+        self.rows_scanned = 0  # rows (tombstones included) the scans read
 
     def refuse_next_put(self, table: str, code: str) -> None:
         self._refusals[table].append(code)
@@ -60,8 +65,11 @@ class FakeStore:
                 return
             if value is None:
                 self.tables[table].pop(key, None)
+                if self.tombstones:
+                    self.dead[table].add(key)
             else:
                 self.tables[table][key] = value
+                self.dead[table].discard(key)
             on_done(Answer(True))
 
         self._waiting.append(answer)
@@ -79,9 +87,11 @@ class FakeStore:
             return
 
         def read() -> Answer:
-            keys = sorted(k for k in self.tables[table] if k.startswith(prefix) and (start_after is None or k > start_after))
+            rows = self.tables[table].keys() | self.dead[table]
+            keys = sorted(k for k in rows if k.startswith(prefix) and (start_after is None or k > start_after))
             page = keys[:limit]
-            items = [(k, Row(self.tables[table][k])) for k in page]
+            self.rows_scanned += len(page)
+            items = [(k, Row(self.tables[table][k])) for k in page if k in self.tables[table]]
             return Answer(True, items=items, more=len(keys) > limit, cursor=page[-1] if page else start_after)
 
         if self.scans_read_when_asked:

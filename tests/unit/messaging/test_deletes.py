@@ -287,3 +287,53 @@ def test_a_push_resumed_with_little_room_reads_whole_pages_and_hands_out_no_more
         assert edge.store.scans - scans == 1, "the resumed push read the messages bob holds one scan each"
         got += handed
     assert got == [mid(n) for n in range(1, 12)]
+
+
+def _drain_one_ack_at_a_time(edge: Edge, got: list[bytes], total: int, window: int) -> list[int]:
+    """bob acks his oldest unacked message, one ack at a time, until `total` have come; the scans each ack cost."""
+    scans_per_ack = []
+    while len(got) < total:
+        scans = edge.store.scans
+        edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [got[-window]]}, edge.now)
+        edge.store.run()
+        handed = [f["id"] for f in edge.take(BOB, "deliver")]
+        assert handed, f"an ack with {len(got)} of {total} messages handed out let none out"
+        got += handed
+        scans_per_ack.append(edge.store.scans - scans)
+    return scans_per_ack
+
+
+def test_a_backlog_let_out_one_ack_at_a_time_reads_on_where_the_push_stopped() -> None:
+    """Acked rows stay as tombstones that count in a page. A push resumed from the inbox start read all of them
+    again at every ack, and draining a backlog a little room at a time took quadratic time."""
+    edge = Edge(Limits(max_pending_deliveries=5, sync_page=10))
+    edge.store.tombstones = True
+    edge.log_in(ALICE, "alice")
+    for n in range(1, 61):
+        assert edge.outcome(ALICE, edge.send(ALICE, "bob", n)) == "sent:stored"
+    edge.log_in(BOB, "bob", sync=False)
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 61)) == "sent:stored"  # a change: the push starts
+    got = [f["id"] for f in edge.take(BOB, "deliver")]
+    assert got == [mid(n) for n in range(1, 6)]
+    scans_per_ack = _drain_one_ack_at_a_time(edge, got, 61, 5)
+    assert got == [mid(n) for n in range(1, 62)]
+    assert max(scans_per_ack) == 1, f"a resume read past the rows acked before it: {scans_per_ack}"
+
+
+def test_a_message_stored_behind_where_a_paused_push_stopped_keeps_its_sender_s_order() -> None:
+    """A resend keeps its id, so it can be stored behind where the push paused: it comes before the rest of its
+    sender's messages, by the next pass, and no message comes twice."""
+    edge = Edge(Limits(max_pending_deliveries=2, sync_page=4))
+    edge.store.tombstones = True
+    edge.log_in(ALICE, "alice")
+    for n in range(10, 16):
+        assert edge.outcome(ALICE, edge.send(ALICE, "bob", n)) == "sent:stored"
+    edge.log_in(BOB, "bob", sync=False)
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 16)) == "sent:stored"
+    got = [f["id"] for f in edge.take(BOB, "deliver")]
+    assert got == [mid(10), mid(11)]  # paused after 11
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 5)) == "sent:stored"  # behind where it paused
+    assert edge.take(BOB, "deliver") == []  # no room yet
+    _drain_one_ack_at_a_time(edge, got, 8, 2)
+    assert got == [mid(10), mid(11), mid(5), *(mid(n) for n in range(12, 17))]
+    assert edge.service.counters["inbox_held_back"] >= 1
