@@ -29,11 +29,12 @@ at every resume (rows acked stay as tombstones that count in a page until
 they are purged). A message stored meanwhile behind where the pass stopped is
 missed by it, like one stored behind a page being read: it holds back its
 sender's later ones and brings another pass. Messages the session already
-holds unacked are not handed out again. A stored message leaves the store only when acked (`async_delete`);
-a delete that fails is tried again until it succeeds, and meanwhile the
-message is handed to none of the user's sessions here (`_deletes.py`). A push
-whose page cannot be read (the user's replicas unavailable) starts over on
-its own, after a backoff, so its messages do not wait for the next change.
+holds unacked are not handed out again. A stored message leaves the store
+only when acked (`async_delete`); a delete that fails is tried again until
+it succeeds, and meanwhile the message is handed to none of the user's
+sessions here (`_deletes.py`). A push whose page cannot be read (the user's
+replicas unavailable) starts over on its own, after a backoff, so its
+messages do not wait for the next change.
 """
 
 from __future__ import annotations
