@@ -28,6 +28,7 @@ from iris_mesh.store import (
     Database,
     Done,
     HybridClock,
+    LocalJournal,
     LocalStore,
     NodeMeta,
     QuorumCoordinator,
@@ -156,6 +157,7 @@ class Node:
                                   for n, c in membership.cards.items()
                                   if c.serves_clients and membership.state_of(n) == "alive"],
                 peer_clients=membership.client_counts,
+                journal=LocalJournal(db, "acked-deletes"),
                 wall_ms=lambda: time.time_ns() // 1_000_000,
                 wall_s=time.time,
                 settings=EdgeSettings(

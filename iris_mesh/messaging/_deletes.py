@@ -18,6 +18,12 @@ user's sessions (`waiting`): the user acked it. Other edges do not know, so a
 session of the same user there may get it once more (clients drop ids they
 already surfaced, PROTOCOL.md 9.2). At most `MAX_WAITING` deletes wait; past
 that the oldest is given up (counted, logged) and its message may come again.
+
+A delete that failed once is written to the edge's local journal (`Journal`,
+the node's own database) until it succeeds or is given up: an edge restarted
+during the outage tries those deletes again from its first tick, and hands
+their messages to no session meanwhile, rather than letting the store deliver
+them once more to users who acked them.
 """
 
 from __future__ import annotations
@@ -27,13 +33,22 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
-from iris_mesh.messaging._inbox import Store, inbox_key, stored_version
+from iris_mesh.messaging._inbox import Store, inbox_key, message_id_of, stored_version
 
-__all__ = ["AckDeletes", "MAX_WAITING", "RETRIES_PER_TICK", "RETRY_FIRST_S", "RETRY_MAX_S", "retry_delay_s"]
+__all__ = ["AckDeletes", "Journal", "MAX_WAITING", "RETRIES_PER_TICK", "RETRY_FIRST_S", "RETRY_MAX_S",
+           "retry_delay_s"]
+
+
+class Journal(Protocol):
+    """Records that outlive a restart of the edge (`iris_mesh.store.LocalJournal`); writes never raise."""
+
+    def put(self, key: bytes, value: bytes = b"") -> None: ...
+    def delete(self, key: bytes) -> None: ...
+    def items(self) -> list[tuple[bytes, bytes]]: ...
 
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
@@ -53,7 +68,7 @@ def retry_delay_s(failures: int, jitter: float = 1.0) -> float:
 
 
 class _Waiting:
-    __slots__ = ("user", "msg_id", "retry", "failures", "due")
+    __slots__ = ("user", "msg_id", "retry", "failures", "due", "journaled")
 
     def __init__(self, user: str, msg_id: bytes, retry: bool) -> None:
         self.user = user
@@ -61,26 +76,50 @@ class _Waiting:
         self.retry = retry
         self.failures = 0
         self.due: float | None = None  # None: an attempt is on its way
+        self.journaled = False  # in the journal: deleted from it once the delete succeeds or is given up
 
 
 class AckDeletes:
     """The deletes of acked messages: one quorum write each, tried again while it fails."""
 
-    __slots__ = ("_store", "_counters", "_now", "_jitter", "_waiting", "_failing", "_due", "_order")
+    __slots__ = ("_store", "_counters", "_now", "_jitter", "_journal", "_waiting", "_failing", "_due", "_order")
 
     def __init__(self, *, store: Store, counters: collections.Counter[str], now: Callable[[], float],
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random, journal: Journal | None = None) -> None:
         """`counters` is the edge's; `now` is the engine's current monotonic time; `jitter` draws each wait's
-        place in its backoff (see `retry_delay_s`)."""
+        place in its backoff (see `retry_delay_s`); `journal` keeps the failing deletes over a restart, and
+        those it kept from before are tried again from the first tick."""
         self._store = store
         self._counters = counters
         self._now = now
         self._jitter = jitter
+        self._journal = journal
         # By inbox key, oldest first: deletes on their way or waiting to be tried again.
         self._waiting: dict[bytes, _Waiting] = {}
         self._failing = 0  # entries of _waiting that failed at least once
         self._due: list[tuple[float, int, bytes]] = []  # heap of (when to try again, order, key); stale ones skipped
         self._order = itertools.count()
+        if journal is not None:
+            self._recall(journal)
+
+    def _recall(self, journal: Journal) -> None:
+        """The deletes that still failed when the edge stopped: waiting (their messages handed to no session), due
+        at the first tick."""
+        for key, _value in journal.items()[-MAX_WAITING:]:
+            try:
+                user, msg_id = key[:key.index(b"\x00")].decode(), message_id_of(key)
+            except ValueError:
+                journal.delete(key)  # not an inbox key: nothing to retry
+                continue
+            entry = self._waiting[key] = _Waiting(user, msg_id, True)
+            entry.journaled = True
+            entry.failures = 1
+            self._failing += 1
+            self._schedule(key, entry, float("-inf"))
+        if self._waiting:
+            self._counters["inbox_deletes_recalled"] += len(self._waiting)
+            logger.warning("{} deletes of acked messages failed before this edge restarted: they are tried again "
+                           "(their messages are handed to no session meanwhile)", len(self._waiting))
 
     def async_delete(self, user: str, msg_id: bytes, now: float, *, retry: bool = True) -> None:
         """`user` acked a stored message: delete its row now, and (with `retry`) again later while that fails."""
@@ -95,6 +134,8 @@ class AckDeletes:
             oldest_key = next(iter(self._waiting))
             oldest = self._waiting.pop(oldest_key)
             self._failing -= oldest.failures > 0
+            if oldest.journaled and self._journal is not None:
+                self._journal.delete(oldest_key)
             self._counters["inbox_deletes_given_up"] += 1
             if self._counters["inbox_deletes_given_up"] % 1000 == 1:
                 logger.warning("more than {} acked messages wait for their delete: gave up deleting {}'s {} (the "
@@ -133,6 +174,8 @@ class AckDeletes:
                 return  # given up meanwhile
             if result.ok:
                 del self._waiting[key]
+                if entry.journaled and self._journal is not None:
+                    self._journal.delete(key)
                 if entry.failures:
                     self._failing -= 1
                     self._counters["inbox_deletes_recovered"] += 1
@@ -149,6 +192,9 @@ class AckDeletes:
                                "are tried again until the store takes them", result.code, result.detail)
             self._failing += entry.failures == 0
             entry.failures += 1
+            if not entry.journaled and self._journal is not None:
+                self._journal.put(key)
+                entry.journaled = True
             self._schedule(key, entry, self._now() + retry_delay_s(entry.failures, self._jitter()))
 
         self._store.async_put("offline_msg", key, None, durability="quorum", on_done=done, now=now,

@@ -57,6 +57,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from iris_mesh.messaging._deletes import Journal
 from iris_mesh.messaging._ids import MAX_ID_AHEAD_MS, id_time_ms
 from iris_mesh.messaging._inbox import Store, StoredMessage, encode_stored, inbox_key, stored_version
 from iris_mesh.messaging._inbox_feed import InboxFeed
@@ -150,12 +151,14 @@ class EdgeService:
         gateways: Callable[[], list[tuple[str, str, str]]] = lambda: [],
         peer_clients: Callable[[], dict[str, int]] = lambda: {},
         retry_jitter: Callable[[], float] = random.random,
+        journal: Journal | None = None,
     ) -> None:
         """`gateways()`: (node id, endpoint, server key) of the client gateways of the edges alive now, this one
         included; a `move` names the others, so clients need not look for them over mDNS. `peer_clients()`: the
         sessions logged in on each other alive edge, as its heartbeats say (for automatic rebalancing).
         `retry_jitter()`: a number from 0 to 1 drawn for each retry of a failed delete or inbox read, its place
-        between half and all of its backoff."""
+        between half and all of its backoff. `journal`: where failing deletes of acked messages outlive a restart
+        (the node's own database; `_deletes.py`)."""
         self.node_id = node_id
         self._secret = token_secret
         self._store = store
@@ -190,7 +193,8 @@ class EdgeService:
         self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
                                       now=lambda: self._now, to_client=self._to_client, live_edges=live_edges)
         self._inbox = InboxFeed(store=store, sessions=self.sessions, limits=self._limits, counters=self.counters,
-                                now=lambda: self._now, to_client=self._to_client, jitter=retry_jitter)
+                                now=lambda: self._now, to_client=self._to_client, jitter=retry_jitter,
+                                journal=journal)
         self._desk = LiveDesk(node_id=node_id, sessions=self.sessions, limits=self._limits,
                               deliver_timeout_s=settings.deliver_timeout_s, counters=self.counters,
                               now=lambda: self._now, to_client=self._to_client,

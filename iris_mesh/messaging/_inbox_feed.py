@@ -45,7 +45,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from iris_mesh.messaging._deletes import RETRIES_PER_TICK, AckDeletes, retry_delay_s
+from iris_mesh.messaging._deletes import RETRIES_PER_TICK, AckDeletes, Journal, retry_delay_s
 from iris_mesh.messaging._inbox import Store, decode_stored, inbox_key, inbox_prefix, message_id_of
 from iris_mesh.messaging._protocol import Delivery, Limits, SyncRequest, build_deliver, build_error, build_inbox
 from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
@@ -75,9 +75,11 @@ class InboxFeed:
         now: Callable[[], float],
         to_client: Callable[[bytes, dict[str, Any]], None],
         jitter: Callable[[], float] = random.random,
+        journal: Journal | None = None,
     ) -> None:
         """`counters` is the edge's; `now` is the engine's current monotonic time; `to_client` sends a frame;
-        `jitter` draws each retry's place in its backoff (`retry_delay_s`)."""
+        `jitter` draws each retry's place in its backoff (`retry_delay_s`); `journal` keeps failing deletes over
+        a restart (`_deletes.py`)."""
         self._store = store
         self._sessions = sessions
         self._limits = limits
@@ -85,7 +87,7 @@ class InboxFeed:
         self._now = now
         self._to_client = to_client
         self._jitter = jitter
-        self._deletes = AckDeletes(store=store, counters=counters, now=now, jitter=jitter)
+        self._deletes = AckDeletes(store=store, counters=counters, now=now, jitter=jitter, journal=journal)
         self._push_retries: list[tuple[float, bytes]] = []  # heap of (when a failed push starts over, route)
 
     def async_sync(self, session: Session, request: SyncRequest, now: float) -> None:

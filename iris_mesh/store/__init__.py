@@ -6,6 +6,7 @@ from iris_mesh.store._admin import StoreAdmin
 from iris_mesh.store._backup import MissingCores, Restored, checkpoint, restore, restore_all, restore_backup
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
+from iris_mesh.store._journal import LocalJournal
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._keys import compose, partition_key
 from iris_mesh.store._meta import CLOCK_SAVE_INTERVAL_S, NodeMeta
@@ -19,6 +20,7 @@ __all__ = [
     "Database",
     "Done",
     "HybridClock",
+    "LocalJournal",
     "LocalStore",
     "MissingCores",
     "NodeMeta",

@@ -391,3 +391,40 @@ def test_sends_past_the_rate_limit_get_rate_limited_with_retry_after(local_clust
         assert 0 < refused["retry_after"] <= 1.0
     finally:
         ctx.destroy(linger=0)
+
+
+def test_an_ack_the_store_refused_is_not_undone_by_a_restart_of_the_edge(local_cluster: LocalCluster) -> None:
+    """bob acks during an outage (two cores down: the delete is refused), then his edge restarts: the edge
+    that comes back deletes the message once the cores are back, and bob never gets it again."""
+    chat_cluster(local_cluster)
+    edge2 = local_cluster.nodes["edge2"]
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
+    try:
+        for body in (b"read before", b"read during the outage"):
+            assert alice.send("bob", body).status == "stored"
+    finally:
+        alice.close()
+    bob = connect_static(local_cluster, edge2, "bob")
+    try:
+        # Both came in the first page of bob's sync: the second waits in his client, unacked, meanwhile.
+        first = bob.receive(timeout=10.0)
+        assert first is not None and first.body == b"read before"
+        for node_id in ("core2", "core3"):
+            local_cluster.nodes[node_id].stop()
+        wait_until(lambda: not edge2.status()["safe_for_writes"], 10.0, "edge2 to see the outage")
+        message = bob.receive(timeout=10.0)
+        assert message is not None and message.body == b"read during the outage"
+        wait_until(lambda: edge2.status()["edge"]["counters"].get("inbox_delete_failures", 0) >= 1, 10.0,
+                   "the delete of the acked message to be refused")
+    finally:
+        bob.close()
+    edge2.stop()
+    edge2.start()
+    local_cluster.start("core2", "core3")
+    wait_until(lambda: edge2.status()["edge"]["counters"].get("inbox_deletes_recovered", 0) == 1, 30.0,
+               "the restarted edge to delete the message bob acked before")
+    again = connect_static(local_cluster, edge2, "bob")
+    try:
+        assert again.receive(timeout=2.0) is None, "the message bob acked came again"
+    finally:
+        again.close()

@@ -337,3 +337,62 @@ def test_a_message_stored_behind_where_a_paused_push_stopped_keeps_its_sender_s_
     _drain_one_ack_at_a_time(edge, got, 8, 2)
     assert got == [mid(10), mid(11), mid(5), *(mid(n) for n in range(12, 17))]
     assert edge.service.counters["inbox_held_back"] >= 1
+
+
+# ---- over a restart ------------------------------------------------------------------------------
+
+
+class MemoryJournal:
+    """The edge's journal as a dict (the real one is the node's own database: tests/unit/store/test_journal.py)."""
+
+    def __init__(self) -> None:
+        self.records: dict[bytes, bytes] = {}
+
+    def put(self, key: bytes, value: bytes = b"") -> None:
+        self.records[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.records.pop(key, None)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return sorted(self.records.items())
+
+
+def test_deletes_still_failing_when_the_edge_restarts_are_tried_again_by_the_next_one() -> None:
+    journal = MemoryJournal()
+    d = Deletes()
+    d.deletes = AckDeletes(store=d.store, counters=d.counters, now=lambda: d.now, jitter=lambda: 1.0, journal=journal)
+    failing, fine = d.stored("bob", 1), d.stored("bob", 2)
+    d.store.refuse_next_put("offline_msg", "unavailable")
+    d.deletes.async_delete("bob", mid(1), d.now)
+    d.deletes.async_delete("bob", mid(2), d.now)
+    d.store.run()
+    assert list(journal.records) == [failing]  # only the one that failed: the happy path writes nothing
+    # The edge restarts (its deletes in memory are gone), and the store takes writes again.
+    restarted = Deletes()
+    restarted.store = d.store
+    restarted.deletes = AckDeletes(store=d.store, counters=restarted.counters, now=lambda: restarted.now,
+                                   jitter=lambda: 1.0, journal=journal)
+    assert restarted.deletes.waiting(failing), "the acked message would be handed to a session again"
+    assert restarted.counters["inbox_deletes_recalled"] == 1
+    assert restarted.tick_at(restarted.now) == 1  # tried again at the first tick
+    assert failing not in d.store.tables["offline_msg"] and fine not in d.store.tables["offline_msg"]
+    assert not restarted.deletes.waiting(failing) and journal.records == {}
+    assert restarted.counters["inbox_deletes_recovered"] == 1
+
+
+def test_a_delete_given_up_leaves_the_journal_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_deletes, "MAX_WAITING", 2)
+    journal = MemoryJournal()
+    d = Deletes()
+    d.deletes = AckDeletes(store=d.store, counters=d.counters, now=lambda: d.now, jitter=lambda: 1.0, journal=journal)
+    for n in (1, 2):
+        d.stored("bob", n)
+        d.store.refuse_next_put("offline_msg", "unavailable")
+        d.deletes.async_delete("bob", mid(n), d.now)
+    d.store.run()
+    assert len(journal.records) == 2
+    d.stored("bob", 3)
+    d.deletes.async_delete("bob", mid(3), d.now)  # a third: the oldest is given up
+    assert d.counters["inbox_deletes_given_up"] == 1
+    assert list(journal.records) == [inbox_key("bob", mid(2))]
