@@ -105,7 +105,11 @@ class AckDeletes:
     def _recall(self, journal: Journal) -> None:
         """The deletes that still failed when the edge stopped: waiting (their messages handed to no session), due
         at the first tick."""
-        for key, _value in journal.items()[-MAX_WAITING:]:
+        records = journal.items()
+        for key, _value in records[:-MAX_WAITING]:  # more than may wait: given up, as they would be here
+            journal.delete(key)
+            self._counters["inbox_deletes_given_up"] += 1
+        for key, _value in records[-MAX_WAITING:]:
             try:
                 user, msg_id = key[:key.index(b"\x00")].decode(), message_id_of(key)
             except ValueError:

@@ -396,3 +396,14 @@ def test_a_delete_given_up_leaves_the_journal_too(monkeypatch: pytest.MonkeyPatc
     d.deletes.async_delete("bob", mid(3), d.now)  # a third: the oldest is given up
     assert d.counters["inbox_deletes_given_up"] == 1
     assert list(journal.records) == [inbox_key("bob", mid(2))]
+
+
+def test_a_journal_with_more_deletes_than_may_wait_gives_up_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_deletes, "MAX_WAITING", 2)
+    journal = MemoryJournal()
+    for n in (1, 2, 3):
+        journal.put(inbox_key("bob", mid(n)))
+    d = Deletes()
+    d.deletes = AckDeletes(store=d.store, counters=d.counters, now=lambda: d.now, jitter=lambda: 1.0, journal=journal)
+    assert len(d.deletes) == 2 and d.counters["inbox_deletes_given_up"] == 1
+    assert len(journal.records) == 2  # none left behind that nothing would ever retry or delete
