@@ -303,17 +303,23 @@ def _drain_one_ack_at_a_time(edge: Edge, got: list[bytes], total: int, window: i
     return scans_per_ack
 
 
+def _pushed_backlog(window: int, page: int, ids: range) -> tuple[Edge, list[bytes]]:
+    """alice's messages `ids` stored for bob (acks leave tombstones), bob logged in without a sync, and the last
+    one's storing starting the push; the ids it handed bob."""
+    edge = Edge(Limits(max_pending_deliveries=window, sync_page=page))
+    edge.store.tombstones = True
+    edge.log_in(ALICE, "alice")
+    for n in ids[:-1]:
+        assert edge.outcome(ALICE, edge.send(ALICE, "bob", n)) == "sent:stored"
+    edge.log_in(BOB, "bob", sync=False)
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", ids[-1])) == "sent:stored"  # a change: the push starts
+    return edge, [f["id"] for f in edge.take(BOB, "deliver")]
+
+
 def test_a_backlog_let_out_one_ack_at_a_time_reads_on_where_the_push_stopped() -> None:
     """Acked rows stay as tombstones that count in a page. A push resumed from the inbox start read all of them
     again at every ack, and draining a backlog a little room at a time took quadratic time."""
-    edge = Edge(Limits(max_pending_deliveries=5, sync_page=10))
-    edge.store.tombstones = True
-    edge.log_in(ALICE, "alice")
-    for n in range(1, 61):
-        assert edge.outcome(ALICE, edge.send(ALICE, "bob", n)) == "sent:stored"
-    edge.log_in(BOB, "bob", sync=False)
-    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 61)) == "sent:stored"  # a change: the push starts
-    got = [f["id"] for f in edge.take(BOB, "deliver")]
+    edge, got = _pushed_backlog(5, 10, range(1, 62))
     assert got == [mid(n) for n in range(1, 6)]
     scans_per_ack = _drain_one_ack_at_a_time(edge, got, 61, 5)
     assert got == [mid(n) for n in range(1, 62)]
@@ -323,14 +329,7 @@ def test_a_backlog_let_out_one_ack_at_a_time_reads_on_where_the_push_stopped() -
 def test_a_message_stored_behind_where_a_paused_push_stopped_keeps_its_sender_s_order() -> None:
     """A resend keeps its id, so it can be stored behind where the push paused: it comes before the rest of its
     sender's messages, by the next pass, and no message comes twice."""
-    edge = Edge(Limits(max_pending_deliveries=2, sync_page=4))
-    edge.store.tombstones = True
-    edge.log_in(ALICE, "alice")
-    for n in range(10, 16):
-        assert edge.outcome(ALICE, edge.send(ALICE, "bob", n)) == "sent:stored"
-    edge.log_in(BOB, "bob", sync=False)
-    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 16)) == "sent:stored"
-    got = [f["id"] for f in edge.take(BOB, "deliver")]
+    edge, got = _pushed_backlog(2, 4, range(10, 17))
     assert got == [mid(10), mid(11)]  # paused after 11
     assert edge.outcome(ALICE, edge.send(ALICE, "bob", 5)) == "sent:stored"  # behind where it paused
     assert edge.take(BOB, "deliver") == []  # no room yet
