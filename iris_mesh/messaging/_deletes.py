@@ -42,14 +42,6 @@ from iris_mesh.messaging._inbox import Store, inbox_key, message_id_of, stored_v
 __all__ = ["AckDeletes", "Journal", "MAX_WAITING", "RETRIES_PER_TICK", "RETRY_FIRST_S", "RETRY_MAX_S",
            "retry_delay_s"]
 
-
-class Journal(Protocol):
-    """Records that outlive a restart of the edge (`iris_mesh.store.LocalJournal`); writes never raise."""
-
-    def put(self, key: bytes, value: bytes = b"") -> None: ...
-    def delete(self, key: bytes) -> None: ...
-    def items(self) -> list[tuple[bytes, bytes]]: ...
-
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 MAX_WAITING = 100_000
@@ -65,6 +57,14 @@ def retry_delay_s(failures: int, jitter: float = 1.0) -> float:
     between half (0) and all (1) of it.
     """
     return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16)) * (0.5 + 0.5 * jitter)
+
+
+class Journal(Protocol):
+    """Records that outlive a restart of the edge (`iris_mesh.store.LocalJournal`); writes never raise."""
+
+    def put(self, key: bytes, value: bytes = b"") -> None: ...
+    def delete(self, key: bytes) -> None: ...
+    def items(self) -> list[tuple[bytes, bytes]]: ...
 
 
 class _Waiting:
