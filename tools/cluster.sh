@@ -9,11 +9,19 @@ LOG=var/log
 STOP_GRACE_S=${STOP_GRACE_S:-10}
 START_WAIT_S=${START_WAIT_S:-15}
 
+alive() { # PID runs: exists and has not exited. A node that exited stays a zombie (which kill -0 still
+  # finds) until its parent, init here, reaps it, and some inits take a second or more to.
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ "${state%% *}" != Z ]
+}
+
 pid_of() { # prints the pid of NODE if it is running (and really is an iris-mesh node)
   local file="$RUN/$1.pid" pid
   [ -f "$file" ] || return 1
   pid=$(cat "$file")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  [ -n "$pid" ] && alive "$pid" || return 1
   # A stale pid file may name a pid the system gave to another program since.
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "iris-mesh node --config config/$1.toml" || return 1
   echo "$pid"
@@ -47,7 +55,7 @@ wait_serving() { # the node logs "serving on" once its sockets are bound and it 
       echo "$node started (pid $pid, log $LOG/$node.log)"
       return 0
     fi
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       echo "$node exited during start-up; last lines of $LOG/$node.log:" >&2
       tail -n 15 "$LOG/$node.log" >&2
       rm -f "$RUN/$node.pid"
@@ -76,15 +84,15 @@ stop() {
   done
   local deadline=$((SECONDS + STOP_GRACE_S)) i
   while [ "${#pids[@]}" -gt 0 ]; do
-    local alive=() alive_names=()
+    local running=() running_names=()
     for i in "${!pids[@]}"; do
-      if kill -0 "${pids[$i]}" 2>/dev/null; then
-        alive+=("${pids[$i]}"); alive_names+=("${names[$i]}")
+      if alive "${pids[$i]}"; then
+        running+=("${pids[$i]}"); running_names+=("${names[$i]}")
       else
         echo "${names[$i]} stopped"; rm -f "$RUN/${names[$i]}.pid"
       fi
     done
-    pids=("${alive[@]+"${alive[@]}"}"); names=("${alive_names[@]+"${alive_names[@]}"}")
+    pids=("${running[@]+"${running[@]}"}"); names=("${running_names[@]+"${running_names[@]}"}")
     [ "${#pids[@]}" -eq 0 ] && break
     if [ "$SECONDS" -ge "$deadline" ]; then
       for i in "${!pids[@]}"; do
