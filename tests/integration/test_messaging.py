@@ -409,8 +409,7 @@ def test_an_ack_the_store_refused_is_not_undone_by_a_restart_of_the_edge(local_c
         # Both came in the first page of bob's sync: the second waits in his client, unacked, meanwhile.
         first = bob.receive(timeout=10.0)
         assert first is not None and first.body == b"read before"
-        for node_id in ("core2", "core3"):
-            local_cluster.nodes[node_id].stop()
+        local_cluster.stop("core2", "core3")
         wait_until(lambda: not edge2.status()["safe_for_writes"], 10.0, "edge2 to see the outage")
         message = bob.receive(timeout=10.0)
         assert message is not None and message.body == b"read during the outage"

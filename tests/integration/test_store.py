@@ -334,8 +334,7 @@ def test_a_core_is_not_restored_alone_and_restored_cores_rejoin_a_running_edge_a
     assert f"no checkpoint of core1 (its data is in {data / 'core1'}), core2 (its data is in" in alone.stderr, alone.stderr
     assert sorted(p.name for p in data.iterdir()) == [*CORES, "edge1"]
     # The whole backup, with the edge running: its data is not the backup's, and stays as it is.
-    local_cluster.nodes["core1"].stop()
-    local_cluster.nodes["core2"].stop()
+    local_cluster.stop("core1", "core2")
     restore = meshctl(local_cluster, "restore", str(backup_dir), "--data-root", str(data))
     assert restore.returncode == 0, restore.stdout + restore.stderr
     assert restore.stdout.startswith("restored core1, core2, core3; start the cluster again\n"), restore.stdout
