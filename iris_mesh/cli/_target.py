@@ -320,16 +320,23 @@ def read_cookie_file(cookie_file: str | None) -> bytes:
 
 
 class _KnownNodes:
-    """What the first node mDNS finds knows of the cluster: its view ends the listen once every node in it answered."""
+    """What the nodes mDNS finds know of the cluster: a settled view ends the listen once every node in it answered.
+
+    The first node found is asked for its view; while the views that came back are of nodes still joining (up
+    for less than JOINING_S, so they may not know every node yet), the next node found is asked too, each node
+    once, so that a node just restarted does not keep a listen going for the whole --mdns-timeout while the
+    others could say who is there. A node that cannot be asked ends the asking (another may hang as long).
+    """
 
     def __init__(self, target: Target) -> None:
         self._target = target
-        self._asked = False
-        self._states: dict[str, str] = {}  # node -> state in the view of the first node asked; {} if none answered
+        self._asked: set[str] = set()
+        self._gave_up = False  # a node could not be asked
+        self._states: dict[str, str] = {}  # node -> state in the view of a node asked; {} if none answered
         self._settled = False  # whether that node has run long enough for its view to be complete
 
     def all_found(self, cards: list[PeerCard]) -> bool:
-        """Whether every node of a complete view has answered (never, if the view may not be complete)."""
+        """Whether every node of a complete view has answered (never, if no view may be complete)."""
         return self.listed_found(cards) and self._settled
 
     def listed_found(self, cards: list[PeerCard]) -> bool:
@@ -343,20 +350,28 @@ class _KnownNodes:
         return {node for node, state in self._states.items() if state == "alive"} - {c.node_id for c in cards}
 
     def _ask(self, cards: list[PeerCard]) -> None:
-        if self._asked or not cards:
-            return
-        self._asked = True
-        first = min(cards, key=lambda c: (c.role != "core", c.node_id))
+        for card in sorted(cards, key=lambda c: (c.role != "core", c.node_id)):
+            if self._settled or self._gave_up:
+                return
+            if card.node_id not in self._asked:
+                self._asked.add(card.node_id)
+                self._ask_one(card)
+
+    def _ask_one(self, card: PeerCard) -> None:
         try:
-            reply = self._target.request(first.admin_endpoint, "status")
+            reply = self._target.request(card.admin_endpoint, "status")
         except AdminError:
+            self._gave_up = True
             return
         status = reply.get("status") if reply.get("ok") else None
         if not isinstance(status, dict) or not isinstance(status.get("peers"), dict):
+            self._gave_up = True
             return
+        uptime = status.get("uptime_s")
+        settled = isinstance(uptime, (int, float)) and uptime >= JOINING_S
+        if self._states and not settled:
+            return  # the first view stands until a settled one comes
         self._target.first_status = status  # the cores and peers it expects, for the command itself
         self._states = {str(node): str(state) for node, state in status["peers"].items()}
-        self._states[str(status.get("node_id", first.node_id))] = "alive"
-        uptime = status.get("uptime_s")
-        # A node still joining may not have heard of every other node yet: its view does not end a listen early.
-        self._settled = isinstance(uptime, (int, float)) and uptime >= JOINING_S
+        self._states[str(status.get("node_id", card.node_id))] = "alive"
+        self._settled = settled

@@ -27,7 +27,7 @@ class ScriptedTarget(Target):
     """Each listen hears the next list of node ids, in that order; the first node asked has the given view."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, listens: list[list[str]], view: dict[str, str] | None,
-                 uptime_s: float = 60.0) -> None:
+                 uptime_s: float | dict[str, float] = 60.0) -> None:
         monkeypatch.setenv("IRIS_MESH_COOKIE", "target-test-cookie")
         super().__init__(argparse.Namespace(cookie_file=None, timeout=1.0, node=None, cluster="iris",
                                             mdns_interface=["127.0.0.1"], mdns_timeout=1.5))
@@ -51,7 +51,8 @@ class ScriptedTarget(Target):
         if self.view is None:
             raise AdminError("timeout", "no answer")
         me = next(node for node, c in CARDS.items() if c.admin_endpoint == endpoint)
-        return {"ok": True, "status": {"node_id": me, "uptime_s": self.uptime_s,
+        uptime_s = self.uptime_s if isinstance(self.uptime_s, float) else self.uptime_s[me]
+        return {"ok": True, "status": {"node_id": me, "uptime_s": uptime_s,
                                        "expected": sorted(n for n in self.view if n.startswith("core")),
                                        "peers": {n: s for n, s in self.view.items() if n != me}}}
 
@@ -89,10 +90,26 @@ def test_a_node_up_for_seconds_does_not_end_a_listen_early(monkeypatch: pytest.M
     assert target.ended == ["timeout"]
 
 
+def test_a_node_up_for_seconds_has_the_next_node_found_asked_for_its_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    # core1 was just restarted: the others, up for minutes, can say who is there.
+    target = ScriptedTarget(monkeypatch, [["core1", "core2", "edge1", "core3"]], ALL_ALIVE,
+                            uptime_s={"core1": 1.0, "core2": 60.0, "core3": 60.0, "edge1": 60.0})
+    assert names(target.endpoints()) == ["core1", "core2", "core3", "edge1"]
+    assert target.ended == ["after 4"]
+    assert target.asked == [(CARDS["core1"].admin_endpoint, "status"), (CARDS["core2"].admin_endpoint, "status")]
+
+    # Every node just started: each is asked once, and the listen goes on for the whole timeout.
+    young = ScriptedTarget(monkeypatch, [["core1", "core2", "core3"]], {"core1": "alive"}, uptime_s=1.0)
+    assert names(young.endpoints()) == ["core1", "core2", "core3"]
+    assert young.ended == ["timeout"]
+    assert sorted(young.asked) == sorted((CARDS[n].admin_endpoint, "status") for n in ("core1", "core2", "core3"))
+
+
 def test_a_node_that_cannot_be_asked_leaves_what_mdns_found(monkeypatch: pytest.MonkeyPatch) -> None:
     target = ScriptedTarget(monkeypatch, [["core1", "core2"]], None)
     assert names(target.endpoints()) == ["core1", "core2"]
     assert target.ended == ["timeout"]
+    assert target.asked == [(CARDS["core1"].admin_endpoint, "status")]  # the next could hang as long
 
 
 def test_a_command_for_one_node_asks_no_view(monkeypatch: pytest.MonkeyPatch) -> None:
