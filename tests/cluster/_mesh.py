@@ -38,6 +38,8 @@ from _hosts import Host, TestHosts, wait_until
 
 from iris_mesh.messaging import issue_token, token_secret
 
+from support.processes import stop_processes
+
 __all__ = [
     "EXIT_CHECK_FAILED",
     "EXIT_OK",
@@ -287,18 +289,8 @@ class MeshOnHosts:
 
     def stop(self, *node_ids: str) -> None:
         """SIGTERM the nodes (all when none given) by pid, a clean shutdown; SIGKILL after STOP_GRACE_S."""
-        procs = [n.proc for n in (self._node(i) for i in node_ids or tuple(self.nodes))
-                 if n.proc is not None and n.proc.poll() is None]
-        for proc in procs:
-            proc.send_signal(signal.SIGCONT)  # a paused node cannot act on SIGTERM
-            proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_GRACE_S)
+        stop_processes([n.proc for n in (self._node(i) for i in node_ids or tuple(self.nodes)) if n.proc is not None],
+                       STOP_GRACE_S)
         for node_id in node_ids or tuple(self.nodes):
             self._node(node_id).paused = False
 

@@ -7,17 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
+from support.processes import stop_processes
 from support.waiting import wait_until
 
 CORES = ("core1", "core2", "core3")
-STOP_GRACE_S = 10.0
 
 
 def unique_cluster() -> str:
@@ -111,7 +110,8 @@ class NodeProcess:
 
     def stop(self) -> None:
         """SIGTERM by pid, SIGKILL by pid after a grace period."""
-        stop_processes([self])
+        if self.proc is not None:
+            stop_processes([self.proc])
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -173,21 +173,6 @@ class LocalCluster:
 
     def stop(self, *node_ids: str) -> None:
         """Stop the nodes (all when none is given) at once, as `stop_processes` does."""
-        stop_processes([self.nodes[i] for i in node_ids or tuple(self.nodes)])
+        nodes = [self.nodes[i] for i in node_ids or tuple(self.nodes)]
+        stop_processes([node.proc for node in nodes if node.proc is not None])
 
-
-def stop_processes(nodes: list[NodeProcess]) -> None:
-    """SIGTERM every running node by pid, then wait for all of them within one grace period and SIGKILL by
-    pid whatever is left. A node's clean stop takes ~0.3 s (its mDNS goodbye), so nodes stopped one after
-    the other would spend that once per node."""
-    procs = [node.proc for node in nodes if node.proc is not None and node.proc.poll() is None]
-    for proc in procs:
-        proc.send_signal(signal.SIGCONT)  # a paused node cannot act on SIGTERM
-        proc.terminate()
-    deadline = time.monotonic() + STOP_GRACE_S
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_GRACE_S)
