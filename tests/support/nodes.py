@@ -175,4 +175,3 @@ class LocalCluster:
         """Stop the nodes (all when none is given) at once, as `stop_processes` does."""
         nodes = [self.nodes[i] for i in node_ids or tuple(self.nodes)]
         stop_processes([node.proc for node in nodes if node.proc is not None])
-

@@ -24,7 +24,8 @@ CARDS = {c.node_id: c for c in (card("core1", 7000), card("core2", 7010), card("
 
 
 class ScriptedTarget(Target):
-    """Each listen hears the next list of node ids, in that order; the first node asked has the given view."""
+    """Each listen hears the next list of node ids, in that order; every node asked has the given view, and
+    `uptime_s` (or its own, from a dict)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, listens: list[list[str]], view: dict[str, str] | None,
                  uptime_s: float | dict[str, float] = 60.0) -> None:
@@ -51,7 +52,7 @@ class ScriptedTarget(Target):
         if self.view is None:
             raise AdminError("timeout", "no answer")
         me = next(node for node, c in CARDS.items() if c.admin_endpoint == endpoint)
-        uptime_s = self.uptime_s if isinstance(self.uptime_s, float) else self.uptime_s[me]
+        uptime_s = self.uptime_s[me] if isinstance(self.uptime_s, dict) else self.uptime_s
         return {"ok": True, "status": {"node_id": me, "uptime_s": uptime_s,
                                        "expected": sorted(n for n in self.view if n.startswith("core")),
                                        "peers": {n: s for n, s in self.view.items() if n != me}}}
