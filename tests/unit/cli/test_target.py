@@ -98,6 +98,7 @@ def test_a_node_up_for_seconds_has_the_next_node_found_asked_for_its_view(monkey
     assert names(target.endpoints()) == ["core1", "core2", "core3", "edge1"]
     assert target.ended == ["after 4"]
     assert target.asked == [(CARDS["core1"].admin_endpoint, "status"), (CARDS["core2"].admin_endpoint, "status")]
+    assert target.first_status is not None and target.first_status["node_id"] == "core2"  # the settled view counts
 
     # Every node just started: each is asked once, and the listen goes on for the whole timeout.
     young = ScriptedTarget(monkeypatch, [["core1", "core2", "core3"]], {"core1": "alive"}, uptime_s=1.0)
