@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from _harness import NodeProcess, Session, unique_cluster, wait_until
+from _harness import NodeProcess, Session, progress, unique_cluster, wait_until
 from iris_mesh.config import NodeConfig
 from iris_mesh.node import Node
+from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
-__all__ = ["CORES", "RF", "TABLE", "W", "WRITER", "StoreCluster", "commit_delta", "rocksdb_jobs"]
+__all__ = ["CORES", "RF", "TABLE", "W", "WRITER", "SlowFsyncSampler", "StoreCluster", "commit_delta", "rocksdb_jobs"]
 
 CORES = ("core1", "core2", "core3")
 WRITER = "writer"
@@ -78,6 +81,61 @@ class StoreCluster:
         finally:
             for core in self.cores.values():
                 core.stop()
+
+
+class SlowFsyncSampler:
+    """When the cores' WAL fsyncs took over 10 ms during a run: each core's count, polled from a thread.
+
+    The three cores of this benchmark share one disk. When it stalls, every core's fsyncs stall at
+    once and no quorum can answer around them (on hosts of their own, a quorum would). The seconds
+    with a slow fsync say which part of a latency tail was the disk.
+    """
+
+    def __init__(self, cluster: StoreCluster, interval_s: float = 0.1) -> None:
+        self._cores = {node_id: f"tcp://{core.info['host']}:{core.info['admin_port']}"
+                       for node_id, core in cluster.cores.items()}
+        self._keys = cluster_keys(next(iter(cluster.cores.values())).cookie)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # (time.perf_counter() once every core had answered, slow fsyncs of all cores so far)
+        self.samples: list[tuple[float, int]] = []
+        self.failed_polls = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bench-slow-fsyncs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        clients = {node_id: AdminClient(endpoint, self._keys, timeout_s=2.0) for node_id, endpoint in self._cores.items()}
+        try:
+            while not self._stop.is_set():
+                try:
+                    total = sum(c.request("tables")["stats"]["fsyncs_over_10ms"] for c in clients.values())
+                except AdminError as exc:
+                    self.failed_polls += 1
+                    if self.failed_polls == 1:
+                        progress(f"slow fsyncs: a core did not answer ({exc}); that poll is left out")
+                else:
+                    self.samples.append((time.perf_counter(), total))
+                self._stop.wait(self._interval_s)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def by_second(self, started_at: float, seconds: int) -> list[int]:
+        """Slow fsyncs (all cores) seen in each second from `started_at` (a time.perf_counter() value)."""
+        counts = [0] * seconds
+        for (_, before), (at, after) in zip(self.samples, self.samples[1:]):
+            second = int(at - started_at)
+            if after > before and 0 <= second < seconds:
+                counts[second] += after - before
+        return counts
 
 
 def commit_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:

@@ -147,8 +147,16 @@ class Load:
         }
 
     def open_loop(self, rate: float, seconds: float, max_outstanding: int, stall_timeout_s: float,
-                  tick_s: float, on_measured: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Submit on a fixed schedule at `rate` for `seconds`, whatever the answers do."""
+                  tick_s: float, on_measured: Callable[[str], None] | None = None,
+                  slow_fsyncs: Callable[[float, int], list[int]] | None = None) -> dict[str, Any]:
+        """Submit on a fixed schedule at `rate` for `seconds`, whatever the answers do.
+
+        `slow_fsyncs(started_at, seconds)`, if given, is asked after the run for the cores' fsyncs over
+        10 ms in each second (`SlowFsyncSampler.by_second`): the result then also has them per second,
+        and the latencies of the writes sent in the seconds clear of them (no slow fsync in the second
+        before, the same or the next one: a stall delays what was sent just before it, and its backlog
+        what comes just after).
+        """
         node, bodies, table = self.node, self.bodies, TABLE
         mask = len(bodies) - 1
         key_of = self._keys()
@@ -216,7 +224,7 @@ class Load:
         for second in sorted(by_second):
             values = sorted(by_second[second])
             timeline.append([second, _ms(_percentile(values, 0.5)), _ms(_percentile(values, 0.99)), _ms(values[-1])])
-        return {
+        result = {
             "target_rate": round(rate, 1),
             "sent": sent,
             "skipped_over_max_outstanding": skipped,
@@ -235,4 +243,17 @@ class Load:
             "seconds": round(elapsed, 3),
             "by_second_p50_p99_max_ms": timeline,
         }
+        if slow_fsyncs is not None:
+            slow = slow_fsyncs(started_at, max(by_second, default=-1) + 1)
+            near = {s + d for s, n in enumerate(slow) if n for d in (-1, 0, 1)}
+            clear = sorted(v for second, values in by_second.items() if second not in near for v in values)
+            result["by_second_slow_fsyncs"] = slow
+            result["clear_of_slow_fsyncs"] = {
+                "seconds": sum(1 for second in by_second if second not in near),
+                "ok": len(clear),
+                "p50_ms": _ms(_percentile(clear, 0.5)) if clear else None,
+                "p99_ms": _ms(_percentile(clear, 0.99)) if clear else None,
+                "max_ms": _ms(clear[-1]) if clear else None,
+            }
+        return result
 
