@@ -112,6 +112,7 @@ class SlowFsyncSampler:
             self._thread.join(timeout=10.0)
 
     def _run(self) -> None:
+        # Clients of its own: `NodeProcess.request` keeps one per core for the main thread.
         clients = {node_id: AdminClient(endpoint, self._keys, timeout_s=2.0) for node_id, endpoint in self._cores.items()}
         try:
             while not self._stop.is_set():
