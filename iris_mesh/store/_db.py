@@ -32,7 +32,7 @@ from rocksdict import BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, Rd
 
 from iris_mesh.store._restore_mark import refuse_if_restoring
 
-__all__ = ["Database", "ENGINE_PROPERTIES", "StoreError", "TABLES", "held_by_this_process"]
+__all__ = ["Database", "ENGINE_PROPERTIES", "MAX_WAL_BYTES", "StoreError", "TABLES", "held_by_this_process"]
 
 TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
 # Tables written per message: every write first reads the key's current version, and for a new
@@ -44,6 +44,12 @@ _BLOOM_BITS_PER_KEY = 10
 # same moment, and a quorum would wait for a flushing replica. Each open draws its own size.
 _WRITE_BUFFER_BYTES = 64 << 20
 _WRITE_BUFFER_JITTER = 0.4
+# A WAL file is deleted only once every table with rows in it has flushed them. `meta` gets a row every
+# CLOCK_SAVE_INTERVAL_S and would flush only at RocksDB's default limit (4 x the write buffers, ~3 GB),
+# keeping every WAL since the start: ~3 GB of disk, and a 5 s replay on the next start. Past this
+# total RocksDB flushes the tables that hold the oldest WAL instead. It is above what the busy tables'
+# memtables hold between their own flushes, so they still flush when full.
+MAX_WAL_BYTES = 512 << 20
 # Database.engine_state: (field, RocksDB integer property, summed over the tables or read for the whole database)
 ENGINE_PROPERTIES = (
     ("memtable_bytes", "rocksdb.cur-size-all-mem-tables", True),
@@ -75,7 +81,7 @@ def held_by_this_process(path: Path) -> bool:
         return path.resolve() in _open_here
 
 
-def _options() -> Options:
+def _options(max_wal_bytes: int = MAX_WAL_BYTES) -> Options:
     opts = Options(raw_mode=True)
     # Flushes and compactions keep the normal CPU priority. Niced, a flush on a busy machine took
     # 0.2-0.4 s of wall time for 0.13 s of CPU and stalled the writes around it: bench/store.py's
@@ -85,6 +91,7 @@ def _options() -> Options:
     opts.set_paranoid_checks(True)
     opts.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
     opts.set_bytes_per_sync(1 << 20)  # write table files back as they grow, not in one burst at their fsync
+    opts.set_max_total_wal_size(max_wal_bytes)
     return opts
 
 
@@ -128,7 +135,7 @@ class Database:
 
     __slots__ = ("path", "_db", "_tables", "_handles", "_sync", "_closed", "_resolved")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_wal_bytes: int = MAX_WAL_BYTES) -> None:
         self.path = path
         unfinished = refuse_if_restoring(path)
         if unfinished is not None:
@@ -146,7 +153,7 @@ class Database:
                 + " (config key data_dir)"
             ) from None
         try:
-            self._db = Rdict(str(path), _options(), column_families={name: _table_options(name) for name in TABLES})
+            self._db = Rdict(str(path), _options(max_wal_bytes), column_families={name: _table_options(name) for name in TABLES})
         except Exception as exc:
             text = str(exc)
             if "lock" in text.lower():

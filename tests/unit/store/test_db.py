@@ -10,6 +10,7 @@ from rocksdict import Options, Rdict
 
 from iris_mesh.store._db import ENGINE_PROPERTIES, TABLES, Database, StoreError, held_by_this_process
 from support.store_holder import held_by_another_process
+from support.waiting import wait_until
 
 
 def tree(path: Path) -> dict[str, tuple[int, int, str]]:
@@ -64,6 +65,32 @@ def test_engine_state_shows_memtables_filling_and_level0_files_after_recovery(tm
     try:
         state = db.engine_state()
         assert state["l0_files"] >= 1 and state["writes_stopped"] == 0
+    finally:
+        db.close()
+
+
+def wal_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*.log"))
+
+
+def test_the_wal_stays_bounded_while_a_rarely_written_table_holds_its_oldest_file(tmp_path: Path) -> None:
+    # `meta` gets a row now and then (the clock save) and would never flush by itself, so without the
+    # bound every WAL file since the open would stay, and be replayed at the next start.
+    path, bound = tmp_path / "db", 2 << 20
+    value = b"v" * 100
+    db = Database(path, max_wal_bytes=bound)
+    try:
+        for batch in range(200):  # ~23 MB of WAL, less than offline_msg's memtable holds before it flushes by itself
+            if batch % 20 == 0:
+                db.write([("meta", b"last_hlc", batch.to_bytes(8, "big"))])
+            db.write([("offline_msg", b"bob\x00%08d" % (batch * 1000 + i), value) for i in range(1000)])
+        wait_until(lambda: wal_bytes(path) <= 2 * bound, 10.0, f"the WAL to shrink to {2 * bound} bytes or less")
+    finally:
+        db.close()
+    db = Database(path)
+    try:
+        assert db.get_many("offline_msg", [b"bob\x00%08d" % 0, b"bob\x00%08d" % 199_999]) == [value, value]
+        assert db.get("meta", b"last_hlc") == (180).to_bytes(8, "big")
     finally:
         db.close()
 
