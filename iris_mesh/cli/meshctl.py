@@ -287,7 +287,8 @@ def _engine_text(state: dict[str, int]) -> str:
         throttle = f"writes SLOWED to {rate_mb:.1f} MiB/s (flushes or compactions are behind)"
     else:
         throttle = "writes not throttled"
-    return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MiB, level-0 files {state['l0_files']}, "
+    return (f"memtables {state['memtable_bytes'] / 2**20:.1f} MiB, WAL {_mib_text(state.get('wal_bytes'))}, "
+            f"table files {_mib_text(state.get('table_file_bytes'))}, level-0 files {state['l0_files']}, "
             f"to compact {state['pending_compaction_bytes'] / 2**20:.1f} MiB, "
             f"flushes running {state['flushes_running']}, compactions running {state['compactions_running']}; "
             f"{throttle}")

@@ -23,6 +23,7 @@ fsync; `flush_wal_synced` releases it, so group commit syncs with that one.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from pathlib import Path
@@ -32,7 +33,9 @@ from rocksdict import BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, Rd
 
 from iris_mesh.store._restore_mark import refuse_if_restoring
 
-__all__ = ["Database", "ENGINE_PROPERTIES", "MAX_WAL_BYTES", "StoreError", "TABLES", "held_by_this_process"]
+__all__ = [
+    "Database", "ENGINE_FIELDS", "ENGINE_PROPERTIES", "MAX_WAL_BYTES", "StoreError", "TABLES", "held_by_this_process",
+]
 
 TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
 # Tables written per message: every write first reads the key's current version, and for a new
@@ -53,6 +56,7 @@ MAX_WAL_BYTES = 512 << 20
 # Database.engine_state: (field, RocksDB integer property, summed over the tables or read for the whole database)
 ENGINE_PROPERTIES = (
     ("memtable_bytes", "rocksdb.cur-size-all-mem-tables", True),
+    ("table_file_bytes", "rocksdb.live-sst-files-size", True),
     ("l0_files", "rocksdb.num-files-at-level0", True),
     ("pending_compaction_bytes", "rocksdb.estimate-pending-compaction-bytes", True),
     ("flushes_running", "rocksdb.num-running-flushes", False),
@@ -60,6 +64,7 @@ ENGINE_PROPERTIES = (
     ("delayed_write_rate", "rocksdb.actual-delayed-write-rate", False),
     ("writes_stopped", "rocksdb.is-write-stopped", False),
 )
+ENGINE_FIELDS = (*(name for name, _, _ in ENGINE_PROPERTIES), "wal_bytes")
 # Column families another part of the node may create later; not foreign.
 _KNOWN_EXTRA = frozenset({"default", "raft"})
 
@@ -215,16 +220,30 @@ class Database:
     def engine_state(self) -> dict[str, int]:
         """RocksDB's own state, for operators: what its background work and write throttle are doing now.
 
-        memtable_bytes, l0_files and pending_compaction_bytes are summed over every table;
-        flushes_running and compactions_running count the background jobs; delayed_write_rate
-        is the rate RocksDB slows writes to (bytes/s, 0: not slowed) and writes_stopped is 1
-        while it stops them (too many memtables waiting to flush or files at level 0).
+        memtable_bytes, table_file_bytes (on disk), l0_files and pending_compaction_bytes are
+        summed over every table; wal_bytes is the size of the live WAL files (at most about
+        MAX_WAL_BYTES); flushes_running and compactions_running count the background jobs;
+        delayed_write_rate is the rate RocksDB slows writes to (bytes/s, 0: not slowed) and
+        writes_stopped is 1 while it stops them (too many memtables waiting to flush or files
+        at level 0).
         """
         out = {}
         for name, prop, per_table in ENGINE_PROPERTIES:
             sources = self._tables.values() if per_table else (self._db,)
             out[name] = sum(source.property_int_value(prop) or 0 for source in sources)
+        out["wal_bytes"] = self._wal_bytes()
         return out
+
+    def _wal_bytes(self) -> int:
+        total = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.name.endswith(".log"):  # WAL files; RocksDB's own log is LOG, LOG.old.*
+                    try:
+                        total += entry.stat().st_size
+                    except FileNotFoundError:  # deleted once flushed, between the listing and the stat
+                        pass
+        return total
 
     def checkpoint(self, dest: Path) -> None:
         """Write a consistent point-in-time copy (hard links where possible) to `dest`, which must not exist."""

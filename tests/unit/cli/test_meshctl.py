@@ -12,23 +12,29 @@ import pytest
 from iris_mesh.cli._backup_cmds import _backup_advice, _cause_in_words
 from iris_mesh.cli.meshctl import _duration_text, _engine_text, _heartbeat_text, _mib_text, _parser, main
 from iris_mesh.store import Database, NodeMeta, checkpoint
-from iris_mesh.store._db import ENGINE_PROPERTIES
+from iris_mesh.store._db import ENGINE_FIELDS
 
 MB = 2**20
 
 
 def state(**fields: int) -> dict[str, int]:
     """An engine_state reply: every property Database.engine_state reports, zero unless given."""
-    out = {field: 0 for field, _, _ in ENGINE_PROPERTIES}
+    out = dict.fromkeys(ENGINE_FIELDS, 0)
     assert set(fields) <= set(out), f"not an engine_state field: {set(fields) - set(out)}"
     out.update(fields)
     return out
 
 
 def test_an_idle_engine_reads_as_not_throttled() -> None:
-    line = _engine_text(state(memtable_bytes=3 * MB // 2))
-    assert line == ("memtables 1.5 MiB, level-0 files 0, to compact 0.0 MiB, flushes running 0, "
-                    "compactions running 0; writes not throttled")
+    line = _engine_text(state(memtable_bytes=3 * MB // 2, wal_bytes=40 * MB, table_file_bytes=650 * MB))
+    assert line == ("memtables 1.5 MiB, WAL 40 MiB, table files 650 MiB, level-0 files 0, to compact 0.0 MiB, "
+                    "flushes running 0, compactions running 0; writes not throttled")
+
+
+def test_disk_sizes_a_node_does_not_report_read_as_dashes() -> None:
+    older = state()
+    del older["wal_bytes"], older["table_file_bytes"]
+    assert _engine_text(older).startswith("memtables 0.0 MiB, WAL -, table files -, level-0 files 0,")
 
 
 def test_a_delayed_write_rate_reads_as_slowed_with_the_rate_and_the_cause() -> None:
