@@ -234,3 +234,8 @@ def test_runbook_drill(project: Project) -> None:
     # The drill ends with the cluster up and healthy.
     code, out = project.sh("tools/meshctl status")
     assert code == 0, out
+    # ... and serving chat: the README's scripted conversation (online, offline, resend, reconnect) runs through.
+    code, out = project.sh("make demo")
+    assert code == 0, out
+    received = [line.split("'")[1] for line in out.splitlines() if line.startswith("bob:   received")]
+    assert received == ["hi bob, are you there?", "first", "second", "third"], out
