@@ -158,7 +158,8 @@ class Database:
                 + " (config key data_dir)"
             ) from None
         try:
-            self._db = Rdict(str(path), _options(max_wal_bytes), column_families={name: _table_options(name) for name in TABLES})
+            tables = {name: _table_options(name) for name in TABLES}
+            self._db = Rdict(str(path), _options(max_wal_bytes), column_families=tables)
         except Exception as exc:
             text = str(exc)
             if "lock" in text.lower():
