@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from iris_mesh.store._db import ENGINE_FIELDS, ENGINE_PROPERTIES, TABLES, Database, StoreError, held_by_this_process
+from iris_mesh.store._db import (
+    ENGINE_FIELDS, ENGINE_PROPERTIES, MAX_WAL_BYTES, TABLES, Database, StoreError, held_by_this_process,
+)
 from support.store_holder import held_by_another_process
 from support.waiting import wait_until
 
@@ -93,6 +95,12 @@ def test_the_wal_stays_bounded_while_a_rarely_written_table_holds_its_oldest_fil
         assert db.get("meta", b"last_hlc") == (180).to_bytes(8, "big")
     finally:
         db.close()
+
+
+def test_a_database_opened_with_the_defaults_has_its_wal_bounded(tmp_path: Path) -> None:
+    Database(tmp_path / "db").close()
+    (options,) = (tmp_path / "db").glob("OPTIONS-*")  # what RocksDB runs with, written at the open
+    assert f"max_total_wal_size={MAX_WAL_BYTES}\n" in options.read_text()
 
 
 def test_data_is_there_after_reopen_and_the_open_is_tracked(tmp_path: Path) -> None:
