@@ -323,6 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        slow_fsyncs=slow_fsyncs.by_second)
             finally:
                 slow_fsyncs.stop()
+            paced["slow_fsync_polls"] = len(slow_fsyncs.samples)
             paced["slow_fsync_polls_failed"] = slow_fsyncs.failed_polls  # their slow fsyncs count in the next poll
             paced_until = time.time()
             busy1 = cpu_times()

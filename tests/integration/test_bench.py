@@ -26,6 +26,13 @@ def test_store_bench_reports_its_rates_and_latency_with_verdicts_that_follow_fro
     assert result["goal_p99_met"] == (result["quorum_p99_ms"] <= result["goal_p99_ms"] == 10.0)
     assert result["goal_met"] == (result["goal_writes_met"] and result["goal_p99_met"])
     assert result["light_load"]["ok"] == result["light_load"]["sent"] > 0
+    # The slow-fsync sampler polled the cores, and its split of the writes adds up.
+    slow, clear = latency["by_second_slow_fsyncs"], latency["clear_of_slow_fsyncs"]
+    assert latency["slow_fsync_polls"] > 0 and len(slow) == len(latency["by_second_p50_p99_max_ms"])
+    assert 0 <= clear["ok"] <= latency["ok"] and 0 <= clear["seconds"] <= len(slow)
+    if not any(slow):
+        assert clear["ok"] == latency["ok"]
+        assert clear["p99_ms"] == latency["p99_ms"] == result["quorum_p99_ms_clear_of_slow_fsyncs"]
 
 
 def test_mesh_throughput_bench_delivers_every_message_on_both_paths() -> None:

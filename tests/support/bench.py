@@ -38,6 +38,8 @@ def run_bench(script: str, *args: str, timeout_s: float) -> dict[str, Any]:
 
 
 def _interrupt(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    # Not support.processes.stop_processes: that one waits without reading, and a benchmark logging its
+    # cleanup into a full pipe would then hang until the SIGKILL; communicate() drains the pipes meanwhile.
     proc.send_signal(signal.SIGINT)
     try:
         return proc.communicate(timeout=_CLEANUP_GRACE_S)
