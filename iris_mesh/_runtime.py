@@ -193,6 +193,7 @@ class NodeRuntime:
             status["edge"] = self.edge.status()
         if self.store.local is not None:
             status["hints_pending"] = self.store.local.count("hints")  # writes held for peers that missed them
+            status["fsync_failed"] = self.store.local.durability_lost  # why it refuses writes until restarted
         status.update(
             pid=os.getpid(),
             uptime_s=round(now - self._started_at, 3),

@@ -67,6 +67,8 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "writes_refused": [entry["node_id"] for entry in answered
                            if not entry["safe_for_writes"] and entry["node_id"] not in waiting],
         "no_answer": [entry["node_id"] for entry in entries if not entry["reachable"]],
+        # Cores whose disk failed a WAL fsync: they refuse writes until restarted (node -> the error).
+        "fsync_failed": {entry["node_id"]: entry["fsync_failed"] for entry in answered if entry.get("fsync_failed")},
         "joining": joining,
         # A cut is as likely as a crash only for cores that did not say goodbye.
         "minority_side": any(set(counts) != {"stopped"} for counts in down.values()) and bool(cores)
@@ -79,8 +81,9 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     problems = status_problems(entries)
     down, unheard = problems["not_alive"], problems["running_unheard"]
     refused, silent, joining = problems["writes_refused"], problems["no_answer"], problems["joining"]
+    disk = problems["fsync_failed"]
     seen_by = f" (as {one_node} sees it)" if one_node else ""
-    if not (down or unheard or refused or silent or joining):
+    if not (down or unheard or refused or silent or joining or disk):
         return f"all nodes alive, writes safe{seen_by}{_catching_up(entries)}"
     found, steps = [], []
     if joining:
@@ -126,6 +129,13 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
         steps.append("a node found but not answering is overloaded or stuck: read its log")
     if refused:
         steps.append("safe mode ends by itself once a majority of the region's cores is visible again")
+    if disk:
+        found.append("a WAL fsync failed on " + ", ".join(f"{node} ({error})" for node, error in sorted(disk.items()))
+                     + ": it refuses writes until restarted (the other cores take them and keep hints for it)")
+        names = ", ".join(sorted(disk))
+        steps.append(f"check the disk of {names} (free space, the kernel log), then restart "
+                     f"{names if len(disk) == 1 else 'them one at a time'} (locally: make stop_node NODE=..., then "
+                     "make run)")
     return f"CHECK FAILED{seen_by}: {'; '.join(found)}\n  next: {'; '.join(steps)}"
 
 

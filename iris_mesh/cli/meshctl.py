@@ -91,11 +91,11 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
         status = dict(result["status"], reachable=True)
         entries.append(status)
         not_alive = [f"{peer} {state}" for peer, state in _verdict.not_alive(status).items()]
-        ok = ok and status["safe_for_writes"] and not not_alive
+        ok = ok and status["safe_for_writes"] and not not_alive and not status.get("fsync_failed")
+        writes = "FSYNC FAILED" if status.get("fsync_failed") else "ok" if status["safe_for_writes"] else "REFUSED"
         rows.append([
             status["node_id"], status["role"], status["region"], status["mode"],
-            f"{status['visible_cores']}/{status['expected_cores']}",
-            "ok" if status["safe_for_writes"] else "REFUSED", ", ".join(not_alive) or "-",
+            f"{status['visible_cores']}/{status['expected_cores']}", writes, ", ".join(not_alive) or "-",
             _sessions_text(status.get("edge")),
             _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
         ])

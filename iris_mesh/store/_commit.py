@@ -17,7 +17,9 @@ round trip through the engine loop.
 Completions reach the engine thread through `post`, in the order the batches were
 written. A batch's `durable` callbacks run once it is synced (with False if its
 write or fsync failed), its `early` ones (writes that do not need an fsync) once
-it is written.
+it is written. After a failed fsync, no batch is reported durable again until the
+database is opened again (`sync_failed`): the kernel may have dropped the pages
+that fsync did not write, and a later fsync would not say so.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class GroupCommit:
         # Written batches for the sync thread to make durable, in write order (None: stop).
         self._requests: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Why a WAL fsync failed (None: none did). Set by the sync thread before it posts that fsync's
+        # completions, and never cleared: from then on no batch is reported durable, and the store refuses
+        # writes (LocalStore), until the database is opened again.
+        self.sync_failed: str | None = None
         # For operators (engine thread): how long each fsync took, and how long each batch waited from
         # its write to its completion on the engine thread (what a replica write waits for here).
         self.fsync_latency = LatencyWindow()
@@ -222,13 +228,23 @@ class GroupCommit:
         """fsync the WAL, then post the completion of `batches` (every one of them was written before)."""
         writes = sum(len(batch.ops) for batch in batches)
         started = self._clock()
+        if self.sync_failed is not None:
+            # After a failed fsync, a later one may succeed without the lost pages (the kernel may have dropped
+            # them), and these batches sit behind them in the WAL, which a restart replays only up to a gap.
+            self.stats["failed_commits"] += 1
+            self._post(lambda now: self._synced(batches, False, now, None))
+            return
         try:
             self._db.flush_wal_synced()
         except Exception as exc:
+            self.sync_failed = f"{type(exc).__name__}: {exc}"  # before the completions: see `sync_failed`
             self.stats["failed_commits"] += 1
-            logger.error(
-                "fsync of the write-ahead log failed for {} operations, none acknowledged as durable ({}); "
-                "the disk may be failing: stop the node and check it",
+            logger.critical(
+                "fsync of the write-ahead log of {} failed for {} operations, none acknowledged as durable ({}); "
+                "what this store wrote since its start can no longer be trusted to be on disk, so it refuses "
+                "every write until its node is restarted (the other replicas take them and keep hints for "
+                "it): check the disk (free space, the kernel log), then restart the node",
+                self._name,
                 writes,
                 exc,
             )

@@ -136,6 +136,9 @@ class LocalStore:
     ) -> bool:
         """Stage `item` if it is newer than the current value (staged, written or durable); return whether it was.
 
+        After a failed WAL fsync (`durability_lost`) nothing is staged and on_durable(False) runs: a value that
+        fsync was to make durable may be in RocksDB and not on disk, so "not newer" proves nothing.
+
         on_durable(True) runs on the engine thread once the write (or, if it was
         not newer, the newer value already staged or written) is fsync'd;
         on_durable(False) if that commit failed. With sync=False it may run once
@@ -143,6 +146,10 @@ class LocalStore:
         before(current) runs first, with that current value, so callers need not read it again.
         """
         self._check_table(table)
+        if self._commit.sync_failed is not None:
+            if on_durable is not None:
+                self._post(lambda _now: on_durable(False))
+            return False
         current, batch = self._current(table, key)
         if before is not None:
             before(current)
@@ -174,9 +181,13 @@ class LocalStore:
         it) while the partition already holds `partition_limit` live rows; rows staged earlier
         in the group count. on_durable(ok) runs once, on the engine thread, when every write
         that was not refused (or the newer value it lost to) is durable (with sync=False:
-        written); ok is False if any of those commits failed.
+        written); ok is False if any of those commits failed, and for the whole group once the store has lost
+        durability (then nothing is applied, and the versions returned are all None).
         """
         self._check_table(table)
+        if self._commit.sync_failed is not None:
+            self._post(lambda _now: on_durable(False))
+            return [], [None] * len(keys)
         staged = self._staged
         ops, staged_raws, partition_delta = staged.ops, staged.raws, staged.partition_delta
         written = list(self._commit.written_batches())  # at most _MAX_WRITTEN_UNSYNCED
@@ -363,6 +374,11 @@ class LocalStore:
         if table not in self._live:
             raise ValueError(f"{table!r} is not a versioned table (one of {', '.join(VERSIONED_TABLES)})")
         return self._live[table]
+
+    @property
+    def durability_lost(self) -> str | None:
+        """Why a WAL fsync failed (None: none has since the store opened). Writes are refused from then on."""
+        return self._commit.sync_failed
 
     def engine_state(self) -> dict[str, int]:
         """RocksDB's background work and write throttle now (see `Database.engine_state`)."""

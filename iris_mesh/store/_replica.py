@@ -97,6 +97,10 @@ class ReplicaSide:
         if not self._membership.is_safe_for_writes():
             self._ack_each(src, reqs, "partition_detected")
             return
+        if local.durability_lost is not None:  # a WAL fsync failed: until a restart, nothing here is sure to be on disk
+            self.counters["writes_refused_fsync_failed"] += len(reqs)
+            self._ack_each(src, reqs, "unavailable")
+            return
         # Only a client's own write (not a repair, hint or handoff) may be refused for space.
         limit = self._partition_limits.get(table) if flags & FRESH else None
         newest = max(item.version for item in items)

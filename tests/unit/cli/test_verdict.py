@@ -61,6 +61,18 @@ def test_a_failed_check_names_the_nodes_down_and_those_refusing_writes_and_what_
     assert "not alive: edge1 (dead to 1)" in only_down and "safe mode" not in only_down
 
 
+def test_a_core_whose_fsync_failed_fails_the_check_with_its_error_and_what_to_do() -> None:
+    entries = [dict(node_status("core1", {"core2": "alive"}), fsync_failed=None),
+               dict(node_status("core2", {"core1": "alive"}), fsync_failed="OSError: [Errno 5] Input/output error")]
+    assert status_problems(entries)["fsync_failed"] == {"core2": "OSError: [Errno 5] Input/output error"}
+    verdict, steps = status_summary(entries).split("\n")
+    assert verdict == ("CHECK FAILED: a WAL fsync failed on core2 (OSError: [Errno 5] Input/output error): it refuses "
+                       "writes until restarted (the other cores take them and keep hints for it)")
+    assert steps == ("  next: check the disk of core2 (free space, the kernel log), then restart core2 "
+                     "(locally: make stop_node NODE=..., then make run)")
+    assert status_summary([entries[0]]) == "all nodes alive, writes safe"
+
+
 def test_an_expected_core_never_seen_since_the_start_fails_the_check() -> None:
     # After a restart where core3 did not come up: it is in no node's peers, only in `missing`.
     entries = [dict(node_status("core1", {"core2": "alive"}), missing=["core3"]),
@@ -104,7 +116,8 @@ def test_a_stopped_node_and_a_cut_off_one_are_told_apart() -> None:
 def test_a_node_asked_alone_reports_its_own_view_without_a_split() -> None:
     problems = status_problems([node_status("core1", {"core2": "dead", "core3": "alive"})])
     assert problems == {"not_alive": {"core2": {"dead": 1}}, "running_unheard": {}, "groups": [["core1"]],
-                        "writes_refused": [], "no_answer": [], "joining": [], "minority_side": False}
+                        "writes_refused": [], "no_answer": [], "joining": [], "minority_side": False,
+                        "fsync_failed": {}}
 
 
 def test_a_core_down_while_the_others_keep_a_majority_is_not_called_a_minority_side() -> None:

@@ -125,16 +125,12 @@ def test_sync_false_may_be_acknowledged_before_the_fsync(gated: tuple[LocalStore
     engine.turn_until(lambda: acks.got("safe"), "the synced ack")
 
 
-def test_failed_fsync_reports_false_and_the_store_goes_on(tmp_path: Path) -> None:
+def test_a_failed_write_reports_false_and_the_store_goes_on(tmp_path: Path) -> None:
     db = FailingDatabase(tmp_path / "db")
     local, engine = open_store(db)
     try:
         acks = Acks()
-        db.fail_fsync = True
-        local.async_apply(TABLE, b"a", v(1), acks("a"))
-        engine.turn_until(lambda: acks.got("a"), "the failed ack")
-        assert acks.results["a"] == [False]
-        db.fail_fsync, db.fail_write = False, True
+        db.fail_write = True
         local.async_apply(TABLE, b"b", v(1), acks("b"))
         engine.turn_until(lambda: acks.got("b"), "the failed ack")
         assert acks.results["b"] == [False]
@@ -143,8 +139,78 @@ def test_failed_fsync_reports_false_and_the_store_goes_on(tmp_path: Path) -> Non
         local.async_apply(TABLE, b"c", v(1), acks("c"))
         engine.turn_until(lambda: acks.got("c"), "the ack")
         assert acks.results["c"] == [True]
-        assert local.stats()["failed_commits"] == 2
+        assert local.stats()["failed_commits"] == 1
+        assert local.durability_lost is None
     finally:
+        local.close()
+        db.close()
+
+
+def test_after_a_failed_fsync_no_write_is_acknowledged_until_the_store_is_opened_again(tmp_path: Path) -> None:
+    db = FailingDatabase(tmp_path / "db")
+    local, engine = open_store(db)
+    try:
+        acks = Acks()
+        db.fail_fsync = True
+        local.async_apply(TABLE, b"a", v(1), acks("a"))
+        engine.turn_until(lambda: acks.got("a"), "the failed ack")
+        assert acks.results["a"] == [False]
+        assert local.durability_lost == "OSError: Input/output error"
+        # The disk answers again, but "a" went to RocksDB and maybe not to disk: its retry, which finds it
+        # there and is "not newer", must not be acknowledged as durable, nor may anything else.
+        db.fail_fsync = False
+        assert local.read(TABLE, b"a") == v(1)
+        local.async_apply(TABLE, b"a", v(1), acks("a again"))
+        local.async_apply(TABLE, b"d", v(1), acks("d"))
+        _, currents = local.async_apply_many(TABLE, [b"a", b"e"], [v(1), v(1)], [b"", b""], acks("group"))
+        engine.turn_until(lambda: acks.got("a again", "d", "group"), "the refusals")
+        assert (acks.results["a again"], acks.results["d"], acks.results["group"]) == ([False], [False], [False])
+        assert currents == [None, None]
+        assert local.read(TABLE, b"d") is None and local.read(TABLE, b"e") is None
+    finally:
+        local.close()
+        db.close()
+    # A restart reads the database from disk again: writes are acknowledged again.
+    db = FailingDatabase(tmp_path / "db")
+    local, engine = open_store(db)
+    try:
+        acks = Acks()
+        local.async_apply(TABLE, b"d", v(1), acks("d"))
+        engine.turn_until(lambda: acks.got("d"), "the ack")
+        assert acks.results["d"] == [True] and local.durability_lost is None
+    finally:
+        local.close()
+        db.close()
+
+
+def test_a_batch_written_while_the_failed_fsync_ran_is_not_acknowledged_by_a_later_one(tmp_path: Path) -> None:
+    class FailsOneFsync(GatedDatabase):
+        """The first fsync waits for the gate and fails; the next ones succeed (as one may after an error)."""
+
+        failed = False
+
+        def flush_wal_synced(self) -> None:
+            if not self.failed:
+                self.failed = True
+                self.in_fsync.set()
+                assert self.gate.wait(10.0), "test never opened the fsync gate"
+                raise OSError("Input/output error")
+            Database.flush_wal_synced(self)
+
+    db = FailsOneFsync(tmp_path / "db")
+    local, engine = open_store(db)
+    try:
+        acks = Acks()
+        local.async_apply(TABLE, b"first", v(1), acks("first"))
+        engine.turn()
+        assert db.in_fsync.wait(10.0)
+        local.async_apply(TABLE, b"second", v(1), acks("second"))
+        engine.turn()  # written behind "first" in the WAL; its fsync comes next
+        db.gate.set()
+        engine.turn_until(lambda: acks.got("first", "second"), "both answers")
+        assert (acks.results["first"], acks.results["second"]) == ([False], [False])
+    finally:
+        db.gate.set()
         local.close()
         db.close()
 

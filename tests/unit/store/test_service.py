@@ -11,6 +11,7 @@ from loguru import logger
 
 from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.store._coordinator import Done
+from iris_mesh.store._db import Database
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
 EDGE = "edge1"
@@ -81,6 +82,33 @@ def test_a_core_that_was_down_gets_its_hinted_writes_and_the_hints_go_once_it_ac
     assert sum(m == "handing core3 the writes it missed (50 hints held here)" for m in logged) == 2, logged
     assert sum(m == "core3 has every write it missed that this core took: 50 hints handed off, none left"
                for m in logged) == 2, logged
+
+
+def test_a_core_whose_fsync_failed_refuses_writes_and_the_others_keep_them_and_hints_for_it(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_fsync, core3_db = Database.flush_wal_synced, cluster.dbs[2]
+
+    def fsync(db: Database) -> None:
+        if db is core3_db:
+            raise OSError("Input/output error")
+        real_fsync(db)
+
+    monkeypatch.setattr(Database, "flush_wal_synced", fsync)
+    first = [b"user%03d\x00m" % i for i in range(20)]
+    assert all(done.ok and set(done.acked_by) == {"core1", "core2"} for done in put_many(cluster, EDGE, first))
+    assert cluster.locals["core3"].durability_lost == "OSError: Input/output error"
+    # From now on core3 refuses writes up front, its retries included (it holds them, maybe not on disk).
+    assert cluster.locals["core3"].read(TABLE, first[0]) is not None
+    again = [b"user%03d\x00n" % i for i in range(20)]
+    assert all(done.ok and set(done.acked_by) == {"core1", "core2"} for done in put_many(cluster, EDGE, again))
+    assert cluster.services["core3"].counters["writes_refused_fsync_failed"] == 20
+    assert not any(key in cluster.rows("core3") for key in again)
+    # Every write it missed waits as a hint on a core that took it, for after its restart.
+    def hinted() -> set[bytes]:
+        return {key for core in ("core1", "core2") for _, key, _ in cluster.locals[core].hints_for("core3")}
+
+    cluster.run_until(lambda: hinted() == set(first) | set(again), "a hint for core3 of every write")
 
 
 def test_writes_past_the_partition_limit_in_one_frame_are_refused_from_the_first_one_over_it(cluster: Cluster) -> None:
