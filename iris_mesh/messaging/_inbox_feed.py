@@ -57,6 +57,9 @@ _NOWHERE = b"\xff" * 256  # after every inbox key: holds nothing back
 
 # A sync reads on past pages of only deleted (acked) entries this many times before it answers an empty page.
 _EMPTY_SCANS_PER_SYNC = 8
+# An inbox frame besides its messages, and a message besides its stored value (id, seq, field names): with room.
+_FRAME_OVERHEAD_BYTES = 1024
+_DELIVERY_OVERHEAD_BYTES = 64
 
 
 class InboxFeed:
@@ -120,15 +123,17 @@ class InboxFeed:
                                        limit=request.page_size(self._limits), on_done=page, now=self._now())
                 return
             live.sync.reading -= 1
-            _hold_missed(live.sync.stored_while_reading, result, live.sync.held, self._counters)
+            items, cursor, more = _fit_frame(result.items, result.cursor, result.more,
+                                             self._limits.max_frame_bytes - _FRAME_OVERHEAD_BYTES)
+            _hold_missed(live.sync.stored_while_reading, items, cursor, live.sync.held, self._counters)
             if not live.sync.reading:
                 live.sync.stored_while_reading.clear()
-            if result.cursor is not None and (live.sync.read_to is None or result.cursor > live.sync.read_to):
-                live.sync.read_to = result.cursor
-            msgs, _left_at = self._deliveries(live, result.items, skip_outstanding=False, held=live.sync.held)
-            if not result.more and not live.push.running and not live.push.paused:
+            if cursor is not None and (live.sync.read_to is None or cursor > live.sync.read_to):
+                live.sync.read_to = cursor
+            msgs, _left_at = self._deliveries(live, items, skip_outstanding=False, held=live.sync.held)
+            if not more and not live.push.running and not live.push.paused:
                 live.inbox_clean = True
-            self._to_client(session.route, build_inbox(request.cid, msgs, result.cursor, result.more))
+            self._to_client(session.route, build_inbox(request.cid, msgs, cursor, more))
 
         self._store.async_scan("offline_msg", prefix, start_after=cursor, limit=request.page_size(self._limits),
                                on_done=page, now=now)
@@ -282,21 +287,34 @@ class InboxFeed:
             return
         # The last page: another pass for what came meanwhile.
         session.push.rescan = session.push.rescan or not result.more
-        if _hold_missed(session.push.stored_while_reading, result, session.push.held, self._counters):
+        if _hold_missed(session.push.stored_while_reading, result.items, result.cursor, session.push.held,
+                        self._counters):
             session.push.rescan = True
 
 
-def _hold_missed(stored: dict[bytes, str | None], result: Any, held: dict[str | None, bytes],
+def _hold_missed(stored: dict[bytes, str | None], items: Any, cursor: bytes | None, held: dict[str | None, bytes],
                  counters: collections.Counter[str]) -> bool:
-    """Hold back the senders (None: anyone) of the keys stored while `result` was read that lie within what was
-    read and are not in it: their later messages wait for a pass that brings these first. True if any."""
-    if not stored or result.cursor is None:
+    """Hold back the senders (None: anyone) of the keys stored while a page (`items`, read up to `cursor`) was read
+    that lie within what was read and are not in it: their later messages wait for a pass that brings these first.
+    True if any."""
+    if not stored or cursor is None:
         return False
-    read = {key for key, _item in result.items}
+    read = {key for key, _item in items}
     missed = False
     for key, sender in stored.items():
-        if key <= result.cursor and key not in read:
+        if key <= cursor and key not in read:
             held[sender] = min(held.get(sender, key), key)
             counters["inbox_held_back"] += 1
             missed = True
     return missed
+
+
+def _fit_frame(items: Any, cursor: bytes | None, more: bool, max_bytes: int) -> tuple[Any, bytes | None, bool]:
+    """The first rows of a page whose messages fit in `max_bytes` (the first always: a body of max_body_bytes fits a
+    frame), with the cursor and `more` of that shorter page: pages of large messages hold fewer."""
+    size = 0
+    for position, (_key, item) in enumerate(items):
+        size += len(item.value) + _DELIVERY_OVERHEAD_BYTES
+        if position and size > max_bytes:
+            return items[:position], items[position - 1][0], True
+    return items, cursor, more

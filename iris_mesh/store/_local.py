@@ -339,6 +339,22 @@ class LocalStore:
                 break
         return out
 
+    def scan_page(
+        self, table: str, prefix: bytes = b"", *, start_after: bytes | None = None, limit: int, max_bytes: int,
+    ) -> tuple[list[tuple[bytes, Versioned]], bool]:
+        """Rows as `scan` reads them, at most `limit`, and fewer once their keys and encoded values would hold over
+        `max_bytes` (the first row always comes); and whether rows are left after them."""
+        out: list[tuple[bytes, Versioned]] = []
+        size = 0
+        for key, raw in self._db.iterate(table, prefix=prefix, start=start_after or b""):
+            if start_after is not None and key <= start_after:
+                continue
+            size += len(key) + len(raw)
+            if len(out) >= limit or (out and size > max_bytes):
+                return out, True
+            out.append((key, self._decode(table, key, raw)))
+        return out, False
+
     def live_in_partition(self, table: str, partition: bytes) -> int:
         """Live rows of one partition (keys `partition \\x00 ...`), counted once and then kept current.
 

@@ -18,7 +18,9 @@ _ENTRY_OVERHEAD_BYTES = 32
 
 
 def _entry_size(entry: list[Any]) -> int:
-    return _ENTRY_OVERHEAD_BYTES + sum(len(part) for part in entry if isinstance(part, (bytes, str)))
+    """Bytes of the entry's strings, those in nested lists (a scan page's rows) included, plus some for the rest."""
+    return _ENTRY_OVERHEAD_BYTES + sum(len(part) if isinstance(part, (bytes, str))
+                                       else _entry_size(part) if isinstance(part, list) else 0 for part in entry)
 
 
 def frame_chunks(entries: list[list[Any]], size: Callable[[list[Any]], int] = _entry_size) -> list[list[list[Any]]]:

@@ -19,9 +19,12 @@ from iris_mesh.store._versioned import HybridClock, Versioned, encode_versioned
 if TYPE_CHECKING:
     from iris_mesh.store._service import StoreMembership
 
-__all__ = ["ReplicaSide"]
+__all__ = ["ReplicaSide", "SCAN_PAGE_BYTES"]
 
 _MAX_SCAN_LIMIT = 1000
+# Most key and value bytes in one replica's scan page. The R pages a scan merges (and an edge's inbox page
+# made of them) stay well within a frame whatever the rows hold: 100 rows of 64 KiB would be 6.4 MB.
+SCAN_PAGE_BYTES = 192 * 1024
 
 # The coordinator side's handlers of answers from this node itself (local answers carry no `now`).
 OnAck = Callable[[str, int, str, float | None], None]
@@ -188,8 +191,9 @@ class ReplicaSide:
         if self.local is None or table not in self._tables or not 1 <= limit <= _MAX_SCAN_LIMIT:
             self._reply_page(src, req, [], False, "bad_request")
             return
-        rows = self.local.scan(table, prefix, start_after=start_after, limit=limit + 1)
-        self._reply_page(src, req, rows[:limit], len(rows) > limit, "ok")
+        rows, more = self.local.scan_page(table, prefix, start_after=start_after, limit=limit,
+                                          max_bytes=SCAN_PAGE_BYTES)
+        self._reply_page(src, req, rows, more, "ok")
 
     def _reply_page(self, node: str, req: int, rows: list[tuple[bytes, Versioned]], more: bool, code: str) -> None:
         if node == self.node_id:

@@ -52,6 +52,30 @@ def test_online_chat_across_edges_both_ways(local_cluster: LocalCluster) -> None
         bob.close()
 
 
+def test_an_inbox_of_the_largest_messages_is_read_whole_in_pages_that_fit_the_frames(
+    local_cluster: LocalCluster,
+) -> None:
+    # 40 bodies of max_body_bytes: a page of 100 such rows would be ~2.6 MB, over every frame limit on the way
+    # (core to edge, edge to client). Pages must be cut by size, or bob could never read his inbox.
+    chat_cluster(local_cluster)
+    alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")
+    sent: list[bytes] = []
+    try:
+        for i in range(40):
+            result = alice.send("bob", bytes([i]) * 65536)
+            assert result.status == "stored", result
+            sent.append(result.id)
+    finally:
+        alice.close()
+    bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
+    try:
+        received = drain(bob, 40, 60.0)
+        check_total_queue({"alice": sent}, received)
+        assert [m.body for m in received] == [bytes([i]) * 65536 for i in range(40)]
+    finally:
+        bob.close()
+
+
 def test_offline_inbox_from_five_senders(local_cluster: LocalCluster) -> None:
     chat_cluster(local_cluster)
     senders = [connect_static(local_cluster, local_cluster.nodes[EDGES[i % 2]], f"user{i}") for i in range(5)]

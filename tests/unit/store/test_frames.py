@@ -13,6 +13,7 @@ from iris_mesh.store._frames import (
     WriteBatcher,
     parse_write_groups,
 )
+from iris_mesh.store._outbox import frame_chunks
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
 NODES = ("core1", "core2", "core3")
@@ -123,3 +124,13 @@ def test_open_frames_leave_when_ready_says_so_and_full_ones_always() -> None:
     assert [(nodes, rows) for nodes, _, rows in rest] == [(NODES, 2)]
     assert [(nodes, rows) for nodes, _, rows in batcher.drain()] == [(("core1",), 1)]
     assert batcher.oldest() is None and not batcher
+
+
+def test_scan_pages_of_one_turn_are_cut_into_frames_by_the_rows_they_hold() -> None:
+    # Four pages of two 100 kB rows to one node in one turn: together 800 kB, so not one frame.
+    pages = [[req, [[b"bob\x00m%d" % i, b"x" * 100_000] for i in range(2)], True, "ok"] for req in range(4)]
+    chunks = frame_chunks(pages)
+    assert [entry for chunk in chunks for entry in chunk] == pages
+    sizes = [len(encode_body(envelope("spage", r=chunk)).frame(3, encode_pairs(src="core1", inc=1, seq=1)))
+             for chunk in chunks]
+    assert len(chunks) == 4 and max(sizes) <= FRAME_BUDGET_BYTES, sizes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from loguru import logger
@@ -109,6 +109,36 @@ def test_a_core_whose_fsync_failed_refuses_writes_and_the_others_keep_them_and_h
         return {key for core in ("core1", "core2") for _, key, _ in cluster.locals[core].hints_for("core3")}
 
     cluster.run_until(lambda: hinted() == set(first) | set(again), "a hint for core3 of every write")
+
+
+def test_a_scan_of_large_rows_comes_in_pages_that_fit_a_frame_and_its_cursors_read_them_all(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, THREE, edges=(EDGE,))  # no inbox limit
+    try:
+        _scan_large_rows(cluster)
+    finally:
+        cluster.close()
+
+
+def _scan_large_rows(cluster: Cluster) -> None:
+    keys = [b"bob\x00m%02d" % i for i in range(30)]
+    for chunk in (keys[:10], keys[10:20], keys[20:]):  # 60 KiB each: 1.8 MB in all, over a frame's 1 MiB
+        assert all(done.ok for done in put_many(cluster, "core1", chunk, b"x" * 60_000))
+    got: list[bytes] = []
+    cursor: bytes | None = None
+    pages = 0
+    while True:
+        box: list[Any] = []
+        cluster.services[EDGE].async_scan(TABLE, b"bob\x00", start_after=cursor, limit=100, on_done=box.append,
+                                          now=time.monotonic())
+        cluster.run_until(lambda: box, "a scan page")  # every frame on the way is checked to be under 1 MiB
+        assert box[0].ok, box[0]
+        got.extend(key for key, _item in box[0].items)
+        pages += 1
+        cursor = box[0].cursor
+        if not box[0].more:
+            break
+    assert got == keys
+    assert 1 < pages <= 30
 
 
 def test_writes_past_the_partition_limit_in_one_frame_are_refused_from_the_first_one_over_it(cluster: Cluster) -> None:
