@@ -128,7 +128,7 @@ class ClientSession:
         self.login_lost: str | None = None
         self._expired_cids: dict[int, None] = {}
         self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0,
-                                         "moves": 0}
+                                         "moves": 0, "sync_timeouts": 0}
         self._token: str | None = None
         self._login_waiter: Any = None
         self._login_deadline: float | None = None
@@ -143,6 +143,7 @@ class ClientSession:
         self._sync_wanted = False
         self._sync_cursor: bytes | None = None
         self._sync_cid: int | None = None
+        self._sync_deadline: float | None = None  # when the page asked for is given up and asked for again
         self._sync_retry_at: float | None = None
         self._ping_cid: int | None = None
         self._pong_names_user = False  # this connection's edge has named our login in a pong
@@ -336,7 +337,7 @@ class ClientSession:
             if request is not None:
                 self._mismatch(frame, request)
             return
-        self._sync_cid = None
+        self._sync_cid = self._sync_deadline = None
         for delivery in frame.msgs:
             self._surface(delivery)
         if frame.more and frame.cursor is None:
@@ -438,6 +439,7 @@ class ClientSession:
         if self.state is SessionState.LOGGED_IN and not self._closing:
             self._pump(now)
             self._flush_acks(now)
+            self._check_sync(now)
             self._maybe_sync(now)
             if self._ping_after_login and self._ping_cid is None:
                 # The pong shows whether this edge names our login in pongs, before a session
@@ -469,7 +471,7 @@ class ClientSession:
         self._ping_deadline = now + self._opts.pong_timeout_s
 
     def _next_wakeup(self, now: float) -> float | None:
-        times = [self._sends.next_wakeup(now), self._login_deadline, self._sync_retry_at]
+        times = [self._sends.next_wakeup(now), self._login_deadline, self._sync_retry_at, self._sync_deadline]
         if self.state is SessionState.HELLO:
             times.append(self._hello_deadline)
         if self.state in (SessionState.READY, SessionState.LOGGING_IN, SessionState.LOGGED_IN):
@@ -567,7 +569,7 @@ class ClientSession:
         self._complete(send.waiter, error)
 
     def _sync_failed(self, error: IrisError, now: float) -> None:
-        self._sync_cid = None
+        self._sync_cid = self._sync_deadline = None
         if error.code in RETRYABLE_ERROR_CODES:
             self._sync_wanted = True
             self._sync_retry_at = now + (error.retry_after or self._opts.retry_max_s)
@@ -588,6 +590,22 @@ class ClientSession:
         cursor = self._sync_cursor
         self._sync_wanted = False
         self._sync_cid = self._request(_Request("sync"), lambda c: SyncRequest(cid=c, cursor=cursor).to_wire(), now)
+        self._sync_deadline = now + self._opts.request_timeout_s
+
+    def _check_sync(self, now: float) -> None:
+        """A sync page that did not come in time (dropped on the way: the edge's queue to us was full, say) is asked
+        for again from the same cursor, or the rest of the inbox would wait for the next login."""
+        if self._sync_cid is None or self._sync_deadline is None or now < self._sync_deadline:
+            return
+        self._requests.pop(self._sync_cid, None)
+        self._expired_cids[self._sync_cid] = None  # its answer may still come: not news
+        if len(self._expired_cids) > _EXPIRED_CIDS_KEPT:
+            del self._expired_cids[next(iter(self._expired_cids))]
+        self._sync_cid = self._sync_deadline = None
+        self._sync_wanted = True
+        self.counters["sync_timeouts"] += 1
+        logger.warning("edge {} did not answer a sync of the inbox of {} within {} s; asking again", self.edge,
+                       self.user, self._opts.request_timeout_s)
 
     def _pump(self, now: float) -> None:
         for send in self._sends.take_ready(now):
@@ -629,6 +647,7 @@ class ClientSession:
         self._queries.clear()
         self.counters["resent"] += len(self._sends.requeue_in_flight(now))
         self._sync_wanted, self._sync_cursor, self._sync_cid, self._sync_retry_at = False, None, None, None
+        self._sync_deadline = None
         self._ping_cid = self._ping_deadline = None
         self._pong_names_user = False
         self._hello_deadline = None

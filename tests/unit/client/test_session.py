@@ -599,6 +599,29 @@ def test_sync_retries_after_a_retryable_error(h: Harness) -> None:
     assert h.take("sync")[0]["cursor"] is None
 
 
+def test_a_sync_page_that_never_comes_is_asked_for_again_from_the_same_cursor(h: Harness) -> None:
+    h.connect()
+    h.s.login("bob", "t", Waiter(), h.now)
+    h.collect()
+    h.login_ok(h.take("login")[0]["cid"])
+    h.frame(build_inbox(h.take("sync")[0]["cid"], [delivery(1)], b"c1", True))
+    lost_page = h.take("sync")[0]  # the edge's answer to it is dropped on the way
+    assert lost_page["cursor"] == b"c1"
+    asked_again: list[dict[str, Any]] = []
+    for _ in range(6):  # 3 s, past request_timeout_s (2 s); the session stays up: its pings are answered
+        h.tick(0.5)
+        for f in h.take():
+            if f["op"] == "ping":
+                h.frame(build_pong(f["cid"], "bob"))
+            else:
+                asked_again.append(f)
+    assert [(f["op"], f["cursor"]) for f in asked_again] == [("sync", b"c1")]
+    assert h.s.counters["sync_timeouts"] == 1 and not h.lost
+    h.frame(build_inbox(lost_page["cid"], [delivery(2)], None, False))  # late after all: not news
+    h.frame(build_inbox(asked_again[0]["cid"], [delivery(2)], None, False))
+    assert [m.id for m in h.messages] == [mid(1), mid(2)] and h.s.counters["reply_mismatch"] == 0
+
+
 def test_sync_holds_while_the_application_is_behind() -> None:
     h = Harness(ClientOptions(**{**{f: getattr(OPTIONS, f) for f in OPTIONS.__dataclass_fields__},
                                  "sync_hold_messages": 2}))
