@@ -7,7 +7,9 @@ queue will be acked when it is returned, and acking earlier would lose the
 message if the application died first. A redelivery of a returned message is
 dropped and acked again, since the first ack evidently did not reach the
 server. Queued messages are bounded by the edge's flow control and the inbox
-size; returned ids are bounded by `window` (oldest forgotten first).
+size; returned ids are kept for `keep_s` (an hour), or the last `window` of
+them if those are more (oldest forgotten first): a burst of messages does not
+push out of memory those a failover of a moment ago may bring again.
 """
 
 from __future__ import annotations
@@ -29,17 +31,22 @@ class Seen(enum.Enum):
     RETURNED = "returned"  # a redelivery of a message the application has: drop and ack again
 
 
+KEEP_S = 3600.0
+
+
 class SeenMessages:
-    """Remembers queued messages and the last `window` returned ones; not thread-safe (I/O thread only)."""
+    """Remembers queued messages, and the returned ones of the last `keep_s` or the last `window` of them, whichever
+    are more; not thread-safe (I/O thread only)."""
 
-    __slots__ = ("_window", "_queued", "_returned")
+    __slots__ = ("_window", "_keep_s", "_queued", "_returned")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, keep_s: float = KEEP_S) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self._window = window
+        self._keep_s = keep_s
         self._queued: set[MessageKey] = set()
-        self._returned: OrderedDict[MessageKey, None] = OrderedDict()
+        self._returned: OrderedDict[MessageKey, float] = OrderedDict()  # -> when it was returned
 
     def classify(self, key: MessageKey) -> Seen:
         """Whether a message just received is new, waiting in the receive queue, or already returned."""
@@ -53,13 +60,15 @@ class SeenMessages:
         """The message was put in the receive queue."""
         self._queued.add(key)
 
-    def returned(self, key: MessageKey) -> None:
-        """receive() handed the message to the application; forgets the oldest returned id past `window`."""
+    def returned(self, key: MessageKey, now: float) -> None:
+        """receive() handed the message to the application (at `now`, monotonic seconds); forgets the oldest
+        returned ids past `window` that are older than `keep_s`."""
         self._queued.discard(key)
-        self._returned[key] = None
-        self._returned.move_to_end(key)
-        while len(self._returned) > self._window:
-            self._returned.popitem(last=False)
+        returned = self._returned
+        returned[key] = now
+        returned.move_to_end(key)
+        while len(returned) > self._window and next(iter(returned.values())) <= now - self._keep_s:
+            returned.popitem(last=False)
 
     @property
     def waiting(self) -> int:

@@ -43,7 +43,8 @@ class ClientOptions:
     # other than the edge left, or half a second after the first answer); an edge's answer can take over a
     # second when other clients ask at the same moment (RFC 6762 section 14).
     mdns_timeout_s: float = 3.0
-    # How many returned message ids the SDK remembers to drop redeliveries (docs/PROTOCOL.md 9.2).
+    # How many returned message ids the SDK remembers at least to drop redeliveries, and more if they were returned
+    # in the last hour (docs/PROTOCOL.md 9.2).
     dedup_window: int = 10_000
     # The inbox sync pauses while this many received messages wait for receive().
     sync_hold_messages: int = 1_000

@@ -252,7 +252,7 @@ class ClientSession:
     def returned(self, messages: Iterable[Message], now: float) -> None:
         """receive() handed these messages to the application: ack them (in the next flush)."""
         for m in messages:
-            self._seen.returned((m.sender, m.id))
+            self._seen.returned((m.sender, m.id), now)
             self._acks.append(m.id)
 
     def begin_close(self, now: float) -> None:
