@@ -23,6 +23,7 @@ coordinator's writes goes to it in one call.
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections import defaultdict
 from typing import Any, Callable, Protocol
 
@@ -55,6 +56,7 @@ USER_TABLES = ("offline_msg", "cross_region_queue", "presence")
 _LIVE_STATES = ("alive", "suspect")
 _INTEGER = frozenset({int})  # what a sack's request ids must all be, exactly (bool is not)
 INTERNAL_REQ_BASE = 1 << 62
+_REQ_ID_SPREAD = 1 << 48  # where request ids start: far below INTERNAL_REQ_BASE, and far from each other
 # A value must fit in one mesh frame with room to spare (max_frame_bytes is at least 1 MiB by default).
 MAX_VALUE_BYTES = 512 * 1024
 _CLOCK_LOG_EVERY_S = 60.0  # at most one line about clock readings refused for being too far ahead
@@ -108,8 +110,10 @@ class StoreService:
         self._membership = membership
         self._wall_ms = wall_ms
         self._mesh: StoreMesh | None = None
-        self._ids = itertools.count(1)
-        self._internal_ids = itertools.count(INTERNAL_REQ_BASE)
+        # From a random start, as session ids: an answer a peer sent to this node's previous run (its fsync was
+        # slow, and it reached the node restarted at the same address) then matches no request of this run.
+        self._ids = itertools.count(secrets.randbelow(_REQ_ID_SPREAD) + 1)
+        self._internal_ids = itertools.count(INTERNAL_REQ_BASE + secrets.randbelow(_REQ_ID_SPREAD))
         # req -> (on_done, the window its duration goes to, when the engine took the request)
         self._callbacks: dict[int, tuple[OnDone, LatencyWindow, float]] = {}
         self.write_latency = LatencyWindow()  # quorum writes and deletes this node coordinated

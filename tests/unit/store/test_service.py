@@ -10,8 +10,10 @@ import pytest
 from loguru import logger
 
 from _store_cluster import TABLE, THREE, Cluster, mark
+from iris_mesh.sockets._codec import decode_mesh
 from iris_mesh.store._coordinator import Done
 from iris_mesh.store._db import Database
+from iris_mesh.store._frames import parse_write_groups
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
 EDGE = "edge1"
@@ -139,6 +141,25 @@ def _scan_large_rows(cluster: Cluster) -> None:
             break
     assert got == keys
     assert 1 < pages <= 30
+
+
+def test_a_restarted_node_numbers_its_requests_afresh_so_an_answer_to_its_previous_run_matches_none(
+    tmp_path: Path,
+) -> None:
+    def first_write_req(run: int) -> int:
+        cluster = Cluster(tmp_path / f"run{run}", THREE, edges=(EDGE,))
+        try:
+            cluster.services[EDGE].async_put(TABLE, b"bob\x00m", b"v", durability="quorum", on_done=lambda _d: None,
+                                             now=time.monotonic())
+            cluster.services[EDGE].async_after_batch(time.monotonic())
+            _node, frame = cluster.frames[0]
+            (group,) = parse_write_groups(decode_mesh(frame))
+            return group[3][0]
+        finally:
+            cluster.close()
+
+    reqs = [first_write_req(run) for run in range(3)]
+    assert len(set(reqs)) == 3, reqs  # the same numbers in every run let a late ack count for a new write
 
 
 def test_writes_past_the_partition_limit_in_one_frame_are_refused_from_the_first_one_over_it(cluster: Cluster) -> None:
