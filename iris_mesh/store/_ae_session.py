@@ -131,7 +131,7 @@ class Session:
 
     __slots__ = ("sid", "peer", "full", "routine", "state", "started", "deadline", "recheck_at", "first_diff",
                  "touched", "theirs", "buckets", "pushes", "pull_queue", "pulls_out", "listing_done", "listed",
-                 "pushed", "pulled", "refused", "unsettled", "scan", "waiters")
+                 "pushed", "pulled", "refused", "unsettled", "scan", "waiters", "partial")
 
     def __init__(self, sid: int, peer: str, full: bool, routine: bool, now: float, timeout_s: float) -> None:
         self.sid = sid
@@ -154,6 +154,8 @@ class Session:
         self.listed = self.pushed = self.pulled = self.refused = self.unsettled = 0
         self.scan: TableScan | None = None  # our own rows of the differing buckets
         self.waiters: list[Callable[[SessionResult], None]] = []
+        # A routine round 2 left differing buckets busy with writes unlisted: this session did not compare all.
+        self.partial = False
 
 
 def bucket_lists(raw: Any) -> dict[str, list[int]] | None:

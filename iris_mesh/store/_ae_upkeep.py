@@ -45,6 +45,7 @@ class DigestUpkeep:
         wall_ms: Callable[[], int],
         start_scan: Callable[[TableScan], None],
         counters: dict[str, int],
+        purge_horizon: Callable[[], tuple[int | None, list[str]]] = lambda: (None, []),
     ) -> None:
         self._node_id = node_id
         self._local = local
@@ -56,6 +57,7 @@ class DigestUpkeep:
         self._wall_ms = wall_ms
         self._start_scan = start_scan
         self._counters = counters
+        self._purge_horizon = purge_horizon  # see AntiEntropy.purge_horizon
         self._view = View(frozenset(), 0, lambda key: ())
         self._build: TableScan | None = None
         self._rebuild_when_commits: int | None = None
@@ -97,6 +99,19 @@ class DigestUpkeep:
         if now < self._next_maintenance:
             return
         cutoff_ms = self._wall_ms() - self._grace_ms
+        horizon, lagging = self._purge_horizon()
+        if horizon is None or horizon < cutoff_ms:
+            self._counters["ae_purges_held"] += 1
+            if lagging:
+                logger.warning("tombstones older than {:.0f} s are kept on {}: {} not synced with it by anti-entropy "
+                               "within that time (or since it started); a core back after that long would get its "
+                               "deleted rows copied back as live. They go once it has; `meshctl forget NODE` a core "
+                               "gone for good", self._grace_ms / 1000, self._node_id, ", ".join(lagging))
+            if horizon is None:
+                self._next_maintenance = now + self._maintenance_every_s
+                self._rebuild()
+                return
+            cutoff_ms = horizon
         started = time.perf_counter()
         purged = sum(self._local.async_purge_tombstones(table, cutoff_ms, _PURGE_LIMIT) for table in self._tables)
         more = purged >= _PURGE_LIMIT

@@ -141,6 +141,7 @@ class AntiEntropy:
         self._upkeep = DigestUpkeep(
             node_id=node_id, local=local, cache=self.cache, tables=self._tables, interval_s=interval_s,
             tombstone_grace_s=tombstone_grace_s, wall_ms=wall_ms, start_scan=self._jobs.append, counters=counters,
+            purge_horizon=self.purge_horizon,
         )
         self._responder = Responder(
             local=local, port=port, cache=self.cache, tables=self._tables,
@@ -159,6 +160,10 @@ class AntiEntropy:
         self._was_safe = False
         self._now = 0.0  # of the latest tick or frame; acks carry no time
         self.last_results: dict[str, SessionResult] = {}
+        # peer -> wall ms at the start of the last session with it that compared everything and repaired it all
+        # (since this core started): tombstones younger than that may be on this core only (see purge_horizon).
+        self._synced_ms: dict[str, int] = {}
+        self._started_ms = wall_ms()
 
     def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
         ops = {"ae_dig": self._responder.on_dig, "ae_diff": self._on_diff, "ae_keys": self._on_keys,
@@ -235,6 +240,24 @@ class AntiEntropy:
         self._run_jobs()
         return _BUSY_TICK_S if self._jobs else None
 
+    def purge_horizon(self) -> tuple[int | None, list[str]]:
+        """How old a tombstone must be (wall ms) to be purged as far as the peers go, and the peers that hold it back.
+
+        A tombstone may be purged once every peer core is known to hold it: a session with each peer
+        that compared everything has finished since it was written. A peer down for longer than the
+        grace period (or one this core has not synced with since it started) holds every purge back,
+        or on its return its rows, never told of the deletes, would be copied back as live.
+        None: some peer has not synced with this core since it started. The peers listed are those that
+        have not synced with it within the grace period.
+        """
+        peers = self._view.expected - {self.node_id}
+        if not peers:
+            return self._wall_ms(), []
+        unsynced = sorted(peer for peer in peers if peer not in self._synced_ms)
+        horizon = None if unsynced else min(self._synced_ms[peer] for peer in peers)
+        stale = self._wall_ms() - self._grace_ms
+        return horizon, sorted(peer for peer in peers if self._synced_ms.get(peer, self._started_ms) < stale)
+
     def status(self) -> dict[str, Any]:
         return {"ready": self.cache.ready, "sessions": len(self._sessions), "listings": self._responder.listings,
                 "jobs": len(self._jobs), "last": {p: r.as_dict() for p, r in sorted(self.last_results.items())}}
@@ -294,6 +317,7 @@ class AntiEntropy:
             only = {table: quiet for table, buckets in only.items()
                     if (quiet := [b for b, seen in zip(buckets, session.touched[table])
                                   if self.cache.touched(table, b) == seen])}
+            session.partial = sum(map(len, only.values())) < sum(map(len, session.first_diff.values()))
             if not only:
                 self._finish(session, "ok")
                 return
@@ -478,6 +502,9 @@ class AntiEntropy:
         result = SessionResult(session.peer, code, session.full, buckets, session.listed, session.pushed,
                                session.pulled, session.refused, max(0.0, self._now - session.started))
         self.last_results[session.peer] = result
+        if result.ok and not result.refused and not session.partial:
+            # The peer now holds every row this core held when the session started, tombstones included.
+            self._synced_ms[session.peer] = self._wall_ms() - int(result.duration_s * 1000)
         self.counters[f"ae_{code}"] += 1
         self.counters["ae_pushed"] += result.pushed
         self.counters["ae_pulled"] += result.pulled

@@ -374,6 +374,39 @@ def test_tombstones_past_the_grace_period_are_purged_and_stay_gone(tmp_path: Pat
         cluster.close()
 
 
+def test_a_core_down_past_the_grace_period_holds_the_purge_back_and_gets_the_deletes_on_its_return(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(tmp_path, THREE, interval_s=0.05, grace_s=1.0)
+    try:
+        assert cluster.put("core1", b"gone", b"v").ok
+        cluster.run_until(lambda: all(b"gone" in cluster.rows(c) for c in THREE), "the row on every core")
+        cluster.down.add("core3")
+        mark(cluster, "core3", "dead")
+        assert cluster.put("core1", b"gone", None).ok  # the delete core3 never hears of
+        for core in ("core1", "core2"):
+            cluster.services[core].async_drop_hints("core3")  # as if its hints were still far behind in the queue
+        cluster.wall_offset_ms += 1500  # the tombstone is past the grace period
+        builds = {c: cluster.services[c].counters["ae_cache_builds"] for c in ("core1", "core2")}
+        # Each maintenance round (every second here) ends with the digests built again, purge or not.
+        cluster.run_until(lambda: all(cluster.services[c].counters["ae_cache_builds"] >= builds[c] + 2
+                                      for c in ("core1", "core2")), "maintenance rounds on core1 and core2")
+        for core in ("core1", "core2"):
+            kept = cluster.rows(core).get(b"gone")
+            assert kept is not None and kept.is_tombstone, "purged while core3 still holds the row live"
+        assert all(cluster.services[c].counters["ae_purges_held"] for c in ("core1", "core2"))
+        assert not cluster.rows("core3")[b"gone"].is_tombstone
+
+        # core3 returns; anti-entropy tells it of the delete, then the tombstone goes everywhere.
+        cluster.down.discard("core3")
+        mark(cluster, "core3", "alive")
+        cluster.run_until(lambda: all(b"gone" not in cluster.rows(c) for c in THREE), "the tombstone purged everywhere",
+                          timeout_s=15.0)
+        assert all(b"gone" not in cluster.rows(c) for c in THREE)
+    finally:
+        cluster.close()
+
+
 def test_digest_scan_speed(tmp_path: Path) -> None:
     """Measures the digest build (a full scan) per 10k rows; printed for the record, loosely bounded."""
     db = Database(tmp_path / "db")
