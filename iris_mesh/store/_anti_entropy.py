@@ -503,8 +503,9 @@ class AntiEntropy:
                                session.pulled, session.refused, max(0.0, self._now - session.started))
         self.last_results[session.peer] = result
         if result.ok and not result.refused and not session.partial:
-            # The peer now holds every row this core held when the session started, tombstones included.
-            self._synced_ms[session.peer] = self._wall_ms() - int(result.duration_s * 1000)
+            # The peer now holds every row this core held when the session started, tombstones included (but for
+            # the writes a routine session left to the write path).
+            self._synced_ms[session.peer] = self._wall_ms() - int(result.duration_s * 1000) - _SETTLE_MS
         self.counters[f"ae_{code}"] += 1
         self.counters["ae_pushed"] += result.pushed
         self.counters["ae_pulled"] += result.pulled

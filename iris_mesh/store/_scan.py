@@ -1,9 +1,10 @@
 """Quorum prefix scans: one page of a key range read from R replicas, merged newest-wins, with repair.
 
 Sans-IO, like the quorum coordinator. A scan reads keys with `prefix`, in key
-order, after `start_after`, at most `limit` per replica. The pages of the R
-replicas that answered first are merged: for each key the newest version wins.
-A replica that had more keys than `limit` stops at its last key, so the merged
+order, after `start_after`, at most `limit` per replica (fewer when they are
+large: `ReplicaSide` cuts a page by size). The pages of the R replicas that
+answered first are merged: for each key the newest version wins. A replica
+that had more keys than it sent stops at its last key, so the merged
 page ends at the smallest such last key (the cursor), beyond which some replica
 was not read. Every replica that answered with an older version of a key in the
 page (or without the key) gets a repair write, as quorum reads do.
