@@ -205,7 +205,10 @@ class Client:
                 raise IrisError("not_logged_in", lost)
             break
         batch = (message,)
-        self._loop.post(lambda now: self._session.returned(batch, now))
+        with self._send_lock:  # as close() sets _closed: the ack is queued before close's last acks go, or not at all
+            if self._closed:
+                raise IrisError("closed", "the client was closed; the message stays on the server, unacked")
+            self._loop.post(lambda now: self._session.returned(batch, now))
         return message
 
     def presence(self, user: str) -> Presence:

@@ -275,11 +275,18 @@ class SendQueue:
         self._count = 0
         return out
 
-    def next_wakeup(self, now: float) -> float | None:
-        """When take_ready or expired may have something new, if no frame arrives before."""
+    def next_wakeup(self, now: float, *, sending: bool = True) -> float | None:
+        """When take_ready or expired may have something new, if no frame arrives before.
+
+        With sending=False (no session to send on: take_ready is not called) only when a send expires:
+        a hold or rate limit that ran out meanwhile is taken up at the next take_ready, and reporting
+        it would wake the caller again and again, at once, for nothing.
+        """
         times = []
         if self._deadlines:
             times.append(self._deadlines[0][0])
+        if not sending:
+            return min(times) if times else None
         if self._timed:
             times.append(self._timed[0][0])
         if self._ready:

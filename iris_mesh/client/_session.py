@@ -126,7 +126,7 @@ class ClientSession:
         self.user: str | None = None  # who to (re)log in as; None before login() and after a refused login
         # Why the automatic login again after a failover failed (None: it did not, or login() was called since).
         self.login_lost: str | None = None
-        self._expired_cids: dict[int, None] = {}
+        self._expired_cids: dict[int, str | None] = {}  # cids given up on -> "sync" for a sync page
         self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0,
                                          "moves": 0, "sync_timeouts": 0}
         self._token: str | None = None
@@ -333,6 +333,14 @@ class ClientSession:
 
     def _on_inbox(self, frame: InboxReply, now: float) -> None:
         request = self._requests.pop(frame.cid, None)
+        if request is None and self._expired_cids.get(frame.cid) == "sync":
+            # A page given up on (see _check_sync) came after all: the edge handed its messages to this session
+            # and may send their senders' next ones live from now on, so they surface now (copies that come again
+            # in the page asked for instead are dropped as duplicates). The sync goes on from the page asked for.
+            del self._expired_cids[frame.cid]
+            for delivery in frame.msgs:
+                self._surface(delivery)
+            return
         if request is None or request.kind != "sync":
             if request is not None:
                 self._mismatch(frame, request)
@@ -471,7 +479,10 @@ class ClientSession:
         self._ping_deadline = now + self._opts.pong_timeout_s
 
     def _next_wakeup(self, now: float) -> float | None:
-        times = [self._sends.next_wakeup(now), self._login_deadline, self._sync_retry_at, self._sync_deadline]
+        sending = self.state is SessionState.LOGGED_IN and not self._closing  # see tick: else none of these is due
+        times = [self._sends.next_wakeup(now, sending=sending), self._login_deadline]
+        if sending:
+            times += [self._sync_retry_at, self._sync_deadline]
         if self.state is SessionState.HELLO:
             times.append(self._hello_deadline)
         if self.state in (SessionState.READY, SessionState.LOGGING_IN, SessionState.LOGGED_IN):
@@ -598,7 +609,7 @@ class ClientSession:
         if self._sync_cid is None or self._sync_deadline is None or now < self._sync_deadline:
             return
         self._requests.pop(self._sync_cid, None)
-        self._expired_cids[self._sync_cid] = None  # its answer may still come: not news
+        self._expired_cids[self._sync_cid] = "sync"  # its answer may still come
         if len(self._expired_cids) > _EXPIRED_CIDS_KEPT:
             del self._expired_cids[next(iter(self._expired_cids))]
         self._sync_cid = self._sync_deadline = None
@@ -621,6 +632,8 @@ class ClientSession:
             self._emit(AckRequest(ids=tuple(chunk)).to_wire(), now)
 
     def _surface(self, delivery: Delivery) -> None:
+        if self._closing:
+            return  # its ack could not go before the logout: the edge hands it back to the inbox (PROTOCOL 5.8)
         key = (delivery.sender, delivery.id)
         seen = self._seen.classify(key)
         if seen is Seen.NEW:
