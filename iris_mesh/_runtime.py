@@ -178,9 +178,18 @@ class NodeRuntime:
         if node_id not in self.membership.cards and node_id not in self.membership.guard.expected_cores:
             return  # not known here (forgotten already): nothing to do, nothing to log
         try:
-            self.membership.async_forget(node_id)
+            self._forget(node_id)
         except ValueError as exc:
             logger.warning("{} asked to forget {}, refused: {}", msg["src"], node_id, exc)
+
+    def _forget(self, node_id: str) -> str:
+        """Forget a node (ValueError if refused), and the writes held for it: it will never take them."""
+        done = self.membership.async_forget(node_id)
+        dropped = self.store.async_drop_hints(node_id)
+        if dropped:
+            logger.warning("dropped the {} hints held here for {} (forgotten)", dropped, node_id)
+            done += f"; dropped {dropped} hints held for it here"
+        return done
 
     # ---- admin ops -------------------------------------------------------------------
 
@@ -279,7 +288,7 @@ class NodeRuntime:
             request.error("bad_request", "forget needs a text 'node'")
             return
         try:
-            done = self.membership.async_forget(node_id)
+            done = self._forget(node_id)
         except ValueError as exc:
             request.error("refused", str(exc))
             return

@@ -53,12 +53,13 @@ _SEVERITY = {PeerState.ALIVE: 0, PeerState.SUSPECT: 1, PeerState.DEAD: 2}
 class _Peer:
     """Mutable per-peer record; private so callers only ever see immutable snapshots."""
 
-    __slots__ = ("state", "incarnation", "last_heard")
+    __slots__ = ("state", "incarnation", "last_heard", "left_at")
 
     def __init__(self, state: PeerState, incarnation: int, last_heard: float) -> None:
         self.state = state
         self.incarnation = incarnation
         self.last_heard = last_heard
+        self.left_at: float | None = None  # when this incarnation said goodbye
 
 
 class FailureDetector:
@@ -101,6 +102,12 @@ class FailureDetector:
             # socket, or a lagging heartbeat): it says nothing about the live
             # process, so it must neither revive nor keep alive the peer.
             return []
+        if (incarnation == peer.incarnation and peer.left_at is not None
+                and now - peer.left_at < self._dead_after_s):
+            # Sent before its goodbye and read after it (a heartbeat goes on another socket than the
+            # goodbye): the peer is stopping. Heard later, the same process did not stop after all.
+            return []
+        peer.left_at = None
         old_state = peer.state
         silent_for_s = now - peer.last_heard
         # Events may be stamped slightly out of order by the caller; never
@@ -128,15 +135,18 @@ class FailureDetector:
             )
         ]
 
-    def left(self, node_id: str, incarnation: int) -> list[Transition]:
+    def left(self, node_id: str, incarnation: int, now: float) -> list[Transition]:
         """node_id said it is stopping (a planned stop): dead at once, without a suspicion first.
 
         Only the incarnation this detector knows may say so: a goodbye of an earlier process
-        (late, or replayed after a restart) changes nothing. Its next frame revives it as usual.
+        (late, or replayed after a restart) changes nothing. Frames of the same process heard
+        within `dead_after_s` of it were sent before it and change nothing either; a later one
+        (it did not stop after all) or one of a new process revives it as usual.
         """
         peer = self._peers.get(node_id)
         if peer is None or incarnation != peer.incarnation or peer.state is PeerState.DEAD:
             return []
+        peer.left_at = now
         old_state, peer.state = peer.state, PeerState.DEAD
         return [Transition(node_id, old_state, PeerState.DEAD, incarnation,
                            f"{node_id} stopped (it said so: a planned stop)", planned=True)]

@@ -129,7 +129,7 @@ class MembershipService:
         """A peer is stopping (a planned stop): it is dead now, and no suspicion or warning is logged for it."""
         incarnation = msg.get("inc")
         if isinstance(incarnation, int):
-            for transition in self.detector.left(msg["src"], incarnation):
+            for transition in self.detector.left(msg["src"], incarnation, now):
                 self._on_transition(transition, now)
 
     def async_leave(self) -> None:

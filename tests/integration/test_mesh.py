@@ -327,10 +327,20 @@ def test_forget_shrinks_the_expected_core_set_everywhere(local_cluster: LocalClu
 
     local_cluster.nodes["core4"].stop()
     wait_until(lambda: core1.states().get("core4") == "dead", 5.0, "core4 dead")
+    # Writes while it is down leave hints for it (3 of 4 keys have it among their replicas).
+    wait_until(lambda: all(local_cluster.nodes[c].status()["safe_for_writes"] for c in CORES), 10.0,
+               "the cores to take writes with 3 of 4 cores")
+    reply = core1.request("put_batch", timeout_s=30.0, table="offline_msg",
+                          items=[[f"user{i}\x00m", b"v"] for i in range(40)])
+    assert reply["ok"], str(reply)
+    assert sum(local_cluster.nodes[c].status()["hints_pending"] for c in CORES) > 0
     done = meshctl(local_cluster, "--node", core1.admin, "forget", "core4")
     assert done.returncode == 0, done.stderr
     for node_id in CORES:
         wait_until(lambda: local_cluster.nodes[node_id].status()["expected_cores"] == 3, 5.0, f"{node_id} to forget core4")
+        # Its hints go with it: it will never take them, and "catching up" must not last for ever.
+        wait_until(lambda: local_cluster.nodes[node_id].status()["hints_pending"] == 0, 5.0,
+                   f"{node_id} to drop the hints for core4")
     # Forgetting it again, or a node that never was, is refused: nothing was forgotten.
     for unknown in ("core4", "nosuch"):
         again = meshctl(local_cluster, "--node", core1.admin, "forget", unknown)

@@ -42,17 +42,28 @@ def test_first_heartbeat_is_a_join(fd: FailureDetector) -> None:
 
 def test_a_peer_that_says_it_stops_is_dead_at_once_and_is_not_suspected_first(fd: FailureDetector) -> None:
     fd.heard("core2", 3, now=10.0)
-    assert fd.left("core2", 2) == []  # a goodbye of the process before: nothing about this one
-    assert fd.left("core2", 3) == [
+    assert fd.left("core2", 2, now=10.5) == []  # a goodbye of the process before: nothing about this one
+    assert fd.left("core2", 3, now=10.5) == [
         Transition("core2", PeerState.ALIVE, PeerState.DEAD, 3, "core2 stopped (it said so: a planned stop)",
                    planned=True)
     ]
     assert fd.state("core2") is PeerState.DEAD and "core2" not in fd.visible()
-    assert fd.tick(now=20.0) == [] and fd.left("core2", 3) == []  # nothing more to say about it
-    assert fd.left("core9", 1) == []  # never heard of
+    assert fd.tick(now=20.0) == [] and fd.left("core2", 3, now=20.0) == []  # nothing more to say about it
+    assert fd.left("core9", 1, now=20.0) == []  # never heard of
     # Back (a restart): a new incarnation, alive at once.
     [back] = fd.heard("core2", 4, now=21.0)
     assert (back.new, back.planned, back.reason) == (PeerState.ALIVE, False, "core2 restarted (incarnation 3 -> 4)")
+
+
+def test_a_heartbeat_sent_before_a_goodbye_and_read_after_it_does_not_revive_the_peer(fd: FailureDetector) -> None:
+    fd.heard("core2", 3, now=10.0)
+    fd.left("core2", 3, now=10.0)
+    # Its last heartbeat (the PUB socket) is read in the same turn as its goodbye (its mesh link), after it.
+    assert fd.heard("core2", 3, now=10.001) == []
+    assert fd.state("core2") is PeerState.DEAD and "core2" not in fd.visible()
+    # Heard again well after (dead_after_s), the same process did not stop after all: alive again.
+    [back] = fd.heard("core2", 3, now=10.0 + fd.dead_after_s + 0.1)
+    assert back.new is PeerState.ALIVE and fd.state("core2") is PeerState.ALIVE
 
 
 def test_unknown_peer_has_no_state(fd: FailureDetector) -> None:
