@@ -93,7 +93,9 @@ class Node:
         meta = NodeMeta(db)
         meta.claim(config.node_id)
         self.incarnation = meta.bump_incarnation(time.time())
-        expected = set(meta.expected_cores(config.region)) | set(config.expected_cores)
+        forgotten = set(meta.forgotten_cores(config.region)) - {config.node_id}
+        # The config's list is where a cluster starts from; a core forgotten since stays out until heard again.
+        expected = (set(meta.expected_cores(config.region)) | set(config.expected_cores)) - forgotten
         if config.role == "core":
             expected.add(config.node_id)
         meta.save_expected_cores(config.region, frozenset(expected))
@@ -124,6 +126,7 @@ class Node:
             expected_store=meta,
             heartbeat_interval_s=config.heartbeat_interval_s,
             seeds=config.seeds,
+            forgotten=forgotten,
         )
         placement = Placement(replication_factor=config.replication_factor)
         local = LocalStore(db, post=lambda fn: self._post(fn)) if config.role == "core" else None

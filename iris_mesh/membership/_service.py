@@ -52,6 +52,7 @@ class MeshIO(Protocol):
 
 class ExpectedCoresStore(Protocol):
     def save_expected_cores(self, region: str, cores: frozenset[str]) -> None: ...
+    def save_forgotten_cores(self, region: str, cores: frozenset[str]) -> None: ...
 
 
 class MembershipService:
@@ -66,11 +67,15 @@ class MembershipService:
         expected_store: ExpectedCoresStore,
         heartbeat_interval_s: float,
         seeds: Iterable[str] = (),
+        forgotten: Iterable[str] = (),
     ) -> None:
         self.card = card
         self.detector = detector
         self.guard = guard
         self._expected_store = expected_store
+        # Cores an operator forgot and not heard since (persisted): a restart leaves them out of the expected
+        # set even where the config lists them, and peers that come up are told again (they may have missed it).
+        self.forgotten: set[str] = set(forgotten)
         self._heartbeat_interval_s = heartbeat_interval_s
         self._seeds = [s if s.startswith("tcp://") else f"tcp://{s}" for s in seeds]
         self._io: MeshIO | None = None
@@ -284,6 +289,9 @@ class MembershipService:
         shrunk = self.guard.forget_core(node_id)
         if shrunk:
             self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
+        if node_id not in self.forgotten:
+            self.forgotten.add(node_id)
+            self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
         self.detector.forget(node_id)
         self.cards.pop(node_id, None)
         self._hello_sent_at.pop(node_id, None)
@@ -398,11 +406,18 @@ class MembershipService:
     def _on_transition(self, transition: Transition, now: float) -> None:
         card = self.cards.get(transition.node_id)
         if transition.new is PeerState.ALIVE and card is not None and card.role == "core" and card.region == self.card.region:
+            if card.node_id in self.forgotten:  # started again after it was forgotten: a core of the cluster again
+                self.forgotten.discard(card.node_id)
+                self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
             if self.guard.add_core(card.node_id):
                 self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
                 logger.info("expected cores of region {} are now {}", self.card.region, sorted(self.guard.expected_cores))
         if transition.new is PeerState.ALIVE:
             self._gossip_due = True  # tell everyone about the newcomer now, not in a second
+            if self.forgotten and self._io is not None:
+                # It may have been down when they were forgotten, and still expect them (a majority of another size).
+                for forgotten in sorted(self.forgotten):
+                    self._io.async_send(transition.node_id, "forget", node=forgotten)
         if transition.planned:
             self._stopped_on_purpose.add(transition.node_id)
         else:

@@ -12,6 +12,7 @@ _INCARNATION = b"incarnation"
 # Keys a restore reads too (store/_backup.py), without opening the database for writing.
 NODE_ID_KEY = b"node_id"
 EXPECTED_PREFIX = b"expected_cores\x00"  # + region
+_FORGOTTEN_PREFIX = b"forgotten_cores\x00"  # + region
 _LAST_HLC = b"last_hlc"
 # A restarted node's clock starts this far (in HLC units: ms << 16) above the last reading it
 # saved: the node saves its clock every CLOCK_SAVE_INTERVAL_S, so this covers what it read since.
@@ -69,3 +70,12 @@ class NodeMeta:
 
     def save_expected_cores(self, region: str, cores: frozenset[str] | set[str]) -> None:
         self._db.put_synced("meta", EXPECTED_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())
+
+    def forgotten_cores(self, region: str) -> list[str]:
+        """Cores an operator forgot (`meshctl forget`) and not heard since: left out of the expected set at start,
+        even where the config lists them."""
+        raw = self._db.get("meta", _FORGOTTEN_PREFIX + region.encode())
+        return sorted(json.loads(raw)) if raw else []
+
+    def save_forgotten_cores(self, region: str, cores: frozenset[str] | set[str]) -> None:
+        self._db.put_synced("meta", _FORGOTTEN_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())

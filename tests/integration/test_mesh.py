@@ -345,7 +345,8 @@ def test_forget_shrinks_the_expected_core_set_everywhere(local_cluster: LocalClu
     for unknown in ("core4", "nosuch"):
         again = meshctl(local_cluster, "--node", core1.admin, "forget", unknown)
         assert again.returncode == 1 and "is not a known node" in again.stderr, again.stdout + again.stderr
-    # The shrunk set survives a restart (it is persisted in meta).
+    # The shrunk set survives a restart (it is persisted in meta), even with core4 listed in the config.
     local_cluster.nodes["core2"].stop()
+    local_cluster.nodes["core2"].settings["expected_cores"] = [*CORES, "core4"]
     local_cluster.nodes["core2"].start()
     assert local_cluster.nodes["core2"].status()["expected_cores"] == 3

@@ -49,7 +49,13 @@ class FakeMesh:
 
 
 class Meta:
+    def __init__(self) -> None:
+        self.forgotten: frozenset[str] | None = None  # as last saved
+
     def save_expected_cores(self, region: str, cores: frozenset[str]) -> None: ...
+
+    def save_forgotten_cores(self, region: str, cores: frozenset[str]) -> None:
+        self.forgotten = cores
 
 
 def card(node_id: str, incarnation: int, mesh_port: int, host: str = "127.0.0.1") -> PeerCard:
@@ -67,13 +73,13 @@ def hello(src: PeerCard) -> dict[str, Any]:
     return envelope("hello", src=src.node_id, inc=src.incarnation, seq=1, card=src.to_wire())
 
 
-def membership() -> tuple[MembershipService, FakeMesh]:
+def membership(meta: Meta | None = None, forgotten: tuple[str, ...] = ()) -> tuple[MembershipService, FakeMesh]:
     me = card("core1", 1, 5000)
     service = MembershipService(
         card=me, detector=FailureDetector(suspect_after_s=0.8, dead_after_s=1.2),
         guard=PartitionGuard(self_id="core1", self_is_core=True, safe_mode_exit_s=1.0,
                              expected_cores={"core1", "core2", "core3"}),
-        expected_store=Meta(), heartbeat_interval_s=0.25,
+        expected_store=meta or Meta(), heartbeat_interval_s=0.25, forgotten=forgotten,
     )
     mesh = FakeMesh()
     service.async_attach(mesh, T0)  # type: ignore[arg-type]
@@ -247,3 +253,24 @@ def test_safe_mode_after_planned_stops_is_a_warning_and_after_a_failure_an_error
     assert [level for level, _ in entries] == ["WARNING", "ERROR"], entries
     assert "core2, core3 stopped on purpose" in entries[0][1]
     assert "not heard: core2, core3 (down, hung, or cut off" in entries[1][1]
+
+
+def test_a_forgotten_core_is_remembered_told_to_peers_that_come_up_and_let_back_in_when_heard_again() -> None:
+    meta = Meta()
+    service, mesh = membership(meta)
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0)
+    for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5):  # core3 never heard; core2 quiet from here on
+        service.async_tick(at)
+    service.async_forget("core3")
+    assert meta.forgotten == {"core3"} and service.guard.expected_cores == {"core1", "core2"}
+    # core2 was down meanwhile (it may not have heard of it): when it comes up it is told again.
+    mesh.sent.clear()
+    service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], 1), T0 + 2.0)
+    assert ("core2", "forget") in mesh.sent
+    # core3 started again after all: a core of the cluster again, and nobody is told to forget it any more.
+    service.async_on_heartbeat(heartbeat(core3, [], 1), T0 + 2.1)
+    assert meta.forgotten == frozenset() and "core3" in service.guard.expected_cores
+    mesh.sent.clear()
+    service.async_on_heartbeat(heartbeat(card("core2", 9, 6000), [], 1), T0 + 2.2)
+    assert ("core2", "forget") not in mesh.sent

@@ -77,6 +77,11 @@ def test_expected_cores_are_kept_per_region(tmp_path: Path) -> None:
     meta.save_expected_cores("eu", frozenset({"c2", "c1"}))
     assert meta.expected_cores("eu") == ["c1", "c2"]
     assert meta.expected_cores("us") == []
+    meta.save_forgotten_cores("eu", frozenset({"c3"}))
+    db.close()
+    db = Database(tmp_path / "n")
+    meta = NodeMeta(db)
+    assert meta.forgotten_cores("eu") == ["c3"] and meta.forgotten_cores("us") == []
     db.close()
 
 
