@@ -100,6 +100,7 @@ class MembershipService:
         self._next_seed_check = 0.0
         self._last_decision: GuardDecision | None = None
         self._stopped_on_purpose: set[str] = set()  # peers whose last change was a planned stop (they said bye)
+        self._confirmed: dict[str, int] = {}  # node -> the newest incarnation the node itself sent us a card of
         self.counters: dict[str, int] = {"bad_cards": 0, "bad_client_counts": 0, "stalls": 0}
         self._last_tick: float | None = None
         self._leaving = False  # said goodbye: the node is stopping
@@ -119,15 +120,19 @@ class MembershipService:
     # ---- inputs ----------------------------------------------------------------
 
     def async_on_discovered(self, card: PeerCard, now: float) -> None:
-        """A card seen by mDNS: a candidate to connect to, not yet a member."""
-        if self._acceptable(card, "mDNS"):
+        """A card seen by mDNS: a candidate to connect to, not yet a member.
+
+        mDNS is not authenticated: a card of a node heard first-hand now is ignored (as gossip about it
+        is), so an announcement made on the LAN cannot re-point a working link.
+        """
+        if self._acceptable(card, "mDNS") and self.state_of(card.node_id) != "alive":
             self._learn(card, now)
 
     def async_on_hello(self, msg: dict[str, Any], now: float) -> None:
         card = self._card_from(msg.get("card"))
         if card is None or card.node_id != msg["src"] or not self._acceptable(card, "HELLO"):
             return
-        self._learn(card.with_(incarnation=msg["inc"]), now)
+        self._learn(card.with_(incarnation=msg["inc"]), now, firsthand=True)
         self._heard(msg["src"], msg["inc"], now)
 
     def async_on_bye(self, msg: dict[str, Any], now: float) -> None:
@@ -154,7 +159,7 @@ class MembershipService:
         card = self._card_from(msg.get("card"))
         if card is None or card.node_id != src or not self._acceptable(card, "heartbeat"):
             return
-        self._learn(card.with_(incarnation=msg["inc"]), now)
+        self._learn(card.with_(incarnation=msg["inc"]), now, firsthand=True)
         self._heard(src, msg["inc"], now)
         if msg["inc"] >= (self.detector.incarnation(src) or 0):
             self._heartbeat_at[src] = (msg["inc"], now)
@@ -294,6 +299,7 @@ class MembershipService:
             self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
         self.detector.forget(node_id)
         self.cards.pop(node_id, None)
+        self._confirmed.pop(node_id, None)
         self._hello_sent_at.pop(node_id, None)
         self._hello_pending.discard(node_id)
         self._heartbeat_at.pop(node_id, None)
@@ -349,12 +355,20 @@ class MembershipService:
             return False
         return True
 
-    def _learn(self, card: PeerCard, now: float) -> None:
-        """Take a card (from mDNS, a HELLO, a heartbeat or gossip): link to the node, or re-point the link."""
+    def _learn(self, card: PeerCard, now: float, *, firsthand: bool = False) -> None:
+        """Take a card (from mDNS, a HELLO, a heartbeat or gossip): link to the node, or re-point the link.
+
+        firsthand: the node itself sent it, on an authenticated link (HELLO, heartbeat). It wins over a card
+        with a higher incarnation that no frame of the node confirmed (from mDNS, which anyone on the LAN can
+        answer, or gossip), or one made-up incarnation would shut the node's real cards out for good.
+        """
         assert self._io is not None
         known = self.cards.get(card.node_id)
         if known is not None and known.incarnation > card.incarnation:
-            return  # an older process's card (stale mDNS cache or gossip)
+            if not firsthand or self._confirmed.get(card.node_id, -1) >= known.incarnation:
+                return  # an older process's card (stale mDNS cache or gossip, or a late frame of that process)
+        if firsthand:
+            self._confirmed[card.node_id] = card.incarnation
         if known is not None and known == card:
             return
         self.cards[card.node_id] = card

@@ -274,3 +274,22 @@ def test_a_forgotten_core_is_remembered_told_to_peers_that_come_up_and_let_back_
     mesh.sent.clear()
     service.async_on_heartbeat(heartbeat(card("core2", 9, 6000), [], 1), T0 + 2.2)
     assert ("core2", "forget") not in mesh.sent
+
+
+def test_an_mdns_card_cannot_re_point_a_working_link_nor_shut_out_the_nodes_own_cards() -> None:
+    # mDNS is not authenticated: anyone on the LAN can announce a "core2" with a made-up address and incarnation.
+    service, mesh = membership()
+    core2 = card("core2", 7, 6000)
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0)
+    forged = card("core2", 2**62, 1, host="10.66.66.66")
+    service.async_on_discovered(forged, T0 + 0.1)
+    assert mesh.links["core2"] == core2.mesh_endpoint, "an mDNS answer re-pointed the link of a node heard now"
+    # core2 is silent for a while (dead here); the forged card is all there is, and is tried.
+    for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5, T0 + 2.0):
+        service.async_tick(at)
+    service.async_on_discovered(forged, T0 + 2.0)
+    assert mesh.links["core2"] == forged.mesh_endpoint
+    # core2 itself speaks again (a HELLO, or a heartbeat: authenticated): its own card wins over the made-up one.
+    service.async_on_hello(hello(core2), T0 + 2.1)
+    assert mesh.links["core2"] == core2.mesh_endpoint and service.cards["core2"].incarnation == 7
+    assert service.state_of("core2") == "alive"
