@@ -24,7 +24,8 @@ frames (mesh) or answers them with an error (admin, client gateway).
 from __future__ import annotations
 
 import io
-from typing import Any, Mapping
+from collections.abc import Iterator
+from typing import Any, Callable, Mapping
 
 import cbor2
 
@@ -49,6 +50,55 @@ _MAX_DEPTH = 16
 # Ids a sender matches replies by (a client's `cid`, meshctl's `rid`): an error about the frame carries them back.
 _REQUEST_IDS = ("cid", "rid")
 _MAX_REQUEST_ID = (1 << 63) - 1
+
+
+class _TagRefused(Exception):
+    def __init__(self, tag: int) -> None:
+        super().__init__(f"tag {tag}")
+        self.tag = tag
+
+
+# Bignums (tags 2 and 3) are integers to CBOR (RFC 8949 section 3.4.3): decoded by cbor2, in linear time.
+_INTEGER_TAGS = frozenset({2, 3})
+
+
+class _NoTags(Mapping[int, Callable[[Any], Any]]):
+    """Every CBOR tag but the bignums, each decoded by refusing it. The protocol uses none, and cbor2's own
+    decoders of some cost time that grows with the square of their size (decimals, rationals of huge integers)
+    or let a small frame stand for a huge value (shared references): any client could stall a node's engine
+    with one frame."""
+
+    def __getitem__(self, tag: int) -> Callable[[Any], Any]:
+        if tag in _INTEGER_TAGS:
+            raise KeyError(tag)
+
+        def refuse(*_args: Any) -> Any:
+            raise _TagRefused(tag)
+        return refuse
+
+    def __contains__(self, tag: object) -> bool:
+        return tag not in _INTEGER_TAGS
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_TAGS = _NoTags()
+
+
+def _refused_tag(exc: BaseException) -> int | None:
+    """The tag a decode failed on, if `exc` came from refusing one (cbor2 may wrap it)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, _TagRefused):
+            return seen.tag
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class FrameError(ValueError):
@@ -138,9 +188,17 @@ def _decode(frame: bytes, max_frame_bytes: int) -> dict[str, Any]:
             max_depth=_MAX_DEPTH,
             allow_duplicate_keys=False,
             strict_hashable_types=True,
+            semantic_decoders=_NO_TAGS,
+            tag_hook=_NO_TAGS[-1],
         ).decode()
     except Exception as exc:  # cbor2 raises several types on hostile input; all mean "bad frame"
-        raise FrameError("bad_frame", f"not valid CBOR: {exc}") from None
+        tag = _refused_tag(exc)
+        if tag is None:
+            raise FrameError("bad_frame", f"not valid CBOR: {exc}") from None
+        if frame[:1] and 0xC0 <= frame[0] <= 0xDB:  # the whole frame is tagged
+            raise FrameError("bad_frame", f"frame is a tagged CBOR map (tag {tag}): send the map itself, without "
+                                          "a tag") from None
+        raise FrameError("bad_frame", f"CBOR tags are not used by this protocol (tag {tag} in the frame)") from None
     if buffer.tell() != len(frame):
         raise FrameError("bad_frame", f"{len(frame) - buffer.tell()} bytes of trailing data after the CBOR map")
     if not isinstance(msg, dict):

@@ -146,9 +146,12 @@ def make_gateway(ctx: zmq.Context, keys: ClusterKeys, tuning: SocketTuning) -> z
     # Clients get a `too_large` error for frames up to 4x the limit; only beyond that does
     # libzmq cut the connection, so a buggy client learns what it did wrong.
     sock.maxmsgsize = 4 * tuning.max_frame_bytes
-    sock.rcvhwm = 10_000
+    # Per connection: what one client may have waiting (far more than its send rate lets through a turn).
+    sock.rcvhwm = 1_000
     sock.sndhwm = tuning.client_send_hwm
     sock.router_mandatory = 1
-    sock.router_handover = 1
+    # No handover: a client that names itself with the routing id of another's connection (any client key
+    # is admitted) must not take over that session; SDKs leave their routing id to the gateway.
+    sock.router_handover = 0
     keys.server(sock, ZAP_DOMAIN_CLIENT)
     return sock

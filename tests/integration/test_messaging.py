@@ -294,6 +294,38 @@ def _raw_session(cluster: LocalCluster, edge: NodeProcess, user: str, ctx: zmq.C
     return sock, ask
 
 
+def test_a_connection_naming_itself_with_another_sessions_routing_id_does_not_take_that_session_over(
+    local_cluster: LocalCluster,
+) -> None:
+    # The gateway admits any client key, and ZeroMQ lets a peer name its routing id: one that names a logged-in
+    # connection's id (the form the gateway gives out: a zero byte and four more) must not become that session.
+    chat_cluster(local_cluster)
+    edge = local_cluster.nodes["edge1"]
+    ctx = zmq.Context()
+    try:
+        def dealer(routing_id: bytes) -> zmq.Socket:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.routing_id = routing_id
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+            sock.curve_serverkey = edge.info["client_key"].encode()
+            sock.connect(f"tcp://{edge.info['host']}:{edge.info['client_port']}")
+            return sock
+
+        def ask(sock: zmq.Socket, msg: dict, timeout_ms: int = 10_000) -> dict | None:
+            sock.send(cbor2.dumps({"v": 1, **msg}))
+            return cbor2.loads(sock.recv()) if sock.poll(timeout_ms) else None
+
+        victim = dealer(b"\x00\x80\x00\x00\x2a")
+        assert ask(victim, {"op": "login", "cid": 1, "user": "bob", "token": token_for(local_cluster, "bob")})["op"] == "ok"
+        intruder = dealer(b"\x00\x80\x00\x00\x2a")
+        answer = ask(intruder, {"op": "ping", "cid": 7}, timeout_ms=3_000)
+        assert answer is None or "user" not in answer, "a stranger's connection took over bob's session"
+        assert ask(victim, {"op": "ping", "cid": 2}) == {"v": 1, "op": "pong", "cid": 2, "user": "bob"}
+    finally:
+        ctx.destroy(linger=0)
+
+
 def test_a_client_that_drops_mid_sync_gets_the_unacked_rest(local_cluster: LocalCluster) -> None:
     chat_cluster(local_cluster)
     alice = connect_static(local_cluster, local_cluster.nodes["edge1"], "alice")

@@ -66,6 +66,23 @@ def test_a_tagged_map_is_refused_with_a_detail_that_says_so() -> None:
     assert info.value.code == "bad_frame" and "tagged CBOR map" in str(info.value)
 
 
+@pytest.mark.parametrize("value", [
+    cbor2.CBORTag(4, [0, 1 << 400_000]),  # a decimal: cbor2 made a Decimal of it in time growing as its size squared
+    cbor2.CBORTag(30, [1 << 400_000, 3]),  # a rational: the same
+    cbor2.CBORTag(28, [cbor2.CBORTag(29, 0)]),  # shared references: a few bytes that stand for a huge value
+    cbor2.CBORTag(37, b"u" * 16),  # any other tag: the protocol uses none
+], ids=["decimal", "rational", "shared", "uuid"])
+def test_tagged_values_are_refused_before_they_are_decoded(value: object) -> None:
+    frame = cbor2.dumps({"v": PROTOCOL_VERSION, "op": "ping", "cid": 1, "x": value})
+    with pytest.raises(FrameError) as info:
+        decode(frame, max_frame_bytes=1 << 20)
+    assert info.value.code == "bad_frame" and "CBOR tags are not used by this protocol" in str(info.value)
+
+
+def test_bignums_are_integers_and_still_decode() -> None:
+    assert decode(cbor2.dumps({"v": PROTOCOL_VERSION, "op": "ping", "n": 1 << 70, "m": -(1 << 70)}))["n"] == 1 << 70
+
+
 def test_frame_over_the_limit_is_refused_before_decoding() -> None:
     frame = encode(envelope("x", body=b"a" * 2000))
     assert decode(frame, max_frame_bytes=len(frame))["body"] == b"a" * 2000
