@@ -318,6 +318,9 @@ def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {os.fspath(path)} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {os.fspath(path)} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {os.fspath(path)} is not UTF-8 text (TOML must be): byte {exc.start} "
+                          f"is {exc.object[exc.start:exc.start + 1]!r}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {os.fspath(path)}: {exc.strerror}") from None
     unknown = [key for key in data if key not in _FIELD_KINDS]

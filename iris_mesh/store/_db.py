@@ -176,11 +176,17 @@ class Database:
             _open_here.add(self._resolved)
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        return self._tables[table].get(key)
+        try:
+            return self._tables[table].get(key)
+        except Exception as exc:  # rocksdict raises a bare Exception (a checksum mismatch, an I/O error)
+            raise self._read_failed(table, exc) from None
 
     def get_many(self, table: str, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of `keys` (None where there is none), read in one call."""
-        return self._tables[table].get(list(keys)) if keys else []
+        try:
+            return self._tables[table].get(list(keys)) if keys else []
+        except Exception as exc:
+            raise self._read_failed(table, exc) from None
 
     def put_synced(self, table: str, key: bytes, value: bytes) -> None:
         """Put and fsync the WAL before returning (for rare metadata writes only: holds the GIL during the sync)."""
@@ -217,6 +223,15 @@ class Database:
                 return
             yield key, it.value()
             it.next()
+        try:
+            it.status()  # the end of the table, or an error that cut the iteration short (RocksDB's Iterator doc)
+        except Exception as exc:
+            raise self._read_failed(table, exc) from None
+
+    def _read_failed(self, table: str, exc: Exception) -> StoreError:
+        return StoreError(f"reading table {table} of the database in {self.path} failed: {exc}; the data directory "
+                          "is damaged (or its disk fails): stop the node, then restore it from a backup (meshctl "
+                          "restore) or move the directory aside and let anti-entropy fill a new one")
 
     def engine_state(self) -> dict[str, int]:
         """RocksDB's own state, for operators: what its background work and write throttle are doing now.

@@ -166,6 +166,13 @@ def test_invalid_toml(tmp_path: Path) -> None:
         load_config(path, env=NO_ENV)
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_bytes('node_id = "n1"\n# caf\u00e9\n'.encode("latin-1"))  # saved by an editor in Latin-1
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(path, env=NO_ENV)
+
+
 @pytest.mark.parametrize(("line", "fragment"), [
     ('heartbeat_interval_s = "fast"', "config key 'heartbeat_interval_s': must be a number > 0, got 'fast'"),
     ("mesh_port = true", "config key 'mesh_port': must be an integer"),          # bool is not an int
