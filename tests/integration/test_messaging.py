@@ -317,7 +317,8 @@ def test_a_connection_naming_itself_with_another_sessions_routing_id_does_not_ta
             return cbor2.loads(sock.recv()) if sock.poll(timeout_ms) else None
 
         victim = dealer(b"\x00\x80\x00\x00\x2a")
-        assert ask(victim, {"op": "login", "cid": 1, "user": "bob", "token": token_for(local_cluster, "bob")})["op"] == "ok"
+        login = {"op": "login", "cid": 1, "user": "bob", "token": token_for(local_cluster, "bob")}
+        assert ask(victim, login)["op"] == "ok"
         intruder = dealer(b"\x00\x80\x00\x00\x2a")
         answer = ask(intruder, {"op": "ping", "cid": 7}, timeout_ms=3_000)
         assert answer is None or "user" not in answer, "a stranger's connection took over bob's session"
