@@ -202,13 +202,6 @@ class Node:
         )
         ports = self._engine.start()
         self.card = membership.card
-        logger.info(
-            "node {} ({}, region {}, cluster {}) serving on {}: mesh {}, heartbeat {}, admin {}{}; incarnation {}",
-            config.node_id, config.role, config.region, config.cluster, config.advertised_address,
-            ports.mesh, ports.heartbeat, ports.admin, f", clients {ports.client}" if ports.client else "",
-            self.incarnation,
-        )
-        self._write_endpoints_file()
         if config.mdns:
             engine = self._engine
 
@@ -219,6 +212,14 @@ class Node:
             self._discovery.start()
         elif not config.seeds:
             logger.warning("mDNS is off and no seeds are configured: this node waits for others to find it")
+        # Once everything is up (tools/cluster.sh waits for one of the two): a failure above exits before them.
+        self._write_endpoints_file()
+        logger.info(
+            "node {} ({}, region {}, cluster {}) serving on {}: mesh {}, heartbeat {}, admin {}{}; incarnation {}",
+            config.node_id, config.role, config.region, config.cluster, config.advertised_address,
+            ports.mesh, ports.heartbeat, ports.admin, f", clients {ports.client}" if ports.client else "",
+            self.incarnation,
+        )
 
     def _engine_failed(self) -> None:
         self.failed.set()

@@ -46,20 +46,22 @@ start() {
   done
 }
 
-wait_serving() { # the node logs "serving on" once its sockets are bound and it is announced
+wait_serving() { # once its sockets are bound and it is announced, the node writes its node.json (with its pid)
+  # and logs "serving on" (at INFO: not with a higher log_level; node.json is not where data_dir is set elsewhere)
   local node=$1 deadline=$((SECONDS + START_WAIT_S)) pid
   pid=$(cat "$RUN/$node.pid")
   local from; from=$(grep -n -- "--- starting $node" "$LOG/$node.log" | tail -1 | cut -d: -f1)
   while :; do
-    if tail -n +"$from" "$LOG/$node.log" | grep -q "serving on"; then
-      echo "$node started (pid $pid, log $LOG/$node.log)"
-      return 0
-    fi
     if ! alive "$pid"; then
       echo "$node exited during start-up; last lines of $LOG/$node.log:" >&2
       tail -n 15 "$LOG/$node.log" >&2
       rm -f "$RUN/$node.pid"
       exit 1
+    fi
+    if grep -qs "\"pid\": $pid," "var/data/$node/node.json" || tail -n +"$from" "$LOG/$node.log" | grep -q "serving on"
+    then
+      echo "$node started (pid $pid, log $LOG/$node.log)"
+      return 0
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "$node did not report serving within ${START_WAIT_S}s; see $LOG/$node.log" >&2
