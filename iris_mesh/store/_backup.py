@@ -121,8 +121,12 @@ def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Calla
             except StoreError as exc:
                 raise StoreError(f"cannot tell which cores the checkpoint {checkpoint_dir} expects ({exc}); "
                                  "nothing was changed") from None
-    missing = {core: data_root / core if _holds_anything(data_root / core) else None
-               for core in (expected | _cores_with_data(data_root, skip=set(named))) - set(named)}
+    # A core's directory that an unfinished restore emptied is empty but marked: this one moves it aside again,
+    # which clears the mark (left alone, the mark would keep that core from starting for good).
+    marked = {entry.name for entry in (data_root.iterdir() if data_root.is_dir() else ())
+              if not entry.name.startswith(".") and read_marker(entry) is not None}
+    missing = {core: data_root / core if _holds_anything(data_root / core) or core in marked else None
+               for core in (expected | _cores_with_data(data_root, skip=set(named)) | marked) - set(named)}
     if missing and not without_missing:
         raise MissingCores(missing)
     pairs = [(checkpoint_dir, data_root / core) for core, checkpoint_dir in named.items()]

@@ -22,6 +22,7 @@ from iris_mesh.store._backup import BackupError, MissingCores, checkpoint, resto
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._meta import NodeMeta
+from iris_mesh.store._restore_mark import write_markers
 from iris_mesh.store._versioned import Version, Versioned
 from support.store_holder import held_by_another_process
 from support.waiting import wait_until
@@ -499,6 +500,24 @@ def test_a_restore_without_the_missing_cores_moves_their_data_aside_so_they_star
     # The data kept aside is no core's data directory: restored again, core3 is missing with no data here.
     again = restore_backup(checkpoints, data, without_missing=True)
     assert (again.emptied, again.elsewhere) == ({}, ("core3",))
+
+
+def test_a_restore_without_the_missing_cores_killed_before_its_marks_went_is_finished_by_running_it_again(
+    tmp_path: Path,
+) -> None:
+    checkpoints, data = backed_up_while_core3_was_down(tmp_path)
+    restore_backup(checkpoints, data, without_missing=True)
+    # As if killed after the swap and before the marks were removed: core3 is empty, and marked.
+    write_markers({(data / name).resolve(): {"started": "20261129T120000Z", "from": None, "staged": None}
+                   for name in ("core1", "core2", "core3")})
+    with pytest.raises(StoreError, match="did not finish"):
+        Database(data / "core3")
+    done = restore_backup(checkpoints, data, without_missing=True)  # what the refusal says to do
+    assert list(done.emptied) == ["core3"] and done.elsewhere == ()
+    assert list((data / "core3").iterdir()) == []
+    assert [k for k, _ in dump(data / "core2")["offline_msg"]] == [b"a"]
+    for name in ("core1", "core2", "core3"):
+        Database(data / name).close()  # every core starts again
 
 
 def test_a_core_the_checkpoints_expect_is_missing_even_with_no_data_directory_here(tmp_path: Path) -> None:
