@@ -125,51 +125,47 @@ def test_sync_false_may_be_acknowledged_before_the_fsync(gated: tuple[LocalStore
     engine.turn_until(lambda: acks.got("safe"), "the synced ack")
 
 
-def test_a_failed_write_reports_false_and_the_store_goes_on(tmp_path: Path) -> None:
-    db = FailingDatabase(tmp_path / "db")
-    local, engine = open_store(db)
-    try:
-        acks = Acks()
-        db.fail_write = True
-        local.async_apply(TABLE, b"b", v(1), acks("b"))
-        engine.turn_until(lambda: acks.got("b"), "the failed ack")
-        assert acks.results["b"] == [False]
-        assert local.read(TABLE, b"b") is None
-        db.fail_write = False
-        local.async_apply(TABLE, b"c", v(1), acks("c"))
-        engine.turn_until(lambda: acks.got("c"), "the ack")
-        assert acks.results["c"] == [True]
-        assert local.stats()["failed_commits"] == 1
-        assert local.durability_lost is None
-    finally:
-        local.close()
-        db.close()
+def test_a_failed_write_reports_false_and_the_store_goes_on(
+    failing: tuple[LocalStore, Engine, FailingDatabase],
+) -> None:
+    local, engine, db = failing
+    acks = Acks()
+    db.fail_write = True
+    local.async_apply(TABLE, b"b", v(1), acks("b"))
+    engine.turn_until(lambda: acks.got("b"), "the failed ack")
+    assert acks.results["b"] == [False]
+    assert local.read(TABLE, b"b") is None
+    db.fail_write = False
+    local.async_apply(TABLE, b"c", v(1), acks("c"))
+    engine.turn_until(lambda: acks.got("c"), "the ack")
+    assert acks.results["c"] == [True]
+    assert local.stats()["failed_commits"] == 1
+    assert local.durability_lost is None
 
 
-def test_after_a_failed_fsync_no_write_is_acknowledged_until_the_store_is_opened_again(tmp_path: Path) -> None:
-    db = FailingDatabase(tmp_path / "db")
-    local, engine = open_store(db)
-    try:
-        acks = Acks()
-        db.fail_fsync = True
-        local.async_apply(TABLE, b"a", v(1), acks("a"))
-        engine.turn_until(lambda: acks.got("a"), "the failed ack")
-        assert acks.results["a"] == [False]
-        assert local.durability_lost == "OSError: Input/output error"
-        # The disk answers again, but "a" went to RocksDB and maybe not to disk: its retry, which finds it
-        # there and is "not newer", must not be acknowledged as durable, nor may anything else.
-        db.fail_fsync = False
-        assert local.read(TABLE, b"a") == v(1)
-        local.async_apply(TABLE, b"a", v(1), acks("a again"))
-        local.async_apply(TABLE, b"d", v(1), acks("d"))
-        _, currents = local.async_apply_many(TABLE, [b"a", b"e"], [v(1), v(1)], [b"", b""], acks("group"))
-        engine.turn_until(lambda: acks.got("a again", "d", "group"), "the refusals")
-        assert (acks.results["a again"], acks.results["d"], acks.results["group"]) == ([False], [False], [False])
-        assert currents == [None, None]
-        assert local.read(TABLE, b"d") is None and local.read(TABLE, b"e") is None
-    finally:
-        local.close()
-        db.close()
+def test_after_a_failed_fsync_no_write_is_acknowledged_until_the_store_is_opened_again(
+    failing: tuple[LocalStore, Engine, FailingDatabase], tmp_path: Path,
+) -> None:
+    local, engine, db = failing
+    acks = Acks()
+    db.fail_fsync = True
+    local.async_apply(TABLE, b"a", v(1), acks("a"))
+    engine.turn_until(lambda: acks.got("a"), "the failed ack")
+    assert acks.results["a"] == [False]
+    assert local.durability_lost == "OSError: Input/output error"
+    # The disk answers again, but "a" went to RocksDB and maybe not to disk: its retry, which finds it
+    # there and is "not newer", must not be acknowledged as durable, nor may anything else.
+    db.fail_fsync = False
+    assert local.read(TABLE, b"a") == v(1)
+    local.async_apply(TABLE, b"a", v(1), acks("a again"))
+    local.async_apply(TABLE, b"d", v(1), acks("d"))
+    _, currents = local.async_apply_many(TABLE, [b"a", b"e"], [v(1), v(1)], [b"", b""], acks("group"))
+    engine.turn_until(lambda: acks.got("a again", "d", "group"), "the refusals")
+    assert (acks.results["a again"], acks.results["d"], acks.results["group"]) == ([False], [False], [False])
+    assert currents == [None, None]
+    assert local.read(TABLE, b"d") is None and local.read(TABLE, b"e") is None
+    local.close()
+    db.close()
     # A restart reads the database from disk again: writes are acknowledged again.
     db = FailingDatabase(tmp_path / "db")
     local, engine = open_store(db)

@@ -267,19 +267,14 @@ def test_a_group_past_the_partition_limit_is_refused_from_the_row_over_it(store:
     assert local.live_in_partition(TABLE, b"bob") == 3
 
 
-def test_a_group_whose_commit_fails_is_answered_false(tmp_path: Path) -> None:
-    db = FailingDatabase(tmp_path / "db")
-    local, engine = open_store(db)
-    try:
-        acks = Acks()
-        db.fail_write = True
-        apply_group(local, [(b"a", v(1)), (b"b", v(1))], acks("group"))
-        engine.turn_until(lambda: acks.got("group"), "the failed answer")
-        assert acks.results["group"] == [False]
-        assert local.read(TABLE, b"a") is None
-    finally:
-        local.close()
-        db.close()
+def test_a_group_whose_commit_fails_is_answered_false(failing: tuple[LocalStore, Engine, FailingDatabase]) -> None:
+    local, engine, db = failing
+    acks = Acks()
+    db.fail_write = True
+    apply_group(local, [(b"a", v(1)), (b"b", v(1))], acks("group"))
+    engine.turn_until(lambda: acks.got("group"), "the failed answer")
+    assert acks.results["group"] == [False]
+    assert local.read(TABLE, b"a") is None
 
 
 def test_the_rows_of_a_failed_commit_leave_the_partition_counts(tmp_path: Path) -> None:
