@@ -89,6 +89,11 @@ class _NoTags(Mapping[int, Callable[[Any], Any]]):
 _NO_TAGS = _NoTags()
 
 
+def _refuse_tag(_decoder: Any, tag: cbor2.CBORTag) -> Any:
+    """cbor2's hook for the tags it has no decoder of (every one is in _NO_TAGS already: a backstop)."""
+    raise _TagRefused(tag.tag)
+
+
 def _refused_tag(exc: BaseException) -> int | None:
     """The tag a decode failed on, if `exc` came from refusing one (cbor2 may wrap it)."""
     seen: BaseException | None = exc
@@ -189,7 +194,7 @@ def _decode(frame: bytes, max_frame_bytes: int) -> dict[str, Any]:
             allow_duplicate_keys=False,
             strict_hashable_types=True,
             semantic_decoders=_NO_TAGS,
-            tag_hook=_NO_TAGS[-1],
+            tag_hook=_refuse_tag,
         ).decode()
     except Exception as exc:  # cbor2 raises several types on hostile input; all mean "bad frame"
         tag = _refused_tag(exc)

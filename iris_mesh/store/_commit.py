@@ -241,9 +241,9 @@ class GroupCommit:
             self.stats["failed_commits"] += 1
             logger.critical(
                 "fsync of the write-ahead log of {} failed for {} operations, none acknowledged as durable ({}); "
-                "what this store wrote since its start can no longer be trusted to be on disk, so it refuses "
-                "every write until its node is restarted (the other replicas take them and keep hints for "
-                "it): check the disk (free space, the kernel log), then restart the node",
+                "what it wrote since its last good fsync may not be on disk, and a later fsync would not say so, "
+                "so it refuses every write until its node is restarted (the other replicas take them and keep "
+                "hints for it): check the disk (free space, the kernel log), then restart the node",
                 self._name,
                 writes,
                 exc,
