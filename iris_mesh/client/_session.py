@@ -437,10 +437,7 @@ class ClientSession:
         self._check_ping(now)
         for send in self._sends.expired(now):
             if send.cid is not None:
-                self._requests.pop(send.cid, None)
-                self._expired_cids[send.cid] = None  # its answer may still come: not news
-                if len(self._expired_cids) > _EXPIRED_CIDS_KEPT:
-                    del self._expired_cids[next(iter(self._expired_cids))]
+                self._give_up(send.cid, None)  # its answer may still come: not news
             self._complete(send.waiter, send.last_error or IrisError(
                 "timeout", f"no `sent` within {self._opts.send_timeout_s} s (id {send.id.hex()}); it may still"
                 " arrive: resend with the same id to be sure"))
@@ -608,15 +605,19 @@ class ClientSession:
         for again from the same cursor, or the rest of the inbox would wait for the next login."""
         if self._sync_cid is None or self._sync_deadline is None or now < self._sync_deadline:
             return
-        self._requests.pop(self._sync_cid, None)
-        self._expired_cids[self._sync_cid] = "sync"  # its answer may still come
-        if len(self._expired_cids) > _EXPIRED_CIDS_KEPT:
-            del self._expired_cids[next(iter(self._expired_cids))]
+        self._give_up(self._sync_cid, "sync")  # its answer may still come
         self._sync_cid = self._sync_deadline = None
         self._sync_wanted = True
         self.counters["sync_timeouts"] += 1
         logger.warning("edge {} did not answer a sync of the inbox of {} within {} s; asking again", self.edge,
                        self.user, self._opts.request_timeout_s)
+
+    def _give_up(self, cid: int, kind: str | None) -> None:
+        """Stop waiting for the answer to `cid`, and remember it (the last _EXPIRED_CIDS_KEPT) for when it comes."""
+        self._requests.pop(cid, None)
+        self._expired_cids[cid] = kind
+        if len(self._expired_cids) > _EXPIRED_CIDS_KEPT:
+            del self._expired_cids[next(iter(self._expired_cids))]
 
     def _pump(self, now: float) -> None:
         for send in self._sends.take_ready(now):

@@ -291,10 +291,12 @@ class MembershipService:
             raise ValueError(f"{node_id} is {state.value}; stop it before forgetting it")
         if state is None and node_id not in self.cards and node_id not in self.guard.expected_cores:
             raise ValueError(f"{node_id[:64]} is not a known node of this cluster (forgotten already?)")
+        card = self.cards.get(node_id)
         shrunk = self.guard.forget_core(node_id)
         if shrunk:
             self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
-        if node_id not in self.forgotten:
+        if (shrunk or (card is not None and card.role == "core")) and node_id not in self.forgotten:
+            # A core only: an edge is in no expected set, and a config does not bring it back.
             self.forgotten.add(node_id)
             self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
         self.detector.forget(node_id)
@@ -419,10 +421,11 @@ class MembershipService:
 
     def _on_transition(self, transition: Transition, now: float) -> None:
         card = self.cards.get(transition.node_id)
+        if transition.new is PeerState.ALIVE and transition.node_id in self.forgotten:
+            # Started again after it was forgotten: a node of the cluster again.
+            self.forgotten.discard(transition.node_id)
+            self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
         if transition.new is PeerState.ALIVE and card is not None and card.role == "core" and card.region == self.card.region:
-            if card.node_id in self.forgotten:  # started again after it was forgotten: a core of the cluster again
-                self.forgotten.discard(card.node_id)
-                self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
             if self.guard.add_core(card.node_id):
                 self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
                 logger.info("expected cores of region {} are now {}", self.card.region, sorted(self.guard.expected_cores))

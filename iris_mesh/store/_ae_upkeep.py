@@ -45,7 +45,7 @@ class DigestUpkeep:
         wall_ms: Callable[[], int],
         start_scan: Callable[[TableScan], None],
         counters: dict[str, int],
-        purge_horizon: Callable[[], tuple[int | None, list[str]]] = lambda: (None, []),
+        purge_horizon: Callable[[], tuple[int | None, list[str]]],
     ) -> None:
         self._node_id = node_id
         self._local = local

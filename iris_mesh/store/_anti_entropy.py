@@ -253,8 +253,8 @@ class AntiEntropy:
         peers = self._view.expected - {self.node_id}
         if not peers:
             return self._wall_ms(), []
-        unsynced = sorted(peer for peer in peers if peer not in self._synced_ms)
-        horizon = None if unsynced else min(self._synced_ms[peer] for peer in peers)
+        synced = [self._synced_ms.get(peer) for peer in peers]
+        horizon = None if None in synced else min(synced)  # type: ignore[type-var]
         stale = self._wall_ms() - self._grace_ms
         return horizon, sorted(peer for peer in peers if self._synced_ms.get(peer, self._started_ms) < stale)
 

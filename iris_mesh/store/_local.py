@@ -23,6 +23,7 @@ newest only, committed in the same batch as the writes of the turn.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Sequence
 
 from iris_mesh.store._commit import Batch, GroupCommit, OnDurable, Post
@@ -328,16 +329,11 @@ class LocalStore:
         limit: int | None = None,
     ) -> list[tuple[bytes, Versioned]]:
         """Committed rows whose key starts with `prefix`, in key order, after `start_after`; tombstones included."""
-        out: list[tuple[bytes, Versioned]] = []
         if limit is not None and limit <= 0:
-            return out
-        for key, raw in self._db.iterate(table, prefix=prefix, start=start_after or b""):
-            if start_after is not None and key <= start_after:
-                continue
-            out.append((key, self._decode(table, key, raw)))
-            if limit is not None and len(out) >= limit:
-                break
-        return out
+            return []
+        rows, _more = self.scan_page(table, prefix, start_after=start_after,
+                                     limit=sys.maxsize if limit is None else limit, max_bytes=sys.maxsize)
+        return rows
 
     def scan_page(
         self, table: str, prefix: bytes = b"", *, start_after: bytes | None = None, limit: int, max_bytes: int,

@@ -293,3 +293,19 @@ def test_an_mdns_card_cannot_re_point_a_working_link_nor_shut_out_the_nodes_own_
     service.async_on_hello(hello(core2), T0 + 2.1)
     assert mesh.links["core2"] == core2.mesh_endpoint and service.cards["core2"].incarnation == 7
     assert service.state_of("core2") == "alive"
+
+
+def test_a_forgotten_edge_is_not_remembered_nor_told_to_peers() -> None:
+    # An edge is in no expected set and no config brings it back; told to every peer that comes up, it would be
+    # refused again and again once it runs again.
+    meta = Meta()
+    service, mesh = membership(meta)
+    edge1 = card("edge1", 3, 8000).with_(role="edge")
+    service.async_on_heartbeat(heartbeat(edge1, [], 1), T0)
+    for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5):
+        service.async_tick(at)
+    service.async_forget("edge1")
+    assert meta.forgotten is None and service.forgotten == set()
+    mesh.sent.clear()
+    service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], 1), T0 + 2.0)
+    assert ("core2", "forget") not in mesh.sent

@@ -111,3 +111,11 @@ def first_write_in_a_held_fsync(store: LocalStore, engine: Engine, db: GatedData
     engine.turn()
     assert db.in_fsync.wait(10.0)
     return acks
+
+
+def answers_to(store: LocalStore, engine: Engine, key: bytes, item: Versioned) -> list[bool]:
+    """Apply `item` at `key` and run loop turns until it is answered: what on_durable got ([True]: durable)."""
+    acks = Acks()
+    store.async_apply(TABLE, key, item, acks("it"))
+    engine.turn_until(lambda: acks.got("it"), f"the answer to the write of {key!r}")
+    return acks.results["it"]

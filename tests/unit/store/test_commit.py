@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 
 from _local_harness import (
-    TABLE, Acks, Engine, FailingDatabase, GatedDatabase, first_write_in_a_held_fsync, open_store, v,
+    TABLE, Acks, Engine, FailingDatabase, GatedDatabase, answers_to, first_write_in_a_held_fsync, open_store, v,
 )
 from iris_mesh.store._commit import Batch, GroupCommit
 from iris_mesh.store._db import Database
@@ -129,16 +129,11 @@ def test_a_failed_write_reports_false_and_the_store_goes_on(
     failing: tuple[LocalStore, Engine, FailingDatabase],
 ) -> None:
     local, engine, db = failing
-    acks = Acks()
     db.fail_write = True
-    local.async_apply(TABLE, b"b", v(1), acks("b"))
-    engine.turn_until(lambda: acks.got("b"), "the failed ack")
-    assert acks.results["b"] == [False]
+    assert answers_to(local, engine, b"b", v(1)) == [False]
     assert local.read(TABLE, b"b") is None
     db.fail_write = False
-    local.async_apply(TABLE, b"c", v(1), acks("c"))
-    engine.turn_until(lambda: acks.got("c"), "the ack")
-    assert acks.results["c"] == [True]
+    assert answers_to(local, engine, b"c", v(1)) == [True]
     assert local.stats()["failed_commits"] == 1
     assert local.durability_lost is None
 
@@ -147,15 +142,13 @@ def test_after_a_failed_fsync_no_write_is_acknowledged_until_the_store_is_opened
     failing: tuple[LocalStore, Engine, FailingDatabase], tmp_path: Path,
 ) -> None:
     local, engine, db = failing
-    acks = Acks()
     db.fail_fsync = True
-    local.async_apply(TABLE, b"a", v(1), acks("a"))
-    engine.turn_until(lambda: acks.got("a"), "the failed ack")
-    assert acks.results["a"] == [False]
+    assert answers_to(local, engine, b"a", v(1)) == [False]
     assert local.durability_lost == "OSError: Input/output error"
     # The disk answers again, but "a" went to RocksDB and maybe not to disk: its retry, which finds it
     # there and is "not newer", must not be acknowledged as durable, nor may anything else.
     db.fail_fsync = False
+    acks = Acks()
     assert local.read(TABLE, b"a") == v(1)
     local.async_apply(TABLE, b"a", v(1), acks("a again"))
     local.async_apply(TABLE, b"d", v(1), acks("d"))
@@ -170,10 +163,7 @@ def test_after_a_failed_fsync_no_write_is_acknowledged_until_the_store_is_opened
     db = FailingDatabase(tmp_path / "db")
     local, engine = open_store(db)
     try:
-        acks = Acks()
-        local.async_apply(TABLE, b"d", v(1), acks("d"))
-        engine.turn_until(lambda: acks.got("d"), "the ack")
-        assert acks.results["d"] == [True] and local.durability_lost is None
+        assert answers_to(local, engine, b"d", v(1)) == [True] and local.durability_lost is None
     finally:
         local.close()
         db.close()
