@@ -91,7 +91,7 @@ class Node:
     def _start_on(self, db: Database) -> None:
         config = self.config
         meta = NodeMeta(db)
-        meta.claim(config.node_id)
+        meta.claim(config.node_id, config.cluster)
         self.incarnation = meta.bump_incarnation(time.time())
         forgotten = set(meta.forgotten_cores(config.region)) - {config.node_id}
         # The config's list is where a cluster starts from; a core forgotten since stays out until heard again.

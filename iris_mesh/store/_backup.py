@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from rocksdict import AccessType, Options, Rdict
 
 from iris_mesh.store._db import Database, StoreError, held_by_this_process
-from iris_mesh.store._meta import EXPECTED_PREFIX, NODE_ID_KEY
+from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
 __all__ = ["BackupError", "MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
@@ -114,13 +114,20 @@ def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Calla
     data_root = data_root.resolve()
     named = {checkpoint_dir.name: checkpoint_dir for checkpoint_dir in checkpoints}
     expected: set[str] = set()
+    clusters: dict[str, list[str]] = {}
     for checkpoint_dir in named.values():
         if (checkpoint_dir / "CURRENT").is_file():  # without it restore_all refuses the checkpoint, naming why
             try:
-                expected |= _read_identity(checkpoint_dir).expected
+                identity = _read_identity(checkpoint_dir)
             except StoreError as exc:
                 raise StoreError(f"cannot tell which cores the checkpoint {checkpoint_dir} expects ({exc}); "
                                  "nothing was changed") from None
+            expected |= identity.expected
+            if identity.cluster is not None:
+                clusters.setdefault(identity.cluster, []).append(checkpoint_dir.name)
+    if len(clusters) > 1:
+        mixed = "; ".join(f"{', '.join(cores)} of cluster {cluster!r}" for cluster, cores in sorted(clusters.items()))
+        raise StoreError(f"the checkpoints are of different clusters ({mixed}); nothing was changed")
     # A core's directory that an unfinished restore emptied is empty but marked: this one moves it aside again,
     # which clears the mark (left alone, the mark would keep that core from starting for good).
     marked = {entry.name for entry in (data_root.iterdir() if data_root.is_dir() else ())
@@ -226,7 +233,25 @@ def _refusal(checkpoint_dir: Path, data_dir: Path) -> str | None:
         return f"the database in {data_dir} is open in this process; close it before restoring"
     if data_dir.exists() and any(data_dir.iterdir()) and not (data_dir / "CURRENT").exists():
         return f"{data_dir} is not empty and is not a database; refusing to replace it"
-    return None
+    return _cluster_refusal(checkpoint_dir, data_dir)
+
+
+def _cluster_refusal(checkpoint_dir: Path, data_dir: Path) -> str | None:
+    """Why the data in `data_dir` is not to be replaced by another cluster's checkpoint (None: it may be).
+
+    A side that cannot be read, or that was written before the cluster was recorded, does not refuse:
+    the other checks (and the node at start, against its config) speak for it.
+    """
+    if not (data_dir / "CURRENT").is_file():
+        return None
+    try:
+        restored, replaced = _read_identity(checkpoint_dir).cluster, _read_identity(data_dir).cluster
+    except StoreError:
+        return None
+    if restored is None or replaced is None or restored == replaced:
+        return None
+    return (f"the checkpoint {checkpoint_dir} is of cluster {restored!r}, the data in {data_dir} of cluster "
+            f"{replaced!r}: a restore puts back a backup of the same cluster")
 
 
 def _aside_refusal(data_dir: Path) -> str | None:
@@ -240,6 +265,7 @@ def _aside_refusal(data_dir: Path) -> str | None:
 
 class _Identity(NamedTuple):
     node_id: str | None
+    cluster: str | None  # None: written before the cluster was recorded
     expected: frozenset[str]  # the expected cores of every region in its meta table
 
 
@@ -278,6 +304,7 @@ def _read_identity(db_dir: Path) -> _Identity:
         try:
             meta = db.get_column_family("meta")
             node_id = meta.get(NODE_ID_KEY)
+            cluster = meta.get(CLUSTER_KEY)
             expected: set[str] = set()
             for key, value in meta.items(from_key=EXPECTED_PREFIX):
                 if not key.startswith(EXPECTED_PREFIX):
@@ -287,7 +314,8 @@ def _read_identity(db_dir: Path) -> _Identity:
             raise StoreError(f"cannot read the database in {db_dir}: {exc}") from None
         finally:
             db.close()
-    return _Identity(node_id.decode() if node_id is not None else None, frozenset(expected))
+    return _Identity(node_id.decode() if node_id is not None else None,
+                     cluster.decode() if cluster is not None else None, frozenset(expected))
 
 
 def _holds_anything(path: Path) -> bool:

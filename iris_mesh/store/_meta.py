@@ -6,11 +6,12 @@ import json
 
 from iris_mesh.store._db import Database, StoreError
 
-__all__ = ["CLOCK_SAVE_INTERVAL_S", "EXPECTED_PREFIX", "NODE_ID_KEY", "NodeMeta"]
+__all__ = ["CLOCK_SAVE_INTERVAL_S", "CLUSTER_KEY", "EXPECTED_PREFIX", "NODE_ID_KEY", "NodeMeta"]
 
 _INCARNATION = b"incarnation"
 # Keys a restore reads too (store/_backup.py), without opening the database for writing.
 NODE_ID_KEY = b"node_id"
+CLUSTER_KEY = b"cluster"
 EXPECTED_PREFIX = b"expected_cores\x00"  # + region
 _FORGOTTEN_PREFIX = b"forgotten_cores\x00"  # + region
 _LAST_HLC = b"last_hlc"
@@ -29,15 +30,26 @@ class NodeMeta:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def claim(self, node_id: str) -> None:
-        """Bind the data directory to `node_id`; a directory of another node is refused."""
+    def claim(self, node_id: str, cluster: str) -> None:
+        """Bind the data directory to `node_id` of `cluster`; a directory of another node or cluster is refused.
+
+        A directory written before the cluster was recorded is bound to `cluster` now.
+        """
         stored = self._db.get("meta", NODE_ID_KEY)
-        if stored is None:
-            self._db.put_synced("meta", NODE_ID_KEY, node_id.encode())
-        elif stored.decode() != node_id:
+        if stored is not None and stored.decode() != node_id:
             raise StoreError(
                 f"{self._db.path} belongs to node {stored.decode()!r}, not {node_id!r}; refusing to start"
             )
+        stored_cluster = self._db.get("meta", CLUSTER_KEY)
+        if stored_cluster is not None and stored_cluster.decode() != cluster:
+            raise StoreError(
+                f"{self._db.path} holds the data of cluster {stored_cluster.decode()!r}, not {cluster!r} (the "
+                "config's `cluster`); refusing to start: point `data_dir` at this cluster's data, or fix `cluster`"
+            )
+        if stored is None:
+            self._db.put_synced("meta", NODE_ID_KEY, node_id.encode())
+        if stored_cluster is None:
+            self._db.put_synced("meta", CLUSTER_KEY, cluster.encode())
 
     def bump_incarnation(self, now: float) -> int:
         """Return a new incarnation, larger than any earlier start of this node.

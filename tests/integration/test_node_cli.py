@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from iris_mesh.store import Database, NodeMeta
+
 EXIT_START = 3  # README: a node exits 3 when it cannot start (data directory, ports)
 
 
@@ -35,3 +37,19 @@ def test_an_mdns_interface_this_host_lacks_exits_3_naming_it(tmp_path: Path) -> 
     assert code == EXIT_START, output
     assert "cannot start: cannot run mDNS on 192.0.2.1: " in output and "mdns_interfaces" in output, output
     assert "Traceback" not in output and "data directory" not in output, output
+
+
+def test_a_node_pointed_at_another_clusters_data_exits_3_and_leaves_it_alone(tmp_path: Path) -> None:
+    db = Database(tmp_path / "data")
+    NodeMeta(db).claim("cli3", "clitest-prod")
+    db.put_synced("offline_msg", b"bob", b"a message of the prod cluster")
+    db.close()
+    code, output = run_node(tmp_path, f'node_id = "cli3"\ncluster = "clitest-staging"\ndata_dir = "{tmp_path / "data"}"\n'
+                                      'mdns_interfaces = ["127.0.0.1"]\n')
+    assert code == EXIT_START, output
+    assert "holds the data of cluster 'clitest-prod', not 'clitest-staging'" in output, output
+    assert "Traceback" not in output, output
+    db = Database(tmp_path / "data")
+    assert db.get("offline_msg", b"bob") == b"a message of the prod cluster"
+    assert db.get("meta", b"cluster") == b"clitest-prod"
+    db.close()

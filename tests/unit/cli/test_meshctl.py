@@ -157,7 +157,7 @@ def backed_up_while_core3_was_down(tmp_path: Path) -> tuple[Path, Path]:
         db = Database(tmp_path / "data" / node)
         try:
             meta = NodeMeta(db)
-            meta.claim(node)
+            meta.claim(node, "iris")
             meta.save_expected_cores("local", {"core1", "core2", "core3"})  # an edge never expects itself
             if node in ("core1", "core2"):
                 checkpoint(db, tmp_path / "backup" / node)

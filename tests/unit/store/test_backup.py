@@ -425,12 +425,12 @@ def test_restore_refuses_to_replace_a_directory_that_is_not_a_database(tmp_path:
 
 
 def node_data(path: Path, node_id: str, expected: set[str], *batches: list[tuple[str, bytes, Versioned]],
-              backup: Path | None = None) -> None:
+              backup: Path | None = None, cluster: str = "iris") -> None:
     """A node's data directory as the node leaves it: its meta, then each batch; checkpointed into `backup` after the first."""
     db = Database(path)
     try:
         meta = NodeMeta(db)
-        meta.claim(node_id)
+        meta.claim(node_id, cluster)
         meta.save_expected_cores("local", expected)
         for n, batch in enumerate(batches):
             if n == 1 and backup is not None:
@@ -572,3 +572,42 @@ def test_a_restore_without_the_missing_cores_changes_nothing_while_one_of_them_r
         assert sorted(p.name for p in data.iterdir()) == ["core1", "core2", "core3", "edge1"]
     assert {name: everything(data / name) for name in ("core1", "core2", "edge1")} == before
     assert [k for k, _ in dump(data / "core3")["offline_msg"]] == [b"a", b"after-backup"]
+
+
+def test_a_backup_of_another_cluster_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    # Two clusters with the same core names: restoring staging's backup over prod's data would put
+    # staging's messages in prod's inboxes.
+    for core in sorted(CORES):
+        node_data(tmp_path / "staging" / core, core, CORES, A, AFTER, backup=tmp_path / "backup" / core,
+                  cluster="staging")
+        node_data(tmp_path / "data" / core, core, CORES, A, AFTER, cluster="prod")
+    checkpoints, data = sorted((tmp_path / "backup").iterdir()), tmp_path / "data"
+    before = everything(data)
+    with pytest.raises(StoreError, match=r"checkpoint .*backup/core1 is of cluster 'staging', the data in "
+                                         r".*data/core1 of cluster 'prod'.*nothing was changed"):
+        restore_backup(checkpoints, data)
+    assert everything(data) == before
+
+
+def test_checkpoints_of_different_clusters_are_not_restored_together(tmp_path: Path) -> None:
+    for core in sorted(CORES):
+        node_data(tmp_path / "old" / core, core, CORES, A, AFTER, backup=tmp_path / "backup" / core,
+                  cluster="staging" if core == "core3" else "prod")
+    with pytest.raises(StoreError, match=r"different clusters \(core1, core2 of cluster 'prod'; core3 of cluster "
+                                         r"'staging'\); nothing was changed"):
+        restore_backup(sorted((tmp_path / "backup").iterdir()), tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_backup_restores_onto_a_new_disk_and_over_data_that_predates_recorded_clusters(tmp_path: Path) -> None:
+    for core in sorted(CORES):
+        node_data(tmp_path / "old" / core, core, CORES, A, AFTER, backup=tmp_path / "backup" / core)
+    (tmp_path / "data").mkdir()
+    restore_backup(sorted((tmp_path / "backup").iterdir()), tmp_path / "data", keep_replaced=False)
+    db = Database(tmp_path / "data" / "core1")
+    db.write([("meta", b"cluster", None)])  # as an older release left it
+    db.flush_wal_synced()
+    db.close()
+    restored = restore_backup(sorted((tmp_path / "backup").iterdir()), tmp_path / "data", keep_replaced=False)
+    assert sorted(restored.kept) == sorted(CORES)
+    assert [k for k, _ in dump(tmp_path / "data" / "core1")["offline_msg"]] == [b"a"]

@@ -1,4 +1,5 @@
-"""Node metadata: incarnations grow (also past a restored or new data directory), a data directory belongs to one node, the clock never goes back across restarts."""
+"""Node metadata: incarnations grow (also past a restored or new data directory), a data directory belongs to one node
+of one cluster, the clock never goes back across restarts."""
 
 from __future__ import annotations
 
@@ -13,14 +14,34 @@ from iris_mesh.store._versioned import Versioned, encode_versioned
 def test_incarnation_grows_across_restarts_and_the_directory_is_claimed(tmp_path: Path) -> None:
     db = Database(tmp_path / "n")
     meta = NodeMeta(db)
-    meta.claim("core1")
+    meta.claim("core1", "iris")
     first = meta.bump_incarnation(now=1_000_000.0)
     db.close()
     db = Database(tmp_path / "n")
     meta = NodeMeta(db)
     assert meta.bump_incarnation(now=1_000_060.0) > first
     with pytest.raises(StoreError, match="belongs to node 'core1'"):
-        meta.claim("core2")
+        meta.claim("core2", "iris")
+    db.close()
+
+
+def test_a_data_directory_of_another_cluster_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    db = Database(tmp_path / "n")
+    NodeMeta(db).claim("core1", "prod")
+    db.put_synced("offline_msg", b"k", b"v")
+    with pytest.raises(StoreError, match="holds the data of cluster 'prod', not 'staging'"):
+        NodeMeta(db).claim("core1", "staging")
+    NodeMeta(db).claim("core1", "prod")  # still bound to its own cluster
+    assert db.get("offline_msg", b"k") == b"v"
+    db.close()
+
+
+def test_a_data_directory_written_before_clusters_were_recorded_is_bound_at_its_next_start(tmp_path: Path) -> None:
+    db = Database(tmp_path / "n")
+    db.put_synced("meta", b"node_id", b"core1")  # all an older release kept
+    NodeMeta(db).claim("core1", "prod")
+    with pytest.raises(StoreError, match="cluster 'prod'"):
+        NodeMeta(db).claim("core1", "staging")
     db.close()
 
 
