@@ -161,6 +161,9 @@ class Node:
                                   if c.serves_clients and membership.state_of(n) == "alive"],
                 peer_clients=membership.client_counts,
                 journal=LocalJournal(db, "acked-deletes"),
+                incarnation=self.incarnation,
+                run_of=lambda node: (membership.cards[node].incarnation if node in membership.cards
+                                     and membership.state_of(node) in ("alive", "suspect") else None),
                 wall_ms=lambda: time.time_ns() // 1_000_000,
                 wall_s=time.time,
                 settings=EdgeSettings(

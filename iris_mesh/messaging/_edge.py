@@ -152,13 +152,17 @@ class EdgeService:
         peer_clients: Callable[[], dict[str, int]] = lambda: {},
         retry_jitter: Callable[[], float] = random.random,
         journal: Journal | None = None,
+        incarnation: int = 0,
+        run_of: Callable[[str], int | None] | None = None,
     ) -> None:
         """`gateways()`: (node id, endpoint, server key) of the client gateways of the edges alive now, this one
         included; a `move` names the others, so clients need not look for them over mDNS. `peer_clients()`: the
         sessions logged in on each other alive edge, as its heartbeats say (for automatic rebalancing).
         `retry_jitter()`: a number from 0 to 1 drawn for each retry of a failed delete or inbox read, its place
         between half and all of its backoff. `journal`: where failing deletes of acked messages outlive a restart
-        (the node's own database; `_deletes.py`)."""
+        (the node's own database; `_deletes.py`). `incarnation`: this edge's; `run_of(edge)`: the incarnation
+        of another edge alive now, None if it is not (by default 0 for each edge `is_alive` says is), so that
+        presence rows of an edge that crashed or restarted since count as off."""
         self.node_id = node_id
         self._secret = token_secret
         self._store = store
@@ -190,8 +194,10 @@ class EdgeService:
         self.counters: collections.Counter[str] = collections.Counter()
         # What users feel: each send this edge answered, from taking it to its `sent`; a refused one is a failure.
         self.send_latency = LatencyWindow()
-        self._presence = PresenceBook(node_id=node_id, store=store, sessions=self.sessions, wall_ms=wall_ms,
-                                      now=lambda: self._now, to_client=self._to_client, live_edges=live_edges)
+        self._presence = PresenceBook(
+            node_id=node_id, run=incarnation, run_of=run_of or (lambda edge: 0 if is_alive(edge) else None),
+            store=store, sessions=self.sessions, wall_ms=wall_ms, now=lambda: self._now, to_client=self._to_client,
+            live_edges=live_edges, counters=self.counters)
         self._inbox = InboxFeed(store=store, sessions=self.sessions, limits=self._limits, counters=self.counters,
                                 now=lambda: self._now, to_client=self._to_client, jitter=retry_jitter,
                                 journal=journal)
@@ -597,6 +603,7 @@ class EdgeService:
         self._recent.forget_expired(now)
         self._minbox.tick()
         self._inbox.async_tick(now)
+        self._presence.async_tick(now)
         dead = {edge for edge in self._minbox.seen if edge != self.node_id and not self._is_alive(edge)}
         died, self._dead_edges = dead - self._dead_edges, dead
         for send in [s for s in self._live.values() if s.offered & died] if died else ():

@@ -1,7 +1,7 @@
 """How messages and presence rows are laid out in the store.
 
 offline_msg   key  user \\x00 message_id (16 bytes, time-ordered)   value  CBOR {f: sender, t: ts_ms, b: body}
-presence      key  user \\x00 edge node id                          value  CBOR {on: bool, t: ts_ms}
+presence      key  user \\x00 edge node id                          value  CBOR {on: bool, t: ts_ms, i: incarnation}
 
 The user is the partition key (see `store._keys`), so a user's inbox and
 presence rows each live on one replica set and are read with one prefix scan,
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import cbor2
 
 from iris_mesh.store import Version, compose
 
 __all__ = ["Store", "stored_version", "inbox_key", "inbox_prefix", "message_id_of", "encode_stored", "decode_stored", "StoredMessage",
-           "presence_key", "presence_prefix", "encode_presence", "decode_presence"]
+           "presence_key", "presence_prefix", "encode_presence", "decode_presence", "PresenceRow"]
 
 
 class Store(Protocol):
@@ -82,13 +82,21 @@ def presence_key(user: str, edge: str) -> bytes:
     return compose(user.encode(), edge.encode())
 
 
-def encode_presence(online: bool, ts_ms: int) -> bytes:
-    return cbor2.dumps({"on": online, "t": ts_ms})
+class PresenceRow(NamedTuple):
+    on: bool
+    ts_ms: int
+    run: int | None  # the incarnation of the edge that wrote it (None: a row of a release that did not say)
 
 
-def decode_presence(raw: bytes) -> tuple[bool, int]:
+def encode_presence(online: bool, ts_ms: int, run: int) -> bytes:
+    return cbor2.dumps({"on": online, "t": ts_ms, "i": run})
+
+
+def decode_presence(raw: bytes) -> PresenceRow:
+    """ValueError for a value that is not a presence row."""
     try:
         data = cbor2.loads(raw)
-        return bool(data["on"]), int(data["t"])
+        run = data.get("i")
+        return PresenceRow(bool(data["on"]), int(data["t"]), None if run is None else int(run))
     except Exception as exc:
         raise ValueError(f"not a presence row: {exc}") from None

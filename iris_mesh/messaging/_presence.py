@@ -1,15 +1,21 @@
 """Presence on an edge: this edge's rows in the `presence` table, and where a recipient is online. Engine thread only.
 
-An edge writes `presence[user, this edge] = {on, t}` when a user's first
-session on it logs in (on) and when the last one ends (off). An origin edge
-finds the edges a recipient is online on with one quorum prefix scan,
-remembered for PRESENCE_TTL_S: an edge named by a stale entry only declines
-the offer (and the origin then forgets the entry, see `forget`), so the cost
-of staleness is a message that goes to the inbox instead of live.
+An edge writes `presence[user, this edge] = {on, t, i}` when a user's first
+session on it logs in (on) and when the last one ends (off), `i` being its
+incarnation; a write the store refuses (safe mode, too few cores) is made
+again, the newest state only, until it is stored. A row saying on counts only
+while its edge is alive and in the run that wrote it: an edge that crashed
+never wrote its users off. An edge knows its own sessions and reads no row of
+its own. An origin edge finds the edges a recipient is online on with one
+quorum prefix scan, remembered for PRESENCE_TTL_S: an edge named by a stale
+entry only declines the offer (and the origin then forgets the entry, see
+`forget`), so the cost of staleness is a message that goes to the inbox
+instead of live.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -21,27 +27,35 @@ __all__ = ["PRESENCE_TTL_S", "PresenceBook"]
 
 PRESENCE_TTL_S = 1.0
 _MAX_EDGES_PER_USER = 64  # presence rows one scan reads: more edges than a user has devices
+_RETRY_S = 1.0  # how often refused presence writes are made again
 
 
 class PresenceBook:
     """Writes this edge's presence rows, finds a user's edges (cached briefly), answers the `presence` op."""
 
-    __slots__ = ("_node_id", "_store", "_sessions", "_wall_ms", "_now", "_to_client", "_cache", "_live_edges")
+    __slots__ = ("_node_id", "_run", "_run_of", "_store", "_sessions", "_wall_ms", "_now", "_to_client", "_cache",
+                 "_live_edges", "_counters", "_unsaved", "_refused", "_next_retry")
 
     def __init__(
         self,
         *,
         node_id: str,
+        run: int,
+        run_of: Callable[[str], int | None],
         store: Store,
         sessions: SessionTable,
         wall_ms: Callable[[], int],
         now: Callable[[], float],
         to_client: Callable[[bytes, dict[str, Any]], None],
         live_edges: Callable[[], list[str]],
+        counters: collections.Counter[str],
     ) -> None:
-        """`now` is the engine's current monotonic time, read when a scan answers; `to_client` sends a frame;
+        """`run`: this edge's incarnation; `run_of(edge)`: the incarnation of another edge alive now (None: not
+        alive). `now` is the engine's current monotonic time, read when a scan answers; `to_client` sends a frame;
         `live_edges` are the edges alive now (every candidate when the store cannot say where a user is)."""
         self._node_id = node_id
+        self._run = run
+        self._run_of = run_of
         self._store = store
         self._sessions = sessions
         self._wall_ms = wall_ms
@@ -49,12 +63,53 @@ class PresenceBook:
         self._to_client = to_client
         self._cache: dict[str, tuple[list[str], float]] = {}
         self._live_edges = live_edges
+        self._counters = counters
+        self._unsaved: dict[str, bytes] = {}  # user -> the newest row of this edge not yet stored
+        self._refused: set[str] = set()  # users whose newest row the store refused: made again at the next retry
+        self._next_retry = 0.0
 
     def async_write(self, user: str, online: bool, now: float) -> None:
         """Record that `user` is (no longer) online on this edge; the cached entry for `user` goes."""
         self.forget(user)
-        self._store.async_put("presence", presence_key(user, self._node_id), encode_presence(online, self._wall_ms()),
-                              durability="quorum", on_done=lambda result: None, now=now)
+        self._unsaved[user] = encode_presence(online, self._wall_ms(), self._run)
+        self._refused.discard(user)
+        self._async_put(user, now)
+
+    def async_tick(self, now: float) -> None:
+        """Make the refused writes again (each user's newest state), at most every _RETRY_S."""
+        if not self._refused or now < self._next_retry:
+            return
+        self._next_retry = now + _RETRY_S
+        refused, self._refused = self._refused, set()
+        for user in refused:
+            self._counters["presence_writes_retried"] += 1
+            self._async_put(user, now)
+
+    def _async_put(self, user: str, now: float) -> None:
+        row = self._unsaved[user]
+
+        def done(result: Any) -> None:
+            if self._unsaved.get(user) is not row:
+                return  # a newer state went out after this one: its answer decides
+            if result.ok:
+                del self._unsaved[user]
+            else:
+                self._refused.add(user)
+
+        self._store.async_put("presence", presence_key(user, self._node_id), row, durability="quorum",
+                              on_done=done, now=now)
+
+    def _holds(self, edge: str, on: bool, run: int | None, *, dead_too: bool = False) -> bool:
+        """Whether a row of another edge saying `on` still says the user is there: that edge is alive (or,
+        `dead_too`, not known to be) and has not restarted since it wrote the row (a row of a run not heard of
+        yet is newer: it holds). A lookup keeps the rows of dead edges: it is cached, and whether an edge is
+        alive is asked again when a send is offered."""
+        if not on or edge == self._node_id:
+            return False
+        current = self._run_of(edge)
+        if current is None:
+            return dead_too
+        return run is None or run >= current
 
     def forget(self, user: str) -> None:
         """Drop the cached edges of `user`: the next lookup asks the store."""
@@ -81,11 +136,11 @@ class PresenceBook:
             if result.ok:
                 for key, item in result.items:
                     try:
-                        online, _ts = decode_presence(item.value)
+                        row = decode_presence(item.value)
                     except ValueError:
                         continue
                     edge = key[key.index(b"\x00") + 1 :].decode(errors="replace")
-                    if online and edge not in edges and edge != self._node_id:
+                    if edge not in edges and self._holds(edge, row.on, row.run, dead_too=True):
                         edges.append(edge)
                 self._cache[user] = (edges, self._now())
             else:
@@ -106,13 +161,14 @@ class PresenceBook:
                 self._to_client(session.route, build_error(result.code, result.detail, cid=request.cid))
                 return
             online, last_seen = bool(self._sessions.of_user(request.user)), None
-            for _key, item in result.items:
+            for key, item in result.items:
                 try:
-                    on, ts = decode_presence(item.value)
+                    row = decode_presence(item.value)
                 except ValueError:
                     continue
-                online = online or on
-                last_seen = ts if last_seen is None else max(last_seen, ts)
+                edge = key[key.index(b"\x00") + 1 :].decode(errors="replace")
+                online = online or self._holds(edge, row.on, row.run)
+                last_seen = row.ts_ms if last_seen is None else max(last_seen, row.ts_ms)
             self._to_client(session.route, build_presence(request.cid, request.user, online, last_seen))
 
         self._store.async_scan("presence", presence_prefix(request.user), start_after=None, limit=_MAX_EDGES_PER_USER,

@@ -46,6 +46,7 @@ class Edge:
         self.store = FakeStore()
         self.gateway = FakeGateway()
         self.dead: set[str] = set()  # other edges that are not alive
+        self.runs: dict[str, int] = {}  # the incarnation of each other alive edge (0 if not named)
         self.others: list[str] = []  # other live edges
         # (node, endpoint, key) of the client gateways alive, this edge's included
         self.gateways: list[tuple[str, str, str]] = [(NODE, "tcp://127.0.0.1:7211", "k" * 40)]
@@ -55,7 +56,7 @@ class Edge:
             live_edges=lambda: [NODE, *self.others], wall_ms=lambda: int((WALL_S + self.now) * 1000),
             wall_s=lambda: WALL_S + self.now, settings=settings or EdgeSettings(limits=limits or Limits()),
             gateways=lambda: list(self.gateways), peer_clients=lambda: dict(self.peer_clients),
-            retry_jitter=retry_jitter,
+            retry_jitter=retry_jitter, run_of=lambda node: None if node in self.dead else self.runs.get(node, 0),
         )
         self.service.async_attach(self.gateway)
         self._cids = itertools.count(1)

@@ -350,7 +350,7 @@ def test_a_live_send_to_an_edge_that_dies_is_stored_at_once_not_at_its_deadline(
     told: list[tuple[str, str]] = []
     edge.gateway.async_send = lambda node, op, **fields: told.append((node, op)) is None  # type: ignore
     edge.log_in(ALICE, "alice")
-    edge.store.tables["presence"][presence_key("bob", "edge2")] = encode_presence(True, 1)
+    edge.store.tables["presence"][presence_key("bob", "edge2")] = encode_presence(True, 1, 0)
     cid = edge.send(ALICE, "bob", 1)
     edge.store.run()
     assert ("edge2", "mdeliver") in told
