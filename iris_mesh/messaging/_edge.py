@@ -174,6 +174,7 @@ class EdgeService:
         self._gateways = gateways
         self._peer_clients = peer_clients
         self._rebalancer = Rebalancer(interval_s=settings.rebalance_interval_s, slack=settings.rebalance_slack)
+        self._said_pinned = False  # logged that this edge is over its share with no session that can move
         self._limits = settings.limits
         self._gateway: Gateway | None = None
         self.sessions = SessionTable()
@@ -627,13 +628,20 @@ class EdgeService:
         """Move what this edge holds over its share of the logged-in sessions to the edges under theirs."""
         logged_in = self.sessions.logged_in()
         others = self._other_edges_clients()
-        move = self._rebalancer.decide(len(logged_in), sum(1 for s in logged_in if s.can_move), others)
+        movable = sum(1 for s in logged_in if s.can_move)
+        move = self._rebalancer.decide(len(logged_in), movable, others)
         if move is None:
-            if self._rebalancer.first_over:
-                logger.info("rebalancing: edge {} holds {} of the {} sessions on {} edges, over its share of {}: it "
-                            "moves the excess at the next check, in {:g} s, unless that evens out", self.node_id,
-                            len(logged_in), len(logged_in) + sum(others.values()), len(others) + 1,
-                            share_of(len(logged_in), others), self._rebalancer.interval_s * self._rebalancer.backoff)
+            first_over, pinned = self._rebalancer.first_over, movable == 0
+            if first_over and not (pinned and self._said_pinned):
+                over = (f"rebalancing: edge {self.node_id} holds {len(logged_in)} of the "
+                        f"{len(logged_in) + sum(others.values())} sessions on {len(others) + 1} edges, over its share "
+                        f"of {share_of(len(logged_in), others)}")
+                if pinned:  # said once until a session that can move is here
+                    logger.info("{}, but none of its sessions can move (no client said `moves` in its hello)", over)
+                else:
+                    logger.info("{}: it moves the excess at the next check, in {:g} s, unless that evens out", over,
+                                self._rebalancer.interval_s * self._rebalancer.backoff)
+            self._said_pinned = pinned and (self._said_pinned or first_over)
             return
         detail = (f"rebalancing: edge {self.node_id} holds {move.mine} of the {move.total} sessions on "
                   f"{move.edges} edges, over its share of {move.share}")

@@ -14,7 +14,7 @@ check or an operator's): a count that is about to change anyway (clients
 logging in after a restart, moves the others' heartbeats do not tell yet)
 moves nobody, and two edges do not trade the same clients back and forth. The
 tenth keeps a large cluster's ordinary unevenness (clients pick an edge at
-random) from moving clients all the time. If the clients moved come back (an
+random) from moving clients all the time. If half the clients moved come back (an
 edge that cannot take them: its client port unreachable), the checks back off,
 doubling the interval up to `MAX_BACKOFF` times. Sans-IO: the caller gives
 `now` and the counts.
@@ -83,7 +83,7 @@ class RebalanceMove:
 class Rebalancer:
     """Decides, every `interval_s` (0: never), how many sessions this edge should move; see the module docstring."""
 
-    __slots__ = ("interval_s", "slack", "backoff", "_next_at", "_over", "_least_excess", "_moved_from")
+    __slots__ = ("interval_s", "slack", "backoff", "_next_at", "_over", "_least_excess", "_moved_from", "_moved")
 
     def __init__(self, *, interval_s: float, slack: int) -> None:
         self.interval_s = interval_s
@@ -93,6 +93,7 @@ class Rebalancer:
         self._over = 0  # checks in a row that found this edge over its share
         self._least_excess = 0  # the least excess those checks found
         self._moved_from: int | None = None  # this edge's count when its last rebalance moved sessions
+        self._moved = 0  # how many that rebalance moved
 
     def due(self, now: float) -> bool:
         """Whether a check is due; the first comes one interval after the first call (the view settles first)."""
@@ -133,9 +134,11 @@ class Rebalancer:
         if count <= 0:
             return None
         if self._moved_from is not None:
-            # The clients moved last time came back (or others came in their place): check less often.
-            self.backoff = min(self.backoff * 2, MAX_BACKOFF) if mine >= self._moved_from else 1
-        self._moved_from = mine
+            # Half or more of the clients moved last time came back (or others came in their place; a few logging
+            # out meanwhile do not hide it): check less often.
+            came_back = mine >= self._moved_from - self._moved // 2
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF) if came_back else 1
+        self._moved_from, self._moved = mine, count
         return RebalanceMove(count=count, mine=mine, share=share, total=total, edges=len(others) + 1,
                              to=tuple(split(count, mine, others)), backoff=self.backoff)
 

@@ -4,6 +4,8 @@ Sans-IO, manual clock."""
 
 from __future__ import annotations
 
+from loguru import logger
+
 from iris_mesh.messaging import EdgeSettings
 from iris_mesh.messaging._rebalance import MAX_BACKOFF, MAX_MOVES_PER_CHECK, RebalanceMove, Rebalancer, split
 
@@ -134,3 +136,38 @@ def test_an_operator_s_move_goes_to_the_edges_under_their_share_when_their_count
     edge.peer_clients = {"edge2": 5, "edge3": 0}  # 5 + 5 + 0 on 3 edges: a share of 4, edge3 lacks 4
     assert edge.service.async_move_over_share(5, "asked by an operator", edge.now) == [("edge3", 4), (None, 1)]
     assert sorted(_moves_named(edge, users)) == [["edge2", "edge3"]] + [["edge3"]] * 4
+
+
+def test_moves_that_do_not_stick_back_off_even_when_a_few_clients_log_out_meanwhile() -> None:
+    # edge2's client port is unreachable: the 150 moved come back each time, one user fewer per round.
+    rebalancer = Rebalancer(interval_s=1.0, slack=0)
+    rounds = [(300 - n, 300 - n, {"edge2": 0}) for n in range(14)]
+    backoffs = [move.backoff for move in checks(rebalancer, rounds) if move is not None]
+    assert backoffs == [1, 2, 4, 8, 16, 32, 32]
+
+
+def test_moves_that_stuck_keep_the_checks_at_their_interval() -> None:
+    rebalancer = Rebalancer(interval_s=1.0, slack=0)
+    # 150 of 300 moved to edge2 and most stayed there, but 50 came back: still over, and moved again at once.
+    moves = checks(rebalancer, [(300, 300, {"edge2": 0})] * 2 + [(200, 200, {"edge2": 100})] * 2)
+    assert [move.backoff for move in moves if move is not None] == [1, 1]
+
+
+def test_an_edge_over_its_share_with_no_session_that_can_move_says_so_once_and_promises_nothing() -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+    try:
+        edge = _edge_with({"edge2": 0}, [], EdgeSettings(rebalance_interval_s=10.0, rebalance_slack=2))
+        for n in range(20):
+            edge.log_in(b"u%d" % n, f"u{n}")  # no `moves` in their hello
+        for step in range(8):
+            edge.now = T0 + 10.0 * step
+            for n in range(20):
+                edge.request(b"u%d" % n, "ping")
+            edge.service.async_tick(edge.now)
+    finally:
+        logger.remove(sink)
+    said = [line for line in lines if line.startswith("rebalancing")]
+    assert said == ["rebalancing: edge edge1 holds 20 of the 20 sessions on 2 edges, over its share of 10, but none "
+                    "of its sessions can move (no client said `moves` in its hello)"]
+    assert edge.service.counters["sessions_moved"] == 0
