@@ -193,7 +193,8 @@ _RULES: dict[str, _Rule] = {
     "anti_entropy_interval_s": _SECONDS,
     "tombstone_grace_s": _SECONDS,
     "deliver_timeout_s": _SECONDS,
-    "session_idle_timeout_s": _SECONDS,
+    # Clients ping every 10 s and wait 3 s for the answer (PROTOCOL 4.5): less ends sessions that are fine.
+    "session_idle_timeout_s": _Rule("a number >= 15", lambda v: math.isfinite(v) and v >= 15),
     "rebalance_interval_s": _Rule("a number >= 0 (0 = no automatic rebalancing)",
                                   lambda v: v == 0 or _positive_finite(v)),
     "rebalance_slack": _Rule("an integer >= 0", lambda v: v >= 0),
@@ -203,8 +204,8 @@ _RULES: dict[str, _Rule] = {
     "max_pending_deliveries": _Rule("an integer >= 1", lambda v: v >= 1),
     "sync_page": _Rule("an integer from 1 to 1000", lambda v: 1 <= v <= 1000),
     "inbox_max": _Rule("an integer >= 1", lambda v: v >= 1),
-    "max_frame_bytes": _Rule("an integer >= 1024", lambda v: v >= 1024),
-    "link_send_hwm": _Rule("an integer >= 1", lambda v: v >= 1),
+    "max_frame_bytes": _Rule("an integer from 1024 to 1073741824 (1 GiB)", lambda v: 1024 <= v <= 1 << 30),
+    "link_send_hwm": _Rule("an integer from 1 to 2147483647", lambda v: 1 <= v <= (1 << 31) - 1),
     "log_level": _Rule("one of " + ", ".join(LOG_LEVELS), lambda v: v in LOG_LEVELS),
 }
 assert set(_RULES) == set(_FIELD_NAMES), "every NodeConfig field needs a rule"
