@@ -67,6 +67,12 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "writes_refused": [entry["node_id"] for entry in answered
                            if not entry["safe_for_writes"] and entry["node_id"] not in waiting],
         "no_answer": [entry["node_id"] for entry in entries if not entry["reachable"]],
+        # Expected cores that run as an edge or in another region (node -> what it runs as), as any node sees it.
+        "misplaced": {node: runs_as for entry in answered for node, runs_as in entry.get("misplaced", {}).items()},
+        # Nodes whose region expects fewer cores than a quorum write needs: every write fails (node -> (cores, W)).
+        "too_few_cores": {entry["node_id"]: (entry["expected_cores"], entry["write_quorum"]) for entry in answered
+                          if isinstance(entry.get("write_quorum"), int) and isinstance(entry.get("expected_cores"), int)
+                          and entry["expected_cores"] < entry["write_quorum"]},
         # Cores whose disk failed a WAL fsync: they refuse writes until restarted (node -> the error).
         "fsync_failed": {entry["node_id"]: entry["fsync_failed"] for entry in answered if entry.get("fsync_failed")},
         "joining": joining,
@@ -81,11 +87,21 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     problems = status_problems(entries)
     down, unheard = problems["not_alive"], problems["running_unheard"]
     refused, silent, joining = problems["writes_refused"], problems["no_answer"], problems["joining"]
-    disk = problems["fsync_failed"]
+    disk, misplaced, too_few = problems["fsync_failed"], problems["misplaced"], problems["too_few_cores"]
     seen_by = f" (as {one_node} sees it)" if one_node else ""
-    if not (down or unheard or refused or silent or joining or disk):
+    if not (down or unheard or refused or silent or joining or disk or misplaced or too_few):
         return f"all nodes alive, writes safe{seen_by}{_catching_up(entries)}"
     found, steps = [], []
+    if too_few:
+        cores, quorum = max(too_few.values())
+        found.append(f"every write fails: the region of {', '.join(sorted(too_few))} expects {cores} "
+                     f"core{'' if cores == 1 else 's'} and a quorum write needs {quorum}")
+        steps.append("start more cores (each core's config lists them all in expected_cores), or lower "
+                     "replication_factor and write_quorum to what the cores can hold")
+    if misplaced:
+        found.append("expected as cores but running as something else (never counted, so one core fewer can fail "
+                     "before writes stop): " + ", ".join(f"{node} ({runs_as})" for node, runs_as in sorted(misplaced.items())))
+        steps.append("take them out of expected_cores in the configs, then run meshctl forget NODE for each")
     if joining:
         found.append(f"{', '.join(joining)} started seconds ago and {'is' if len(joining) == 1 else 'are'} "
                      "still joining")

@@ -91,8 +91,11 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
         status = dict(result["status"], reachable=True)
         entries.append(status)
         not_alive = [f"{peer} {state}" for peer, state in _verdict.not_alive(status).items()]
-        ok = ok and status["safe_for_writes"] and not not_alive and not status.get("fsync_failed")
-        writes = "FSYNC FAILED" if status.get("fsync_failed") else "ok" if status["safe_for_writes"] else "REFUSED"
+        no_quorum = status.get("expected_cores", 0) < status.get("write_quorum", 0)  # every write fails
+        ok = ok and status["safe_for_writes"] and not not_alive and not status.get("fsync_failed") and not no_quorum \
+            and not status.get("misplaced")
+        writes = ("FSYNC FAILED" if status.get("fsync_failed") else "REFUSED" if not status["safe_for_writes"]
+                  else "NO QUORUM" if no_quorum else "ok")
         rows.append([
             status["node_id"], status["role"], status["region"], status["mode"],
             f"{status['visible_cores']}/{status['expected_cores']}", writes, ", ".join(not_alive) or "-",

@@ -101,6 +101,7 @@ class MembershipService:
         self._last_decision: GuardDecision | None = None
         self._stopped_on_purpose: set[str] = set()  # peers whose last change was a planned stop (they said bye)
         self._confirmed: dict[str, int] = {}  # node -> the newest incarnation the node itself sent us a card of
+        self._misplaced_said: set[tuple[str, str]] = set()  # (node, what it runs as) warned of: expected as a core
         self.counters: dict[str, int] = {"bad_cards": 0, "bad_client_counts": 0, "stalls": 0}
         self._last_tick: float | None = None
         self._leaving = False  # said goodbye: the node is stopping
@@ -275,20 +276,43 @@ class MembershipService:
             "expected_cores": len(expected),
             "expected": sorted(expected),
             "missing": sorted(expected - visible),
+            # Expected cores that run as something else: never counted, so fewer cores can fail before safe mode.
+            "misplaced": self.misplaced(),
             "peers": {node_id: self.state_of(node_id) for node_id in sorted(self.cards)},
             # Dead peers whose last word was a goodbye: stopped on purpose, not failed.
             "stopped": sorted(filter(self.stopped_on_purpose, self._stopped_on_purpose)),
         }
 
+    def misplaced(self) -> dict[str, str]:
+        """Expected cores of this region whose own card says they are something else: node -> what it runs as."""
+        out = {}
+        for node_id in sorted(self.guard.expected_cores - {self.card.node_id}):
+            card = self.cards.get(node_id)
+            if card is not None and (card.role != "core" or card.region != self.card.region):
+                out[node_id] = f"{'an edge' if card.role == 'edge' else 'a core'} of region {card.region}"
+        return out
+
     # ---- operator actions ----------------------------------------------------------
 
     def async_forget(self, node_id: str) -> str:
-        """Drop a dead node from the expected core set and the view; returns what was done."""
+        """Drop a dead node from the expected core set and the view; returns what was done.
+
+        A running node expected as a core here but running as an edge or in another region is only taken out
+        of the expected set: it stays a peer.
+        """
         if node_id == self.card.node_id:
             raise ValueError("a node cannot forget itself")
         state = self.detector.state(node_id)
         if state is not None and state is not PeerState.DEAD:
-            raise ValueError(f"{node_id} is {state.value}; stop it before forgetting it")
+            runs_as = self.misplaced().get(node_id)
+            if runs_as is None:
+                raise ValueError(f"{node_id} is {state.value}; stop it before forgetting it")
+            self.guard.forget_core(node_id)
+            self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
+            done = (f"{node_id} ({runs_as}, {state.value}) is no longer an expected core of region "
+                    f"{self.card.region}; expected cores are now {sorted(self.guard.expected_cores)}")
+            logger.warning("operator: {}", done)
+            return done
         if state is None and node_id not in self.cards and node_id not in self.guard.expected_cores:
             raise ValueError(f"{node_id[:64]} is not a known node of this cluster (forgotten already?)")
         card = self.cards.get(node_id)
@@ -374,6 +398,7 @@ class MembershipService:
         if known is not None and known == card:
             return
         self.cards[card.node_id] = card
+        self._warn_if_misplaced(card)
         # A seed link and a peer link to the same node would share our identity and fight over it.
         if card.mesh_endpoint in self._io.async_seed_endpoints():
             self._io.async_close_seed(card.mesh_endpoint)
@@ -382,6 +407,15 @@ class MembershipService:
             self._say_hello(card.node_id, now, force=True)
         elif known is not None and known.incarnation != card.incarnation:
             self._say_hello(card.node_id, now, force=True)
+
+    def _warn_if_misplaced(self, card: PeerCard) -> None:
+        runs_as = self.misplaced().get(card.node_id)
+        if runs_as is None or (card.node_id, runs_as) in self._misplaced_said:
+            return
+        self._misplaced_said.add((card.node_id, runs_as))
+        logger.warning("{} is an expected core of region {} but runs as {}: it is never counted, so one core fewer "
+                       "can fail before writes stop; take it out of `expected_cores` in the configs, then run "
+                       "`meshctl forget {}`", card.node_id, self.card.region, runs_as, card.node_id)
 
     def _say_hello(self, node_id: str, now: float, force: bool = False) -> None:
         assert self._io is not None

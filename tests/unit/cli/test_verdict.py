@@ -117,7 +117,7 @@ def test_a_node_asked_alone_reports_its_own_view_without_a_split() -> None:
     problems = status_problems([node_status("core1", {"core2": "dead", "core3": "alive"})])
     assert problems == {"not_alive": {"core2": {"dead": 1}}, "running_unheard": {}, "groups": [["core1"]],
                         "writes_refused": [], "no_answer": [], "joining": [], "minority_side": False,
-                        "fsync_failed": {}}
+                        "fsync_failed": {}, "misplaced": {}, "too_few_cores": {}}
 
 
 def test_a_core_down_while_the_others_keep_a_majority_is_not_called_a_minority_side() -> None:
@@ -167,3 +167,25 @@ def test_a_node_that_started_seconds_ago_is_joining_not_split_off() -> None:
     started = [node_status(n, {p: "alive" for p in ("core1", "core3") if p != n} | {"core2": "dead"}, uptime_s=2.0)
                for n in ("core1", "core3")]
     assert status_summary(started).split("\n")[0] == "CHECK FAILED: not alive: core2 (dead to 2)"
+
+
+def test_an_expected_core_running_as_an_edge_fails_the_check_and_says_how_to_fix_it() -> None:
+    # core1 and core2 expect edge3 as a core (a typo in expected_cores): everyone is alive, but only 2 of 3 count.
+    entries = [dict(node_status("core1", {"core2": "alive", "edge3": "alive"}), missing=["edge3"],
+                    misplaced={"edge3": "an edge of region local"}),
+               dict(node_status("core2", {"core1": "alive", "edge3": "alive"}), missing=["edge3"],
+                    misplaced={"edge3": "an edge of region local"})]
+    verdict, steps = status_summary(entries).split("\n")
+    assert verdict == ("CHECK FAILED: expected as cores but running as something else (never counted, so one core "
+                       "fewer can fail before writes stop): edge3 (an edge of region local)")
+    assert "take them out of expected_cores in the configs, then run meshctl forget NODE" in steps
+
+
+def test_a_region_expecting_fewer_cores_than_a_quorum_write_needs_fails_the_check() -> None:
+    # One core with the defaults (replication factor 3, so a quorum write needs 2): alive, and every write fails.
+    alone = [dict(node_status("core1", {}), expected_cores=1, visible_cores=1, write_quorum=2)]
+    verdict, steps = status_summary(alone, "core1").split("\n")
+    assert verdict == ("CHECK FAILED (as core1 sees it): every write fails: the region of core1 expects 1 core and a "
+                       "quorum write needs 2")
+    assert "start more cores" in steps and "lower replication_factor and write_quorum" in steps
+    assert status_summary([dict(alone[0], write_quorum=1)], "core1") == "all nodes alive, writes safe (as core1 sees it)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from loguru import logger
 
 from iris_mesh.membership import FailureDetector, MembershipService, PartitionGuard, PeerCard
@@ -309,3 +310,30 @@ def test_a_forgotten_edge_is_not_remembered_nor_told_to_peers() -> None:
     mesh.sent.clear()
     service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], 1), T0 + 2.0)
     assert ("core2", "forget") not in mesh.sent
+
+
+def test_an_expected_core_that_runs_as_an_edge_is_named_and_can_be_taken_out_of_the_expected_set() -> None:
+    # core3 in expected_cores by mistake: it is an edge. Never counted, so the region stops writes one core sooner.
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
+    try:
+        service, _mesh = membership()
+        core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000).with_(role="edge")
+        for seq in (1, 2):
+            service.async_on_heartbeat(heartbeat(core2, [], seq), T0)
+            service.async_on_heartbeat(heartbeat(core3, [], seq), T0)
+        status = service.status_view()
+        assert status["misplaced"] == {"core3": "an edge of region local"}
+        assert status["missing"] == ["core3"] and status["visible_cores"] == 2
+        assert [line for line in lines if "expected core" in line] == [
+            "core3 is an expected core of region local but runs as an edge of region local: it is never counted, so "
+            "one core fewer can fail before writes stop; take it out of `expected_cores` in the configs, then run "
+            "`meshctl forget core3`"]  # once
+        done = service.async_forget("core3")
+        assert done.startswith("core3 (an edge of region local, alive) is no longer an expected core")
+        assert service.guard.expected_cores == {"core1", "core2"} and service.state_of("core3") == "alive"
+        assert service.status_view()["misplaced"] == {} and service.status_view()["missing"] == []
+        with pytest.raises(ValueError, match="core2 is alive; stop it before forgetting it"):
+            service.async_forget("core2")
+    finally:
+        logger.remove(handler)
