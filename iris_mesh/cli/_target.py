@@ -61,6 +61,15 @@ class Target:
             self._every_node = every_node
         return self._endpoints
 
+    def widen_to_view(self) -> None:
+        """With --node: ask every node that node's view lists from now on (their admin addresses from the view: no
+        mDNS), not that node alone."""
+        _, view = self.first("nodes")
+        found = [(row["node_id"], f"tcp://{row['host']}:{row['admin_port']}") for row in view.get("nodes", [])
+                 if row.get("admin_port")]
+        if found:
+            self._endpoints, self._every_node = found, True
+
     def rediscover(self) -> None:
         """Forget the nodes found so far (for commands that poll while nodes come and go)."""
         self._endpoints = None

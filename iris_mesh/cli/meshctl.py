@@ -147,6 +147,8 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
         reached = True
         try:
             target.rediscover()
+            if args.node:  # every node in its view, or only its own view is checked
+                target.widen_to_view()
             problem, seen = _mesh_problem(target, args.expect)
         except CtlError as exc:
             if "authentication failed" in str(exc) or "another cookie" in str(exc):

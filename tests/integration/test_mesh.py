@@ -236,6 +236,9 @@ def test_ping_and_replicas_through_meshctl(local_cluster: LocalCluster) -> None:
     read = meshctl(local_cluster, "--node", admin, "get", "offline_msg", "test_key", "--json")
     missing = meshctl(local_cluster, "--node", admin, "get", "offline_msg", "no_such_key", "--json")
     pong_json = meshctl(local_cluster, "--node", admin, "ping", "core3", "--json")
+    # Without mDNS: every node in core1's view is asked, not core1 alone.
+    mesh = meshctl(local_cluster, "--node", admin, "mesh", "--expect", "3", "--wait", "5")
+    assert mesh.returncode == 0 and "mesh complete: 3 nodes" in mesh.stdout, mesh.stdout + mesh.stderr
     assert [c.returncode for c in (put, read, missing, pong_json)] == [0, 0, 1, 0], [put, read, missing, pong_json]
     docs = [json.loads(c.stdout) for c in (put, read, missing, pong_json)]
     assert [d["ok"] for d in docs] == [True, True, False, True]
