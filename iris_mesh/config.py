@@ -30,6 +30,7 @@ __all__ = [
     "ROLES",
     "ConfigError",
     "NodeConfig",
+    "env_typos",
     "load_config",
     "read_cookie",
     "replace_config",
@@ -350,10 +351,24 @@ def _parse_env(key: str, text: str) -> Any:
         raise _key_error(key, f"must be {_RULES[key].expect}, got {text!r}") from None
 
 
+def env_typos(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each IRIS_MESH_* variable that is no key but close to one (ignored, so likely a typo)."""
+    environ = os.environ if env is None else env
+    keys = {ENV_PREFIX + key.upper(): key for key in _FIELD_NAMES}
+    out = []
+    for var in sorted(environ):
+        if var.startswith(ENV_PREFIX) and var not in keys and var != COOKIE_ENV:
+            close = difflib.get_close_matches(var, list(keys), n=1, cutoff=0.85)
+            if close:
+                out.append(f"ignoring environment variable {var}: not a config key (did you mean {close[0]}?)")
+    return out
+
+
 def load_config(path: str | os.PathLike[str] | None, *, env: Mapping[str, str] | None = None) -> NodeConfig:
     """Build the config from dataclass defaults, then the TOML file at `path`, then IRIS_MESH_<KEY> in `env`.
 
-    Unknown keys in the file are errors; unknown IRIS_MESH_* variables (and IRIS_MESH_COOKIE) are ignored.
+    Unknown keys in the file are errors; unknown IRIS_MESH_* variables (and IRIS_MESH_COOKIE) are ignored
+    (`env_typos` names those that look like a misspelt key).
     """
     environ = os.environ if env is None else env
     values: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from loguru import logger
 
 from iris_mesh import PROTOCOL_VERSION, __version__
 from iris_mesh.cli._logging import setup_logging
-from iris_mesh.config import ConfigError, load_config, read_cookie
+from iris_mesh.config import ConfigError, env_typos, load_config, read_cookie
 from iris_mesh.membership import DiscoveryError
 from iris_mesh.sockets import BindError
 from iris_mesh.store import StoreError
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iris-mesh: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.node_id, config.log_level)
+    for typo in env_typos():
+        logger.warning("{}", typo)
     from iris_mesh.node import Node  # after logging is set up: importing starts nothing
 
     stop = threading.Event()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iris_mesh.config import ConfigError, NodeConfig, load_config, read_cookie, replace_config
+from iris_mesh.config import ConfigError, NodeConfig, env_typos, load_config, read_cookie, replace_config
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO / "config"
@@ -116,6 +116,17 @@ def test_env_empty_string_is_empty_list(tmp_path: Path) -> None:
 def test_unknown_and_cookie_env_variables_are_ignored() -> None:
     env = {"IRIS_MESH_NODE_ID": "n1", "IRIS_MESH_COOKIE": "secret", "IRIS_MESH_NO_SUCH_KEY": "x"}
     assert load_config(None, env=env) == NodeConfig(node_id="n1")
+
+
+def test_an_ignored_env_variable_close_to_a_key_is_named_as_a_likely_typo() -> None:
+    env = {"IRIS_MESH_NODE_ID": "n1", "IRIS_MESH_HEARTBEAT_INTERVAL": "5", "IRIS_MESH_REPLICATIONFACTOR": "1",
+           "IRIS_MESH_COOKIE": "secret", "IRIS_MESH_NO_SUCH_KEY": "x"}
+    assert load_config(None, env=env) == NodeConfig(node_id="n1")
+    assert env_typos(env) == [
+        "ignoring environment variable IRIS_MESH_HEARTBEAT_INTERVAL: not a config key (did you mean "
+        "IRIS_MESH_HEARTBEAT_INTERVAL_S?)",
+        "ignoring environment variable IRIS_MESH_REPLICATIONFACTOR: not a config key (did you mean "
+        "IRIS_MESH_REPLICATION_FACTOR?)"]
 
 
 def test_cookie_file_env_is_a_key() -> None:
