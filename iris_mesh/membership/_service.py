@@ -32,6 +32,7 @@ _MAX_CLIENT_COUNT = 1 << 32
 # member learns all of them even without mDNS.
 _GOSSIP_EVERY = 4
 _SEED_RETRY_S = 1.0
+_SEED_QUIET_WARN_S = 10.0  # a seed tried this long without a node answering from it is warned of (once)
 _FLAP_WINDOW_S = 30.0
 _FLAP_LIMIT = 6
 
@@ -98,6 +99,8 @@ class MembershipService:
         # This node's own count for its heartbeats (set on edges: how many sessions are logged in here).
         self.clients_here: Callable[[], int] | None = None
         self._next_seed_check = 0.0
+        self._seed_tried_since: dict[str, float] = {}  # seed endpoint no node answered from -> when first tried
+        self._seeds_warned: set[str] = set()
         self._last_decision: GuardDecision | None = None
         self._stopped_on_purpose: set[str] = set()  # peers whose last change was a planned stop (they said bye)
         self._confirmed: dict[str, int] = {}  # node -> the newest incarnation the node itself sent us a card of
@@ -206,7 +209,7 @@ class MembershipService:
             self._on_transition(transition, now)
         self._evaluate_guard(now)
         if now >= self._next_seed_check:
-            all_sent = self._tend_seeds()
+            all_sent = self._tend_seeds(now)
             self._next_seed_check = now + (_SEED_RETRY_S if all_sent else 0.05)
         return max(0.0, min(self._next_heartbeat - now, 0.05))
 
@@ -540,8 +543,12 @@ class MembershipService:
             return
         self._clients[src] = (incarnation, count)
 
-    def _tend_seeds(self) -> bool:
-        """Say HELLO on a seed link to each seed endpoint of no known node; False if one could not be sent yet."""
+    def _tend_seeds(self, now: float) -> bool:
+        """Say HELLO on a seed link to each seed endpoint of no known node; False if one could not be sent yet.
+
+        A seed that no node answers from for _SEED_QUIET_WARN_S is warned of, once until one does: with another
+        cookie neither side can read the other's frames, and neither would say anything else.
+        """
         assert self._io is not None
         # A known node keeps its peer link (zmq reconnects it), so only unknown seeds need one.
         linked = {card.mesh_endpoint for card in self.cards.values()}
@@ -549,7 +556,16 @@ class MembershipService:
         all_sent = True
         for endpoint in self._seeds:
             if endpoint in linked:
+                self._seed_tried_since.pop(endpoint, None)
+                self._seeds_warned.discard(endpoint)
                 continue
+            since = self._seed_tried_since.setdefault(endpoint, now)
+            if now - since >= _SEED_QUIET_WARN_S and endpoint not in self._seeds_warned and not self.cards:
+                self._seeds_warned.add(endpoint)
+                logger.warning("seed {} has not answered for {:g} s, and no other node either: is a node of cluster "
+                               "{} running there, with this cluster's cookie? (with another cookie neither side can "
+                               "read the other, and neither logs it)", endpoint.removeprefix("tcp://"),
+                               _SEED_QUIET_WARN_S, self.card.cluster)
             if endpoint not in open_seeds:
                 self._io.async_open_seed(endpoint)
             all_sent = self._io.async_send_seed(endpoint, "hello", card=self.card.to_wire()) and all_sent

@@ -74,13 +74,14 @@ def hello(src: PeerCard) -> dict[str, Any]:
     return envelope("hello", src=src.node_id, inc=src.incarnation, seq=1, card=src.to_wire())
 
 
-def membership(meta: Meta | None = None, forgotten: tuple[str, ...] = ()) -> tuple[MembershipService, FakeMesh]:
+def membership(meta: Meta | None = None, forgotten: tuple[str, ...] = (),
+               seeds: tuple[str, ...] = ()) -> tuple[MembershipService, FakeMesh]:
     me = card("core1", 1, 5000)
     service = MembershipService(
         card=me, detector=FailureDetector(suspect_after_s=0.8, dead_after_s=1.2),
         guard=PartitionGuard(self_id="core1", self_is_core=True, safe_mode_exit_s=1.0,
                              expected_cores={"core1", "core2", "core3"}),
-        expected_store=meta or Meta(), heartbeat_interval_s=0.25, forgotten=forgotten,
+        expected_store=meta or Meta(), heartbeat_interval_s=0.25, forgotten=forgotten, seeds=list(seeds),
     )
     mesh = FakeMesh()
     service.async_attach(mesh, T0)  # type: ignore[arg-type]
@@ -335,5 +336,26 @@ def test_an_expected_core_that_runs_as_an_edge_is_named_and_can_be_taken_out_of_
         assert service.status_view()["misplaced"] == {} and service.status_view()["missing"] == []
         with pytest.raises(ValueError, match="core2 is alive; stop it before forgetting it"):
             service.async_forget("core2")
+    finally:
+        logger.remove(handler)
+
+
+def test_a_seed_nobody_answers_from_is_warned_of_once_naming_the_cookie() -> None:
+    # A seed of another cookie: CURVE fails without a word on either side, and the node stays alone.
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
+    try:
+        service, _mesh = membership(seeds=("127.0.0.1:6000",))
+        for n in range(1, 60):  # 14.75 s of ticks
+            service.async_tick(T0 + 0.25 * n)
+        said = [line for line in lines if line.startswith("seed ")]
+        assert said == ["seed 127.0.0.1:6000 has not answered for 10 s, and no other node either: is a node of "
+                        "cluster c running there, with this cluster's cookie? (with another cookie neither side can "
+                        "read the other, and neither logs it)"]
+        # Once a node answers from it, all is well; it is not warned of again.
+        service.async_on_hello(hello(card("core2", 7, 6000)), T0 + 15.0)
+        for n in range(61, 140):
+            service.async_tick(T0 + 0.25 * n)
+        assert [line for line in lines if line.startswith("seed ")] == said
     finally:
         logger.remove(handler)
