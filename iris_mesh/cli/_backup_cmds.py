@@ -129,7 +129,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise CtlError(_missing_cores_text(exc.missing, args), EXIT_CHECK_FAILED) from None
     except StoreError as exc:
         raise CtlError(f"restore failed: {exc}", EXIT_CHECK_FAILED) from None
-    restored = {core: str(data_root / core) for core in done.kept}
+    restored = {core: str((data_root / core).resolve()) for core in done.kept}
     replaced = {core: str(path) for core, path in {**done.kept, **done.emptied}.items() if path is not None}
     text = "restored " + ", ".join(restored) + "; start the cluster again"
     if done.emptied:

@@ -529,15 +529,18 @@ def _user_name(text: str) -> str:
     return text
 
 
+_MOST = 10**9  # the largest count or number of seconds meshctl takes (about 31 years)
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type: a number of `kind` above zero."""
+    """An argparse type: a number of `kind` above zero and at most _MOST (inf and nan are no numbers here)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be above zero, got {text}")
+        if not 0 < value <= _MOST:  # also false for nan
+            raise argparse.ArgumentTypeError(f"must be above zero and at most {_MOST:,}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse

@@ -77,6 +77,9 @@ def test_a_timeout_or_count_that_is_not_above_zero_is_a_usage_error(argv: list[s
 @pytest.mark.parametrize(("argv", "says"), [
     (["token", "bad user"], "'bad user' is not a user name"),
     (["token", "alice", "--ttl", "0"], "must be above zero"),
+    (["token", "alice", "--ttl", "inf"], "must be above zero and at most 1,000,000,000, got inf"),
+    (["token", "alice", "--ttl", "1e300"], "at most 1,000,000,000"),
+    (["--timeout", "nan", "status"], "at most 1,000,000,000, got nan"),
     (["--mdns-interface", "eth0", "status"], "'eth0' is not an IPv4 address"),
     (["--mdns-interface", "0.0.0.0", "status"], "0.0.0.0 is no interface"),
 ])
