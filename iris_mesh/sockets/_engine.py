@@ -46,6 +46,9 @@ T = TypeVar("T")
 # How many frames one socket may hand over per loop turn, so timers (heartbeats)
 # are never starved by a flood on one socket.
 _BATCH = 512
+# How long one turn may spend on client frames: a flood of frames that are costly to decode (valid CBOR of a million
+# tiny items, from anyone who can reach the client port) must not hold back heartbeats past dead_after_s.
+_CLIENT_FRAMES_PER_TURN_S = 0.05
 # How many posted callables run per loop turn: a flood of posts (writes from another
 # thread) goes out in frames of this many while the next ones are still being made,
 # and timers are not starved either.
@@ -493,9 +496,23 @@ class Engine(PeerLinks):
             self._guard(self._handler.async_on_admin, request, now)
 
     def _drain_gateway(self, now: float) -> None:
+        """Up to _BATCH client frames, for at most _CLIENT_FRAMES_PER_TURN_S: the rest wait in the socket for the
+        next turn, after the timers."""
         assert self._gateway is not None
         limit = self._tuning.max_frame_bytes
-        for frames in self._drain(self._gateway):
+        sock, clock = self._gateway, self._clock
+        get, recv = sock.getsockopt, sock.recv_multipart
+        deadline = clock() + _CLIENT_FRAMES_PER_TURN_S
+        for _ in range(_BATCH):
+            if clock() >= deadline:
+                self.counters["client_turns_cut"] += 1
+                break
+            if not get(zmq.EVENTS) & zmq.POLLIN:
+                break
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
             route = frames[0]
             if len(frames) != 2:
                 self.counters["client_dropped_malformed"] += 1
