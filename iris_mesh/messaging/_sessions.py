@@ -14,6 +14,9 @@ ACKED_MEMORY = 1024
 # A hold ends when its head is sent again, or after this long: a client resends a send that failed
 # retryably within its backoff (the Python SDK: retry_max_s, 2 s by default), or has given up on it.
 HOLD_MAX_S = 10.0
+# Holds one session keeps at most (a client refused for sends to ever new recipients must not grow memory without
+# bound): past it the expired ones go, then the oldest.
+MAX_HOLDS = 256
 
 
 @dataclass(slots=True)
@@ -102,7 +105,12 @@ class Session:
         """
         current = self.holds.get(to)
         if current is None or now - current.since > HOLD_MAX_S:
+            self.holds.pop(to, None)  # newest last
             self.holds[to] = Hold(head, code, now)
+            if len(self.holds) > MAX_HOLDS:
+                self.holds = {key: h for key, h in self.holds.items() if now - h.since <= HOLD_MAX_S}
+                while len(self.holds) > MAX_HOLDS:
+                    del self.holds[next(iter(self.holds))]
 
     def held(self, to: str, msg_id: bytes, now: float) -> Hold | None:
         """The hold a send of `msg_id` to `to` is refused by, or None; the head's resend lifts the hold."""

@@ -26,7 +26,7 @@ from iris_mesh.messaging._edge import EdgeSettings
 from iris_mesh.messaging._inbox import StoredMessage, encode_presence, encode_stored, inbox_key, presence_key
 from iris_mesh.messaging._inbox_feed import InboxFeed
 from iris_mesh.messaging._protocol import Limits, SyncRequest
-from iris_mesh.messaging._sessions import HOLD_MAX_S, SessionTable
+from iris_mesh.messaging._sessions import HOLD_MAX_S, MAX_HOLDS, SessionTable
 from iris_mesh.messaging._tokens import issue_token
 
 from support.edge_fakes import FakeStore, mid
@@ -143,6 +143,21 @@ def test_a_hold_is_per_session_and_per_recipient() -> None:
     assert edge.outcome(ALICE, edge.send(ALICE, "carol", 21)) == "sent:stored", "a send to another recipient was held"
     assert edge.outcome(ALICE2, edge.send(ALICE2, "bob", 22)) == "sent:stored", "another session's send was held"
     assert edge.outcome(ALICE, edge.send(ALICE, "bob", 23)) == "error:unavailable"
+
+
+def test_a_session_refused_for_sends_to_ever_new_recipients_keeps_a_bounded_number_of_holds() -> None:
+    edge = Edge(Limits(send_rate_per_s=1, send_burst=1))
+    edge.log_in(ALICE, "alice")
+    edge.outcome(ALICE, edge.send(ALICE, "bob", 1))  # the one token
+    for n in range(3 * MAX_HOLDS):
+        edge.request(ALICE, "send", id=mid(100 + n), to=f"u{n}", body=b"x")  # each rate_limited: a hold per recipient
+    session = edge.service.sessions.get(ALICE)
+    assert session is not None and len(session.holds) == MAX_HOLDS
+    assert f"u{3 * MAX_HOLDS - 1}" in session.holds  # the newest kept
+    edge.now += HOLD_MAX_S + 1
+    edge.request(ALICE, "send", id=mid(99), to="last", body=b"x")  # past the bound again: the expired ones go
+    edge.request(ALICE, "send", id=mid(98), to="last2", body=b"x")
+    assert set(session.holds) <= {"last", "last2"}
 
 
 # ---- acks of ids the session was not handed ---------------------------------------------------
