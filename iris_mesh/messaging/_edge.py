@@ -353,6 +353,12 @@ class EdgeService:
             return
         inflight = self._inflight.get((sender, request.id))
         if inflight is not None:
+            # A resend joins the send in flight: it waits for the same answer, and counts like any send waiting.
+            if session.pending_sends >= self._limits.max_pending_deliveries:
+                self.send_latency.record_failure(now)
+                self._to_client(session.route, build_error(
+                    "too_many_pending", f"{session.pending_sends} sends are waiting for their answer", cid=request.cid))
+                return
             inflight.waiters.append((session, request.cid))
             session.pending_sends += 1
             return

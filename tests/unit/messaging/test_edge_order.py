@@ -289,6 +289,18 @@ def test_a_resend_that_joins_its_send_in_flight_counts_until_answered() -> None:
     assert edge.reply(ALICE, refused)["code"] == "too_many_pending"
 
 
+def test_resends_of_a_send_in_flight_are_refused_once_the_session_has_its_limit_waiting() -> None:
+    # A flood of resends of one id in flight must not pile up waiters (and as many `sent` frames) without bound.
+    edge = Edge(Limits(max_pending_deliveries=3))
+    edge.log_in(ALICE, "alice")
+    cids = [edge.send(ALICE, "carol", 1) for _ in range(10)]
+    answers = [f["code"] for f in edge.take(ALICE, "error")]
+    assert answers == ["too_many_pending"] * 7
+    edge.store.run()
+    assert [f["cid"] for f in edge.take(ALICE, "sent")] == cids[:3]
+    assert edge.outcome(ALICE, edge.send(ALICE, "dave", 2)) == "sent:stored"  # nothing left waiting
+
+
 # ---- ids from a wrong clock ----------------------------------------------------------------------
 
 
