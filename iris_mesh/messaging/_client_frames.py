@@ -18,7 +18,6 @@ out of range).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
@@ -289,6 +288,9 @@ def _parse_pong(msg: Mapping[Any, Any]) -> PongReply:
     return PongReply(cid=_cid(msg, "pong"), user=user)
 
 
+_MAX_RETRY_AFTER_S = 86_400
+
+
 def _parse_error(msg: Mapping[Any, Any]) -> ErrorReply:
     cid = _cid(msg, "error") if msg.get("cid") is not None else None
     code = _text(msg, "code", "error")
@@ -301,8 +303,9 @@ def _parse_error(msg: Mapping[Any, Any]) -> ErrorReply:
     if retry_after is not None:
         if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
             raise _bad("error", f"'retry_after' must be a number, got {_quote(retry_after)}")
-        if not (math.isfinite(retry_after) and retry_after >= 0):
-            raise _bad("error", f"'retry_after' must be a finite number >= 0, got {_quote(retry_after)}")
+        if not 0 <= retry_after <= _MAX_RETRY_AFTER_S:  # false for nan; no float() of a huge integer before it
+            raise _bad("error", f"'retry_after' must be a number of seconds from 0 to {_MAX_RETRY_AFTER_S:,}, "
+                                f"got {_quote(retry_after)}")
         retry_after = float(retry_after)
     return ErrorReply(cid=cid, code=code, detail=detail, retry_after_s=retry_after)
 
@@ -355,5 +358,9 @@ def parse_server_frame(msg: object) -> ServerFrame:
         raise ProtocolError("unknown_op", f"{_quote(op)} is not an op a server sends")
     try:
         return parser(msg)
+    except ProtocolError:
+        raise
     except ValueError as exc:  # Delivery's own checks
         raise _bad(op, str(exc)) from None
+    except Exception as exc:  # a check that chokes on a hostile value (a huge integer) must not escape as another error
+        raise _bad(op, f"a field could not be checked ({type(exc).__name__})") from None

@@ -199,7 +199,7 @@ def _decode(frame: bytes, max_frame_bytes: int) -> dict[str, Any]:
     except Exception as exc:  # cbor2 raises several types on hostile input; all mean "bad frame"
         tag = _refused_tag(exc)
         if tag is None:
-            raise FrameError("bad_frame", f"not valid CBOR: {exc}") from None
+            raise FrameError("bad_frame", f"not valid CBOR: {_shortened(str(exc))}") from None
         if frame[:1] and 0xC0 <= frame[0] <= 0xDB:  # the whole frame is tagged
             raise FrameError("bad_frame", f"frame is a tagged CBOR map (tag {tag}): send the map itself, without "
                                           "a tag") from None
@@ -223,6 +223,13 @@ def _decode(frame: bytes, max_frame_bytes: int) -> dict[str, Any]:
     if not isinstance(op, str) or not op:
         raise FrameError("bad_frame", "frame has no text 'op'", ids)
     return msg
+
+
+_MAX_DETAIL_CHARS = 200  # of the decoder's words in an error reply: they may quote the frame (a duplicate key)
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _MAX_DETAIL_CHARS else f"{text[:_MAX_DETAIL_CHARS]}... ({len(text):,} characters)"
 
 
 def decode_mesh(frame: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict[str, Any]:

@@ -184,6 +184,7 @@ _DROP = object()
         (_with(build_error("rate_limited", "x", cid=1), retry_after=math.nan), "bad_request"),
         (_with(build_error("rate_limited", "x", cid=1), retry_after=math.inf), "bad_request"),
         (_with(build_error("rate_limited", "x", cid=1), retry_after=True), "bad_request"),
+        (_with(build_error("rate_limited", "x", cid=1), retry_after=1 << 1100), "bad_request"),  # no OverflowError
         (_with(build_hello("e", DEFAULT_LIMITS), node=""), "bad_request"),
         (_with(build_hello("e", DEFAULT_LIMITS), limits=[1]), "bad_request"),
         (_with(build_hello("e", DEFAULT_LIMITS), limits={"sync_page": 0}), "bad_request"),

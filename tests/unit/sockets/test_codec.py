@@ -43,6 +43,16 @@ def test_bad_frames_are_refused_with_a_code(frame: bytes, code: str) -> None:
     assert info.value.code == code
 
 
+def test_the_error_for_a_duplicate_key_does_not_quote_a_huge_key_back() -> None:
+    # cbor2 names the key; echoed whole, a 600 KB frame drew a 1.2 MB error reply (over the frame limit).
+    key = "\x00" * 300_000
+    frame = b"\xa2" + cbor2.dumps(key) + b"\x01" + cbor2.dumps(key) + b"\x02"
+    with pytest.raises(FrameError) as info:
+        decode(frame)
+    detail = str(info.value)
+    assert detail.startswith("not valid CBOR: ") and "Duplicate" in detail and len(detail) < 300, detail[:400]
+
+
 @pytest.mark.parametrize(
     ("fields", "ids"),
     [
