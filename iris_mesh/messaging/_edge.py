@@ -96,6 +96,7 @@ __all__ = ["EdgeService", "EdgeSettings"]
 _RECENT_TTL_S = 600.0  # a resend with a known id is answered from memory this long
 _STORED_TAILS_MAX = 100_000  # pairs whose last stored id the origin remembers (the oldest is forgotten first)
 _STORED_AFTER_LIVE_MAX = 10_000  # live sends stored after their deliver timeout, remembered for a late ack
+_RATES_PRUNE_S = 60.0  # how often the rate limiters of users idle long enough to have full buckets are dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,9 @@ class EdgeService:
         self._limits = settings.limits
         self._gateway: Gateway | None = None
         self.sessions = SessionTable()
-        self._rates: dict[str, RateLimiter] = {}
+        self._rates: dict[str, RateLimiter] = {}  # per user: sends
+        self._read_rates: dict[str, RateLimiter] = {}  # per user: sync and presence requests
+        self._next_rates_prune = 0.0
         self._pairs: dict[tuple[str, str], collections.deque[_Send]] = {}
         self._inflight: dict[tuple[str, bytes], _Send] = {}
         self._live: dict[tuple[str, bytes], _Send] = {}  # (recipient, id) -> send awaiting a live ack
@@ -246,7 +249,22 @@ class EdgeService:
         if needs_login and session.user is None:
             self._to_client(route, build_error("not_logged_in", f"log in before {request.op}", cid=getattr(request, "cid", None)))
             return
+        if isinstance(request, (SyncRequest, PresenceRequest)):  # each costs a quorum scan on the cores
+            assert session.user is not None
+            wait = self._rate_of(self._read_rates, session.user).try_take(now)
+            if wait > 0:
+                self.counters["reads_rate_limited"] += 1
+                self._to_client(route, build_error(
+                    "rate_limited", f"{session.user} asks for inbox pages and presence faster than "
+                    f"{self._limits.send_rate_per_s}/s", cid=request.cid, retry_after_s=wait))
+                return
         handler(session, request, now)
+
+    def _rate_of(self, rates: dict[str, RateLimiter], user: str) -> RateLimiter:
+        limiter = rates.get(user)
+        if limiter is None:
+            limiter = rates[user] = RateLimiter(self._limits.send_rate_per_s, self._limits.send_burst)
+        return limiter
 
     def _hello(self, session: Session, request: HelloRequest, now: float) -> None:
         session.can_move = request.moves
@@ -376,10 +394,7 @@ class EdgeService:
             self._to_client(session.route, build_error(
                 "too_many_pending", f"{session.pending_sends} sends are waiting for their answer", cid=request.cid))
             return
-        limiter = self._rates.get(sender)
-        if limiter is None:
-            limiter = self._rates[sender] = RateLimiter(self._limits.send_rate_per_s, self._limits.send_burst)
-        wait = limiter.try_take(now)
+        wait = self._rate_of(self._rates, sender).try_take(now)
         if wait > 0:
             self.send_latency.record_failure(now)
             session.hold(request.to, request.id, "rate_limited", now)
@@ -611,6 +626,11 @@ class EdgeService:
         self._minbox.tick()
         self._inbox.async_tick(now)
         self._presence.async_tick(now)
+        if now >= self._next_rates_prune:  # a full bucket is what a new one would be: drop it
+            self._next_rates_prune = now + _RATES_PRUNE_S
+            for rates in (self._rates, self._read_rates):
+                for user in [user for user, limiter in rates.items() if limiter.is_full(now)]:
+                    del rates[user]
         dead = {edge for edge in self._minbox.seen if edge != self.node_id and not self._is_alive(edge)}
         died, self._dead_edges = dead - self._dead_edges, dead
         for send in [s for s in self._live.values() if s.offered & died] if died else ():

@@ -34,7 +34,7 @@ class PresenceBook:
     """Writes this edge's presence rows, finds a user's edges (cached briefly), answers the `presence` op."""
 
     __slots__ = ("_node_id", "_run", "_run_of", "_store", "_sessions", "_wall_ms", "_now", "_to_client", "_cache",
-                 "_live_edges", "_counters", "_unsaved", "_refused", "_next_retry")
+                 "_live_edges", "_counters", "_unsaved", "_refused", "_writing", "_next_retry")
 
     def __init__(
         self,
@@ -66,14 +66,20 @@ class PresenceBook:
         self._counters = counters
         self._unsaved: dict[str, bytes] = {}  # user -> the newest row of this edge not yet stored
         self._refused: set[str] = set()  # users whose newest row the store refused: made again at the next retry
+        self._writing: set[str] = set()  # users whose row is being written now
         self._next_retry = 0.0
 
     def async_write(self, user: str, online: bool, now: float) -> None:
-        """Record that `user` is (no longer) online on this edge; the cached entry for `user` goes."""
+        """Record that `user` is (no longer) online on this edge; the cached entry for `user` goes.
+
+        One write per user is in flight at a time: a state that comes meanwhile goes when it is answered (the
+        newest only), so logging in and out in a loop costs at most one write per round trip to the cores.
+        """
         self.forget(user)
         self._unsaved[user] = encode_presence(online, self._wall_ms(), self._run)
         self._refused.discard(user)
-        self._async_put(user, now)
+        if user not in self._writing:
+            self._async_put(user, now)
 
     def async_tick(self, now: float) -> None:
         """Make the refused writes again (each user's newest state), at most every _RETRY_S."""
@@ -87,11 +93,13 @@ class PresenceBook:
 
     def _async_put(self, user: str, now: float) -> None:
         row = self._unsaved[user]
+        self._writing.add(user)
 
         def done(result: Any) -> None:
+            self._writing.discard(user)
             if self._unsaved.get(user) is not row:
-                return  # a newer state went out after this one: its answer decides
-            if result.ok:
+                self._async_put(user, self._now())  # a newer state came meanwhile: it goes now
+            elif result.ok:
                 del self._unsaved[user]
             else:
                 self._refused.add(user)

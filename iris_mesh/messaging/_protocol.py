@@ -77,7 +77,7 @@ ERROR_CODES: Final[Mapping[str, str]] = MappingProxyType(
         "unknown_op": "the op is not a client-to-server op of this protocol version",
         "unavailable": "the replicas or the region needed for the request cannot be reached now",
         "partition_detected": "the recipient's cores are in safe mode after a partition and refuse writes",
-        "rate_limited": "the user sends faster than send_rate_per_s allows; wait retry_after seconds",
+        "rate_limited": "the user sends, or asks for inbox pages and presence, faster than send_rate_per_s allows (each has its own budget); wait retry_after seconds",
         "inbox_full": "the recipient's offline inbox is full until the recipient reads and acks",
         "too_many_pending": "the session has max_pending_deliveries sends still waiting for their sent",
         "no_quorum": ("a CP-mode write could not reach a Raft majority of the region's cores "

@@ -1,11 +1,14 @@
 """Presence through EdgeService: what `presence` answers and where a send is offered, when edges crash, restart
-or cannot store their rows. Sans-IO, with the fake store and manual clock of support.edge_harness."""
+or cannot store their rows; what a client asking or logging in and out in a loop costs the cores. Sans-IO, with
+the fake store and manual clock of support.edge_harness."""
 
 from __future__ import annotations
 
 from iris_mesh.messaging._inbox import decode_presence, encode_presence, presence_key
+from iris_mesh.messaging._protocol import Limits
+from iris_mesh.messaging._tokens import issue_token
 
-from support.edge_harness import Edge, WALL_S
+from support.edge_harness import SECRET, WALL_S, Edge
 
 ALICE = b"alice"
 LOGIN_MS = (WALL_S + 50) * 1000
@@ -82,3 +85,50 @@ def test_a_presence_row_the_store_refused_is_written_again_until_stored_newest_s
     edge.now += 1.0
     edge.service.async_tick(edge.now)
     assert [p for p in edge.store.puts[puts_before + 1:] if p[0] == "presence"] == []  # stored: no more writes
+
+
+def test_logging_in_and_out_in_a_loop_writes_one_row_at_a_time_and_ends_with_the_newest() -> None:
+    edge = Edge()
+    token = issue_token(SECRET, "bob", WALL_S + 3600)
+    puts_before = len(edge.store.puts)
+    for _ in range(100):  # the store has not answered the first write yet
+        edge.request(b"bob", "login", user="bob", token=token)
+        edge.request(b"bob", "logout")
+    presence_puts = [p for p in edge.store.puts[puts_before:] if p[0] == "presence"]
+    assert len(presence_puts) == 1
+    edge.store.run()
+    presence_puts = [p for p in edge.store.puts[puts_before:] if p[0] == "presence"]
+    assert len(presence_puts) == 2  # the first, then the newest state that came meanwhile
+    assert decode_presence(edge.store.tables["presence"][presence_key("bob", "edge1")]).on is False
+
+
+def test_presence_and_sync_requests_have_their_own_rate_budget() -> None:
+    # Each costs a quorum scan on the cores: a client asking in a loop must not load them for everyone.
+    edge = Edge(Limits(send_rate_per_s=1, send_burst=3))
+    edge.log_in(ALICE, "alice", sync=False)
+    cids = [edge.request(ALICE, "presence", user="bob") for _ in range(3)]
+    cids.append(edge.request(ALICE, "sync", cursor=None))
+    refused = edge.reply(ALICE, cids[-1])
+    assert (refused["code"], refused["retry_after"]) == ("rate_limited", 1.0)
+    edge.store.run()
+    assert [edge.reply(ALICE, cid)["op"] for cid in cids[:3]] == ["presence"] * 3
+    assert edge.outcome(ALICE, edge.send(ALICE, "bob", 1)) == "sent:stored"  # sends have a budget of their own
+    assert edge.service.counters["reads_rate_limited"] == 1
+    edge.now += 1.0
+    cid = edge.request(ALICE, "sync", cursor=None)
+    edge.store.run()
+    assert edge.reply(ALICE, cid)["op"] == "inbox"
+
+
+def test_the_rate_budgets_of_users_gone_quiet_are_let_go() -> None:
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.request(ALICE, "presence", user="bob")
+    edge.outcome(ALICE, edge.send(ALICE, "bob", 1))
+    edge.store.run()
+    edge.service.async_tick(edge.now)
+    assert "alice" in edge.service._rates and "alice" in edge.service._read_rates  # still refilling
+    edge.now += 61.0
+    edge.request(ALICE, "ping")
+    edge.service.async_tick(edge.now)
+    assert not edge.service._rates and not edge.service._read_rates
