@@ -12,7 +12,7 @@ from iris_mesh._process import process_usage
 from iris_mesh.membership import MembershipService, Placement
 from iris_mesh.messaging import EdgeService, moves_text
 from iris_mesh.sockets import AdminRequest, Engine
-from iris_mesh.store import CLOCK_SAVE_INTERVAL_S, StoreAdmin, StoreService, partition_key
+from iris_mesh.store import ClockKeeper, StoreAdmin, StoreService, partition_key
 
 __all__ = ["NodeRuntime"]
 
@@ -44,10 +44,9 @@ class NodeRuntime:
         store_admin: StoreAdmin,
         edge: EdgeService | None,
         started_at: float,
-        clock_saver: Callable[[], None] | None = None,
+        clock_keeper: ClockKeeper | None = None,
     ) -> None:
-        self._clock_saver = clock_saver
-        self._next_clock_save = 0.0
+        self._clock_keeper = clock_keeper
         self.membership = membership
         self.placement = placement
         self.store = store
@@ -130,6 +129,10 @@ class NodeRuntime:
             self.edge.async_on_client(route, msg, now)
 
     def async_after_batch(self, now: float) -> float | None:
+        if self._clock_keeper is not None:
+            # So that a restart never makes versions older than ones this node already made: the turn's writes
+            # are committed (and fsync'd) after this reading is written.
+            self._clock_keeper.async_check(now)
         return self.store.async_after_batch(now)
 
     def async_tick(self, now: float) -> float:
@@ -140,10 +143,8 @@ class NodeRuntime:
                     ping.request.reply(
                         {"ok": False, "error": "pang", "detail": f"no answer from {ping.node_id} within {_PING_TIMEOUT_S} s"}
                     )
-        if self._clock_saver is not None and now >= self._next_clock_save:
-            # So that a restart never makes versions older than ones this node already made.
-            self._next_clock_save = now + CLOCK_SAVE_INTERVAL_S
-            self._clock_saver()
+        if self._clock_keeper is not None:
+            self._clock_keeper.async_check(now)
         store_wait_s = self.store.async_tick(now)
         if self.edge is not None:
             self.edge.async_tick(now)
@@ -151,8 +152,8 @@ class NodeRuntime:
         return wait_s if store_wait_s is None else min(wait_s, store_wait_s)
 
     def async_on_stop(self, now: float) -> None:
-        if self._clock_saver is not None:
-            self._clock_saver()
+        if self._clock_keeper is not None:
+            self._clock_keeper.save(now)
         if self.store.local is not None:
             self.store.local.close()
         logger.info("node {} stopped", self.membership.card.node_id)

@@ -25,6 +25,7 @@ from iris_mesh.membership import (
 from iris_mesh.messaging import EdgeService, EdgeSettings, Limits, token_secret
 from iris_mesh.sockets import Engine, SocketTuning, cluster_keys
 from iris_mesh.store import (
+    ClockKeeper,
     Database,
     Done,
     HybridClock,
@@ -181,7 +182,7 @@ class Node:
             membership.clients_here = edge.logged_in_count  # in its heartbeats, for the other edges' rebalancing
             store.other_latency["sends"] = edge.send_latency  # `meshctl latency`: what users of this edge feel
         self.runtime = NodeRuntime(
-            clock_saver=lambda: meta.save_clock(store.clock.last_hlc),
+            clock_keeper=ClockKeeper(meta, lambda: store.clock.last_hlc),
             membership=membership,
             placement=placement,
             store=store,

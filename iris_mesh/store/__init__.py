@@ -9,7 +9,7 @@ from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._journal import LocalJournal
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._keys import compose, partition_key
-from iris_mesh.store._meta import CLOCK_SAVE_INTERVAL_S, NodeMeta
+from iris_mesh.store._meta import CLOCK_SAVE_INTERVAL_S, ClockKeeper, NodeMeta
 from iris_mesh.store._scan import QuorumScanner, ScanDone
 from iris_mesh.store._service import USER_TABLES, StoreService
 from iris_mesh.store._versioned import HybridClock, Version, Versioned
@@ -23,6 +23,7 @@ __all__ = [
     "LocalJournal",
     "LocalStore",
     "MissingCores",
+    "ClockKeeper",
     "NodeMeta",
     "QuorumCoordinator",
     "Restored",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from iris_mesh.store._db import Database, StoreError
 
-__all__ = ["CLOCK_SAVE_INTERVAL_S", "CLUSTER_KEY", "EXPECTED_PREFIX", "NODE_ID_KEY", "NodeMeta"]
+__all__ = ["CLOCK_SAVE_INTERVAL_S", "CLUSTER_KEY", "EXPECTED_PREFIX", "NODE_ID_KEY", "ClockKeeper", "NodeMeta"]
 
 _INCARNATION = b"incarnation"
 # Keys a restore reads too (store/_backup.py), without opening the database for writing.
@@ -20,6 +21,9 @@ _LAST_HLC = b"last_hlc"
 CLOCK_SAVE_INTERVAL_S = 0.5
 _HLC_FLOOR_MAX = (1 << 64) - (1 << 32)  # leaves 2**32 versions
 _HLC_RESTART_MARGIN = 2_000 << 16
+# A reading this far past the last one saved is saved at once: a peer's clock ahead (merged, up to a minute) moves
+# this node's clock faster than the wall clock, past what the margin covers.
+_HLC_SAVE_JUMP = _HLC_RESTART_MARGIN // 2
 
 
 class NodeMeta:
@@ -91,3 +95,29 @@ class NodeMeta:
 
     def save_forgotten_cores(self, region: str, cores: frozenset[str] | set[str]) -> None:
         self._db.put_synced("meta", _FORGOTTEN_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())
+
+
+class ClockKeeper:
+    """Saves a clock's reading often enough that a restart's floor (the last saved + the margin) is above every
+    version the node made: every CLOCK_SAVE_INTERVAL_S, and at once when the clock ran ahead of that (a merged
+    reading of a peer whose clock is ahead). Engine thread only."""
+
+    __slots__ = ("_meta", "_reading", "_saved", "_next_at")
+
+    def __init__(self, meta: NodeMeta, reading: Callable[[], int]) -> None:
+        self._meta = meta
+        self._reading = reading
+        self._saved = -1
+        self._next_at = 0.0
+
+    def async_check(self, now: float) -> None:
+        """Save if due (call every loop turn, after its work and before its writes are committed)."""
+        hlc = self._reading()
+        if now >= self._next_at or hlc - self._saved > _HLC_SAVE_JUMP:
+            self.save(now)
+
+    def save(self, now: float) -> None:
+        hlc = self._reading()
+        self._meta.save_clock(hlc)
+        self._saved = hlc
+        self._next_at = now + CLOCK_SAVE_INTERVAL_S

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from iris_mesh.store import Database, HybridClock, NodeMeta, StoreError
-from iris_mesh.store._versioned import Versioned, encode_versioned
+from iris_mesh.store import ClockKeeper, Database, HybridClock, NodeMeta, StoreError
+from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
 
 def test_incarnation_grows_across_restarts_and_the_directory_is_claimed(tmp_path: Path) -> None:
@@ -113,3 +113,34 @@ def test_a_saved_reading_near_the_end_of_the_hlc_range_leaves_room_for_versions(
     clock = HybridClock("core1", meta.clock_floor())
     assert encode_versioned(Versioned(clock.now(wall_ms=5_000_000), b"v"))  # fits in 64 bits
     db.close()
+
+
+def test_a_clock_pulled_ahead_by_a_peer_is_saved_at_once_so_a_restart_starts_above_it(tmp_path: Path) -> None:
+    # A peer's clock 20 s ahead is merged; the node writes, and is killed before the next timed save.
+    wall = [5_000_000]
+    db = Database(tmp_path / "n")
+    meta = NodeMeta(db)
+    clock = HybridClock("core1", meta.clock_floor(), wall_ms=lambda: wall[0])
+    keeper = ClockKeeper(meta, lambda: clock.last_hlc)
+    keeper.async_check(now=100.0)
+    assert clock.observe(Version((wall[0] + 20_000) << 16, "core2"))
+    made = clock.now(wall_ms=wall[0])
+    keeper.async_check(now=100.01)  # the same turn: well before CLOCK_SAVE_INTERVAL_S
+    db.close()  # killed: nothing else saved
+
+    db = Database(tmp_path / "n")
+    restarted = HybridClock("core1", NodeMeta(db).clock_floor(), wall_ms=lambda: wall[0])
+    assert restarted.now(wall_ms=wall[0]) > made
+    db.close()
+
+
+def test_the_clock_is_saved_every_interval_and_not_at_every_turn() -> None:
+    class Saved(list):
+        save_clock = list.append
+
+    saved = Saved()
+    readings = iter(range(1 << 20, 1 << 30, 10 << 16))  # 10 ms of clock per turn: what the wall clock does
+    keeper = ClockKeeper(saved, lambda: next(readings))  # type: ignore[arg-type]
+    for turn in range(100):
+        keeper.async_check(now=100.0 + turn * 0.01)  # a turn every 10 ms for one second
+    assert len(saved) == 2  # at the start and after CLOCK_SAVE_INTERVAL_S
