@@ -206,14 +206,6 @@ class LocalStore:
         for key, item, raw, found in zip(keys, items, raws, stored):
             position += 1
             version, value = item
-            partition = None
-            if partition_limit is not None and value is not None:
-                cut = key.find(b"\x00")
-                partition = key if cut < 0 else key[:cut]
-                # A rewrite of a key the partition already holds is never refused.
-                if found is None and live_in_partition(table, partition) >= partition_limit:
-                    refused.append(position)
-                    continue
             ident = (table, key)
             current = ops.get(ident, _ABSENT)
             holder: Batch | None = staged
@@ -226,6 +218,15 @@ class LocalStore:
                         break
                 else:
                     current = None if found is None else decode(table, key, found)
+            partition = None
+            if partition_limit is not None and value is not None:
+                cut = key.find(b"\x00")
+                partition = key if cut < 0 else key[:cut]
+                # A rewrite of a key the partition already holds (on disk, or staged or written to be) is never
+                # refused.
+                if current is None and live_in_partition(table, partition) >= partition_limit:
+                    refused.append(position)
+                    continue
             current_version = None if current is None else current[0]  # type: ignore[index]
             add_current(current_version)
             if current_version is None or version > current_version or (

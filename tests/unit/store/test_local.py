@@ -267,6 +267,21 @@ def test_a_group_past_the_partition_limit_is_refused_from_the_row_over_it(store:
     assert local.live_in_partition(TABLE, b"bob") == 3
 
 
+def test_a_retry_of_a_write_staged_in_the_same_turn_is_not_refused_as_over_the_limit(
+        store: tuple[LocalStore, Engine]) -> None:
+    # A send and its retry (same id, same value) in one loop turn, the inbox one row short of its limit.
+    local, engine = store
+    acks = Acks()
+    assert local.async_apply(TABLE, b"bob\x00m0", v(1), acks("first"))
+    engine.turn_until(lambda: acks.got("first"), "the first message")
+    assert apply_group(local, [(b"bob\x00m1", v(2))], acks("send"), limit=2)[0] == []
+    refused, currents = apply_group(local, [(b"bob\x00m1", v(2))], acks("retry"), limit=2)
+    assert refused == [] and currents == [Version(2, "n1")]
+    engine.turn_until(lambda: acks.got("send", "retry"), "both answers")
+    assert acks.results == {"first": [True], "send": [True], "retry": [True]}
+    assert local.live_in_partition(TABLE, b"bob") == 2
+
+
 def test_a_group_whose_commit_fails_is_answered_false(failing: tuple[LocalStore, Engine, FailingDatabase]) -> None:
     local, engine, db = failing
     acks = Acks()
