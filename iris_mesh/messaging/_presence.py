@@ -27,14 +27,17 @@ __all__ = ["PRESENCE_TTL_S", "PresenceBook"]
 
 PRESENCE_TTL_S = 1.0
 _MAX_EDGES_PER_USER = 64  # presence rows one scan reads: more edges than a user has devices
-_RETRY_S = 1.0  # how often refused presence writes are made again
+# Refused presence writes are made again after this, doubled at each round still refused up to _RETRY_MAX_S (a long
+# outage must not cost a write per logged-in user every second); the first write stored starts over.
+_RETRY_S = 1.0
+_RETRY_MAX_S = 30.0
 
 
 class PresenceBook:
     """Writes this edge's presence rows, finds a user's edges (cached briefly), answers the `presence` op."""
 
     __slots__ = ("_node_id", "_run", "_run_of", "_store", "_sessions", "_wall_ms", "_now", "_to_client", "_cache",
-                 "_live_edges", "_counters", "_unsaved", "_refused", "_writing", "_next_retry")
+                 "_live_edges", "_counters", "_unsaved", "_refused", "_writing", "_next_retry", "_retry_s")
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class PresenceBook:
         self._refused: set[str] = set()  # users whose newest row the store refused: made again at the next retry
         self._writing: set[str] = set()  # users whose row is being written now
         self._next_retry = 0.0
+        self._retry_s = _RETRY_S
 
     def async_write(self, user: str, online: bool, now: float) -> None:
         """Record that `user` is (no longer) online on this edge; the cached entry for `user` goes.
@@ -82,10 +86,10 @@ class PresenceBook:
             self._async_put(user, now)
 
     def async_tick(self, now: float) -> None:
-        """Make the refused writes again (each user's newest state), at most every _RETRY_S."""
+        """Make the refused writes again (each user's newest state), after the back-off."""
         if not self._refused or now < self._next_retry:
             return
-        self._next_retry = now + _RETRY_S
+        self._retry_s = min(self._retry_s * 2, _RETRY_MAX_S)
         refused, self._refused = self._refused, set()
         for user in refused:
             self._counters["presence_writes_retried"] += 1
@@ -101,7 +105,10 @@ class PresenceBook:
                 self._async_put(user, self._now())  # a newer state came meanwhile: it goes now
             elif result.ok:
                 del self._unsaved[user]
+                self._retry_s = _RETRY_S
             else:
+                if not self._refused:
+                    self._next_retry = self._now() + self._retry_s
                 self._refused.add(user)
 
         self._store.async_put("presence", presence_key(user, self._node_id), row, durability="quorum",

@@ -132,3 +132,22 @@ def test_the_rate_budgets_of_users_gone_quiet_are_let_go() -> None:
     edge.request(ALICE, "ping")
     edge.service.async_tick(edge.now)
     assert not edge.service._rates and not edge.service._read_rates
+
+
+def test_refused_presence_writes_are_made_again_less_and_less_often_while_the_store_refuses() -> None:
+    edge = Edge()
+    for _ in range(5):
+        edge.store.refuse_next_put("presence", "unavailable")
+    start = edge.now
+    edge.log_in(b"bob", "bob")  # its presence row: refused, and refused at each of the next four tries
+    tried_at = []
+    for step in range(1, 80):
+        edge.now = start + 0.5 * step
+        puts_before = len(edge.store.puts)
+        edge.request(b"bob", "ping")  # bob stays
+        edge.service.async_tick(edge.now)
+        edge.store.run()
+        if any(p[0] == "presence" for p in edge.store.puts[puts_before:]):
+            tried_at.append(edge.now - start)
+    assert tried_at == [1.0, 3.0, 7.0, 15.0, 31.0]  # 1, 2, 4, 8 and 16 s apart; stored at the last
+    assert decode_presence(edge.store.tables["presence"][presence_key("bob", "edge1")]).on is True
