@@ -16,6 +16,7 @@ from iris_mesh.store._versioned import HybridClock, Version, Versioned
 
 __all__ = [
     "CLOCK_SAVE_INTERVAL_S",
+    "ClockKeeper",
     "DURABILITIES",
     "Database",
     "Done",
@@ -23,7 +24,6 @@ __all__ = [
     "LocalJournal",
     "LocalStore",
     "MissingCores",
-    "ClockKeeper",
     "NodeMeta",
     "QuorumCoordinator",
     "Restored",
