@@ -251,11 +251,17 @@ def test_a_group_that_lost_to_a_value_being_fsynced_is_answered_after_that_fsync
     assert store.read(TABLE, b"k") == v(20)
 
 
+def stored_first(local: LocalStore, engine: Engine, key: bytes) -> Acks:
+    """`key` written (version 1) and durable; the Acks its answer went to ("first"), for the test's next writes."""
+    acks = Acks()
+    assert local.async_apply(TABLE, key, v(1), acks("first"))
+    engine.turn_until(lambda: acks.got("first"), "the first message")
+    return acks
+
+
 def test_a_group_past_the_partition_limit_is_refused_from_the_row_over_it(store: tuple[LocalStore, Engine]) -> None:
     local, engine = store
-    acks = Acks()
-    assert local.async_apply(TABLE, b"bob\x00m0", v(1), acks("first"))
-    engine.turn_until(lambda: acks.got("first"), "the first message")
+    acks = stored_first(local, engine, b"bob\x00m0")
     rows = [(b"bob\x00m%d" % i, v(2)) for i in range(1, 5)] + [(b"bob\x00m0", v(3)), (b"bob\x00gone", v(3, None))]
     refused, currents = apply_group(local, rows, acks("group"), limit=3)
     # m1, m2 fill the inbox to 3; m3, m4 are refused; a rewrite of m0 and a delete are never refused.
@@ -271,9 +277,7 @@ def test_a_retry_of_a_write_staged_in_the_same_turn_is_not_refused_as_over_the_l
         store: tuple[LocalStore, Engine]) -> None:
     # A send and its retry (same id, same value) in one loop turn, the inbox one row short of its limit.
     local, engine = store
-    acks = Acks()
-    assert local.async_apply(TABLE, b"bob\x00m0", v(1), acks("first"))
-    engine.turn_until(lambda: acks.got("first"), "the first message")
+    acks = stored_first(local, engine, b"bob\x00m0")
     assert apply_group(local, [(b"bob\x00m1", v(2))], acks("send"), limit=2)[0] == []
     refused, currents = apply_group(local, [(b"bob\x00m1", v(2))], acks("retry"), limit=2)
     assert refused == [] and currents == [Version(2, "n1")]
@@ -336,9 +340,7 @@ def test_partitions_first_counted_while_a_group_is_staged_count_its_rows_in_thei
         store: tuple[LocalStore, Engine]) -> None:
     """A group (as replica writes come) to many users, some of them new, then a delete of a written row."""
     local, engine = store
-    acks = Acks()
-    assert local.async_apply(TABLE, b"eve\x00m0", v(1), acks("first"))
-    engine.turn_until(lambda: acks.got("first"), "the first message")
+    acks = stored_first(local, engine, b"eve\x00m0")
     rows = [(b"u%02d\x00m%d" % (u, i), v(2)) for u in range(20) for i in range(u % 3 + 1)]
     apply_group(local, [*rows, (b"eve\x00m0", v(2, None)), (b"eve\x00m1", v(2))], acks("group"), limit=10)
     assert local.stats()["staged"] == len(rows) + 2
