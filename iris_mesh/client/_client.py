@@ -61,17 +61,24 @@ class Client:
     to the same endpoint if given one), logs in again, syncs the inbox and resends
     every unconfirmed send with its original id, in the original order: the
     application sees no exception unless a send's deadline passes. If that
-    login is refused (a token that expired meanwhile), `send`, `presence` and
-    `receive` raise `not_logged_in` (`login_lost` says why) until `login`
-    succeeds again.
+    login is refused (a token that expired meanwhile), the sends still waiting
+    fail with `login_lost` (whether they arrived is unknown: resend them with
+    the same id once logged in), and `send`, `presence` and `receive` raise
+    `not_logged_in` (`login_lost` says why) until `login` succeeds again.
+    `login` as the same user while logged in keeps the session and takes the
+    token for those logins again (call it with a fresh token before the old
+    one expires). A `login` that times out (no edge answers) keeps the user
+    and token: the client logs in as soon as an edge answers.
 
     Errors are `IrisError` with `.code` one of docs/PROTOCOL.md section 8
     (`auth_failed`, `not_logged_in`, `too_large`, `bad_frame`, `bad_request`,
     `bad_version`, `unknown_op`, `unavailable`, `partition_detected`,
     `rate_limited`, `inbox_full`, `too_many_pending`, `no_quorum`,
     `internal`) or a local one: `closed` (the client was closed before the
-    operation finished) and `timeout` (no answer within the deadline; for a
-    send it is unknown whether it arrived, so resend it with the same id).
+    operation finished), `timeout` (no answer within the deadline; for a
+    send it is unknown whether it arrived, so resend it with the same id) and
+    `login_lost` (as said above). A failed send's error carries its message
+    id in `.id`: `send(to, body, id=error.id)` resends it with the same id.
     Retryable server errors are retried inside `send_timeout_s`; a send fails
     with the last of them if the deadline passes first. `connect` raises
     `unavailable` when no edge answers.
@@ -161,7 +168,8 @@ class Client:
     def send(self, to: str, body: bytes, id: bytes | None = None) -> SendResult:
         """Send `body` to user `to` and wait until it is delivered-and-acked or stored (or queued); raises IrisError.
 
-        `id` resends an earlier message: the cluster keeps one copy per id.
+        `id` resends an earlier message (a failed send's `IrisError.id`): within 10 minutes of its first
+        try the cluster keeps one copy per id (docs/PROTOCOL.md 9.2); a later resend may make a second copy.
         """
         return self._wait(self.send_async(to, body, id=id), self._opts.send_timeout_s, "send")
 

@@ -208,7 +208,8 @@ class ClientSession:
             return self._complete(waiter, IrisError(
                 "bad_request", f"this client is logged in as {self.user!r}; use another Client for {user!r}"))
         if self.state is SessionState.LOGGED_IN:
-            return self._complete(waiter, None)  # the same user again: nothing to do
+            self._token = token  # the same user again: a fresher token, for logging in again after a failover
+            return self._complete(waiter, None)
         self.user, self._token = user, token
         self._login_waiter = waiter
         self._login_deadline = now + self._opts.request_timeout_s
@@ -438,7 +439,7 @@ class ClientSession:
         for send in self._sends.expired(now):
             if send.cid is not None:
                 self._give_up(send.cid, None)  # its answer may still come: not news
-            self._complete(send.waiter, send.last_error or IrisError(
+            self._fail_send(send, send.last_error or IrisError(
                 "timeout", f"no `sent` within {self._opts.send_timeout_s} s (id {send.id.hex()}); it may still"
                 " arrive: resend with the same id to be sure"))
         if self.state is SessionState.LOGGED_IN and not self._closing:
@@ -537,6 +538,7 @@ class ClientSession:
         self._login_deadline = None
         self.state = SessionState.READY
         waiter, self._login_waiter = self._login_waiter, None
+        sends_error = error
         if waiter is None:
             logger.error("logging in again as {} on edge {} failed: {} ({}); pending sends fail",
                          self.user, self.edge, error.code, error.detail)
@@ -544,24 +546,27 @@ class ClientSession:
             self.login_lost = (f"the login as {self.user} was lost: {error.detail} ({error.code}); "
                                "call login() again (with a fresh token if it expired)")
             self._fx.login_lost = True
+            # Sent before the failover and not answered: they may have arrived. Not the login's error (that would
+            # say the send was refused, so made no copy, and a resend with a new id would make a second one).
+            sends_error = IrisError("login_lost", f"{self.login_lost}; whether this send arrived is unknown: once "
+                                                  "logged in, resend it with the same id")
         elif self.login_lost is not None:  # login() after a lost login, refused too: say the latest reason
             self.login_lost = (f"the login as {self.user} was lost, and login() was refused: {error.detail} "
                                f"({error.code}); call login() again (with a fresh token if it expired)")
         self.user = self._token = None
         self._complete(waiter, error)
         for send in self._sends.drain():
-            self._complete(send.waiter, error)
+            self._fail_send(send, sends_error)
 
     def _login_timed_out(self, now: float) -> None:
         self._login_deadline = None
         waiter, self._login_waiter = self._login_waiter, None
-        reason = f"edge {self.edge} did not answer login within {self._opts.request_timeout_s} s"
+        where = f"edge {self.edge}" if self.edge is not None else "no edge (none is reachable now)"
+        reason = f"{where} did not answer login within {self._opts.request_timeout_s} s"
         if waiter is not None:
-            error = IrisError("timeout", reason)
-            self.user = self._token = None
-            self._complete(waiter, error)
-            for send in self._sends.drain():
-                self._complete(send.waiter, error)
+            # Whether it happened is unknown, as for any timeout: the user and token stay, so the client logs in
+            # with them as soon as an edge answers (as after a failover), and the sends waiting go on meanwhile.
+            self._complete(waiter, IrisError("timeout", f"{reason}; the client logs in once an edge answers"))
         if self.state is SessionState.LOGGING_IN:
             self._lose(reason, now)  # a late `ok` must not log in a session we gave up on
 
@@ -574,7 +579,11 @@ class ClientSession:
                 return
         else:
             self._sends.failed(send, now)
-        self._complete(send.waiter, error)
+        self._fail_send(send, error)
+
+    def _fail_send(self, send: PendingSend, error: IrisError) -> None:
+        """Fail a send with `error`, carrying the send's id (for a resend with the same id)."""
+        self._complete(send.waiter, error.of_send(send.id))
 
     def _sync_failed(self, error: IrisError, now: float) -> None:
         self._sync_cid = self._sync_deadline = None
@@ -671,7 +680,7 @@ class ClientSession:
 
     def _fail_everything(self, error: IrisError) -> None:
         for send in self._sends.drain():
-            self._complete(send.waiter, error)
+            self._fail_send(send, error)
         waiter, self._login_waiter = self._login_waiter, None
         self._complete(waiter, error)
         self._login_deadline = None

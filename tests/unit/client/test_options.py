@@ -37,7 +37,7 @@ def test_contradictions_are_refused_with_the_option_named(changes: dict[str, Any
 
 
 def test_iris_error_codes() -> None:
-    assert set(LOCAL_ERROR_CODES) == {"closed", "timeout"} and not set(LOCAL_ERROR_CODES) & set(ERROR_CODES)
+    assert set(LOCAL_ERROR_CODES) == {"closed", "timeout", "login_lost"} and not set(LOCAL_ERROR_CODES) & set(ERROR_CODES)
     error = IrisError("rate_limited", "slow down", retry_after=0.5)
     assert (error.code, error.detail, error.retry_after) == ("rate_limited", "slow down", 0.5)
     assert str(error) == "rate_limited: slow down"

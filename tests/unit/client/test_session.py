@@ -258,15 +258,23 @@ def test_an_edge_of_another_version_is_left(h: Harness) -> None:
     assert h.lost and "version 2" in h.lost[0]
 
 
-def test_login_timeout_fails_the_login_and_drops_the_link(h: Harness) -> None:
+def test_a_login_that_times_out_drops_the_link_and_logs_in_once_an_edge_answers(h: Harness) -> None:
+    # An app that calls login() while no edge answers must not be logged out for good by the timeout.
     h.connect()
     waiter = Waiter()
     h.s.login("alice", "t", waiter, h.now)
     h.collect()
     queued = h.send("bob", 1)
     h.tick(2.1)
-    assert waiter.value.code == "timeout" and queued.value.code == "timeout"
-    assert h.lost and h.s.user is None
+    assert waiter.value.code == "timeout" and "the client logs in once an edge answers" in waiter.value.detail
+    assert h.lost and h.s.user == "alice" and queued.values == []  # the send waits for its own deadline
+    h.take()
+    h.tick(1.0)
+    h.connect("edge2")
+    login = h.take("login")[0]
+    assert (login["user"], login["token"]) == ("alice", "t")
+    h.login_ok(login["cid"])
+    assert [f["id"] for f in h.take() if f["op"] == "send"] == [mid(1)]
 
 
 # --- sends -------------------------------------------------------------------------------------
@@ -730,11 +738,14 @@ def test_a_silent_edge_while_a_send_waits_is_pinged_at_once_and_left_when_it_doe
 def test_a_login_lost_at_a_failover_says_why_until_login_is_called_again(h: Harness) -> None:
     h.connect()
     h.login("bob")
+    unanswered = h.send("carol", 7)  # it went to edge1, which died before answering: it may have arrived
     h.s.link_lost("the connection to the edge closed", h.now)
     h.tick()
     h.connect("edge2")
     h.frame(build_error("auth_failed", "login refused: expired", cid=h.take("login")[0]["cid"]))
     assert h.s.user is None and h.s.login_lost is not None and "expired" in h.s.login_lost
+    assert unanswered.value.code == "login_lost" and "resend it with the same id" in unanswered.value.detail
+    assert unanswered.value.id == mid(7)  # what send(..., id=) takes for that resend
     refused = h.send("carol", 1)
     assert refused.value.code == "not_logged_in" and "the login as bob was lost" in refused.value.detail
     h.login("bob")
@@ -759,3 +770,17 @@ def test_a_late_error_about_a_send_given_up_on_is_not_reported_as_a_stranger(h: 
         assert len(warnings) == 1 and "about no request of ours" in warnings[0]
     finally:
         logger.remove(handler)
+
+
+def test_login_again_as_the_same_user_keeps_the_session_and_the_fresh_token_is_used_after_a_failover(
+        h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    waiter = Waiter()
+    h.s.login("bob", "fresh-token", waiter, h.now)  # before the first token expires
+    h.collect()
+    assert waiter.values == [None] and h.take() == []
+    h.s.link_lost("the connection to the edge closed", h.now)
+    h.tick()
+    h.connect("edge2")
+    assert h.take("login")[0]["token"] == "fresh-token"
