@@ -84,7 +84,9 @@ class Client:
     `unavailable` when no edge answers.
 
     Future callbacks (`send_async(...).add_done_callback`) run on the I/O
-    thread and must return quickly.
+    thread and must return quickly: a blocking call there (`send`, `login`,
+    `presence`, `receive` with a timeout) raises `bad_request` at once and does
+    nothing; `send_async` and `receive(timeout=0)` work.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class Client:
 
     def login(self, user: str, token: str) -> None:
         """Log in as `user` with a token from `meshctl token USER`, then sync the offline inbox in the background."""
+        self._refuse_on_io_thread("login")
         future: Future[None] = self._submit(lambda s, f, now: s.login(user, token, f, now))
         self._wait(future, self._opts.request_timeout_s, "login")
 
@@ -171,6 +174,7 @@ class Client:
         `id` resends an earlier message (a failed send's `IrisError.id`): within 10 minutes of its first
         try the cluster keeps one copy per id (docs/PROTOCOL.md 9.2); a later resend may make a second copy.
         """
+        self._refuse_on_io_thread("send")
         return self._wait(self.send_async(to, body, id=id), self._opts.send_timeout_s, "send")
 
     def send_async(self, to: str, body: bytes, id: bytes | None = None) -> Future[SendResult]:
@@ -196,6 +200,8 @@ class Client:
         """
         if self._closed:
             raise IrisError("closed", "the client is closed")
+        if timeout != 0:
+            self._refuse_on_io_thread("receive")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
@@ -221,6 +227,7 @@ class Client:
 
     def presence(self, user: str) -> Presence:
         """Whether `user` is online now (served from caches: may lag by seconds), and when it was last seen."""
+        self._refuse_on_io_thread("presence")
         future: Future[Presence] = self._submit(lambda s, f, now: s.presence(user, f, now))
         return self._wait(future, self._opts.request_timeout_s, "presence")
 
@@ -290,6 +297,12 @@ class Client:
         if not self._loop.post(lambda now: command(self._session, future, now)):
             raise IrisError("closed", "the client's I/O thread has stopped")
         return future
+
+    def _refuse_on_io_thread(self, what: str) -> None:
+        """A blocking call from a future's callback would wait for the thread it runs on: refused at once."""
+        if threading.current_thread() is self._thread:
+            raise IrisError("bad_request", f"{what}() waits for the client's I/O thread, and was called on it (from a "
+                                           "future's callback): use send_async, receive(timeout=0), or another thread")
 
     def _wait(self, future: Future[T], timeout_s: float, what: str) -> T:
         try:

@@ -470,6 +470,31 @@ def test_connect_raises_unavailable_when_no_edge_answers(edges: Callable[..., Fa
     assert wrong.value.code == "unavailable"
 
 
+def test_a_blocking_call_from_a_future_callback_is_refused_at_once_and_sends_nothing(
+        edges: Callable[..., FakeEdge], clients: Callable[..., Client]) -> None:
+    # It would wait for the I/O thread it runs on: the client would stall for send_timeout_s, its pings with it.
+    edge = edges("edge1")
+    alice = clients(edge, user="alice")
+    seen: Future[list[str]] = Future()
+
+    def next_one(_first: Future[SendResult]) -> None:
+        codes = []
+        for call in (lambda: alice.send("bob", b"follow-up"), lambda: alice.presence("bob"),
+                     lambda: alice.receive(timeout=1.0)):
+            try:
+                call()
+            except IrisError as exc:
+                codes.append(exc.code)
+        assert alice.receive(timeout=0) is None  # polling does not wait
+        alice.send_async("bob", b"follow-up, the way that works")
+        seen.set_result(codes)
+
+    alice.send_async("bob", b"first").add_done_callback(next_one)
+    assert seen.result(timeout=5.0) == ["bad_request"] * 3
+    wait_until(lambda: len(edge.requests(SendRequest)) == 2, 5.0, "the follow-up sent with send_async")
+    assert [s.body for s in edge.requests(SendRequest)] == [b"first", b"follow-up, the way that works"]
+
+
 def test_close_fails_pending_sends_and_later_calls(edges: Callable[..., FakeEdge]) -> None:
     edge = edges("edge1")
     edge.reply = lambda send, attempt: None  # never confirms
