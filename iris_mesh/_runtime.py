@@ -101,6 +101,8 @@ class NodeRuntime:
         self.membership.async_on_hello(msg, now)
 
     def async_on_mesh(self, msg: dict[str, Any], now: float) -> None:
+        if self.edge is not None:
+            self.edge.async_note_time(now)  # the store's answers come in these frames: what they finish is timed now
         handler = self._mesh_ops.get(msg["op"])
         if handler is None:
             self.engine.counters["mesh_unknown_op"] += 1

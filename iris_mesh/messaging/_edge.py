@@ -225,6 +225,11 @@ class EdgeService:
     def async_attach(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
+    def async_note_time(self, now: float) -> None:
+        """The engine's time now, for what a frame about to be handled finishes (a send the store answered is
+        timed from its start to now, in send_latency)."""
+        self._now = now
+
     def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
         return {
             "mdeliver": self._on_mdeliver,

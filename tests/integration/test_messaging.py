@@ -65,6 +65,9 @@ def test_an_inbox_of_the_largest_messages_is_read_whole_in_pages_that_fit_the_fr
             result = alice.send("bob", bytes([i]) * 65536)
             assert result.status == "stored", result
             sent.append(result.id)
+        # `meshctl latency`: a stored send takes at least its quorum write (it read 0 ms when timed at the send).
+        sends = local_cluster.nodes["edge1"].request("latency")["latency"]["sends"]
+        assert sends["count"] == 40 and sends["p50_ms"] > 0.1, sends
     finally:
         alice.close()
     bob = connect_static(local_cluster, local_cluster.nodes["edge2"], "bob")
