@@ -199,6 +199,7 @@ class NodeRuntime:
     def _status(self, now: float) -> dict[str, Any]:
         status = self.membership.status_view()
         status["write_quorum"] = self.store.coordinator.write_quorum  # replicas a quorum write needs
+        status["replication_factor"] = self.store.coordinator.replication_factor
         counters = dict(self.engine.counters)
         counters.update(self.membership.counters)
         counters.update(self.store.counters)

@@ -90,7 +90,7 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     disk, misplaced, too_few = problems["fsync_failed"], problems["misplaced"], problems["too_few_cores"]
     seen_by = f" (as {one_node} sees it)" if one_node else ""
     if not (down or unheard or refused or silent or joining or disk or misplaced or too_few):
-        return f"all nodes alive, writes safe{seen_by}{_catching_up(entries)}"
+        return f"all nodes alive, writes safe{seen_by}{_catching_up(entries)}{_no_margin(entries)}"
     found, steps = [], []
     if too_few:
         cores, quorum = max(too_few.values())
@@ -164,6 +164,22 @@ def _catching_up(entries: list[dict[str, Any]]) -> str:
     held = ", ".join(f"{node} {count:,}" for node, count in sorted(holding.items()))
     return (f"\n  catching up: writes that a restarted core missed are still being handed to it (hints held: {held}); "
             "until they are, those writes have fewer copies than usual: restart no other core yet")
+
+
+def _no_margin(entries: list[dict[str, Any]]) -> str:
+    """"\n  no margin: ..." when losing any one core stops writes (after a `forget`, or a cluster built so small)."""
+    for entry in entries:
+        if not entry.get("reachable") or entry.get("role") != "core":
+            continue
+        cores, quorum, factor = entry.get("expected_cores"), entry.get("write_quorum"), entry.get("replication_factor")
+        if not all(isinstance(n, int) for n in (cores, quorum, factor)):
+            continue
+        # One core down: the rest must hold a majority of the expected cores (else safe mode) and W of each key's copies.
+        if cores - 1 <= cores // 2 or min(factor, cores) - 1 < quorum:
+            return (f"\n  no margin: writes stop if any one core is lost ({cores} core{'' if cores == 1 else 's'} "
+                    f"expected, replication factor {factor}, a quorum write needs {quorum}): start another core "
+                    "(it joins the expected set by itself)")
+    return ""
 
 
 def _write_margin(entries: list[dict[str, Any]], joining: list[str]) -> str | None:

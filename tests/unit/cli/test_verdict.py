@@ -189,3 +189,15 @@ def test_a_region_expecting_fewer_cores_than_a_quorum_write_needs_fails_the_chec
                        "quorum write needs 2")
     assert "start more cores" in steps and "lower replication_factor and write_quorum" in steps
     assert status_summary([dict(alone[0], write_quorum=1)], "core1") == "all nodes alive, writes safe (as core1 sees it)"
+
+
+def test_a_cluster_that_one_lost_core_would_stop_says_so_under_a_passing_check() -> None:
+    # After `meshctl forget core3`: 2 cores expected, replication factor 3, W 2. Healthy, but with no margin.
+    after_forget = [dict(node_status(core, {"core1": "alive", "core2": "alive"}), expected_cores=2, visible_cores=2,
+                         write_quorum=2, replication_factor=3) for core in ("core1", "core2")]
+    verdict, margin = status_summary(after_forget).split("\n")
+    assert verdict == "all nodes alive, writes safe"
+    assert margin == ("  no margin: writes stop if any one core is lost (2 cores expected, replication factor 3, a "
+                      "quorum write needs 2): start another core (it joins the expected set by itself)")
+    three = [dict(entry, expected_cores=3, visible_cores=3) for entry in after_forget]
+    assert status_summary(three) == "all nodes alive, writes safe"
