@@ -131,7 +131,7 @@ def cmd_replicas(target: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_forget(target: Target, args: argparse.Namespace) -> int:
-    _, reply = target.first("forget", node=args.target_node)
+    _, reply = target.first("forget", avoid=args.target_node, node=args.target_node)  # not the node itself
     reply = checked(reply)
     emit(args, reply, reply["detail"])
     return EXIT_OK

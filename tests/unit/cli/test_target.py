@@ -175,3 +175,21 @@ def test_the_expected_cores_come_from_the_view_that_ended_the_listen_without_ask
     assert expected_cores_missing(target, target.args, ["core1", "core2"]) == {"core3"}
     assert expected_cores_missing(target, target.args, ["core1", "core2"], every_node=True) == {"core3", "edge1"}
     assert target.asked == [(CARDS["core2"].admin_endpoint, "status")]  # once, while listening
+
+
+def test_forget_is_asked_of_a_node_other_than_the_one_to_forget(monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # The node itself can only answer "a node cannot forget itself", whatever the operator meant.
+    from iris_mesh.cli.meshctl import cmd_forget
+
+    class Forgetting(ScriptedTarget):
+        def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+            if op != "forget":
+                return super().request(endpoint, op, timeout_s, **fields)
+            self.asked.append((endpoint, op))
+            return {"ok": True, "detail": f"forgot {fields['node']}"}
+
+    target = Forgetting(monkeypatch, [["core1", "core2", "core3", "edge1"]] * 2, ALL_ALIVE)
+    assert cmd_forget(target, argparse.Namespace(target_node="core1", json=False)) == 0
+    assert [endpoint for endpoint, op in target.asked if op == "forget"] == [CARDS["core2"].admin_endpoint]
+    assert capsys.readouterr().out.strip() == "forgot core1"
