@@ -93,6 +93,7 @@ class Node:
         config = self.config
         meta = NodeMeta(db)
         meta.claim(config.node_id, config.cluster)
+        self._note_unclean_stop()
         self.incarnation = meta.bump_incarnation(time.time())
         forgotten = set(meta.forgotten_cores(config.region)) - {config.node_id}
         # The config's list is where a cluster starts from; a core forgotten since stays out until heard again.
@@ -237,6 +238,21 @@ class Node:
     @property
     def endpoints_file(self) -> Path:
         return self.config.data_path / "node.json"
+
+    def _note_unclean_stop(self) -> None:
+        """Say so when the previous run did not stop cleanly: a clean stop removes node.json, and the database's
+        lock (taken before this) shows no other process runs on this data now."""
+        try:
+            previous = json.loads(self.endpoints_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            previous = {}
+        if not isinstance(previous, dict):
+            previous = {}
+        logger.warning("the previous run of {} (pid {}, incarnation {}) did not stop cleanly: it was killed, crashed, "
+                       "or its host went down; the peers hand this node what it missed", self.config.node_id,
+                       previous.get("pid", "?"), previous.get("incarnation", "?"))
 
     def _write_endpoints_file(self) -> None:
         """Record where this process serves, for operators and tools (`meshctl --node`)."""

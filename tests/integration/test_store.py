@@ -99,6 +99,8 @@ def test_quorum_with_one_core_down_and_a_backup_taken_meanwhile(local_cluster: L
     core3 = local_cluster.nodes["core3"]
     core3.start()
     local_cluster.wait_full_mesh(list(CORES))
+    # Its own log says the run before was killed (a clean stop removes node.json; SIGKILL left it).
+    assert core3.log_path.read_text().count("did not stop cleanly") == 1, core3.log_tail()
     assert _put(core1, "late", "written after the backup")["ok"]
     wait_until(lambda: _get(core1, "late", replica="core3").get("found"), 10.0, "core3 to hold the late write")
     local_cluster.stop()
