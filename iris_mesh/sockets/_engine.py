@@ -18,7 +18,7 @@ import itertools
 import math
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import zmq
 from loguru import logger
@@ -373,17 +373,24 @@ class Engine(PeerLinks):
             logger.exception("node {} handler failed (errors so far: {})", self.node_id, self.counters["handler_errors"])
 
     def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
-        """Up to _BATCH messages the socket holds now (asking first: a failed receive costs an exception)."""
-        batch: list[list[bytes]] = []
-        get, recv = sock.getsockopt, sock.recv_multipart
+        """Up to _BATCH messages the socket holds now, read before any is handled."""
+        return list(self._received(sock))
+
+    def _received(self, sock: zmq.Socket, until: float | None = None) -> Iterator[list[bytes]]:
+        """Up to _BATCH messages the socket holds, one at a time (asking first: a failed receive costs an
+        exception); none once the clock reaches `until` (counted in `client_turns_cut`: the rest wait for the
+        next turn)."""
+        get, recv, clock = sock.getsockopt, sock.recv_multipart, self._clock
         for _ in range(_BATCH):
+            if until is not None and clock() >= until:
+                self.counters["client_turns_cut"] += 1
+                return
             if not get(zmq.EVENTS) & zmq.POLLIN:
-                break
+                return
             try:
-                batch.append(recv(zmq.NOBLOCK))
+                yield recv(zmq.NOBLOCK)
             except zmq.Again:
-                break
-        return batch
+                return
 
     def _drain_zap(self, _now: float) -> None:
         for frames in self._drain(self._zap):
@@ -500,19 +507,7 @@ class Engine(PeerLinks):
         next turn, after the timers."""
         assert self._gateway is not None
         limit = self._tuning.max_frame_bytes
-        sock, clock = self._gateway, self._clock
-        get, recv = sock.getsockopt, sock.recv_multipart
-        deadline = clock() + _CLIENT_FRAMES_PER_TURN_S
-        for _ in range(_BATCH):
-            if clock() >= deadline:
-                self.counters["client_turns_cut"] += 1
-                break
-            if not get(zmq.EVENTS) & zmq.POLLIN:
-                break
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in self._received(self._gateway, until=self._clock() + _CLIENT_FRAMES_PER_TURN_S):
             route = frames[0]
             if len(frames) != 2:
                 self.counters["client_dropped_malformed"] += 1
