@@ -4,7 +4,9 @@ A hint is a write this core stored for a replica that missed it (`hint_for` of a
 write, see `_replica.py`). Every `_HANDOFF_INTERVAL_S` the hints for alive replicas go out
 as internal replica writes, with request ids the service hands out (from
 `INTERNAL_REQ_BASE` up); a hint is dropped once its replica acked it, and sent again if no
-ack came within `_HANDOFF_TIMEOUT_S`.
+ack came within `_HANDOFF_TIMEOUT_S`. While a replica is being handed its hints, the next
+ones go out every `_BUSY_INTERVAL_S`, at most `_HANDOFF_WINDOW` of them unacked, read on
+from the last one sent (the deleted hints before it are not read again).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ if TYPE_CHECKING:
 __all__ = ["HintHandoff"]
 
 _HANDOFF_INTERVAL_S = 0.5
+_BUSY_INTERVAL_S = 0.02
 _HANDOFF_BATCH = 500
+_HANDOFF_WINDOW = 4000
 _HANDOFF_TIMEOUT_S = 5.0
+_COUNT_CAP = 1_000_000
 
 
 class HintHandoff:
@@ -50,13 +55,19 @@ class HintHandoff:
         self._handoffs: dict[int, tuple[str, str, bytes, Versioned, float]] = {}  # req -> (target, table, key, item, sent_at)
         self._handoff_keys: set[tuple[str, str, bytes]] = set()
         self._next_handoff = 0.0
+        self._busy = False  # a replica that is alive is being handed its hints: tick again soon
         # Replicas whose hints are being handed off -> how many it acked so far (for the operator's log).
         self._handing: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # replica -> hints sent to it and not answered yet
+        self._resume: dict[str, tuple[str, bytes]] = {}  # replica -> the last hint sent: the next read starts after it
 
-    def async_tick(self, now: float) -> None:
+    def async_tick(self, now: float) -> float | None:
+        """Hand off what is due; returns how soon it wants the next tick while handing off (None: no hurry)."""
         if now >= self._next_handoff:
-            self._next_handoff = now + _HANDOFF_INTERVAL_S
+            self._busy = any(self._membership.state_of(target) == "alive" for target in self._handing)
+            self._next_handoff = now + (_BUSY_INTERVAL_S if self._busy else _HANDOFF_INTERVAL_S)
             self._hand_off_hints(now)
+        return max(0.0, self._next_handoff - now) if self._busy else None
 
     def async_on_ack(self, req: int, code: str) -> bool:
         """Take the ack of request `req` if it is a handoff's (the hint goes once "ok"); False if it is not one."""
@@ -64,7 +75,7 @@ class HintHandoff:
         if handoff is None:
             return False
         target, table, key, item, _sent_at = handoff
-        self._handoff_keys.discard((target, table, key))
+        self._forget_sent(target, table, key)
         if code == "ok":
             self._local.async_drop_hint(target, table, key, item)
             if target in self._handing:
@@ -76,34 +87,55 @@ class HintHandoff:
         for req, (hinted, table, key, _item, _sent_at) in list(self._handoffs.items()):
             if hinted == target:
                 del self._handoffs[req]
-                self._handoff_keys.discard((hinted, table, key))
+                self._forget_sent(hinted, table, key)
+        self._resume.pop(target, None)
         hints = self._local.hints_for(target, limit=sys.maxsize)
         for table, key, item in hints:
             self._local.async_drop_hint(target, table, key, item)
         return len(hints)
+
+    def _forget_sent(self, target: str, table: str, key: bytes) -> None:
+        self._handoff_keys.discard((target, table, key))
+        left = self._in_flight.get(target, 0) - 1
+        if left > 0:
+            self._in_flight[target] = left
+        else:
+            self._in_flight.pop(target, None)
 
     def _hand_off_hints(self, now: float) -> None:
         """Send hinted writes to replicas that are back; a hint is dropped once its replica acked."""
         for req, (target, table, key, _item, sent_at) in list(self._handoffs.items()):
             if now - sent_at > _HANDOFF_TIMEOUT_S:  # never acked (the replica died again): retry later
                 del self._handoffs[req]
-                self._handoff_keys.discard((target, table, key))
+                self._forget_sent(target, table, key)
+                self._resume.pop(target, None)  # read again from its first hint
         for target in sorted(self._membership.expected_cores() - {self.node_id}):
-            if self._membership.state_of(target) != "alive":
+            if self._membership.state_of(target) == "alive":
+                self._hand_off_to(target, now)
+
+    def _hand_off_to(self, target: str, now: float) -> None:
+        room = min(_HANDOFF_BATCH, _HANDOFF_WINDOW - self._in_flight.get(target, 0))
+        if room <= 0:
+            return
+        after = self._resume.pop(target, None)
+        hints = self._local.hints_for(target, limit=room, after=after)
+        if len(hints) == room:
+            table, key, _item = hints[-1]
+            self._resume[target] = (table, key)  # more may follow: read on after the last one
+        if hints and target not in self._handing:
+            self._handing[target] = 0
+            held = self._local.count_hints_for(target, _COUNT_CAP)
+            logger.info("handing {} the writes it missed ({}{} hints held here)", target, f"{held:,}",
+                        "+" if held >= _COUNT_CAP else "")
+        elif not hints and after is None and target in self._handing and target not in self._in_flight:
+            logger.info("{} has every write it missed that this core took: {} hints handed off, none left",
+                        target, f"{self._handing.pop(target):,}")
+        for table, key, item in hints:
+            if (target, table, key) in self._handoff_keys:
                 continue
-            hints = self._local.hints_for(target, limit=_HANDOFF_BATCH)
-            if hints and target not in self._handing:
-                self._handing[target] = 0
-                logger.info("handing {} the writes it missed ({}{} hints held here)", target, len(hints),
-                            "+" if len(hints) >= _HANDOFF_BATCH else "")
-            elif not hints and target in self._handing and not any(h[0] == target for h in self._handoffs.values()):
-                logger.info("{} has every write it missed that this core took: {} hints handed off, none left",
-                            target, self._handing.pop(target))
-            for table, key, item in hints:
-                if (target, table, key) in self._handoff_keys:
-                    continue
-                req = next(self._internal_ids)
-                self._handoffs[req] = (target, table, key, item, now)
-                self._handoff_keys.add((target, table, key))
-                self._writes.add((target,), table, (), SYNC, req, key, encode_versioned(item), now)
-                self._counters["hints_handed_off"] += 1
+            req = next(self._internal_ids)
+            self._handoffs[req] = (target, table, key, item, now)
+            self._handoff_keys.add((target, table, key))
+            self._in_flight[target] = self._in_flight.get(target, 0) + 1
+            self._writes.add((target,), table, (), SYNC, req, key, encode_versioned(item), now)
+            self._counters["hints_handed_off"] += 1

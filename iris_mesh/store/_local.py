@@ -23,6 +23,7 @@ newest only, committed in the same batch as the writes of the turn.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any, Callable, Sequence
 
@@ -373,14 +374,30 @@ class LocalStore:
         counted[ident] = count
         return count
 
-    def hints_for(self, target: str, limit: int = 1000) -> list[tuple[str, bytes, Versioned]]:
-        """Committed hints for replica `target`: (table, key, item), in key order."""
+    def hints_for(
+        self, target: str, limit: int = 1000, *, after: tuple[str, bytes] | None = None,
+    ) -> list[tuple[str, bytes, Versioned]]:
+        """Hints for replica `target`: (table, key, item), in key order, after the hint `after`.
+
+        Written hints, as the engine sees them: one dropped or replaced in this turn (staged, not
+        written yet) is left out or read as its new version.
+        """
         prefix = _hint_key(target, "", b"")[:-1]  # length byte + target
+        start_after = None if after is None else _hint_key(target, *after)
+        staged = self._staged.ops
         out = []
-        for raw_key, item in self.scan(_HINTS, prefix, limit=limit):
+        for raw_key, item in self.scan(_HINTS, prefix, start_after=start_after, limit=limit):
+            newer = staged.get((_HINTS, raw_key), _ABSENT)
+            if newer is None:
+                continue
             _, table, key = _split_hint_key(raw_key)
-            out.append((table, key, item))
+            out.append((table, key, item if newer is _ABSENT else newer))
         return out
+
+    def count_hints_for(self, target: str, cap: int) -> int:
+        """Committed hints for replica `target`, counted up to `cap` (nothing is decoded)."""
+        prefix = _hint_key(target, "", b"")[:-1]
+        return sum(1 for _ in itertools.islice(self._db.iterate(_HINTS, prefix=prefix), cap))
 
     def count(self, table: str) -> int:
         """Committed live rows (tombstones excluded). O(1): counted at open, then kept up to date."""

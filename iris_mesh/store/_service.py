@@ -335,13 +335,15 @@ class StoreService:
             self._expire_direct_reads(now)
         if self.scanner.pending():
             self._run_scan([], self.scanner.tick(now))
+        wait_s = None
         if self._hints is not None:
-            self._hints.async_tick(now)
+            wait_s = self._hints.async_tick(now)
         if self.clock.refused != self._refused_logged and now - self._refused_logged_at >= _CLOCK_LOG_EVERY_S:
             self._log_refused_readings(now)
-        wait_s = None
         if self.anti_entropy is not None:
-            wait_s = self.anti_entropy.async_tick(now)
+            ae_wait_s = self.anti_entropy.async_tick(now)
+            if ae_wait_s is not None:
+                wait_s = ae_wait_s if wait_s is None else min(wait_s, ae_wait_s)
         if self._out_writes:
             assert self._mesh is not None
             self._out_writes.send(self._mesh, now)  # held ones whose time is up

@@ -12,6 +12,7 @@ from loguru import logger
 from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.sockets._codec import decode_mesh
 from iris_mesh.store._coordinator import Done
+from iris_mesh.store import _handoff
 from iris_mesh.store._db import Database
 from iris_mesh.store._frames import parse_write_groups
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
@@ -83,6 +84,44 @@ def test_a_core_that_was_down_gets_its_hinted_writes_and_the_hints_go_once_it_ac
         logger.remove(sink)
     assert sum(m == "handing core3 the writes it missed (50 hints held here)" for m in logged) == 2, logged
     assert sum(m == "core3 has every write it missed that this core took: 50 hints handed off, none left"
+               for m in logged) == 2, logged
+
+
+def test_a_back_core_is_handed_its_hints_a_window_at_a_time_and_the_log_gives_their_number(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_handoff, "_HANDOFF_BATCH", 100)
+    monkeypatch.setattr(_handoff, "_HANDOFF_WINDOW", 300)
+    monkeypatch.setattr(_handoff, "_BUSY_INTERVAL_S", 0.0)  # a handoff pass every turn
+    logged: list[str] = []
+    sink = logger.add(lambda message: logged.append(message.record["message"]), level="INFO")
+    cluster.down.add("core3")
+    mark(cluster, "core3", "dead")
+    keys = [b"user%04d\x00m" % i for i in range(1200)]
+    assert all(done.ok for done in put_many(cluster, EDGE, keys))
+    cluster.down.discard("core3")
+    cluster.paused.add("core3")  # back, but its answers are slow to come
+    for membership in cluster.memberships.values():
+        membership.states["core3"] = "alive"
+
+    def sent(core: str) -> int:
+        return cluster.services[core].counters["hints_handed_off"]
+
+    # Hints go out past the first batch without waiting for its acks, and stop at the window.
+    cluster.run_until(lambda: sent("core1") == 300 and sent("core2") == 300, "a window of hints to each")
+    for _ in range(50):
+        cluster.turn()
+    assert (sent("core1"), sent("core2")) == (300, 300)
+
+    cluster.paused.discard("core3")
+    try:
+        cluster.run_until(lambda: sum("core3 has every write it missed" in m for m in logged) == 2, "the done lines")
+    finally:
+        logger.remove(sink)
+    assert cluster.rows("core3") == cluster.rows("core1") and len(cluster.rows("core3")) == 1200
+    # The operator reads how many there are to hand off (not "500+"), and that all went.
+    assert sum(m == "handing core3 the writes it missed (1,200 hints held here)" for m in logged) == 2, logged
+    assert sum(m == "core3 has every write it missed that this core took: 1,200 hints handed off, none left"
                for m in logged) == 2, logged
 
 
