@@ -9,12 +9,18 @@ LOG=var/log
 STOP_GRACE_S=${STOP_GRACE_S:-10}
 START_WAIT_S=${START_WAIT_S:-15}
 
+proc_state() { # the state letter of PID (R, S, T stopped, Z zombie ...), from /proc/PID/stat
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+  echo "${state%% *}"
+}
+
 alive() { # PID runs: exists and has not exited. A node that exited stays a zombie (which kill -0 still
   # finds) until its parent, init here, reaps it, and some inits take a second or more to.
   local state
   kill -0 "$1" 2>/dev/null || return 1
-  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ "${state%% *}" != Z ]
+  state=$(proc_state "$1") || return 1
+  [ "$state" != Z ]
 }
 
 pid_of() { # prints the pid of NODE if it is running (and really is an iris-mesh node)
@@ -32,7 +38,11 @@ start() {
   local node pid started=()
   for node in "$@"; do
     if pid=$(pid_of "$node"); then
-      echo "$node is already running (pid $pid)"
+      if [ "$(proc_state "$pid")" = T ]; then
+        echo "$node is already running (pid $pid) but stopped by a signal, so it answers nobody: kill -CONT $pid resumes it"
+      else
+        echo "$node is already running (pid $pid)"
+      fi
       continue
     fi
     [ -f "config/$node.toml" ] || { echo "no config/$node.toml" >&2; exit 2; }
@@ -76,6 +86,7 @@ stop() {
   for node in "$@"; do
     if pid=$(pid_of "$node"); then
       kill -TERM "$pid" 2>/dev/null || true
+      kill -CONT "$pid" 2>/dev/null || true  # a node stopped by a signal handles the TERM only once resumed
       pids+=("$pid"); names+=("$node")
     elif [ -f "$RUN/$node.pid" ]; then
       echo "$node was not running (it had crashed or was killed): removed its stale pid file"

@@ -21,6 +21,7 @@ __all__ = ["main"]
 EXIT_CONFIG = 2
 EXIT_START = 3
 EXIT_FAILED = 4  # the node stopped serving by an error while it ran (logged as CRITICAL)
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     from iris_mesh.node import Node  # after logging is set up: importing starts nothing
 
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         signal.signal(signum, lambda *_: stop.set())
+    # Only this thread takes the stop signals: the node's threads (and libzmq's and RocksDB's, started from them)
+    # are made with them blocked. A signal sent while the process was stopped (SIGSTOP; systemd sends SIGTERM
+    # then SIGCONT) could otherwise go to one of them and leave this thread waiting.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     node = Node(config, cookie, on_failure=stop.set)
     try:
         node.start()
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # something of the host's it needs (node.json's directory, say) that it cannot use
         logger.error("cannot start: {}", exc)
         return EXIT_START
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # one sent meanwhile is taken now
     try:
         stop.wait()
         if node.failed.is_set():

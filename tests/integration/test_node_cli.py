@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from iris_mesh.store import Database, NodeMeta
+from support.nodes import LocalCluster
+from support.waiting import wait_until
 
 EXIT_START = 3  # README: a node exits 3 when it cannot start (data directory, ports)
 
@@ -53,3 +56,23 @@ def test_a_node_pointed_at_another_clusters_data_exits_3_and_leaves_it_alone(tmp
     assert db.get("offline_msg", b"bob") == b"a message of the prod cluster"
     assert db.get("meta", b"cluster") == b"clitest-prod"
     db.close()
+
+
+def test_a_node_stopped_by_a_signal_stops_cleanly_on_sigterm_once_resumed(local_cluster: LocalCluster) -> None:
+    """As systemd stops a unit: SIGTERM, then SIGCONT for a process that may be stopped (SIGSTOP, a debugger)."""
+    node = local_cluster.add("core1", expected_cores=["core1"])
+    node.start()
+    proc = node.proc
+    assert proc is not None
+    node.kill(signal.SIGSTOP)
+    wait_until(lambda: process_state(proc.pid) == "T", 5.0, "the node to be stopped")
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    code = wait_until(lambda: proc.poll() is not None and (proc.returncode,), 10.0, "the node to exit on its SIGTERM")
+    assert code == (0,), node.log_tail()
+    assert "stopping on signal" in node.log_tail() and "node core1 stopped" in node.log_tail(), node.log_tail()
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process (R running, S sleeping, T stopped ...), from /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
