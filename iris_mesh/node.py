@@ -94,6 +94,10 @@ class Node:
         meta = NodeMeta(db)
         meta.claim(config.node_id, config.cluster)
         self._note_unclean_stop()
+        restored = meta.take_restore_note()
+        if restored is not None:
+            logger.info("this node's data was put back from the backup {} by `meshctl restore` at {}: it starts with "
+                        "what that backup held", restored.get("from", "?"), restored.get("at", "?"))
         self.incarnation = meta.bump_incarnation(time.time())
         forgotten = set(meta.forgotten_cores(config.region)) - {config.node_id}
         # The config's list is where a cluster starts from; a core forgotten since stays out until heard again.

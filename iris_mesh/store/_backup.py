@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from rocksdict import AccessType, Options, Rdict
 
 from iris_mesh.store._db import Database, StoreError, held_by_this_process
-from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY
+from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
 __all__ = ["BackupError", "MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
@@ -199,7 +199,7 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 _fsync_tree(copy)
             except OSError as exc:
                 raise StoreError(f"copying {checkpoint_dir} next to {data_dir} failed ({exc}); nothing was changed") from None
-            _prove_usable(copy, checkpoint_dir)
+            _prove_usable(copy, checkpoint_dir, note={"from": str(checkpoint_dir), "at": when})
             staged.append((copy, data_dir))
             marks[data_dir] = {"started": when, "from": str(checkpoint_dir), "staged": str(work), "pid": os.getpid()}
         staged += [(None, data_dir) for data_dir in aside]
@@ -372,9 +372,14 @@ def _lock(data_dir: Path) -> int | None:
     return fd
 
 
-def _prove_usable(staged: Path, source: Path) -> None:
+def _prove_usable(staged: Path, source: Path, note: dict[str, str]) -> None:
+    """Open the staged copy once, and note in it where it came from (the node logs that at its next start)."""
     try:
-        Database(staged).close()
+        db = Database(staged)
+        try:
+            db.put_synced("meta", RESTORED_KEY, json.dumps(note).encode())
+        finally:
+            db.close()
     except StoreError as exc:
         raise StoreError(f"{source} is not a usable iris_mesh checkpoint: {exc}; nothing was changed") from None
 

@@ -7,12 +7,15 @@ from collections.abc import Callable
 
 from iris_mesh.store._db import Database, StoreError
 
-__all__ = ["CLOCK_SAVE_INTERVAL_S", "CLUSTER_KEY", "EXPECTED_PREFIX", "NODE_ID_KEY", "ClockKeeper", "NodeMeta"]
+__all__ = [
+    "CLOCK_SAVE_INTERVAL_S", "CLUSTER_KEY", "EXPECTED_PREFIX", "NODE_ID_KEY", "RESTORED_KEY", "ClockKeeper", "NodeMeta",
+]
 
 _INCARNATION = b"incarnation"
 # Keys a restore reads too (store/_backup.py), without opening the database for writing.
 NODE_ID_KEY = b"node_id"
 CLUSTER_KEY = b"cluster"
+RESTORED_KEY = b"restored"  # put by a restore into each copy it puts in place; the node's next start logs and deletes it
 EXPECTED_PREFIX = b"expected_cores\x00"  # + region
 _FORGOTTEN_PREFIX = b"forgotten_cores\x00"  # + region
 _LAST_HLC = b"last_hlc"
@@ -79,6 +82,18 @@ class NodeMeta:
     def save_clock(self, hlc: int) -> None:
         """Remember the clock's reading (not fsync'd: survives a process kill; the margin covers the rest)."""
         self._db.write([("meta", _LAST_HLC, hlc.to_bytes(8, "big"))])
+
+    def take_restore_note(self) -> dict[str, str] | None:
+        """What `meshctl restore` noted in this directory (the backup it came from, when), once; None if nothing."""
+        raw = self._db.get("meta", RESTORED_KEY)
+        if raw is None:
+            return None
+        self._db.write([("meta", RESTORED_KEY, None)])
+        try:
+            note = json.loads(raw)
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in note.items()} if isinstance(note, dict) else {}
 
     def expected_cores(self, region: str) -> list[str]:
         raw = self._db.get("meta", EXPECTED_PREFIX + region.encode())

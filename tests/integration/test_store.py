@@ -307,6 +307,11 @@ def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: Lo
         read = _get(core2, f"b{i}")
         assert read["found"] and read["value"] == f"v{i}".encode(), read
     assert not _get(core2, "late")["found"]
+    # Each core's log says its data was put back, and from which backup.
+    for core in CORES:
+        node = local_cluster.nodes[core]
+        line = f"this node's data was put back from the backup {(backup_dir / core).resolve()} by `meshctl restore`"
+        assert node.log_path.read_text().count(line) == 1, node.log_tail()
 
 
 def test_a_core_is_not_restored_alone_and_restored_cores_rejoin_a_running_edge_as_new_incarnations(

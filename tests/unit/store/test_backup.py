@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from rocksdict import Options, Rdict
 from iris_mesh.store._backup import BackupError, MissingCores, checkpoint, restore, restore_all, restore_backup
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
-from iris_mesh.store._meta import NodeMeta
+from iris_mesh.store._meta import RESTORED_KEY, NodeMeta
 from iris_mesh.store._restore_mark import write_markers
 from iris_mesh.store._versioned import Version, Versioned
 from support.store_holder import held_by_another_process
@@ -47,6 +48,15 @@ def dump(path: Path) -> dict[str, list[tuple[bytes, bytes]]]:
         return {table: list(db.iterate(table)) for table in TABLES}
     finally:
         db.close()
+
+
+def restored_dump(path: Path) -> tuple[dict[str, list[tuple[bytes, bytes]]], dict[str, str]]:
+    """Every row of a restored copy, less the note the restore left for the node's log; and that note."""
+    rows = dump(path)
+    notes = [json.loads(value) for key, value in rows["meta"] if key == RESTORED_KEY]
+    rows["meta"] = [(key, value) for key, value in rows["meta"] if key != RESTORED_KEY]
+    assert len(notes) == 1, rows["meta"]
+    return rows, notes[0]
 
 
 def commit_now(db: Database, writes: list[tuple[str, bytes, Versioned]]) -> None:
@@ -172,8 +182,11 @@ def test_restore_replaces_the_state_exactly(tmp_path: Path) -> None:
     before_restore = dump(data)
     assert before_restore != at_checkpoint
     kept = restore(backup, data)
-    assert dump(data) == at_checkpoint
-    assert dump(data)["offline_msg"][0][0] == b"a"  # the later delete is gone with the rest
+    restored, note = restored_dump(data)
+    assert restored == at_checkpoint
+    assert restored["offline_msg"][0][0] == b"a"  # the later delete is gone with the rest
+    # A note for the node's log at its next start: which backup, and when it went back.
+    assert note["from"] == str(backup.resolve()) and re.fullmatch(r"\d{8}T\d{6}Z", note["at"]), note
     # The replaced data is kept beside it, whole, in case the wrong backup was put back; no temp copies left.
     assert kept is not None and re.fullmatch(r"data\.replaced-\d{8}T\d{6}Z", kept.name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data", kept.name]
@@ -212,7 +225,7 @@ def test_restore_into_a_missing_data_directory(tmp_path: Path) -> None:
     db.close()
     before = tree(backup)
     restore(backup, tmp_path / "new" / "data")
-    assert dump(tmp_path / "new" / "data") == dump(tmp_path / "db")
+    assert restored_dump(tmp_path / "new" / "data")[0] == dump(tmp_path / "db")
     assert tree(backup) == before  # restore copies; the backup stays usable
 
 

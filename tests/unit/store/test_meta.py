@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from iris_mesh.store import ClockKeeper, Database, HybridClock, NodeMeta, StoreError
+from iris_mesh.store._backup import checkpoint, restore
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
 
@@ -144,3 +145,19 @@ def test_the_clock_is_saved_every_interval_and_not_at_every_turn() -> None:
     for turn in range(100):
         keeper.async_check(now=100.0 + turn * 0.01)  # a turn every 10 ms for one second
     assert len(saved) == 2  # at the start and after CLOCK_SAVE_INTERVAL_S
+
+
+def test_the_note_a_restore_left_is_read_once(tmp_path: Path) -> None:
+    data, backup = tmp_path / "data", tmp_path / "backup"
+    db = Database(data)
+    NodeMeta(db).claim("core1", "iris")
+    checkpoint(db, backup)
+    db.close()
+    restore(backup, data)
+    db = Database(data)
+    note = NodeMeta(db).take_restore_note()
+    assert note is not None and note["from"] == str(backup.resolve()), note
+    db.close()
+    db = Database(data)  # the next start has nothing to say
+    assert NodeMeta(db).take_restore_note() is None
+    db.close()
