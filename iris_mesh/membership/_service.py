@@ -8,6 +8,7 @@ implements, and every method runs on the node's engine thread (`async_*`).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Protocol
 
 from loguru import logger
@@ -33,6 +34,7 @@ _MAX_CLIENT_COUNT = 1 << 32
 _GOSSIP_EVERY = 4
 _SEED_RETRY_S = 1.0
 _SEED_QUIET_WARN_S = 10.0  # a seed tried this long without a node answering from it is warned of (once)
+_UNSEEN_WARN_S = 10.0  # the expected cores not heard at all this long after the start are named (once)
 _FLAP_WINDOW_S = 30.0
 _FLAP_LIMIT = 6
 
@@ -101,6 +103,7 @@ class MembershipService:
         self._next_seed_check = 0.0
         self._seed_tried_since: dict[str, float] = {}  # seed endpoint no node answered from -> when first tried
         self._seeds_warned: set[str] = set()
+        self._unseen_check_at: float | None = None  # when to name the expected cores not heard since the start
         self._last_decision: GuardDecision | None = None
         self._stopped_on_purpose: set[str] = set()  # peers whose last change was a planned stop (they said bye)
         self._confirmed: dict[str, int] = {}  # node -> the newest incarnation the node itself sent us a card of
@@ -211,6 +214,7 @@ class MembershipService:
         if now >= self._next_seed_check:
             all_sent = self._tend_seeds(now)
             self._next_seed_check = now + (_SEED_RETRY_S if all_sent else 0.05)
+            self._name_unseen_cores(now)
         return max(0.0, min(self._next_heartbeat - now, 0.05))
 
     # ---- queries (engine thread) -------------------------------------------------
@@ -542,6 +546,22 @@ class MembershipService:
             self.counters["bad_client_counts"] += 1
             return
         self._clients[src] = (incarnation, count)
+
+    def _name_unseen_cores(self, now: float) -> None:
+        """Once, _UNSEEN_WARN_S after the start: name the expected cores not heard since (the partition guard counts
+        them missing, and without this the log would name none of them)."""
+        if self._unseen_check_at is None:
+            self._unseen_check_at = now + _UNSEEN_WARN_S
+        if now < self._unseen_check_at or self._unseen_check_at == math.inf:
+            return
+        self._unseen_check_at = math.inf
+        unseen = sorted(self.guard.expected_cores - set(self.cards) - {self.card.node_id})
+        if unseen:
+            logger.warning("not heard from {} in the {:g} s since this node started ({} expected as {} of region {}): "
+                           "down, or unable to reach this node; check the process and its log there, or `meshctl "
+                           "forget NODE` for a core gone for good", ", ".join(unseen), _UNSEEN_WARN_S,
+                           "it is" if len(unseen) == 1 else "they are", "a core" if len(unseen) == 1 else "cores",
+                           self.card.region)
 
     def _tend_seeds(self, now: float) -> bool:
         """Say HELLO on a seed link to each seed endpoint of no known node; False if one could not be sent yet.

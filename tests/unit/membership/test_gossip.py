@@ -359,3 +359,38 @@ def test_a_seed_nobody_answers_from_is_warned_of_once_naming_the_cookie() -> Non
         assert [line for line in lines if line.startswith("seed ")] == said
     finally:
         logger.remove(handler)
+
+
+def test_an_expected_core_not_heard_since_the_start_is_named_once() -> None:
+    # A restarted core that hears core2 but never core3: status says "not seen"; the log names it too.
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
+    try:
+        service, _mesh = membership()
+        core2 = card("core2", 7, 6000)
+        for n in range(1, 80):  # 19.75 s of ticks, core2's heartbeats all along
+            service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
+            service.async_tick(T0 + 0.25 * n)
+        assert [line for line in lines if line.startswith("not heard from")] == [
+            "not heard from core3 in the 10 s since this node started (it is expected as a core of region local): "
+            "down, or unable to reach this node; check the process and its log there, or `meshctl forget NODE` for "
+            "a core gone for good"]
+    finally:
+        logger.remove(handler)
+
+
+def test_no_core_is_named_unseen_when_every_expected_core_was_heard() -> None:
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
+    try:
+        service, _mesh = membership()
+        core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+        for n in range(1, 80):
+            service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
+            if n < 8:  # core3 is heard, then goes silent: its death is news of its own, not "not heard"
+                service.async_on_heartbeat(heartbeat(core3, [], n), T0 + 0.25 * n)
+            service.async_tick(T0 + 0.25 * n)
+        assert service.state_of("core3") == "dead"
+        assert not [line for line in lines if line.startswith("not heard from")], lines
+    finally:
+        logger.remove(handler)
