@@ -177,6 +177,13 @@ class FailureDetector:
             )
         return transitions
 
+    def restart_clocks(self, now: float) -> None:
+        """Count every peer not dead as heard at `now`: after this node did not run for a while, what its peers sent
+        meanwhile may not be read yet (a socket's queue, a link reconnecting), and their silence is its own."""
+        for peer in self._peers.values():
+            if peer.state is not PeerState.DEAD:
+                peer.last_heard = max(peer.last_heard, now)
+
     def state(self, node_id: str) -> PeerState | None:
         """The peer's state, or None if it was never heard (or was forgotten)."""
         peer = self._peers.get(node_id)

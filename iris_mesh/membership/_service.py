@@ -194,12 +194,14 @@ class MembershipService:
         stalled_s = 0.0 if self._last_tick is None else now - self._last_tick
         self._last_tick = now
         if stalled_s > self.detector.suspect_after_s:
-            # This node did not run (paused, or starved of CPU): its peers' silence meanwhile is its own.
-            # Their heartbeats wait in the socket and are read right after this tick: judge at the next.
+            # This node did not run (paused, or starved of CPU): its peers' silence meanwhile is its own. Their
+            # heartbeats may not all be read by the next tick (a queue read over several turns, a link that
+            # broke and reconnects): each gets the usual time to be heard again, as if heard just now.
             self.counters["stalls"] += 1
-            logger.warning("this node did not run for {:.1f} s (paused, or starved of CPU or memory); peers are "
-                           "judged again once their heartbeats from that time are read", stalled_s)
-            return 0.0
+            self.detector.restart_clocks(now)
+            logger.warning("this node did not run for {:.1f} s (paused, or starved of CPU or memory); its peers get "
+                           "the usual {:g} s to be heard again before any is judged down", stalled_s,
+                           self.detector.dead_after_s)
         if now >= self._next_heartbeat and not self._leaving:  # after its goodbye a heartbeat would revive it
             self._publish_heartbeat()
             self._next_heartbeat = now + self._heartbeat_interval_s
