@@ -20,9 +20,14 @@ from iris_mesh.store._versioned import Versioned
 if TYPE_CHECKING:
     from iris_mesh.store._local import LocalStore
 
-__all__ = ["Responder"]
+__all__ = ["END_CODES", "Responder"]
 
 _LIST_FLUSH_ROWS = 2000
+
+
+# Every code an `ae_end` carries: "ok" and the refusals. Another one from a peer is a bad reply (it would otherwise
+# name a counter of its own: `ae_{code}`).
+END_CODES = frozenset({"ok", "busy", "not_ready", "not_a_core", "partition_detected", "membership_differs"})
 
 
 class Responder:

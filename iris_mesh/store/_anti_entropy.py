@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from iris_mesh.store._ae_responder import Responder
+from iris_mesh.store._ae_responder import END_CODES, Responder
 from iris_mesh.store._ae_session import (
     PULL_FRAME_KEYS,
     AntiEntropyPort,
@@ -428,7 +428,7 @@ class AntiEntropy:
             return
         code = msg.get("code")
         if code != "ok":
-            self._finish(session, code if isinstance(code, str) else "bad_reply")
+            self._finish(session, code if code in END_CODES else "bad_reply")
             return
         buckets = bucket_lists(msg.get("m"))
         if buckets is None:

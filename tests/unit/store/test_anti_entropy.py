@@ -15,6 +15,7 @@ import pytest
 
 from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.membership import Placement
+from iris_mesh.store._ae_responder import Responder
 from iris_mesh.store._anti_entropy import SessionResult
 from iris_mesh.store._reconcile import Listed, Reconciler
 from iris_mesh.store._coordinator import Done
@@ -467,3 +468,15 @@ def test_routine_sessions_list_only_buckets_left_quiet_since_their_first_round(c
     assert (result.code, result.buckets, result.pushed) == ("ok", 4, 4)
     assert {k: item.value for k, item in cluster.rows("core3").items()} == {
         keys[0]: b"newer", **{k: b"v" for k in keys[1:]}}
+
+
+def test_an_end_code_no_responder_sends_is_a_bad_reply_and_names_no_counter(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A peer of another version, or a damaged frame: each distinct code would have become a counter of its own.
+    made_up = iter(f"made-up-{n}" for n in range(10**6))
+    monkeypatch.setattr(Responder, "_refusal", lambda self, src, fp: next(made_up))
+    results = cluster.resync("core1")  # a session with each peer, each ended with a code of its own
+    counters = cluster.services["core1"].counters
+    assert counters["ae_bad_reply"] == 2, (results, sorted(counters))
+    assert not [name for name in counters if "made-up" in name], sorted(counters)
