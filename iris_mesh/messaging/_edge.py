@@ -378,6 +378,7 @@ class EdgeService:
         if inflight is not None:
             # A resend joins the send in flight: it waits for the same answer, and counts like any send waiting.
             if session.pending_sends >= self._limits.max_pending_deliveries:
+                self.counters["sends_too_many_pending"] += 1
                 self.send_latency.record_failure(now)
                 self._to_client(session.route, build_error(
                     "too_many_pending", f"{session.pending_sends} sends are waiting for their answer", cid=request.cid))
@@ -394,6 +395,7 @@ class EdgeService:
                 cid=request.cid))
             return
         if session.pending_sends >= self._limits.max_pending_deliveries:
+            self.counters["sends_too_many_pending"] += 1
             self.send_latency.record_failure(now)
             session.hold(request.to, request.id, "too_many_pending", now)
             self._to_client(session.route, build_error(
@@ -401,6 +403,7 @@ class EdgeService:
             return
         wait = self._rate_of(self._rates, sender).try_take(now)
         if wait > 0:
+            self.counters["sends_rate_limited"] += 1
             self.send_latency.record_failure(now)
             session.hold(request.to, request.id, "rate_limited", now)
             self._to_client(session.route, build_error(

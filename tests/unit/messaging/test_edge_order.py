@@ -78,6 +78,7 @@ def _refused_by_rate(edge: Edge) -> tuple[int, str]:
     first, second = edge.send(ALICE, "bob", 1), edge.send(ALICE, "bob", 2)
     assert edge.outcome(ALICE, first) == "sent:stored"
     assert edge.outcome(ALICE, second) == "error:rate_limited"
+    assert edge.service.counters["sends_rate_limited"] == 1
     return 2, "rate_limited"
 
 
@@ -87,6 +88,7 @@ def _refused_as_too_many(edge: Edge) -> tuple[int, str]:
     third = edge.send(ALICE, "bob", 3)
     assert edge.reply(ALICE, third)["code"] == "too_many_pending"
     assert [edge.outcome(ALICE, cid) for cid in pending] == ["sent:stored"] * 2
+    assert edge.service.counters["sends_too_many_pending"] == 1
     return 3, "too_many_pending"
 
 
@@ -296,6 +298,7 @@ def test_resends_of_a_send_in_flight_are_refused_once_the_session_has_its_limit_
     cids = [edge.send(ALICE, "carol", 1) for _ in range(10)]
     answers = [f["code"] for f in edge.take(ALICE, "error")]
     assert answers == ["too_many_pending"] * 7
+    assert edge.service.counters["sends_too_many_pending"] == 7
     edge.store.run()
     assert [f["cid"] for f in edge.take(ALICE, "sent")] == cids[:3]
     assert edge.outcome(ALICE, edge.send(ALICE, "dave", 2)) == "sent:stored"  # nothing left waiting
