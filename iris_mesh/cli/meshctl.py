@@ -394,7 +394,8 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("--cluster", default=default(os.environ.get("IRIS_MESH_CLUSTER", "iris")),
                         help="cluster name to find by mDNS (default: $IRIS_MESH_CLUSTER, else iris)")
     parser.add_argument("--node", default=default(None),
-                        help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second)")
+                        help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second; only "
+                             "if it does not answer is mDNS asked whether it is another port of a node)")
     parser.add_argument("--cookie-file", default=default(None),
                         help="cluster cookie (default: $IRIS_MESH_COOKIE, else ./var/cookie)")
     parser.add_argument("--mdns-interface", action="append", type=_ipv4, default=default(None),
