@@ -447,7 +447,9 @@ class EdgeService:
         if after is not None and after >= send.id:
             after = None  # not an earlier message: a confused client, and nothing to wait for
         extra = {"from": send.sender} if after is None else {"from": send.sender, "after": after}
-        for edge in targets:
+        # This edge's own offer goes last: it may be declined at once, and the message stored only once every
+        # other edge it goes to has it too (an edge offered after the store could still deliver it live).
+        for edge in sorted(targets, key=lambda target: target == self.node_id):
             send.offered.add(edge)
             if edge == self.node_id:
                 self._desk.async_offer(self.node_id, send.id, send.sender, send.to, send.ts_ms, send.body, after)
@@ -458,7 +460,9 @@ class EdgeService:
         self._check_declined(send, now)
 
     def _check_declined(self, send: _Send, now: float) -> None:
-        if not send.done and send.offered and send.offered <= send.declined:
+        """Store `send` once every edge it was offered to declined it (once: it leaves the live ones then)."""
+        if (not send.done and send.offered and send.offered <= send.declined
+                and self._live.get((send.to, send.id)) is send):
             self._unlive(send)
             self._store_message(send, now)
 

@@ -409,6 +409,37 @@ def test_a_session_holding_a_message_unacked_past_the_deliver_timeout_gets_new_o
     assert edge.outcome(ALICE, third) == "sent:delivered"
 
 
+def test_a_message_this_edge_declines_at_once_is_stored_once() -> None:
+    # bob is logged in here but has not read his inbox: the live offer is declined at once. Stored twice, a failed
+    # second write was answered to alice's next message (stored and delivered) as its own error.
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob", sync=False)
+    first, second = edge.send(ALICE, "bob", 1), edge.send(ALICE, "bob", 2)
+    edge.store.run()
+    assert [edge.outcome(ALICE, cid) for cid in (first, second)] == ["sent:stored", "sent:stored"]
+    assert [key for table, key, _ in edge.store.puts if table == "offline_msg"] == [
+        inbox_key("bob", mid(1)), inbox_key("bob", mid(2))]
+
+
+def test_a_message_declined_here_at_once_waits_for_the_other_edges_offered_it() -> None:
+    # bob is on edge2 too: his session there may take it live; storing it at this edge's decline alone would
+    # also leave a stored copy of a message delivered live.
+    edge = Edge()
+    told: list[tuple[str, str]] = []
+    edge.gateway.async_send = lambda node, op, **fields: told.append((node, op)) is None  # type: ignore
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob", sync=False)
+    edge.store.tables["presence"][presence_key("bob", "edge2")] = encode_presence(True, 1, 0)
+    cid = edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    assert ("edge2", "mdeliver") in told
+    edge.service.mesh_ops()["mdelivered"]({"v": PROTOCOL_VERSION, "op": "mdelivered", "src": "edge2", "inc": 1,
+                                           "seq": 1, "id": mid(1), "to": "bob"}, edge.now)
+    assert edge.outcome(ALICE, cid) == "sent:delivered"
+    assert not [key for table, key, _ in edge.store.puts if table == "offline_msg"]
+
+
 def test_when_the_store_cannot_say_where_a_user_is_every_live_edge_is_offered_the_message() -> None:
     # Two of three cores down: the presence scan fails, yet two online users on different edges still chat.
     edge = Edge()
