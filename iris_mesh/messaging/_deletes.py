@@ -130,6 +130,7 @@ class AckDeletes:
         key = inbox_key(user, msg_id)
         entry = self._waiting.get(key)
         if entry is not None:
+            entry.retry = entry.retry or retry  # an ack of a session that was handed it: retried while it fails
             if entry.due is not None:
                 self._schedule(key, entry, now)  # acked again: try at the next tick rather than wait out the backoff
             return

@@ -597,9 +597,12 @@ class EdgeService:
                     continue
                 session.foreign_acks += 1
             if owed is not None and owed.live:
-                # The live copy reached the user: tell the origin, and drop any other session's copy.
+                # The live copy reached the user: tell the origin, and drop any other session's copy (acked, for
+                # that session: its own ack of it costs nothing then), which makes room there.
                 for other in self.sessions.of_user(session.user):
-                    other.outstanding.pop(msg_id, None)
+                    if other is not session and other.outstanding.pop(msg_id, None) is not None:
+                        other.note_acked(msg_id)
+                        self._inbox.async_resume(other, now)
                 if owed.origin == self.node_id:
                     self._delivered(msg_id, session.user, now)
                     continue

@@ -131,8 +131,8 @@ class InboxFeed:
             if cursor is not None and (live.sync.read_to is None or cursor > live.sync.read_to):
                 live.sync.read_to = cursor
             msgs, _left_at = self._deliveries(live, items, skip_outstanding=False, held=live.sync.held)
-            if not more and not live.push.running and not live.push.paused:
-                live.inbox_clean = True
+            if not more and not live.push.running and not live.push.paused and not live.push.failures:
+                live.inbox_clean = True  # (a push whose read failed owes the session what it did not read)
             self._to_client(session.route, build_inbox(request.cid, msgs, cursor, more))
 
         self._store.async_scan("offline_msg", prefix, start_after=cursor, limit=request.page_size(self._limits),
@@ -188,6 +188,8 @@ class InboxFeed:
         while retries and retries[0][0] <= now and started < RETRIES_PER_TICK:
             _due, route = heapq.heappop(retries)
             session = self._sessions.get(route)
+            if session is not None:
+                session.push.retry_due = False
             # Not if the session ended, or a push started meanwhile (a change: it retries by itself if it fails).
             if session is not None and session.user is not None and not session.push.running \
                     and session.push.failures:
@@ -236,6 +238,7 @@ class InboxFeed:
             session.push.resume_after = cursor
             return
         session.push.running = True
+        session.push.paused = False  # a pass paused for room that gets it other than by acks starts here
         session.push.resume_after = None
         if cursor is None:
             session.push.held.clear()  # a new pass reads from the start: nothing is missed yet
@@ -249,8 +252,10 @@ class InboxFeed:
             if not result.ok:
                 live.push.running = False
                 live.push.failures += 1
-                due = self._now() + retry_delay_s(live.push.failures, self._jitter())
-                heapq.heappush(self._push_retries, (due, route))
+                if not live.push.retry_due:  # one retry waits per session, however many passes failed
+                    live.push.retry_due = True
+                    due = self._now() + retry_delay_s(live.push.failures, self._jitter())
+                    heapq.heappush(self._push_retries, (due, route))
                 self._counters["inbox_push_failures"] += 1
                 return
             live.push.failures = 0

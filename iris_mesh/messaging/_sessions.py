@@ -48,6 +48,7 @@ class PushReading:
     resume_after: bytes | None = None
     rescan: bool = False  # another pass once this one ends
     failures: int = 0  # pages in a row that could not be read (the pass starts over after a backoff)
+    retry_due: bool = False  # a retry of a failed pass waits in the feed's retry queue
     # Inbox keys stored while a page was read, with their sender (None: not known).
     stored_while_reading: dict[bytes, str | None] = field(default_factory=dict)
     # Senders (None: any) whose messages after the key this pass missed wait for the next pass.

@@ -50,6 +50,7 @@ class FakeStore:
         self.tombstones = False
         self.dead: dict[str, set[bytes]] = collections.defaultdict(set)
         self.rows_scanned = 0  # rows (tombstones included) the scans read
+        self.unreadable: set[str] = set()  # tables whose scans are refused (`unavailable`) while they are in it
 
     def refuse_next_put(self, table: str, code: str) -> None:
         self._refusals[table].append(code)
@@ -81,8 +82,8 @@ class FakeStore:
                    on_done: Callable[[Any], None], now: float) -> None:
         self.scans += 1
         refusals = self._refusals["scan:" + table]
-        if refusals:
-            code = refusals.pop(0)
+        if refusals or table in self.unreadable:
+            code = refusals.pop(0) if refusals else "unavailable"
             self._waiting.append(lambda: on_done(Answer(False, code, f"{table} scan refused by the test")))
             return
 

@@ -24,7 +24,7 @@ import pytest
 from iris_mesh import PROTOCOL_VERSION
 from iris_mesh.messaging import _deletes
 from iris_mesh.messaging._deletes import RETRY_FIRST_S, RETRY_MAX_S, AckDeletes, retry_delay_s
-from iris_mesh.messaging._inbox import inbox_key
+from iris_mesh.messaging._inbox import StoredMessage, encode_stored, inbox_key
 from iris_mesh.messaging._protocol import Limits
 
 from support.edge_fakes import FakeStore, mid
@@ -219,6 +219,66 @@ def test_a_push_whose_page_could_not_be_read_starts_over_after_a_backoff(jitter:
     assert edge.service.counters["inbox_push_retries"] == 1
 
 
+def minbox(edge: Edge, user: str, msg_id: bytes, sender: str) -> None:
+    """Another edge stored `msg_id` from `sender` in `user`'s inbox, and says so."""
+    edge.service.mesh_ops()["minbox"]({"v": PROTOCOL_VERSION, "op": "minbox", "src": "edge2", "inc": 1, "seq": 1,
+                                      "to": user, "id": msg_id, "from": sender}, edge.now)
+
+
+def test_a_sync_that_ends_while_a_push_could_not_be_read_does_not_make_the_session_take_live_messages() -> None:
+    # Taken live, alice's next message (through another edge, no `after`) would overtake the stored one that the
+    # failed push owes bob.
+    edge = Edge()
+    edge.store.scans_read_when_asked = True
+    told: list[tuple[str, str]] = []
+    edge.gateway.async_send = lambda node, op, **fields: told.append((node, op)) is None  # type: ignore
+    edge.log_in(BOB, "bob", sync=False)
+    sync = edge.request(BOB, "sync", cursor=None)  # reads the empty inbox now; its answer comes last
+    edge.store.tables["offline_msg"][inbox_key("bob", mid(1))] = encode_stored(StoredMessage("alice", 1, b"m1"))
+    edge.store.refuse_next_scan("offline_msg", "unavailable")
+    minbox(edge, "bob", mid(1), "alice")  # the push of 1 starts, and its read fails
+    edge.store.run_newest()
+    assert edge.service.counters["inbox_push_failures"] == 1
+    edge.store.run()
+    assert edge.reply(BOB, sync)["more"] is False
+    edge.service.mesh_ops()["mdeliver"]({"v": PROTOCOL_VERSION, "op": "mdeliver", "src": "edge3", "inc": 1, "seq": 1,
+                                        "id": mid(2), "from": "alice", "to": "bob", "ts": 2, "body": b"m2"}, edge.now)
+    assert edge.take(BOB, "deliver") == [] and ("edge3", "mdeclined") in told
+    edge.now += RETRY_MAX_S
+    edge.service.async_tick(edge.now)
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)]
+
+
+def test_failed_pushes_wait_for_one_retry_however_many_changes_come_during_an_outage() -> None:
+    edge = Edge()
+    edge.log_in(BOB, "bob", sync=False)
+    edge.store.unreadable.add("offline_msg")  # bob's replicas cannot be read for a minute
+    for n in range(1, 51):  # meanwhile 50 messages are stored for him through another edge
+        edge.store.tables["offline_msg"][inbox_key("bob", mid(n))] = encode_stored(StoredMessage("alice", n, b"m"))
+        minbox(edge, "bob", mid(n), "alice")
+        edge.store.run()
+    scans = edge.store.scans
+    for _ in range(60):
+        edge.now += 1.0
+        edge.request(BOB, "ping")  # bob's client is there all along
+        edge.service.async_tick(edge.now)
+        edge.store.run()
+    # One chain of retries, its waits doubling: not one chain for each pass that failed.
+    waits, waited = [], 0.0
+    while waited + retry_delay_s(len(waits) + 51, 1.0) <= 60:
+        waits.append(retry_delay_s(len(waits) + 51, 1.0))
+        waited += waits[-1]
+    assert edge.store.scans - scans <= len(waits) + 1, (edge.store.scans - scans, waits)
+    edge.store.unreadable.clear()
+    for _ in range(int(RETRY_MAX_S)):  # the wait under way ends within RETRY_MAX_S
+        edge.now += 1.0
+        edge.request(BOB, "ping")  # bob's client is there all along
+        edge.service.async_tick(edge.now)
+        edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(n) for n in range(1, 51)]
+
+
 def test_a_push_page_read_before_an_ack_s_delete_landed_does_not_hand_that_message_again() -> None:
     """bob acks 1 while a push's page that holds it is on its way; the delete is answered first."""
     edge = Edge()
@@ -406,3 +466,17 @@ def test_a_journal_with_more_deletes_than_may_wait_gives_up_the_rest(monkeypatch
     d.deletes = AckDeletes(store=d.store, counters=d.counters, now=lambda: d.now, jitter=lambda: 1.0, journal=journal)
     assert len(d.deletes) == 2 and d.counters["inbox_deletes_given_up"] == 1
     assert len(journal.records) == 2  # none left behind that nothing would ever retry or delete
+
+
+def test_an_ack_that_must_be_retried_is_retried_even_if_a_one_shot_delete_of_it_is_on_its_way() -> None:
+    # bob-2 acks 1 carried over from an earlier session (one attempt), then bob, who was handed 1, acks it too:
+    # the delete is owed to bob until the store takes it (PROTOCOL 9.3).
+    d = Deletes()
+    key = d.stored("bob", 1)
+    d.store.refuse_next_put("offline_msg", "unavailable")
+    d.deletes.async_delete("bob", mid(1), d.now, retry=False)
+    d.deletes.async_delete("bob", mid(1), d.now, retry=True)
+    d.store.run()
+    assert d.deletes.waiting(key) and d.counters["inbox_deletes_not_retried"] == 0
+    assert d.tick_at(d.now + RETRY_MAX_S) == 1
+    assert key not in d.store.tables["offline_msg"] and not d.deletes.waiting(key)

@@ -26,7 +26,7 @@ from iris_mesh.messaging._edge import EdgeSettings
 from iris_mesh.messaging._inbox import StoredMessage, encode_presence, encode_stored, inbox_key, presence_key
 from iris_mesh.messaging._inbox_feed import InboxFeed
 from iris_mesh.messaging._protocol import Limits, SyncRequest
-from iris_mesh.messaging._sessions import HOLD_MAX_S, MAX_HOLDS, SessionTable
+from iris_mesh.messaging._sessions import HOLD_MAX_S, MAX_HOLDS, Outstanding, SessionTable
 from iris_mesh.messaging._tokens import issue_token
 
 from support.edge_fakes import FakeStore, mid
@@ -375,6 +375,41 @@ def test_a_live_copy_acked_after_its_origin_died_is_deleted_from_the_inbox_by_th
         ("edge2", "mdelivered", mid(7)), ("edge2", "mdelivered", mid(8))]
 
 
+def test_a_live_message_acked_on_two_devices_leaves_no_trace_on_the_cores() -> None:
+    # PROTOCOL 9.2: a message delivered live and acked in time is never written. The second device's ack of it
+    # used to count as an ack carried over from another session: a delete, that is a tombstone in bob's inbox.
+    edge = Edge()
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob")
+    edge.log_in(BOB2, "bob")
+    cid = edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB, "deliver")] == [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(1)]
+    for route in (BOB, BOB2):
+        edge.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    assert edge.outcome(ALICE, cid) == "sent:delivered"
+    assert [put for put in edge.store.puts if put[0] == "offline_msg"] == []
+
+
+def test_a_session_whose_live_copy_another_device_acked_gets_the_stored_messages_it_had_no_room_for() -> None:
+    edge = Edge(Limits(max_pending_deliveries=1))
+    edge.log_in(ALICE, "alice")
+    edge.log_in(BOB, "bob")
+    edge.log_in(BOB2, "bob")
+    edge.send(ALICE, "bob", 1)
+    edge.store.run()
+    assert [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(1)]  # both devices are full now
+    edge.store.tables["offline_msg"][inbox_key("bob", mid(10))] = encode_stored(StoredMessage("carol", 10, b"m"))
+    edge.service.mesh_ops()["minbox"]({"v": PROTOCOL_VERSION, "op": "minbox", "src": "edge2", "inc": 1, "seq": 1,
+                                      "to": "bob", "id": mid(10), "from": "carol"}, edge.now)
+    edge.store.run()
+    assert edge.take(BOB2, "deliver") == []  # no room: it waits for an ack
+    edge.service.async_on_client(BOB, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    # bob's other device acked 1: the copy bob-2 held is dropped, and with it the wait for room.
+    assert [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(10)]
+
+
 def test_a_live_send_to_an_edge_that_dies_is_stored_at_once_not_at_its_deadline() -> None:
     edge = Edge()
     told: list[tuple[str, str]] = []
@@ -584,3 +619,29 @@ def test_a_message_stored_behind_the_clients_sync_comes_before_its_senders_next_
     alice = [i for i in handed if i in (mid(15), mid(25))]
     assert alice[:2] == [mid(15), mid(25)], "alice's second message came first"
     assert set(handed) == {mid(n) for n in (10, 15, 20, 25, 30)}
+
+
+def test_a_session_runs_one_push_pass_at_a_time_even_if_its_room_came_without_an_ack() -> None:
+    # A pass paused for room at its start; room comes otherwise than by an ack (a live copy dropped); the next
+    # change starts a pass, and an ack meanwhile must not start a second one over it (two passes clear each
+    # other's record of what they missed, and a sender's later message can overtake a late-stored one).
+    store, sessions, pushed = FakeStore(), SessionTable(), []
+    feed = InboxFeed(store=store, sessions=sessions, limits=Limits(sync_page=2, max_pending_deliveries=1),
+                     counters=collections.Counter(), now=lambda: 0.0,
+                     to_client=lambda route, frame: pushed.append(frame["id"]))
+    bob = sessions.touch(b"bob", 0.0)
+    sessions.log_in(bob, "bob")
+    bob.outstanding[mid(1)] = Outstanding(True, "edge2", "alice", 0.0)  # a live copy: no room
+    _stored_for(feed, store, bob, "carol", 10)
+    assert bob.push.paused and store.scans == 0
+    del bob.outstanding[mid(1)]  # the copy is dropped (acked on another device)
+    _stored_for(feed, store, bob, "carol", 20)  # a pass starts
+    feed.async_resume(bob, 0.0)  # an ack of bob's
+    assert store.scans == 1
+    store.run()
+    assert pushed == [mid(10)]
+
+
+def _stored_for(feed: InboxFeed, store: FakeStore, session: Any, sender: str, n: int) -> None:
+    store.tables["offline_msg"][inbox_key(session.user, mid(n))] = encode_stored(StoredMessage(sender, n, b""))
+    feed.async_changed(session.user, 0.0, mid(n), sender)
