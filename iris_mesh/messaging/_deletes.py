@@ -134,6 +134,10 @@ class AckDeletes:
             if entry.due is not None:
                 self._schedule(key, entry, now)  # acked again: try at the next tick rather than wait out the backoff
             return
+        if not retry and len(self._waiting) >= MAX_WAITING:
+            # One attempt only, and a full table: not at the cost of a delete owed until the store takes it.
+            self._counters["inbox_deletes_not_retried"] += 1
+            return
         entry = self._waiting[key] = _Waiting(user, msg_id, retry)
         if len(self._waiting) > MAX_WAITING:
             oldest_key = next(iter(self._waiting))

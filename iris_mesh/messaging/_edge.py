@@ -181,6 +181,8 @@ class EdgeService:
         self.sessions = SessionTable()
         self._rates: dict[str, RateLimiter] = {}  # per user: sends
         self._read_rates: dict[str, RateLimiter] = {}  # per user: sync and presence requests
+        # Per user: acks of ids no session of theirs here was handed (each a quorum delete), across sessions.
+        self._foreign_ack_rates: dict[str, RateLimiter] = {}
         self._next_rates_prune = 0.0
         self._pairs: dict[tuple[str, str], collections.deque[_Send]] = {}
         self._inflight: dict[tuple[str, bytes], _Send] = {}
@@ -269,6 +271,14 @@ class EdgeService:
         limiter = rates.get(user)
         if limiter is None:
             limiter = rates[user] = RateLimiter(self._limits.send_rate_per_s, self._limits.send_burst)
+        return limiter
+
+    def _foreign_ack_budget(self, user: str) -> RateLimiter:
+        """What one session may carry over whole, refilled at the user's send rate."""
+        limiter = self._foreign_ack_rates.get(user)
+        if limiter is None:
+            limiter = self._foreign_ack_rates[user] = RateLimiter(self._limits.send_rate_per_s,
+                                                                  2 * self._limits.max_ack_ids)
         return limiter
 
     def _hello(self, session: Session, request: HelloRequest, now: float) -> None:
@@ -590,9 +600,11 @@ class EdgeService:
                     continue  # acked here before: its delete is on its way already
                 if id_time_ms(msg_id) - self._wall_ms() > MAX_ID_AHEAD_MS:
                     continue  # no such message can have been stored (sends with such ids are refused)
-                if session.foreign_acks >= 2 * self._limits.max_ack_ids:
-                    # More than a session on another edge could have left unacked: not deleted
-                    # (each would cost a quorum write); such a message comes again in a sync.
+                if session.foreign_acks >= 2 * self._limits.max_ack_ids or self._foreign_ack_budget(
+                        session.user).try_take(now) > 0:
+                    # More than a session on another edge could have left unacked, or (a login loop) more
+                    # per second than the user may send: not deleted (each would cost a quorum write); such
+                    # a message comes again in a sync.
                     self.counters["acks_of_unknown_ids_ignored"] += 1
                     continue
                 session.foreign_acks += 1
@@ -643,7 +655,7 @@ class EdgeService:
         self._presence.async_tick(now)
         if now >= self._next_rates_prune:  # a full bucket is what a new one would be: drop it
             self._next_rates_prune = now + _RATES_PRUNE_S
-            for rates in (self._rates, self._read_rates):
+            for rates in (self._rates, self._read_rates, self._foreign_ack_rates):
                 for user in [user for user, limiter in rates.items() if limiter.is_full(now)]:
                     del rates[user]
         dead = {edge for edge in self._minbox.seen if edge != self.node_id and not self._is_alive(edge)}

@@ -480,3 +480,21 @@ def test_an_ack_that_must_be_retried_is_retried_even_if_a_one_shot_delete_of_it_
     assert d.deletes.waiting(key) and d.counters["inbox_deletes_not_retried"] == 0
     assert d.tick_at(d.now + RETRY_MAX_S) == 1
     assert key not in d.store.tables["offline_msg"] and not d.deletes.waiting(key)
+
+
+def test_one_shot_deletes_never_push_out_a_delete_owed_until_the_store_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_deletes, "MAX_WAITING", 3)
+    d = Deletes()
+    owed = d.stored("bob", 1)
+    d.store.refuse_next_put("offline_msg", "unavailable")
+    d.deletes.async_delete("bob", mid(1), d.now)  # bob acked 1, handed to him: owed until done
+    d.store.run()
+    for n in range(100, 110):  # the store does not answer; acks of ids carried over from other sessions pile up
+        d.deletes.async_delete("mallory", mid(n), d.now, retry=False)
+    assert d.deletes.waiting(owed) and d.counters["inbox_deletes_given_up"] == 0
+    assert d.counters["inbox_deletes_not_retried"] == 8
+    d.store.run()
+    assert d.tick_at(d.now + RETRY_MAX_S) == 1
+    assert owed not in d.store.tables["offline_msg"]

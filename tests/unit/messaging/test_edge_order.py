@@ -192,6 +192,29 @@ def test_acks_carried_over_from_another_session_delete_but_a_flood_of_unknown_id
     assert len(edge.store.puts) - writes == limit - 1
 
 
+def test_logging_in_again_and_again_does_not_renew_the_allowance_of_acks_of_unknown_ids() -> None:
+    # Each carried-over ack is a quorum delete: the allowance is the user's, refilled at the send rate, not a
+    # fresh one per session (a login, ack, logout loop wrote as fast as it could send frames).
+    edge = Edge()
+    limits = Limits()
+    writes = len(edge.store.puts)
+    for round_ in range(20):
+        route = b"mallory-%d" % round_
+        edge.log_in(route, "mallory", sync=False)
+        for start in range(0, 2 * limits.max_ack_ids, limits.max_ack_ids):
+            ids = [mid(100_000 * (round_ + 1) + start + n) for n in range(limits.max_ack_ids)]
+            edge.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": "ack", "ids": ids}, edge.now)
+        edge.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": "logout", "cid": 1}, edge.now)
+        edge.store.run()
+    deletes = len([put for put in edge.store.puts[writes:] if put[0] == "offline_msg" and put[2] is None])
+    assert deletes == 2 * limits.max_ack_ids  # one session's allowance: no time passed
+    edge.now += 2 * limits.max_ack_ids / limits.send_rate_per_s  # refilled: a later move of bob's client is fine
+    edge.log_in(b"mallory-again", "mallory", sync=False)
+    edge.service.async_on_client(b"mallory-again", {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
+    edge.store.run()
+    assert edge.store.puts[-1] == ("offline_msg", inbox_key("mallory", mid(1)), None)
+
+
 # ---- resends --------------------------------------------------------------------------------------
 
 
