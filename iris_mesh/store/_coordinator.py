@@ -250,7 +250,9 @@ class QuorumCoordinator:
         if not write.answered:
             if len(write.acked) >= write.required:
                 done = (self._write_ok(write),)
-            elif len(write.acked) + write.outstanding() < write.required:
+            elif len(write.acked) + write.outstanding() < write.required and (write.acked or not write.outstanding()):
+                # Out of reach. With no ack yet the answers still due say which: all refusals (nothing was
+                # written, the refusal's code) or a copy somewhere (`unavailable`).
                 done = (self._write_failed(write),)
             if done:
                 write.answered = True
@@ -273,8 +275,8 @@ class QuorumCoordinator:
             if node in acked or node not in write.sent_to or node in write.failed:
                 continue
             acked.append(node)
-            if not write.answered and len(acked) >= write.required:
-                done.append(self._write_ok(write))
+            if not write.answered and (len(acked) >= write.required or len(acked) + write.outstanding() < write.required):
+                done.append(self._write_ok(write) if len(acked) >= write.required else self._write_failed(write))
                 write.answered = True
                 arm(write, now + self._hint_linger_s, self._lingers)
             if write.answered and len(acked) + len(write.failed) == len(write.sent_to):
@@ -289,12 +291,16 @@ class QuorumCoordinator:
         return _new_tuple(Done, (write.req, True, _OK, detail, None, acked_by))
 
     def _write_failed(self, write: PendingWrite) -> Done:
+        """A refusal's own code only when every replica refused (nothing was written); else `unavailable`: a
+        replica that took it (or may yet) keeps a copy, which hints, read repair and anti-entropy spread."""
         codes = set(write.failed.values())
-        code = _PARTITION if _PARTITION in codes else "inbox_full" if "inbox_full" in codes else _UNAVAILABLE
-        detail = (
-            f"{write.durability} write cannot reach {write.required} acks: {_answers(write.failed)} "
-            f"({len(write.acked)} acknowledged); the write may or may not have been applied"
-        )
+        if write.acked or write.outstanding():
+            code = _UNAVAILABLE
+            outcome = f"{len(write.acked)} acknowledged); the write may or may not have been applied"
+        else:
+            code = _PARTITION if _PARTITION in codes else "inbox_full" if "inbox_full" in codes else _UNAVAILABLE
+            outcome = "none acknowledged); nothing was written"
+        detail = f"{write.durability} write cannot reach {write.required} acks: {_answers(write.failed)} ({outcome}"
         return Done(write.req, False, code, detail, acked_by=tuple(write.acked))
 
     def _write_timed_out(self, write: PendingWrite) -> Done:

@@ -95,26 +95,49 @@ def test_short_replica_set_cannot_make_a_quorum() -> None:
     assert not done.ok and done.code == "unavailable" and "replication factor 3" in done.detail
 
 
-def test_partition_detected_propagates_as_soon_as_quorum_is_out_of_reach() -> None:
+def test_a_write_that_every_replica_refused_fails_with_the_refusal_and_wrote_nothing() -> None:
+    coord = make()
+    put(coord)
+    assert coord.on_write_ack("core1", 1, "partition_detected", 0.1) == Step()
+    # Out of reach now, but core3's answer decides between "nothing written" and "a copy on core3".
+    assert coord.on_write_ack("core2", 1, "unavailable", 0.1) == Step()
+    done = the_done(coord.on_write_ack("core3", 1, "partition_detected", 0.2))
+    assert not done.ok and done.code == "partition_detected"
+    assert "core1 answered partition_detected" in done.detail and "nothing was written" in done.detail
+    assert coord.pending() == 0
+
+
+def test_a_write_a_replica_took_fails_unavailable_not_with_a_refusal_as_soon_as_quorum_is_out_of_reach() -> None:
+    # A refusal's code tells the client nothing was stored (PROTOCOL 8); core1's copy spreads (hints, repair).
     coord = make()
     put(coord)
     coord.on_write_ack("core1", 1, "ok", 0.1)
     assert coord.on_write_ack("core2", 1, "partition_detected", 0.1) == Step()
     done = the_done(coord.on_write_ack("core3", 1, "unavailable", 0.2))
-    assert not done.ok and done.code == "partition_detected"
-    assert "core2 answered partition_detected" in done.detail
+    assert not done.ok and done.code == "unavailable"
+    assert "core2 answered partition_detected" in done.detail and "may or may not" in done.detail
     assert done.acked_by == ("core1",)
     # Every replica answered: the write finishes at once, hinting both failures on core1.
     assert coord.pending() == 0
+
+
+def test_a_write_whose_last_replica_does_not_answer_after_refusals_fails_unavailable_at_its_timeout() -> None:
+    coord = make()
+    put(coord)
+    coord.on_write_ack("core1", 1, "partition_detected", 0.1)
+    assert coord.on_write_ack("core2", 1, "partition_detected", 0.1) == Step()
+    done = the_done(coord.tick(2.5))
+    assert not done.ok and done.code == "unavailable" and "may or may not" in done.detail
 
 
 def test_failed_write_hints_on_an_acker_once_everyone_answered() -> None:
     coord = make()
     put(coord)
     coord.on_write_ack("core1", 1, "partition_detected", 0.1)
-    done = the_done(coord.on_write_ack("core2", 1, "partition_detected", 0.1))
-    assert done.code == "partition_detected"
-    [(node, hint)] = writes(coord.on_write_ack("core3", 1, "ok", 0.3))
+    assert coord.on_write_ack("core2", 1, "partition_detected", 0.1) == Step()
+    step = coord.on_write_ack("core3", 1, "ok", 0.3)
+    assert the_done(step).code == "unavailable"  # core3 holds it: not "nothing was written"
+    [(node, hint)] = writes(step)
     assert node == "core3" and hint.hint_for == ("core1", "core2")
     assert coord.pending() == 0
 
@@ -123,7 +146,8 @@ def test_errors_without_partition_are_unavailable() -> None:
     coord = make()
     put(coord)
     coord.on_write_ack("core1", 1, "unavailable", 0.1)
-    done = the_done(coord.on_write_ack("core2", 1, "disk_full", 0.1))
+    coord.on_write_ack("core2", 1, "disk_full", 0.1)
+    done = the_done(coord.on_write_ack("core3", 1, "unavailable", 0.1))
     assert not done.ok and done.code == "unavailable"
 
 
@@ -137,7 +161,7 @@ def test_guaranteed_needs_every_replica() -> None:
     assert done.ok and len(done.acked_by) == 3
     put(coord, 3, durability="guaranteed")
     coord.on_write_ack("core1", 3, "ok", 0.1)
-    assert the_done(coord.on_write_ack("core2", 3, "partition_detected", 0.1)).code == "partition_detected"
+    assert the_done(coord.on_write_ack("core2", 3, "partition_detected", 0.1)).code == "unavailable"
 
 
 def test_best_effort_answers_at_once_with_unsynced_writes() -> None:
@@ -207,7 +231,8 @@ def test_replicas_refusing_for_a_full_inbox_fail_the_write_with_inbox_full() -> 
     item = Versioned(Version(1, "n"), b"x")
     coordinator.put(1, "offline_msg", b"bob\x00m", item, replicas=["a", "b", "c"], live=["a", "b", "c"], now=0.0)
     coordinator.on_write_ack("a", 1, "inbox_full", 0.0)
-    step = coordinator.on_write_ack("b", 1, "inbox_full", 0.0)
+    coordinator.on_write_ack("b", 1, "inbox_full", 0.0)
+    step = coordinator.on_write_ack("c", 1, "inbox_full", 0.0)
     assert [(d.ok, d.code) for d in step.done] == [(False, "inbox_full")]
 
 
@@ -232,7 +257,7 @@ def test_a_replica_that_refused_with_inbox_full_gets_no_hint() -> None:
     # core3 misses it for another reason: it alone is hinted, never the replica that enforced its limit.
     step = coord.on_write_ack("core3", 1, "unavailable", 0.2)
     done = the_done(step)
-    assert not done.ok and done.code == "inbox_full"
+    assert not done.ok and done.code == "unavailable"  # core1 took it
     [(node, hint)] = writes(step)
     assert node == "core1" and hint.hint_for == ("core3",)
     put(coord, 2)
