@@ -402,7 +402,7 @@ class StoreService:
         for entry in _entries(msg, "r", self.counters):
             try:
                 req, raw, code = entry
-                item = None if raw is None else decode_versioned(raw)
+                item = None if raw is None else _wire_versioned(raw)
             except (TypeError, ValueError, VersionError):
                 self.counters["bad_store_frames"] += 1
                 continue
@@ -468,7 +468,7 @@ class StoreService:
         for entry in _entries(msg, "r", self.counters):
             try:
                 req, raw_rows, more, code = entry
-                rows = [(key, decode_versioned(raw)) for key, raw in raw_rows]
+                rows = [(key, _wire_versioned(raw)) for key, raw in raw_rows]
                 if not (isinstance(req, int) and isinstance(code, str) and all(isinstance(k, bytes) for k, _ in rows)):
                     raise ValueError("bad field types")
             except (TypeError, ValueError, VersionError):
@@ -546,6 +546,13 @@ class StoreService:
         if now is not None:
             self._last_now = now
         return self._last_now
+
+
+def _wire_versioned(raw: Any) -> Versioned:
+    """A versioned value from a peer's frame: bytes only (an integer would be taken for a length by `bytes()`)."""
+    if type(raw) is not bytes:
+        raise ValueError(f"a versioned value must be bytes, not {type(raw).__name__}")
+    return decode_versioned(raw)
 
 
 def _entries(msg: dict[str, Any], key: str, counters: dict[str, int]) -> list[Any]:

@@ -269,6 +269,21 @@ def test_malformed_ack_frames_are_counted(cluster: Cluster) -> None:
     assert edge.counters["bad_store_frames"] == 3
 
 
+@pytest.mark.parametrize("bad", [2**64, 2**45, [1, 2, 3], "text"])
+def test_a_malformed_read_or_page_answer_is_counted_and_the_good_answers_of_its_frame_still_count(
+    cluster: Cluster, bad: object,
+) -> None:
+    # An integer would be taken by bytes() for a length (OverflowError, MemoryError) and a list for bytes.
+    edge = cluster.services[EDGE]
+    seen: list[tuple[int, object]] = []
+    edge._on_value = lambda node, req, item, code, now: seen.append((req, item))  # type: ignore[method-assign]
+    good = encode_versioned(Versioned(Version(1, "n"), b"v"))
+    edge.mesh_ops()["sval"]({"src": "core1", "r": [[7, bad, "ok"], [8, good, "ok"]]}, time.monotonic())
+    assert seen == [(8, Versioned(Version(1, "n"), b"v"))]
+    edge.mesh_ops()["spage"]({"src": "core1", "r": [[9, [[b"k", bad]], False, "ok"]]}, time.monotonic())
+    assert edge.counters["bad_store_frames"] == 2
+
+
 def test_writes_for_replicas_still_busy_with_earlier_ones_leave_together_and_never_wait_long(cluster: Cluster) -> None:
     assert put_many(cluster, EDGE, [b"warm\x00up"])[0].ok  # every core has answered: all idle
     sent = {core: cluster.sent[("sput", core)] for core in THREE}
