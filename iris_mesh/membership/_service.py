@@ -104,6 +104,7 @@ class MembershipService:
         self._seed_tried_since: dict[str, float] = {}  # seed endpoint no node answered from -> when first tried
         self._seeds_warned: set[str] = set()
         self._unseen_check_at: float | None = None  # when to name the expected cores not heard since the start
+        self._stall_grace_at = -math.inf  # when peers last got a fresh window after a stall of this node
         self._last_decision: GuardDecision | None = None
         self._stopped_on_purpose: set[str] = set()  # peers whose last change was a planned stop (they said bye)
         self._confirmed: dict[str, int] = {}  # node -> the newest incarnation the node itself sent us a card of
@@ -196,12 +197,15 @@ class MembershipService:
         if stalled_s > self.detector.suspect_after_s:
             # This node did not run (paused, or starved of CPU): its peers' silence meanwhile is its own. Their
             # heartbeats may not all be read by the next tick (a queue read over several turns, a link that
-            # broke and reconnects): each gets the usual time to be heard again, as if heard just now.
+            # broke and reconnects): each gets the usual time to be heard again, as if heard just now. Once per
+            # dead_after_s at most: a node whose every turn is that slow still judges its peers.
             self.counters["stalls"] += 1
-            self.detector.restart_clocks(now)
-            logger.warning("this node did not run for {:.1f} s (paused, or starved of CPU or memory); its peers get "
-                           "the usual {:g} s to be heard again before any is judged down", stalled_s,
-                           self.detector.dead_after_s)
+            if now - self._stall_grace_at >= self.detector.dead_after_s + stalled_s:
+                self._stall_grace_at = now
+                self.detector.restart_clocks(now)
+                logger.warning("this node did not run for {:.2f} s (paused, or starved of CPU or memory); its peers "
+                               "get the usual {:g} s to be heard again before any is judged down", stalled_s,
+                               self.detector.dead_after_s)
         if now >= self._next_heartbeat and not self._leaving:  # after its goodbye a heartbeat would revive it
             self._publish_heartbeat()
             self._next_heartbeat = now + self._heartbeat_interval_s
@@ -557,7 +561,8 @@ class MembershipService:
         if now < self._unseen_check_at or self._unseen_check_at == math.inf:
             return
         self._unseen_check_at = math.inf
-        unseen = sorted(self.guard.expected_cores - set(self.cards) - {self.card.node_id})
+        unseen = sorted(node for node in self.guard.expected_cores - {self.card.node_id}
+                        if self.detector.state(node) is None)  # known by mDNS or gossip at most
         if unseen:
             logger.warning("not heard from {} in the {:g} s since this node started ({} expected as {} of region {}): "
                            "down, or unable to reach this node; check the process and its log there, or `meshctl "

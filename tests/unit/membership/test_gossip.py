@@ -144,7 +144,7 @@ def test_a_node_that_did_not_run_gives_its_peers_the_usual_time_to_be_heard_agai
         assert (service.state_of("core2"), service.state_of("core3")) == ("alive", "dead")
         assert service.counters["stalls"] == 1
         assert not [line for line in lines if "core2 is" in line], lines
-        assert "this node did not run for 20.0 s (paused, or starved of CPU or memory); its peers get the usual " \
+        assert "this node did not run for 19.95 s (paused, or starved of CPU or memory); its peers get the usual " \
                "1.2 s to be heard again before any is judged down" in lines
     finally:
         logger.remove(handler)
@@ -405,5 +405,37 @@ def test_no_core_is_named_unseen_when_every_expected_core_was_heard() -> None:
             service.async_tick(T0 + 0.25 * n)
         assert service.state_of("core3") == "dead"
         assert not [line for line in lines if line.startswith("not heard from")], lines
+    finally:
+        logger.remove(handler)
+
+
+def test_a_node_whose_every_turn_is_slow_still_judges_its_peers() -> None:
+    # Ticks 0.85 s apart (over suspect_after_s) and nothing heard: each is a stall, but peers get a fresh window
+    # once per dead_after_s at most, so a core cut off while slow does not stay in normal mode.
+    service, _ = membership()
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    for at in (T0, T0 + 0.05):
+        service.async_on_heartbeat(heartbeat(core2, [], 1), at)
+        service.async_on_heartbeat(heartbeat(core3, [], 1), at)
+        service.async_tick(at)
+    for n in range(1, 11):
+        service.async_tick(T0 + 0.05 + 0.85 * n)
+    assert (service.state_of("core2"), service.state_of("core3")) == ("dead", "dead")
+    assert not service.is_safe_for_writes()
+
+
+def test_an_expected_core_known_only_by_mdns_is_named_as_not_heard() -> None:
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
+    try:
+        service, _mesh = membership()
+        service.async_on_discovered(card("core3", 9, 7000), T0)  # mDNS answers for it; its ports do not
+        for n in range(1, 80):
+            service.async_on_heartbeat(heartbeat(card("core2", 7, 6000), [], n), T0 + 0.25 * n)
+            service.async_tick(T0 + 0.25 * n)
+        assert [line for line in lines if line.startswith("not heard from")] == [
+            "not heard from core3 in the 10 s since this node started (it is expected as a core of region local): "
+            "down, or unable to reach this node; check the process and its log there, or `meshctl forget NODE` for "
+            "a core gone for good"]
     finally:
         logger.remove(handler)
