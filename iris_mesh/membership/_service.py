@@ -79,6 +79,7 @@ class MembershipService:
         # Cores an operator forgot and not heard since (persisted): a restart leaves them out of the expected
         # set even where the config lists them, and peers that come up are told again (they may have missed it).
         self.forgotten: set[str] = set(forgotten)
+        self._admit_later: set[str] = set()  # new cores heard alive while this node was in safe mode
         self._heartbeat_interval_s = heartbeat_interval_s
         self._seeds = [s if s.startswith("tcp://") else f"tcp://{s}" for s in seeds]
         self._io: MeshIO | None = None
@@ -473,9 +474,7 @@ class MembershipService:
             self.forgotten.discard(transition.node_id)
             self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
         if transition.new is PeerState.ALIVE and card is not None and card.role == "core" and card.region == self.card.region:
-            if self.guard.add_core(card.node_id):
-                self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
-                logger.info("expected cores of region {} are now {}", self.card.region, sorted(self.guard.expected_cores))
+            self._admit(card.node_id)
         if transition.new is PeerState.ALIVE:
             self._gossip_due = True  # tell everyone about the newcomer now, not in a second
             if self.forgotten and self._io is not None:
@@ -490,6 +489,34 @@ class MembershipService:
         for listener in self._on_peer_change:
             listener(transition, now)
         self._evaluate_guard(now)
+
+    def _admit(self, node_id: str) -> None:
+        """Take a core of this region heard alive into the expected set, unless this node is in safe mode: a
+        minority that took in new cores could count itself a majority (the real ring's other side still
+        writes). It waits then, and goes in once this node leaves safe mode (`_admit_waiting`)."""
+        if node_id in self.guard.expected_cores:
+            return
+        others = self.guard.expected_cores - {self.card.node_id}
+        if others and not self.guard.is_safe_for_writes():
+            if node_id not in self._admit_later:
+                self._admit_later.add(node_id)
+                logger.warning("{} is a new core of region {}: it joins the expected cores once this node is out "
+                               "of safe mode (a minority does not grow itself into a majority)", node_id,
+                               self.card.region)
+            return
+        self._admit_later.discard(node_id)
+        if self.guard.add_core(node_id):
+            self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
+            logger.info("expected cores of region {} are now {}", self.card.region, sorted(self.guard.expected_cores))
+
+    def _admit_waiting(self) -> None:
+        for node_id in sorted(self._admit_later):
+            card = self.cards.get(node_id)
+            if (self.state_of(node_id) == PeerState.ALIVE.value and card is not None and card.role == "core"
+                    and card.region == self.card.region and node_id not in self.forgotten):
+                self._admit(node_id)
+            else:
+                self._admit_later.discard(node_id)  # heard alive again later: judged then
 
     def _log_transition(self, transition: Transition, now: float) -> None:
         if transition.planned:  # an operator's stop: news, neither a warning nor a flap
@@ -527,6 +554,8 @@ class MembershipService:
                     logger.error("{}; not heard: {} (down, hung, or cut off from this node by the network){}",
                                  decision.reason, ", ".join(n for n in unheard if n not in planned) or "none", also)
         self._last_decision = decision
+        if self._admit_later and decision.safe_for_writes:
+            self._admit_waiting()
 
     def _publish_heartbeat(self) -> None:
         assert self._io is not None

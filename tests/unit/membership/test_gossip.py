@@ -283,11 +283,17 @@ def test_a_forgotten_core_is_remembered_told_to_peers_that_come_up_and_let_back_
     mesh.sent.clear()
     service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], 1), T0 + 2.0)
     assert ("core2", "forget") in mesh.sent
-    # core3 started again after all: a core of the cluster again, and nobody is told to forget it any more.
+    # core3 started again after all: a core of the cluster again, and nobody is told to forget it any more. It
+    # goes back in the expected set once this node is out of safe mode (core2 heard for safe_mode_exit_s).
     service.async_on_heartbeat(heartbeat(core3, [], 1), T0 + 2.1)
-    assert meta.forgotten == frozenset() and "core3" in service.guard.expected_cores
+    assert meta.forgotten == frozenset() and not service.is_safe_for_writes()
+    for n in range(2, 8):
+        service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], n), T0 + 2.0 + 0.25 * n)
+        service.async_on_heartbeat(heartbeat(core3, [], n), T0 + 2.0 + 0.25 * n)
+        service.async_tick(T0 + 2.0 + 0.25 * n)
+    assert service.is_safe_for_writes() and "core3" in service.guard.expected_cores
     mesh.sent.clear()
-    service.async_on_heartbeat(heartbeat(card("core2", 9, 6000), [], 1), T0 + 2.2)
+    service.async_on_heartbeat(heartbeat(card("core2", 9, 6000), [], 1), T0 + 4.0)
     assert ("core2", "forget") not in mesh.sent
 
 
@@ -437,5 +443,41 @@ def test_an_expected_core_known_only_by_mdns_is_named_as_not_heard() -> None:
             "not heard from core3 in the 10 s since this node started (it is expected as a core of region local): "
             "down, or unable to reach this node; check the process and its log there, or `meshctl forget NODE` for "
             "a core gone for good"]
+    finally:
+        logger.remove(handler)
+
+
+def test_a_minority_in_safe_mode_does_not_take_in_new_cores_to_make_itself_a_majority() -> None:
+    # core1 is cut off from core2 and core3, and two new cores start on its side of the cut: counted at once,
+    # core1 would see 3 of 5 and take writes while core2 and core3 (2 of 3 to them) take writes too.
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+    try:
+        service, _mesh = membership()
+        core2, core3, core4, core5 = (card(f"core{n}", n, 6000 + n) for n in (2, 3, 4, 5))
+        for n in range(1, 9):  # a healthy start: writes safe
+            for peer in (core2, core3):
+                service.async_on_heartbeat(heartbeat(peer, [], n), T0 + 0.25 * n)
+            service.async_tick(T0 + 0.25 * n)
+        assert service.is_safe_for_writes()
+        start = T0 + 2.0
+        for n in range(1, 41):  # the cut: core2 and core3 fall silent; once core1 knows, core4 and core5 start
+            if n > 8:
+                assert not service.is_safe_for_writes()
+                for peer in (core4, core5):
+                    service.async_on_heartbeat(heartbeat(peer, [], n), start + 0.25 * n)
+            service.async_tick(start + 0.25 * n)
+        assert not service.is_safe_for_writes()
+        assert service.guard.expected_cores == {"core1", "core2", "core3"}
+        assert "core4 is a new core of region local: it joins the expected cores once this node is out of safe " \
+               "mode (a minority does not grow itself into a majority)" in lines
+        # The cut heals: out of safe mode with the real ring, then the newcomers go in.
+        start += 10.25
+        for n in range(1, 9):
+            for peer in (core2, core3, core4, core5):
+                service.async_on_heartbeat(heartbeat(peer, [], 100 + n), start + 0.25 * n)
+            service.async_tick(start + 0.25 * n)
+        assert service.is_safe_for_writes()
+        assert service.guard.expected_cores == {"core1", "core2", "core3", "core4", "core5"}
     finally:
         logger.remove(handler)
