@@ -606,9 +606,18 @@ class MembershipService:
         cookie neither side can read the other's frames, and neither would say anything else.
         """
         assert self._io is not None
-        # A known node keeps its peer link (zmq reconnects it), so only unknown seeds need one.
-        linked = {card.mesh_endpoint for card in self.cards.values()}
         open_seeds = self._io.async_seed_endpoints()
+        if self.detector.visible():
+            # A node heard first-hand: its gossip tells of the others, and known nodes keep their peer links (zmq
+            # reconnects them). A seed link left open would share this node's routing id with the peer link to
+            # the same node whenever the seed names it otherwise than its card does (a host name, another
+            # address), and the one that connected last would take every frame meant for the other.
+            for endpoint in open_seeds:
+                self._io.async_close_seed(endpoint)
+            self._seed_tried_since.clear()
+            self._seeds_warned.clear()
+            return True
+        linked = {card.mesh_endpoint for card in self.cards.values()}
         all_sent = True
         for endpoint in self._seeds:
             if endpoint in linked:

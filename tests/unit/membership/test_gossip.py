@@ -481,3 +481,45 @@ def test_a_minority_in_safe_mode_does_not_take_in_new_cores_to_make_itself_a_maj
         assert service.guard.expected_cores == {"core1", "core2", "core3", "core4", "core5"}
     finally:
         logger.remove(handler)
+
+
+class SeedMesh(FakeMesh):
+    """A fake mesh that keeps the seed links open and says which."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seed_links: set[str] = set()
+
+    def async_seed_endpoints(self) -> list[str]:
+        return sorted(self.seed_links)
+
+    def async_open_seed(self, endpoint: str) -> None:
+        self.seed_links.add(endpoint)
+
+    def async_close_seed(self, endpoint: str) -> None:
+        self.seed_links.discard(endpoint)
+
+
+def test_seed_links_close_once_a_node_is_heard_whatever_name_the_seed_gives_it() -> None:
+    # A seed by host name never equals the card's address: left open, the seed link shared this node's routing id
+    # with its peer link to that node, and after a reconnect could take every frame meant for the peer link.
+    service = MembershipService(
+        card=card("core1", 1, 5000), detector=FailureDetector(suspect_after_s=0.8, dead_after_s=1.2),
+        guard=PartitionGuard(self_id="core1", self_is_core=True, safe_mode_exit_s=1.0,
+                             expected_cores={"core1", "core2", "core3"}),
+        expected_store=Meta(), heartbeat_interval_s=0.25, seeds=["core2.example:6000"],
+    )
+    mesh = SeedMesh()
+    service.async_attach(mesh, T0)  # type: ignore[arg-type]
+    service.async_tick(T0 + 0.25)
+    assert mesh.seed_links == {"tcp://core2.example:6000"}
+    core2 = card("core2", 7, 6000)  # its card says 127.0.0.1:6000
+    service.async_on_hello(hello(core2), T0 + 0.3)
+    for n in range(2, 12):
+        service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    assert mesh.seed_links == set() and mesh.links == {"core2": core2.mesh_endpoint}
+    # Nobody heard any more (core2 down): the seeds are tried again.
+    for n in range(12, 24):
+        service.async_tick(T0 + 0.25 * n)
+    assert service.state_of("core2") == "dead" and mesh.seed_links == {"tcp://core2.example:6000"}
