@@ -33,6 +33,8 @@ _MAX_CLIENT_COUNT = 1 << 32
 # member learns all of them even without mDNS.
 _GOSSIP_EVERY = 4
 _SEED_RETRY_S = 1.0
+_HELLO_RETRY_FIRST_S = 0.05  # a HELLO whose link is not connected yet: tried again after this, doubling up to
+_HELLO_RETRY_MAX_S = 1.0
 _SEED_QUIET_WARN_S = 10.0  # a seed tried this long without a node answering from it is warned of (once)
 _UNSEEN_WARN_S = 10.0  # the expected cores not heard at all this long after the start are named (once)
 _FLAP_WINDOW_S = 30.0
@@ -90,7 +92,8 @@ class MembershipService:
         self._hello_sent_at: dict[str, float] = {}
         # Peers whose HELLO could not be queued yet (a fresh link queues nothing until
         # its connection is up); retried on every tick until one goes out.
-        self._hello_pending: set[str] = set()
+        # Nodes whose HELLO could not be sent yet (no connected link) -> (when to try again, the wait before that).
+        self._hello_pending: dict[str, tuple[float, float]] = {}
         self._ignored: set[tuple[str, str]] = set()
         self._flaps: dict[str, list[float]] = {}
         self._stale_since: dict[str, float] = {}  # node -> when its frames first came with an older incarnation
@@ -210,11 +213,11 @@ class MembershipService:
         if now >= self._next_heartbeat and not self._leaving:  # after its goodbye a heartbeat would revive it
             self._publish_heartbeat()
             self._next_heartbeat = now + self._heartbeat_interval_s
-        for node_id in list(self._hello_pending):
-            if node_id in self.cards:
+        for node_id, (due, _wait) in list(self._hello_pending.items()):
+            if node_id not in self.cards:
+                del self._hello_pending[node_id]
+            elif now >= due:
                 self._say_hello(node_id, now, force=True)
-            else:
-                self._hello_pending.discard(node_id)
         for transition in self.detector.tick(now):
             self._on_transition(transition, now)
         self._evaluate_guard(now)
@@ -341,7 +344,7 @@ class MembershipService:
         self.cards.pop(node_id, None)
         self._confirmed.pop(node_id, None)
         self._hello_sent_at.pop(node_id, None)
-        self._hello_pending.discard(node_id)
+        self._hello_pending.pop(node_id, None)
         self._heartbeat_at.pop(node_id, None)
         self._clients.pop(node_id, None)
         assert self._io is not None
@@ -418,8 +421,10 @@ class MembershipService:
             self._io.async_close_seed(card.mesh_endpoint)
         if self._io.async_connect_peer(card.node_id, card.mesh_endpoint, card.hb_endpoint):
             logger.debug("linking to {} at {} (incarnation {})", card.node_id, card.mesh_endpoint, card.incarnation)
+            self._hello_pending.pop(card.node_id, None)  # a new link: its retries start over, quick
             self._say_hello(card.node_id, now, force=True)
         elif known is not None and known.incarnation != card.incarnation:
+            self._hello_pending.pop(card.node_id, None)
             self._say_hello(card.node_id, now, force=True)
 
     def _warn_if_misplaced(self, card: PeerCard) -> None:
@@ -440,9 +445,12 @@ class MembershipService:
             return
         if self._io.async_send(node_id, "hello", card=self.card.to_wire()):
             self._hello_sent_at[node_id] = now
-            self._hello_pending.discard(node_id)
+            self._hello_pending.pop(node_id, None)
         else:
-            self._hello_pending.add(node_id)
+            # Its link is not connected (yet): again at once at first, then less often (down for good, say).
+            _due, wait = self._hello_pending.get(node_id, (now, 0.0))
+            wait = min(_HELLO_RETRY_MAX_S, max(_HELLO_RETRY_FIRST_S, wait * 2))
+            self._hello_pending[node_id] = (now + wait, wait)
 
     def _heard(self, node_id: str, incarnation: int, now: float) -> None:
         transitions = self.detector.heard(node_id, incarnation, now)

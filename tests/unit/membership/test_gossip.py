@@ -523,3 +523,28 @@ def test_seed_links_close_once_a_node_is_heard_whatever_name_the_seed_gives_it()
     for n in range(12, 24):
         service.async_tick(T0 + 0.25 * n)
     assert service.state_of("core2") == "dead" and mesh.seed_links == {"tcp://core2.example:6000"}
+
+
+class UnconnectedMesh(FakeMesh):
+    """Links to core9 never connect: every frame to it is refused."""
+
+    def async_send(self, node_id: str, op: str, **fields: Any) -> bool:
+        self.sent.append((node_id, op))
+        return node_id != "core9"
+
+
+def test_a_hello_to_a_node_whose_link_never_connects_is_tried_again_less_and_less_often() -> None:
+    # A card from mDNS or gossip of a node that is down: its HELLO was tried at every tick (20 a second) for good.
+    service = MembershipService(
+        card=card("core1", 1, 5000), detector=FailureDetector(suspect_after_s=0.8, dead_after_s=1.2),
+        guard=PartitionGuard(self_id="core1", self_is_core=True, safe_mode_exit_s=1.0, expected_cores={"core1"}),
+        expected_store=Meta(), heartbeat_interval_s=0.25,
+    )
+    mesh = UnconnectedMesh()
+    service.async_attach(mesh, T0)  # type: ignore[arg-type]
+    service.async_on_discovered(card("core9", 3, 6009), T0)
+    for n in range(1, 1201):  # a minute of ticks, 50 ms apart
+        service.async_tick(T0 + 0.05 * n)
+    tries = mesh.sent.count(("core9", "hello"))
+    assert tries <= 70, tries  # about one a second once the wait has grown
+    assert service.state_of("core9") == "unknown"
