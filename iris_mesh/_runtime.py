@@ -48,6 +48,7 @@ class NodeRuntime:
     ) -> None:
         self._clock_keeper = clock_keeper
         self.membership = membership
+        membership.on_forgotten_later = self._drop_hints_of
         self.placement = placement
         self.store = store
         self.edge = edge
@@ -181,18 +182,23 @@ class NodeRuntime:
         if node_id not in self.membership.cards and node_id not in self.membership.guard.expected_cores:
             return  # not known here (forgotten already): nothing to do, nothing to log
         try:
-            self._forget(node_id)
+            done = self.membership.async_forget_asked(node_id, msg["src"])
         except ValueError as exc:
             logger.warning("{} asked to forget {}, refused: {}", msg["src"], node_id, exc)
+            return
+        if done is not None:  # else forgotten once dead here too (membership.on_forgotten_later)
+            self._drop_hints_of(node_id)
 
     def _forget(self, node_id: str) -> str:
         """Forget a node (ValueError if refused), and the writes held for it: it will never take them."""
-        done = self.membership.async_forget(node_id)
+        return self.membership.async_forget(node_id) + self._drop_hints_of(node_id)
+
+    def _drop_hints_of(self, node_id: str) -> str:
         dropped = self.store.async_drop_hints(node_id)
-        if dropped:
-            logger.warning("dropped the {} hints held here for {} (forgotten)", dropped, node_id)
-            done += f"; dropped {dropped} hints held for it here"
-        return done
+        if not dropped:
+            return ""
+        logger.warning("dropped the {} hints held here for {} (forgotten)", dropped, node_id)
+        return f"; dropped {dropped} hints held for it here"
 
     # ---- admin ops -------------------------------------------------------------------
 

@@ -82,6 +82,9 @@ class MembershipService:
         # set even where the config lists them, and peers that come up are told again (they may have missed it).
         self.forgotten: set[str] = set(forgotten)
         self._admit_later: set[str] = set()  # new cores heard alive while this node was in safe mode
+        self._forget_when_dead: dict[str, str] = {}  # node a peer asked to forget, suspect here -> that peer
+        # Told of each node forgotten at a peer's word once it was dead here too (the runtime drops its hints).
+        self.on_forgotten_later: Callable[[str], object] | None = None
         self._heartbeat_interval_s = heartbeat_interval_s
         self._seeds = [s if s.startswith("tcp://") else f"tcp://{s}" for s in seeds]
         self._io: MeshIO | None = None
@@ -137,7 +140,8 @@ class MembershipService:
         mDNS is not authenticated: a card of a node heard first-hand now is ignored (as gossip about it
         is), so an announcement made on the LAN cannot re-point a working link.
         """
-        if self._acceptable(card, "mDNS") and self.state_of(card.node_id) != "alive":
+        if (self._acceptable(card, "mDNS") and self.state_of(card.node_id) != "alive"
+                and card.node_id not in self.forgotten):  # a forgotten core is let back in by its own frames only
             self._learn(card, now)
 
     def async_on_hello(self, msg: dict[str, Any], now: float) -> None:
@@ -191,6 +195,8 @@ class MembershipService:
                 # A node this one hears itself says where it is and which process it is: what a third
                 # node says about it can be stale or wrong, and must not re-point a working link.
                 continue
+            if gossiped.node_id in self.forgotten:
+                continue  # a peer's view of it may lag (suspect there); back in only by its own frames
             self._learn(gossiped, now)
 
     def async_tick(self, now: float) -> float:
@@ -220,6 +226,8 @@ class MembershipService:
                 self._say_hello(node_id, now, force=True)
         for transition in self.detector.tick(now):
             self._on_transition(transition, now)
+        if self._forget_when_dead:
+            self._forget_deferred()
         self._evaluate_guard(now)
         if now >= self._next_seed_check:
             all_sent = self._tend_seeds(now)
@@ -354,6 +362,31 @@ class MembershipService:
         )
         logger.warning("operator: {}", done)
         return done
+
+    def async_forget_asked(self, node_id: str, by: str) -> str | None:
+        """`async_forget` at peer `by`'s word (a `meshctl forget` there). A node only suspect here (the peer saw
+        it die a moment sooner) is forgotten once it is dead here too: refused, the expected sets would differ
+        for good (and anti-entropy between the two stop). None when deferred so; ValueError if refused."""
+        if self.detector.state(node_id) is PeerState.SUSPECT and node_id not in self.misplaced():
+            self._forget_when_dead[node_id] = by
+            logger.warning("{} asked to forget {}, which is suspect here: it is forgotten here once it is dead here "
+                           "too", by, node_id)
+            return None
+        self._forget_when_dead.pop(node_id, None)
+        return self.async_forget(node_id)
+
+    def _forget_deferred(self) -> None:
+        for node_id, by in list(self._forget_when_dead.items()):
+            state = self.detector.state(node_id)
+            if state is PeerState.SUSPECT:
+                continue
+            del self._forget_when_dead[node_id]
+            if state is PeerState.ALIVE:
+                logger.warning("{} is alive again here: not forgotten, although {} asked to forget it", node_id, by)
+            elif state is PeerState.DEAD:
+                self.async_forget(node_id)
+                if self.on_forgotten_later is not None:
+                    self.on_forgotten_later(node_id)
 
     # ---- internals -------------------------------------------------------------------
 

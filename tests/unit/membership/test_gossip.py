@@ -548,3 +548,45 @@ def test_a_hello_to_a_node_whose_link_never_connects_is_tried_again_less_and_les
     tries = mesh.sent.count(("core9", "hello"))
     assert tries <= 70, tries  # about one a second once the wait has grown
     assert service.state_of("core9") == "unknown"
+
+
+def test_a_forget_asked_by_a_peer_for_a_core_only_suspect_here_is_done_once_it_is_dead_here() -> None:
+    # core3's last heartbeat reached core2 a moment after core1: the operator's forget through core1 found it
+    # suspect on core2, which refused for good: the expected sets differed (no anti-entropy between them again).
+    meta = Meta()
+    service, mesh = membership(meta)
+    forgotten_later: list[str] = []
+    service.on_forgotten_later = forgotten_later.append
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    service.async_on_heartbeat(heartbeat(core3, [], 1), T0)
+    for n in range(1, 5):  # core3 silent for 1 s: suspect here
+        service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    assert service.state_of("core3") == "suspect"
+    assert service.async_forget_asked("core3", "core1") is None
+    assert "core3" in service.guard.expected_cores
+    for n in range(2, 8):  # core2 gossips core3's card (suspect to it too) meanwhile
+        service.async_on_heartbeat(heartbeat(core2, [core3], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    assert service.guard.expected_cores == {"core1", "core2"} and meta.forgotten == {"core3"}
+    assert forgotten_later == ["core3"]
+    for n in range(8, 20):  # and core2 keeps gossiping it: not learnt again
+        service.async_on_heartbeat(heartbeat(core2, [core3], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    assert "core3" not in service.cards and "core3" not in mesh.links
+
+
+def test_a_forget_asked_for_a_core_that_comes_back_is_dropped() -> None:
+    service, _mesh = membership()
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    service.async_on_heartbeat(heartbeat(core3, [], 1), T0)
+    for n in range(1, 5):
+        service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    assert service.async_forget_asked("core3", "core1") is None
+    service.async_on_heartbeat(heartbeat(core3, [], 2), T0 + 1.1)  # it was only slow
+    for n in range(5, 20):
+        service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
+        service.async_on_heartbeat(heartbeat(core3, [], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    assert service.state_of("core3") == "alive" and "core3" in service.guard.expected_cores
