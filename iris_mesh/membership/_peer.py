@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import ipaddress
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -10,7 +10,14 @@ from iris_mesh._z85 import is_z85_key
 
 ROLES = ("core", "edge")
 # An address a link can connect to: an IPv4 or IPv6 address or a host name (letters, digits, '-', '.', ':').
-_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+def _is_card_host(host: str) -> bool:
+    """A node advertises an IPv4 address, never 0.0.0.0 (the config's `advertise_address` rule); anything else in
+    a card (a name libzmq cannot connect to, say) would only cost the link to that node."""
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return not address.is_unspecified and host == str(address)
 _MAX_NODE_ID_BYTES = 255
 
 # Short keys used in TXT records and in CBOR maps on the wire.
@@ -129,8 +136,8 @@ class PeerCard:
             raise CardError("peer card has an empty node id")
         if len(self.node_id.encode()) > _MAX_NODE_ID_BYTES:
             raise CardError(f"peer card node id is longer than {_MAX_NODE_ID_BYTES} bytes")
-        if not _HOST.fullmatch(self.host):
-            raise CardError(f"peer card host is not an address or host name: {self.host[:64]!r}")
+        if not _is_card_host(self.host):
+            raise CardError(f"peer card host is not an IPv4 address a node can advertise: {self.host[:64]!r}")
         if self.role not in ROLES:
             raise CardError(f"peer card role must be one of {ROLES}, got {self.role!r}")
         for port_name in ("mesh_port", "hb_port", "admin_port"):

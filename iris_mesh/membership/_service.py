@@ -137,10 +137,10 @@ class MembershipService:
     def async_on_discovered(self, card: PeerCard, now: float) -> None:
         """A card seen by mDNS: a candidate to connect to, not yet a member.
 
-        mDNS is not authenticated: a card of a node heard first-hand now is ignored (as gossip about it
-        is), so an announcement made on the LAN cannot re-point a working link.
+        mDNS is not authenticated: a card of a node heard first-hand now, or a moment ago (suspect), is ignored
+        (as gossip about it is), so an announcement made on the LAN cannot re-point a working link.
         """
-        if (self._acceptable(card, "mDNS") and self.state_of(card.node_id) != "alive"
+        if (self._acceptable(card, "mDNS") and self.state_of(card.node_id) not in ("alive", "suspect")
                 and card.node_id not in self.forgotten):  # a forgotten core is let back in by its own frames only
             self._learn(card, now)
 
@@ -191,9 +191,9 @@ class MembershipService:
             gossiped = self._card_from(raw)
             if gossiped is None or gossiped.node_id == self.card.node_id or not self._acceptable(gossiped, "gossip"):
                 continue
-            if gossiped.node_id != src and self.state_of(gossiped.node_id) == "alive":
-                # A node this one hears itself says where it is and which process it is: what a third
-                # node says about it can be stale or wrong, and must not re-point a working link.
+            if gossiped.node_id != src and self.state_of(gossiped.node_id) in ("alive", "suspect"):
+                # A node this one hears itself (or did a moment ago) says where it is and which process it is:
+                # what a third node says about it can be stale or wrong, and must not re-point its link.
                 continue
             if gossiped.node_id in self.forgotten:
                 continue  # a peer's view of it may lag (suspect there); back in only by its own frames

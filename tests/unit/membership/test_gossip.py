@@ -107,10 +107,12 @@ def test_gossip_about_a_peer_heard_first_hand_does_not_re_point_its_link() -> No
     assert mesh.links["core2"] == forged.mesh_endpoint
 
 
-def test_a_card_whose_host_is_not_an_address_is_counted_and_changes_nothing() -> None:
+@pytest.mark.parametrize("host", ["bad host name", "-", ".", "localhost", "0.0.0.0", "::1", "010.0.0.1"])
+def test_a_card_whose_host_is_not_an_address_is_counted_and_changes_nothing(host: str) -> None:
+    # Nodes advertise IPv4 addresses only; a name libzmq cannot connect to raised out of the handler.
     service, mesh = membership()
     core3 = card("core3", 9, 7000)
-    service.async_on_heartbeat(heartbeat(core3, [card("core4", 1, 8000, host="bad host name")], 1), T0)
+    service.async_on_heartbeat(heartbeat(core3, [card("core4", 1, 8000, host=host)], 1), T0)
     assert "core4" not in mesh.links and "core4" not in service.cards
     assert service.counters["bad_cards"] == 1
     bad = heartbeat(core3, [], 2)
@@ -590,3 +592,20 @@ def test_a_forget_asked_for_a_core_that_comes_back_is_dropped() -> None:
         service.async_on_heartbeat(heartbeat(core3, [], n), T0 + 0.25 * n)
         service.async_tick(T0 + 0.25 * n)
     assert service.state_of("core3") == "alive" and "core3" in service.guard.expected_cores
+
+
+def test_an_mdns_card_cannot_re_point_the_link_of_a_peer_only_suspect() -> None:
+    # A blip: core2 is suspect for a moment. A forged card then (mDNS is not authenticated) would re-point its
+    # link to a made-up address, and its made-up incarnation shut the real cards out: core2 cut off for good.
+    service, mesh = membership()
+    core2 = card("core2", 7, 6000)
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0)
+    for n in range(1, 5):
+        service.async_tick(T0 + 0.25 * n)
+    assert service.state_of("core2") == "suspect"
+    service.async_on_discovered(card("core2", 2**62, 1, host="10.66.66.66"), T0 + 1.05)
+    service.async_on_heartbeat(heartbeat(card("core3", 9, 7000), [card("core2", 2**62, 1, host="10.66.66.66")], 1),
+                               T0 + 1.1)
+    assert mesh.links["core2"] == core2.mesh_endpoint and service.cards["core2"] == core2
+    service.async_on_heartbeat(heartbeat(core2, [], 2), T0 + 1.15)  # the blip is over
+    assert service.state_of("core2") == "alive"
