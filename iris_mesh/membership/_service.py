@@ -39,6 +39,7 @@ _SEED_QUIET_WARN_S = 10.0  # a seed tried this long without a node answering fro
 _UNSEEN_WARN_S = 10.0  # the expected cores not heard at all this long after the start are named (once)
 _FLAP_WINDOW_S = 30.0
 _FLAP_LIMIT = 6
+_FLAP_SETTLE_S = 10.0  # a flapping node that keeps one state this long is said to have settled, and in which
 
 
 class MeshIO(Protocol):
@@ -99,6 +100,7 @@ class MembershipService:
         self._hello_pending: dict[str, tuple[float, float]] = {}
         self._ignored: set[tuple[str, str]] = set()
         self._flaps: dict[str, list[float]] = {}
+        self._flapping: set[str] = set()  # said to flap: its state changes are logged at DEBUG until it settles
         self._stale_since: dict[str, float] = {}  # node -> when its frames first came with an older incarnation
         # node -> (incarnation, when) of its last heartbeat: a node heard only through its HELLOs has a
         # heartbeat path that does not work (its heartbeat port blocked, or not reconnected yet).
@@ -233,6 +235,8 @@ class MembershipService:
             all_sent = self._tend_seeds(now)
             self._next_seed_check = now + (_SEED_RETRY_S if all_sent else 0.05)
             self._name_unseen_cores(now)
+            if self._flapping:
+                self._say_settled(now)
         return max(0.0, min(self._next_heartbeat - now, 0.05))
 
     # ---- queries (engine thread) -------------------------------------------------
@@ -355,6 +359,7 @@ class MembershipService:
         self._hello_pending.pop(node_id, None)
         self._heartbeat_at.pop(node_id, None)
         self._clients.pop(node_id, None)
+        self._flapping.discard(node_id)
         assert self._io is not None
         self._io.async_disconnect_peer(node_id)
         done = f"forgot {node_id}" + (
@@ -559,6 +564,17 @@ class MembershipService:
             else:
                 self._admit_later.discard(node_id)  # heard alive again later: judged then
 
+    def _say_settled(self, now: float) -> None:
+        """A flapping node that kept one state for _FLAP_SETTLE_S: say which (its last change was logged at DEBUG)."""
+        for node_id in sorted(self._flapping):
+            times = self._flaps.get(node_id)
+            if times and now - times[-1] < _FLAP_SETTLE_S:
+                continue
+            self._flapping.discard(node_id)
+            state = self.state_of(node_id)
+            (logger.info if state == PeerState.ALIVE.value else logger.warning)(
+                "{} stopped flapping: {} for {:g} s now", node_id, state, _FLAP_SETTLE_S)
+
     def _log_transition(self, transition: Transition, now: float) -> None:
         if transition.planned:  # an operator's stop: news, neither a warning nor a flap
             logger.info(transition.reason)
@@ -567,8 +583,10 @@ class MembershipService:
         times.append(now)
         self._flaps[transition.node_id] = times
         if len(times) > _FLAP_LIMIT:
-            if len(times) == _FLAP_LIMIT + 1:
-                logger.warning("{} is flapping; its state changes are logged at DEBUG for a while", transition.node_id)
+            if transition.node_id not in self._flapping:
+                self._flapping.add(transition.node_id)
+                logger.warning("{} is flapping; its state changes are logged at DEBUG until it has kept one for "
+                               "{:g} s", transition.node_id, _FLAP_SETTLE_S)
             logger.debug(transition.reason)
         elif transition.new is PeerState.ALIVE:
             logger.info(transition.reason)

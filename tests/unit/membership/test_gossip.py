@@ -609,3 +609,33 @@ def test_an_mdns_card_cannot_re_point_the_link_of_a_peer_only_suspect() -> None:
     assert mesh.links["core2"] == core2.mesh_endpoint and service.cards["core2"] == core2
     service.async_on_heartbeat(heartbeat(core2, [], 2), T0 + 1.15)  # the blip is over
     assert service.state_of("core2") == "alive"
+
+
+def test_a_flapping_peer_that_dies_in_the_end_is_said_dead_once_it_settles() -> None:
+    # Its changes go to DEBUG while it flaps: its last one (dead) used to be logged at DEBUG only.
+    lines: list[tuple[str, str]] = []
+    handler = logger.add(lambda message: lines.append((message.record["level"].name, message.record["message"])),
+                         level="INFO")
+    try:
+        service, _mesh = membership()
+        core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+        at, seq = T0, 0
+        for cycle in range(5):  # alive 1 s, silent 1.5 s (dead), five times
+            for _ in range(4):
+                at, seq = at + 0.25, seq + 1
+                service.async_on_heartbeat(heartbeat(core2, [], seq), at)
+                service.async_on_heartbeat(heartbeat(core3, [], seq), at)
+                service.async_tick(at)
+            for _ in range(6):
+                at, seq = at + 0.25, seq + 1
+                service.async_on_heartbeat(heartbeat(core3, [], seq), at)
+                service.async_tick(at)
+        assert ("WARNING", "core2 is flapping; its state changes are logged at DEBUG until it has kept one for "
+                           "10 s") in lines
+        for _ in range(60):  # core2 stays down
+            at, seq = at + 0.25, seq + 1
+            service.async_on_heartbeat(heartbeat(core3, [], seq), at)
+            service.async_tick(at)
+        assert ("WARNING", "core2 stopped flapping: dead for 10 s now") in lines
+    finally:
+        logger.remove(handler)
