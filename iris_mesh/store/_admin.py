@@ -121,14 +121,26 @@ class StoreAdmin:
         if not isinstance(value, bytes):
             request.error("bad_request", "a value (text or bytes) is required")
             return
-        self._store.async_put(*target, value, durability=durability, on_done=self._answer_write(request), now=now)
+        self._write_over(request, *target, value, durability, now)
 
     def _delete(self, request: Request, now: float) -> None:
         target = self._common(request)
         durability = self._durability(request)
         if target is None or durability is None:
             return
-        self._store.async_put(*target, None, durability=durability, on_done=self._answer_write(request), now=now)
+        self._write_over(request, *target, None, durability, now)
+
+    def _write_over(self, request: Request, table: str, key: bytes, value: bytes | None, durability: str,
+                    now: float) -> None:
+        """An operator's put or delete wins over what is stored: read first, then write above its version. A
+        stored message's version comes from its id, up to a day ahead of the clock: a write at the clock's
+        version would lose to it, and be answered ok all the same."""
+        def read(result: Done) -> None:
+            # Not readable (too few replicas): written all the same, and the write's own answer says why it failed.
+            above = 0 if not result.ok or result.item is None else result.item.version.hlc
+            self._store.async_put(table, key, value, durability=durability, on_done=self._answer_write(request),
+                                  now=self._store.turn_time, min_hlc=above)
+        self._store.async_get(table, key, on_done=read, now=now)
 
     def _get(self, request: Request, now: float) -> None:
         target = self._common(request)

@@ -540,6 +540,11 @@ class StoreService:
             return f"unknown table {table!r}; tables: {', '.join(USER_TABLES)}"
         return None
 
+    @property
+    def turn_time(self) -> float:
+        """The engine's time (monotonic) of the latest loop turn the store saw: for work started from a callback."""
+        return self._last_now
+
     def _now(self, now: float | None) -> float:
         # Local acks come from storage callbacks that carry no `now`; the coordinator only
         # uses it to order deadlines, so the time of the current loop turn is close enough.
