@@ -47,6 +47,7 @@ class MeshIO(Protocol):
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool: ...
     def async_disconnect_peer(self, node_id: str) -> None: ...
+    def async_has_link(self, node_id: str) -> bool: ...
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
     def async_open_seed(self, endpoint: str) -> None: ...
     def async_close_seed(self, endpoint: str) -> None: ...
@@ -448,10 +449,23 @@ class MembershipService:
         if known is not None and known.incarnation > card.incarnation:
             if not firsthand or self._confirmed.get(card.node_id, -1) >= known.incarnation:
                 return  # an older process's card (stale mDNS cache or gossip, or a late frame of that process)
+        if known is not None and known == card:
+            if firsthand:
+                self._confirmed[card.node_id] = card.incarnation
+            return
+        # One link per address: this node's links all carry its own routing id, so a second link to an address
+        # takes that id over at the other end, and every frame of the first link is lost without an error.
+        claimant = next((node_id for node_id, other in self.cards.items()
+                         if node_id != card.node_id and other.mesh_endpoint == card.mesh_endpoint
+                         and self._io.async_has_link(node_id)), None)
+        if claimant is not None:
+            if not firsthand:
+                return  # mDNS (anyone on the LAN) or gossip naming another node's address: not linked
+            logger.warning("{} runs at {} now, where {} ran: the link to {} is closed", card.node_id,
+                           card.mesh_endpoint.removeprefix("tcp://"), claimant, claimant)
+            self._io.async_disconnect_peer(claimant)
         if firsthand:
             self._confirmed[card.node_id] = card.incarnation
-        if known is not None and known == card:
-            return
         self.cards[card.node_id] = card
         self._warn_if_misplaced(card)
         # A seed link and a peer link to the same node would share our identity and fight over it.

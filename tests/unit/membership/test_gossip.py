@@ -34,6 +34,9 @@ class FakeMesh:
     def async_disconnect_peer(self, node_id: str) -> None:
         self.links.pop(node_id, None)
 
+    def async_has_link(self, node_id: str) -> bool:
+        return node_id in self.links
+
     def async_seed_endpoints(self) -> list[str]:
         return []
 
@@ -639,3 +642,23 @@ def test_a_flapping_peer_that_dies_in_the_end_is_said_dead_once_it_settles() -> 
         assert ("WARNING", "core2 stopped flapping: dead for 10 s now") in lines
     finally:
         logger.remove(handler)
+
+
+def test_a_card_naming_the_address_of_another_nodes_link_is_not_linked_unless_that_node_says_so_itself() -> None:
+    # This node's links all carry its routing id: a second link to core2's address (a forged mDNS record of a
+    # made-up node) would take that id over at core2, and every frame of the link to core2 would be lost.
+    service, mesh = membership()
+    core2 = card("core2", 7, 6000)
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0)
+    service.async_on_discovered(card("zz-made-up", 1, 6000), T0 + 0.1)
+    service.async_on_heartbeat(heartbeat(core2, [card("zz-gossiped", 1, 6000)], 2), T0 + 0.2)
+    assert mesh.links == {"core2": core2.mesh_endpoint}
+    # core2 is gone, and core9 runs at its address now (a node replaced under a new name): it says so itself.
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
+    try:
+        service.async_on_hello(hello(card("core9", 3, 6000)), T0 + 5.0)
+    finally:
+        logger.remove(handler)
+    assert mesh.links == {"core9": core2.mesh_endpoint}
+    assert "core9 runs at 127.0.0.1:6000 now, where core2 ran: the link to core2 is closed" in lines
