@@ -49,6 +49,9 @@ _BATCH = 512
 # How long one turn may spend on client frames: a flood of frames that are costly to decode (valid CBOR of a million
 # tiny items, from anyone who can reach the client port) must not hold back heartbeats past dead_after_s.
 _CLIENT_FRAMES_PER_TURN_S = 0.05
+# Parts of a message read from a socket of the network (mesh, heartbeat, admin, client): every message there
+# has at most two (a ROUTER's routing id and the frame).
+_MAX_PARTS = 2
 # How many posted callables run per loop turn: a flood of posts (writes from another
 # thread) goes out in frames of this many while the next ones are still being made,
 # and timers are not starved either.
@@ -372,28 +375,30 @@ class Engine(PeerLinks):
             self._last_error_log = now
             logger.exception("node {} handler failed (errors so far: {})", self.node_id, self.counters["handler_errors"])
 
-    def _drain(self, sock: zmq.Socket) -> list[list[bytes]]:
+    def _drain(self, sock: zmq.Socket, parts: int | None = _MAX_PARTS) -> list[list[bytes]]:
         """Up to _BATCH messages the socket holds now, read before any is handled."""
-        return list(self._received(sock))
+        return list(self._received(sock, parts=parts))
 
-    def _received(self, sock: zmq.Socket, until: float | None = None) -> Iterator[list[bytes]]:
+    def _received(self, sock: zmq.Socket, until: float | None = None,
+                  parts: int | None = _MAX_PARTS) -> Iterator[list[bytes]]:
         """Up to _BATCH messages the socket holds, one at a time (asking first: a failed receive costs an
-        exception); none once the clock reaches `until` (counted in `client_turns_cut`: the rest wait for the
-        next turn)."""
-        get, recv, clock = sock.getsockopt, sock.recv_multipart, self._clock
+        exception); none once the clock reaches `until` with more waiting (counted in `client_turns_cut`: the
+        rest wait for the next turn). Of a message of more than `parts` parts (None: no limit) only the first
+        `parts` are copied, and an empty one stands for the rest (every caller refuses such a message)."""
+        get, clock = sock.getsockopt, self._clock
         for _ in range(_BATCH):
+            if not get(zmq.EVENTS) & zmq.POLLIN:
+                return
             if until is not None and clock() >= until:
                 self.counters["client_turns_cut"] += 1
                 return
-            if not get(zmq.EVENTS) & zmq.POLLIN:
-                return
             try:
-                yield recv(zmq.NOBLOCK)
+                yield sock.recv_multipart(zmq.NOBLOCK) if parts is None else _recv_parts(sock, parts)
             except zmq.Again:
                 return
 
     def _drain_zap(self, _now: float) -> None:
-        for frames in self._drain(self._zap):
+        for frames in self._drain(self._zap, parts=None):  # libzmq's own requests, over inproc
             # ROUTER envelope: routing id, empty delimiter, then the ZAP request.
             if len(frames) < 3:
                 continue
@@ -523,6 +528,23 @@ class Engine(PeerLinks):
                 continue
             self.counters["client_in"] += 1
             self._guard(self._handler.async_on_client, route, msg, now)
+
+
+def _recv_parts(sock: zmq.Socket, parts: int) -> list[bytes]:
+    """One message: its first `parts` parts, then an empty one if it had more. libzmq's size limit is per part, so
+    a message of many large parts (anyone who reaches the client port may send one) is read part by part, the
+    extra ones without a copy: made into one list of bytes, it cost a turn of seconds and its size again."""
+    received = [sock.recv(zmq.NOBLOCK)]
+    more = False
+    while sock.getsockopt(zmq.RCVMORE):
+        if len(received) < parts:
+            received.append(sock.recv(zmq.NOBLOCK))
+        else:
+            sock.recv(zmq.NOBLOCK, copy=False)
+            more = True
+    if more:
+        received.append(b"")
+    return received
 
 
 def _only(ids: dict[str, int], key: str) -> dict[str, int]:

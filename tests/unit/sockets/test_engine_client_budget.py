@@ -19,19 +19,28 @@ KEYS = cluster_keys(b"engine-budget-test-cookie")
 
 
 class QueuedFrames:
-    """What the engine asks of its gateway socket: readable while frames wait; a receive takes the first."""
+    """What the engine asks of its gateway socket: readable while messages wait; receives take the first message's
+    parts one by one (RCVMORE says whether more of it follow); `copies` counts the parts received as bytes."""
 
     def __init__(self, frames: list[list[bytes]]) -> None:
         self.frames = collections.deque(frames)
+        self.partial: collections.deque[bytes] = collections.deque()
+        self.copies = 0
 
     def getsockopt(self, option: int) -> int:
+        if option == zmq.RCVMORE:
+            return int(bool(self.partial))
         assert option == zmq.EVENTS
-        return zmq.POLLIN if self.frames else 0
+        return zmq.POLLIN if self.frames or self.partial else 0
 
-    def recv_multipart(self, flags: int = 0) -> list[bytes]:
-        if not self.frames:
-            raise zmq.Again()
-        return self.frames.popleft()
+    def recv(self, flags: int = 0, copy: bool = True) -> Any:
+        if not self.partial:
+            if not self.frames:
+                raise zmq.Again()
+            self.partial.extend(self.frames.popleft())
+        part = self.partial.popleft()
+        self.copies += copy
+        return part if copy else memoryview(part)
 
 
 class SlowHandler:
@@ -62,3 +71,34 @@ def test_a_turn_stops_taking_client_frames_once_its_share_of_time_is_spent() -> 
     handler.clock = [0.0]  # frames that cost nothing all go in one turn
     engine._drain_gateway(clock[0])
     assert not queued.frames and len(handler.handled) == 20
+
+
+def test_a_message_of_many_parts_costs_its_first_parts_only_and_is_refused() -> None:
+    # libzmq limits the size of each part, not their number: one client may send a message of thousands of
+    # 1 MiB parts. Read as one list of bytes, it held the engine for a second (peers take it for dead) and
+    # doubled its size in memory.
+    clock = [1000.0]
+    handler = SlowHandler(clock)
+    engine = Engine(node_id="budget", incarnation=1, keys=KEYS, handler=handler,  # type: ignore[arg-type]
+                    bind_address="127.0.0.1", clock=lambda: clock[0])
+    replies: list[tuple[bytes, dict[str, Any]]] = []
+    engine.async_send_client = lambda route, msg: replies.append((route, msg)) is None  # type: ignore[method-assign]
+    big = b"x" * (1 << 20)
+    ping = encode(envelope("ping", cid=1))
+    queued = QueuedFrames([[b"attacker", *([big] * 200)], [b"client", ping]])
+    engine._gateway = queued  # type: ignore[assignment]
+    engine._drain_gateway(clock[0])
+    assert queued.copies == 2 + 2  # the attacker's routing id and first part; the client's two parts
+    assert [(route, msg["code"]) for route, msg in replies] == [(b"attacker", "bad_frame")]
+    assert engine.counters["client_dropped_malformed"] == 1 and handler.handled == [b"client"]
+
+
+def test_a_turn_whose_last_client_frame_used_up_its_share_is_not_counted_as_cut() -> None:
+    clock = [1000.0]
+    handler = SlowHandler(clock)  # 30 ms a frame: two take the turn's whole share, and none is left waiting
+    engine = Engine(node_id="budget", incarnation=1, keys=KEYS, handler=handler,  # type: ignore[arg-type]
+                    bind_address="127.0.0.1", clock=lambda: clock[0])
+    ping = encode(envelope("ping", cid=1))
+    engine._gateway = QueuedFrames([[b"client0", ping], [b"client1", ping]])  # type: ignore[assignment]
+    engine._drain_gateway(clock[0])
+    assert handler.handled == [b"client0", b"client1"] and engine.counters["client_turns_cut"] == 0
