@@ -39,6 +39,7 @@ _SEED_QUIET_WARN_S = 10.0  # a seed tried this long without a node answering fro
 _UNSEEN_WARN_S = 10.0  # the expected cores not heard at all this long after the start are named (once)
 _FLAP_WINDOW_S = 30.0
 _FLAP_LIMIT = 6
+_LONG_DEAD_S = 600.0  # a peer dead this long that is no expected core is dropped, link and all
 _FLAP_SETTLE_S = 10.0  # a flapping node that keeps one state this long is said to have settled, and in which
 
 
@@ -55,6 +56,7 @@ class MeshIO(Protocol):
     def async_send_seed(self, endpoint: str, op: str, **fields: Any) -> bool: ...
     def async_publish(self, op: str, **fields: Any) -> None: ...
     def async_hellos(self) -> dict[str, int]: ...
+    def async_forget_hello(self, node_id: str) -> None: ...
 
 
 class ExpectedCoresStore(Protocol):
@@ -238,6 +240,7 @@ class MembershipService:
             self._name_unseen_cores(now)
             if self._flapping:
                 self._say_settled(now)
+            self._drop_long_dead(now)
         return max(0.0, min(self._next_heartbeat - now, 0.05))
 
     # ---- queries (engine thread) -------------------------------------------------
@@ -353,16 +356,7 @@ class MembershipService:
             # A core only: an edge is in no expected set, and a config does not bring it back.
             self.forgotten.add(node_id)
             self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
-        self.detector.forget(node_id)
-        self.cards.pop(node_id, None)
-        self._confirmed.pop(node_id, None)
-        self._hello_sent_at.pop(node_id, None)
-        self._hello_pending.pop(node_id, None)
-        self._heartbeat_at.pop(node_id, None)
-        self._clients.pop(node_id, None)
-        self._flapping.discard(node_id)
-        assert self._io is not None
-        self._io.async_disconnect_peer(node_id)
+        self._drop_peer(node_id)
         done = f"forgot {node_id}" + (
             f"; expected cores of region {self.card.region} are now {sorted(self.guard.expected_cores)}" if shrunk else ""
         )
@@ -395,6 +389,32 @@ class MembershipService:
                     self.on_forgotten_later(node_id)
 
     # ---- internals -------------------------------------------------------------------
+
+    def _drop_peer(self, node_id: str) -> None:
+        """Everything this node keeps of a peer, and its link; a frame of its own makes it known again."""
+        self.detector.forget(node_id)
+        self.cards.pop(node_id, None)
+        self._confirmed.pop(node_id, None)
+        self._hello_sent_at.pop(node_id, None)
+        self._hello_pending.pop(node_id, None)
+        self._heartbeat_at.pop(node_id, None)
+        self._clients.pop(node_id, None)
+        self._flapping.discard(node_id)
+        assert self._io is not None
+        self._io.async_disconnect_peer(node_id)
+        self._io.async_forget_hello(node_id)
+
+    def _drop_long_dead(self, now: float) -> None:
+        """Peers dead for _LONG_DEAD_S that are no expected core (edges replaced under new names, made-up mDNS
+        nodes): their links and heartbeat subscriptions would pile up for good, each a socket and a
+        reconnect every few hundred ms, until no new link could be made."""
+        for node_id, status in self.detector.snapshot(now).items():
+            if (status.state is PeerState.DEAD and status.silent_for_s >= _LONG_DEAD_S
+                    and node_id not in self.guard.expected_cores):
+                self._drop_peer(node_id)
+                logger.info("{} has not been heard for {:.0f} min and is no expected core: its link is closed (it "
+                            "is linked again once it says HELLO)", node_id, status.silent_for_s / 60)
+
 
     def _row(self, card: PeerCard, state: str, silent: float | None, heartbeat: float | None,
              is_self: bool) -> dict[str, Any]:

@@ -187,14 +187,17 @@ class Engine(PeerLinks):
         """Publish one heartbeat/gossip frame to every subscriber."""
         self._pub_seq += 1
         frame = encode(envelope(op, src=self.node_id, inc=self.incarnation, seq=self._pub_seq, **fields))
-        try:
-            self._pub.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["publish_dropped"] += 1
+        # A PUB socket never refuses: it drops a frame for each subscriber whose queue is full, without a word.
+        self._pub.send(frame, zmq.NOBLOCK)
 
     def async_hellos(self) -> dict[str, int]:
         """Peers whose HELLO our inbox accepted: node id -> incarnation."""
         return {node_id: inc for node_id, inc in self._hellos.values()}
+
+    def async_forget_hello(self, node_id: str) -> None:
+        """Take back the HELLO of a peer dropped from the view: left out of our heartbeats' `ln`, it says HELLO
+        again (and is known again) once it hears us; until then its frames are dropped."""
+        self._hellos.pop(node_id.encode(), None)
 
     def async_send_admin(self, route: bytes, frame: dict[str, Any]) -> None:
         try:

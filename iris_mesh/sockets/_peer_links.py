@@ -11,6 +11,7 @@ import collections
 from typing import Any, Iterable
 
 import zmq
+from loguru import logger
 
 from iris_mesh.sockets._codec import encode, encode_body, encode_pairs, envelope
 from iris_mesh.sockets._curve import ClusterKeys
@@ -67,9 +68,15 @@ class PeerLinks:
         link = self._links.get(node_id)
         if link is not None and link.endpoint == mesh_endpoint and link.hb_endpoint == hb_endpoint:
             return False
+        try:  # the new socket first: if none can be made (out of sockets or fds), the old link stays
+            sock = make_link(self._ctx, self._keys, self._tuning, self._identity)
+        except zmq.ZMQError as exc:
+            self.counters["link_not_made"] += 1
+            logger.error("no link to {} at {} could be made ({}): the node is out of sockets or file descriptors",
+                         node_id, mesh_endpoint, exc)
+            return False
         if link is not None:
             self.async_disconnect_peer(node_id)
-        sock = make_link(self._ctx, self._keys, self._tuning, self._identity)
         sock.connect(mesh_endpoint)
         self._links[node_id] = _Link(sock, mesh_endpoint, hb_endpoint)
         if hb_endpoint not in self._sub_endpoints:

@@ -47,6 +47,7 @@ class FakeMesh:
         self.sent.append((node_id, op))
         return True
     def async_hellos(self) -> dict[str, int]: return {}
+    def async_forget_hello(self, node_id: str) -> None: ...
     def async_publish(self, op: str, **fields: Any) -> None:
         self.published.append(op)
         self.published_fields.append(fields)
@@ -662,3 +663,23 @@ def test_a_card_naming_the_address_of_another_nodes_link_is_not_linked_unless_th
         logger.remove(handler)
     assert mesh.links == {"core9": core2.mesh_endpoint}
     assert "core9 runs at 127.0.0.1:6000 now, where core2 ran: the link to core2 is closed" in lines
+
+
+def test_a_peer_dead_for_ten_minutes_that_is_no_expected_core_is_dropped_link_and_all() -> None:
+    # Edges replaced under new names (or made-up mDNS nodes) kept a link and a heartbeat subscription each for
+    # good: about a thousand of them and no new link could be made.
+    service, mesh = membership()
+    core2, edge7 = card("core2", 7, 6000), card("edge7", 3, 6100).with_(role="edge")
+    for n in range(1, 5):
+        service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
+        service.async_on_heartbeat(heartbeat(edge7, [], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    assert set(mesh.links) == {"core2", "edge7"}
+    at = T0 + 1.0
+    while at < T0 + 1.0 + 601.0:  # both fall silent for ten minutes
+        at += 0.25
+        service.async_tick(at)
+    assert set(mesh.links) == {"core2"} and "edge7" not in service.cards
+    assert service.state_of("core2") == "dead"  # an expected core stays, until `meshctl forget`
+    service.async_on_hello(hello(card("edge7", 4, 6100).with_(role="edge")), at + 1.0)  # it comes back
+    assert set(mesh.links) == {"core2", "edge7"}

@@ -103,3 +103,22 @@ def test_seeds_open_once_and_close(host: _Host, ends: tuple[str, str, str]) -> N
     host.async_close_seed(mesh_a)
     host.async_close_seed(mesh_a)
     assert host.async_seed_endpoints() == set()
+
+
+def test_a_link_that_cannot_be_moved_for_want_of_sockets_stays_where_it_was(
+    host: _Host, ends: tuple[str, str, str],
+) -> None:
+    # The old socket was closed before the new one was made: out of sockets, the peer was left with no link.
+    mesh_a, mesh_b, hb = ends
+    assert host.async_connect_peer("p", mesh_a, hb)
+    full = zmq.Context()
+    full.set(zmq.MAX_SOCKETS, 1)
+    filler = full.socket(zmq.DEALER)  # its one socket is taken: no other can be made
+    own, host._ctx = host._ctx, full
+    try:
+        assert not host.async_connect_peer("p", mesh_b, hb)
+        assert host.async_link_endpoints() == {"p": mesh_a} and host.counters["link_not_made"] == 1
+    finally:
+        host._ctx = own
+        filler.close(0)
+        full.term()
