@@ -448,6 +448,12 @@ class Engine(PeerLinks):
                 if msg["src"].encode() != route:
                     self.counters["mesh_dropped_malformed"] += 1
                     continue
+                known = self._hellos.get(route)
+                if known is not None and msg["inc"] < known[1]:
+                    # An older process's HELLO read after its successor's (two connections handed over): taken,
+                    # it would drop every frame of the live process until that one said HELLO again.
+                    self.counters["mesh_dropped_before_hello"] += 1
+                    continue
                 self._hellos[route] = (msg["src"], msg["inc"])
                 self.counters["mesh_in"] += 1
                 self._guard(self._handler.async_on_hello, msg, now)
