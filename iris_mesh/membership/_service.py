@@ -16,6 +16,7 @@ from loguru import logger
 from iris_mesh.membership._failure_detector import FailureDetector, PeerState, Transition
 from iris_mesh.membership._partition_guard import GuardDecision, PartitionGuard
 from iris_mesh.membership._peer import CardError, PeerCard
+from iris_mesh.membership._seeds import SeedTender
 
 # A node whose frames carry an older incarnation than one it had is reported once this has lasted
 # _STALE_REPORT_AFTER_S (frames of a process from before a restart may come for a moment), then
@@ -35,7 +36,6 @@ _GOSSIP_EVERY = 4
 _SEED_RETRY_S = 1.0
 _HELLO_RETRY_FIRST_S = 0.05  # a HELLO whose link is not connected yet: tried again after this, doubling up to
 _HELLO_RETRY_MAX_S = 1.0
-_SEED_QUIET_WARN_S = 10.0  # a seed tried this long without a node answering from it is warned of (once)
 _UNSEEN_WARN_S = 10.0  # the expected cores not heard at all this long after the start are named (once)
 _FLAP_WINDOW_S = 30.0
 _FLAP_LIMIT = 6
@@ -90,16 +90,15 @@ class MembershipService:
         # Told of each node forgotten at a peer's word once it was dead here too (the runtime drops its hints).
         self.on_forgotten_later: Callable[[str], object] | None = None
         self._heartbeat_interval_s = heartbeat_interval_s
-        self._seeds = [s if s.startswith("tcp://") else f"tcp://{s}" for s in seeds]
+        self._seeds = SeedTender(seeds, card.cluster)
         self._io: MeshIO | None = None
         self.cards: dict[str, PeerCard] = {}
         self._next_heartbeat = 0.0
         self._heartbeats_sent = 0
         self._gossip_due = True
         self._hello_sent_at: dict[str, float] = {}
-        # Peers whose HELLO could not be queued yet (a fresh link queues nothing until
-        # its connection is up); retried on every tick until one goes out.
-        # Nodes whose HELLO could not be sent yet (no connected link) -> (when to try again, the wait before that).
+        # Peers whose HELLO could not be queued yet (a fresh link queues nothing until its connection is up) ->
+        # (when to try again, the wait before that): soon at first, then less often (a node that is down).
         self._hello_pending: dict[str, tuple[float, float]] = {}
         self._ignored: set[tuple[str, str]] = set()
         self._flaps: dict[str, list[float]] = {}
@@ -113,8 +112,6 @@ class MembershipService:
         # This node's own count for its heartbeats (set on edges: how many sessions are logged in here).
         self.clients_here: Callable[[], int] | None = None
         self._next_seed_check = 0.0
-        self._seed_tried_since: dict[str, float] = {}  # seed endpoint no node answered from -> when first tried
-        self._seeds_warned: set[str] = set()
         self._unseen_check_at: float | None = None  # when to name the expected cores not heard since the start
         self._stall_grace_at = -math.inf  # when peers last got a fresh window after a stall of this node
         self._last_decision: GuardDecision | None = None
@@ -235,7 +232,9 @@ class MembershipService:
             self._forget_deferred()
         self._evaluate_guard(now)
         if now >= self._next_seed_check:
-            all_sent = self._tend_seeds(now)
+            all_sent = self._seeds.tend(self._io, now, heard_any=bool(self.detector.visible()),
+                                        known_endpoints={card.mesh_endpoint for card in self.cards.values()},
+                                        hello={"card": self.card.to_wire()})
             self._next_seed_check = now + (_SEED_RETRY_S if all_sent else 0.05)
             self._name_unseen_cores(now)
             if self._flapping:
@@ -414,7 +413,6 @@ class MembershipService:
                 self._drop_peer(node_id)
                 logger.info("{} has not been heard for {:.0f} min and is no expected core: its link is closed (it "
                             "is linked again once it says HELLO)", node_id, status.silent_for_s / 60)
-
 
     def _row(self, card: PeerCard, state: str, silent: float | None, heartbeat: float | None,
              is_self: bool) -> dict[str, Any]:
@@ -691,40 +689,3 @@ class MembershipService:
                            "forget NODE` for a core gone for good", ", ".join(unseen), _UNSEEN_WARN_S,
                            "it is" if len(unseen) == 1 else "they are", "a core" if len(unseen) == 1 else "cores",
                            self.card.region)
-
-    def _tend_seeds(self, now: float) -> bool:
-        """Say HELLO on a seed link to each seed endpoint of no known node; False if one could not be sent yet.
-
-        A seed that no node answers from for _SEED_QUIET_WARN_S is warned of, once until one does: with another
-        cookie neither side can read the other's frames, and neither would say anything else.
-        """
-        assert self._io is not None
-        open_seeds = self._io.async_seed_endpoints()
-        if self.detector.visible():
-            # A node heard first-hand: its gossip tells of the others, and known nodes keep their peer links (zmq
-            # reconnects them). A seed link left open would share this node's routing id with the peer link to
-            # the same node whenever the seed names it otherwise than its card does (a host name, another
-            # address), and the one that connected last would take every frame meant for the other.
-            for endpoint in open_seeds:
-                self._io.async_close_seed(endpoint)
-            self._seed_tried_since.clear()
-            self._seeds_warned.clear()
-            return True
-        linked = {card.mesh_endpoint for card in self.cards.values()}
-        all_sent = True
-        for endpoint in self._seeds:
-            if endpoint in linked:
-                self._seed_tried_since.pop(endpoint, None)
-                self._seeds_warned.discard(endpoint)
-                continue
-            since = self._seed_tried_since.setdefault(endpoint, now)
-            if now - since >= _SEED_QUIET_WARN_S and endpoint not in self._seeds_warned and not self.cards:
-                self._seeds_warned.add(endpoint)
-                logger.warning("seed {} has not answered for {:g} s, and no other node either: is a node of cluster "
-                               "{} running there, with this cluster's cookie? (with another cookie neither side can "
-                               "read the other, and neither logs it)", endpoint.removeprefix("tcp://"),
-                               _SEED_QUIET_WARN_S, self.card.cluster)
-            if endpoint not in open_seeds:
-                self._io.async_open_seed(endpoint)
-            all_sent = self._io.async_send_seed(endpoint, "hello", card=self.card.to_wire()) and all_sent
-        return all_sent
