@@ -30,7 +30,7 @@ _BUSY_INTERVAL_S = 0.02
 _HANDOFF_BATCH = 500
 _HANDOFF_WINDOW = 4000
 _HANDOFF_TIMEOUT_S = 5.0
-_COUNT_CAP = 1_000_000
+_COUNT_CAP = 100_000  # counted in the engine thread: a bound on the time it takes (about 0.1 s)
 
 
 class HintHandoff:
