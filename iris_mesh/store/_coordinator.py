@@ -291,15 +291,20 @@ class QuorumCoordinator:
         return _new_tuple(Done, (write.req, True, _OK, detail, None, acked_by))
 
     def _write_failed(self, write: PendingWrite) -> Done:
-        """A refusal's own code only when every replica refused (nothing was written); else `unavailable`: a
-        replica that took it (or may yet) keeps a copy, which hints, read repair and anti-entropy spread."""
+        """A refusal's own code when every replica refused (nothing was written); else `unavailable`: a replica
+        that took it (or may yet) keeps a copy, which hints, read repair and anti-entropy spread. Except
+        `inbox_full`: each replica counts the partition on its own, and one that has not yet got every earlier
+        row may take one more (the limit is approximate, PROTOCOL 8): the inbox is full all the same."""
         codes = set(write.failed.values())
-        if write.acked or write.outstanding():
+        if not write.acked and not write.outstanding():
+            code = _PARTITION if _PARTITION in codes else _INBOX_FULL if _INBOX_FULL in codes else _UNAVAILABLE
+            outcome = "none acknowledged); nothing was written"
+        elif _INBOX_FULL in codes and _PARTITION not in codes:
+            code = _INBOX_FULL
+            outcome = f"{len(write.acked)} acknowledged); the message may still arrive from a core that took it"
+        else:
             code = _UNAVAILABLE
             outcome = f"{len(write.acked)} acknowledged); the write may or may not have been applied"
-        else:
-            code = _PARTITION if _PARTITION in codes else "inbox_full" if "inbox_full" in codes else _UNAVAILABLE
-            outcome = "none acknowledged); nothing was written"
         detail = f"{write.durability} write cannot reach {write.required} acks: {_answers(write.failed)} ({outcome}"
         return Done(write.req, False, code, detail, acked_by=tuple(write.acked))
 
