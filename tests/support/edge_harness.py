@@ -105,6 +105,17 @@ class Edge:
         assert [f["id"] for f in self.take(b"bob", "deliver")] == [mid(1)]
         return cid
 
+    def live_to_both_of_bobs_sessions(self) -> int:
+        """As live_to_bob, with bob logged in twice (routes b"bob" and b"bob-2"): each has message 1. Its cid."""
+        self.log_in(b"alice", "alice")
+        self.log_in(b"bob", "bob")
+        self.log_in(b"bob-2", "bob")
+        cid = self.send(b"alice", "bob", 1)
+        self.store.run()
+        assert [f["id"] for f in self.take(b"bob", "deliver")] == [mid(1)]
+        assert [f["id"] for f in self.take(b"bob-2", "deliver")] == [mid(1)]
+        return cid
+
     def send(self, route: bytes, to: str, n: int) -> int:
         return self.request(route, "send", id=mid(n), to=to, body=b"m%d" % n)
 

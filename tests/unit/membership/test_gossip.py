@@ -8,7 +8,8 @@ Sans-IO: a fake mesh that records links, and a manual clock.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import pytest
 from loguru import logger
@@ -126,9 +127,7 @@ def test_a_card_whose_host_is_not_an_address_is_counted_and_changes_nothing(host
 
 
 def test_a_node_that_did_not_run_gives_its_peers_the_usual_time_to_be_heard_again() -> None:
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
-    try:
+    with logged("INFO") as lines:
         service, _ = membership()  # suspect after 0.8 s, dead after 1.2 s
         core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
         for at in (T0, T0 + 0.05):
@@ -152,8 +151,6 @@ def test_a_node_that_did_not_run_gives_its_peers_the_usual_time_to_be_heard_agai
         assert not [line for line in lines if "core2 is" in line], lines
         assert "this node did not run for 19.95 s (paused, or starved of CPU or memory); its peers get the usual " \
                "1.2 s to be heard again before any is judged down" in lines
-    finally:
-        logger.remove(handler)
 
 
 def heartbeat_s(service: MembershipService, node_id: str, now: float) -> float | None:
@@ -340,9 +337,7 @@ def test_a_forgotten_edge_is_not_remembered_nor_told_to_peers() -> None:
 
 def test_an_expected_core_that_runs_as_an_edge_is_named_and_can_be_taken_out_of_the_expected_set() -> None:
     # core3 in expected_cores by mistake: it is an edge. Never counted, so the region stops writes one core sooner.
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
-    try:
+    with logged() as lines:
         service, _mesh = membership()
         core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000).with_(role="edge")
         for seq in (1, 2):
@@ -361,15 +356,11 @@ def test_an_expected_core_that_runs_as_an_edge_is_named_and_can_be_taken_out_of_
         assert service.status_view()["misplaced"] == {} and service.status_view()["missing"] == []
         with pytest.raises(ValueError, match="core2 is alive; stop it before forgetting it"):
             service.async_forget("core2")
-    finally:
-        logger.remove(handler)
 
 
 def test_a_seed_nobody_answers_from_is_warned_of_once_naming_the_cookie() -> None:
     # A seed of another cookie: CURVE fails without a word on either side, and the node stays alone.
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
-    try:
+    with logged() as lines:
         service, _mesh = membership(seeds=("127.0.0.1:6000",))
         for n in range(1, 60):  # 14.75 s of ticks
             service.async_tick(T0 + 0.25 * n)
@@ -382,43 +373,51 @@ def test_a_seed_nobody_answers_from_is_warned_of_once_naming_the_cookie() -> Non
         for n in range(61, 140):
             service.async_tick(T0 + 0.25 * n)
         assert [line for line in lines if line.startswith("seed ")] == said
+
+
+@contextlib.contextmanager
+def logged(level: str = "WARNING") -> Iterator[list[str]]:
+    """The messages logged at `level` or above while the block runs."""
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(message.record["message"]), level=level)
+    try:
+        yield lines
     finally:
         logger.remove(handler)
+
+
+def beats(service: MembershipService, peers: list[PeerCard], ticks: int, start: float = T0) -> float:
+    """`ticks` ticks 0.25 s apart after `start`, each after a heartbeat of every one of `peers`; the last one's time."""
+    at = start
+    for n in range(1, ticks + 1):
+        at = start + 0.25 * n
+        for peer in peers:
+            service.async_on_heartbeat(heartbeat(peer, [], n), at)
+        service.async_tick(at)
+    return at
+
+
+NOT_HEARD_CORE3 = ("not heard from core3 in the 10 s since this node started (it is expected as a core of region "
+                   "local): down, or unable to reach this node; check the process and its log there, or `meshctl "
+                   "forget NODE` for a core gone for good")
 
 
 def test_an_expected_core_not_heard_since_the_start_is_named_once() -> None:
     # A restarted core that hears core2 but never core3: status says "not seen"; the log names it too.
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
-    try:
-        service, _mesh = membership()
-        core2 = card("core2", 7, 6000)
-        for n in range(1, 80):  # 19.75 s of ticks, core2's heartbeats all along
-            service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
-            service.async_tick(T0 + 0.25 * n)
-        assert [line for line in lines if line.startswith("not heard from")] == [
-            "not heard from core3 in the 10 s since this node started (it is expected as a core of region local): "
-            "down, or unable to reach this node; check the process and its log there, or `meshctl forget NODE` for "
-            "a core gone for good"]
-    finally:
-        logger.remove(handler)
+    service, _mesh = membership()
+    with logged() as lines:
+        beats(service, [card("core2", 7, 6000)], 79)  # 19.75 s
+    assert [line for line in lines if line.startswith("not heard from")] == [NOT_HEARD_CORE3]
 
 
 def test_no_core_is_named_unseen_when_every_expected_core_was_heard() -> None:
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
-    try:
-        service, _mesh = membership()
-        core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
-        for n in range(1, 80):
-            service.async_on_heartbeat(heartbeat(core2, [], n), T0 + 0.25 * n)
-            if n < 8:  # core3 is heard, then goes silent: its death is news of its own, not "not heard"
-                service.async_on_heartbeat(heartbeat(core3, [], n), T0 + 0.25 * n)
-            service.async_tick(T0 + 0.25 * n)
-        assert service.state_of("core3") == "dead"
-        assert not [line for line in lines if line.startswith("not heard from")], lines
-    finally:
-        logger.remove(handler)
+    service, _mesh = membership()
+    core2, core3 = card("core2", 7, 6000), card("core3", 9, 7000)
+    with logged() as lines:
+        at = beats(service, [core2, core3], 7)  # core3 is heard, then goes silent: its death is news of its own
+        beats(service, [core2], 72, start=at)
+    assert service.state_of("core3") == "dead"
+    assert not [line for line in lines if line.startswith("not heard from")], lines
 
 
 def test_a_node_whose_every_turn_is_slow_still_judges_its_peers() -> None:
@@ -437,28 +436,17 @@ def test_a_node_whose_every_turn_is_slow_still_judges_its_peers() -> None:
 
 
 def test_an_expected_core_known_only_by_mdns_is_named_as_not_heard() -> None:
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
-    try:
-        service, _mesh = membership()
-        service.async_on_discovered(card("core3", 9, 7000), T0)  # mDNS answers for it; its ports do not
-        for n in range(1, 80):
-            service.async_on_heartbeat(heartbeat(card("core2", 7, 6000), [], n), T0 + 0.25 * n)
-            service.async_tick(T0 + 0.25 * n)
-        assert [line for line in lines if line.startswith("not heard from")] == [
-            "not heard from core3 in the 10 s since this node started (it is expected as a core of region local): "
-            "down, or unable to reach this node; check the process and its log there, or `meshctl forget NODE` for "
-            "a core gone for good"]
-    finally:
-        logger.remove(handler)
+    service, _mesh = membership()
+    service.async_on_discovered(card("core3", 9, 7000), T0)  # mDNS answers for it; its ports do not
+    with logged() as lines:
+        beats(service, [card("core2", 7, 6000)], 79)
+    assert [line for line in lines if line.startswith("not heard from")] == [NOT_HEARD_CORE3]
 
 
 def test_a_minority_in_safe_mode_does_not_take_in_new_cores_to_make_itself_a_majority() -> None:
     # core1 is cut off from core2 and core3, and two new cores start on its side of the cut: counted at once,
     # core1 would see 3 of 5 and take writes while core2 and core3 (2 of 3 to them) take writes too.
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
-    try:
+    with logged("INFO") as lines:
         service, _mesh = membership()
         core2, core3, core4, core5 = (card(f"core{n}", n, 6000 + n) for n in (2, 3, 4, 5))
         for n in range(1, 9):  # a healthy start: writes safe
@@ -485,8 +473,6 @@ def test_a_minority_in_safe_mode_does_not_take_in_new_cores_to_make_itself_a_maj
             service.async_tick(start + 0.25 * n)
         assert service.is_safe_for_writes()
         assert service.guard.expected_cores == {"core1", "core2", "core3", "core4", "core5"}
-    finally:
-        logger.remove(handler)
 
 
 class SeedMesh(FakeMesh):
@@ -655,12 +641,8 @@ def test_a_card_naming_the_address_of_another_nodes_link_is_not_linked_unless_th
     service.async_on_heartbeat(heartbeat(core2, [card("zz-gossiped", 1, 6000)], 2), T0 + 0.2)
     assert mesh.links == {"core2": core2.mesh_endpoint}
     # core2 is gone, and core9 runs at its address now (a node replaced under a new name): it says so itself.
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
-    try:
+    with logged() as lines:
         service.async_on_hello(hello(card("core9", 3, 6000)), T0 + 5.0)
-    finally:
-        logger.remove(handler)
     assert mesh.links == {"core9": core2.mesh_endpoint}
     assert "core9 runs at 127.0.0.1:6000 now, where core2 ran: the link to core2 is closed" in lines
 

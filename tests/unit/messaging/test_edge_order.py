@@ -402,12 +402,7 @@ def test_a_live_message_acked_on_two_devices_leaves_no_trace_on_the_cores() -> N
     # PROTOCOL 9.2: a message delivered live and acked in time is never written. The second device's ack of it
     # used to count as an ack carried over from another session: a delete, that is a tombstone in bob's inbox.
     edge = Edge()
-    edge.log_in(ALICE, "alice")
-    edge.log_in(BOB, "bob")
-    edge.log_in(BOB2, "bob")
-    cid = edge.send(ALICE, "bob", 1)
-    edge.store.run()
-    assert [f["id"] for f in edge.take(BOB, "deliver")] == [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(1)]
+    cid = edge.live_to_both_of_bobs_sessions()
     for route in (BOB, BOB2):
         edge.service.async_on_client(route, {"v": PROTOCOL_VERSION, "op": "ack", "ids": [mid(1)]}, edge.now)
     assert edge.outcome(ALICE, cid) == "sent:delivered"
@@ -416,12 +411,7 @@ def test_a_live_message_acked_on_two_devices_leaves_no_trace_on_the_cores() -> N
 
 def test_a_session_whose_live_copy_another_device_acked_gets_the_stored_messages_it_had_no_room_for() -> None:
     edge = Edge(Limits(max_pending_deliveries=1))
-    edge.log_in(ALICE, "alice")
-    edge.log_in(BOB, "bob")
-    edge.log_in(BOB2, "bob")
-    edge.send(ALICE, "bob", 1)
-    edge.store.run()
-    assert [f["id"] for f in edge.take(BOB2, "deliver")] == [mid(1)]  # both devices are full now
+    edge.live_to_both_of_bobs_sessions()  # both devices are full now
     edge.store.tables["offline_msg"][inbox_key("bob", mid(10))] = encode_stored(StoredMessage("carol", 10, b"m"))
     edge.service.mesh_ops()["minbox"]({"v": PROTOCOL_VERSION, "op": "minbox", "src": "edge2", "inc": 1, "seq": 1,
                                       "to": "bob", "id": mid(10), "from": "carol"}, edge.now)

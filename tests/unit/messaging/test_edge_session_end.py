@@ -92,12 +92,7 @@ def test_a_live_copy_the_ended_session_did_not_ack_goes_to_the_inbox_at_once(end
 
 def test_a_live_copy_another_session_of_the_user_still_holds_is_not_handed_back() -> None:
     edge = Edge()
-    edge.log_in(ALICE, "alice")
-    edge.log_in(BOB, "bob")
-    edge.log_in(BOB2, "bob")
-    cid = edge.send(ALICE, "bob", 1)
-    edge.store.run()
-    assert [f["id"] for f in edge.take(BOB, "deliver")] == [mid(1)]
+    cid = edge.live_to_both_of_bobs_sessions()
     edge.request(BOB, "logout")
     edge.store.run()
     assert edge.take(ALICE) == []  # still offered to bob's other device

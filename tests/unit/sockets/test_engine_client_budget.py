@@ -7,40 +7,13 @@ once depends on timing); everything else is the real Engine."""
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
-import zmq
-
+from _queued import QueuedMessages
 from iris_mesh.sockets import cluster_keys, encode, envelope
 from iris_mesh.sockets._engine import Engine
 
 KEYS = cluster_keys(b"engine-budget-test-cookie")
-
-
-class QueuedFrames:
-    """What the engine asks of its gateway socket: readable while messages wait; receives take the first message's
-    parts one by one (RCVMORE says whether more of it follow); `copies` counts the parts received as bytes."""
-
-    def __init__(self, frames: list[list[bytes]]) -> None:
-        self.frames = collections.deque(frames)
-        self.partial: collections.deque[bytes] = collections.deque()
-        self.copies = 0
-
-    def getsockopt(self, option: int) -> int:
-        if option == zmq.RCVMORE:
-            return int(bool(self.partial))
-        assert option == zmq.EVENTS
-        return zmq.POLLIN if self.frames or self.partial else 0
-
-    def recv(self, flags: int = 0, copy: bool = True) -> Any:
-        if not self.partial:
-            if not self.frames:
-                raise zmq.Again()
-            self.partial.extend(self.frames.popleft())
-        part = self.partial.popleft()
-        self.copies += copy
-        return part if copy else memoryview(part)
 
 
 class SlowHandler:
@@ -61,16 +34,16 @@ def test_a_turn_stops_taking_client_frames_once_its_share_of_time_is_spent() -> 
     engine = Engine(node_id="budget", incarnation=1, keys=KEYS, handler=handler,  # type: ignore[arg-type]
                     bind_address="127.0.0.1", clock=lambda: clock[0])
     ping = encode(envelope("ping", cid=1))
-    queued = QueuedFrames([[b"client%d" % n, ping] for n in range(20)])
+    queued = QueuedMessages([[b"client%d" % n, ping] for n in range(20)])
     engine._gateway = queued  # type: ignore[assignment]
     engine._drain_gateway(clock[0])
     assert handler.handled == [b"client0", b"client1"]  # 60 ms: over the turn's share of 50 ms
-    assert len(queued.frames) == 18 and engine.counters["client_turns_cut"] == 1
+    assert len(queued.messages) == 18 and engine.counters["client_turns_cut"] == 1
     engine._drain_gateway(clock[0])  # the next turn, after the timers
     assert handler.handled[2:] == [b"client2", b"client3"]
     handler.clock = [0.0]  # frames that cost nothing all go in one turn
     engine._drain_gateway(clock[0])
-    assert not queued.frames and len(handler.handled) == 20
+    assert not queued.messages and len(handler.handled) == 20
 
 
 def test_a_message_of_many_parts_costs_its_first_parts_only_and_is_refused() -> None:
@@ -85,7 +58,7 @@ def test_a_message_of_many_parts_costs_its_first_parts_only_and_is_refused() -> 
     engine.async_send_client = lambda route, msg: replies.append((route, msg)) is None  # type: ignore[method-assign]
     big = b"x" * (1 << 20)
     ping = encode(envelope("ping", cid=1))
-    queued = QueuedFrames([[b"attacker", *([big] * 200)], [b"client", ping]])
+    queued = QueuedMessages([[b"attacker", *([big] * 200)], [b"client", ping]])
     engine._gateway = queued  # type: ignore[assignment]
     engine._drain_gateway(clock[0])
     assert queued.copies == 2 + 2  # the attacker's routing id and first part; the client's two parts
@@ -99,6 +72,6 @@ def test_a_turn_whose_last_client_frame_used_up_its_share_is_not_counted_as_cut(
     engine = Engine(node_id="budget", incarnation=1, keys=KEYS, handler=handler,  # type: ignore[arg-type]
                     bind_address="127.0.0.1", clock=lambda: clock[0])
     ping = encode(envelope("ping", cid=1))
-    engine._gateway = QueuedFrames([[b"client0", ping], [b"client1", ping]])  # type: ignore[assignment]
+    engine._gateway = QueuedMessages([[b"client0", ping], [b"client1", ping]])  # type: ignore[assignment]
     engine._drain_gateway(clock[0])
     assert handler.handled == [b"client0", b"client1"] and engine.counters["client_turns_cut"] == 0

@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
-import zmq
-
+from _queued import QueuedMessages
 from iris_mesh.sockets import cluster_keys, encode, envelope
 from iris_mesh.sockets._engine import Engine
 
 KEYS = cluster_keys(b"engine-inbox-test-cookie")
-
-
-class QueuedMessages:
-    """A stand-in inbox socket holding whole messages; receives take their parts one by one."""
-
-    def __init__(self, messages: list[list[bytes]]) -> None:
-        self.messages = collections.deque(messages)
-        self.partial: collections.deque[bytes] = collections.deque()
-
-    def getsockopt(self, option: int) -> int:
-        if option == zmq.RCVMORE:
-            return int(bool(self.partial))
-        return zmq.POLLIN if self.messages or self.partial else 0
-
-    def recv(self, flags: int = 0, copy: bool = True) -> Any:
-        if not self.partial:
-            if not self.messages:
-                raise zmq.Again()
-            self.partial.extend(self.messages.popleft())
-        return self.partial.popleft()
 
 
 class Handler:
