@@ -34,8 +34,11 @@ _MAX_CLIENT_COUNT = 1 << 32
 # member learns all of them even without mDNS.
 _GOSSIP_EVERY = 4
 _SEED_RETRY_S = 1.0
-_HELLO_RETRY_FIRST_S = 0.05  # a HELLO whose link is not connected yet: tried again after this, doubling up to
-_HELLO_RETRY_MAX_S = 1.0
+# A HELLO whose link is not connected yet is tried again at every tick for _HELLO_QUICK_S (a link connects in
+# milliseconds, and no frame of ours counts at the peer before it), then once a second (a node that is down).
+_HELLO_QUICK_S = 2.0
+_HELLO_RETRY_QUICK_S = 0.05
+_HELLO_RETRY_SLOW_S = 1.0
 _UNSEEN_WARN_S = 10.0  # the expected cores not heard at all this long after the start are named (once)
 _FLAP_WINDOW_S = 30.0
 _FLAP_LIMIT = 6
@@ -98,7 +101,7 @@ class MembershipService:
         self._gossip_due = True
         self._hello_sent_at: dict[str, float] = {}
         # Peers whose HELLO could not be queued yet (a fresh link queues nothing until its connection is up) ->
-        # (when to try again, the wait before that): soon at first, then less often (a node that is down).
+        # (when to try again, since when it failed).
         self._hello_pending: dict[str, tuple[float, float]] = {}
         self._ignored: set[tuple[str, str]] = set()
         self._flaps: dict[str, list[float]] = {}
@@ -517,10 +520,10 @@ class MembershipService:
             self._hello_sent_at[node_id] = now
             self._hello_pending.pop(node_id, None)
         else:
-            # Its link is not connected (yet): again at once at first, then less often (down for good, say).
-            _due, wait = self._hello_pending.get(node_id, (now, 0.0))
-            wait = min(_HELLO_RETRY_MAX_S, max(_HELLO_RETRY_FIRST_S, wait * 2))
-            self._hello_pending[node_id] = (now + wait, wait)
+            # Its link is not connected (yet): again at the next ticks, then once a second (down for good, say).
+            _due, since = self._hello_pending.get(node_id, (now, now))
+            wait = _HELLO_RETRY_QUICK_S if now - since < _HELLO_QUICK_S else _HELLO_RETRY_SLOW_S
+            self._hello_pending[node_id] = (now + wait, since)
 
     def _heard(self, node_id: str, incarnation: int, now: float) -> None:
         transitions = self.detector.heard(node_id, incarnation, now)
