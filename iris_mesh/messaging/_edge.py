@@ -267,18 +267,12 @@ class EdgeService:
                 return
         handler(session, request, now)
 
-    def _rate_of(self, rates: dict[str, RateLimiter], user: str) -> RateLimiter:
+    def _rate_of(self, rates: dict[str, RateLimiter], user: str, burst: int | None = None) -> RateLimiter:
+        """`user`'s limiter in `rates`: send_rate_per_s, with a burst of `burst` (None: send_burst)."""
         limiter = rates.get(user)
         if limiter is None:
-            limiter = rates[user] = RateLimiter(self._limits.send_rate_per_s, self._limits.send_burst)
-        return limiter
-
-    def _foreign_ack_budget(self, user: str) -> RateLimiter:
-        """What one session may carry over whole, refilled at the user's send rate."""
-        limiter = self._foreign_ack_rates.get(user)
-        if limiter is None:
-            limiter = self._foreign_ack_rates[user] = RateLimiter(self._limits.send_rate_per_s,
-                                                                  2 * self._limits.max_ack_ids)
+            limiter = rates[user] = RateLimiter(self._limits.send_rate_per_s,
+                                                self._limits.send_burst if burst is None else burst)
         return limiter
 
     def _hello(self, session: Session, request: HelloRequest, now: float) -> None:
@@ -600,8 +594,9 @@ class EdgeService:
                     continue  # acked here before: its delete is on its way already
                 if id_time_ms(msg_id) - self._wall_ms() > MAX_ID_AHEAD_MS:
                     continue  # no such message can have been stored (sends with such ids are refused)
-                if session.foreign_acks >= 2 * self._limits.max_ack_ids or self._foreign_ack_budget(
-                        session.user).try_take(now) > 0:
+                allowance = 2 * self._limits.max_ack_ids  # what one session may carry over whole
+                if session.foreign_acks >= allowance or self._rate_of(
+                        self._foreign_ack_rates, session.user, allowance).try_take(now) > 0:
                     # More than a session on another edge could have left unacked, or (a login loop) more
                     # per second than the user may send: not deleted (each would cost a quorum write); such
                     # a message comes again in a sync.
