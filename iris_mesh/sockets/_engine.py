@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import zmq
 from loguru import logger
 
+from iris_mesh.sockets._before_hello import FramesBeforeHello
 from iris_mesh.sockets._codec import FrameError, decode, decode_mesh, encode, envelope
 from iris_mesh.sockets._curve import ZAP_ENDPOINT, ClusterKeys, ZapPolicy
 from iris_mesh.sockets._engine_types import AdminRequest, BoundPorts, EngineError, EngineHandler
@@ -112,6 +113,7 @@ class Engine(PeerLinks):
         self.counters: collections.Counter[str] = collections.Counter()
         # Inbox state: which (node id, incarnation) said HELLO on which routing id.
         self._hellos: dict[bytes, tuple[str, int]] = {}
+        self._before_hello = FramesBeforeHello()  # frames that came before their link's HELLO, held a moment for it
         self._init_peer_links(node_id, incarnation)
         self._pub_seq = 0
         self._ctx: zmq.Context | None = None
@@ -315,6 +317,8 @@ class Engine(PeerLinks):
             now = self._clock()
             if now >= next_tick:
                 wait_s = self._guard(self._handler.async_tick, now, default=_MAX_WAIT_S)
+                if self._before_hello:
+                    self.counters["mesh_dropped_before_hello"] += self._before_hello.expire(now)
                 next_tick = now + max(_MIN_WAIT_S, min(wait_s, _MAX_WAIT_S))
                 took = self._clock() - now
                 if took >= _SLOW_TURN_S:
@@ -457,11 +461,27 @@ class Engine(PeerLinks):
                 self._hellos[route] = (msg["src"], msg["inc"])
                 self.counters["mesh_in"] += 1
                 self._guard(self._handler.async_on_hello, msg, now)
+                if self._before_hello:
+                    self._let_in_held(route, msg["inc"], now)
                 continue
-            if self._hellos.get(route) != (msg["src"], msg["inc"]):
-                # Anything before HELLO (or from an older incarnation) is dropped.
-                self.counters["mesh_dropped_before_hello"] += 1
+            known = self._hellos.get(route)
+            if known != (msg["src"], msg["inc"]):
+                # Before HELLO (or from a newer process than the one that said it): held a moment for its HELLO.
+                # From an older process, or a sender that is not its link's routing id: dropped.
+                if (msg["src"].encode() == route and (known is None or msg["inc"] > known[1])
+                        and self._before_hello.hold(route, msg, len(frame), now)):
+                    self.counters["mesh_held_before_hello"] += 1
+                else:
+                    self.counters["mesh_dropped_before_hello"] += 1
                 continue
+            self.counters["mesh_in"] += 1
+            self._guard(self._handler.async_on_mesh, msg, now)
+
+    def _let_in_held(self, route: bytes, inc: int, now: float) -> None:
+        """Handle the frames held for the HELLO just accepted on `route`, in the order they came."""
+        taken, dropped = self._before_hello.release(route, inc)
+        self.counters["mesh_dropped_before_hello"] += dropped
+        for msg in taken:
             self.counters["mesh_in"] += 1
             self._guard(self._handler.async_on_mesh, msg, now)
 
