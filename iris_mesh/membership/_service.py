@@ -250,6 +250,10 @@ class MembershipService:
     def is_safe_for_writes(self) -> bool:
         return self.guard.is_safe_for_writes()
 
+    def safe_mode_reason(self) -> str:
+        """Why writes are refused (or that they are not), as `meshctl status` shows it."""
+        return self.guard.reason
+
     def expected_cores(self) -> frozenset[str]:
         return self.guard.expected_cores
 

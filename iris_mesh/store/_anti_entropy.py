@@ -95,6 +95,7 @@ _REFUSALS_TO_RETRY = ("partition_detected", "not_ready", "membership_differs", "
 
 class _Membership(Protocol):
     def is_safe_for_writes(self) -> bool: ...
+    def safe_mode_reason(self) -> str: ...
     def state_of(self, node_id: str) -> str: ...
     def expected_cores(self) -> frozenset[str]: ...
 
@@ -214,7 +215,7 @@ class AntiEntropy:
         """Start a full pass with every alive peer; on_done gets every result. Returns a reason if none can start."""
         self._check_membership()
         if not self._membership.is_safe_for_writes():
-            return f"{self.node_id} is in safe mode: it does not see a majority of cores"
+            return f"{self.node_id} refuses writes: {self._membership.safe_mode_reason()}"
         peers = [p for p in sorted(self._membership.expected_cores() - {self.node_id})
                  if self._membership.state_of(p) == "alive"]
         if not peers:

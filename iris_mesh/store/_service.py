@@ -75,6 +75,7 @@ class StoreMembership(Protocol):
     """What the store needs to know about the cluster (engine thread)."""
 
     def is_safe_for_writes(self) -> bool: ...
+    def safe_mode_reason(self) -> str: ...
     def state_of(self, node_id: str) -> str: ...
     def expected_cores(self) -> frozenset[str]: ...
     def add_peer_listener(self, fn: Callable[[Any, float], None]) -> None: ...
@@ -194,7 +195,8 @@ class StoreService:
             on_done(Done(req, False, "too_large", f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}"))
             return
         if not self._membership.is_safe_for_writes():
-            on_done(Done(req, False, "partition_detected", f"{self.node_id} is in safe mode: it does not see a majority of cores"))
+            reason = self._membership.safe_mode_reason()
+            on_done(Done(req, False, "partition_detected", f"{self.node_id} refuses writes: {reason}"))
             return
         if version is None:
             version = self.clock.now(self._wall_ms())

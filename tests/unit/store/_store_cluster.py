@@ -37,6 +37,9 @@ class Membership:
     def is_safe_for_writes(self) -> bool:
         return self.safe
 
+    def safe_mode_reason(self) -> str:
+        return "accepting writes" if self.safe else "in safe mode - waiting for a majority of cores (1 of 3 visible)"
+
     def state_of(self, node_id: str) -> str:
         return self.states.get(node_id, "unknown")
 

@@ -75,3 +75,12 @@ def test_an_operators_write_refused_by_every_replica_says_why(cluster: Cluster) 
         cluster.memberships[core].safe = False  # every core in safe mode
     answer = ask(cluster, "put", table=TABLE, key=b"bob\x00m3", value="x")
     assert not answer["ok"] and answer["code"] == "partition_detected", answer
+
+
+def test_an_operators_write_to_a_node_in_safe_mode_says_why_in_the_words_of_its_guard(cluster: Cluster) -> None:
+    # Such as a node that just started: it may see a majority already and be waiting out safe_mode_exit_s, which
+    # "does not see a majority of cores" misstated.
+    cluster.memberships[EDGE].safe = False
+    answer = ask(cluster, "put", table=TABLE, key=b"bob\x00m3", value="x")
+    assert not answer["ok"] and answer["code"] == "partition_detected", answer
+    assert answer["detail"] == f"{EDGE} refuses writes: " + cluster.memberships[EDGE].safe_mode_reason(), answer
