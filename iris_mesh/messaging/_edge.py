@@ -87,7 +87,7 @@ from iris_mesh.messaging._presence import PresenceBook
 from iris_mesh.messaging._rate import RateLimiter
 from iris_mesh.messaging._rebalance import Rebalancer, moves_text, share_of, split
 from iris_mesh.messaging._recent import RecentOutcomes
-from iris_mesh.messaging._sessions import Session, SessionTable
+from iris_mesh.messaging._sessions import Outstanding, Session, SessionTable
 from iris_mesh.messaging._tokens import TokenError, verify_token
 from iris_mesh.store._latency import LatencyWindow
 
@@ -349,14 +349,21 @@ class EdgeService:
             return
         others = self.sessions.of_user(session.user)
         for msg_id, owed in session.outstanding.items():
-            # A live copy this session did not ack can never be acked now: its origin stores it at once
-            # rather than at its deliver timeout (unless another session here holds it too).
-            if owed.live and owed.origin is not None and not any(msg_id in other.outstanding for other in others):
-                self.counters["live_handed_back"] += 1
-                if owed.origin == self.node_id:
+            if not owed.live:
+                continue
+            holder = next((other.outstanding[msg_id] for other in others if msg_id in other.outstanding), None)
+            if holder is not None:
+                # Another session here holds it too: its ack is owed to these origins as well.
+                holder.origins += tuple(origin for origin in owed.origins if origin not in holder.origins)
+                continue
+            # A live copy this session did not ack can never be acked now: its origins store it at once rather
+            # than at their deliver timeout.
+            self.counters["live_handed_back"] += 1
+            for origin in owed.origins:
+                if origin == self.node_id:
                     self._declined(self.node_id, msg_id, session.user)
                 else:
-                    self._gateway_send(owed.origin, "mdeclined", id=msg_id, to=session.user, reason="session ended")
+                    self._gateway_send(origin, "mdeclined", id=msg_id, to=session.user, reason="session ended")
         if not others:
             self._presence.async_write(session.user, False, now)
 
@@ -604,27 +611,37 @@ class EdgeService:
                     continue
                 session.foreign_acks += 1
             if owed is not None and owed.live:
-                # The live copy reached the user: tell the origin, and drop any other session's copy (acked, for
-                # that session: its own ack of it costs nothing then), which makes room there.
-                for other in self.sessions.of_user(session.user):
-                    if other is not session and other.outstanding.pop(msg_id, None) is not None:
-                        other.note_acked(msg_id)
-                        self._inbox.async_resume(other, now)
-                if owed.origin == self.node_id:
-                    self._delivered(msg_id, session.user, now)
-                    continue
-                assert owed.origin is not None  # a live copy always names the edge it came from
-                self._gateway_send(owed.origin, "mdelivered", id=msg_id, to=session.user)
-                if not self._is_alive(owed.origin):
-                    # Its origin is gone: it may have stored a copy (its deliver timeout, or this edge looked
-                    # dead to it) and cannot delete it now. The user has the message: the copy goes.
-                    self.counters["live_acks_origin_gone"] += 1
-                    self._inbox.async_delete(session.user, msg_id, now)
+                self._live_acked(session, msg_id, owed, now)
             else:
                 # From the inbox (or an earlier session, then once: see _deletes.py): it may leave the store now,
                 # and only now.
                 self._inbox.async_delete(session.user, msg_id, now, retry=owed is not None)
         self._inbox.async_resume(session, now)
+
+    def _live_acked(self, session: Session, msg_id: bytes, owed: Outstanding, now: float) -> None:
+        """A live copy reached the user: tell every edge that offered it, and drop any other session's copy (acked,
+        for that session: its own ack of it costs nothing then), which makes room there. A copy handed from the
+        inbox too is deleted."""
+        assert session.user is not None
+        origins, stored = set(owed.origins), owed.stored
+        for other in self.sessions.of_user(session.user):
+            if other is not session and (copy := other.outstanding.pop(msg_id, None)) is not None:
+                other.note_acked(msg_id)
+                origins.update(copy.origins)
+                stored = stored or copy.stored
+                self._inbox.async_resume(other, now)
+        for origin in sorted(origins):
+            if origin == self.node_id:
+                self._delivered(msg_id, session.user, now)
+                continue
+            self._gateway_send(origin, "mdelivered", id=msg_id, to=session.user)
+            if not self._is_alive(origin):
+                # Its origin is gone: it may have stored a copy (its deliver timeout, or this edge looked
+                # dead to it) and cannot delete it now. The user has the message: the copy goes.
+                self.counters["live_acks_origin_gone"] += 1
+                stored = True
+        if stored:
+            self._inbox.async_delete(session.user, msg_id, now)
 
     def _announce_inbox(self, user: str, msg_id: bytes, sender: str, now: float) -> None:
         """Tell this edge's sessions and every other edge that `msg_id` from `sender` was stored in `user`'s inbox

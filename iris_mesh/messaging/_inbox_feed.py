@@ -220,7 +220,11 @@ class InboxFeed:
                 continue  # behind a message of its sender that this pass missed: the next pass brings both
             if room is not None and len(msgs) >= room:
                 return msgs, position
-            session.outstanding.setdefault(msg_id, Outstanding(False, None, stored.sender, self._now()))
+            handed = session.outstanding.get(msg_id)
+            if handed is None:
+                session.outstanding[msg_id] = Outstanding((), True, stored.sender, self._now())
+            else:
+                handed.stored = True  # a live copy, stored meanwhile: its ack must delete this one too
             msgs.append(Delivery(msg_id, stored.sender, stored.ts_ms, stored.body, session.next_seq()))
         return msgs, None
 

@@ -85,6 +85,14 @@ class LiveDesk:
         taken = 0
         slow_before = now - self._deliver_timeout_s
         for session in sessions:
+            handed = session.outstanding.get(msg_id)
+            if handed is not None:
+                # It has this one already (its sender's resend through another edge, or from the inbox): not handed
+                # again; its ack goes to this origin too, or the origin would store it at its deliver timeout.
+                if origin not in handed.origins:
+                    handed.origins += (origin,)
+                taken += 1
+                continue
             if len(session.outstanding) >= self._limits.max_pending_deliveries:
                 continue
             oldest = next(iter(session.outstanding.values()), None)
@@ -92,7 +100,7 @@ class LiveDesk:
                 # It would wait as long as the one left unacked: it reaches the session from the inbox instead.
                 self._counters["live_declined_slow_session"] += 1
                 continue
-            session.outstanding[msg_id] = Outstanding(True, origin, sender, now)
+            session.outstanding[msg_id] = Outstanding((origin,), False, sender, now)
             self._to_client(session.route, build_deliver(Delivery(msg_id, sender, ts, body, session.next_seq())))
             taken += 1
         if not taken:

@@ -21,12 +21,18 @@ MAX_HOLDS = 256
 
 @dataclass(slots=True)
 class Outstanding:
-    """A message handed to a session and not yet acked: from a live delivery (with its origin edge) or the inbox."""
+    """A message handed to a session and not yet acked: offered live by the `origins` edges (each told of the ack),
+    and/or handed from the inbox (`stored`: the ack deletes the stored copy). One id can be both: a sender's resend
+    through another edge, or a live message stored at its origin's deliver timeout and then synced."""
 
-    live: bool
-    origin: str | None
+    origins: tuple[str, ...]
+    stored: bool
     sender: str
     at: float = 0.0  # when it was handed over (live deliveries)
+
+    @property
+    def live(self) -> bool:
+        return bool(self.origins)
 
 
 @dataclass(frozen=True, slots=True)

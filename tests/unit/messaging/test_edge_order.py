@@ -644,7 +644,7 @@ def test_a_session_runs_one_push_pass_at_a_time_even_if_its_room_came_without_an
                      to_client=lambda route, frame: pushed.append(frame["id"]))
     bob = sessions.touch(b"bob", 0.0)
     sessions.log_in(bob, "bob")
-    bob.outstanding[mid(1)] = Outstanding(True, "edge2", "alice", 0.0)  # a live copy: no room
+    bob.outstanding[mid(1)] = Outstanding(("edge2",), False, "alice", 0.0)  # a live copy: no room
     _stored_for(feed, store, bob, "carol", 10)
     assert bob.push.paused and store.scans == 0
     del bob.outstanding[mid(1)]  # the copy is dropped (acked on another device)

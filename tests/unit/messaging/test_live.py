@@ -57,7 +57,7 @@ def test_a_clean_session_gets_the_message_and_owes_its_ack_to_the_origin() -> No
     edge.offer(M1)
     [(route, frame)] = edge.to_clients
     assert route == b"r1" and frame["op"] == "deliver" and frame["id"] == M1 and frame["from"] == "alice"
-    assert session.outstanding[M1] == Outstanding(True, "edge2", "alice", T0)
+    assert session.outstanding[M1] == Outstanding(("edge2",), False, "alice", T0)
     assert edge.to_edges == []
 
 
@@ -106,7 +106,7 @@ def test_a_session_whose_window_is_full_is_skipped() -> None:
     edge = Edge()
     full = edge.session(b"r1", "bob")
     for n in range(Limits().max_pending_deliveries):
-        full.outstanding[bytes([9, n % 256, n // 256]) * 5 + b"x"] = Outstanding(True, "edge2", "carol", edge.now)
+        full.outstanding[bytes([9, n % 256, n // 256]) * 5 + b"x"] = Outstanding(("edge2",), False, "carol", edge.now)
     edge.offer(M1)
     assert edge.declines() == ["sessions have too many (or too old) unacked messages"] and edge.to_clients == []
     roomy = edge.session(b"r2", "bob")
