@@ -46,8 +46,8 @@ OnDurable = Callable[[bool], None]
 class Batch:
     """The writes of one loop turn. Engine thread only."""
 
-    __slots__ = ("ops", "raws", "early", "durable", "live_delta", "partition_delta", "written", "written_at",
-                 "completed")
+    __slots__ = ("ops", "raws", "early", "durable", "live_delta", "partition_delta", "hint_targets", "written",
+                 "written_at", "completed")
 
     def __init__(self) -> None:
         # (table, key) -> new value, or None for a delete
@@ -59,6 +59,7 @@ class Batch:
         self.live_delta: dict[str, int] = {}
         # (table, partition) -> live rows the batch adds (or removes) there, against what RocksDB holds
         self.partition_delta: dict[tuple[str, bytes], int] = {}
+        self.hint_targets: set[str] = set()  # replicas the batch stores hints for
         self.written = False
         self.written_at = 0.0  # perf_counter() once written
         self.completed = False

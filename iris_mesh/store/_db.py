@@ -29,7 +29,8 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from rocksdict import BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, ReadOptions, Rdict, WriteBatch,
+                      WriteOptions)
 
 from iris_mesh.store._restore_mark import refuse_if_restoring
 
@@ -215,7 +216,13 @@ class Database:
 
         The iterator reads one consistent snapshot taken when it starts.
         """
-        it = self._tables[table].iter()
+        options = ReadOptions()  # its bound is encoded as the table's keys are (raw) when the iterator is made
+        end = _prefix_end(prefix)
+        if end is not None:
+            # RocksDB stops at the bound: without it a seek past the prefix's last live key steps over every
+            # deleted key up to the next live one (a drained target's hints, until compaction) on each read.
+            options.set_iterate_upper_bound(end)
+        it = self._tables[table].iter(options)
         it.seek(max(prefix, start))
         while it.valid():
             key = it.key()
@@ -280,3 +287,11 @@ class Database:
             self._db.close()
             with _open_here_lock:
                 _open_here.discard(self._resolved)
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key that starts with `prefix` (None: no such key, as for b"")."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

@@ -59,7 +59,11 @@ class HintHandoff:
         # Replicas whose hints are being handed off -> how many it acked so far (for the operator's log).
         self._handing: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}  # replica -> hints sent to it and not answered yet
-        self._resume: dict[str, tuple[str, bytes]] = {}  # replica -> the last hint sent: the next read starts after it
+        # replica -> the last hint read, and `hints_written` then: the next read starts after it unless hints came since
+        self._resume: dict[str, tuple[tuple[str, bytes], int]] = {}
+        # replica -> `hints_written` when a read from its first hint found none: not read again until that changes
+        # (each read would step over the deleted hints until RocksDB compacts them away)
+        self._drained: dict[str, int] = {}
 
     def async_tick(self, now: float) -> float | None:
         """Hand off what is due; returns how soon it wants the next tick while handing off (None: no hurry)."""
@@ -89,6 +93,7 @@ class HintHandoff:
                 del self._handoffs[req]
                 self._forget_sent(hinted, table, key)
         self._resume.pop(target, None)
+        self._drained.pop(target, None)
         hints = self._local.hints_for(target, limit=sys.maxsize)
         for table, key, item in hints:
             self._local.async_drop_hint(target, table, key, item)
@@ -114,22 +119,32 @@ class HintHandoff:
                 self._hand_off_to(target, now)
 
     def _hand_off_to(self, target: str, now: float) -> None:
+        written = self._local.hints_written(target)
+        if self._drained.get(target) == written:
+            return
         room = min(_HANDOFF_BATCH, _HANDOFF_WINDOW - self._in_flight.get(target, 0))
         if room <= 0:
             return
-        after = self._resume.pop(target, None)
+        resume = self._resume.get(target)
+        after = resume[0] if resume is not None and resume[1] == written else None  # a new hint may sort before it
         hints = self._local.hints_for(target, limit=room, after=after)
-        if len(hints) == room:
+        if hints:
             table, key, _item = hints[-1]
-            self._resume[target] = (table, key)  # more may follow: read on after the last one
-        if hints and target not in self._handing:
-            self._handing[target] = 0
-            held = self._local.count_hints_for(target, _COUNT_CAP)
-            logger.info("handing {} the writes it missed ({}{} hints held here)", target, f"{held:,}",
-                        "+" if held >= _COUNT_CAP else "")
-        elif not hints and after is None and target in self._handing and target not in self._in_flight:
-            logger.info("{} has every write it missed that this core took: {} hints handed off, none left",
-                        target, f"{self._handing.pop(target):,}")
+            self._resume[target] = ((table, key), written)  # read on after the last one
+            if target not in self._handing:
+                self._handing[target] = 0
+                held = self._local.count_hints_for(target, _COUNT_CAP)
+                logger.info("handing {} the writes it missed ({}{} hints held here)", target, f"{held:,}",
+                            "+" if held >= _COUNT_CAP else "")
+        elif target not in self._in_flight:
+            # None after the last one read, and every one sent answered: read from the first (a refused one stays)
+            # at the next tick, or, if that was such a read, none is left.
+            self._resume.pop(target, None)
+            if after is None:
+                self._drained[target] = written
+                if target in self._handing:
+                    logger.info("{} has every write it missed that this core took: {} hints handed off, none left",
+                                target, f"{self._handing.pop(target):,}")
         for table, key, item in hints:
             if (target, table, key) in self._handoff_keys:
                 continue

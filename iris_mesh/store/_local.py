@@ -99,6 +99,7 @@ class LocalStore:
         # (table, partition) -> live rows, least recently asked first (see live_in_partition)
         self._partition_live: dict[tuple[str, bytes], int] = {}
         self._live = {table: self._count_live(table) for table in VERSIONED_TABLES}
+        self._hint_batches: dict[str, int] = {}  # replica -> batches written with hints for it (see hints_written)
         self._commit = GroupCommit(db, post=post, on_written=self._on_written, name=db.path.name)
         self._closed = False
 
@@ -265,6 +266,7 @@ class LocalStore:
         """Durably remember that replica `target` misses `item`; only the newest hint per (target, table, key) is kept."""
         self._check_table(table)
         self.async_apply(_HINTS, _hint_key(target, table, key), item, on_durable)
+        self._staged.hint_targets.add(target)
 
     def async_drop_hint(self, target: str, table: str, key: bytes, item: Versioned) -> None:
         """Delete the hint if it still holds `item`'s version (a newer hint stays)."""
@@ -394,6 +396,11 @@ class LocalStore:
             out.append((table, key, item if newer is _ABSENT else newer))
         return out
 
+    def hints_written(self, target: str) -> int:
+        """Changes whenever hints for replica `target` were written (not when any are dropped): a read of its hints
+        that found none holds until this changes."""
+        return self._hint_batches.get(target, 0)
+
     def count_hints_for(self, target: str, cap: int) -> int:
         """Committed hints for replica `target`, counted up to `cap` (nothing is decoded)."""
         prefix = _hint_key(target, "", b"")[:-1]
@@ -470,6 +477,8 @@ class LocalStore:
     def _on_written(self, batch: Batch) -> None:
         for table, delta in batch.live_delta.items():
             self._live[table] += delta
+        for target in batch.hint_targets:
+            self._hint_batches[target] = self._hint_batches.get(target, 0) + 1
 
     def _decode(self, table: str, key: bytes, raw: bytes) -> Versioned:
         try:

@@ -50,6 +50,21 @@ def test_write_is_one_batch_across_tables_and_iterate_follows_key_order(tmp_path
     db.close()  # idempotent
 
 
+def test_a_prefix_read_ends_with_its_prefix_whatever_bytes_the_prefix_ends_in(tmp_path: Path) -> None:
+    # A prefix read is bounded at the prefix's end (RocksDB then never steps over the deleted keys past it).
+    db = Database(tmp_path / "db")
+    try:
+        keys = [b"a", b"a\xff", b"a\xff\x00", b"a\xff\xff\x01", b"b", b"\xff\xff", b"\xff\xff\xff"]
+        db.write([("hints", key, b"v") for key in keys])
+        assert [k for k, _ in db.iterate("hints", prefix=b"a\xff")] == [b"a\xff", b"a\xff\x00", b"a\xff\xff\x01"]
+        assert [k for k, _ in db.iterate("hints", prefix=b"a\xff", start=b"a\xff\x01")] == [b"a\xff\xff\x01"]
+        assert [k for k, _ in db.iterate("hints", prefix=b"\xff\xff")] == [b"\xff\xff", b"\xff\xff\xff"]
+        assert [k for k, _ in db.iterate("hints", prefix=b"a")] == keys[:4]
+        assert len(list(db.iterate("hints"))) == len(keys)
+    finally:
+        db.close()
+
+
 def test_engine_state_shows_memtables_filling_and_level0_files_after_recovery(tmp_path: Path) -> None:
     db = Database(tmp_path / "db")
     try:
