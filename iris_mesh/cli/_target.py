@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import os
@@ -15,8 +16,8 @@ from iris_mesh.cli._verdict import JOINING_S
 from iris_mesh.membership import PeerCard, browse_cluster
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
-__all__ = ["CtlError", "DEFAULT_DATA_ROOT", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "endpoint_of",
-           "expected_cores_missing", "no_answer", "read_cookie_file"]
+__all__ = ["CtlError", "DEFAULT_DATA_ROOT", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "UsageError",
+           "endpoint_of", "expected_cores_missing", "no_answer", "read_cookie_file"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -33,6 +34,14 @@ class CtlError(Exception):
     def __init__(self, message: str, code: int = EXIT_UNREACHABLE) -> None:
         super().__init__(message)
         self.code = code
+
+
+class UsageError(CtlError):
+    """Ends the command: meshctl was called with something that cannot work (asking again cannot help)."""
+
+
+# What sockets say of an address no interface of this host has (a bind, or a multicast join, on it).
+_NO_SUCH_ADDRESS = frozenset({errno.EADDRNOTAVAIL, errno.ENODEV})
 
 
 class Target:
@@ -129,8 +138,9 @@ class Target:
             cards = browse_cluster(self.args.cluster, interfaces=self.args.mdns_interface,
                                    timeout_s=self.args.mdns_timeout, enough_when=enough)
         except OSError as exc:  # an address no interface of this host has, say
-            raise CtlError(f"cannot run mDNS on {', '.join(self.args.mdns_interface)}: {exc.strerror or exc} "
-                           "(--mdns-interface must be an IPv4 address of this host)") from None
+            error = UsageError if exc.errno in _NO_SUCH_ADDRESS else CtlError
+            raise error(f"cannot run mDNS on {', '.join(self.args.mdns_interface)}: {exc.strerror or exc} "
+                        "(--mdns-interface must be an IPv4 address of this host)") from None
         ours = self._ours(cards)
         # another cookie's cluster under the same name is not ours to talk to
         self.foreign_nodes |= {card.node_id for card in cards} - {card.node_id for card in ours}
@@ -299,10 +309,10 @@ def _status_at(target: Target, endpoint: str) -> dict[str, Any] | None:
 
 
 def endpoint_of(node: str) -> str:
-    """The admin endpoint of --node HOST:PORT."""
+    """The admin endpoint of --node HOST:PORT (a port from 1 to 65535); UsageError if it is not that."""
     host, sep, port = node.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise CtlError(f"--node must be HOST:PORT (the node's admin port), got {node!r}")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise UsageError(f"--node must be HOST:PORT (the node's admin port), got {node!r}")
     return f"tcp://{host}:{port}"
 
 

@@ -26,6 +26,7 @@ from iris_mesh.cli._target import (
     EXIT_UNREACHABLE,
     CtlError,
     Target,
+    UsageError,
     endpoint_of,
     expected_cores_missing,
     no_answer,
@@ -110,6 +111,7 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
 
 def cmd_ping(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("ping", avoid=args.target_node, node=args.target_node)
+    reply = dict(reply, via=name)  # the node that sent the ping
     if reply.get("ok"):
         emit(args, reply, f"pong from {reply['node']} in {reply['rtt_ms']:.2f} ms (incarnation {reply['incarnation']}, asked via {name})")
         return EXIT_OK
@@ -138,7 +140,8 @@ def cmd_forget(target: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
-    """Wait until `--expect` nodes are found, every one sees every other alive and none is in safe mode."""
+    """Wait until `--expect` nodes are found, every one sees every other alive (the expected cores too) and accepts
+    writes; a mistake in the command line ends it at once."""
     deadline = time.monotonic() + args.wait
     target.expect = args.expect
     last_problem = "nothing checked yet"
@@ -150,6 +153,8 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
             if args.node:  # every node in its view, or only its own view is checked
                 target.widen_to_view()
             problem, seen = _mesh_problem(target, args.expect)
+        except UsageError:
+            raise
         except CtlError as exc:
             if "authentication failed" in str(exc) or "another cookie" in str(exc):
                 raise
@@ -170,43 +175,64 @@ def cmd_mesh(target: Target, args: argparse.Namespace) -> int:
 
 
 def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[str, list[str]]]:
+    """What keeps the mesh from being complete (None if nothing), and the peers each node that answered sees alive."""
     seen: dict[str, list[str]] = {}
     unreachable = []
-    refusing = []  # nodes still in safe mode: at start-up, until a majority of cores was in view for safe_mode_exit_s
+    statuses: list[dict[str, Any]] = []
     states: dict[str, set[str]] = {}  # every node some view lists -> the states the views give it
-    for name, result in target.each("nodes"):
+    for name, result in target.each("status"):
         if isinstance(result, AdminError) or not result.get("ok"):
             unreachable.append(name)
             continue
-        seen[result["from"]] = sorted(n["node_id"] for n in result["nodes"] if n["state"] == "alive" and not n["self"])
-        if result.get("safe_for_writes") is False:
-            refusing.append(result["from"])
-        for n in result["nodes"]:
-            states.setdefault(n["node_id"], set()).add(n["state"])
+        status = result["status"]
+        node_id = status["node_id"]
+        statuses.append(status)
+        peers = {peer: state for peer, state in status["peers"].items() if peer != node_id}
+        seen[node_id] = sorted(peer for peer, state in peers.items() if state == "alive")
+        for peer, state in {**peers, node_id: "alive"}.items():
+            states.setdefault(peer, set()).add(state)
     if unreachable:
         return f"not answering: {', '.join(sorted(unreachable))}", seen
+    # An expected core that no node has heard since it started is in no view: only the `missing` of each names it.
+    unheard = sorted({core for status in statuses for core in status.get("missing", ())} - set(seen) - set(states))
     if expect is not None and len(seen) < expect:
         absent = sorted(set(states) - set(seen))
-        named = ", ".join(f"{n} ({'/'.join(sorted(states[n]))})" for n in absent)
-        known = f"; not found: {named}" if absent else ""
+        named = ", ".join([*(f"{n} ({'/'.join(sorted(states[n]))})" for n in absent),
+                           *(f"{n} (expected core, heard by no node)" for n in unheard)])
+        known = f"; not found: {named}" if named else ""
         return f"{len(seen)} of {expect} nodes found ({', '.join(sorted(seen))}){known}", seen
     # A node the views list but mDNS did not find (dead, or cut off from here) is a hole in the mesh too.
     absent = {n: states[n] for n in sorted(set(states) - set(seen)) if states[n] != {"alive"}}
     if absent:
         named = ", ".join(f"{n} ({'/'.join(sorted(st))})" for n, st in absent.items())
         return f"{len(seen)} nodes found; not found: {named}", seen
+    if unheard:
+        return (f"{len(seen)} nodes found; expected cores that no node has heard since it started: "
+                f"{', '.join(unheard)} (not started, or cut off from every node)"), seen
     everyone = set(seen)
-    for node_id, peers in sorted(seen.items()):
-        missing = everyone - set(peers) - {node_id}
+    for node_id, peers_alive in sorted(seen.items()):
+        missing = everyone - set(peers_alive) - {node_id}
         if missing:
             return f"{node_id} does not see {', '.join(sorted(missing))} alive", seen
+    # Nodes still in safe mode: at start-up, until a majority of cores was in view for safe_mode_exit_s.
+    refusing = sorted(status["node_id"] for status in statuses if status.get("safe_for_writes") is False)
     if refusing:
-        return f"still in safe mode (refusing writes): {', '.join(sorted(refusing))}", seen
+        return f"still in safe mode (refusing writes): {', '.join(refusing)}", seen
+    problems = _verdict.status_problems([dict(status, reachable=True) for status in statuses])
+    if problems["fsync_failed"]:
+        failed = ", ".join(f"{node} ({error})" for node, error in sorted(problems["fsync_failed"].items()))
+        return f"a WAL fsync failed on {failed}: it refuses writes until restarted", seen
+    too_few = problems["too_few_cores"]  # node -> (cores it expects, replicas a quorum write needs)
+    if too_few:
+        cores, quorum = max(too_few.values())
+        return (f"every write fails: the region of {', '.join(sorted(too_few))} expects {cores} "
+                f"core{'' if cores == 1 else 's'} and a quorum write needs {quorum}"), seen
     return None, seen
 
 
 def cmd_put(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("put", table=args.table, key=args.key, value=args.value, durability=args.durability)
+    reply = dict(reply, coordinator=name, durability=args.durability)
     if reply.get("ok"):
         emit(args, reply, f"ok: {args.table}/{args.key} stored ({args.durability}), acknowledged by "
                            f"{', '.join(reply['acked_by']) or 'none yet'} (coordinated by {name})")
@@ -217,8 +243,10 @@ def cmd_put(target: Target, args: argparse.Namespace) -> int:
 
 def cmd_delete(target: Target, args: argparse.Namespace) -> int:
     name, reply = target.first("delete", table=args.table, key=args.key, durability=args.durability)
+    reply = dict(reply, coordinator=name, durability=args.durability)
     if reply.get("ok"):
-        emit(args, reply, f"ok: {args.table}/{args.key} deleted, acknowledged by {', '.join(reply['acked_by'])}")
+        emit(args, reply, f"ok: {args.table}/{args.key} deleted ({args.durability}), acknowledged by "
+                           f"{', '.join(reply['acked_by']) or 'none yet'} (coordinated by {name})")
         return EXIT_OK
     emit(args, reply, f"FAILED: {reply.get('error')}: {reply.get('detail')}")
     return EXIT_CHECK_FAILED
@@ -228,7 +256,8 @@ def cmd_get(target: Target, args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {"table": args.table, "key": args.key}
     if args.replica:
         fields["replica"] = args.replica
-    _, reply = target.first("get", **fields)
+    name, reply = target.first("get", **fields)
+    reply = dict(reply, coordinator=name)  # the node that read the replicas (or asked the one --replica names)
     if not reply.get("ok"):
         emit(args, jsonable(reply), f"FAILED: {reply.get('error')}: {reply.get('detail')}")
         return EXIT_CHECK_FAILED
@@ -393,7 +422,7 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
     parser.add_argument("--cluster", default=default(os.environ.get("IRIS_MESH_CLUSTER", "iris")),
                         help="cluster name to find by mDNS (default: $IRIS_MESH_CLUSTER, else iris)")
-    parser.add_argument("--node", default=default(None),
+    parser.add_argument("--node", type=_host_port, default=default(None),
                         help="HOST:PORT of a node's admin port (skips mDNS: answers in well under a second; only "
                              "if it does not answer is mDNS asked whether it is another port of a node)")
     parser.add_argument("--cookie-file", default=default(None),
@@ -459,7 +488,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "(default 0)")
     resync = add("resync", cmd_resync, "force a full anti-entropy pass of one core with every alive peer core")
     resync.add_argument("target_node", metavar="NODE")
-    resync.add_argument("--wait", type=_positive(float), default=30.0, help="deadline for the pass in seconds (default 30)")
+    resync.add_argument("--wait", type=_positive(float, most=_RESYNC_MAX_WAIT_S), default=30.0,
+                        help=f"deadline for the pass in seconds (default 30, at most {_RESYNC_MAX_WAIT_S}: a node "
+                             "refuses a longer one)")
     restore = commands.add_parser(
         "restore", parents=[common], help="put a backup back (cluster stopped)",
         description="put every core of a backup back, or none (the cluster must be stopped); the data it replaces "
@@ -510,6 +541,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _host_port(text: str) -> str:
+    """An argparse type: --node HOST:PORT, checked as the command will use it."""
+    try:
+        endpoint_of(text)
+    except CtlError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (a node's admin port, 1 to 65535)") from None
+    return text
+
+
 def _ipv4(text: str) -> str:
     """An argparse type: an IPv4 address to run mDNS on (not 0.0.0.0, which means whatever the default route says)."""
     try:
@@ -531,17 +571,19 @@ def _user_name(text: str) -> str:
 
 
 _MOST = 10**9  # the largest count or number of seconds meshctl takes (about 31 years)
+# The longest resync a node runs: it refuses a longer wait_s (_RESYNC_MAX_TIMEOUT_S in iris_mesh/store/_admin.py).
+_RESYNC_MAX_WAIT_S = 600
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type: a number of `kind` above zero and at most _MOST (inf and nan are no numbers here)."""
+def _positive(kind: Callable[[str], Any], *, most: int = _MOST) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above zero and at most `most` (inf and nan are no numbers here)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not 0 < value <= _MOST:  # also false for nan
-            raise argparse.ArgumentTypeError(f"must be above zero and at most {_MOST:,}, got {text}")
+        if not 0 < value <= most:  # also false for nan
+            raise argparse.ArgumentTypeError(f"must be above zero and at most {most:,}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse

@@ -3,14 +3,27 @@ what backup says of a node's failure, and restore of a backup that lacks a core 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from iris_mesh.cli._backup_cmds import _backup_advice, _cause_in_words
-from iris_mesh.cli.meshctl import _duration_text, _engine_text, _heartbeat_text, _mib_text, _parser, main
+from iris_mesh.cli.meshctl import (
+    _duration_text,
+    _engine_text,
+    _heartbeat_text,
+    _mib_text,
+    _parser,
+    cmd_delete,
+    cmd_get,
+    cmd_ping,
+    cmd_put,
+    main,
+)
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_FIELDS
 
@@ -82,6 +95,7 @@ def test_a_timeout_or_count_that_is_not_above_zero_is_a_usage_error(argv: list[s
     (["--timeout", "nan", "status"], "at most 1,000,000,000, got nan"),
     (["--mdns-interface", "eth0", "status"], "'eth0' is not an IPv4 address"),
     (["--mdns-interface", "0.0.0.0", "status"], "0.0.0.0 is no interface"),
+    (["resync", "core1", "--wait", "601"], "argument --wait: must be above zero and at most 600, got 601"),
 ])
 def test_a_bad_argument_is_a_usage_error_that_names_it(argv: list[str], says: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -245,3 +259,45 @@ def test_another_port_of_a_local_node_is_named_from_its_node_json(tmp_path: Path
 
     for port, kind in ((4001, "mesh"), (4002, "heartbeat"), (4004, "client")):
         assert said(port) == f"127.0.0.1:{port} is edge1's {kind} port, not its admin port: use --node 127.0.0.1:4003"
+
+
+def test_a_resync_waits_at_most_as_long_as_a_node_runs_one_and_its_help_says_so(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert _parser().parse_args(["resync", "core1", "--wait", "600"]).wait == 600.0
+    with pytest.raises(SystemExit):
+        main(["resync", "--help"])
+    assert "at most 600" in " ".join(capsys.readouterr().out.split())
+
+
+class AnsweringTarget:
+    """The node `name` answers every request with `reply`."""
+
+    def __init__(self, name: str, reply: dict[str, Any]) -> None:
+        self.name, self.reply = name, reply
+
+    def first(self, op: str, *, avoid: str | None = None, **fields: Any) -> tuple[str, dict[str, Any]]:
+        return self.name, dict(self.reply)
+
+
+def json_of(cmd: Any, reply: dict[str, Any], capsys: pytest.CaptureFixture[str], **args: Any) -> dict[str, Any]:
+    cmd(AnsweringTarget("core2", reply), argparse.Namespace(json=True, **args))
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_names_the_node_that_answered_as_the_text_does(capsys: pytest.CaptureFixture[str]) -> None:
+    pong = {"ok": True, "node": "core3", "incarnation": 7, "rtt_ms": 0.4}
+    assert json_of(cmd_ping, pong, capsys, target_node="core3") == dict(pong, via="core2")
+    pang = {"ok": False, "error": "pang", "detail": "no answer from core3 within 2.0 s"}
+    assert json_of(cmd_ping, pang, capsys, target_node="core3")["via"] == "core2"
+
+    written = {"ok": True, "code": "ok", "detail": "", "acked_by": ["core1", "core2"], "error": None}
+    key = {"table": "offline_msg", "key": "k", "durability": "guaranteed"}
+    assert json_of(cmd_put, written, capsys, value="v", **key) == dict(written, coordinator="core2",
+                                                                      durability="guaranteed")
+    assert json_of(cmd_delete, written, capsys, **key) == dict(written, coordinator="core2", durability="guaranteed")
+
+    found = {"ok": True, "found": True, "value": b"v", "version": {"hlc": 1, "node": "core1"}, "replicas": ["core1"]}
+    doc = json_of(cmd_get, found, capsys, table="offline_msg", key="k", replica=None)
+    assert (doc["coordinator"], doc["value"], doc["found"]) == ("core2", "v", True)
+    absent = json_of(cmd_get, {"ok": True, "found": False}, capsys, table="offline_msg", key="k", replica=None)
+    assert (absent["coordinator"], absent["ok"], absent["error"]) == ("core2", False, "not_found")
