@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -27,7 +28,22 @@ __all__ = ["DigestUpkeep"]
 # Tombstones older than the grace period are purged this often (at most); then the cache is rebuilt.
 _MAINTENANCE_MAX_S = 3600.0
 _MAINTENANCE_MIN_S = 1.0
+# A purge pass goes through the tables over many engine turns: each reads at most this many rows (about 20 ms)
+# and purges at most _PURGE_LIMIT of them (one write batch). A table of a million rows read in one turn held the
+# engine a second, and its peers took the core for dead.
+_PURGE_ROWS_PER_TURN = 20_000
 _PURGE_LIMIT = 10_000
+
+
+@dataclass(slots=True)
+class _PurgePass:
+    """Where a purge pass stands: the table it reads (an index in the tables), the key it goes on after."""
+
+    cutoff_ms: int
+    started: float
+    table: int = 0
+    after: bytes | None = None
+    purged: int = 0
 
 
 class DigestUpkeep:
@@ -62,6 +78,7 @@ class DigestUpkeep:
         self._build: TableScan | None = None
         self._rebuild_when_commits: int | None = None
         self._next_maintenance: float | None = None
+        self._purge: _PurgePass | None = None
 
     def rebuild(self, view: View) -> None:
         """The expected core set changed: rebuild the digests for `view`."""
@@ -96,6 +113,9 @@ class DigestUpkeep:
                 self._rebuild_when_commits = None
                 self._rebuild()
             return
+        if self._purge is not None:
+            self._purge_some(now)
+            return
         if now < self._next_maintenance:
             return
         cutoff_ms = self._wall_ms() - self._grace_ms
@@ -112,22 +132,38 @@ class DigestUpkeep:
                 self._rebuild()
                 return
             cutoff_ms = horizon
-        started = time.perf_counter()
-        purged = sum(self._local.async_purge_tombstones(table, cutoff_ms, _PURGE_LIMIT) for table in self._tables)
-        more = purged >= _PURGE_LIMIT
-        self._next_maintenance = now + (self._interval_s if more else self._maintenance_every_s)
-        self._counters["ae_tombstones_purged"] += purged
+        self._purge = _PurgePass(cutoff_ms, time.perf_counter())
+        self._purge_some(now)
+
+    def _purge_some(self, now: float) -> None:
+        """One turn's share of the purge pass; at the pass's end, the digests are rebuilt."""
+        purge = self._purge
+        assert purge is not None
+        table = self._tables[purge.table]
+        purged, purge.after = self._local.async_purge_tombstones(table, purge.cutoff_ms, _PURGE_LIMIT,
+                                                                 start_after=purge.after,
+                                                                 max_rows=_PURGE_ROWS_PER_TURN)
         if purged:
-            # From here until the rebuild the digests still count the purged rows: no session may use them,
-            # and a build under way (it may have read them) is void.
+            self._counters["ae_tombstones_purged"] += purged
+            purge.purged += purged
+            # From here until the rebuild the digests still count the purged rows: no session may use them, and a
+            # build under way (it may have read them) is void.
             if self._build is not None:
                 self._build.cancelled = True
                 self._build = None
             self._cache.invalidate()
+        if purge.after is not None:
+            return
+        purge.table += 1
+        if purge.table < len(self._tables):
+            return
+        self._purge = None
+        self._next_maintenance = now + self._maintenance_every_s
+        if purge.purged:
             stats = self._local.stats()
-            # The purge sits in the staged batch: it commits right after the batch in flight, if any.
+            # The purge's last share sits in the staged batch: it commits right after the batch in flight, if any.
             self._rebuild_when_commits = stats["commits"] + stats["failed_commits"] + (2 if stats["in_flight"] else 1)
             logger.info("purged {} tombstones older than {:.0f} s ({:.3f} s); rebuilding the anti-entropy digests",
-                        purged, self._grace_ms / 1000, time.perf_counter() - started)
+                        purge.purged, self._grace_ms / 1000, time.perf_counter() - purge.started)
         else:
             self._rebuild()  # also heals the digests from any write that bypassed the cache

@@ -276,24 +276,38 @@ class LocalStore:
         if current is not None and current.version == item.version:
             self._stage(_HINTS, hint_key, None, current)
 
-    def async_purge_tombstones(self, table: str, older_than_wall_ms: int, limit: int = 10_000) -> int:
-        """Delete tombstones whose version's wall_ms is older than the cutoff; returns how many were staged."""
+    def async_purge_tombstones(self, table: str, older_than_wall_ms: int, limit: int = 10_000, *,
+                               start_after: bytes | None = None,
+                               max_rows: int | None = None) -> tuple[int, bytes | None]:
+        """Delete tombstones whose version's wall_ms is older than the cutoff, reading the rows after `start_after`:
+        at most `limit` purged and `max_rows` read (a table of millions is purged over many engine turns).
+
+        Returns how many were staged, and the key to go on after (None: the table's end was reached).
+        """
         self._check_table(table)
         found: list[tuple[bytes, Versioned]] = []
-        for key, raw in self._db.iterate(table):
-            if len(found) >= limit:
+        cursor = None
+        read = 0
+        for key, raw in self._db.iterate(table, start=start_after or b""):
+            if start_after is not None and key <= start_after:
+                continue
+            if len(found) >= limit or (max_rows is not None and read >= max_rows):
                 break
+            read += 1
+            cursor = key
             if len(raw) > 1 and raw[1] & 0x01:  # tombstone flag, without decoding live rows
                 item = self._decode(table, key, raw)
                 if item.version.wall_ms < older_than_wall_ms:
                     found.append((key, item))
+        else:
+            cursor = None  # the table's end
         purged = 0
         for key, item in found:
             current, _ = self._current(table, key)
             if current is not None and current.version == item.version:  # nothing newer staged or in flight
                 self._stage(table, key, None, current)
                 purged += 1
-        return purged
+        return purged, cursor
 
     def async_end_of_batch(self) -> None:
         """Once per engine loop turn: write what is staged as one batch, for the sync thread's next fsync.

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.membership import Placement
+from iris_mesh.store import _ae_upkeep
 from iris_mesh.store._ae_responder import Responder
 from iris_mesh.store._anti_entropy import SessionResult
 from iris_mesh.store._reconcile import Listed, Reconciler
@@ -371,6 +372,39 @@ def test_tombstones_past_the_grace_period_are_purged_and_stay_gone(tmp_path: Pat
             assert cluster.rows(core).keys() == {b"keep"}
             assert cluster.services[core].anti_entropy.cache.digests("core1" if core != "core1" else "core2") == \
                 fresh_digests(cluster, core, "core1" if core != "core1" else "core2")
+    finally:
+        cluster.close()
+
+
+def test_a_purge_reads_a_bounded_share_of_a_table_per_turn_and_still_purges_every_old_tombstone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One turn read every row of every table: a million rows held the engine a second, every maintenance round.
+    monkeypatch.setattr(_ae_upkeep, "_PURGE_ROWS_PER_TURN", 5)
+    cluster = Cluster(tmp_path, THREE, interval_s=0.05, grace_s=1.0)
+    try:
+        keys = [b"k%02d" % i for i in range(30)]
+        assert all(cluster.put("core1", key, b"v").ok for key in keys)
+        assert all(cluster.put("core1", key, None).ok for key in keys[::2])  # 15 tombstones
+        cluster.run_until(lambda: all(len(cluster.rows(c)) == 30 for c in THREE), "every row on every core")
+        local = cluster.locals["core1"]
+        reads: list[int | None] = []
+
+        def purge(table: str, cutoff: int, limit: int = 10_000, **kwargs: Any) -> Any:
+            reads.append(kwargs.get("max_rows"))
+            return purge_all(table, cutoff, limit, **kwargs)
+
+        purge_all = local.async_purge_tombstones
+        monkeypatch.setattr(local, "async_purge_tombstones", purge)
+        cluster.wall_offset_ms += 1500  # the tombstones are past the grace period
+        cluster.run_until(lambda: all(len(cluster.rows(c)) == 15 for c in THREE), "every old tombstone purged",
+                          timeout_s=15.0)
+        assert all(not cluster.rows(c)[key].is_tombstone for c in THREE for key in cluster.rows(c))
+        assert reads and set(reads) == {5}
+        assert len(reads) >= 30 // 5  # one pass over the table took several turns
+        cluster.run_until(lambda: all(s.anti_entropy.cache.ready for s in cluster.services.values()), "rebuilt digests")
+        for core, peer in (("core1", "core2"), ("core2", "core3"), ("core3", "core1")):
+            assert cluster.services[core].anti_entropy.cache.digests(peer) == fresh_digests(cluster, core, peer)
     finally:
         cluster.close()
 

@@ -94,14 +94,14 @@ def test_tombstones_read_back_are_not_counted_and_only_old_ones_are_purged(store
     assert not local.async_apply(TABLE, b"old-dead", v(wall(900), b"zombie"))
     # a newer write staged for a tombstone's key keeps the purge away from it
     assert local.async_apply(TABLE, b"revived", v(wall(2000), b"back"))
-    assert local.async_purge_tombstones(TABLE, older_than_wall_ms=3000) == 1
+    assert local.async_purge_tombstones(TABLE, older_than_wall_ms=3000) == (1, None)
     engine.turn_until(lambda: local.stats()["pending"] == 0 and local.stats()["commits"] == 2, "the purge commit")
     assert local.read(TABLE, b"old-dead") is None
     assert local.read(TABLE, b"new-dead") == v(wall(5000), None)
     assert local.read(TABLE, b"revived") == v(wall(2000), b"back")
     assert local.read(TABLE, b"live") == v(wall(1000), b"x")
     assert local.count(TABLE) == 2
-    assert local.async_purge_tombstones(TABLE, older_than_wall_ms=10_000, limit=1) == 1
+    assert local.async_purge_tombstones(TABLE, older_than_wall_ms=10_000, limit=1) == (1, b"new-dead")
     engine.turn_until(lambda: local.stats()["pending"] == 0 and local.stats()["commits"] == 3, "the second purge")
     assert local.read(TABLE, b"new-dead") is None
 
