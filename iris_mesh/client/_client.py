@@ -13,6 +13,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -34,7 +35,9 @@ __all__ = ["Client"]
 
 T = TypeVar("T")
 
-# A future the I/O thread resolves by its own deadline; this margin only guards against a dead thread.
+# A future the I/O thread resolves by its own deadline, late by up to two mDNS browses (it runs none of its
+# timers during one: a command posted then starts after it, and the deadline may pass during another);
+# this margin on top only guards against a dead thread.
 _RESULT_MARGIN_S = 5.0
 _client_ids = itertools.count(1)
 
@@ -80,7 +83,8 @@ class Client:
     `login_lost` (as said above). A failed send's error carries its message
     id in `.id`: `send(to, body, id=error.id)` resends it with the same id.
     Retryable server errors are retried inside `send_timeout_s`; a send fails
-    with the last of them if the deadline passes first. `connect` raises
+    with the last of them if the deadline passes while it waits to retry, and
+    with `timeout` if it passes while a retry is unanswered. `connect` raises
     `unavailable` when no edge answers.
 
     Future callbacks (`send_async(...).add_done_callback`) run on the I/O
@@ -127,6 +131,10 @@ class Client:
             self._closed = True
             self._thread.join()
             raise self._loop.start_error or IrisError("closed", "the client's I/O thread stopped while connecting")
+        # A Client dropped without close() (one whose login raised, say) would keep its thread, socket and
+        # session forever. The finalizer holds the loop, not the Client; at exit the daemon thread just ends.
+        self._finalizer = weakref.finalize(self, self._loop.abandon)
+        self._finalizer.atexit = False
 
     @classmethod
     def connect(
@@ -175,10 +183,15 @@ class Client:
         try the cluster keeps one copy per id (docs/PROTOCOL.md 9.2); a later resend may make a second copy.
         """
         self._refuse_on_io_thread("send")
-        return self._wait(self.send_async(to, body, id=id), self._opts.send_timeout_s, "send")
+        msg_id, future = self._submit_send(to, body, id)
+        return self._wait(future, self._opts.send_timeout_s, "send", send_id=msg_id)
 
     def send_async(self, to: str, body: bytes, id: bytes | None = None) -> Future[SendResult]:
         """Like send, without waiting: the future completes with SendResult or IrisError. Keeps many in flight."""
+        return self._submit_send(to, body, id)[1]
+
+    def _submit_send(self, to: str, body: bytes, id: bytes | None) -> tuple[bytes, Future[SendResult]]:
+        """Post a send; returns its message id (the one a resend passes) and its future."""
         if isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
         future: Future[SendResult] = Future()
@@ -189,7 +202,7 @@ class Client:
             msg_id = id if id is not None else self._ids.next(self._wall_ms())
             if not self._loop.post(lambda now: self._session.send(msg_id, to, body, future, now)):
                 raise IrisError("closed", "the client's I/O thread has stopped")
-        return future
+        return msg_id, future
 
     def receive(self, timeout: float | None = None) -> Message | None:
         """The next message, waiting up to `timeout` seconds (None: forever); None on timeout. Acked once returned.
@@ -237,6 +250,7 @@ class Client:
             if self._closed:
                 return
             self._closed = True
+        self._finalizer.detach()
         self._loop.post(self._loop.async_begin_close)
         if threading.current_thread() is self._thread:
             return  # called from a future's callback: the I/O thread finishes closing by itself
@@ -304,8 +318,9 @@ class Client:
             raise IrisError("bad_request", f"{what}() waits for the client's I/O thread, and was called on it (from a "
                                            "future's callback): use send_async, receive(timeout=0), or another thread")
 
-    def _wait(self, future: Future[T], timeout_s: float, what: str) -> T:
+    def _wait(self, future: Future[T], timeout_s: float, what: str, *, send_id: bytes | None = None) -> T:
+        """The future's result; `send_id`: the message id a send's timeout carries, for a resend with the same id."""
         try:
-            return future.result(timeout_s + _RESULT_MARGIN_S)
+            return future.result(timeout_s + 2 * self._opts.mdns_timeout_s + _RESULT_MARGIN_S)
         except FutureTimeout:
-            raise IrisError("timeout", f"{what} got no answer from the client's I/O thread") from None
+            raise IrisError("timeout", f"{what} got no answer from the client's I/O thread", id=send_id) from None

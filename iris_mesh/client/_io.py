@@ -89,6 +89,7 @@ class IoLoop:
         self._attempt_errors: list[str] = []  # before the first hello only: connect()'s error says them all
         self._outage_reported = False
         self._closing_deadline: float | None = None
+        self._abandoned = False  # the Client was dropped without close(): close at the next turn
         self._stop = False
         self._last_bad_frame_log = -math.inf
         self.bad_frames = 0
@@ -103,6 +104,13 @@ class IoLoop:
             self._mailbox.append(command)
         self._conn.wake()
         return True
+
+    def abandon(self) -> None:
+        """The Client was garbage-collected unclosed: close as close() would, at the next turn (within _MAX_WAIT_S).
+
+        Any thread; takes no lock, as a finalizer may run it wherever the collector happens to run.
+        """
+        self._abandoned = True
 
     # ---- I/O thread -------------------------------------------------------------------
 
@@ -139,6 +147,10 @@ class IoLoop:
         now = self._clock()
         while self._mailbox:
             self._mailbox.popleft()(now)
+        if self._abandoned and self._closing_deadline is None:
+            logger.warning("iris client: a Client of {} was dropped without close(); closing it (close it, or use "
+                           "it in a `with` block, to log out at once)", self._session.user or "no user")
+            self.async_begin_close(now)
         if self._closing_deadline is not None and (self._session.close_done or now >= self._closing_deadline):
             self._stop = True
             return

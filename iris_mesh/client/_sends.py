@@ -22,7 +22,9 @@ its message id for life: retries and the resends after a failover reuse it
   round trip and a backoff, which is why the flow control above tries hard
   never to get here.
 - **Deadlines.** A send not confirmed within `send_timeout_s` of submission
-  is given up (`timeout`, or the last retryable error if it had one).
+  is given up: with the retryable error its latest attempt was refused with,
+  if it was waiting to retry; else with `timeout` (an attempt that got no
+  answer may have arrived, whatever refused the attempts before it).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ _STORED_TAILS_MAX = 10_000  # recipients whose last stored message is remembered
 class PendingSend:
     """One submitted send; `waiter` is whatever the runtime resolves with its result (opaque here)."""
 
-    __slots__ = ("seq", "id", "to", "body", "waiter", "deadline", "cid", "attempts", "in_flight", "done", "last_error")
+    __slots__ = ("seq", "id", "to", "body", "waiter", "deadline", "cid", "attempts", "in_flight", "done", "last_error",
+                 "last_attempt_refused")
 
     def __init__(self, seq: int, msg_id: bytes, to: str, body: bytes, waiter: Any, deadline: float) -> None:
         self.seq = seq
@@ -57,7 +60,9 @@ class PendingSend:
         self.attempts = 0
         self.in_flight = False
         self.done = False
-        self.last_error: IrisError | None = None
+        self.last_error: IrisError | None = None  # the latest retryable error, of this attempt or an earlier one
+        # The latest attempt was answered with last_error (and the send waits to retry): no copy of it was made.
+        self.last_attempt_refused = False
 
     def __repr__(self) -> str:
         return f"PendingSend(seq={self.seq}, id={self.id.hex()}, to={self.to!r}, attempts={self.attempts})"
@@ -182,6 +187,7 @@ class SendQueue:
             send = lane.waiting.popleft()
             lane.in_flight += 1
             send.in_flight = True
+            send.last_attempt_refused = False
             send.attempts += 1
             self._flying[send.seq] = send
             out.append(send)
@@ -217,6 +223,7 @@ class SendQueue:
     def retry_later(self, send: PendingSend, error: IrisError, now: float) -> bool:
         """A retryable error: schedule the retry and return True, or False if the deadline comes first."""
         send.last_error = error
+        send.last_attempt_refused = True
         if error.retry_after is not None:
             delay_s = error.retry_after
         else:

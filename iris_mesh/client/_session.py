@@ -171,7 +171,12 @@ class ClientSession:
     @property
     def close_done(self) -> bool:
         """After begin_close: True once the logout was answered, or there was nothing to log out of."""
-        return self._closing and (self._logout_cid is None or self.state not in _LINKED)
+        if not self._closing:
+            return False
+        if self.state not in _LINKED:
+            return True
+        # A login on the wire is awaited: the edge logs the session in even so, and it is logged out then.
+        return self._logout_cid is None and self.state is not SessionState.LOGGING_IN
 
     # ---- the link ----------------------------------------------------------------------
 
@@ -264,8 +269,8 @@ class ClientSession:
         self._fail_everything(IrisError(
             "closed", "the client was closed; a send not confirmed may be resent with the same id"))
         if self.state is SessionState.LOGGED_IN:
-            self._flush_acks(now)
-            self._logout_cid = self._request(_Request("logout"), lambda c: LogoutRequest(cid=c).to_wire(), now)
+            self._log_out(now)
+        # LOGGING_IN: the login's answer is awaited (see close_done), and an `ok` is followed by the logout.
         self.user = self._token = None
 
     def finish(self, reason: str) -> None:
@@ -305,7 +310,11 @@ class ClientSession:
         if request is None:
             return
         if request.kind == "login":
-            self._logged_in(now)
+            if self._closing:
+                self.state = SessionState.LOGGED_IN
+                self._log_out(now)  # PROTOCOL.md 4.5: or the user would stay online until the edge's idle timeout
+            else:
+                self._logged_in(now)
         elif request.kind == "logout":
             self._logout_cid = None
             self.state = SessionState.READY
@@ -407,7 +416,10 @@ class ClientSession:
         if request.kind == "send" and request.send is not None:
             self._send_failed(request.send, error, now)
         elif request.kind == "login":
-            self._login_refused(error, now)
+            if self._closing:
+                self.state = SessionState.READY  # nothing to log out of
+            else:
+                self._login_refused(error, now)
         elif request.kind == "sync":
             self._sync_failed(error, now)
         elif request.kind == "presence":
@@ -439,9 +451,7 @@ class ClientSession:
         for send in self._sends.expired(now):
             if send.cid is not None:
                 self._give_up(send.cid, None)  # its answer may still come: not news
-            self._fail_send(send, send.last_error or IrisError(
-                "timeout", f"no `sent` within {self._opts.send_timeout_s} s (id {send.id.hex()}); it may still"
-                " arrive: resend with the same id to be sure"))
+            self._fail_send(send, self._expiry_error(send))
         if self.state is SessionState.LOGGED_IN and not self._closing:
             self._pump(now)
             self._flush_acks(now)
@@ -453,6 +463,17 @@ class ClientSession:
                 self._ping(now)
             self._ping_after_login = False
         return self._next_wakeup(now)
+
+    def _expiry_error(self, send: PendingSend) -> IrisError:
+        """Why a send whose deadline passed failed: the refusal of its latest attempt, or `timeout`."""
+        if send.last_attempt_refused and send.last_error is not None:
+            return send.last_error  # PROTOCOL.md 8: what that refusal says about copies holds for the send
+        # The latest attempt got no answer (on the wire, or cut off by a lost session): it may have arrived,
+        # so an earlier refusal, which may say "no copy was made", is no answer for the send.
+        earlier = send.last_error
+        before = f"; an earlier attempt was refused: {earlier.code} ({earlier.detail})" if earlier is not None else ""
+        return IrisError("timeout", f"no `sent` within {self._opts.send_timeout_s} s (id {send.id.hex()}){before};"
+                                    " it may still arrive: resend with the same id to be sure")
 
     def _check_ping(self, now: float) -> None:
         if self.state not in (SessionState.READY, SessionState.LOGGING_IN, SessionState.LOGGED_IN):
@@ -522,6 +543,11 @@ class ClientSession:
         self.state = SessionState.LOGGING_IN
         if self._login_deadline is None:
             self._login_deadline = now + self._opts.request_timeout_s
+
+    def _log_out(self, now: float) -> None:
+        """Closing: send the last acks, then the logout."""
+        self._flush_acks(now)
+        self._logout_cid = self._request(_Request("logout"), lambda c: LogoutRequest(cid=c).to_wire(), now)
 
     def _logged_in(self, now: float) -> None:
         self.state = SessionState.LOGGED_IN

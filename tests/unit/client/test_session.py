@@ -394,6 +394,56 @@ def test_a_send_without_sent_times_out_and_a_late_sent_is_ignored(h: Harness) ->
     assert len(waiter.values) == 1
 
 
+def keep_alive_until(h: Harness, when: float) -> None:
+    """Advance the clock to `when`, answering every ping so that the session stays up."""
+    while h.now < when:
+        h.tick(min(0.5, when - h.now))
+        for ping in [f for f in h.frames if f["op"] == "ping"]:
+            h.frames.remove(ping)
+            h.frame(build_pong(ping["cid"], h.s.user))
+
+
+@pytest.mark.parametrize("code", ["rate_limited", "partition_detected", "too_many_pending", "inbox_full"])
+def test_a_retry_unanswered_at_the_deadline_fails_with_timeout_not_the_earlier_refusal(h: Harness, code: str) -> None:
+    # The refusal says no copy was made; the retry that followed may have made one.
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    h.frame(build_error(code, "not now", cid=h.take("send")[0]["cid"], retry_after_s=0.5))
+    keep_alive_until(h, h.now + 0.5)
+    retry = h.take("send")[0]
+    keep_alive_until(h, 100.0 + OPTIONS.send_timeout_s)
+    error = waiter.value
+    assert error.code == "timeout" and error.id == mid(1) and code in error.detail
+    h.frame(build_sent(retry["cid"], mid(1), "stored"))  # it arrived after all: not news
+    assert len(waiter.values) == 1
+
+
+def test_a_retry_cut_off_by_a_lost_session_fails_with_timeout_at_the_deadline(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    h.frame(build_error("rate_limited", "slow", cid=h.take("send")[0]["cid"], retry_after_s=0.5))
+    keep_alive_until(h, h.now + 0.5)
+    assert h.take("send")[0]["id"] == mid(1)
+    h.s.link_lost("the connection to the edge closed", h.now)  # the retry may have reached the edge
+    h.tick(OPTIONS.send_timeout_s)
+    assert waiter.value.code == "timeout" and waiter.value.id == mid(1)
+
+
+def test_a_send_waiting_to_retry_at_the_deadline_fails_with_the_refusal(h: Harness) -> None:
+    h.connect()
+    h.login()
+    waiter = h.send("bob", 1)
+    h.tick()
+    h.frame(build_error("partition_detected", "safe mode", cid=h.take("send")[0]["cid"]))
+    h.s.link_lost("the connection to the edge closed", h.now)  # no session to retry on before the deadline
+    h.tick(OPTIONS.send_timeout_s)
+    assert waiter.value.code == "partition_detected" and waiter.value.id == mid(1)
+
+
 def test_not_logged_in_after_login_loses_the_session_and_resends_after_login(h: Harness) -> None:
     h.connect()
     h.login()
@@ -584,6 +634,36 @@ def test_begin_close_fails_pending_sends_sends_acks_then_logs_out(h: Harness) ->
     h.s.finish("closed")
     h.collect()
     assert h.tick() is None
+
+
+def test_a_close_while_logging_in_waits_for_the_login_and_logs_out(h: Harness) -> None:
+    # The edge logs the session in whether or not the client still wants it: without a logout the user
+    # would show online until the edge's idle timeout.
+    h.connect()
+    waiter = Waiter("login")
+    h.s.login("alice", "token-alice", waiter, h.now)
+    h.collect()
+    login = h.take("login")[0]
+    h.s.begin_close(h.now)
+    h.collect()
+    assert waiter.value.code == "closed"
+    assert not h.s.close_done and h.take() == []
+    h.frame(build_ok(login["cid"]))
+    logout = h.take("logout")[0]
+    assert not h.s.close_done
+    h.frame(build_ok(logout["cid"]))
+    assert h.s.close_done and h.take() == [] and waiter.values == [waiter.value]
+
+
+def test_a_close_while_a_login_is_refused_has_nothing_to_log_out(h: Harness) -> None:
+    h.connect()
+    h.s.login("alice", "token-alice", Waiter("login"), h.now)
+    h.collect()
+    login = h.take("login")[0]
+    h.s.begin_close(h.now)
+    h.collect()
+    h.frame(build_error("auth_failed", "bad signature", cid=login["cid"]))
+    assert h.s.close_done and h.take() == [] and h.s.login_lost is None
 
 
 def test_a_message_that_arrives_while_closing_is_not_handed_to_the_application(h: Harness) -> None:
