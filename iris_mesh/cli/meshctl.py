@@ -75,6 +75,16 @@ def _sessions_text(edge: Any) -> str:
     return str(edge.get("logged_in", edge.get("sessions", "?")))
 
 
+def _reason_text(status: dict[str, Any], no_quorum: bool) -> str:
+    """The REASON cell: the partition guard's, unless writes fail for a cause the guard does not know of."""
+    if status.get("fsync_failed"):
+        return f"refusing writes until restarted: a WAL fsync failed ({status['fsync_failed']})"
+    if no_quorum and status["safe_for_writes"]:
+        return (f"every write fails: {status['expected_cores']} expected core(s), a quorum write needs "
+                f"{status['write_quorum']}")
+    return status["reason"]
+
+
 def cmd_status(target: Target, args: argparse.Namespace) -> int:
     results = target.each("status")
     if all(isinstance(result, AdminError) for _, result in results):
@@ -97,11 +107,13 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             and not status.get("misplaced")
         writes = ("FSYNC FAILED" if status.get("fsync_failed") else "REFUSED" if not status["safe_for_writes"]
                   else "NO QUORUM" if no_quorum else "ok")
+        status["writes"] = writes.lower().replace(" ", "_")  # ok, refused, fsync_failed, no_quorum: for monitors
         rows.append([
             status["node_id"], status["role"], status["region"], status["mode"],
             f"{status['visible_cores']}/{status['expected_cores']}", writes, ", ".join(not_alive) or "-",
             _sessions_text(status.get("edge")),
-            _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")), status["reason"],
+            _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")),
+            _reason_text(status, no_quorum),
         ])
     summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"])
     emit(args, {"ok": ok, "nodes": entries, "problems": _verdict.status_problems(entries), "verdict": summary},
