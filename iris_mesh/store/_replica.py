@@ -138,14 +138,21 @@ class ReplicaSide:
             anti_entropy.cache.writes_started(table, keys, currents, [item[0] for item in items])
         for position in refused:
             self._ack(src, reqs[position], "inbox_full")
-        if hint_for:
+        targets = [target for target in hint_for or () if target != self.node_id]
+        if targets:
+            # Only for expected cores: a hint for another node (one forgotten here while the write was on its
+            # way) would be handed to nobody, and kept for ever ("catching up" in meshctl status).
+            expected = self._membership.expected_cores()
+            if not expected.issuperset(targets):
+                self.counters["hints_not_kept"] += 1
+                targets = [target for target in targets if target in expected]
+        if targets:
             skip = set(refused)
             for position, (key, item) in enumerate(zip(keys, items)):
                 if position in skip:
                     continue
-                for target in hint_for:
-                    if target != self.node_id:
-                        local.async_put_hint(target, table, key, item)
+                for target in targets:
+                    local.async_put_hint(target, table, key, item)
 
     def _on_sget(self, msg: dict[str, Any], now: float) -> None:
         self._answer_each(msg, self.async_read)
