@@ -241,7 +241,11 @@ class NodeRuntime:
             request.reply({"ok": True, "node": node_id, "incarnation": self.membership.card.incarnation, "rtt_ms": 0.0})
             return
         if node_id not in self.membership.cards:
-            request.error("unknown_node", f"{node_id} is not a known node of this cluster")
+            if node_id in self.membership.guard.expected_cores:
+                request.error("pang", f"{node_id} is not connected (an expected core not heard since "
+                                      f"{self.membership.card.node_id} started: not running, or cut off from it)")
+            else:
+                request.error("unknown_node", f"{node_id} is not a known node of this cluster")
             return
         nonce = secrets.token_bytes(8)
         if not self.engine.async_send(node_id, "ping", nonce=nonce):

@@ -386,8 +386,11 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
     else:
         found = dict(target.endpoints())
         if node_id not in found:
-            _, view = target.first("nodes")
-            states = {n.get("node_id"): n.get("state") for n in view.get("nodes", [])}
+            _, reply = target.first("status")
+            status = reply.get("status") or {}
+            states = dict(status.get("peers") or {})
+            if node_id not in states and node_id in (status.get("expected") or ()):
+                states[node_id] = "not seen"  # an expected core not heard since that node started
             if node_id not in states:
                 raise CtlError(f"{node_id} is not a known node of this cluster", EXIT_CHECK_FAILED)
             raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s and is {states[node_id]} "

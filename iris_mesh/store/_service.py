@@ -231,12 +231,14 @@ class StoreService:
         """Read one replica's copy as it is, with no quorum and no repair (for `meshctl get --replica`).
 
         on_reply gets exactly one answer: "ok" with the copy (None: it has none), "unknown_node" for a node
-        this one does not know, "unavailable" for one not alive now, "timeout" after `store_timeout_s`,
+        this one does not know, "unavailable" for one not alive now (an expected core not heard yet too), "timeout" after `store_timeout_s`,
         or the replica's own error code.
         """
         state = "alive" if node == self.node_id else self._membership.state_of(node)
         if state not in _LIVE_STATES:
-            on_reply(None, "unknown_node" if state == "unknown" else "unavailable")
+            # An expected core not heard since this node started is down, not a wrong name.
+            known = state != "unknown" or node in self._membership.expected_cores()
+            on_reply(None, "unavailable" if known else "unknown_node")
             return
         req = next(self._ids)
         self._direct_reads[req] = (on_reply, now + self.coordinator.timeout_s)

@@ -254,6 +254,16 @@ def test_ping_and_replicas_through_meshctl(local_cluster: LocalCluster) -> None:
     no_quorum = meshctl(local_cluster, "--node", admin, "replicas", "test_key")
     assert no_quorum.returncode == 1 and "NO QUORUM" in no_quorum.stdout
 
+    # Restarted while they are down, core1 has heard nothing of core3: it is down, not a name the cluster lacks.
+    local_cluster.nodes["core1"].stop()
+    local_cluster.nodes["core1"].start()
+    admin = local_cluster.nodes["core1"].admin
+    down = meshctl(local_cluster, "--node", admin, "ping", "core3")
+    assert down.returncode == 1 and "core3 is not connected (an expected core not heard since core1 started" in \
+        down.stdout + down.stderr, down.stdout + down.stderr
+    copy = meshctl(local_cluster, "--node", admin, "get", "offline_msg", "test_key", "--replica", "core3")
+    assert copy.returncode == 1 and "core3 is not alive now" in copy.stdout + copy.stderr, copy.stdout + copy.stderr
+
 
 def test_replicas_counts_the_configured_write_quorum(local_cluster: LocalCluster) -> None:
     local_cluster.add("core1", write_quorum=3)  # every replica must fsync this node's writes

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from iris_mesh.cli._backup_cmds import _backup_advice, _cause_in_words
+from iris_mesh.cli._target import EXIT_CHECK_FAILED, CtlError
 from iris_mesh.cli.meshctl import (
     _duration_text,
     _engine_text,
@@ -22,6 +23,7 @@ from iris_mesh.cli.meshctl import (
     cmd_get,
     cmd_ping,
     cmd_put,
+    cmd_resync,
     main,
 )
 from iris_mesh.store import Database, NodeMeta, checkpoint
@@ -301,3 +303,28 @@ def test_json_names_the_node_that_answered_as_the_text_does(capsys: pytest.Captu
     assert (doc["coordinator"], doc["value"], doc["found"]) == ("core2", "v", True)
     absent = json_of(cmd_get, {"ok": True, "found": False}, capsys, table="offline_msg", key="k", replica=None)
     assert (absent["coordinator"], absent["ok"], absent["error"]) == ("core2", False, "not_found")
+
+
+class StatusTarget(AnsweringTarget):
+    """As AnsweringTarget, and mDNS found the nodes `found`."""
+
+    def __init__(self, name: str, reply: dict[str, Any], found: list[str]) -> None:
+        super().__init__(name, reply)
+        self.found = found
+
+    def endpoints(self, *, every_node: bool = True) -> list[tuple[str, str]]:
+        return [(node, f"tcp://127.0.0.1:{7000 + n}") for n, node in enumerate(self.found)]
+
+
+@pytest.mark.parametrize(("node_id", "says"), [
+    ("core3", "core3 did not answer mDNS within 1.0 s and is not seen to the others: start it first"),
+    ("core2", "core2 did not answer mDNS within 1.0 s and is dead to the others: start it first"),
+    ("core9", "core9 is not a known node of this cluster"),
+])
+def test_a_resync_of_a_core_that_is_not_running_says_so_even_if_no_node_has_heard_it(node_id: str, says: str) -> None:
+    status = {"node_id": "core1", "peers": {"core2": "dead"}, "expected": ["core1", "core2", "core3"]}
+    target = StatusTarget("core1", {"ok": True, "status": status}, found=["core1"])
+    args = argparse.Namespace(json=False, node=None, target_node=node_id, wait=30.0, mdns_timeout=1.0)
+    with pytest.raises(CtlError, match=says) as raised:
+        cmd_resync(target, args)  # type: ignore[arg-type]
+    assert raised.value.code == EXIT_CHECK_FAILED
