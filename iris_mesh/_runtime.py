@@ -197,8 +197,8 @@ class NodeRuntime:
         dropped = self.store.async_drop_hints(node_id)
         if not dropped:
             return ""
-        logger.warning("dropped the {} hints held here for {} (forgotten)", dropped, node_id)
-        return f"; dropped {dropped} hints held for it here"
+        logger.warning("dropping the {:,} hints held here for {} (forgotten), a share per tick", dropped, node_id)
+        return f"; dropping the {dropped:,} hints held for it here"
 
     # ---- admin ops -------------------------------------------------------------------
 

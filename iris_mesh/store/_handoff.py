@@ -11,7 +11,6 @@ from the last one sent (the deleted hints before it are not read again).
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Iterator
 
 from loguru import logger
@@ -31,6 +30,10 @@ _HANDOFF_BATCH = 500
 _HANDOFF_WINDOW = 4000
 _HANDOFF_TIMEOUT_S = 5.0
 _COUNT_CAP = 100_000  # counted in the engine thread: a bound on the time it takes (about 0.1 s)
+# Hints of a forgotten replica are dropped this many per turn (and at most _DROP_BYTES of them read): all at once,
+# 350,000 held every core's engine 5 s, and their values all in memory.
+_DROP_PER_TURN = 2_000
+_DROP_BYTES = 8 << 20
 
 
 class HintHandoff:
@@ -61,6 +64,7 @@ class HintHandoff:
         self._in_flight: dict[str, int] = {}  # replica -> hints sent to it and not answered yet
         # replica -> the last hint read, and `hints_written` then: the next read starts after it unless hints came since
         self._resume: dict[str, tuple[tuple[str, bytes], int]] = {}
+        self._dropping: dict[str, tuple[str, bytes] | None] = {}  # replica -> the last hint dropped (None: none yet)
         # replica -> `hints_written` when a read from its first hint found none: not read again until that changes
         # (each read would step over the deleted hints until RocksDB compacts them away)
         self._drained: dict[str, int] = {}
@@ -68,7 +72,8 @@ class HintHandoff:
     def async_tick(self, now: float) -> float | None:
         """Hand off what is due; returns how soon it wants the next tick while handing off (None: no hurry)."""
         if now >= self._next_handoff:
-            self._busy = any(self._membership.state_of(target) == "alive" for target in self._handing)
+            self._busy = bool(self._dropping) or any(self._membership.state_of(target) == "alive"
+                                                     for target in self._handing)
             self._next_handoff = now + (_BUSY_INTERVAL_S if self._busy else _HANDOFF_INTERVAL_S)
             self._hand_off_hints(now)
         return max(0.0, self._next_handoff - now) if self._busy else None
@@ -87,17 +92,32 @@ class HintHandoff:
         return True
 
     def async_drop_hints(self, target: str) -> int:
-        """Forget every hint for replica `target` (operator and test tool: repair is left to anti-entropy)."""
+        """Forget every hint for replica `target` (a forgotten core; repair is left to anti-entropy): the first
+        _DROP_PER_TURN now, the rest over the next ticks, none handed off meanwhile. Returns how many are held (counted
+        up to _COUNT_CAP)."""
         for req, (hinted, table, key, _item, _sent_at) in list(self._handoffs.items()):
             if hinted == target:
                 del self._handoffs[req]
                 self._forget_sent(hinted, table, key)
         self._resume.pop(target, None)
         self._drained.pop(target, None)
-        hints = self._local.hints_for(target, limit=sys.maxsize)
+        self._handing.pop(target, None)
+        held = self._local.count_hints_for(target, _COUNT_CAP)
+        if held:
+            self._dropping[target] = None
+            self._drop_some(target)
+        return held
+
+    def _drop_some(self, target: str) -> None:
+        hints, more = self._local.hints_page(target, _DROP_PER_TURN, after=self._dropping[target],
+                                             max_bytes=_DROP_BYTES)
         for table, key, item in hints:
             self._local.async_drop_hint(target, table, key, item)
-        return len(hints)
+        if not more:
+            del self._dropping[target]  # the last of them
+        elif hints:
+            table, key, _item = hints[-1]
+            self._dropping[target] = (table, key)
 
     def _forget_sent(self, target: str, table: str, key: bytes) -> None:
         self._handoff_keys.discard((target, table, key))
@@ -109,6 +129,8 @@ class HintHandoff:
 
     def _hand_off_hints(self, now: float) -> None:
         """Send hinted writes to replicas that are back; a hint is dropped once its replica acked."""
+        for target in list(self._dropping):
+            self._drop_some(target)
         for req, (target, table, key, _item, sent_at) in list(self._handoffs.items()):
             if now - sent_at > _HANDOFF_TIMEOUT_S:  # never acked (the replica died again): retry later
                 del self._handoffs[req]
@@ -119,6 +141,8 @@ class HintHandoff:
                 self._hand_off_to(target, now)
 
     def _hand_off_to(self, target: str, now: float) -> None:
+        if target in self._dropping:
+            return
         written = self._local.hints_written(target)
         if self._drained.get(target) == written:
             return

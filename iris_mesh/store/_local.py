@@ -398,17 +398,25 @@ class LocalStore:
         Written hints, as the engine sees them: one dropped or replaced in this turn (staged, not
         written yet) is left out or read as its new version.
         """
+        return self.hints_page(target, limit, after=after)[0]
+
+    def hints_page(
+        self, target: str, limit: int, *, after: tuple[str, bytes] | None = None, max_bytes: int = sys.maxsize,
+    ) -> tuple[list[tuple[str, bytes, Versioned]], bool]:
+        """Hints as `hints_for` reads them, fewer once their keys and values would hold over `max_bytes` (the
+        first always comes); and whether hints are left after them."""
         prefix = _hint_key(target, "", b"")[:-1]  # length byte + target
         start_after = None if after is None else _hint_key(target, *after)
         staged = self._staged.ops
         out = []
-        for raw_key, item in self.scan(_HINTS, prefix, start_after=start_after, limit=limit):
+        rows, more = self.scan_page(_HINTS, prefix, start_after=start_after, limit=limit, max_bytes=max_bytes)
+        for raw_key, item in rows:
             newer = staged.get((_HINTS, raw_key), _ABSENT)
             if newer is None:
                 continue
             _, table, key = _split_hint_key(raw_key)
             out.append((table, key, item if newer is _ABSENT else newer))
-        return out
+        return out, more
 
     def hints_written(self, target: str) -> int:
         """Changes whenever hints for replica `target` were written (not when any are dropped): a read of its hints
