@@ -24,8 +24,9 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
         print(f"checkpointing only the node at {args.node} (--node) into {directory} (writes go on); "
               "the other cores are not asked ...", file=sys.stderr)
     else:
-        print(f"checkpointing every core into {directory} (writes go on) ...", file=sys.stderr)
-    results = target.each("backup", dir=directory, timeout_s=60.0)
+        print(f"checkpointing every core into {directory} (writes go on; up to {args.wait:g} s per core) ...",
+              file=sys.stderr)
+    results = target.each("backup", dir=directory, timeout_s=args.wait)
     if args.node:  # named by its HOST:PORT: the node's own id is what the expected cores list
         results = [(_node_id_at(target, endpoint) or name, result)
                    for (name, result), (_, endpoint) in zip(results, target.endpoints())]
@@ -99,7 +100,9 @@ def _backup_advice(cause: str, cores: list[str], directory: str) -> str:
                       "into a new directory",
         "down": f"start {named} (see `meshctl status`), then take the backup again into a new directory",
         "silent": f"{named} did not answer (see why above): check {'it' if len(cores) == 1 else 'them'} with "
-                  "`meshctl status`, then take the backup again into a new directory",
+                  "`meshctl status`, then take the backup again into a new directory; a checkpoint onto another "
+                  f"disk copies every table file and may still be running into {directory}/NODE: give it longer "
+                  "with --wait",
         "not_asked": "leave out --node to checkpoint every core",
     }[cause]
 

@@ -493,8 +493,11 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--replica", metavar="NODE", help="read only this core's copy, as it is")
     add("tables", cmd_tables, "rows per table on every core")
     add("latency", cmd_latency, "per node: how long the last minute's writes, reads, commits and fsyncs took")
-    add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE").add_argument(
-        "dir", type=_non_empty, help="a new directory: it gets one subdirectory per core")
+    backup = add("backup", cmd_backup, "online RocksDB checkpoint of every core into DIR/NODE")
+    backup.add_argument("dir", type=_non_empty, help="a new directory: it gets one subdirectory per core")
+    backup.add_argument("--wait", type=_positive(float), default=600.0,
+                        help="how long each core may take (default 600 s; a checkpoint onto another disk copies "
+                             "every table file)")
     rebalance = add("rebalance", cmd_rebalance,
                     "move logged-in clients from edges holding more than their share to the others")
     rebalance.add_argument("--dry-run", action="store_true", help="show what would move, move nothing")

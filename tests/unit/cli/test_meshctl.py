@@ -164,6 +164,14 @@ def test_a_node_s_backup_failure_gets_advice_for_its_cause() -> None:
         "the directory /proc/x cannot be created (see why above): choose another one")
     assert _backup_advice("checkpoint", ["core1"], "/b") == (
         "the checkpoint of core1 failed (see why above): mend that, then take the backup again into a new directory")
+    assert _backup_advice("silent", ["core2"], "/b").endswith(
+        "may still be running into /b/NODE: give it longer with --wait")
+
+
+def test_a_backup_waits_for_each_core_as_long_as_asked_ten_minutes_by_default() -> None:
+    # A checkpoint onto another disk copies every table file: a fixed minute called a large core's backup failed.
+    assert _parser().parse_args(["backup", "/b"]).wait == 600.0
+    assert _parser().parse_args(["backup", "/b", "--wait", "3600"]).wait == 3600.0
     # A node of a version that sends no cause: read from its words.
     assert _cause_in_words("backup destination /b/core1 already exists; choose a new directory") == "exists"
     assert _cause_in_words("cannot create the directory /proc/x: No such file or directory") == "create"
