@@ -130,6 +130,7 @@ class ClientSession:
         self.counters: dict[str, int] = {"duplicates_dropped": 0, "resent": 0, "retried": 0, "reply_mismatch": 0,
                                          "moves": 0, "sync_timeouts": 0}
         self._token: str | None = None
+        self._token_sent: str | None = None  # the token of the login on the wire
         self._login_waiter: Any = None
         self._login_deadline: float | None = None
         self._sends = SendQueue(retry_initial_s=options.retry_initial_s, retry_max_s=options.retry_max_s)
@@ -539,6 +540,7 @@ class ClientSession:
     def _send_login(self, now: float) -> None:
         assert self.user is not None and self._token is not None
         user, token = self.user, self._token
+        self._token_sent = token
         self._request(_Request("login"), lambda c: LoginRequest(cid=c, user=user, token=token).to_wire(), now)
         self.state = SessionState.LOGGING_IN
         if self._login_deadline is None:
@@ -563,26 +565,34 @@ class ClientSession:
     def _login_refused(self, error: IrisError, now: float) -> None:
         self._login_deadline = None
         self.state = SessionState.READY
+        if self._login_waiter is not None and self._token is not None and self._token != self._token_sent:
+            # login() came with a fresh token while the login again after a failover, with the old one, was on
+            # the wire: that one's refusal is not login()'s answer. The fresh token goes now.
+            self._send_login(now)
+            return
         waiter, self._login_waiter = self._login_waiter, None
-        sends_error = error
+        user = self.user
         if waiter is None:
             logger.error("logging in again as {} on edge {} failed: {} ({}); pending sends fail",
-                         self.user, self.edge, error.code, error.detail)
+                         user, self.edge, error.code, error.detail)
             error = IrisError(error.code, f"logging in again on edge {self.edge} failed: {error.detail}")
-            self.login_lost = (f"the login as {self.user} was lost: {error.detail} ({error.code}); "
+            self.login_lost = (f"the login as {user} was lost: {error.detail} ({error.code}); "
                                "call login() again (with a fresh token if it expired)")
             self._fx.login_lost = True
-            # Sent before the failover and not answered: they may have arrived. Not the login's error (that would
-            # say the send was refused, so made no copy, and a resend with a new id would make a second one).
-            sends_error = IrisError("login_lost", f"{self.login_lost}; whether this send arrived is unknown: once "
-                                                  "logged in, resend it with the same id")
-        elif self.login_lost is not None:  # login() after a lost login, refused too: say the latest reason
-            self.login_lost = (f"the login as {self.user} was lost, and login() was refused: {error.detail} "
-                               f"({error.code}); call login() again (with a fresh token if it expired)")
+            lost = f"{self.login_lost}; whether this send arrived is unknown"
+        else:
+            if self.login_lost is not None:  # login() after a lost login, refused too: say the latest reason
+                self.login_lost = (f"the login as {user} was lost, and login() was refused: {error.detail} "
+                                   f"({error.code}); call login() again (with a fresh token if it expired)")
+            lost = (f"the login as {user} was refused: {error.detail} ({error.code}); whether this send arrived "
+                    "is unknown")
         self.user = self._token = None
         self._complete(waiter, error)
+        # A send that went out before (then a failover) and got no answer may have arrived: not the login's error,
+        # which would say it was refused (no copy made), so that a resend with a new id would make a second one.
+        unknown = IrisError("login_lost", f"{lost}: once logged in, resend it with the same id")
         for send in self._sends.drain():
-            self._fail_send(send, sends_error)
+            self._fail_send(send, unknown if send.attempts or waiter is None else error)
 
     def _login_timed_out(self, now: float) -> None:
         self._login_deadline = None

@@ -832,6 +832,47 @@ def test_a_login_lost_at_a_failover_says_why_until_login_is_called_again(h: Harn
     assert h.s.login_lost is None and h.s.user == "bob"
 
 
+def test_a_login_with_a_fresh_token_during_the_login_again_after_a_failover_is_what_logs_in(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    unanswered = h.send("carol", 7)
+    h.tick()
+    assert [f["id"] for f in h.take("send")] == [mid(7)]
+    h.s.link_lost("the connection to the edge closed", h.now)
+    h.tick()
+    h.connect("edge2")
+    (again,) = h.take("login")  # with the token of the first login, which has expired meanwhile
+    fresh = Waiter("login")
+    h.s.login("bob", "token-fresh", fresh, h.now)  # the app, told its token expires, brings a new one
+    h.collect()
+    h.frame(build_error("auth_failed", "login refused: expired", cid=again["cid"]))
+    (retried,) = h.take("login")  # not login()'s answer: the fresh token goes
+    assert retried["token"] == "token-fresh" and fresh.values == [] and unanswered.values == []
+    h.login_ok(retried["cid"])
+    assert fresh.values == [None] and h.s.user == "bob" and h.s.login_lost is None
+    h.tick()
+    assert [(f["op"], f.get("id")) for f in h.take()] == [("send", mid(7)), ("sync", None)]  # again, same id
+
+
+def test_sends_on_the_wire_when_a_login_is_refused_fail_as_of_unknown_outcome(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    unanswered = h.send("carol", 7)  # went to edge1, which died before answering: it may have arrived
+    h.tick()
+    assert [f["id"] for f in h.take("send")] == [mid(7)]
+    h.s.link_lost("the connection to the edge closed", h.now)
+    h.tick()
+    h.connect("edge2")
+    (again,) = h.take("login")
+    same = Waiter("login")
+    h.s.login("bob", "token-bob", same, h.now)  # login() with the same (expired) token
+    h.collect()
+    h.frame(build_error("auth_failed", "login refused: expired", cid=again["cid"]))
+    assert same.value.code == "auth_failed"
+    # Not auth_failed, which says the send was refused (no copy): a resend with a new id would make a second.
+    assert unanswered.value.code == "login_lost" and "whether this send arrived is unknown" in unanswered.value.detail
+
+
 def test_a_late_error_about_a_send_given_up_on_is_not_reported_as_a_stranger(h: Harness) -> None:
     warnings: list[str] = []
     handler = logger.add(lambda message: warnings.append(str(message)), level="WARNING")
