@@ -268,6 +268,14 @@ class LocalStore:
         self.async_apply(_HINTS, _hint_key(target, table, key), item, on_durable)
         self._staged.hint_targets.add(target)
 
+    def async_drop_row(self, table: str, key: bytes, item: Versioned) -> None:
+        """Delete the row (no tombstone) if it still holds `item`'s version: for a row handed over to other cores
+        (a newer write that came meanwhile stays)."""
+        self._check_table(table)
+        current, _ = self._current(table, key)
+        if current is not None and current.version == item.version:
+            self._stage(table, key, None, current)
+
     def async_drop_hint(self, target: str, table: str, key: bytes, item: Versioned) -> None:
         """Delete the hint if it still holds `item`'s version (a newer hint stays)."""
         self._check_table(table)

@@ -34,6 +34,7 @@ from iris_mesh.store._coordinator import Done, Outbound, QuorumCoordinator, Repl
 from iris_mesh.store._digests import AllShared
 from iris_mesh.store._frames import FRESH, SYNC, AckBatcher, WriteSender
 from iris_mesh.store._handoff import HintHandoff
+from iris_mesh.store._handover import Handover
 from iris_mesh.store._latency import LatencyWindow
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._outbox import AntiEntropyOutlet, frame_chunks
@@ -145,6 +146,7 @@ class StoreService:
         self._out_pages: dict[str, list[list[Any]]] = defaultdict(list)
         self.anti_entropy: AntiEntropy | None = None
         self._hints: HintHandoff | None = None
+        self._handover: Handover | None = None
         self._incarnations: dict[str, int] = {}  # of peers, to tell a restart from a recovery
         if local is not None:
             self.anti_entropy = AntiEntropy(
@@ -156,6 +158,11 @@ class StoreService:
             )
             self._hints = HintHandoff(node_id=node_id, local=local, membership=membership, writes=self._out_writes,
                                       internal_ids=self._internal_ids, counters=self.counters)
+            self._handover = Handover(
+                node_id=node_id, local=local, tables=USER_TABLES, replication_factor=coordinator.replication_factor,
+                replicas_for=replicas_for, expected_cores=membership.expected_cores,
+                is_safe_for_writes=membership.is_safe_for_writes, counters=self.counters,
+            )
             membership.add_peer_listener(self._on_peer_change)
         self._replica = ReplicaSide(
             node_id=node_id, local=local, clock=clock, membership=membership, anti_entropy=self.anti_entropy,
@@ -342,6 +349,8 @@ class StoreService:
         wait_s = None
         if self._hints is not None:
             wait_s = self._hints.async_tick(now)
+        if self._handover is not None and self._handover.async_tick():
+            wait_s = 0.01  # a pass under way: its next share soon
         if self.clock.refused != self._refused_logged and now - self._refused_logged_at >= _CLOCK_LOG_EVERY_S:
             self._log_refused_readings(now)
         if self.anti_entropy is not None:

@@ -18,6 +18,7 @@ from iris_mesh.membership import Placement
 from iris_mesh.sockets._codec import decode_mesh, encode_body, encode_pairs, envelope
 from iris_mesh.store._coordinator import Done, QuorumCoordinator
 from iris_mesh.store._db import Database
+from iris_mesh.store._keys import partition_key
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._service import StoreService
 from iris_mesh.store._versioned import HybridClock, Versioned
@@ -76,7 +77,8 @@ class Cluster:
             service = StoreService(
                 node_id=node, local=self.locals.get(node),
                 coordinator=QuorumCoordinator(replication_factor=3, timeout_s=2.0),
-                clock=HybridClock(node), replicas_for=lambda key: placement.replicas(key, cores),
+                clock=HybridClock(node),
+                replicas_for=lambda key, node=node: placement.replicas(partition_key(key), self.memberships[node].cores),
                 membership=self.memberships[node],
                 wall_ms=lambda: time.time_ns() // 1_000_000 + self.wall_offset_ms,
                 anti_entropy_interval_s=interval_s, tombstone_grace_s=grace_s, partition_limits=partition_limits,
