@@ -147,6 +147,7 @@ class Node:
             ),
             clock=HybridClock(config.node_id, meta.clock_floor()),
             replicas_for=lambda key: placement.replicas(partition_key(key), membership.guard.expected_cores),
+            replicas_in=lambda key, cores: placement.replicas(partition_key(key), cores),
             membership=membership,
             wall_ms=lambda: time.time_ns() // 1_000_000,
             anti_entropy_interval_s=config.anti_entropy_interval_s,

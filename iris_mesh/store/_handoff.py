@@ -64,7 +64,8 @@ class HintHandoff:
         self._in_flight: dict[str, int] = {}  # replica -> hints sent to it and not answered yet
         # replica -> the last hint read, and `hints_written` then: the next read starts after it unless hints came since
         self._resume: dict[str, tuple[tuple[str, bytes], int]] = {}
-        self._dropping: dict[str, tuple[str, bytes] | None] = {}  # replica -> the last hint dropped (None: none yet)
+        # replica -> the last hint dropped (None: none yet), and `hints_written` when the drop was asked for
+        self._dropping: dict[str, tuple[tuple[str, bytes] | None, int]] = {}
         # replica -> `hints_written` when a read from its first hint found none: not read again until that changes
         # (each read would step over the deleted hints until RocksDB compacts them away)
         self._drained: dict[str, int] = {}
@@ -104,20 +105,25 @@ class HintHandoff:
         self._handing.pop(target, None)
         held = self._local.count_hints_for(target, _COUNT_CAP)
         if held:
-            self._dropping[target] = None
+            self._dropping[target] = (None, self._local.hints_written(target))
             self._drop_some(target)
         return held
 
     def _drop_some(self, target: str) -> None:
-        hints, more = self._local.hints_page(target, _DROP_PER_TURN, after=self._dropping[target],
-                                             max_bytes=_DROP_BYTES)
+        after, written = self._dropping[target]
+        if self._local.hints_written(target) != written:
+            # Hints for it were kept since: it is an expected core again (back after a forget): what is left goes
+            # to it as any hint.
+            del self._dropping[target]
+            return
+        hints, more = self._local.hints_page(target, _DROP_PER_TURN, after=after, max_bytes=_DROP_BYTES)
         for table, key, item in hints:
             self._local.async_drop_hint(target, table, key, item)
         if not more:
             del self._dropping[target]  # the last of them
         elif hints:
             table, key, _item = hints[-1]
-            self._dropping[target] = (table, key)
+            self._dropping[target] = ((table, key), written)
 
     def _forget_sent(self, target: str, table: str, key: bytes) -> None:
         self._handoff_keys.discard((target, table, key))
@@ -151,7 +157,7 @@ class HintHandoff:
             return
         resume = self._resume.get(target)
         after = resume[0] if resume is not None and resume[1] == written else None  # a new hint may sort before it
-        hints = self._local.hints_for(target, limit=room, after=after)
+        hints, more = self._local.hints_page(target, room, after=after)
         if hints:
             table, key, _item = hints[-1]
             self._resume[target] = ((table, key), written)  # read on after the last one
@@ -164,7 +170,7 @@ class HintHandoff:
             # None after the last one read, and every one sent answered: read from the first (a refused one stays)
             # at the next tick, or, if that was such a read, none is left.
             self._resume.pop(target, None)
-            if after is None:
+            if after is None and not more:  # (a page of hints dropped in this turn is read as none: more follow)
                 self._drained[target] = written
                 if target in self._handing:
                     logger.info("{} has every write it missed that this core took: {} hints handed off, none left",

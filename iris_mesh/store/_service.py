@@ -99,6 +99,7 @@ class StoreService:
         clock: HybridClock,
         replicas_for: Callable[[bytes], list[str]],
         membership: StoreMembership,
+        replicas_in: Callable[[bytes, frozenset[str]], list[str]] | None = None,
         wall_ms: Callable[[], int],
         anti_entropy_interval_s: float = 2.0,
         tombstone_grace_s: float = 864_000.0,
@@ -158,11 +159,13 @@ class StoreService:
             )
             self._hints = HintHandoff(node_id=node_id, local=local, membership=membership, writes=self._out_writes,
                                       internal_ids=self._internal_ids, counters=self.counters)
-            self._handover = Handover(
-                node_id=node_id, local=local, tables=USER_TABLES, replication_factor=coordinator.replication_factor,
-                replicas_for=replicas_for, expected_cores=membership.expected_cores,
-                is_safe_for_writes=membership.is_safe_for_writes, counters=self.counters,
-            )
+            if replicas_in is not None:  # the replicas of a key among any set of cores: partitions move
+                self._handover = Handover(
+                    node_id=node_id, local=local, tables=USER_TABLES, replication_factor=coordinator.replication_factor,
+                    replicas_in=replicas_in, expected_cores=membership.expected_cores,
+                    is_safe_for_writes=membership.is_safe_for_writes, wall_ms=wall_ms,
+                    tombstone_grace_s=tombstone_grace_s, counters=self.counters,
+                )
             membership.add_peer_listener(self._on_peer_change)
         self._replica = ReplicaSide(
             node_id=node_id, local=local, clock=clock, membership=membership, anti_entropy=self.anti_entropy,
@@ -238,8 +241,8 @@ class StoreService:
         """Read one replica's copy as it is, with no quorum and no repair (for `meshctl get --replica`).
 
         on_reply gets exactly one answer: "ok" with the copy (None: it has none), "unknown_node" for a node
-        this one does not know, "unavailable" for one not alive now (an expected core not heard yet too), "timeout" after `store_timeout_s`,
-        or the replica's own error code.
+        this one does not know, "unavailable" for one not alive now (an expected core not heard yet too),
+        "timeout" after `store_timeout_s`, or the replica's own error code.
         """
         state = "alive" if node == self.node_id else self._membership.state_of(node)
         if state not in _LIVE_STATES:

@@ -139,11 +139,11 @@ def test_a_drained_replicas_hints_are_read_again_only_once_new_hints_for_it_are_
     for core in ("core1", "core2"):
         local = cluster.locals[core]
 
-        def counted(target: str, *args: Any, _read: Any = local.hints_for, _core: str = core, **kwargs: Any) -> Any:
+        def counted(target: str, *args: Any, _read: Any = local.hints_page, _core: str = core, **kwargs: Any) -> Any:
             reads[_core, target] += 1
             return _read(target, *args, **kwargs)
 
-        monkeypatch.setattr(local, "hints_for", counted)
+        monkeypatch.setattr(local, "hints_page", counted)
 
     def drain(keys: list[bytes]) -> None:
         cluster.down.add("core3")
