@@ -361,12 +361,18 @@ def test_a_send_held_back_when_the_session_is_lost_does_not_wake_the_loop_at_onc
         assert wake is None or wake > h.now, f"asks to be woken {h.now - wake:.3f} s ago: a busy loop"
 
 
-def test_a_retryable_error_past_the_deadline_is_reported(h: Harness) -> None:
+def refused_once(h: Harness, code: str, *, retry_after_s: float) -> Waiter:
+    """Logged in, message 1 to bob is sent and refused with the retryable `code`; its waiter."""
     h.connect()
     h.login()
     waiter = h.send("bob", 1)
     h.tick()
-    h.frame(build_error("rate_limited", "slow", cid=h.take("send")[0]["cid"], retry_after_s=60.0))
+    h.frame(build_error(code, "not now", cid=h.take("send")[0]["cid"], retry_after_s=retry_after_s))
+    return waiter
+
+
+def test_a_retryable_error_past_the_deadline_is_reported(h: Harness) -> None:
+    waiter = refused_once(h, "rate_limited", retry_after_s=60.0)
     assert waiter.value.code == "rate_limited" and waiter.value.retry_after == 60.0
 
 
@@ -406,11 +412,7 @@ def keep_alive_until(h: Harness, when: float) -> None:
 @pytest.mark.parametrize("code", ["rate_limited", "partition_detected", "too_many_pending", "inbox_full"])
 def test_a_retry_unanswered_at_the_deadline_fails_with_timeout_not_the_earlier_refusal(h: Harness, code: str) -> None:
     # The refusal says no copy was made; the retry that followed may have made one.
-    h.connect()
-    h.login()
-    waiter = h.send("bob", 1)
-    h.tick()
-    h.frame(build_error(code, "not now", cid=h.take("send")[0]["cid"], retry_after_s=0.5))
+    waiter = refused_once(h, code, retry_after_s=0.5)
     keep_alive_until(h, h.now + 0.5)
     retry = h.take("send")[0]
     keep_alive_until(h, 100.0 + OPTIONS.send_timeout_s)
@@ -421,11 +423,7 @@ def test_a_retry_unanswered_at_the_deadline_fails_with_timeout_not_the_earlier_r
 
 
 def test_a_retry_cut_off_by_a_lost_session_fails_with_timeout_at_the_deadline(h: Harness) -> None:
-    h.connect()
-    h.login()
-    waiter = h.send("bob", 1)
-    h.tick()
-    h.frame(build_error("rate_limited", "slow", cid=h.take("send")[0]["cid"], retry_after_s=0.5))
+    waiter = refused_once(h, "rate_limited", retry_after_s=0.5)
     keep_alive_until(h, h.now + 0.5)
     assert h.take("send")[0]["id"] == mid(1)
     h.s.link_lost("the connection to the edge closed", h.now)  # the retry may have reached the edge

@@ -51,6 +51,18 @@ class Membership:
         self.listeners.append(fn)
 
 
+def fail_fsyncs_of(monkeypatch: Any, db: Database) -> None:
+    """From now on every WAL fsync of `db` fails (an I/O error of its disk); the others' go on."""
+    real_fsync = Database.flush_wal_synced
+
+    def fsync(each: Database) -> None:
+        if each is db:
+            raise OSError("Input/output error")
+        real_fsync(each)
+
+    monkeypatch.setattr(Database, "flush_wal_synced", fsync)
+
+
 class Transition:
     def __init__(self, node_id: str, new: str) -> None:
         self.node_id, self.new, self.incarnation = node_id, new, 1

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from _store_cluster import TABLE, THREE, Cluster
+from _store_cluster import TABLE, THREE, Cluster, fail_fsyncs_of
 from iris_mesh.membership import Placement
-from iris_mesh.store._db import Database
 from iris_mesh.store._keys import partition_key
 from iris_mesh.store._versioned import Version, Versioned
 
@@ -88,14 +87,7 @@ def test_a_core_whose_wal_fsync_failed_hands_nothing_over(tmp_path: Path, monkey
             membership.cores = frozenset(THREE)
         keys = [b"user%02d\x00m1" % i for i in range(20)]
         assert all(cluster.put("core1", key, b"v").ok for key in keys)
-        real_fsync, core1_db = Database.flush_wal_synced, cluster.dbs[0]
-
-        def fsync(db: Database) -> None:
-            if db is core1_db:
-                raise OSError("Input/output error")
-            real_fsync(db)
-
-        monkeypatch.setattr(Database, "flush_wal_synced", fsync)
+        fail_fsyncs_of(monkeypatch, cluster.dbs[0])  # core1's
         assert cluster.put("core2", b"after\x00m1", b"v").ok  # core1's fsync fails on it
         cluster.run_until(lambda: cluster.locals["core1"].durability_lost is not None, "core1's failed fsync")
         for membership in cluster.memberships.values():

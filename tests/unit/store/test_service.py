@@ -10,11 +10,10 @@ from typing import Any, Iterator
 import pytest
 from loguru import logger
 
-from _store_cluster import TABLE, THREE, Cluster, mark
+from _store_cluster import TABLE, THREE, Cluster, fail_fsyncs_of, mark
 from iris_mesh.sockets._codec import decode_mesh
 from iris_mesh.store._coordinator import Done
 from iris_mesh.store import _handoff
-from iris_mesh.store._db import Database
 from iris_mesh.store._frames import parse_write_groups
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
@@ -199,14 +198,7 @@ def test_the_hints_of_a_forgotten_core_are_dropped_a_share_per_turn_and_none_is_
 def test_a_core_whose_fsync_failed_refuses_writes_and_the_others_keep_them_and_hints_for_it(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_fsync, core3_db = Database.flush_wal_synced, cluster.dbs[2]
-
-    def fsync(db: Database) -> None:
-        if db is core3_db:
-            raise OSError("Input/output error")
-        real_fsync(db)
-
-    monkeypatch.setattr(Database, "flush_wal_synced", fsync)
+    fail_fsyncs_of(monkeypatch, cluster.dbs[2])  # core3's
     first = [b"user%03d\x00m" % i for i in range(20)]
     assert all(done.ok and set(done.acked_by) == {"core1", "core2"} for done in put_many(cluster, EDGE, first))
     assert cluster.locals["core3"].durability_lost == "OSError: Input/output error"
