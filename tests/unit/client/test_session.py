@@ -361,7 +361,7 @@ def test_a_send_held_back_when_the_session_is_lost_does_not_wake_the_loop_at_onc
         assert wake is None or wake > h.now, f"asks to be woken {h.now - wake:.3f} s ago: a busy loop"
 
 
-def refused_once(h: Harness, code: str, *, retry_after_s: float) -> Waiter:
+def refused_once(h: Harness, code: str, *, retry_after_s: float | None = None) -> Waiter:
     """Logged in, message 1 to bob is sent and refused with the retryable `code`; its waiter."""
     h.connect()
     h.login()
@@ -432,11 +432,7 @@ def test_a_retry_cut_off_by_a_lost_session_fails_with_timeout_at_the_deadline(h:
 
 
 def test_a_send_waiting_to_retry_at_the_deadline_fails_with_the_refusal(h: Harness) -> None:
-    h.connect()
-    h.login()
-    waiter = h.send("bob", 1)
-    h.tick()
-    h.frame(build_error("partition_detected", "safe mode", cid=h.take("send")[0]["cid"]))
+    waiter = refused_once(h, "partition_detected")
     h.s.link_lost("the connection to the edge closed", h.now)  # no session to retry on before the deadline
     h.tick(OPTIONS.send_timeout_s)
     assert waiter.value.code == "partition_detected" and waiter.value.id == mid(1)
