@@ -78,7 +78,7 @@ class Handover:
         self._pass: _Pass | None = None
 
     def async_tick(self) -> bool:
-        """One turn's share of a pass; whether a pass is under way (tick again soon)."""
+        """One turn's share of a pass; whether a pass is reading its tables (tick again soon)."""
         expected = self._expected_cores()
         if self._pass is not None and self._pass.expected != expected:
             self._pass = None  # the set changed again: a pass for the new one, from the start
@@ -87,7 +87,7 @@ class Handover:
                 return False
             self._pass = _Pass(expected, self._done_for)
         if not self._is_safe() or self._local.durability_lost is not None:
-            return True  # waits: the set may change again (safe mode), or a hint could not be written
+            return False  # waits, in no hurry: the set may change again (safe mode), or no hint could be written
         if self._node_id not in expected or len(expected) <= self._replication_factor:
             # Every core replicates everything (or this one is no expected core: its view is not to act on).
             self._end(0)
