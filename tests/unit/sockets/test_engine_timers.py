@@ -9,6 +9,7 @@ import pytest
 from loguru import logger
 
 from iris_mesh.sockets import cluster_keys
+from iris_mesh.sockets._before_hello import HOLD_S
 from iris_mesh.sockets._engine import Engine
 from support.waiting import wait_until
 
@@ -104,3 +105,17 @@ def test_a_turn_busy_for_longer_than_a_heartbeat_interval_is_counted_and_logged(
         assert engine.counters["engine_slow_turns"] == 1, "a quick turn was counted as slow"
     finally:
         logger.remove(sink)
+
+
+def test_frames_held_for_a_hello_that_never_comes_are_dropped_by_the_loop_once_the_hold_is_over(
+    running: tuple[Engine, Handler, list[float]],
+) -> None:
+    engine, handler, clock = running
+    frame = {"op": "put", "src": "core2", "inc": 1}
+    assert engine.call(lambda now: engine._before_hello.hold(b"core2", frame, 10, now))
+    clock[0] = START + HOLD_S - 0.01
+    wait_until(lambda: clock[0] in handler.ticks, 5.0, "a tick just before the hold is over")
+    assert engine.call(lambda _now: bool(engine._before_hello))  # still held
+    clock[0] = START + HOLD_S + 0.05  # the next regular tick (every 50 ms of its clock)
+    wait_until(lambda: engine.counters["mesh_dropped_before_hello"] == 1, 5.0, "the held frame dropped at a tick")
+    assert engine.call(lambda _now: not engine._before_hello)

@@ -40,6 +40,13 @@ def put_many(cluster: Cluster, node: str, keys: list[bytes], value: bytes = b"v"
     return [answers[key] for key in keys]
 
 
+def back_without_transition(cluster: Cluster, core: str) -> None:
+    """`core` is up and alive to every node, with no membership transition: only the handoff repairs it."""
+    cluster.down.discard(core)
+    for membership in cluster.memberships.values():
+        membership.states[core] = "alive"
+
+
 def test_the_writes_of_one_turn_go_out_as_one_frame_per_replica_and_come_back_as_one_ack_frame_each(
     cluster: Cluster,
 ) -> None:
@@ -63,10 +70,7 @@ def test_a_core_that_was_down_gets_its_hinted_writes_and_the_hints_go_once_it_ac
         assert len(cluster.locals[core].hints_for("core3")) == 50
     assert cluster.rows("core3") == {}
 
-    # Back, but with no membership transition: anti-entropy has no reason to run, only handoff can repair it.
-    cluster.down.discard("core3")
-    for membership in cluster.memberships.values():
-        membership.states["core3"] = "alive"
+    back_without_transition(cluster, "core3")  # anti-entropy has no reason to run, only handoff can repair it
     # Fresh writes keep coming while the handoff runs: their acks share frames with the handoff's.
     more = [b"user%03d\x00n" % i for i in range(50)]
     assert all(done.ok for done in put_many(cluster, EDGE, more))
@@ -99,10 +103,8 @@ def test_a_back_core_is_handed_its_hints_a_window_at_a_time_and_the_log_gives_th
     mark(cluster, "core3", "dead")
     keys = [b"user%04d\x00m" % i for i in range(1200)]
     assert all(done.ok for done in put_many(cluster, EDGE, keys))
-    cluster.down.discard("core3")
     cluster.paused.add("core3")  # back, but its answers are slow to come
-    for membership in cluster.memberships.values():
-        membership.states["core3"] = "alive"
+    back_without_transition(cluster, "core3")
 
     def sent(core: str) -> int:
         return cluster.services[core].counters["hints_handed_off"]
@@ -148,9 +150,7 @@ def test_a_drained_replicas_hints_are_read_again_only_once_new_hints_for_it_are_
         cluster.down.add("core3")
         mark(cluster, "core3", "dead")
         assert all(done.ok for done in put_many(cluster, EDGE, keys))
-        cluster.down.discard("core3")
-        for membership in cluster.memberships.values():
-            membership.states["core3"] = "alive"
+        back_without_transition(cluster, "core3")
         done = sum("core3 has every write it missed" in m for m in logged) + 2
         cluster.run_until(lambda: sum("core3 has every write it missed" in m for m in logged) == done,
                           "the done lines")
@@ -182,9 +182,7 @@ def test_the_hints_of_a_forgotten_core_are_dropped_a_share_per_turn_and_none_is_
     local = cluster.locals["core1"]
     assert len(local.hints_for("core3", limit=100)) == 50
     assert cluster.services["core1"].async_drop_hints("core3") == 50
-    cluster.down.discard("core3")  # back meanwhile: what is being dropped is not handed to it
-    for membership in cluster.memberships.values():
-        membership.states["core3"] = "alive"
+    back_without_transition(cluster, "core3")  # meanwhile: what is being dropped is not handed to it
     left = [50]
     while left[-1]:
         assert len(left) < 100, left
