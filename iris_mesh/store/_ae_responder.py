@@ -3,15 +3,20 @@
 A peer's `ae_dig` is refused (`ae_end` with a code) unless the peer is an expected core
 that agrees on the core set and this core accepts writes; round 1 is answered with the
 buckets that differ (`ae_diff`), round 2 and full passes with a listing of our shared
-rows of those buckets (`ae_keys`, then `ae_end`), and an `ae_pull` by pushing the keys
-asked (`ae_pulled`). The frames are described in `_anti_entropy.py`, whose driver owns
-this responder, runs its scans, and says when it is too busy to list.
+rows of those buckets (`ae_list`, `ae_keys` in key order, then `ae_end`), and an
+`ae_pull` by pushing the keys asked (`ae_pulled`). A listing runs at most
+`LIST_WINDOW` rows ahead of what the peer has compared (`ae_more`), and is dropped
+when the peer ends its session (`ae_stop`) or gives no word for `_LIST_STALL_S`.
+The frames are described in `_anti_entropy.py`, whose driver owns this responder,
+runs its scans, and says when it is too busy to list.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from loguru import logger
 
 from iris_mesh.store._ae_session import PULL_FRAME_KEYS, AntiEntropyPort, TableScan, View, bucket_lists
 from iris_mesh.store._digests import BUCKETS, DigestCache, bucket_of, differing, unpack_digests
@@ -20,14 +25,29 @@ from iris_mesh.store._versioned import Versioned
 if TYPE_CHECKING:
     from iris_mesh.store._local import LocalStore
 
-__all__ = ["END_CODES", "Responder"]
+__all__ = ["END_CODES", "LIST_WINDOW", "Responder"]
 
 _LIST_FLUSH_ROWS = 2000
+# Rows a listing may run ahead of what its peer has compared: the peer holds no more of ours at once.
+LIST_WINDOW = 20_000
+# A listing whose peer has compared nothing for this long is dropped (its session ended without a word).
+_LIST_STALL_S = 30.0
 
 
 # Every code an `ae_end` carries: "ok" and the refusals. Another one from a peer is a bad reply (it would otherwise
 # name a counter of its own: `ae_{code}`).
 END_CODES = frozenset({"ok", "busy", "not_ready", "not_a_core", "partition_detected", "membership_differs"})
+
+
+class _Listing:
+    __slots__ = ("scan", "full", "sent", "compared", "heard_at")
+
+    def __init__(self, full: bool, now: float) -> None:
+        self.scan: TableScan | None = None
+        self.full = full
+        self.sent = 0  # rows listed
+        self.compared = 0  # of those, rows the peer says it has compared
+        self.heard_at = now
 
 
 class Responder:
@@ -58,8 +78,7 @@ class Responder:
         self._start_scan = start_scan
         self._counters = counters
         self.view = View(frozenset(), 0, lambda key: ())
-        self._listings: dict[tuple[str, int], TableScan] = {}
-        self._partial_listings: set[tuple[str, int]] = set()  # of those, the ones not for a full pass
+        self._listings: dict[tuple[str, int], _Listing] = {}
 
     @property
     def listings(self) -> int:
@@ -71,7 +90,7 @@ class Responder:
 
     def lists_partially(self, ignore: str | None = None) -> bool:
         """Whether we list rows for a session (not a full pass) of a peer other than `ignore`."""
-        return any(src != ignore for src, _ in self._partial_listings)
+        return any(src != ignore and not listing.full for (src, _), listing in self._listings.items())
 
     def drop_peer(self, peer: str) -> None:
         """Stop every listing for `peer` (it is down or restarted)."""
@@ -90,7 +109,7 @@ class Responder:
             self._port.ae_send(src, "ae_end", s=sid, code=refusal)
             return
         if msg.get("full"):
-            self._list(src, sid, {table: list(range(BUCKETS)) for table in self._tables}, full=True)
+            self._list(src, sid, {table: list(range(BUCKETS)) for table in self._tables}, now, full=True)
             return
         try:
             theirs = unpack_digests(msg.get("d"))
@@ -108,7 +127,7 @@ class Responder:
         elif not diff:
             self._port.ae_send(src, "ae_end", s=sid, code="ok", m={})
         else:
-            self._list(src, sid, diff, full=False)
+            self._list(src, sid, diff, now, full=False)
 
     def _refusal(self, src: str, fp: Any) -> str | None:
         if src not in self.view.expected:
@@ -119,10 +138,11 @@ class Responder:
             return "membership_differs"
         return None
 
-    def _list(self, src: str, sid: int, buckets: dict[str, list[int]], *, full: bool) -> None:
-        """Stream our shared rows of `buckets` to `src`, then ae_end."""
+    def _list(self, src: str, sid: int, buckets: dict[str, list[int]], now: float, *, full: bool) -> None:
+        """Stream our shared rows of `buckets` to `src` in key order, each table's ending marked, then ae_end."""
         ident = (src, sid)
         self._drop_listing(ident)
+        listing = self._listings[ident] = _Listing(full, now)
         wanted = {table: set(b) for table, b in buckets.items()}
         shares = self.view.shares
         pending: list[list[Any]] = []
@@ -130,6 +150,7 @@ class Responder:
         def flush(table: str) -> None:
             if pending:
                 self._port.ae_send_list(src, "ae_keys", "e", pending[:], s=sid, t=table)
+                listing.sent += len(pending)
                 pending.clear()
 
         def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
@@ -139,23 +160,50 @@ class Responder:
                     pending.append([key, item.version.hlc, item.version.node, item.is_tombstone])
             if last or len(pending) >= _LIST_FLUSH_ROWS:
                 flush(table)
+            if last:
+                self._port.ae_send(src, "ae_keys", s=sid, t=table, e=[], end=True)
 
         def done() -> None:
             self._listings.pop(ident, None)
-            self._partial_listings.discard(ident)
             self._port.ae_send(src, "ae_end", s=sid, code="ok", m=buckets)
 
-        scan = TableScan(self._local, sorted(wanted), rows, done)
-        self._listings[ident] = scan
-        if not full:
-            self._partial_listings.add(ident)
-        self._start_scan(scan)
+        self._port.ae_send(src, "ae_list", s=sid, m=buckets)
+        listing.scan = TableScan(self._local, sorted(wanted), rows, done,
+                                 blocked=lambda: listing.sent - listing.compared >= LIST_WINDOW)
+        self._start_scan(listing.scan)
+
+    def on_more(self, msg: dict[str, Any], now: float) -> None:
+        """The peer compared `n` more rows of our listing for its session `s`."""
+        sid, compared = msg.get("s"), msg.get("n")
+        if not isinstance(sid, int) or not isinstance(compared, int) or compared < 0:
+            self._counters["bad_store_frames"] += 1
+            return
+        listing = self._listings.get((msg["src"], sid))
+        if listing is not None:
+            listing.compared += compared
+            listing.heard_at = now
+
+    def on_stop(self, msg: dict[str, Any], now: float) -> None:
+        """The peer ended its session `s`: stop listing for it."""
+        sid = msg.get("s")
+        if not isinstance(sid, int):
+            self._counters["bad_store_frames"] += 1
+            return
+        self._drop_listing((msg["src"], sid))
+
+    def expire(self, now: float) -> None:
+        """Drop listings whose peer has compared nothing for `_LIST_STALL_S` while they wait for it."""
+        for ident, listing in list(self._listings.items()):
+            if listing.sent - listing.compared >= LIST_WINDOW and now - listing.heard_at >= _LIST_STALL_S:
+                self._counters["ae_listings_stalled"] += 1
+                logger.warning("anti-entropy: {} compared none of this core's listing for its session for {:.0f} s: "
+                               "the listing is dropped", ident[0], now - listing.heard_at)
+                self._drop_listing(ident)
 
     def _drop_listing(self, ident: tuple[str, int]) -> None:
-        scan = self._listings.pop(ident, None)
-        if scan is not None:
-            scan.cancelled = True
-        self._partial_listings.discard(ident)
+        listing = self._listings.pop(ident, None)
+        if listing is not None and listing.scan is not None:
+            listing.scan.cancelled = True
 
     def on_pull(self, msg: dict[str, Any], now: float) -> None:
         src, sid, table, keys = msg["src"], msg.get("s"), msg.get("t"), msg.get("k")

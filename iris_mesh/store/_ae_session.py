@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from iris_mesh.store._digests import BUCKETS, Shares
-from iris_mesh.store._reconcile import Listed
+from iris_mesh.store._reconcile import Reconciler
 from iris_mesh.store._versioned import Versioned
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PULL_FRAME_KEYS",
+    "SCAN_CHUNK_ROWS",
     "AntiEntropyPort",
     "Session",
     "SessionResult",
@@ -30,7 +31,7 @@ __all__ = [
     "bucket_lists",
 ]
 
-_SCAN_CHUNK_ROWS = 256
+SCAN_CHUNK_ROWS = 256
 # Keys per ae_pull frame: the initiator asks for no more at once, and the responder serves no more.
 PULL_FRAME_KEYS = 500
 
@@ -113,8 +114,8 @@ class TableScan:
             self._on_done()
             return True
         table = self._tables[0]
-        rows = self._local.scan(table, start_after=self._cursor.get(table), limit=_SCAN_CHUNK_ROWS)
-        last = len(rows) < _SCAN_CHUNK_ROWS
+        rows = self._local.scan(table, start_after=self._cursor.get(table), limit=SCAN_CHUNK_ROWS)
+        last = len(rows) < SCAN_CHUNK_ROWS
         if rows:
             self._cursor[table] = rows[-1][0]
         self._on_rows(table, rows, last)
@@ -130,22 +131,23 @@ class Session:
     """The initiator's state of one session."""
 
     __slots__ = ("sid", "peer", "full", "routine", "state", "started", "deadline", "recheck_at", "first_diff",
-                 "touched", "theirs", "buckets", "pushes", "pull_queue", "pulls_out", "listing_done", "listed",
-                 "pushed", "pulled", "refused", "unsettled", "scan", "waiters", "partial")
+                 "touched", "merge", "compared_unsaid", "buckets", "pushes", "pull_queue", "pulls_out",
+                 "listing_done", "listed", "pushed", "pulled", "refused", "unsettled", "scan", "waiters", "partial")
 
     def __init__(self, sid: int, peer: str, full: bool, routine: bool, now: float, timeout_s: float) -> None:
         self.sid = sid
         self.peer = peer
         self.full = full
         self.routine = routine  # a round-robin visit: leaves fresh writes to the write path, backs off when idle
-        # digest (round 1) -> recheck -> listing (round 2 sent, theirs arriving) -> own (our scan) -> repairing
+        # digest (round 1) -> recheck -> listing (round 2 sent) -> merging (their listing against our scan) -> repairing
         self.state = "digest"
         self.started = now
         self.deadline = now + timeout_s
         self.recheck_at = 0.0
         self.first_diff: dict[str, list[int]] = {}
         self.touched: dict[str, list[int]] = {}  # our write counters of first_diff's buckets at round 1
-        self.theirs: dict[tuple[str, bytes], Listed] = {}
+        self.merge: Reconciler | None = None
+        self.compared_unsaid = 0  # listed rows compared and not yet told to the peer (ae_more)
         self.buckets: dict[str, set[int]] = {}
         self.pushes: set[int] = set()
         self.pull_queue: deque[tuple[str, bytes]] = deque()

@@ -12,10 +12,19 @@ One session, initiator A and responder B (lists are cut under the frame budget):
     ae_dig    A->B {s, fp, d: {table: digests}}        round 1; round 2 adds only: {table: [bucket]}
               A->B {s, fp, full: true}                 resync: no digests, every bucket is listed
     ae_diff   B->A {s, m: {table: [bucket]}}           round 1 answer: the buckets that differ
-    ae_keys   B->A {s, t, e: [[key, hlc, node, tomb]]} B's shared rows in the buckets that still differ
+    ae_list   B->A {s, m: {table: [bucket]}}           a listing of the buckets that still differ starts
+    ae_keys   B->A {s, t, e: [[key, hlc, node, tomb]]} B's shared rows in those buckets, in key order;
+              B->A {s, t, e: [], end: true}            table t is listed whole
+    ae_more   A->B {s, n}                              A compared n more listed rows (B lists <= 20,000 ahead)
     ae_end    B->A {s, code, m: {table: [bucket]}}     end of that listing, or a refusal (code != ok)
+    ae_stop   A->B {s}                                 A ended the session before the listing did
     ae_pull   A->B {s, t, k: [key]}                    keys on which B is newer (or only B has)
     ae_pulled B->A {s, r, n}                           B pushed n of the r keys asked, after their sput frames
+
+A merges B's listing with its own rows of the same buckets as both arrive, table by
+table in key order: a session holds at most the listed rows it has not compared yet
+(`LIST_WINDOW`), a chunk of its own, and `_PULL_QUEUE` keys to pull, however large the
+tables are.
 
 `fp` fingerprints the expected core set: two cores that disagree on it disagree
 on replica sets, and compare nothing until membership settles. A pushes what it
@@ -50,9 +59,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from iris_mesh.store._ae_responder import END_CODES, Responder
+from iris_mesh.store._ae_responder import END_CODES, LIST_WINDOW, Responder
 from iris_mesh.store._ae_session import (
     PULL_FRAME_KEYS,
+    SCAN_CHUNK_ROWS,
     AntiEntropyPort,
     Session,
     SessionResult,
@@ -83,6 +93,10 @@ _BUSY_TICK_S = 0.002
 # pulled keys outstanding (asked PULL_FRAME_KEYS a frame), so a repair never floods the receiver's loop.
 _PUSH_WINDOW = 1000
 _PULL_WINDOW = 1500
+# Keys to pull a session queues at most: past that it compares no more of the listing until pulls are answered.
+_PULL_QUEUE = 20_000
+# Our own rows a session reads ahead of the listing it compares them with.
+_OWN_AHEAD = 2 * SCAN_CHUNK_ROWS
 # Rows written less than this long ago are still in the write path: not repaired yet.
 _SETTLE_MS = 1000
 # A peer whose sessions find only writes in flight is visited less often: interval * 2**n.
@@ -167,8 +181,9 @@ class AntiEntropy:
         self._started_ms = wall_ms()
 
     def mesh_ops(self) -> dict[str, Callable[[dict[str, Any], float], None]]:
-        ops = {"ae_dig": self._responder.on_dig, "ae_diff": self._on_diff, "ae_keys": self._on_keys,
-               "ae_end": self._on_end, "ae_pull": self._responder.on_pull, "ae_pulled": self._on_pulled}
+        ops = {"ae_dig": self._responder.on_dig, "ae_diff": self._on_diff, "ae_list": self._on_list,
+               "ae_keys": self._on_keys, "ae_more": self._responder.on_more, "ae_end": self._on_end,
+               "ae_stop": self._responder.on_stop, "ae_pull": self._responder.on_pull, "ae_pulled": self._on_pulled}
 
         def stamped(handler: Callable[[dict[str, Any], float], None]) -> Callable[[dict[str, Any], float], None]:
             def on_frame(msg: dict[str, Any], now: float) -> None:
@@ -236,6 +251,7 @@ class AntiEntropy:
         self._now = now
         self._check_membership()
         self._upkeep.maintain(now)
+        self._responder.expire(now)
         self._expire(now)
         self._schedule(now)
         self._run_jobs()
@@ -333,7 +349,7 @@ class AntiEntropy:
         if self._heavy(ignore=src):
             return True
         mine = [s for s in self._sessions.values() if s.peer == src and not s.full and s.state not in ("digest", "recheck")]
-        return any(s.state != "listing" or self.node_id < src for s in mine)
+        return any(s.state not in ("listing", "merging") or self.node_id < src for s in mine)
 
     def _heavy(self, ignore: str | None = None) -> bool:
         """Whether a session (not a full pass) past its first round runs here, other than with `ignore`.
@@ -404,14 +420,42 @@ class AntiEntropy:
         session.state = "recheck"
         session.recheck_at = now + _RECHECK_S
 
+    def _on_list(self, msg: dict[str, Any], now: float) -> None:
+        """The peer starts listing the buckets that still differ: merge it with our own rows as both come."""
+        session = self._own(msg)
+        if session is None or session.state != "listing":
+            return
+        buckets = bucket_lists(msg.get("m"))
+        if not buckets:
+            self.counters["bad_store_frames"] += 1
+            return
+        session.buckets = {table: set(b) for table, b in buckets.items() if table in self._tables}
+        session.state = "merging"
+        wall_ms = self._wall_ms()
+        merge = session.merge = Reconciler(sorted(session.buckets), purge_before_ms=wall_ms - self._grace_ms,
+                                           settle_before_ms=wall_ms - _SETTLE_MS if session.routine else None)
+        shares = self._view.shares
+
+        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
+            wanted = session.buckets[table]
+            merge.ours(table, [(key, item) for key, item in chunk
+                               if bucket_of(key) in wanted and session.peer in shares(key)], last=last)
+            self._compare(session)
+
+        session.scan = TableScan(self._local, sorted(session.buckets), rows, lambda: None,
+                                 blocked=lambda: len(session.pushes) >= _PUSH_WINDOW
+                                 or merge.buffered_ours >= _OWN_AHEAD)
+        self._jobs.append(session.scan)
+
     def _on_keys(self, msg: dict[str, Any], now: float) -> None:
         session = self._own(msg)
         table, entries = msg.get("t"), msg.get("e")
-        if session is None or session.state != "listing":
+        if session is None or session.state != "merging" or session.merge is None:
             return
-        if table not in self._tables or not isinstance(entries, list):
+        if table not in session.buckets or not isinstance(entries, list):
             self.counters["bad_store_frames"] += 1
             return
+        listed: list[tuple[bytes, Listed]] = []
         for entry in entries:
             try:
                 key, hlc, node, tomb = entry
@@ -420,12 +464,36 @@ class AntiEntropy:
             except (TypeError, ValueError):
                 self.counters["bad_store_frames"] += 1
                 continue
-            session.theirs[(table, key)] = Listed(Version(hlc, node), bool(tomb))
-            session.listed += 1
+            listed.append((key, Listed(Version(hlc, node), bool(tomb))))
+        session.listed += len(listed)
+        # Out of key order (or after the table's end): the merge has passed that key already.
+        self.counters["bad_store_frames"] += session.merge.theirs(table, listed)
+        if msg.get("end") is True:
+            session.merge.theirs_done(table)
+        self._compare(session)
+
+    def _compare(self, session: Session) -> None:
+        """Compare what both sides have read so far; push and pull what differs, and tell the peer how far we are."""
+        merge = session.merge
+        if merge is None or session.sid not in self._sessions:
+            return
+        compared = merge.consumed
+        pushes, pulls = merge.step(max_pulls=max(0, _PULL_QUEUE - len(session.pull_queue)))
+        for table, key, item in pushes:
+            session.pushes.add(self._track(session, self._port.ae_push(session.peer, table, key, item)))
+        session.pull_queue.extend(pulls)
+        session.compared_unsaid += merge.consumed - compared
+        if session.compared_unsaid >= LIST_WINDOW // 4:
+            self._port.ae_send(session.peer, "ae_more", s=session.sid, n=session.compared_unsaid)
+            session.compared_unsaid = 0
+        session.unsettled = merge.unsettled
+        session.listing_done = merge.done and session.state == "repairing"
+        self._send_pulls(session)
+        self._maybe_finish(session)
 
     def _on_end(self, msg: dict[str, Any], now: float) -> None:
         session = self._own(msg)
-        if session is None or session.state not in ("digest", "listing"):
+        if session is None or session.state not in ("digest", "listing", "merging"):
             return
         code = msg.get("code")
         if code != "ok":
@@ -435,34 +503,13 @@ class AntiEntropy:
         if buckets is None:
             self.counters["bad_store_frames"] += 1
             return
-        if not buckets:
-            self._finish(session, "in_sync")
+        if session.merge is None:
+            # Nothing was listed: no bucket differs any more (or a peer that does not list in order: nothing to do).
+            self._finish(session, "in_sync" if not buckets else "bad_reply")
             return
-        session.buckets = {table: set(b) for table, b in buckets.items()}
-        session.state = "own"
-        wall_ms = self._wall_ms()
-        reconciler = Reconciler(session.theirs, purge_before_ms=wall_ms - self._grace_ms,
-                                settle_before_ms=wall_ms - _SETTLE_MS if session.routine else None)
-        session.theirs = {}
-        shares = self._view.shares
-
-        def rows(table: str, chunk: list[tuple[bytes, Versioned]], last: bool) -> None:
-            wanted = session.buckets[table]
-            for key, item in chunk:
-                if bucket_of(key) in wanted and session.peer in shares(key) and reconciler.own_row(table, key, item):
-                    session.pushes.add(self._track(session, self._port.ae_push(session.peer, table, key, item)))
-
-        def done() -> None:
-            session.pull_queue.extend(reconciler.finish())
-            session.unsettled = reconciler.unsettled
-            session.listing_done = True
-            session.state = "repairing"
-            self._send_pulls(session)
-            self._maybe_finish(session)
-
-        session.scan = TableScan(self._local, sorted(session.buckets), rows, done,
-                             blocked=lambda: len(session.pushes) >= _PUSH_WINDOW)
-        self._jobs.append(session.scan)
+        session.merge.theirs_done()
+        session.state = "repairing"
+        self._compare(session)
 
     def _send_pulls(self, session: Session) -> None:
         queue = session.pull_queue
@@ -485,8 +532,7 @@ class AntiEntropy:
             return
         session.pulls_out -= asked
         session.pulled += pushed
-        self._send_pulls(session)
-        self._maybe_finish(session)
+        self._compare(session)  # the merge may have waited for room in the pull queue
 
     def _maybe_finish(self, session: Session) -> None:
         if session.listing_done and not session.pushes and session.pulls_out <= 0 and not session.pull_queue:
@@ -497,6 +543,8 @@ class AntiEntropy:
             return
         if session.scan is not None:
             session.scan.cancelled = True
+        if code == "timeout" and session.state in ("listing", "merging"):
+            self._port.ae_send(session.peer, "ae_stop", s=session.sid)  # its listing for us would wait for ae_more
         for req in session.pushes:
             self._pushes.pop(req, None)  # a late ack falls through to the coordinator, which ignores it
         buckets = sum(len(b) for b in session.buckets.values())

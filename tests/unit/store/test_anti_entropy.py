@@ -15,8 +15,9 @@ import pytest
 
 from _store_cluster import TABLE, THREE, Cluster, mark
 from iris_mesh.membership import Placement
-from iris_mesh.store import _ae_upkeep
+from iris_mesh.store import _ae_responder, _ae_upkeep, _anti_entropy
 from iris_mesh.store._ae_responder import Responder
+from iris_mesh.store._ae_session import SCAN_CHUNK_ROWS
 from iris_mesh.store._anti_entropy import SessionResult
 from iris_mesh.store._reconcile import Listed, Reconciler
 from iris_mesh.store._coordinator import Done
@@ -99,19 +100,22 @@ def test_settled_writes_hash_the_newest_version_seen_and_read_only_after_a_faile
 
 
 def session(a: Replica, b: Replica, purge_before_ms: int = 0) -> tuple[list[bytes], list[bytes]]:
-    """A initiates with B: digests, B's listing, A's plan; both sides apply. Returns (keys pushed, keys pulled)."""
+    """A initiates with B: digests, B's listing merged with A's rows; both sides apply. Returns (pushed, pulled)."""
     diff = differing(b.cache.digests(a.name), unpack_digests(pack_digests(a.cache.digests(b.name))))
-    reconciler = Reconciler(b.listing(a.name, diff), purge_before_ms=purge_before_ms)
-    pushed = []
-    for (table, key), item in sorted(a.rows.items()):
-        if bucket_of(key) in diff.get(table, ()) and b.name in a.shares(key) and reconciler.own_row(table, key, item):
-            b.write(table, key, item)
-            pushed.append(key)
-    pulled = []
-    for table, key in reconciler.finish():
+    reconciler = Reconciler(sorted(diff), purge_before_ms=purge_before_ms)
+    for table in sorted(diff):
+        reconciler.theirs(table, [(k, listed) for (t, k), listed in b.listing(a.name, diff).items() if t == table])
+        reconciler.ours(table, [(key, item) for (t, key), item in sorted(a.rows.items())
+                                if t == table and bucket_of(key) in diff[table] and b.name in a.shares(key)],
+                        last=True)
+    reconciler.theirs_done()
+    pushes, pulls = reconciler.step(max_pulls=10**9)
+    assert reconciler.done
+    for table, key, item in pushes:
+        b.write(table, key, item)
+    for table, key in pulls:
         a.write(table, key, b.rows[(table, key)])
-        pulled.append(key)
-    return pushed, pulled
+    return [key for _, key, _ in pushes], [key for _, key in pulls]
 
 
 def test_equal_stores_transfer_nothing() -> None:
@@ -171,15 +175,41 @@ def test_old_tombstones_are_not_sent_to_a_side_that_has_no_row() -> None:
 
 
 def test_rows_still_in_the_write_path_are_left_to_it() -> None:
-    theirs = {(TABLE, b"old"): Listed(Version(1000 << 16, "core2"), False),
-              (TABLE, b"fresh"): Listed(Version(5000 << 16, "core2"), False),
-              (TABLE, b"both"): Listed(Version(1000 << 16, "core2"), False)}
-    reconciler = Reconciler(theirs, purge_before_ms=0, settle_before_ms=4000)
-    assert not reconciler.own_row(TABLE, b"mine-fresh", v(4500 << 16))  # written just now: not pushed yet
-    assert reconciler.own_row(TABLE, b"mine-old", v(3000 << 16))
-    assert not reconciler.own_row(TABLE, b"both", v(4100 << 16))  # our newer version is still on its way
-    assert reconciler.finish() == [(TABLE, b"old")]  # "fresh" is left to the write path too
-    assert reconciler.unsettled == 3
+    reconciler = Reconciler([TABLE], purge_before_ms=0, settle_before_ms=4000)
+    reconciler.theirs(TABLE, [(b"both", Listed(Version(1000 << 16, "core2"), False)),
+                              (b"fresh", Listed(Version(5000 << 16, "core2"), False)),
+                              (b"old", Listed(Version(1000 << 16, "core2"), False))])
+    reconciler.theirs_done(TABLE)
+    reconciler.ours(TABLE, [(b"both", v(4100 << 16)),  # our newer version is still on its way
+                            (b"mine-fresh", v(4500 << 16)),  # written just now: not pushed yet
+                            (b"mine-old", v(3000 << 16))], last=True)
+    pushes, pulls = reconciler.step(max_pulls=100)
+    assert [key for _, key, _ in pushes] == [b"mine-old"]
+    assert pulls == [(TABLE, b"old")]  # "fresh" is left to the write path too
+    assert reconciler.unsettled == 3 and reconciler.done
+
+
+def test_the_merge_compares_only_what_both_sides_have_read_and_holds_no_more() -> None:
+    """Listing and own rows arrive in pieces: a key is decided once both sides have passed it, never twice."""
+    reconciler = Reconciler([TABLE, "presence"], purge_before_ms=0)
+    listed = lambda hlc: Listed(Version(hlc, "core2"), False)  # noqa: E731
+    reconciler.theirs(TABLE, [(b"a", listed(5)), (b"c", listed(5)), (b"e", listed(9))])
+    reconciler.ours(TABLE, [(b"b", v(5)), (b"c", v(7))], last=False)
+    pushes, pulls = reconciler.step(max_pulls=100)
+    # a: only theirs, and our rows passed it; b: only ours, the listing passed it; c: ours newer. e waits for our side.
+    assert [k for _, k, _ in pushes] == [b"b", b"c"] and pulls == [(TABLE, b"a")]
+    assert (reconciler.buffered_theirs, reconciler.buffered_ours, reconciler.consumed) == (1, 0, 2)
+    assert reconciler.theirs(TABLE, [(b"d", listed(1)), (b"f", listed(1))]) == 1  # d is out of order: dropped
+    reconciler.ours(TABLE, [(b"e", v(3))], last=True)
+    assert reconciler.step(max_pulls=1) == ([], [(TABLE, b"e")])  # at most max_pulls: f waits
+    assert not reconciler.done
+    assert reconciler.step(max_pulls=100) == ([], [(TABLE, b"f")])
+    reconciler.theirs_done(TABLE)
+    reconciler.ours("presence", [(b"p", v(4))], last=True)
+    assert not reconciler.done  # the presence listing is not complete: p may still come from the peer
+    assert reconciler.step(max_pulls=100) == ([], [])
+    reconciler.theirs_done("presence")
+    assert [k for _, k, _ in reconciler.step(max_pulls=100)[0]] == [b"p"] and reconciler.done
 
 
 def test_keys_not_replicated_on_both_cores_are_never_compared() -> None:
@@ -514,3 +544,99 @@ def test_an_end_code_no_responder_sends_is_a_bad_reply_and_names_no_counter(
     counters = cluster.services["core1"].counters
     assert counters["ae_bad_reply"] == 2, (results, sorted(counters))
     assert not [name for name in counters if "made-up" in name], sorted(counters)
+
+
+@pytest.fixture
+def small_windows(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Windows a few thousand rows overrun (the real listing and pull-queue ones are 20,000): the listing window."""
+    monkeypatch.setattr(_ae_responder, "LIST_WINDOW", 400)
+    monkeypatch.setattr(_ae_responder, "_LIST_FLUSH_ROWS", 100)
+    monkeypatch.setattr(_anti_entropy, "LIST_WINDOW", 400)
+    monkeypatch.setattr(_anti_entropy, "_PULL_QUEUE", 300)
+    monkeypatch.setattr(_anti_entropy, "_PULL_WINDOW", 100)  # pulls answered slower than the listing comes
+    return 400
+
+
+def rows_behind_the_store(cluster: Cluster, cores: tuple[str, ...], count: int) -> dict[bytes, Version]:
+    """`count` rows on `cores` only, as a core restored from an old backup would lack them."""
+    rows = {b"user%05d\x00m" % i: Version((1000 + i) << 16, "core1") for i in range(count)}
+    for core in cores:
+        for key, version in rows.items():
+            cluster.locals[core].async_apply(TABLE, key, Versioned(version, b"v"))
+    cluster.run_until(lambda: all(len(cluster.rows(c)) == count for c in cores), "the rows")
+    return rows
+
+
+def test_a_session_holds_a_bounded_share_of_a_listing_however_large(tmp_path: Path, small_windows: int) -> None:
+    """An empty core resyncs 3,000 rows: the listing it has not compared and the keys it queues to pull stay within
+    the windows (the whole listing was held before), and every row arrives."""
+    cluster = Cluster(tmp_path, THREE)
+    try:
+        rows = rows_behind_the_store(cluster, ("core1", "core2"), 3000)
+        initiator = cluster.services["core3"].anti_entropy
+        responders = [cluster.services[c].anti_entropy._responder for c in ("core1", "core2")]
+        held = {"listed": 0, "to_pull": 0, "ahead": 0}
+
+        def sample() -> None:
+            for session in initiator._sessions.values():
+                if session.merge is not None:
+                    held["listed"] = max(held["listed"], session.merge.buffered_theirs)
+                held["to_pull"] = max(held["to_pull"], len(session.pull_queue))
+            for responder in responders:
+                for listing in responder._listings.values():
+                    held["ahead"] = max(held["ahead"], listing.sent - listing.compared)
+
+        compare = initiator._compare
+
+        def compare_and_sample(session: Any) -> None:  # the high-water marks come and go within one turn
+            compare(session)
+            sample()
+
+        initiator._compare = compare_and_sample  # type: ignore[method-assign]
+        box: list[list[SessionResult]] = []
+        assert cluster.services["core3"].async_resync(time.monotonic(), 20.0, box.append) is None
+        cluster.run_until(lambda: sample() or box, "the resync")
+        assert [(r.peer, r.code, r.listed) for r in box[0]] == [("core1", "ok", 3000), ("core2", "ok", 3000)]
+        assert {k: item.version for k, item in cluster.rows("core3").items()} == rows
+        # The windows were reached, and held: a frame of listed rows and a scan chunk is all they are overrun by.
+        slack = _ae_responder._LIST_FLUSH_ROWS + SCAN_CHUNK_ROWS
+        assert small_windows <= held["ahead"] <= small_windows + slack, held
+        assert 0 < held["listed"] <= small_windows + slack, held
+        assert 0 < held["to_pull"] <= _anti_entropy._PULL_QUEUE, held
+    finally:
+        cluster.close()
+
+
+def test_a_listing_its_peer_stopped_comparing_is_dropped(tmp_path: Path, small_windows: int) -> None:
+    """A listing waits for its peer to compare it; a peer whose session timed out says so, and one that says
+    nothing has its listing dropped after 30 s: the core is not left busy with it."""
+    cluster = Cluster(tmp_path, THREE)
+    try:
+        rows_behind_the_store(cluster, ("core1", "core2"), 1500)
+        responder = cluster.services["core1"].anti_entropy._responder
+        counters = cluster.services["core1"].counters
+
+        def blocked() -> bool:
+            return any(lst.sent - lst.compared >= small_windows for lst in responder._listings.values())
+
+        for timeout_s, word in ((0.3, True), (20.0, False)):
+            cluster.paused.add("core3")  # core3 compares nothing: core1's listing fills its window and waits
+            box: list[list[SessionResult]] = []
+            assert cluster.services["core3"].async_resync(time.monotonic(), timeout_s, box.append) is None
+            cluster.run_until(blocked, "core1's listing to wait for core3")
+            if word:
+                cluster.run_until(lambda: box, "core3's session to time out")
+                assert dict((r.peer, r.code) for r in box[0])["core1"] == "timeout"
+                cluster.run_until(lambda: responder.listings == 0, "core1 to drop the listing at core3's word")
+            else:
+                responder.expire(time.monotonic() + 29.0)
+                assert responder.listings == 1
+                responder.expire(time.monotonic() + 31.0)
+                assert responder.listings == 0 and counters["ae_listings_stalled"] == 1
+            cluster.paused.discard("core3")
+            cluster.frames.clear()
+            for core in ("core2", "core3"):
+                cluster.services[core].anti_entropy.async_peer_down("core1")
+        assert counters["ae_listings_stalled"] == 1
+    finally:
+        cluster.close()
