@@ -245,7 +245,11 @@ class Client:
         return self._wait(future, self._opts.request_timeout_s, "presence")
 
     def close(self) -> None:
-        """Log out and stop; pending sends fail with `closed`, unreturned messages stay on the server. Idempotent."""
+        """Log out and stop; pending sends fail with `closed`, unreturned messages stay on the server. Idempotent.
+
+        Messages already returned are acked first; if a failover is under way, the client logs in once more to
+        do so (within `close_timeout_s`), or they would be handed again at the next start.
+        """
         with self._send_lock:
             if self._closed:
                 return

@@ -118,6 +118,8 @@ class IoLoop:
         """Start closing: fail what is pending, log out, and stop once the edge confirmed (or close_timeout_s)."""
         self._session.begin_close(now)
         self._closing_deadline = now + self._opts.close_timeout_s
+        if self._session.closing_needs_link and self._next_attempt_at is not None:
+            self._next_attempt_at = min(self._next_attempt_at, now)  # no backoff: the close has a deadline
 
     def run(self) -> None:
         """The thread's body: turns until closed; always leaves every waiter completed and the sockets closed."""
@@ -255,7 +257,9 @@ class IoLoop:
             self._backoff_s = min(self._opts.reconnect_max_s, self._backoff_s * 2)
 
     def _maybe_connect(self, now: float) -> None:
-        if self._session.state is not SessionState.IDLE or self._closing_deadline is not None:
+        if self._session.state is not SessionState.IDLE:
+            return
+        if self._closing_deadline is not None and not self._session.closing_needs_link:
             return
         if self._next_attempt_at is None or now < self._next_attempt_at:
             return

@@ -31,7 +31,8 @@ class ClientOptions:
     ping_interval_s: float = 10.0
     # A ping unanswered this long means the session is gone: the SDK moves to another edge.
     pong_timeout_s: float = 3.0
-    # close(): how long to wait for the edge to confirm the logout.
+    # close(): how long to wait for the edge to confirm the logout (and, during a failover, for an edge to log in
+    # to once more and send the acks of messages already returned).
     close_timeout_s: float = 1.0
     # Backoff of retried sends (unavailable, no_quorum, ...), doubling per attempt.
     retry_initial_s: float = 0.05

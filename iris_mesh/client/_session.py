@@ -155,6 +155,8 @@ class ClientSession:
         self._hello_deadline: float | None = None
         self._logout_cid: int | None = None
         self._closing = False
+        # Closing with acks held and no session to send them on: log in once more to send them, then log out.
+        self._login_to_ack = False
         self._fx = Effects()
 
     # ---- outputs ---------------------------------------------------------------------
@@ -174,6 +176,8 @@ class ClientSession:
         """After begin_close: True once the logout was answered, or there was nothing to log out of."""
         if not self._closing:
             return False
+        if self._login_to_ack:
+            return False  # until the acks went (with the logout), or the login was refused
         if self.state not in _LINKED:
             return True
         # A login on the wire is awaited: the edge logs the session in even so, and it is logged out then.
@@ -272,7 +276,19 @@ class ClientSession:
         if self.state is SessionState.LOGGED_IN:
             self._log_out(now)
         # LOGGING_IN: the login's answer is awaited (see close_done), and an `ok` is followed by the logout.
-        self.user = self._token = None
+        # Between sessions (a failover under way), acks of messages already returned would be lost, and the
+        # messages handed again at the next start: the client logs in once more to send them (close_timeout_s).
+        self._login_to_ack = bool(self._acks) and self.state in (SessionState.IDLE, SessionState.HELLO,
+                                                                 SessionState.READY) and self._token is not None
+        if self._login_to_ack and self.state is SessionState.READY:
+            self._send_login(now)
+        if not self._login_to_ack:
+            self.user = self._token = None
+
+    @property
+    def closing_needs_link(self) -> bool:
+        """Closing, and a link to an edge is still wanted: to log in and send the acks held."""
+        return self._closing and self._login_to_ack and self.state is not SessionState.CLOSED
 
     def finish(self, reason: str) -> None:
         """The client is done: everything still pending completes with `closed` (reason in the detail)."""
@@ -303,7 +319,7 @@ class ClientSession:
         self.limits = frame.limits
         self._sends.configure(frame.limits)
         self._fx.hello = frame
-        if self.user is not None and not self._closing:
+        if self.user is not None and (not self._closing or self._login_to_ack):
             self._send_login(now)
 
     def _on_ok(self, frame: OkReply, now: float) -> None:
@@ -419,6 +435,8 @@ class ClientSession:
         elif request.kind == "login":
             if self._closing:
                 self.state = SessionState.READY  # nothing to log out of
+                self._login_to_ack = False  # and no session to ack in: the messages come again at the next start
+                self.user = self._token = None
             else:
                 self._login_refused(error, now)
         elif request.kind == "sync":
@@ -549,6 +567,8 @@ class ClientSession:
     def _log_out(self, now: float) -> None:
         """Closing: send the last acks, then the logout."""
         self._flush_acks(now)
+        self._login_to_ack = False
+        self.user = self._token = None
         self._logout_cid = self._request(_Request("logout"), lambda c: LogoutRequest(cid=c).to_wire(), now)
 
     def _logged_in(self, now: float) -> None:

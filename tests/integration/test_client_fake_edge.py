@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -493,6 +494,35 @@ def test_a_blocking_call_from_a_future_callback_is_refused_at_once_and_sends_not
     assert seen.result(timeout=5.0) == ["bad_request"] * 3
     wait_until(lambda: len(edge.requests(SendRequest)) == 2, 5.0, "the follow-up sent with send_async")
     assert [s.body for s in edge.requests(SendRequest)] == [b"first", b"follow-up, the way that works"]
+
+
+def test_a_close_while_the_edge_is_down_logs_in_again_to_ack_what_was_received(
+    edges: Callable[..., FakeEdge],
+) -> None:
+    """A message received after the link went has its ack held: close() logs in once more (within close_timeout_s)
+    to send it, so it is not handed again at the next start."""
+    edge = edges("edge1")
+    options = dataclasses.replace(FAST, close_timeout_s=10.0)
+    bob = Client.connect(endpoint=edge.address.endpoint, server_key=edge.public, options=options)
+    bob.login("bob", token_for("bob"))
+    edge.push("bob", Delivery(id=mid(1), sender="alice", ts_ms=1, body=b"x", seq=1))
+    wait_until(lambda: not bob._inbox.empty(), 5.0, "the message to reach the client")
+    edge.kill()
+    wait_until(lambda: bob.edge is None, 5.0, "bob to notice the edge is gone")
+    assert bob.receive(timeout=1.0).id == mid(1)  # type: ignore[union-attr]
+    restarted: list[FakeEdge] = []
+
+    def restart_once_closing() -> None:
+        wait_until(lambda: bob.closed, 5.0, "the close to start")
+        restarted.append(edges("edge1", port=edge.port, keys=(edge.public, edge.secret)))
+
+    restarter = threading.Thread(target=restart_once_closing)
+    restarter.start()
+    bob.close()
+    restarter.join(10.0)
+    (back,) = restarted
+    assert [i for r in back.requests(AckRequest) for i in r.ids] == [mid(1)]
+    assert back.requests(LogoutRequest)
 
 
 def test_close_fails_pending_sends_and_later_calls(edges: Callable[..., FakeEdge]) -> None:

@@ -630,6 +630,49 @@ def test_begin_close_fails_pending_sends_sends_acks_then_logs_out(h: Harness) ->
     assert h.tick() is None
 
 
+@pytest.mark.parametrize("answer", ["ok", "auth_failed"])
+def test_a_close_between_sessions_logs_in_once_more_to_send_the_acks_held(h: Harness, answer: str) -> None:
+    # Messages returned just before the link went: without their acks they would all come again at the next
+    # start, which no dedup memory of this process catches.
+    h.connect()
+    h.login("bob")
+    h.frame(build_deliver(delivery(1)))
+    h.s.returned(h.messages, h.now)
+    h.s.link_lost("connection closed", h.now)
+    h.collect()
+    h.take()
+    h.s.begin_close(h.now)
+    h.collect()
+    assert h.s.closing_needs_link and not h.s.close_done and h.take() == []
+    h.s.link_opened(h.now)
+    h.collect()
+    h.take("hello")
+    h.frame(build_hello("edge2", DEFAULT_LIMITS))
+    assert not h.s.close_done
+    login = h.take("login")[0]
+    assert (login["user"], login["token"]) == ("bob", "token-bob")
+    if answer == "auth_failed":  # the token expired meanwhile: nothing to ack in, and nothing to log out of
+        h.frame(build_error("auth_failed", "expired", cid=login["cid"]))
+        assert h.s.close_done and h.take() == [] and not h.s.closing_needs_link
+        return
+    h.frame(build_ok(login["cid"]))
+    ack, logout = h.take()
+    assert (ack["op"], list(ack["ids"]), logout["op"]) == ("ack", [delivery(1).id], "logout")
+    assert not h.s.close_done and not h.s.closing_needs_link
+    h.frame(build_ok(logout["cid"]))
+    assert h.s.close_done and h.take() == []
+
+
+def test_a_close_between_sessions_with_no_acks_held_needs_no_edge(h: Harness) -> None:
+    h.connect()
+    h.login("bob")
+    h.s.link_lost("connection closed", h.now)
+    h.collect()
+    h.s.begin_close(h.now)
+    h.collect()
+    assert h.s.close_done and not h.s.closing_needs_link
+
+
 def test_a_close_while_logging_in_waits_for_the_login_and_logs_out(h: Harness) -> None:
     # The edge logs the session in whether or not the client still wants it: without a logout the user
     # would show online until the edge's idle timeout.
