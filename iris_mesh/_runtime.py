@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from typing import Any, Callable
 
 from loguru import logger
@@ -45,8 +46,13 @@ class NodeRuntime:
         edge: EdgeService | None,
         started_at: float,
         clock_keeper: ClockKeeper | None = None,
+        on_set_aside: Callable[[str], None] | None = None,
     ) -> None:
         self._clock_keeper = clock_keeper
+        # Asks the node to stop, set its data directory aside and start again empty (a core only; the reason).
+        self._on_set_aside = on_set_aside
+        self.set_aside_asked: str | None = None
+        self._set_aside_refused = False
         self.membership = membership
         membership.on_forgotten_later = self._drop_hints_of
         self.placement = placement
@@ -59,6 +65,7 @@ class NodeRuntime:
             "ping": self._mesh_ping,
             "pong": self._mesh_pong,
             "forget": self._mesh_forget,
+            "set_aside": self._mesh_set_aside,
             "bye": membership.async_on_bye,
             # Carries nothing: counted in mesh_in, for link diagnostics and bench/mesh_throughput.py.
             "noop": lambda msg, now: None,
@@ -189,9 +196,35 @@ class NodeRuntime:
         if done is not None:  # else forgotten once dead here too (membership.on_forgotten_later)
             self._drop_hints_of(node_id)
 
-    def _forget(self, node_id: str) -> str:
+    def _mesh_set_aside(self, msg: dict[str, Any], now: float) -> None:
+        """A peer forgot this core at `at` (Unix ms) and will not let it back in with data begun before that."""
+        at = msg.get("at")
+        if not isinstance(at, int) or isinstance(at, bool):
+            logger.warning("{} sent set_aside without a time: ignored", msg["src"])
+            return
+        data_since = self.membership.card.data_since
+        if self.store.local is None or self.set_aside_asked is not None:
+            return
+        if data_since >= at or self._on_set_aside is None:
+            if not self._set_aside_refused:  # the peers say it again every second
+                self._set_aside_refused = True
+                logger.error(
+                    "{} says this core was forgotten at {} (Unix ms), {}: it stays out of the cluster, its writes "
+                    "refused", msg["src"], at,
+                    f"before its data began at {data_since}: its clock or this one is wrong" if data_since >= at else
+                    "and its data is older: stop it, move its data directory aside, and start it again")
+            return
+        self.set_aside_asked = (
+            f"{msg['src']} says this core was forgotten (meshctl forget) {(time.time_ns() // 1_000_000 - at) / 1000:.0f} s "
+            "ago, after its data began: that data may hold deletes the other cores have purged since, which would "
+            "come back as live")
+        logger.warning("{}; stopping to set the data directory aside and start again empty (anti-entropy refills "
+                       "it)", self.set_aside_asked)
+        self._on_set_aside(self.set_aside_asked)
+
+    def _forget(self, node_id: str, *, minority: bool) -> str:
         """Forget a node (ValueError if refused), and the writes held for it: it will never take them."""
-        return self.membership.async_forget(node_id) + self._drop_hints_of(node_id)
+        return self.membership.async_forget(node_id, minority=minority) + self._drop_hints_of(node_id)
 
     def _drop_hints_of(self, node_id: str) -> str:
         dropped = self.store.async_drop_hints(node_id)
@@ -229,8 +262,11 @@ class NodeRuntime:
         request.reply({"ok": True, "status": self._status(now)})
 
     def _admin_nodes(self, request: AdminRequest, now: float) -> None:
-        request.reply({"ok": True, "from": self.membership.card.node_id, "nodes": self.membership.nodes_view(now),
-                       "safe_for_writes": self.membership.guard.is_safe_for_writes()})
+        membership = self.membership
+        # Expected cores this node has no card of: not started, or cut off since it started.
+        unheard = membership.guard.expected_cores - set(membership.cards) - {membership.card.node_id}
+        request.reply({"ok": True, "from": membership.card.node_id, "nodes": membership.nodes_view(now),
+                       "unheard": sorted(unheard), "safe_for_writes": membership.guard.is_safe_for_writes()})
 
     def _admin_ping(self, request: AdminRequest, now: float) -> None:
         node_id = request.msg.get("node")
@@ -302,8 +338,12 @@ class NodeRuntime:
         if not isinstance(node_id, str) or not node_id:
             request.error("bad_request", "forget needs a text 'node'")
             return
+        minority = request.msg.get("minority", False)
+        if not isinstance(minority, bool):
+            request.error("bad_request", "forget's 'minority' is true or false")
+            return
         try:
-            done = self._forget(node_id)
+            done = self._forget(node_id, minority=minority)
         except ValueError as exc:
             request.error("refused", str(exc))
             return

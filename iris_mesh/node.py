@@ -66,11 +66,17 @@ def _tune_garbage_collector() -> None:
 class Node:
     """One iris_mesh node. `start` returns once every socket is bound and the node is announced."""
 
-    def __init__(self, config: NodeConfig, cookie: bytes, *, on_failure: Callable[[], None] | None = None) -> None:
-        """`on_failure` is called (from the engine thread) if the node stops serving by an error: exit and restart."""
+    def __init__(self, config: NodeConfig, cookie: bytes, *, on_failure: Callable[[], None] | None = None,
+                 on_set_aside: Callable[[], None] | None = None) -> None:
+        """`on_failure` is called (from the engine thread) if the node stops serving by an error: exit and restart.
+        `on_set_aside` is called (from the engine thread) when the peers will not let this core back in with its
+        data (`set_aside_reason` says why): stop, set the data directory aside, start again on an empty one.
+        Without it, such a core stays out of the cluster, its writes refused."""
         self.config = config
         self.failed = threading.Event()
         self._on_failure = on_failure
+        self._on_set_aside = on_set_aside
+        self.set_aside_reason: str | None = None
         self._keys = cluster_keys(cookie)
         self._cookie = cookie
         self._db: Database | None = None
@@ -92,16 +98,20 @@ class Node:
     def _start_on(self, db: Database) -> None:
         config = self.config
         meta = NodeMeta(db)
-        meta.claim(config.node_id, config.cluster)
+        new_directory = meta.claim(config.node_id, config.cluster)
         self._note_unclean_stop()
         restored = meta.take_restore_note()
         if restored is not None:
             logger.info("this node's data was put back from the backup {} by `meshctl restore` at {}: it starts with "
                         "what that backup held", restored.get("from", "?"), restored.get("at", "?"))
         self.incarnation = meta.bump_incarnation(time.time())
-        forgotten = set(meta.forgotten_cores(config.region)) - {config.node_id}
+        if new_directory:
+            meta.save_data_since(self.incarnation)
+        wall_ms = time.time_ns() // 1_000_000
+        forgotten = {node: at for node, at in meta.forgotten_cores(config.region, wall_ms).items()
+                     if node != config.node_id}
         # The config's list is where a cluster starts from; a core forgotten since stays out until heard again.
-        expected = (set(meta.expected_cores(config.region)) | set(config.expected_cores)) - forgotten
+        expected = (set(meta.expected_cores(config.region)) | set(config.expected_cores)) - set(forgotten)
         if config.role == "core":
             expected.add(config.node_id)
         meta.save_expected_cores(config.region, frozenset(expected))
@@ -119,6 +129,7 @@ class Node:
             incarnation=self.incarnation,
             key_fp=self._keys.fingerprint,
             client_key=self._keys.public.decode() if config.role == "edge" else "",
+            data_since=meta.data_since() if config.role == "core" else 0,
         )
         membership = MembershipService(
             card=card,
@@ -196,6 +207,7 @@ class Node:
             store_admin=StoreAdmin(store, checkpoint=(lambda dest: checkpoint(db, dest)) if local else None,
                                    post=self._post),
             started_at=time.monotonic(),
+            on_set_aside=self._set_aside if self._on_set_aside is not None and local is not None else None,
         )
         self._engine = Engine(
             node_id=config.node_id,
@@ -230,6 +242,11 @@ class Node:
             ports.mesh, ports.heartbeat, ports.admin, f", clients {ports.client}" if ports.client else "",
             self.incarnation,
         )
+
+    def _set_aside(self, reason: str) -> None:
+        self.set_aside_reason = reason
+        assert self._on_set_aside is not None
+        self._on_set_aside()
 
     def _engine_failed(self) -> None:
         self.failed.set()

@@ -211,12 +211,16 @@ class Target:
             return None
         return found(_Ports.of_card(card) for card in cards)
 
-    def first(self, op: str, *, avoid: str | None = None, **fields: Any) -> tuple[str, dict[str, Any]]:
+    def first(self, op: str, *, avoid: str | None = None, pass_on: tuple[str, ...] = (),
+              **fields: Any) -> tuple[str, dict[str, Any]]:
         """Ask the first node that answers (then the others, once all are found); auth failures end the command.
 
-        `avoid` is asked last (a ping of a node goes through another one when there is another).
+        `avoid` is asked last (a ping of a node goes through another one when there is another). An answer
+        refused with an error code in `pass_on` asks the next node (for requests that end the same asked
+        twice); if every node refuses so, the first refusal is the answer.
         """
         errors: list[tuple[str, AdminError]] = []
+        refused: tuple[str, dict[str, Any]] | None = None
         tried: set[str] = set()
         for every_node in (False, True) if avoid is None else (True,):
             for name, endpoint in sorted(self.endpoints(every_node=every_node), key=lambda item: item[0] == avoid):
@@ -224,11 +228,18 @@ class Target:
                     continue
                 tried.add(name)
                 try:
-                    return name, self.request(endpoint, op, **fields)
+                    reply = self.request(endpoint, op, **fields)
                 except AdminError as exc:
                     if exc.code == "auth_failed":
                         raise CtlError(str(exc)) from None
                     errors.append((name, exc))
+                    continue
+                if reply.get("ok") is False and reply.get("error") in pass_on:
+                    refused = refused or (name, reply)
+                    continue
+                return name, reply
+        if refused is not None:
+            return refused
         raise CtlError(no_answer(errors))
 
     def each(self, op: str, timeout_s: float | None = None, **fields: Any) -> list[tuple[str, dict[str, Any] | AdminError]]:

@@ -50,11 +50,18 @@ def cmd_nodes(target: Target, args: argparse.Namespace) -> int:
             str(node["incarnation"]), f"{node['host']}:{node['mesh_port']}", str(node["admin_port"]), silent,
             _heartbeat_text(node),
         ])
-    down = [n["node_id"] for n in nodes if n["state"] != "alive"]
+    # Expected cores the node has not heard since it started (an older node does not say).
+    unheard = [n for n in reply.get("unheard", ()) if isinstance(n, str)]
+    region = nodes[0]["region"] if nodes else "-"
+    rows.extend([node_id, "core", region, "not seen", "-", "-", "-", "-", "-"] for node_id in unheard)
+    down = [n["node_id"] for n in nodes if n["state"] != "alive"] + unheard
     text = f"nodes seen by {reply['from']} (* = itself)\n{table_text(rows)}"
     if down:
         text += f"\nnot alive: {', '.join(down)}"
-    emit(args, {"from": reply["from"], "nodes": nodes}, text)
+    if unheard:
+        text += (f"\nnot seen: {', '.join(unheard)} (expected cores {reply['from']} has not heard since it started: "
+                 "not started, or cut off from it)")
+    emit(args, {"from": reply["from"], "nodes": nodes, "unheard": unheard}, text)
     return EXIT_OK
 
 
@@ -145,7 +152,8 @@ def cmd_replicas(target: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_forget(target: Target, args: argparse.Namespace) -> int:
-    _, reply = target.first("forget", avoid=args.target_node, node=args.target_node)  # not the node itself
+    _, reply = target.first("forget", avoid=args.target_node, node=args.target_node,  # not the node itself
+                            minority=args.minority)
     reply = checked(reply)
     emit(args, reply, reply["detail"])
     return EXIT_OK
@@ -242,8 +250,14 @@ def _mesh_problem(target: Target, expect: int | None) -> tuple[str | None, dict[
     return None, seen
 
 
+# A write refused so by one node is asked of the next (one just started waits for its majority to hold, one cut off
+# from the others never takes it): the same value written again, or deleted again, ends the same.
+_WRITE_REFUSALS = ("partition_detected",)
+
+
 def cmd_put(target: Target, args: argparse.Namespace) -> int:
-    name, reply = target.first("put", table=args.table, key=args.key, value=args.value, durability=args.durability)
+    name, reply = target.first("put", pass_on=_WRITE_REFUSALS, table=args.table, key=args.key, value=args.value,
+                               durability=args.durability)
     reply = dict(reply, coordinator=name, durability=args.durability)
     if reply.get("ok"):
         emit(args, reply, f"ok: {args.table}/{args.key} stored ({args.durability}), acknowledged by "
@@ -254,7 +268,8 @@ def cmd_put(target: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_delete(target: Target, args: argparse.Namespace) -> int:
-    name, reply = target.first("delete", table=args.table, key=args.key, durability=args.durability)
+    name, reply = target.first("delete", pass_on=_WRITE_REFUSALS, table=args.table, key=args.key,
+                               durability=args.durability)
     reply = dict(reply, coordinator=name, durability=args.durability)
     if reply.get("ok"):
         emit(args, reply, f"ok: {args.table}/{args.key} deleted ({args.durability}), acknowledged by "
@@ -474,8 +489,11 @@ def _parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "per node: safe for writes?, visible cores, peers not alive")
     add("ping", cmd_ping, "ping a node over the mesh (like net_adm:ping)").add_argument("target_node", metavar="NODE")
     add("replicas", cmd_replicas, "the replica set of a key and how many are live").add_argument("key", metavar="KEY")
-    add("forget", cmd_forget, "drop a dead node from the expected core set, everywhere").add_argument(
-        "target_node", metavar="NODE")
+    forget = add("forget", cmd_forget, "drop a dead node from the expected core set, everywhere")
+    forget.add_argument("target_node", metavar="NODE")
+    forget.add_argument("--minority", action="store_true",
+                        help="forget it even if that lets a node that sees no majority of its cores take writes "
+                             "(every core it cannot see is gone for good, not cut off)")
     for name, fn, text in (("put", cmd_put, "write a key on its replicas (operator tool)"),
                            ("delete", cmd_delete, "delete a key on its replicas (leaves a tombstone)")):
         sub = add(name, fn, text)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from loguru import logger
 
@@ -14,7 +16,7 @@ from iris_mesh.cli._logging import setup_logging
 from iris_mesh.config import ConfigError, env_typos, load_config, read_cookie
 from iris_mesh.membership import DiscoveryError
 from iris_mesh.sockets import BindError
-from iris_mesh.store import StoreError
+from iris_mesh.store import StoreError, set_aside
 
 __all__ = ["main"]
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     # are made with them blocked. A signal sent while the process was stopped (SIGSTOP; systemd sends SIGTERM
     # then SIGCONT) could otherwise go to one of them and leave this thread waiting.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    node = Node(config, cookie, on_failure=stop.set)
+    node = Node(config, cookie, on_failure=stop.set, on_set_aside=stop.set)
     try:
         node.start()
     except (StoreError, BindError, DiscoveryError) as exc:
@@ -68,11 +70,36 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait()
         if node.failed.is_set():
             logger.critical("exiting: the node stopped serving by an error (see above); restart it")
+        elif node.set_aside_reason is not None:
+            logger.warning("stopping to set this core's data aside and start again empty")
         else:
             logger.info("stopping on signal")
     finally:
         node.stop()
-    return EXIT_FAILED if node.failed.is_set() else 0
+    if node.failed.is_set():
+        return EXIT_FAILED
+    if node.set_aside_reason is not None:
+        # The same command again: as this process was started, or (main called with its arguments) as a module.
+        command = sys.orig_argv[1:] if argv is None else ["-m", "iris_mesh.cli.node", *argv]
+        return _start_again_empty(config.data_path, [sys.executable, *command])
+    return 0
+
+
+def _start_again_empty(data_dir: Path, command: list[str]) -> int:
+    """Set the (closed) data directory aside and run `command` in this process (the same pid, for supervisors)."""
+    try:
+        aside = set_aside(data_dir, "forgotten")
+    except (OSError, StoreError) as exc:
+        logger.critical("cannot set the data directory {} aside ({}): move it away by hand and start this node "
+                        "again", data_dir, exc)
+        return EXIT_FAILED
+    logger.warning("the data of this core is kept in {} (delete it once the core has caught up); starting again "
+                   "on an empty {}", aside, data_dir)
+    logger.complete()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+    return EXIT_FAILED  # not reached
 
 
 if __name__ == "__main__":

@@ -36,7 +36,13 @@ _FIELDS = {
     "key_fp": ("kf", str),
     # CURVE public key (Z85) of the client gateway; empty on nodes without one (cores).
     "client_key": ("ck", str),
+    # The incarnation (start, Unix ms) of the start that made a core's data directory (0: not known, or not a
+    # core): peers let a core they forgot back in only with data begun after the forget, or at its current start
+    # (older data may hold deletes their purges no longer remember).
+    "data_since": ("ds", int),
 }
+# Fields a card may lack (a node of an earlier version): their defaults.
+_OPTIONAL = {"data_since": 0}
 
 
 class CardError(ValueError):
@@ -60,6 +66,7 @@ class PeerCard:
     incarnation: int
     key_fp: str
     client_key: str = ""
+    data_since: int = 0
 
     @property
     def serves_clients(self) -> bool:
@@ -92,7 +99,7 @@ class PeerCard:
             raise CardError("peer card is not a map")
         values: dict[str, Any] = {}
         for name, (short, typ) in _FIELDS.items():
-            value = data.get(short)
+            value = data.get(short, _OPTIONAL.get(name))
             if typ is int and (not isinstance(value, int) or isinstance(value, bool)):
                 raise CardError(f"peer card field {short!r} must be an integer, got {value!r}")
             if typ is str and not isinstance(value, str):
@@ -117,6 +124,9 @@ class PeerCard:
             text[k] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         values: dict[str, Any] = {}
         for name, (short, typ) in _FIELDS.items():
+            if short not in text and name in _OPTIONAL:
+                values[name] = _OPTIONAL[name]
+                continue
             if short not in text:
                 raise CardError(f"TXT record has no {short!r} field")
             raw = text[short]
@@ -148,3 +158,5 @@ class PeerCard:
             raise CardError(f"peer card client_port out of range: {self.client_port}")
         if self.incarnation < 0:
             raise CardError(f"peer card incarnation must be >= 0, got {self.incarnation}")
+        if self.data_since < 0:
+            raise CardError(f"peer card data_since must be >= 0, got {self.data_since}")

@@ -9,7 +9,9 @@ implements, and every method runs on the node's engine thread (`async_*`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Protocol
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -64,7 +66,7 @@ class MeshIO(Protocol):
 
 class ExpectedCoresStore(Protocol):
     def save_expected_cores(self, region: str, cores: frozenset[str]) -> None: ...
-    def save_forgotten_cores(self, region: str, cores: frozenset[str]) -> None: ...
+    def save_forgotten_cores(self, region: str, cores: Mapping[str, int]) -> None: ...
 
 
 class MembershipService:
@@ -79,15 +81,21 @@ class MembershipService:
         expected_store: ExpectedCoresStore,
         heartbeat_interval_s: float,
         seeds: Iterable[str] = (),
-        forgotten: Iterable[str] = (),
+        forgotten: Mapping[str, int] | None = None,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.card = card
         self.detector = detector
         self.guard = guard
         self._expected_store = expected_store
-        # Cores an operator forgot and not heard since (persisted): a restart leaves them out of the expected
-        # set even where the config lists them, and peers that come up are told again (they may have missed it).
-        self.forgotten: set[str] = set(forgotten)
+        # Cores an operator forgot and not let back in since -> when (Unix ms; persisted): a restart leaves them
+        # out of the expected set even where the config lists them, and peers that come up are told again (they
+        # may have missed it). One heard again is let back in only with data begun after that (`data_since`).
+        self.forgotten: dict[str, int] = dict(forgotten or {})
+        self._wall_ms = wall_ms
+        # Forgotten cores heard again with data from before that -> when to tell them (again) to set it aside.
+        self._set_aside_due: dict[str, float] = {}
+        self._set_aside_warned: set[tuple[str, int]] = set()  # (node, incarnation) logged once
         self._admit_later: set[str] = set()  # new cores heard alive while this node was in safe mode
         self._forget_when_dead: dict[str, str] = {}  # node a peer asked to forget, suspect here -> that peer
         # Told of each node forgotten at a peer's word once it was dead here too (the runtime drops its hints).
@@ -233,6 +241,8 @@ class MembershipService:
             self._on_transition(transition, now)
         if self._forget_when_dead:
             self._forget_deferred()
+        if self._set_aside_due:
+            self._tell_to_set_aside(now)
         self._evaluate_guard(now)
         if now >= self._next_seed_check:
             all_sent = self._seeds.tend(self._io, now, heard_any=bool(self.detector.visible()),
@@ -333,14 +343,18 @@ class MembershipService:
 
     # ---- operator actions ----------------------------------------------------------
 
-    def async_forget(self, node_id: str) -> str:
+    def async_forget(self, node_id: str, *, minority: bool = True) -> str:
         """Drop a dead node from the expected core set and the view; returns what was done.
 
         A running node expected as a core here but running as an edge or in another region is only taken out
-        of the expected set: it stays a peer.
+        of the expected set: it stays a peer. With `minority` False (an operator's word at this node), a forget
+        that would give this node a majority it does not have now is refused: on the minority side of a
+        partition, both sides would take writes.
         """
         if node_id == self.card.node_id:
             raise ValueError("a node cannot forget itself")
+        if not minority:
+            self._check_no_majority_gained(node_id)
         state = self.detector.state(node_id)
         if state is not None and state is not PeerState.DEAD:
             runs_as = self.misplaced().get(node_id)
@@ -360,14 +374,27 @@ class MembershipService:
             self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
         if (shrunk or (card is not None and card.role == "core")) and node_id not in self.forgotten:
             # A core only: an edge is in no expected set, and a config does not bring it back.
-            self.forgotten.add(node_id)
-            self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
+            self.forgotten[node_id] = self._wall_ms()
+            self._expected_store.save_forgotten_cores(self.card.region, self.forgotten)
         self._drop_peer(node_id)
         done = f"forgot {node_id}" + (
             f"; expected cores of region {self.card.region} are now {sorted(self.guard.expected_cores)}" if shrunk else ""
         )
         logger.warning("operator: {}", done)
         return done
+
+    def _check_no_majority_gained(self, node_id: str) -> None:
+        expected = self.guard.expected_cores
+        if node_id not in expected:
+            return
+        visible = self.visible_cores() & expected
+        if len(visible) * 2 > len(expected) or len(visible - {node_id}) * 2 <= len(expected) - 1:
+            return
+        raise ValueError(
+            f"{self.card.node_id} sees {len(visible)} of its {len(expected)} expected cores: forgetting {node_id} "
+            f"would let it take writes with {len(visible - {node_id})} of {len(expected) - 1}. If {node_id} is only "
+            "cut off (a partition), both sides would take writes and disagree. If every core it cannot see is gone "
+            f"for good, run `meshctl forget {node_id} --minority`")
 
     def async_forget_asked(self, node_id: str, by: str) -> str | None:
         """`async_forget` at peer `by`'s word (a `meshctl forget` there). A node only suspect here (the peer saw
@@ -555,10 +582,9 @@ class MembershipService:
     def _on_transition(self, transition: Transition, now: float) -> None:
         card = self.cards.get(transition.node_id)
         if transition.new is PeerState.ALIVE and transition.node_id in self.forgotten:
-            # Started again after it was forgotten: a node of the cluster again.
-            self.forgotten.discard(transition.node_id)
-            self._expected_store.save_forgotten_cores(self.card.region, frozenset(self.forgotten))
-        if transition.new is PeerState.ALIVE and card is not None and card.role == "core" and card.region == self.card.region:
+            self._forgotten_heard(transition.node_id, card)
+        if (transition.new is PeerState.ALIVE and card is not None and card.role == "core"
+                and card.region == self.card.region and card.node_id not in self.forgotten):
             self._admit(card.node_id)
         if transition.new is PeerState.ALIVE:
             self._gossip_due = True  # tell everyone about the newcomer now, not in a second
@@ -574,6 +600,43 @@ class MembershipService:
         for listener in self._on_peer_change:
             listener(transition, now)
         self._evaluate_guard(now)
+
+    def _forgotten_heard(self, node_id: str, card: PeerCard | None) -> None:
+        """A forgotten core is alive again: a node of the cluster again if its data began after the forget; else
+        it is kept out, told to set its data aside and start empty (its rows may hold deletes whose tombstones
+        the cores purged since, and would come back as live), and its writes are refused meanwhile."""
+        forgotten_at = self.forgotten[node_id]
+        # Data begun since the forget, or at this very start of it (whatever the clocks say): nothing stale.
+        # An edge holds no rows.
+        if card is not None and (card.data_since >= forgotten_at or card.data_since == card.incarnation
+                                 or card.role != "core"):
+            del self.forgotten[node_id]
+            self._set_aside_due.pop(node_id, None)
+            self._expected_store.save_forgotten_cores(self.card.region, self.forgotten)
+            return
+        if card is None:
+            return  # its card comes with its HELLO or heartbeat, and the transition then
+        if (node_id, card.incarnation) not in self._set_aside_warned:
+            self._set_aside_warned.add((node_id, card.incarnation))
+            logger.warning("{} was forgotten (meshctl forget) and came back with data from before that (begun {:.0f} s "
+                           "before the forget): it is kept out, its writes refused, and told to set its data aside "
+                           "and start empty", node_id, (forgotten_at - card.data_since) / 1000)
+        self._set_aside_due.setdefault(node_id, -math.inf)
+
+    def _tell_to_set_aside(self, now: float) -> None:
+        """Tell each forgotten core heard with stale data to set it aside: once a second while it is alive (a frame
+        sent before its link is up is lost)."""
+        assert self._io is not None
+        for node_id, due in list(self._set_aside_due.items()):
+            if node_id not in self.forgotten or self.state_of(node_id) != PeerState.ALIVE.value:
+                del self._set_aside_due[node_id]
+            elif now >= due:
+                self._io.async_send(node_id, "set_aside", at=self.forgotten[node_id])
+                self._set_aside_due[node_id] = now + 1.0
+
+    def refuses_data_of(self, node_id: str) -> bool:
+        """Whether writes from `node_id` are refused: a forgotten core, heard again with data from before that."""
+        return node_id in self.forgotten
 
     def _admit(self, node_id: str) -> None:
         """Take a core of this region heard alive into the expected set, unless this node is in safe mode: a

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from iris_mesh.store._admin import StoreAdmin
-from iris_mesh.store._backup import MissingCores, Restored, checkpoint, restore, restore_all, restore_backup
+from iris_mesh.store._backup import (
+    MissingCores,
+    Restored,
+    checkpoint,
+    restore,
+    restore_all,
+    restore_backup,
+    set_aside,
+)
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._journal import LocalJournal
@@ -42,4 +50,5 @@ __all__ = [
     "restore",
     "restore_all",
     "restore_backup",
+    "set_aside",
 ]

@@ -41,7 +41,8 @@ from iris_mesh.store._db import Database, StoreError, held_by_this_process
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
-__all__ = ["BackupError", "MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup"]
+__all__ = ["BackupError", "MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup",
+           "set_aside"]
 
 
 class BackupError(StoreError):
@@ -419,7 +420,7 @@ def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when:
     done: list[tuple[Path, Path | None]] = []  # (data directory, where its old one went: None if it had none)
     try:
         for copy, data_dir in staged:
-            old = _replaced_name(data_dir, when) if data_dir.exists() else None
+            old = _aside_name(data_dir, "replaced", when) if data_dir.exists() else None
             if old is not None:
                 os.rename(data_dir, old)
             done.append((data_dir, old))  # from here on, an undo must bring the old one back
@@ -453,14 +454,26 @@ def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def _replaced_name(data_dir: Path, when: str) -> Path:
-    """NODE.replaced-TIME beside `data_dir`, with a number added if a restore in the same second took that name."""
+def _aside_name(data_dir: Path, why: str, when: str) -> Path:
+    """NODE.WHY-TIME beside `data_dir` (WHY: replaced, forgotten), with a number added if that name is taken."""
     for n in range(1, 1000):
-        candidate = data_dir.parent / f"{data_dir.name}.replaced-{when}" if n == 1 else \
-            data_dir.parent / f"{data_dir.name}.replaced-{when}-{n}"
+        candidate = data_dir.parent / f"{data_dir.name}.{why}-{when}" if n == 1 else \
+            data_dir.parent / f"{data_dir.name}.{why}-{when}-{n}"
         if not candidate.exists():
             return candidate
-    raise OSError(errno.EEXIST, f"too many {data_dir.name}.replaced-{when}* directories in {data_dir.parent}")
+    raise OSError(errno.EEXIST, f"too many {data_dir.name}.{why}-{when}* directories in {data_dir.parent}")
+
+
+def set_aside(data_dir: Path, why: str) -> Path:
+    """Rename a closed database directory to NODE.WHY-TIME beside it, durably; returns where it went.
+
+    The node starts on an empty directory at `data_dir` next; the data set aside is kept for the operator."""
+    if held_by_this_process(data_dir):
+        raise BackupError(f"the database in {data_dir} is open in this process; close it before setting it aside")
+    dest = _aside_name(data_dir, why, _utc_stamp())
+    data_dir.rename(dest)
+    _fsync_dir(data_dir.parent)
+    return dest
 
 
 def _unmark(data_dirs: list[Path], unfinished: dict[Path, dict[str, Any]]) -> None:

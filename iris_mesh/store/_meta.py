@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from iris_mesh.store._db import Database, StoreError
 
@@ -19,6 +19,7 @@ RESTORED_KEY = b"restored"  # put by a restore into each copy it puts in place; 
 EXPECTED_PREFIX = b"expected_cores\x00"  # + region
 _FORGOTTEN_PREFIX = b"forgotten_cores\x00"  # + region
 _LAST_HLC = b"last_hlc"
+_DATA_SINCE = b"data_since"  # the incarnation (start, Unix ms) of the node's start that made this directory
 # A restarted node's clock starts this far (in HLC units: ms << 16) above the last reading it
 # saved: the node saves its clock every CLOCK_SAVE_INTERVAL_S, so this covers what it read since.
 CLOCK_SAVE_INTERVAL_S = 0.5
@@ -37,10 +38,11 @@ class NodeMeta:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def claim(self, node_id: str, cluster: str) -> None:
+    def claim(self, node_id: str, cluster: str) -> bool:
         """Bind the data directory to `node_id` of `cluster`; a directory of another node or cluster is refused.
 
-        A directory written before the cluster was recorded is bound to `cluster` now.
+        A directory written before the cluster was recorded is bound to `cluster` now. True if the directory
+        was new (its data begins now: `save_data_since` with this start's incarnation).
         """
         stored = self._db.get("meta", NODE_ID_KEY)
         if stored is not None and stored.decode() != node_id:
@@ -57,6 +59,7 @@ class NodeMeta:
             self._db.put_synced("meta", NODE_ID_KEY, node_id.encode())
         if stored_cluster is None:
             self._db.put_synced("meta", CLUSTER_KEY, cluster.encode())
+        return stored is None
 
     def bump_incarnation(self, now: float) -> int:
         """Return a new incarnation, larger than any earlier start of this node.
@@ -102,14 +105,27 @@ class NodeMeta:
     def save_expected_cores(self, region: str, cores: frozenset[str] | set[str]) -> None:
         self._db.put_synced("meta", EXPECTED_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())
 
-    def forgotten_cores(self, region: str) -> list[str]:
-        """Cores an operator forgot (`meshctl forget`) and not heard since: left out of the expected set at start,
-        even where the config lists them."""
-        raw = self._db.get("meta", _FORGOTTEN_PREFIX + region.encode())
-        return sorted(json.loads(raw)) if raw else []
+    def data_since(self) -> int:
+        """When this directory's data began: the incarnation (start time, Unix ms) of the start that made it (for
+        a restored one, of the node it was backed up from); 0 for a directory made before this was recorded."""
+        raw = self._db.get("meta", _DATA_SINCE)
+        return int.from_bytes(raw, "big") if raw else 0
 
-    def save_forgotten_cores(self, region: str, cores: frozenset[str] | set[str]) -> None:
-        self._db.put_synced("meta", _FORGOTTEN_PREFIX + region.encode(), json.dumps(sorted(cores)).encode())
+    def save_data_since(self, incarnation: int) -> None:
+        self._db.put_synced("meta", _DATA_SINCE, incarnation.to_bytes(8, "big"))
+
+    def forgotten_cores(self, region: str, now_ms: int) -> dict[str, int]:
+        """Cores an operator forgot (`meshctl forget`) and not let back in since -> when (Unix ms): left out of
+        the expected set at start, even where the config lists them. One saved without its time (an earlier
+        version) counts as forgotten `now_ms`."""
+        raw = self._db.get("meta", _FORGOTTEN_PREFIX + region.encode())
+        saved = json.loads(raw) if raw else {}
+        if isinstance(saved, list):
+            return {str(node): now_ms for node in saved}
+        return {str(node): int(at) for node, at in saved.items()}
+
+    def save_forgotten_cores(self, region: str, cores: Mapping[str, int]) -> None:
+        self._db.put_synced("meta", _FORGOTTEN_PREFIX + region.encode(), json.dumps(dict(sorted(cores.items()))).encode())
 
 
 class ClockKeeper:

@@ -100,6 +100,10 @@ class ReplicaSide:
         if not self._membership.is_safe_for_writes():
             self._ack_each(src, reqs, "partition_detected")
             return
+        if self._membership.refuses_data_of(src):  # a forgotten core back with stale data: its rows must not spread
+            self.counters["writes_refused_forgotten"] += len(reqs)
+            self._ack_each(src, reqs, "partition_detected")
+            return
         if local.durability_lost is not None:  # a WAL fsync failed: until a restart, nothing here is sure to be on disk
             self.counters["writes_refused_fsync_failed"] += len(reqs)
             self._ack_each(src, reqs, "unavailable")

@@ -263,6 +263,11 @@ def test_ping_and_replicas_through_meshctl(local_cluster: LocalCluster) -> None:
         down.stdout + down.stderr, down.stdout + down.stderr
     copy = meshctl(local_cluster, "--node", admin, "get", "offline_msg", "test_key", "--replica", "core3")
     assert copy.returncode == 1 and "core3 is not alive now" in copy.stdout + copy.stderr, copy.stdout + copy.stderr
+    listed = meshctl(local_cluster, "--node", admin, "nodes")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {line.split()[0]: line.split()[3] for line in listed.stdout.splitlines()[2:] if line.startswith("core")}
+    assert rows == {"core1*": "alive", "core2": "not", "core3": "not"}, listed.stdout  # "not seen"
+    assert "not seen: core2, core3 (expected cores core1 has not heard since it started" in listed.stdout
 
 
 def test_replicas_counts_the_configured_write_quorum(local_cluster: LocalCluster) -> None:
@@ -363,3 +368,28 @@ def test_forget_shrinks_the_expected_core_set_everywhere(local_cluster: LocalClu
     local_cluster.nodes["core2"].settings["expected_cores"] = [*CORES, "core4"]
     local_cluster.nodes["core2"].start()
     assert local_cluster.nodes["core2"].status()["expected_cores"] == 3
+
+    # core4 comes back with its old data, which may hold deletes whose tombstones the others purged since the
+    # forget: it is kept out, sets that data aside and starts again (the same process) on an empty directory.
+    core4 = local_cluster.nodes["core4"]
+    first = core4.start().incarnation
+    aside = core4.data_dir.parent
+    wait_until(lambda: list(aside.glob("core4.forgotten-*")), 15.0, "core4 to set its data aside")
+    core4.wait_serving()
+    assert core4.incarnation > first and core4.proc is not None and core4.proc.poll() is None
+    wait_until(lambda: core1.status()["expected_cores"] == 4, 10.0, "core4 to be let back in")
+    assert "set its data aside" in core4.log_tail(200) or "data of this core is kept in" in core4.log_tail(200)
+    core4.stop()
+    wait_until(lambda: core1.states().get("core4") == "dead", 5.0, "core4 stopped")
+    assert meshctl(local_cluster, "--node", core1.admin, "forget", "core4").returncode == 0
+
+    # Alone (core2 and core3 stopped), core1 is a minority: the forget that would give it a majority needs a word.
+    for node_id in ("core2", "core3"):
+        local_cluster.nodes[node_id].stop()
+    wait_until(lambda: set(core1.states().values()) == {"dead"}, 5.0, "core2 and core3 dead")
+    assert meshctl(local_cluster, "--node", core1.admin, "forget", "core3").returncode == 0  # 1 of 2 after it
+    alone = meshctl(local_cluster, "--node", core1.admin, "forget", "core2")
+    assert alone.returncode == 1 and "would let it take writes with 1 of 1" in alone.stderr, alone.stderr
+    assert core1.status()["expected_cores"] == 2
+    assert meshctl(local_cluster, "--node", core1.admin, "forget", "core2", "--minority").returncode == 0
+    wait_until(lambda: core1.status()["safe_for_writes"], 5.0, "core1 to take writes alone")

@@ -190,6 +190,34 @@ def test_forget_is_asked_of_a_node_other_than_the_one_to_forget(monkeypatch: pyt
             return {"ok": True, "detail": f"forgot {fields['node']}"}
 
     target = Forgetting(monkeypatch, [["core1", "core2", "core3", "edge1"]] * 2, ALL_ALIVE)
-    assert cmd_forget(target, argparse.Namespace(target_node="core1", json=False)) == 0
+    assert cmd_forget(target, argparse.Namespace(target_node="core1", json=False, minority=False)) == 0
     assert [endpoint for endpoint, op in target.asked if op == "forget"] == [CARDS["core2"].admin_endpoint]
     assert capsys.readouterr().out.strip() == "forgot core1"
+
+
+def test_a_write_refused_by_a_node_in_safe_mode_is_asked_of_the_next(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The first node found has just started (it waits for its majority to hold); the write goes to another."""
+    from iris_mesh.cli.meshctl import cmd_put
+
+    class Writing(ScriptedTarget):
+        refusing = {"core1", "core2"}
+
+        def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+            if op != "put":
+                return super().request(endpoint, op, timeout_s, **fields)
+            me = next(node for node, c in CARDS.items() if c.admin_endpoint == endpoint)
+            self.asked.append((me, op))
+            if me in self.refusing:
+                return {"ok": False, "error": "partition_detected", "detail": f"{me} refuses writes: waiting"}
+            return {"ok": True, "acked_by": ["core1", "core3"]}
+
+    args = argparse.Namespace(table="presence", key="k", value="v", durability="quorum", json=False)
+    target = Writing(monkeypatch, [["core1"], ["core1", "core2", "core3", "edge1"]], ALL_ALIVE)
+    assert cmd_put(target, args) == 0
+    assert [node for node, op in target.asked if op == "put"] == ["core1", "core2", "core3"]
+    assert "coordinated by core3" in capsys.readouterr().out
+    # Every node refuses: the first refusal is the answer, and the command fails.
+    target = Writing(monkeypatch, [["core1"], ["core1", "core2"]], ALL_ALIVE)
+    assert cmd_put(target, args) == 1
+    assert "FAILED: partition_detected: core1 refuses writes: waiting" in capsys.readouterr().out

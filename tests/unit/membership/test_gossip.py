@@ -9,6 +9,7 @@ Sans-IO: a fake mesh that records links, and a manual clock.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import pytest
@@ -60,14 +61,15 @@ class Meta:
 
     def save_expected_cores(self, region: str, cores: frozenset[str]) -> None: ...
 
-    def save_forgotten_cores(self, region: str, cores: frozenset[str]) -> None:
-        self.forgotten = cores
+    def save_forgotten_cores(self, region: str, cores: Mapping[str, int]) -> None:
+        self.forgotten = frozenset(cores)
+        self.forgotten_at = dict(cores)
 
 
-def card(node_id: str, incarnation: int, mesh_port: int, host: str = "127.0.0.1") -> PeerCard:
+def card(node_id: str, incarnation: int, mesh_port: int, host: str = "127.0.0.1", data_since: int = 0) -> PeerCard:
     return PeerCard(cluster="c", node_id=node_id, role="core", region="local", host=host, mesh_port=mesh_port,
                     hb_port=mesh_port + 1, admin_port=mesh_port + 2, client_port=0, version=1,
-                    incarnation=incarnation, key_fp="fp", client_key="")
+                    incarnation=incarnation, key_fp="fp", client_key="", data_since=data_since)
 
 
 def heartbeat(src: PeerCard, peers: list[PeerCard], seq: int, **fields: Any) -> dict[str, Any]:
@@ -286,8 +288,10 @@ def test_a_forgotten_core_is_remembered_told_to_peers_that_come_up_and_let_back_
     mesh.sent.clear()
     service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], 1), T0 + 2.0)
     assert ("core2", "forget") in mesh.sent
-    # core3 started again after all: a core of the cluster again, and nobody is told to forget it any more. It
-    # goes back in the expected set once this node is out of safe mode (core2 heard for safe_mode_exit_s).
+    # core3 started again after all, on data begun since: a core of the cluster again, and nobody is told to forget
+    # it any more. It goes back in the expected set once this node is out of safe mode (core2 heard for
+    # safe_mode_exit_s).
+    core3 = core3.with_(incarnation=10, data_since=meta.forgotten_at["core3"])
     service.async_on_heartbeat(heartbeat(core3, [], 1), T0 + 2.1)
     assert meta.forgotten == frozenset() and not service.is_safe_for_writes()
     for n in range(2, 8):
@@ -329,7 +333,7 @@ def test_a_forgotten_edge_is_not_remembered_nor_told_to_peers() -> None:
     for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5):
         service.async_tick(at)
     service.async_forget("edge1")
-    assert meta.forgotten is None and service.forgotten == set()
+    assert meta.forgotten is None and service.forgotten == {}
     mesh.sent.clear()
     service.async_on_heartbeat(heartbeat(card("core2", 8, 6000), [], 1), T0 + 2.0)
     assert ("core2", "forget") not in mesh.sent
@@ -540,6 +544,62 @@ def test_a_hello_to_a_node_whose_link_never_connects_is_tried_again_once_a_secon
     tries = mesh.sent.count(("core9", "hello"))
     assert tries <= 2 / 0.05 + 60, tries  # at every tick for 2 s (a link connects in ms), then once a second
     assert service.state_of("core9") == "unknown"
+
+
+def test_a_forgotten_core_back_with_data_from_before_is_kept_out_and_told_to_set_it_aside() -> None:
+    """Its rows may hold deletes whose tombstones the cores purged since the forget: let in, they come back live."""
+    meta = Meta()
+    service, mesh = membership(meta)
+    service.async_on_heartbeat(heartbeat(card("core2", 7, 6000), [], 1), T0)
+    for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5):
+        service.async_tick(at)
+    service.async_forget("core3")
+    forgotten_at = meta.forgotten_at["core3"]
+    old = card("core3", 9, 7000, data_since=forgotten_at - 86_400_000)  # its data began a day before
+    mesh.sent.clear()
+    for n in range(1, 7):
+        service.async_on_heartbeat(heartbeat(old, [], n), T0 + 2.0 + 0.25 * n)
+        service.async_tick(T0 + 2.0 + 0.25 * n)
+    assert mesh.sent.count(("core3", "set_aside")) == 2  # once a second: a frame before its link is up is lost
+    assert service.state_of("core3") == "alive" and service.refuses_data_of("core3")
+    assert "core3" not in service.guard.expected_cores and meta.forgotten == {"core3"}
+    # It sets its data aside and starts again on an empty directory: let back in, and told nothing more - even
+    # with its clock 3 s behind this one's, as the directory began at this very start of it.
+    fresh = old.with_(incarnation=forgotten_at - 3_000, data_since=forgotten_at - 3_000)
+    service.async_on_heartbeat(heartbeat(fresh, [], 1), T0 + 3.75)
+    for n in range(1, 8):
+        service.async_tick(T0 + 3.75 + 0.25 * n)
+    assert not service.refuses_data_of("core3") and meta.forgotten == frozenset()
+    assert mesh.sent.count(("core3", "set_aside")) == 2
+
+
+def test_an_operator_forget_that_would_make_a_minority_take_writes_needs_the_operator_to_say_so() -> None:
+    """Cut off from core2 and core3, core1 would take writes alone once both are forgotten - as would they."""
+    meta = Meta()
+    service, _mesh = membership(meta)
+    core2 = card("core2", 7, 6000)
+    service.async_on_heartbeat(heartbeat(core2, [], 1), T0)
+    for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5):  # core3 never heard, core2 dead by now
+        service.async_tick(at)
+    service.async_forget("core3", minority=False)  # 1 of 2 visible after it: still no majority
+    assert service.guard.expected_cores == {"core1", "core2"}
+    with pytest.raises(ValueError) as refused:
+        service.async_forget("core2", minority=False)
+    assert str(refused.value).startswith("core1 sees 1 of its 2 expected cores: forgetting core2 would let it take "
+                                         "writes with 1 of 1. If core2 is only cut off (a partition), both sides")
+    assert "`meshctl forget core2 --minority`" in str(refused.value)
+    assert service.guard.expected_cores == {"core1", "core2"} and meta.forgotten == {"core3"}  # nothing changed
+    service.async_forget("core2", minority=True)  # the operator knows the others are gone for good
+    assert service.guard.expected_cores == {"core1"} and meta.forgotten == {"core2", "core3"}
+
+
+def test_a_forget_on_the_majority_side_needs_no_word() -> None:
+    service, _mesh = membership()
+    for n in range(1, 8):  # core2 alive, core3 never heard: 2 of 3 visible
+        service.async_on_heartbeat(heartbeat(card("core2", 7, 6000), [], n), T0 + 0.25 * n)
+        service.async_tick(T0 + 0.25 * n)
+    service.async_forget("core3", minority=False)
+    assert service.guard.expected_cores == {"core1", "core2"}
 
 
 def test_a_forget_asked_by_a_peer_for_a_core_only_suspect_here_is_done_once_it_is_dead_here() -> None:

@@ -34,6 +34,7 @@ class Membership:
         self.safe = True
         self.states: dict[str, str] = {n: "alive" for n in (*cores, *others)}
         self.listeners: list[Callable[[Any, float], None]] = []
+        self.refused: set[str] = set()  # nodes whose writes are refused (forgotten, back with stale data)
 
     def is_safe_for_writes(self) -> bool:
         return self.safe
@@ -49,6 +50,9 @@ class Membership:
 
     def add_peer_listener(self, fn: Callable[[Any, float], None]) -> None:
         self.listeners.append(fn)
+
+    def refuses_data_of(self, node_id: str) -> bool:
+        return node_id in self.refused
 
 
 def fail_fsyncs_of(monkeypatch: Any, db: Database) -> None:

@@ -3,6 +3,7 @@ of one cluster, the clock never goes back across restarts."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -99,11 +100,27 @@ def test_expected_cores_are_kept_per_region(tmp_path: Path) -> None:
     meta.save_expected_cores("eu", frozenset({"c2", "c1"}))
     assert meta.expected_cores("eu") == ["c1", "c2"]
     assert meta.expected_cores("us") == []
-    meta.save_forgotten_cores("eu", frozenset({"c3"}))
+    meta.save_forgotten_cores("eu", {"c3": 1234})
     db.close()
     db = Database(tmp_path / "n")
     meta = NodeMeta(db)
-    assert meta.forgotten_cores("eu") == ["c3"] and meta.forgotten_cores("us") == []
+    assert meta.forgotten_cores("eu", 9999) == {"c3": 1234} and meta.forgotten_cores("us", 9999) == {}
+    # Saved by an earlier version, without the time: forgotten now, as far as this node knows.
+    db.write([("meta", b"forgotten_cores\x00eu", b'["c4"]')])
+    assert meta.forgotten_cores("eu", 9999) == {"c4": 9999}
+    db.close()
+
+
+def test_a_claim_says_whether_the_directory_is_new_and_when_its_data_began_is_kept(tmp_path: Path) -> None:
+    db = Database(tmp_path / "n")
+    meta = NodeMeta(db)
+    assert meta.data_since() == 0  # not recorded yet (a directory of an earlier version reads the same)
+    assert meta.claim("core1", "iris") is True
+    meta.save_data_since(meta.bump_incarnation(time.time()))
+    began = meta.data_since()
+    assert began > 0
+    assert meta.claim("core1", "iris") is False  # a later start: not new, and the time stays
+    assert meta.bump_incarnation(time.time()) > began and meta.data_since() == began
     db.close()
 
 

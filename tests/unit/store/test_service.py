@@ -168,6 +168,17 @@ def test_a_drained_replicas_hints_are_read_again_only_once_new_hints_for_it_are_
         logger.remove(sink)
 
 
+def test_writes_from_a_forgotten_core_back_with_stale_data_are_refused(cluster: Cluster) -> None:
+    """Until it set its data aside, what it writes (a hint handed off, a read repair, a coordinated write) is
+    refused: its rows may hold deletes the cores purged since the forget."""
+    cluster.memberships["core1"].refused.add("core3")
+    done = cluster.put("core3", b"stale", b"v")
+    assert done.ok  # core3 and core2 took it: a quorum
+    assert b"stale" not in cluster.rows("core1") and b"stale" in cluster.rows("core2")
+    assert cluster.services["core1"].counters["writes_refused_forgotten"] == 1
+    assert cluster.put("core2", b"fresh", b"v").ok and b"fresh" in cluster.rows("core1")  # others as before
+
+
 def test_the_hints_of_a_forgotten_core_are_dropped_a_share_per_turn_and_none_is_handed_off(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
