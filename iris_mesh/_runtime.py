@@ -188,8 +188,10 @@ class NodeRuntime:
             return
         if node_id not in self.membership.cards and node_id not in self.membership.guard.expected_cores:
             return  # not known here (forgotten already): nothing to do, nothing to log
+        at = msg.get("at")  # when the operator forgot it (an earlier version sends none: now, here)
+        at = at if isinstance(at, int) and not isinstance(at, bool) and at >= 0 else None
         try:
-            done = self.membership.async_forget_asked(node_id, msg["src"])
+            done = self.membership.async_forget_asked(node_id, msg["src"], at)
         except ValueError as exc:
             logger.warning("{} asked to forget {}, refused: {}", msg["src"], node_id, exc)
             return
@@ -204,6 +206,9 @@ class NodeRuntime:
             return
         data_since = self.membership.card.data_since
         if self.store.local is None or self.set_aside_asked is not None:
+            return
+        if msg["src"] not in self.membership.guard.expected_cores:
+            logger.warning("{}, not an expected core here, sent set_aside: ignored", msg["src"])
             return
         if data_since >= at or self._on_set_aside is None:
             if not self._set_aside_refused:  # the peers say it again every second
@@ -347,6 +352,7 @@ class NodeRuntime:
         except ValueError as exc:
             request.error("refused", str(exc))
             return
+        at = self.membership.forgotten.get(node_id)
         for peer in list(self.membership.cards):
-            self.engine.async_send(peer, "forget", node=node_id)
+            self.engine.async_send(peer, "forget", node=node_id, **({} if at is None else {"at": at}))
         request.reply({"ok": True, "detail": done})

@@ -110,6 +110,7 @@ class Node:
         wall_ms = time.time_ns() // 1_000_000
         forgotten = {node: at for node, at in meta.forgotten_cores(config.region, wall_ms).items()
                      if node != config.node_id}
+        meta.save_forgotten_cores(config.region, forgotten)  # with their times (an earlier version saved none)
         # The config's list is where a cluster starts from; a core forgotten since stays out until heard again.
         expected = (set(meta.expected_cores(config.region)) | set(config.expected_cores)) - set(forgotten)
         if config.role == "core":
@@ -242,6 +243,11 @@ class Node:
             ports.mesh, ports.heartbeat, ports.admin, f", clients {ports.client}" if ports.client else "",
             self.incarnation,
         )
+
+    def carried_over(self) -> tuple[int, int]:
+        """This run's incarnation and clock reading, for a directory it starts again on (`seed_directory`)."""
+        hlc = self.runtime.store.clock.last_hlc if self.runtime is not None else 0
+        return self.incarnation, hlc
 
     def _set_aside(self, reason: str) -> None:
         self.set_aside_reason = reason

@@ -16,7 +16,7 @@ from iris_mesh.cli._logging import setup_logging
 from iris_mesh.config import ConfigError, env_typos, load_config, read_cookie
 from iris_mesh.membership import DiscoveryError
 from iris_mesh.sockets import BindError
-from iris_mesh.store import StoreError, set_aside
+from iris_mesh.store import StoreError, seed_directory, set_aside
 
 __all__ = ["main"]
 
@@ -49,8 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     from iris_mesh.node import Node  # after logging is set up: importing starts nothing
 
     stop = threading.Event()
+    signalled = threading.Event()  # an operator's stop: never followed by a start again (set-aside)
+
+    def on_signal(*_: object) -> None:
+        signalled.set()
+        stop.set()
+
     for signum in _STOP_SIGNALS:
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     # Only this thread takes the stop signals: the node's threads (and libzmq's and RocksDB's, started from them)
     # are made with them blocked. A signal sent while the process was stopped (SIGSTOP; systemd sends SIGTERM
     # then SIGCONT) could otherwise go to one of them and leave this thread waiting.
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait()
         if node.failed.is_set():
             logger.critical("exiting: the node stopped serving by an error (see above); restart it")
-        elif node.set_aside_reason is not None:
+        elif node.set_aside_reason is not None and not signalled.is_set():
             logger.warning("stopping to set this core's data aside and start again empty")
         else:
             logger.info("stopping on signal")
@@ -78,17 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         node.stop()
     if node.failed.is_set():
         return EXIT_FAILED
-    if node.set_aside_reason is not None:
+    if node.set_aside_reason is not None and not signalled.is_set():
         # The same command again: as this process was started, or (main called with its arguments) as a module.
         command = sys.orig_argv[1:] if argv is None else ["-m", "iris_mesh.cli.node", *argv]
-        return _start_again_empty(config.data_path, [sys.executable, *command])
+        return _start_again_empty(config.data_path, node.carried_over(), [sys.executable, *command])
     return 0
 
 
-def _start_again_empty(data_dir: Path, command: list[str]) -> int:
-    """Set the (closed) data directory aside and run `command` in this process (the same pid, for supervisors)."""
+def _start_again_empty(data_dir: Path, carried: tuple[int, int], command: list[str]) -> int:
+    """Set the (closed) data directory aside and run `command` in this process (the same pid, for supervisors).
+
+    The new directory starts with this run's incarnation and clock reading (`carried`), so the next run's are
+    above them: its peers do not take it for an older process, and its versions do not go back."""
     try:
         aside = set_aside(data_dir, "forgotten")
+        seed_directory(data_dir, incarnation=carried[0], last_hlc=carried[1])
     except (OSError, StoreError) as exc:
         logger.critical("cannot set the data directory {} aside ({}): move it away by hand and start this node "
                         "again", data_dir, exc)

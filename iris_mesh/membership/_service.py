@@ -97,7 +97,8 @@ class MembershipService:
         self._set_aside_due: dict[str, float] = {}
         self._set_aside_warned: set[tuple[str, int]] = set()  # (node, incarnation) logged once
         self._admit_later: set[str] = set()  # new cores heard alive while this node was in safe mode
-        self._forget_when_dead: dict[str, str] = {}  # node a peer asked to forget, suspect here -> that peer
+        # node a peer asked to forget, suspect here -> (that peer, when the operator forgot it)
+        self._forget_when_dead: dict[str, tuple[str, int | None]] = {}
         # Told of each node forgotten at a peer's word once it was dead here too (the runtime drops its hints).
         self.on_forgotten_later: Callable[[str], object] | None = None
         self._heartbeat_interval_s = heartbeat_interval_s
@@ -343,13 +344,14 @@ class MembershipService:
 
     # ---- operator actions ----------------------------------------------------------
 
-    def async_forget(self, node_id: str, *, minority: bool = True) -> str:
+    def async_forget(self, node_id: str, *, minority: bool = True, at: int | None = None) -> str:
         """Drop a dead node from the expected core set and the view; returns what was done.
 
         A running node expected as a core here but running as an edge or in another region is only taken out
         of the expected set: it stays a peer. With `minority` False (an operator's word at this node), a forget
         that would give this node a majority it does not have now is refused: on the minority side of a
-        partition, both sides would take writes.
+        partition, both sides would take writes. `at`: when the operator forgot it (Unix ms, as the node that
+        ran the command saw it; default now), which a core back with older data is measured against.
         """
         if node_id == self.card.node_id:
             raise ValueError("a node cannot forget itself")
@@ -374,7 +376,7 @@ class MembershipService:
             self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
         if (shrunk or (card is not None and card.role == "core")) and node_id not in self.forgotten:
             # A core only: an edge is in no expected set, and a config does not bring it back.
-            self.forgotten[node_id] = self._wall_ms()
+            self.forgotten[node_id] = self._wall_ms() if at is None else at
             self._expected_store.save_forgotten_cores(self.card.region, self.forgotten)
         self._drop_peer(node_id)
         done = f"forgot {node_id}" + (
@@ -396,20 +398,20 @@ class MembershipService:
             "cut off (a partition), both sides would take writes and disagree. If every core it cannot see is gone "
             f"for good, run `meshctl forget {node_id} --minority`")
 
-    def async_forget_asked(self, node_id: str, by: str) -> str | None:
+    def async_forget_asked(self, node_id: str, by: str, at: int | None = None) -> str | None:
         """`async_forget` at peer `by`'s word (a `meshctl forget` there). A node only suspect here (the peer saw
         it die a moment sooner) is forgotten once it is dead here too: refused, the expected sets would differ
         for good (and anti-entropy between the two stop). None when deferred so; ValueError if refused."""
         if self.detector.state(node_id) is PeerState.SUSPECT and node_id not in self.misplaced():
-            self._forget_when_dead[node_id] = by
+            self._forget_when_dead[node_id] = (by, at)
             logger.warning("{} asked to forget {}, which is suspect here: it is forgotten here once it is dead here "
                            "too", by, node_id)
             return None
         self._forget_when_dead.pop(node_id, None)
-        return self.async_forget(node_id)
+        return self.async_forget(node_id, at=at)
 
     def _forget_deferred(self) -> None:
-        for node_id, by in list(self._forget_when_dead.items()):
+        for node_id, (by, at) in list(self._forget_when_dead.items()):
             state = self.detector.state(node_id)
             if state is PeerState.SUSPECT:
                 continue
@@ -417,7 +419,7 @@ class MembershipService:
             if state is PeerState.ALIVE:
                 logger.warning("{} is alive again here: not forgotten, although {} asked to forget it", node_id, by)
             elif state is PeerState.DEAD:
-                self.async_forget(node_id)
+                self.async_forget(node_id, at=at)
                 if self.on_forgotten_later is not None:
                     self.on_forgotten_later(node_id)
 
@@ -591,7 +593,7 @@ class MembershipService:
             if self.forgotten and self._io is not None:
                 # It may have been down when they were forgotten, and still expect them (a majority of another size).
                 for forgotten in sorted(self.forgotten):
-                    self._io.async_send(transition.node_id, "forget", node=forgotten)
+                    self._io.async_send(transition.node_id, "forget", node=forgotten, at=self.forgotten[forgotten])
         if transition.planned:
             self._stopped_on_purpose.add(transition.node_id)
         else:

@@ -17,7 +17,7 @@ from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._journal import LocalJournal
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._keys import compose, partition_key
-from iris_mesh.store._meta import CLOCK_SAVE_INTERVAL_S, ClockKeeper, NodeMeta
+from iris_mesh.store._meta import CLOCK_SAVE_INTERVAL_S, ClockKeeper, NodeMeta, seed_directory
 from iris_mesh.store._scan import QuorumScanner, ScanDone
 from iris_mesh.store._service import USER_TABLES, StoreService
 from iris_mesh.store._versioned import HybridClock, Version, Versioned
@@ -50,5 +50,6 @@ __all__ = [
     "restore",
     "restore_all",
     "restore_backup",
+    "seed_directory",
     "set_aside",
 ]

@@ -173,14 +173,14 @@ class Responder:
         self._start_scan(listing.scan)
 
     def on_more(self, msg: dict[str, Any], now: float) -> None:
-        """The peer compared `n` more rows of our listing for its session `s`."""
+        """The peer compared `n` rows of our listing for its session `s` so far."""
         sid, compared = msg.get("s"), msg.get("n")
         if not isinstance(sid, int) or not isinstance(compared, int) or compared < 0:
             self._counters["bad_store_frames"] += 1
             return
         listing = self._listings.get((msg["src"], sid))
         if listing is not None:
-            listing.compared += compared
+            listing.compared = max(listing.compared, compared)
             listing.heard_at = now
 
     def on_stop(self, msg: dict[str, Any], now: float) -> None:
@@ -199,6 +199,7 @@ class Responder:
                 logger.warning("anti-entropy: {} compared none of this core's listing for its session for {:.0f} s: "
                                "the listing is dropped", ident[0], now - listing.heard_at)
                 self._drop_listing(ident)
+                self._port.ae_send(ident[0], "ae_end", s=ident[1], code="busy")  # it tries again later
 
     def _drop_listing(self, ident: tuple[str, int]) -> None:
         listing = self._listings.pop(ident, None)

@@ -15,7 +15,7 @@ One session, initiator A and responder B (lists are cut under the frame budget):
     ae_list   B->A {s, m: {table: [bucket]}}           a listing of the buckets that still differ starts
     ae_keys   B->A {s, t, e: [[key, hlc, node, tomb]]} B's shared rows in those buckets, in key order;
               B->A {s, t, e: [], end: true}            table t is listed whole
-    ae_more   A->B {s, n}                              A compared n more listed rows (B lists <= 20,000 ahead)
+    ae_more   A->B {s, n}                              A compared n listed rows so far (B lists <= 20,000 ahead)
     ae_end    B->A {s, code, m: {table: [bucket]}}     end of that listing, or a refusal (code != ok)
     ae_stop   A->B {s}                                 A ended the session before the listing did
     ae_pull   A->B {s, t, k: [key]}                    keys on which B is newer (or only B has)
@@ -452,7 +452,7 @@ class AntiEntropy:
         table, entries = msg.get("t"), msg.get("e")
         if session is None or session.state != "merging" or session.merge is None:
             return
-        if table not in session.buckets or not isinstance(entries, list):
+        if not isinstance(table, str) or table not in session.buckets or not isinstance(entries, list):
             self.counters["bad_store_frames"] += 1
             return
         listed: list[tuple[bytes, Listed]] = []
@@ -484,7 +484,8 @@ class AntiEntropy:
         session.pull_queue.extend(pulls)
         session.compared_unsaid += merge.consumed - compared
         if session.compared_unsaid >= LIST_WINDOW // 4:
-            self._port.ae_send(session.peer, "ae_more", s=session.sid, n=session.compared_unsaid)
+            # The running total: a frame lost on the way costs the listing nothing once the next one arrives.
+            self._port.ae_send(session.peer, "ae_more", s=session.sid, n=merge.consumed)
             session.compared_unsaid = 0
         session.unsettled = merge.unsettled
         session.listing_done = merge.done and session.state == "repairing"
@@ -543,8 +544,9 @@ class AntiEntropy:
             return
         if session.scan is not None:
             session.scan.cancelled = True
-        if code == "timeout" and session.state in ("listing", "merging"):
-            self._port.ae_send(session.peer, "ae_stop", s=session.sid)  # its listing for us would wait for ae_more
+        if code not in END_CODES and code != "bad_reply" and session.state in ("listing", "merging"):
+            # Ended here, not by the peer's ae_end: its listing for us would wait for ae_more.
+            self._port.ae_send(session.peer, "ae_stop", s=session.sid)
         for req in session.pushes:
             self._pushes.pop(req, None)  # a late ack falls through to the coordinator, which ignores it
         buckets = sum(len(b) for b in session.buckets.values())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from iris_mesh.store._db import Database, StoreError
 
 __all__ = [
     "CLOCK_SAVE_INTERVAL_S", "CLUSTER_KEY", "EXPECTED_PREFIX", "NODE_ID_KEY", "RESTORED_KEY", "ClockKeeper", "NodeMeta",
+    "seed_directory",
 ]
 
 _INCARNATION = b"incarnation"
@@ -114,6 +116,13 @@ class NodeMeta:
     def save_data_since(self, incarnation: int) -> None:
         self._db.put_synced("meta", _DATA_SINCE, incarnation.to_bytes(8, "big"))
 
+    def seed(self, *, incarnation: int, last_hlc: int) -> None:
+        """Start a new directory from a run on another one: the next start's incarnation and clock are above
+        these. The directory stays unclaimed (a new directory: its data begins at the next start)."""
+        self._db.write([("meta", _INCARNATION, incarnation.to_bytes(8, "big")),
+                        ("meta", _LAST_HLC, last_hlc.to_bytes(8, "big"))])
+        self._db.flush_wal_synced()
+
     def forgotten_cores(self, region: str, now_ms: int) -> dict[str, int]:
         """Cores an operator forgot (`meshctl forget`) and not let back in since -> when (Unix ms): left out of
         the expected set at start, even where the config lists them. One saved without its time (an earlier
@@ -126,6 +135,15 @@ class NodeMeta:
 
     def save_forgotten_cores(self, region: str, cores: Mapping[str, int]) -> None:
         self._db.put_synced("meta", _FORGOTTEN_PREFIX + region.encode(), json.dumps(dict(sorted(cores.items()))).encode())
+
+
+def seed_directory(data_dir: Path, *, incarnation: int, last_hlc: int) -> None:
+    """Make `data_dir` (new) a directory whose first start continues a run on another one (`NodeMeta.seed`)."""
+    db = Database(data_dir)
+    try:
+        NodeMeta(db).seed(incarnation=incarnation, last_hlc=last_hlc)
+    finally:
+        db.close()
 
 
 class ClockKeeper:

@@ -25,6 +25,7 @@ class FakeMesh:
     def __init__(self) -> None:
         self.links: dict[str, str] = {}  # node -> mesh endpoint
         self.sent: list[tuple[str, str]] = []  # (node, op) of the mesh frames sent, in order
+        self.sent_fields: list[dict[str, Any]] = []  # and their fields
         self.published: list[str] = []  # ops published on the heartbeat socket
         self.published_fields: list[dict[str, Any]] = []
 
@@ -47,6 +48,7 @@ class FakeMesh:
     def async_send_seed(self, endpoint: str, op: str, **fields: Any) -> bool: return True
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool:
         self.sent.append((node_id, op))
+        self.sent_fields.append(fields)
         return True
     def async_hellos(self) -> dict[str, int]: return {}
     def async_forget_hello(self, node_id: str) -> None: ...
@@ -571,6 +573,25 @@ def test_a_forgotten_core_back_with_data_from_before_is_kept_out_and_told_to_set
         service.async_tick(T0 + 3.75 + 0.25 * n)
     assert not service.refuses_data_of("core3") and meta.forgotten == frozenset()
     assert mesh.sent.count(("core3", "set_aside")) == 2
+
+
+def test_a_forget_passed_on_keeps_the_time_the_operator_forgot_the_core() -> None:
+    """A core that hears of a forget late (it was down) measures a returning core against the operator's time,
+    not its own: else a core rebuilt since, and let back in by the others, would be told to set its data aside."""
+    meta = Meta()
+    service, mesh = membership(meta)
+    for at in (T0 + 0.5, T0 + 1.0, T0 + 1.5):  # core3 never heard
+        service.async_tick(at)
+    assert service.async_forget_asked("core3", "core2", 1_000) is not None
+    assert meta.forgotten_at == {"core3": 1_000}
+    mesh.sent.clear()
+    service.async_on_heartbeat(heartbeat(card("core2", 7, 6000), [], 1), T0 + 2.0)  # told again when it comes up
+    (told,) = [f for (node, op), f in zip(mesh.sent, mesh.sent_fields) if op == "forget"]
+    assert told == {"node": "core3", "at": 1_000}
+    # core3, rebuilt after that (but before this core heard of the forget), is let in.
+    rebuilt = card("core3", 5_000, 7000, data_since=2_000)
+    service.async_on_heartbeat(heartbeat(rebuilt, [], 1), T0 + 2.1)
+    assert not service.refuses_data_of("core3")
 
 
 def test_an_operator_forget_that_would_make_a_minority_take_writes_needs_the_operator_to_say_so() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iris_mesh.store import ClockKeeper, Database, HybridClock, NodeMeta, StoreError
+from iris_mesh.store import ClockKeeper, Database, HybridClock, NodeMeta, StoreError, seed_directory
 from iris_mesh.store._backup import checkpoint, restore
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
@@ -121,6 +121,19 @@ def test_a_claim_says_whether_the_directory_is_new_and_when_its_data_began_is_ke
     assert began > 0
     assert meta.claim("core1", "iris") is False  # a later start: not new, and the time stays
     assert meta.bump_incarnation(time.time()) > began and meta.data_since() == began
+    db.close()
+
+
+def test_a_directory_seeded_from_a_run_starts_above_its_incarnation_and_clock(tmp_path: Path) -> None:
+    """A core that set its data aside starts again on a new directory: peers must not take the new run for an
+    older process (its incarnation), and its versions must not go back (its clock)."""
+    ahead = int(time.time() * 1000) + 3_600_000  # the last run's incarnation and clock, an hour ahead of now
+    seed_directory(tmp_path / "n", incarnation=ahead, last_hlc=ahead << 16)
+    db = Database(tmp_path / "n")
+    meta = NodeMeta(db)
+    assert meta.claim("core1", "iris") is True  # a new directory all the same: its data begins at this start
+    assert meta.bump_incarnation(time.time()) == ahead + 1
+    assert HybridClock("core1", meta.clock_floor()).now(wall_ms=int(time.time() * 1000)) > Version(ahead << 16, "core1")
     db.close()
 
 
