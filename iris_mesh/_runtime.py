@@ -208,8 +208,7 @@ class NodeRuntime:
         if self.store.local is None or self.set_aside_asked is not None:
             return
         if msg["src"] not in self.membership.guard.expected_cores:
-            logger.warning("{}, not an expected core here, sent set_aside: ignored", msg["src"])
-            return
+            return  # only the cores' word counts (edges keep forgotten cores too)
         if data_since >= at or self._on_set_aside is None:
             if not self._set_aside_refused:  # the peers say it again every second
                 self._set_aside_refused = True

@@ -84,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         node.stop()
     if node.failed.is_set():
         return EXIT_FAILED
-    if node.set_aside_reason is not None and not signalled.is_set():
-        # The same command again: as this process was started, or (main called with its arguments) as a module.
-        command = sys.orig_argv[1:] if argv is None else ["-m", "iris_mesh.cli.node", *argv]
-        return _start_again_empty(config.data_path, node.carried_over(), [sys.executable, *command])
+    if node.set_aside_reason is not None:
+        # From here a stop signal stays pending: the run started again takes it as soon as it has started (a
+        # blocked signal outlives exec), and stops.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        if not signalled.is_set():
+            # The same command again: as this process was started, or (main called with its arguments) as a module.
+            command = sys.orig_argv[1:] if argv is None else ["-m", "iris_mesh.cli.node", *argv]
+            return _start_again_empty(config.data_path, node.carried_over(), [sys.executable, *command])
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     return 0
 
 
@@ -98,10 +103,15 @@ def _start_again_empty(data_dir: Path, carried: tuple[int, int], command: list[s
     above them: its peers do not take it for an older process, and its versions do not go back."""
     try:
         aside = set_aside(data_dir, "forgotten")
-        seed_directory(data_dir, incarnation=carried[0], last_hlc=carried[1])
     except (OSError, StoreError) as exc:
         logger.critical("cannot set the data directory {} aside ({}): move it away by hand and start this node "
                         "again", data_dir, exc)
+        return EXIT_FAILED
+    try:
+        seed_directory(data_dir, incarnation=carried[0], last_hlc=carried[1])
+    except Exception as exc:  # RocksDB's own errors included: the data is aside, the new directory is not ready
+        logger.critical("the data of this core is kept in {}, but the new {} could not be made ({}): delete it and "
+                        "start this node again", aside, data_dir, exc)
         return EXIT_FAILED
     logger.warning("the data of this core is kept in {} (delete it once the core has caught up); starting again "
                    "on an empty {}", aside, data_dir)

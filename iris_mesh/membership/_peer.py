@@ -156,7 +156,7 @@ class PeerCard:
                 raise CardError(f"peer card {port_name} out of range: {port}")
         if not 0 <= self.client_port < 65536:
             raise CardError(f"peer card client_port out of range: {self.client_port}")
-        if self.incarnation < 0:
-            raise CardError(f"peer card incarnation must be >= 0, got {self.incarnation}")
-        if self.data_since < 0:
-            raise CardError(f"peer card data_since must be >= 0, got {self.data_since}")
+        for name in ("incarnation", "data_since"):  # Unix ms: 64 bits on the wire and in meta
+            value = getattr(self, name)
+            if not 0 <= value < 1 << 63:
+                raise CardError(f"peer card {name} must be >= 0 and < 2**63, got {str(value)[:32]}")

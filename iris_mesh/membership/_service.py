@@ -376,7 +376,8 @@ class MembershipService:
             self._expected_store.save_expected_cores(self.card.region, self.guard.expected_cores)
         if (shrunk or (card is not None and card.role == "core")) and node_id not in self.forgotten:
             # A core only: an edge is in no expected set, and a config does not bring it back.
-            self.forgotten[node_id] = self._wall_ms() if at is None else at
+            # Never later than now here: a time from the future would count data begun after the forget as older.
+            self.forgotten[node_id] = self._wall_ms() if at is None else min(at, self._wall_ms())
             self._expected_store.save_forgotten_cores(self.card.region, self.forgotten)
         self._drop_peer(node_id)
         done = f"forgot {node_id}" + (
@@ -618,6 +619,8 @@ class MembershipService:
             return
         if card is None:
             return  # its card comes with its HELLO or heartbeat, and the transition then
+        if self.card.role != "core" or card.region != self.card.region:
+            return  # kept out here too; the cores of its region tell it
         if (node_id, card.incarnation) not in self._set_aside_warned:
             self._set_aside_warned.add((node_id, card.incarnation))
             logger.warning("{} was forgotten (meshctl forget) and came back with data from before that (begun {:.0f} s "

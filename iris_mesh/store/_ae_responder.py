@@ -180,7 +180,7 @@ class Responder:
             return
         listing = self._listings.get((msg["src"], sid))
         if listing is not None:
-            listing.compared = max(listing.compared, compared)
+            listing.compared = max(listing.compared, min(compared, listing.sent))
             listing.heard_at = now
 
     def on_stop(self, msg: dict[str, Any], now: float) -> None:

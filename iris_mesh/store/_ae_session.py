@@ -140,6 +140,7 @@ class Session:
         self.full = full
         self.routine = routine  # a round-robin visit: leaves fresh writes to the write path, backs off when idle
         # digest (round 1) -> recheck -> listing (round 2 sent) -> merging (their listing against our scan) -> repairing
+        # ("ended": by the peer's ae_end, as it finishes)
         self.state = "digest"
         self.started = now
         self.deadline = now + timeout_s

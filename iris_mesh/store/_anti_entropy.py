@@ -498,7 +498,8 @@ class AntiEntropy:
             return
         code = msg.get("code")
         if code != "ok":
-            self._finish(session, code if code in END_CODES else "bad_reply")
+            session.state = "ended"  # by the peer: no listing of its goes on
+            self._finish(session, code if isinstance(code, str) and code in END_CODES else "bad_reply")
             return
         buckets = bucket_lists(msg.get("m"))
         if buckets is None:
@@ -506,6 +507,7 @@ class AntiEntropy:
             return
         if session.merge is None:
             # Nothing was listed: no bucket differs any more (or a peer that does not list in order: nothing to do).
+            session.state = "ended"
             self._finish(session, "in_sync" if not buckets else "bad_reply")
             return
         session.merge.theirs_done()
@@ -544,7 +546,7 @@ class AntiEntropy:
             return
         if session.scan is not None:
             session.scan.cancelled = True
-        if code not in END_CODES and code != "bad_reply" and session.state in ("listing", "merging"):
+        if session.state in ("listing", "merging"):
             # Ended here, not by the peer's ae_end: its listing for us would wait for ae_more.
             self._port.ae_send(session.peer, "ae_stop", s=session.sid)
         for req in session.pushes:

@@ -9,6 +9,7 @@ Sans-IO: a fake mesh that records links, and a manual clock.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import Any, Iterator
 
@@ -16,6 +17,7 @@ import pytest
 from loguru import logger
 
 from iris_mesh.membership import FailureDetector, MembershipService, PartitionGuard, PeerCard
+from iris_mesh.membership._peer import CardError
 from iris_mesh.sockets import envelope
 
 T0 = 1000.0
@@ -128,6 +130,20 @@ def test_a_card_whose_host_is_not_an_address_is_counted_and_changes_nothing(host
     bad["peers"] = 5
     service.async_on_heartbeat(bad, T0)
     assert service.counters["bad_cards"] == 2
+
+
+@pytest.mark.parametrize("field", ["ds", "inc"])
+def test_a_card_with_a_time_past_64_bits_is_counted_and_changes_nothing(field: str) -> None:
+    # A huge integer (CBOR bignum, or TXT digits) would overflow the arithmetic done with it later.
+    service, mesh = membership()
+    wire = card("core4", 1, 8000).to_wire()
+    wire[field] = 10**400
+    bad = heartbeat(card("core3", 9, 7000), [], 1)
+    bad["peers"] = [wire]
+    service.async_on_heartbeat(bad, T0)
+    assert "core4" not in service.cards and service.counters["bad_cards"] == 1
+    with pytest.raises(CardError):
+        PeerCard.from_txt({**card("core4", 1, 8000).to_txt(), field: "9" * 400})
 
 
 def test_a_node_that_did_not_run_gives_its_peers_the_usual_time_to_be_heard_again() -> None:
@@ -592,6 +608,14 @@ def test_a_forget_passed_on_keeps_the_time_the_operator_forgot_the_core() -> Non
     rebuilt = card("core3", 5_000, 7000, data_since=2_000)
     service.async_on_heartbeat(heartbeat(rebuilt, [], 1), T0 + 2.1)
     assert not service.refuses_data_of("core3")
+
+    # A time from the future (a peer's clock far ahead, or a damaged frame) counts as now here.
+    for at in (T0 + 2.5, T0 + 3.0, T0 + 3.5, T0 + 4.0):  # core3 dead again
+        service.async_tick(at)
+    assert service.state_of("core3") == "dead", service.state_of("core3")
+    before = time.time_ns() // 1_000_000
+    service.async_forget_asked("core3", "core2", 10**40)
+    assert before <= meta.forgotten_at["core3"] <= time.time_ns() // 1_000_000
 
 
 def test_an_operator_forget_that_would_make_a_minority_take_writes_needs_the_operator_to_say_so() -> None:
