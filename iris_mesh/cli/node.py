@@ -102,7 +102,7 @@ def _start_again_empty(data_dir: Path, carried: tuple[int, int], command: list[s
     The new directory starts with this run's incarnation and clock reading (`carried`), so the next run's are
     above them: its peers do not take it for an older process, and its versions do not go back."""
     try:
-        aside = set_aside(data_dir, "forgotten")
+        aside = set_aside(data_dir)
     except (OSError, StoreError) as exc:
         logger.critical("cannot set the data directory {} aside ({}): move it away by hand and start this node "
                         "again", data_dir, exc)

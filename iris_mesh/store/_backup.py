@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from rocksdict import AccessType, Options, Rdict
 
-from iris_mesh.store._db import Database, StoreError, held_by_this_process
+from iris_mesh.store._db import INSIDE_ASIDE_PREFIX, Database, StoreError, held_by_this_process
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
@@ -464,16 +464,39 @@ def _aside_name(data_dir: Path, why: str, when: str) -> Path:
     raise OSError(errno.EEXIST, f"too many {data_dir.name}.{why}-{when}* directories in {data_dir.parent}")
 
 
-def set_aside(data_dir: Path, why: str) -> Path:
-    """Rename a closed database directory to NODE.WHY-TIME beside it, durably; returns where it went.
+def set_aside(data_dir: Path) -> Path:
+    """Set a closed database directory aside, durably: renamed NODE.forgotten-TIME beside it, or, where it cannot
+    be renamed (a mount point, a parent the node may not write), its files moved into `.forgotten-TIME` inside it.
+    Returns where the data went.
 
     The node starts on an empty directory at `data_dir` next; the data set aside is kept for the operator."""
     if held_by_this_process(data_dir):
         raise BackupError(f"the database in {data_dir} is open in this process; close it before setting it aside")
-    dest = _aside_name(data_dir, why, _utc_stamp())
-    data_dir.rename(dest)
+    when = _utc_stamp()
+    dest = _aside_name(data_dir, "forgotten", when)
+    try:
+        data_dir.rename(dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM):
+            raise
+        return _aside_inside(data_dir, when)
     _fsync_dir(data_dir.parent)
     return dest
+
+
+def _aside_inside(data_dir: Path, when: str) -> Path:
+    inside = data_dir / f"{INSIDE_ASIDE_PREFIX}{when}"
+    for n in range(2, 1000):
+        if not inside.exists():
+            break
+        inside = data_dir / f"{INSIDE_ASIDE_PREFIX}{when}-{n}"
+    inside.mkdir()
+    for entry in sorted(data_dir.iterdir()):
+        if not entry.name.startswith(INSIDE_ASIDE_PREFIX):  # data set aside before stays where it is
+            entry.rename(inside / entry.name)
+    _fsync_dir(inside)
+    _fsync_dir(data_dir)
+    return inside
 
 
 def _unmark(data_dirs: list[Path], unfinished: dict[Path, dict[str, Any]]) -> None:

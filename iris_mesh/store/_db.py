@@ -35,7 +35,8 @@ from rocksdict import (BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, R
 from iris_mesh.store._restore_mark import refuse_if_restoring
 
 __all__ = [
-    "Database", "ENGINE_FIELDS", "ENGINE_PROPERTIES", "MAX_WAL_BYTES", "StoreError", "TABLES", "held_by_this_process",
+    "Database", "ENGINE_FIELDS", "ENGINE_PROPERTIES", "INSIDE_ASIDE_PREFIX", "MAX_WAL_BYTES", "StoreError", "TABLES",
+    "held_by_this_process",
 ]
 
 TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
@@ -54,6 +55,9 @@ _WRITE_BUFFER_JITTER = 0.4
 # total RocksDB flushes the tables that hold the oldest WAL instead. It is above what the busy tables'
 # memtables hold between their own flushes, so they still flush when full.
 MAX_WAL_BYTES = 512 << 20
+# Data a core set aside inside its own data directory (one it could not rename: a mount point) is in a
+# subdirectory named so; the directory counts as empty without it.
+INSIDE_ASIDE_PREFIX = ".forgotten-"
 # Database.engine_state: (field, RocksDB integer property, summed over the tables or read for the whole database)
 ENGINE_PROPERTIES = (
     ("memtable_bytes", "rocksdb.cur-size-all-mem-tables", True),
@@ -115,7 +119,7 @@ def _table_options(name: str) -> Options:
 
 def _check_directory(path: Path) -> None:
     """Refuse, before RocksDB writes anything there, a directory that is not ours."""
-    if not any(path.iterdir()):
+    if not any(not entry.name.startswith(INSIDE_ASIDE_PREFIX) for entry in path.iterdir()):
         return
     if not (path / "CURRENT").exists():
         raise StoreError(

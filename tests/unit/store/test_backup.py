@@ -4,6 +4,7 @@ nor puts back a backup that the cores it lacks would undo."""
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import json
 import os
@@ -19,10 +20,18 @@ from typing import Any, Callable
 import pytest
 from rocksdict import Options, Rdict
 
-from iris_mesh.store._backup import BackupError, MissingCores, checkpoint, restore, restore_all, restore_backup
+from iris_mesh.store._backup import (
+    BackupError,
+    MissingCores,
+    checkpoint,
+    restore,
+    restore_all,
+    restore_backup,
+    set_aside,
+)
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
-from iris_mesh.store._meta import RESTORED_KEY, NodeMeta
+from iris_mesh.store._meta import RESTORED_KEY, NodeMeta, seed_directory
 from iris_mesh.store._restore_mark import write_markers
 from iris_mesh.store._versioned import Version, Versioned
 from support.store_holder import held_by_another_process
@@ -624,3 +633,36 @@ def test_a_backup_restores_onto_a_new_disk_and_over_data_that_predates_recorded_
     restored = restore_backup(sorted((tmp_path / "backup").iterdir()), tmp_path / "data", keep_replaced=False)
     assert sorted(restored.kept) == sorted(CORES)
     assert [k for k, _ in dump(tmp_path / "data" / "core1")["offline_msg"]] == [b"a"]
+
+
+def test_a_data_directory_that_cannot_be_renamed_is_set_aside_inside_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mount point (a container's volume) cannot be renamed: the data goes into `.forgotten-TIME` inside it, and
+    the node starts on the directory as an empty one, leaving that alone (also when set aside again later)."""
+    data_dir = tmp_path / "core3"
+    db = Database(data_dir)
+    NodeMeta(db).claim("core3", "iris")
+    db.write([("offline_msg", b"bob\x00m1", b"stale")])
+    db.close()
+    rename = Path.rename
+
+    def busy_for_the_mount(self: Path, target: Any) -> Any:
+        if self == data_dir:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", busy_for_the_mount)
+    first = set_aside(data_dir)
+    assert first.parent == data_dir and first.name.startswith(".forgotten-") and (first / "CURRENT").is_file()
+    assert [entry.name for entry in data_dir.iterdir()] == [first.name]
+    seed_directory(data_dir, incarnation=5, last_hlc=7)
+    db = Database(data_dir)
+    assert NodeMeta(db).claim("core3", "iris") is True and db.get("offline_msg", b"bob\x00m1") is None
+    db.close()
+    second = set_aside(data_dir)
+    assert sorted(entry.name for entry in data_dir.iterdir()) == sorted([first.name, second.name])
+    assert (first / "CURRENT").is_file() and (second / "CURRENT").is_file()
+    monkeypatch.setattr(Path, "rename", rename)
+    moved = set_aside(data_dir)  # renamable again: beside it, as usual
+    assert moved.parent == tmp_path and moved.name.startswith("core3.forgotten-")
