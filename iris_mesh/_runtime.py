@@ -218,10 +218,10 @@ class NodeRuntime:
                     f"before its data began at {data_since}: its clock or this one is wrong" if data_since >= at else
                     "and its data is older: stop it, move its data directory aside, and start it again")
             return
+        ago_s = (time.time_ns() // 1_000_000 - at) / 1000
         self.set_aside_asked = (
-            f"{msg['src']} says this core was forgotten (meshctl forget) {(time.time_ns() // 1_000_000 - at) / 1000:.0f} s "
-            "ago, after its data began: that data may hold deletes the other cores have purged since, which would "
-            "come back as live")
+            f"{msg['src']} says this core was forgotten (meshctl forget) {ago_s:.0f} s ago, after its data began: "
+            "that data may hold deletes the other cores have purged since, which would come back as live")
         logger.warning("{}; stopping to set the data directory aside and start again empty (anti-entropy refills "
                        "it)", self.set_aside_asked)
         self._on_set_aside(self.set_aside_asked)

@@ -640,7 +640,8 @@ class MembershipService:
                 self._set_aside_due[node_id] = now + 1.0
 
     def refuses_data_of(self, node_id: str) -> bool:
-        """Whether writes from `node_id` are refused: a forgotten core, heard again with data from before that."""
+        """Whether writes from `node_id` are refused: a core forgotten here (one heard again is no longer forgotten
+        only if its data began after the forget, so one that writes is back with data from before that)."""
         return node_id in self.forgotten
 
     def _admit(self, node_id: str) -> None:

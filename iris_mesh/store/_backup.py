@@ -456,12 +456,16 @@ def _utc_stamp() -> str:
 
 def _aside_name(data_dir: Path, why: str, when: str) -> Path:
     """NODE.WHY-TIME beside `data_dir` (WHY: replaced, forgotten), with a number added if that name is taken."""
+    return _free_name(data_dir.parent, f"{data_dir.name}.{why}-{when}")
+
+
+def _free_name(parent: Path, stem: str) -> Path:
+    """parent/STEM, or parent/STEM-N with the first N not taken (a second set-aside or restore in one second)."""
     for n in range(1, 1000):
-        candidate = data_dir.parent / f"{data_dir.name}.{why}-{when}" if n == 1 else \
-            data_dir.parent / f"{data_dir.name}.{why}-{when}-{n}"
+        candidate = parent / (stem if n == 1 else f"{stem}-{n}")
         if not candidate.exists():
             return candidate
-    raise OSError(errno.EEXIST, f"too many {data_dir.name}.{why}-{when}* directories in {data_dir.parent}")
+    raise OSError(errno.EEXIST, f"too many {stem}* directories in {parent}")
 
 
 def set_aside(data_dir: Path) -> Path:
@@ -485,11 +489,7 @@ def set_aside(data_dir: Path) -> Path:
 
 
 def _aside_inside(data_dir: Path, when: str) -> Path:
-    inside = data_dir / f"{INSIDE_ASIDE_PREFIX}{when}"
-    for n in range(2, 1000):
-        if not inside.exists():
-            break
-        inside = data_dir / f"{INSIDE_ASIDE_PREFIX}{when}-{n}"
+    inside = _free_name(data_dir, f"{INSIDE_ASIDE_PREFIX}{when}")
     inside.mkdir()
     for entry in sorted(data_dir.iterdir()):
         if not entry.name.startswith(INSIDE_ASIDE_PREFIX):  # data set aside before stays where it is

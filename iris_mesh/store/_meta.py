@@ -134,7 +134,8 @@ class NodeMeta:
         return {str(node): int(at) for node, at in saved.items()}
 
     def save_forgotten_cores(self, region: str, cores: Mapping[str, int]) -> None:
-        self._db.put_synced("meta", _FORGOTTEN_PREFIX + region.encode(), json.dumps(dict(sorted(cores.items()))).encode())
+        saved = json.dumps(dict(sorted(cores.items()))).encode()
+        self._db.put_synced("meta", _FORGOTTEN_PREFIX + region.encode(), saved)
 
 
 def seed_directory(data_dir: Path, *, incarnation: int, last_hlc: int) -> None:
