@@ -32,6 +32,7 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
                    for (name, result), (_, endpoint) in zip(results, target.endpoints())]
     lines: list[str] = []
     done: dict[str, str] = {}
+    linked: list[str] = []  # cores whose checkpoint shares its table files with their data (the same disk)
     failed: dict[str, str] = {}
     causes: dict[str, list[str]] = {}  # why cores have no checkpoint -> those cores
     for name, result in results:
@@ -44,6 +45,8 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             causes.setdefault(cause if cause in ("exists", "create") else "checkpoint", []).append(name)
         elif "path" in result:
             done[result["node"]] = result["path"]
+            if result.get("linked"):
+                linked.append(result["node"])
             lines.append(f"{result['node']}: checkpoint in {result['path']}")
             continue
         else:
@@ -58,8 +61,11 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
         else:
             lines.append(f"{core}: NOT BACKED UP (not found: is it running?)")
         causes.setdefault("not_asked" if args.node else "down", []).append(core)
+    if linked:
+        lines.append(_linked_note(sorted(linked), directory))
     ok = bool(done) and not failed and not missing
-    data: dict[str, Any] = {"ok": ok, "checkpoints": done, "failed": failed, "missing": missing}
+    data: dict[str, Any] = {"ok": ok, "checkpoints": done, "linked": sorted(linked), "failed": failed,
+                            "missing": missing}
     if not ok:
         without = sorted(set(failed) | set(missing)) or ["every core"]
         data["next"] = "; ".join(_backup_advice(cause, sorted(cores), directory)
@@ -71,6 +77,14 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             lines.append(f"(the checkpoints that were written stay in {directory})")
     emit(args, data, "\n".join(lines))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _linked_note(cores: list[str], directory: str) -> str:
+    """A checkpoint on its core's data disk is hard links to the data's table files: that disk's loss takes both."""
+    one = len(cores) == 1
+    return (f"note: the checkpoint{'' if one else 's'} of {', '.join(cores)} {'shares' if one else 'share'} "
+            f"{'its' if one else 'their'} table files with the data (hard links on the same disk, no extra space at "
+            f"first): copy {directory} to another disk to keep the backup through that disk's loss")
 
 
 def _node_id_at(target: Target, endpoint: str) -> str | None:

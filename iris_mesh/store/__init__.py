@@ -6,12 +6,12 @@ from iris_mesh.store._admin import StoreAdmin
 from iris_mesh.store._backup import (
     MissingCores,
     Restored,
-    checkpoint,
     restore,
     restore_all,
     restore_backup,
     set_aside,
 )
+from iris_mesh.store._checkpoint import Checkpointed, checkpoint
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._journal import LocalJournal
@@ -24,6 +24,7 @@ from iris_mesh.store._versioned import HybridClock, Version, Versioned
 
 __all__ = [
     "CLOCK_SAVE_INTERVAL_S",
+    "Checkpointed",
     "ClockKeeper",
     "DURABILITIES",
     "Database",

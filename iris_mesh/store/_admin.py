@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from iris_mesh.store._coordinator import DURABILITIES, Done
-from iris_mesh.store._backup import BackupError
+from iris_mesh.store._checkpoint import BackupError, Checkpointed
 from iris_mesh.store._db import StoreError
 from iris_mesh.store._anti_entropy import SessionResult
 from iris_mesh.store._service import USER_TABLES, StoreService
@@ -68,7 +68,7 @@ def _key(msg: dict[str, Any]) -> bytes | None:
 class StoreAdmin:
     """Handlers keyed by admin op, for the node runtime's table."""
 
-    def __init__(self, store: StoreService, *, checkpoint: Callable[[Path], Path] | None,
+    def __init__(self, store: StoreService, *, checkpoint: Callable[[Path], Checkpointed] | None,
                  post: Callable[[Callable[[float], None]], None] | None = None) -> None:
         self._store = store
         self._checkpoint = checkpoint
@@ -195,9 +195,9 @@ class StoreAdmin:
         checkpoint, post, node_id = self._checkpoint, self._post, self._store.node_id
 
         def run() -> None:
-            # A checkpoint holds the GIL while RocksDB links its files: never on the engine thread.
+            # A checkpoint takes seconds or more (flushes, copies onto another disk): never on the engine thread.
             try:
-                path = checkpoint(Path(directory) / node_id)
+                taken = checkpoint(Path(directory) / node_id)
             except Exception as exc:  # the operator needs the reason, the node keeps serving
                 # A StoreError says what failed in words; anything else is a bug, named as such.
                 failure = {"ok": False, "error": "backup_failed",
@@ -205,7 +205,9 @@ class StoreAdmin:
                            "cause": exc.cause if isinstance(exc, BackupError) else "checkpoint"}
                 post(lambda _now: request.reply(failure))
                 return
-            post(lambda _now: request.reply({"ok": True, "node": node_id, "path": str(path)}))
+            # linked: its table files are hard links to the data's own (same disk), not copies
+            post(lambda _now: request.reply({"ok": True, "node": node_id, "path": str(taken.path),
+                                             "linked": taken.linked}))
 
         threading.Thread(target=run, name=f"iris-backup-{node_id}", daemon=True).start()
 

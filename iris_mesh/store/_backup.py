@@ -1,4 +1,4 @@
-"""Backups: online RocksDB checkpoints, and an offline restore that swaps a data directory.
+"""Backups: an offline restore that swaps a data directory (the online checkpoints are `_checkpoint.py`'s).
 
 A checkpoint is a complete, openable database directory that reflects one point
 of the database's history (every atomic batch is in it entirely or not at all).
@@ -37,40 +37,12 @@ from typing import Any, NamedTuple
 
 from rocksdict import AccessType, Options, Rdict
 
+from iris_mesh.store._checkpoint import fsync_dir, fsync_tree
 from iris_mesh.store._db import INSIDE_ASIDE_PREFIX, Database, StoreError, held_by_this_process
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
-__all__ = ["BackupError", "MissingCores", "Restored", "checkpoint", "restore", "restore_all", "restore_backup",
-           "set_aside"]
-
-
-class BackupError(StoreError):
-    """A checkpoint was not taken; `cause` says why, for the advice meshctl gives.
-
-    `exists`: the destination is there already (an earlier backup's); `create`: its directory cannot
-    be made; `checkpoint`: RocksDB or the disk failed while writing it.
-    """
-
-    def __init__(self, cause: str, message: str) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-def checkpoint(db: Database, dest: Path) -> Path:
-    """Write a consistent online checkpoint of `db` into `dest` (must not exist); returns `dest`. BackupError if not."""
-    if dest.exists():
-        raise BackupError("exists", f"backup destination {dest} already exists; choose a new directory")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BackupError("create", f"cannot create the directory {dest.parent}: {exc.strerror or exc}") from None
-    try:
-        db.checkpoint(dest)
-        _fsync_tree(dest)  # "backup done" means on disk, also after power loss
-    except Exception as exc:
-        raise BackupError("checkpoint", f"checkpoint into {dest} failed: {exc}") from None
-    return dest
+__all__ = ["MissingCores", "Restored", "restore", "restore_all", "restore_backup", "set_aside"]
 
 
 def restore(checkpoint_dir: Path, data_dir: Path, *, keep_replaced: bool = True) -> Path | None:
@@ -197,7 +169,7 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 works.append(work)
                 copy = work / "data"
                 shutil.copytree(checkpoint_dir, copy)
-                _fsync_tree(copy)
+                fsync_tree(copy)
             except OSError as exc:
                 raise StoreError(f"copying {checkpoint_dir} next to {data_dir} failed ({exc}); nothing was changed") from None
             _prove_usable(copy, checkpoint_dir, note={"from": str(checkpoint_dir), "at": when})
@@ -385,25 +357,6 @@ def _prove_usable(staged: Path, source: Path, note: dict[str, str]) -> None:
         raise StoreError(f"{source} is not a usable iris_mesh checkpoint: {exc}; nothing was changed") from None
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when: str,
               unfinished: dict[Path, dict[str, Any]]) -> dict[Path, Path | None]:
     """Put every staged copy in place of its data directory: all of them, or none (the old ones are put back).
@@ -437,7 +390,7 @@ def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when:
         raise StoreError(f"putting the restored copies in place failed ({exc}); {said}") from None
     try:
         for parent in {data_dir.parent for data_dir, _old in done}:
-            _fsync_dir(parent)
+            fsync_dir(parent)
         remove_markers(data_dirs)
     except OSError as exc:
         raise StoreError(f"the restored data is in place, but making that durable failed ({exc}); check the disk, "
@@ -475,7 +428,7 @@ def set_aside(data_dir: Path) -> Path:
 
     The node starts on an empty directory at `data_dir` next; the data set aside is kept for the operator."""
     if held_by_this_process(data_dir):
-        raise BackupError(f"the database in {data_dir} is open in this process; close it before setting it aside")
+        raise StoreError(f"the database in {data_dir} is open in this process; close it before setting it aside")
     when = _utc_stamp()
     dest = _aside_name(data_dir, "forgotten", when)
     try:
@@ -484,7 +437,7 @@ def set_aside(data_dir: Path) -> Path:
         if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM):
             raise
         return _aside_inside(data_dir, when)
-    _fsync_dir(data_dir.parent)
+    fsync_dir(data_dir.parent)
     return dest
 
 
@@ -494,8 +447,8 @@ def _aside_inside(data_dir: Path, when: str) -> Path:
     for entry in sorted(data_dir.iterdir()):
         if not entry.name.startswith(INSIDE_ASIDE_PREFIX):  # data set aside before stays where it is
             entry.rename(inside / entry.name)
-    _fsync_dir(inside)
-    _fsync_dir(data_dir)
+    fsync_dir(inside)
+    fsync_dir(data_dir)
     return inside
 
 

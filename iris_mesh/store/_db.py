@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -35,7 +37,7 @@ from rocksdict import (BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, R
 from iris_mesh.store._restore_mark import refuse_if_restoring
 
 __all__ = [
-    "Database", "ENGINE_FIELDS", "ENGINE_PROPERTIES", "INSIDE_ASIDE_PREFIX", "MAX_WAL_BYTES", "StoreError", "TABLES",
+    "CHECKPOINT_STAGING_PREFIX", "Database", "ENGINE_FIELDS", "ENGINE_PROPERTIES", "INSIDE_ASIDE_PREFIX", "MAX_WAL_BYTES", "StoreError", "TABLES",
     "held_by_this_process",
 ]
 
@@ -58,6 +60,10 @@ MAX_WAL_BYTES = 512 << 20
 # Data a core set aside inside its own data directory (one it could not rename: a mount point) is in a
 # subdirectory named so; the directory counts as empty without it.
 INSIDE_ASIDE_PREFIX = ".forgotten-"
+# A checkpoint is first taken into a subdirectory so named inside the data directory (_checkpoint.py); one a
+# crash left there is deleted when the database opens.
+CHECKPOINT_STAGING_PREFIX = ".checkpoint-"
+_FLUSH_POLL_S = 0.01
 # Database.engine_state: (field, RocksDB integer property, summed over the tables or read for the whole database)
 ENGINE_PROPERTIES = (
     ("memtable_bytes", "rocksdb.cur-size-all-mem-tables", True),
@@ -179,6 +185,7 @@ class Database:
         self._closed = False
         with _open_here_lock:
             _open_here.add(self._resolved)
+        _drop_unfinished_checkpoints(path)
 
     def get(self, table: str, key: bytes) -> bytes | None:
         try:
@@ -272,6 +279,19 @@ class Database:
                         pass
         return total
 
+    def flush_memtables(self, wait_s: float) -> bool:
+        """Have RocksDB flush every table's memtable and wait until it has, polling with the interpreter lock free
+        (RocksDB's own flush call holds it while it waits); False if `wait_s` passed first."""
+        for table in self._tables.values():
+            table.flush(False)
+        deadline = time.monotonic() + wait_s
+        while any(table.property_int_value("rocksdb.mem-table-flush-pending") for table in self._tables.values()) \
+                or self._db.property_int_value("rocksdb.num-running-flushes"):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_FLUSH_POLL_S)
+        return True
+
     def checkpoint(self, dest: Path) -> None:
         """Write a consistent point-in-time copy (hard links where possible) to `dest`, which must not exist."""
         Checkpoint(self._db).create_checkpoint(str(dest))
@@ -291,6 +311,12 @@ class Database:
             self._db.close()
             with _open_here_lock:
                 _open_here.discard(self._resolved)
+
+
+def _drop_unfinished_checkpoints(path: Path) -> None:
+    for entry in path.iterdir():
+        if entry.name.startswith(CHECKPOINT_STAGING_PREFIX) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:

@@ -62,6 +62,7 @@ def test_quorum_with_one_core_down_and_a_backup_taken_meanwhile(local_cluster: L
     assert backup.returncode == 1, backup.stdout + backup.stderr
     doc = json.loads(backup.stdout)
     assert (doc["ok"], doc["missing"], sorted(doc["checkpoints"])) == (False, ["core3"], ["core1", "core2"]), doc
+    assert doc["linked"] == ["core1", "core2"], doc  # on the data's disk: hard links, lost with that disk
     # Latency on every node names the core that is down (it exited 0 with core3 simply missing).
     latency = meshctl(local_cluster, "--cluster", local_cluster.name, "latency")
     assert latency.returncode == 1 and "not answering: core3" in latency.stdout, latency.stdout + latency.stderr
@@ -290,6 +291,10 @@ def test_backup_then_restore_gives_exactly_the_backed_up_state(local_cluster: Lo
     backup = meshctl(local_cluster, "--cluster", local_cluster.name, "backup", str(backup_dir))
     assert backup.returncode == 0, backup.stdout + backup.stderr
     assert sorted(p.name for p in backup_dir.iterdir()) == list(CORES)
+    assert backup.stdout.endswith(  # the test's backup is on the data's disk
+        f"note: the checkpoints of core1, core2, core3 share their table files with the data (hard links on the "
+        f"same disk, no extra space at first): copy {backup_dir} to another disk to keep the backup through that "
+        "disk's loss\n"), backup.stdout
     assert _put(core1, "b0", "changed after backup")["ok"]
     assert _put(core1, "late", "written after backup")["ok"]
 

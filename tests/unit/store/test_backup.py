@@ -21,14 +21,13 @@ import pytest
 from rocksdict import Options, Rdict
 
 from iris_mesh.store._backup import (
-    BackupError,
     MissingCores,
-    checkpoint,
     restore,
     restore_all,
     restore_backup,
     set_aside,
 )
+from iris_mesh.store._checkpoint import BackupError, checkpoint
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._local import LocalStore
 from iris_mesh.store._meta import RESTORED_KEY, NodeMeta, seed_directory
@@ -128,10 +127,10 @@ def test_checkpoint_while_writes_continue_is_consistent(tmp_path: Path) -> None:
     engine.thread.start()
     try:
         wait_until(lambda: engine.acked >= 50, 30.0, "writes to be flowing")
-        first = checkpoint(db, tmp_path / "backup1")
+        first = checkpoint(db, tmp_path / "backup1").path
         acked_at_first = engine.acked
         wait_until(lambda: engine.acked >= acked_at_first + 50, 30.0, "writes to go on after the checkpoint")
-        second = checkpoint(db, tmp_path / "backups" / "two")
+        second = checkpoint(db, tmp_path / "backups" / "two").path
     finally:
         engine.stop.set()
         engine.thread.join(30)
@@ -184,7 +183,7 @@ def test_restore_replaces_the_state_exactly(tmp_path: Path) -> None:
     db = Database(data)
     commit_now(db, [("offline_msg", b"a", v(1)), ("offline_msg", b"b", v(1)), ("presence", b"u", v(1, None))])
     db.put_synced("meta", b"node_id", b"core1")
-    backup = checkpoint(db, tmp_path / "backup")
+    backup = checkpoint(db, tmp_path / "backup").path
     commit_now(db, [("offline_msg", b"a", v(2, None)), ("offline_msg", b"c", v(2)), ("hints", b"h", v(2))])
     db.close()
     at_checkpoint = dump(backup)
@@ -206,7 +205,7 @@ def test_a_restore_asked_to_delete_the_replaced_data_leaves_only_the_restored_co
     data = tmp_path / "data"
     db = Database(data)
     commit_now(db, [("offline_msg", b"a", v(1))])
-    backup = checkpoint(db, tmp_path / "backup")
+    backup = checkpoint(db, tmp_path / "backup").path
     commit_now(db, [("offline_msg", b"b", v(1))])
     db.close()
     assert restore(backup, data, keep_replaced=False) is None
@@ -219,7 +218,7 @@ def test_two_restores_in_the_same_second_keep_both_replaced_directories(tmp_path
     data = tmp_path / "data"
     db = Database(data)
     commit_now(db, [("offline_msg", b"a", v(1))])
-    backup = checkpoint(db, tmp_path / "backup")
+    backup = checkpoint(db, tmp_path / "backup").path
     db.close()
     monkeypatch.setattr("iris_mesh.store._backup._utc_stamp", lambda: "20270115T080000Z")
     first, second = restore(backup, data), restore(backup, data)
@@ -230,7 +229,7 @@ def test_two_restores_in_the_same_second_keep_both_replaced_directories(tmp_path
 def test_restore_into_a_missing_data_directory(tmp_path: Path) -> None:
     db = Database(tmp_path / "db")
     commit_now(db, [("offline_msg", b"a", v(1))])
-    backup = checkpoint(db, tmp_path / "backup")
+    backup = checkpoint(db, tmp_path / "backup").path
     db.close()
     before = tree(backup)
     restore(backup, tmp_path / "new" / "data")
@@ -242,7 +241,7 @@ def test_restore_refuses_while_the_database_is_open(tmp_path: Path) -> None:
     data = tmp_path / "data"
     db = Database(data)
     commit_now(db, [("offline_msg", b"a", v(1))])
-    backup = checkpoint(db, tmp_path / "backup")
+    backup = checkpoint(db, tmp_path / "backup").path
     commit_now(db, [("offline_msg", b"b", v(1))])
     try:
         with pytest.raises(StoreError, match="open in this process"):
@@ -263,7 +262,7 @@ def two_cores_backed_up(tmp_path: Path) -> list[tuple[Path, Path]]:
     for name in ("core1", "core2"):
         db = Database(tmp_path / "data" / name)
         commit_now(db, [("offline_msg", b"a", v(1))])
-        backup = checkpoint(db, tmp_path / "backup" / name)
+        backup = checkpoint(db, tmp_path / "backup" / name).path
         commit_now(db, [("offline_msg", b"after-backup", v(2))])
         db.close()
         pairs.append((backup, tmp_path / "data" / name))
@@ -436,7 +435,7 @@ def test_restore_refuses_a_checkpoint_that_is_not_a_valid_database(tmp_path: Pat
 
 def test_restore_refuses_to_replace_a_directory_that_is_not_a_database(tmp_path: Path) -> None:
     db = Database(tmp_path / "db")
-    backup = checkpoint(db, tmp_path / "backup")
+    backup = checkpoint(db, tmp_path / "backup").path
     db.close()
     target = tmp_path / "precious"
     target.mkdir()

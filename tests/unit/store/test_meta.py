@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from iris_mesh.store import ClockKeeper, Database, HybridClock, NodeMeta, StoreError, seed_directory
-from iris_mesh.store._backup import checkpoint, restore
+from iris_mesh.store._backup import restore
+from iris_mesh.store._checkpoint import checkpoint
 from iris_mesh.store._versioned import Version, Versioned, encode_versioned
 
 

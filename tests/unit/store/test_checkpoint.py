@@ -1,0 +1,165 @@
+"""Online checkpoints: RocksDB checkpoints onto the data's own filesystem with the memtables already flushed, and a
+checkpoint for another filesystem is copied there by the node (RocksDB's own copy would hold the interpreter lock
+for all of it, and the node's engine with it)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iris_mesh.store._checkpoint import BackupError, checkpoint
+from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, TABLES, Database
+
+ROWS = 20_000
+
+
+class WatchedDatabase(Database):
+    """A real database that records where RocksDB was asked to checkpoint and how full the memtables were then."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked: list[tuple[Path, int]] = []
+
+    def checkpoint(self, dest: Path) -> None:
+        self.asked.append((dest, self.engine_state()["memtable_bytes"]))
+        super().checkpoint(dest)
+
+
+def fill(db: Database) -> list[tuple[bytes, bytes]]:
+    rows = [(b"user%05d\x00m" % i, b"v" * 100) for i in range(ROWS)]
+    db.write(("offline_msg", key, value) for key, value in rows)
+    return rows
+
+
+def rows_of(path: Path) -> list[tuple[bytes, bytes]]:
+    db = Database(path)
+    try:
+        assert all(not list(db.iterate(table)) for table in TABLES if table not in ("offline_msg", "meta"))
+        return list(db.iterate("offline_msg"))
+    finally:
+        db.close()
+
+
+def staging_left(data_dir: Path) -> list[str]:
+    return [entry.name for entry in data_dir.iterdir() if entry.name.startswith(CHECKPOINT_STAGING_PREFIX)]
+
+
+def table_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.sst"))
+
+
+def test_the_memtables_are_flushed_before_rocksdb_checkpoints_so_it_has_next_to_nothing_to_flush(
+        tmp_path: Path) -> None:
+    db = WatchedDatabase(tmp_path / "db")
+    try:
+        rows = fill(db)
+        assert db.engine_state()["memtable_bytes"] > 1 << 20
+        taken = checkpoint(db, tmp_path / "backup" / "core1")
+        [(_, memtable_bytes)] = db.asked
+        assert memtable_bytes < 64 << 10  # the empty memtables of the five tables
+    finally:
+        db.close()
+    assert rows_of(taken.path) == rows
+
+
+def test_a_checkpoint_on_the_datas_filesystem_links_its_table_files_and_leaves_nothing_behind(
+        tmp_path: Path) -> None:
+    db = WatchedDatabase(tmp_path / "db")
+    try:
+        rows = fill(db)
+        taken = checkpoint(db, tmp_path / "backup" / "core1")
+        [(asked, _)] = db.asked
+        assert asked.parent == db.path  # inside the data directory: the same filesystem whatever the destination
+        assert taken.path == tmp_path / "backup" / "core1" and taken.linked
+        assert table_files(taken.path) and all(f.stat().st_nlink == 2 for f in table_files(taken.path))
+        assert staging_left(db.path) == []
+    finally:
+        db.close()
+    assert rows_of(taken.path) == rows
+
+
+@pytest.fixture
+def other_filesystem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backup directory is on another filesystem: renaming the staged checkpoint into it fails with EXDEV."""
+    rename = os.rename
+
+    def cross_device(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(src).name.startswith(CHECKPOINT_STAGING_PREFIX):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+        rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", cross_device)
+
+
+def test_a_checkpoint_for_another_filesystem_is_taken_on_the_datas_and_copied_by_the_node(
+        tmp_path: Path, other_filesystem: None) -> None:
+    db = WatchedDatabase(tmp_path / "db")
+    try:
+        rows = fill(db)
+        taken = checkpoint(db, tmp_path / "backup" / "core1")
+        [(asked, _)] = db.asked
+        assert asked.parent == db.path  # RocksDB links there; the node copies from there
+        assert not taken.linked
+        assert table_files(taken.path) and all(f.stat().st_nlink == 1 for f in table_files(taken.path))
+        assert sorted(os.listdir(tmp_path / "backup")) == ["core1"]  # no partial copy left beside it
+        assert staging_left(db.path) == []
+    finally:
+        db.close()
+    assert rows_of(taken.path) == rows
+
+
+def test_a_copy_that_fails_leaves_neither_a_checkpoint_nor_a_partial_copy(
+        tmp_path: Path, other_filesystem: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    copyfile = shutil.copyfile
+    copied: list[str] = []
+
+    def disk_full_at_the_second_file(src: Any, dst: Any, **kwargs: Any) -> Any:
+        if copied:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        copied.append(str(dst))
+        return copyfile(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full_at_the_second_file)
+    db = Database(tmp_path / "db")
+    try:
+        fill(db)
+        with pytest.raises(BackupError, match=r"^checkpoint into .*/backup/core1 failed: .*No space left on device") \
+                as failed:
+            checkpoint(db, tmp_path / "backup" / "core1")
+        assert failed.value.cause == "checkpoint"
+        assert os.listdir(tmp_path / "backup") == []
+        assert staging_left(db.path) == []
+    finally:
+        db.close()
+
+
+def test_a_partial_copy_in_the_way_is_refused_as_an_earlier_backups(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    try:
+        (tmp_path / "backup" / "core1.partial").mkdir(parents=True)
+        with pytest.raises(BackupError, match=r"core1.partial already exists") as refused:
+            checkpoint(db, tmp_path / "backup" / "core1")
+        assert refused.value.cause == "exists"
+        assert os.listdir(tmp_path / "backup") == ["core1.partial"]
+    finally:
+        db.close()
+
+
+def test_a_staged_checkpoint_a_crash_left_in_the_data_directory_is_deleted_at_the_next_open(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db")
+    rows = fill(db)
+    db.close()
+    left = tmp_path / "db" / f"{CHECKPOINT_STAGING_PREFIX}123-456"
+    left.mkdir()
+    (left / "000009.sst").write_bytes(b"linked table file")
+    db = Database(tmp_path / "db")
+    try:
+        assert staging_left(db.path) == []
+        assert list(db.iterate("offline_msg")) == rows
+    finally:
+        db.close()
