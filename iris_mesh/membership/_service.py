@@ -41,6 +41,10 @@ _SEED_RETRY_S = 1.0
 _HELLO_QUICK_S = 2.0
 _HELLO_RETRY_QUICK_S = 0.05
 _HELLO_RETRY_SLOW_S = 1.0
+# A link that could not be made (the node out of sockets or file descriptors) is tried again after this, doubled
+# at each failure up to _RELINK_RETRY_MAX_S (each failure logs an ERROR).
+_RELINK_RETRY_S = 1.0
+_RELINK_RETRY_MAX_S = 30.0
 _UNSEEN_WARN_S = 10.0  # the expected cores not heard at all this long after the start are named (once)
 _FLAP_WINDOW_S = 30.0
 _FLAP_LIMIT = 6
@@ -54,6 +58,7 @@ class MeshIO(Protocol):
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool: ...
     def async_disconnect_peer(self, node_id: str) -> None: ...
     def async_has_link(self, node_id: str) -> bool: ...
+    def async_link_endpoint(self, node_id: str) -> str | None: ...
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
     def async_open_seed(self, endpoint: str) -> None: ...
     def async_close_seed(self, endpoint: str) -> None: ...
@@ -112,6 +117,8 @@ class MembershipService:
         # Peers whose HELLO could not be queued yet (a fresh link queues nothing until its connection is up) ->
         # (when to try again, since when it failed).
         self._hello_pending: dict[str, tuple[float, float]] = {}
+        # Peers whose link (new, or re-pointed) could not be made -> (when to try again, the wait before that).
+        self._relink_at: dict[str, tuple[float, float]] = {}
         self._ignored: set[tuple[str, str]] = set()
         self._flaps: dict[str, list[float]] = {}
         self._flapping: set[str] = set()  # said to flap: its state changes are logged at DEBUG until it settles
@@ -238,6 +245,12 @@ class MembershipService:
                 del self._hello_pending[node_id]
             elif now >= due:
                 self._say_hello(node_id, now, force=True)
+        for node_id, (due, wait) in list(self._relink_at.items()):
+            card = self.cards.get(node_id)
+            if card is None:
+                del self._relink_at[node_id]
+            elif now >= due:
+                self._link(card, card, now, wait=min(2 * wait, _RELINK_RETRY_MAX_S))
         for transition in self.detector.tick(now):
             self._on_transition(transition, now)
         if self._forget_when_dead:
@@ -433,6 +446,7 @@ class MembershipService:
         self._confirmed.pop(node_id, None)
         self._hello_sent_at.pop(node_id, None)
         self._hello_pending.pop(node_id, None)
+        self._relink_at.pop(node_id, None)
         self._heartbeat_at.pop(node_id, None)
         self._clients.pop(node_id, None)
         self._flapping.discard(node_id)
@@ -526,10 +540,22 @@ class MembershipService:
         # A seed link and a peer link to the same node would share our identity and fight over it.
         if card.mesh_endpoint in self._io.async_seed_endpoints():
             self._io.async_close_seed(card.mesh_endpoint)
+        self._link(card, known, now)
+
+    def _link(self, card: PeerCard, known: PeerCard | None, now: float, wait: float = _RELINK_RETRY_S) -> None:
+        """Link to `card`'s address (or keep the link there), and say HELLO on a new link or to a new incarnation.
+
+        A link that cannot be made (out of sockets) is tried again from the tick, `wait` s on: the same card
+        coming again changes nothing here, so without that the node would stay unlinked to the peer for good.
+        """
+        assert self._io is not None
+        self._relink_at.pop(card.node_id, None)
         if self._io.async_connect_peer(card.node_id, card.mesh_endpoint, card.hb_endpoint):
             logger.debug("linking to {} at {} (incarnation {})", card.node_id, card.mesh_endpoint, card.incarnation)
             self._hello_pending.pop(card.node_id, None)  # a new link: its retries start over, quick
             self._say_hello(card.node_id, now, force=True)
+        elif self._io.async_link_endpoint(card.node_id) != card.mesh_endpoint:
+            self._relink_at[card.node_id] = (now + wait, wait)
         elif known is not None and known.incarnation != card.incarnation:
             self._hello_pending.pop(card.node_id, None)
             self._say_hello(card.node_id, now, force=True)

@@ -30,8 +30,15 @@ class FakeMesh:
         self.sent_fields: list[dict[str, Any]] = []  # and their fields
         self.published: list[str] = []  # ops published on the heartbeat socket
         self.published_fields: list[dict[str, Any]] = []
+        self.out_of_sockets = False  # no new link can be made (the engine counts link_not_made and logs it)
+        self.link_attempts = 0
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
+        if self.links.get(node_id) == mesh_endpoint:
+            return False
+        self.link_attempts += 1
+        if self.out_of_sockets:
+            return False  # the link it had, if any, stays
         changed = self.links.get(node_id) != mesh_endpoint
         self.links[node_id] = mesh_endpoint
         return changed
@@ -41,6 +48,9 @@ class FakeMesh:
 
     def async_has_link(self, node_id: str) -> bool:
         return node_id in self.links
+
+    def async_link_endpoint(self, node_id: str) -> str | None:
+        return self.links.get(node_id)
 
     def async_seed_endpoints(self) -> list[str]:
         return []
@@ -770,3 +780,39 @@ def test_a_peer_dead_for_ten_minutes_that_is_no_expected_core_is_dropped_link_an
     assert service.state_of("core2") == "dead"  # an expected core stays, until `meshctl forget`
     service.async_on_hello(hello(card("edge7", 4, 6100).with_(role="edge")), at + 1.0)  # it comes back
     assert set(mesh.links) == {"core2", "edge7"}
+
+
+def test_a_link_that_could_not_be_made_is_tried_again_until_it_is() -> None:
+    service, mesh = membership()
+    mesh.out_of_sockets = True
+    core2 = card("core2", 7, 6000)
+    service.async_on_discovered(core2, T0)
+    assert mesh.links == {} and mesh.link_attempts == 1
+    service.async_on_discovered(core2, T0 + 0.5)  # the same card again (an mDNS refresh) changes nothing by itself
+    service.async_tick(T0 + 0.9)
+    assert mesh.link_attempts == 1
+    service.async_tick(T0 + 1.0)  # a second on
+    assert mesh.link_attempts == 2 and mesh.links == {}
+    service.async_tick(T0 + 2.9)  # then two seconds after that, doubling
+    assert mesh.link_attempts == 2
+    mesh.out_of_sockets = False  # the operator raised the limit, or sockets were freed
+    service.async_tick(T0 + 3.0)
+    assert mesh.link_attempts == 3 and mesh.links == {"core2": core2.mesh_endpoint}
+    assert mesh.sent[-1] == ("core2", "hello")  # the new link introduces this node at once
+    for at in (T0 + 10.0, T0 + 70.0):
+        service.async_tick(at)
+    assert mesh.link_attempts == 3  # made: no more tries
+
+
+def test_a_peer_at_a_new_address_is_linked_there_once_a_link_can_be_made() -> None:
+    service, mesh = membership()
+    core2 = card("core2", 7, 6000)
+    service.async_on_hello(hello(core2), T0)
+    assert mesh.links == {"core2": core2.mesh_endpoint}
+    mesh.out_of_sockets = True
+    moved = card("core2", 8, 6100)  # restarted on another port
+    service.async_on_hello(hello(moved), T0 + 0.1)
+    assert mesh.links == {"core2": core2.mesh_endpoint}  # the old link stays meanwhile
+    mesh.out_of_sockets = False
+    service.async_tick(T0 + 1.1)
+    assert mesh.links == {"core2": moved.mesh_endpoint} and mesh.sent[-1] == ("core2", "hello")
