@@ -127,7 +127,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     A backup that lacks a core (one its checkpoints expect, or one with data under --data-root) is
     refused, unless --without-missing: then that core's data is moved aside and it starts empty.
     """
-    from iris_mesh.store import MissingCores, StoreError, restore_backup
+    from iris_mesh.store import PARTIAL_SUFFIX, MissingCores, StoreError, restore_backup
 
     source = Path(args.dir)
     data_root = Path(args.data_root)
@@ -135,6 +135,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise CtlError(f"--data-root {args.data_root} is not a directory (a typo? to restore onto a new disk, "
                        "create it first)", EXIT_CHECK_FAILED)
     nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
+    unfinished = [p for p in nodes if p.name.endswith(PARTIAL_SUFFIX)]
+    if unfinished:  # a copy onto another disk that its core did not finish (it stopped, or the disk filled)
+        print(f"leaving out {', '.join(p.name for p in unfinished)}: unfinished copies, no checkpoints",
+              file=sys.stderr)
+        nodes = [p for p in nodes if p not in unfinished]
     if not nodes:
         raise CtlError(f"{source} holds no node checkpoints (expected one directory per core)", EXIT_CHECK_FAILED)
     names = ", ".join(p.name for p in nodes)

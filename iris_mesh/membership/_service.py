@@ -58,7 +58,8 @@ class MeshIO(Protocol):
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool: ...
     def async_disconnect_peer(self, node_id: str) -> None: ...
     def async_has_link(self, node_id: str) -> bool: ...
-    def async_link_endpoint(self, node_id: str) -> str | None: ...
+    def async_link_endpoint(self, node_id: str) -> tuple[str, str | None] | None: ...
+    def async_link_endpoints(self) -> dict[str, str]: ...
     def async_send(self, node_id: str, op: str, **fields: Any) -> bool: ...
     def async_open_seed(self, endpoint: str) -> None: ...
     def async_close_seed(self, endpoint: str) -> None: ...
@@ -250,7 +251,12 @@ class MembershipService:
             if card is None:
                 del self._relink_at[node_id]
             elif now >= due:
-                self._link(card, card, now, wait=min(2 * wait, _RELINK_RETRY_MAX_S))
+                taken = any(other != node_id and endpoint == card.mesh_endpoint
+                            for other, endpoint in self._io.async_link_endpoints().items())
+                if taken:  # another node is linked there now (it said so itself): this card is out of date
+                    del self._relink_at[node_id]
+                else:
+                    self._link(card, card, now, wait=min(2 * wait, _RELINK_RETRY_MAX_S))
         for transition in self.detector.tick(now):
             self._on_transition(transition, now)
         if self._forget_when_dead:
@@ -533,6 +539,7 @@ class MembershipService:
             logger.warning("{} runs at {} now, where {} ran: the link to {} is closed", card.node_id,
                            card.mesh_endpoint.removeprefix("tcp://"), claimant, claimant)
             self._io.async_disconnect_peer(claimant)
+            self._relink_at.pop(claimant, None)
         if firsthand:
             self._confirmed[card.node_id] = card.incarnation
         self.cards[card.node_id] = card
@@ -554,7 +561,7 @@ class MembershipService:
             logger.debug("linking to {} at {} (incarnation {})", card.node_id, card.mesh_endpoint, card.incarnation)
             self._hello_pending.pop(card.node_id, None)  # a new link: its retries start over, quick
             self._say_hello(card.node_id, now, force=True)
-        elif self._io.async_link_endpoint(card.node_id) != card.mesh_endpoint:
+        elif self._io.async_link_endpoint(card.node_id) != (card.mesh_endpoint, card.hb_endpoint):
             self._relink_at[card.node_id] = (now + wait, wait)
         elif known is not None and known.incarnation != card.incarnation:
             self._hello_pending.pop(card.node_id, None)

@@ -100,10 +100,10 @@ class PeerLinks:
     def async_has_link(self, node_id: str) -> bool:
         return node_id in self._links
 
-    def async_link_endpoint(self, node_id: str) -> str | None:
-        """The mesh endpoint of the link to `node_id` (None: no link)."""
+    def async_link_endpoint(self, node_id: str) -> tuple[str, str | None] | None:
+        """The mesh and heartbeat endpoints of the link to `node_id` (None: no link)."""
         link = self._links.get(node_id)
-        return None if link is None else link.endpoint
+        return None if link is None else (link.endpoint, link.hb_endpoint)
 
     def async_link_endpoints(self) -> dict[str, str]:
         return {node_id: link.endpoint for node_id, link in self._links.items()}

@@ -11,7 +11,7 @@ from iris_mesh.store._backup import (
     restore_backup,
     set_aside,
 )
-from iris_mesh.store._checkpoint import Checkpointed, checkpoint
+from iris_mesh.store._checkpoint import PARTIAL_SUFFIX, Checkpointed, checkpoint
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._journal import LocalJournal
@@ -34,6 +34,7 @@ __all__ = [
     "LocalStore",
     "MissingCores",
     "NodeMeta",
+    "PARTIAL_SUFFIX",
     "QuorumCoordinator",
     "Restored",
     "StoreAdmin",

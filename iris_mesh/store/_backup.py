@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from rocksdict import AccessType, Options, Rdict
 
 from iris_mesh.store._checkpoint import fsync_dir, fsync_tree
-from iris_mesh.store._db import INSIDE_ASIDE_PREFIX, Database, StoreError, held_by_this_process
+from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, INSIDE_ASIDE_PREFIX, Database, StoreError, held_by_this_process
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
@@ -445,7 +445,9 @@ def _aside_inside(data_dir: Path, when: str) -> Path:
     inside = _free_name(data_dir, f"{INSIDE_ASIDE_PREFIX}{when}")
     inside.mkdir()
     for entry in sorted(data_dir.iterdir()):
-        if not entry.name.startswith(INSIDE_ASIDE_PREFIX):  # data set aside before stays where it is
+        if entry.name.startswith(CHECKPOINT_STAGING_PREFIX):  # a backup's, cut short by the stop: no data of its own
+            shutil.rmtree(entry, ignore_errors=True)
+        elif not entry.name.startswith(INSIDE_ASIDE_PREFIX):  # data set aside before stays where it is
             entry.rename(inside / entry.name)
     fsync_dir(inside)
     fsync_dir(data_dir)

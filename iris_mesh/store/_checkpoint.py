@@ -31,11 +31,11 @@ from typing import NamedTuple
 
 from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, Database, StoreError
 
-__all__ = ["BackupError", "Checkpointed", "checkpoint", "fsync_dir", "fsync_tree"]
+__all__ = ["PARTIAL_SUFFIX", "BackupError", "Checkpointed", "checkpoint", "fsync_dir", "fsync_tree"]
 
 # How long the memtable flush may take before the checkpoint goes ahead and RocksDB flushes the rest itself.
 _FLUSH_WAIT_S = 60.0
-_PARTIAL_SUFFIX = ".partial"  # a copy onto another filesystem, until it is whole and synced
+PARTIAL_SUFFIX = ".partial"  # a copy onto another filesystem, until it is whole and synced
 
 
 class BackupError(StoreError):
@@ -62,7 +62,7 @@ def checkpoint(db: Database, dest: Path) -> Checkpointed:
 
     Runs off the engine thread; writes go on meanwhile. Every file of the checkpoint is fsync'd before it returns.
     """
-    partial = dest.with_name(dest.name + _PARTIAL_SUFFIX)
+    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
     for path in (dest, partial):
         if path.exists():
             raise BackupError("exists", f"backup destination {path} already exists; choose a new directory")
@@ -71,32 +71,35 @@ def checkpoint(db: Database, dest: Path) -> Checkpointed:
     except OSError as exc:
         raise BackupError("create", f"cannot create the directory {dest.parent}: {exc.strerror or exc}") from None
     stage = db.path / f"{CHECKPOINT_STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
-    copying = False
+    made: Path | None = None  # what this call put in the backup directory: deleted if the checkpoint fails
+    copied = False
     try:
         db.flush_memtables(_FLUSH_WAIT_S)
         db.checkpoint(stage)
+        fsync_tree(stage)  # "backup done" means on disk, also after power loss
         try:
             os.rename(stage, dest)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            copying = True
-            _copy_tree(stage, partial)
+            partial.mkdir()  # FileExistsError: another backup of this core into the same directory, going on now
+            made, copied = partial, True
+            _copy_files(stage, partial)
+            fsync_tree(partial)
             os.rename(partial, dest)
-        fsync_tree(dest)  # "backup done" means on disk, also after power loss
+        made = dest
         fsync_dir(dest.parent)
     except Exception as exc:
-        if copying:
-            shutil.rmtree(partial, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise BackupError("checkpoint", f"checkpoint into {dest} failed: {exc}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return Checkpointed(dest, linked=not copying)
+    return Checkpointed(dest, linked=not copied)
 
 
-def _copy_tree(source: Path, dest: Path) -> None:
+def _copy_files(source: Path, dest: Path) -> None:
     """Copy a checkpoint's files (it has no subdirectories); shutil's copy releases the interpreter lock."""
-    dest.mkdir()
     for entry in sorted(source.iterdir()):
         shutil.copyfile(entry, dest / entry.name)
 

@@ -197,9 +197,12 @@ def backed_up_while_core3_was_down(tmp_path: Path) -> tuple[Path, Path]:
 def test_a_restore_of_a_backup_that_lacks_a_core_is_refused_naming_it_and_the_ways_on(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     backup, data = backed_up_while_core3_was_down(tmp_path)
+    (backup / "core3.partial").mkdir()  # core3's copy onto the backup disk, cut short
+    (backup / "core3.partial" / "CURRENT").write_text("MANIFEST-000005\n")
     assert main(["restore", str(backup), "--data-root", str(data)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"restoring core1, core2 from {backup} into {data} (all of them or none) ...\n"), err
+    assert err.startswith("leaving out core3.partial: unfinished copies, no checkpoints\n"
+                          f"restoring core1, core2 from {backup} into {data} (all of them or none) ...\n"), err
     assert (f"meshctl: restore refused, nothing was changed: the backup has no checkpoint of core3 (its data is in "
             f"{data.resolve() / 'core3'}). A core started on its own data hands what the backup lacks back to the "
             "restored cores (hints, anti-entropy), and the restore is undone. Take a backup while every core runs, "

@@ -26,6 +26,7 @@ T0 = 1000.0
 class FakeMesh:
     def __init__(self) -> None:
         self.links: dict[str, str] = {}  # node -> mesh endpoint
+        self.hb_links: dict[str, str] = {}  # node -> heartbeat endpoint
         self.sent: list[tuple[str, str]] = []  # (node, op) of the mesh frames sent, in order
         self.sent_fields: list[dict[str, Any]] = []  # and their fields
         self.published: list[str] = []  # ops published on the heartbeat socket
@@ -34,23 +35,27 @@ class FakeMesh:
         self.link_attempts = 0
 
     def async_connect_peer(self, node_id: str, mesh_endpoint: str, hb_endpoint: str) -> bool:
-        if self.links.get(node_id) == mesh_endpoint:
+        if self.async_link_endpoint(node_id) == (mesh_endpoint, hb_endpoint):
             return False
         self.link_attempts += 1
         if self.out_of_sockets:
             return False  # the link it had, if any, stays
-        changed = self.links.get(node_id) != mesh_endpoint
         self.links[node_id] = mesh_endpoint
-        return changed
+        self.hb_links[node_id] = hb_endpoint
+        return True
 
     def async_disconnect_peer(self, node_id: str) -> None:
         self.links.pop(node_id, None)
+        self.hb_links.pop(node_id, None)
 
     def async_has_link(self, node_id: str) -> bool:
         return node_id in self.links
 
-    def async_link_endpoint(self, node_id: str) -> str | None:
-        return self.links.get(node_id)
+    def async_link_endpoint(self, node_id: str) -> tuple[str, str | None] | None:
+        return (self.links[node_id], self.hb_links[node_id]) if node_id in self.links else None
+
+    def async_link_endpoints(self) -> dict[str, str]:
+        return dict(self.links)
 
     def async_seed_endpoints(self) -> list[str]:
         return []
@@ -816,3 +821,28 @@ def test_a_peer_at_a_new_address_is_linked_there_once_a_link_can_be_made() -> No
     mesh.out_of_sockets = False
     service.async_tick(T0 + 1.1)
     assert mesh.links == {"core2": moved.mesh_endpoint} and mesh.sent[-1] == ("core2", "hello")
+
+
+def test_a_peer_whose_heartbeat_port_alone_moved_is_subscribed_there_once_a_socket_can_be_made() -> None:
+    service, mesh = membership()
+    core2 = card("core2", 7, 6000)
+    service.async_on_hello(hello(core2), T0)
+    mesh.out_of_sockets = True
+    moved = core2.with_(incarnation=8, hb_port=6500)  # restarted: same mesh port, a new heartbeat port
+    service.async_on_hello(hello(moved), T0 + 0.1)
+    assert mesh.hb_links["core2"] == core2.hb_endpoint
+    mesh.out_of_sockets = False
+    service.async_tick(T0 + 1.1)
+    assert mesh.hb_links["core2"] == moved.hb_endpoint
+
+
+def test_a_link_tried_again_is_not_made_to_an_address_another_node_took_meanwhile() -> None:
+    service, mesh = membership()
+    mesh.out_of_sockets = True
+    service.async_on_discovered(card("core2", 7, 6000), T0)  # from mDNS: no socket for it
+    mesh.out_of_sockets = False
+    core3 = card("core3", 3, 6000)
+    service.async_on_hello(hello(core3), T0 + 0.2)  # core3 runs at that address now, it says so itself
+    for at in (T0 + 1.0, T0 + 3.0, T0 + 40.0):
+        service.async_tick(at)
+    assert mesh.links == {"core3": core3.mesh_endpoint}  # two links to one address would lose the first's frames

@@ -652,8 +652,10 @@ def test_a_data_directory_that_cannot_be_renamed_is_set_aside_inside_itself(
         return rename(self, target)
 
     monkeypatch.setattr(Path, "rename", busy_for_the_mount)
+    (data_dir / ".checkpoint-1-2").mkdir()  # a backup's staging directory, its node stopped under it
     first = set_aside(data_dir)
     assert first.parent == data_dir and first.name.startswith(".forgotten-") and (first / "CURRENT").is_file()
+    assert not (first / ".checkpoint-1-2").exists()  # deleted, not moved: the backup thread may delete it too
     assert [entry.name for entry in data_dir.iterdir()] == [first.name]
     seed_directory(data_dir, incarnation=5, last_hlc=7)
     db = Database(data_dir)

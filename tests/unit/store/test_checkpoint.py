@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from iris_mesh.store import _checkpoint
 from iris_mesh.store._checkpoint import BackupError, checkpoint
 from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, TABLES, Database
 
@@ -161,5 +162,50 @@ def test_a_staged_checkpoint_a_crash_left_in_the_data_directory_is_deleted_at_th
     try:
         assert staging_left(db.path) == []
         assert list(db.iterate("offline_msg")) == rows
+    finally:
+        db.close()
+
+
+def test_a_copy_is_synced_before_it_takes_the_checkpoints_name(
+        tmp_path: Path, other_filesystem: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str]] = []
+    fsync_tree, rename = _checkpoint.fsync_tree, os.rename
+
+    def synced(root: Path) -> None:
+        events.append(("synced", Path(root).name))
+        fsync_tree(root)
+
+    def renamed(src: Any, dst: Any) -> None:
+        events.append(("renamed", Path(src).name))
+        rename(src, dst)
+
+    monkeypatch.setattr(_checkpoint, "fsync_tree", synced)
+    monkeypatch.setattr(os, "rename", renamed)  # over the fixture's: the staging directory's fails as before
+    db = Database(tmp_path / "db")
+    try:
+        fill(db)
+        checkpoint(db, tmp_path / "backup" / "core1")
+    finally:
+        db.close()
+    copy = [event for event in events if event[1] == "core1.partial"]
+    assert copy == [("synced", "core1.partial"), ("renamed", "core1.partial")]  # a power loss leaves no half copy
+
+
+def test_a_checkpoint_whose_last_sync_fails_is_not_left_looking_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fsync_dir = _checkpoint.fsync_dir
+
+    def failing_for_the_backup_directory(path: Path) -> None:
+        if Path(path) == tmp_path / "backup":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync_dir(path)
+
+    monkeypatch.setattr(_checkpoint, "fsync_dir", failing_for_the_backup_directory)
+    db = Database(tmp_path / "db")
+    try:
+        fill(db)
+        with pytest.raises(BackupError, match="Input/output error"):
+            checkpoint(db, tmp_path / "backup" / "core1")
+        assert os.listdir(tmp_path / "backup") == [] and staging_left(db.path) == []
     finally:
         db.close()
