@@ -16,6 +16,7 @@ instead of live.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,10 @@ from iris_mesh.messaging._sessions import Session, SessionTable
 __all__ = ["PRESENCE_TTL_S", "PresenceBook"]
 
 PRESENCE_TTL_S = 1.0
-_MAX_EDGES_PER_USER = 64  # presence rows one scan reads: more edges than a user has devices
+# Presence rows one scan page reads: a user has a row per edge it ever logged in on (edges replaced under new
+# names leave theirs), so a user's rows are read page after page, up to _MAX_ROWS_PER_USER.
+_ROWS_PER_PAGE = 64
+_MAX_ROWS_PER_USER = 4096
 # Refused presence writes are made again after this, doubled at each round still refused up to _RETRY_MAX_S (a long
 # outage must not cost a write per logged-in user every second); the first write stored starts over.
 _RETRY_S = 1.0
@@ -164,8 +168,7 @@ class PresenceBook:
                 edges += [edge for edge in known if edge not in edges and edge != self._node_id]
             then(edges)
 
-        self._store.async_scan("presence", presence_prefix(user), start_after=None, limit=_MAX_EDGES_PER_USER,
-                               on_done=found, now=now)
+        self._async_rows(user, now, found)
 
     def async_answer(self, session: Session, request: PresenceRequest, now: float) -> None:
         """The `presence` op: online if a session is here or any edge says so; last seen is the newest row's time."""
@@ -186,5 +189,21 @@ class PresenceBook:
                 last_seen = row.ts_ms if last_seen is None else max(last_seen, row.ts_ms)
             self._to_client(session.route, build_presence(request.cid, request.user, online, last_seen))
 
-        self._store.async_scan("presence", presence_prefix(request.user), start_after=None, limit=_MAX_EDGES_PER_USER,
-                               on_done=found, now=now)
+        self._async_rows(request.user, now, found)
+
+    def _async_rows(self, user: str, now: float, then: Callable[[Any], None], start_after: bytes | None = None,
+                    before: tuple[Any, ...] = ()) -> None:
+        """Scan every presence row of `user`, page by page: `then` gets the last page's answer with the items of
+        every page (or the first failed page's answer, which fails the whole scan)."""
+        def page(result: Any) -> None:
+            if not result.ok:
+                then(result)
+                return
+            items = before + tuple(result.items)
+            if result.more and len(items) < _MAX_ROWS_PER_USER:
+                self._async_rows(user, self._now(), then, result.cursor, items)
+            else:
+                then(dataclasses.replace(result, items=items, more=False))
+
+        self._store.async_scan("presence", presence_prefix(user), start_after=start_after, limit=_ROWS_PER_PAGE,
+                               on_done=page, now=now)

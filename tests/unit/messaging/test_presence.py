@@ -151,3 +151,27 @@ def test_refused_presence_writes_are_made_again_less_and_less_often_while_the_st
             tried_at.append(edge.now - start)
     assert tried_at == [1.0, 3.0, 7.0, 15.0, 31.0]  # 1, 2, 4, 8 and 16 s apart; stored at the last
     assert decode_presence(edge.store.tables["presence"][presence_key("bob", "edge1")]).on is True
+
+
+def edge_with_bob_behind_100_old_rows() -> Edge:
+    """bob has logged in on 100 edges since replaced under new names (their rows say off, in key order before
+    edge2's), and is logged in on edge2 now."""
+    edge = bob_logged_in_on_edge2(run=5)
+    for n in range(100):
+        edge.store.tables["presence"][presence_key("bob", f"edge-old-{n:03d}")] = encode_presence(False, n, 1)
+    return edge
+
+
+def test_a_user_with_rows_of_many_replaced_edges_is_found_on_the_edge_after_them() -> None:
+    edge = edge_with_bob_behind_100_old_rows()
+    assert offered_to(edge, "bob") == ["edge2"]
+    assert presence(edge, "bob") == (True, LOGIN_MS)
+
+
+def test_a_page_of_a_users_rows_the_store_refuses_fails_the_whole_answer() -> None:
+    edge = edge_with_bob_behind_100_old_rows()
+    cid = edge.request(ALICE, "presence", user="bob")
+    edge.store.refuse_next_scan("presence", "unavailable")  # the first page is asked already: the second is refused
+    edge.store.run()
+    answer = edge.reply(ALICE, cid)
+    assert (answer["op"], answer["code"]) == ("error", "unavailable"), answer
