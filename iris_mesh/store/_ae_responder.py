@@ -6,7 +6,7 @@ buckets that differ (`ae_diff`), round 2 and full passes with a listing of our s
 rows of those buckets (`ae_list`, `ae_keys` in key order, then `ae_end`), and an
 `ae_pull` by pushing the keys asked (`ae_pulled`). A listing runs at most
 `LIST_WINDOW` rows ahead of what the peer has compared (`ae_more`), and is dropped
-when the peer ends its session (`ae_stop`) or gives no word for `_LIST_STALL_S`.
+when the peer ends its session (`ae_stop`) or after waiting `_LIST_STALL_S` for it with no word from it.
 The frames are described in `_anti_entropy.py`, whose driver owns this responder,
 runs its scans, and says when it is too busy to list.
 """
@@ -40,14 +40,15 @@ END_CODES = frozenset({"ok", "busy", "not_ready", "not_a_core", "partition_detec
 
 
 class _Listing:
-    __slots__ = ("scan", "full", "sent", "compared", "heard_at")
+    __slots__ = ("scan", "full", "sent", "compared", "heard_at", "waits_since")
 
     def __init__(self, full: bool, now: float) -> None:
         self.scan: TableScan | None = None
         self.full = full
         self.sent = 0  # rows listed
         self.compared = 0  # of those, rows the peer says it has compared
-        self.heard_at = now
+        self.heard_at = now  # the peer's last word on it (ae_more)
+        self.waits_since: float | None = None  # since when (seen by `expire`) it waits for the peer to compare
 
 
 class Responder:
@@ -192,12 +193,20 @@ class Responder:
         self._drop_listing((msg["src"], sid))
 
     def expire(self, now: float) -> None:
-        """Drop listings whose peer has compared nothing for `_LIST_STALL_S` while they wait for it."""
+        """Drop listings that have waited `_LIST_STALL_S` for their peer to compare them, with no word from it."""
         for ident, listing in list(self._listings.items()):
-            if listing.sent - listing.compared >= LIST_WINDOW and now - listing.heard_at >= _LIST_STALL_S:
+            if listing.sent - listing.compared < LIST_WINDOW:
+                listing.waits_since = None
+                continue
+            if listing.waits_since is None:
+                listing.waits_since = now
+            # From the peer's last word or from when the listing began to wait, whichever is later: a peer that
+            # compares slowly (its last word was a while ago when the window filled) gets the full time.
+            waited = now - max(listing.heard_at, listing.waits_since)
+            if waited >= _LIST_STALL_S:
                 self._counters["ae_listings_stalled"] += 1
                 logger.warning("anti-entropy: {} compared none of this core's listing for its session for {:.0f} s: "
-                               "the listing is dropped", ident[0], now - listing.heard_at)
+                               "the listing is dropped", ident[0], waited)
                 self._drop_listing(ident)
                 self._port.ae_send(ident[0], "ae_end", s=ident[1], code="busy")  # it tries again later
 

@@ -635,7 +635,13 @@ def test_a_listing_its_peer_stopped_comparing_is_dropped(tmp_path: Path, small_w
         box.clear()
         assert cluster.services["core3"].async_resync(time.monotonic(), 20.0, box.append) is None
         cluster.run_until(blocked, "core1's listing to wait for core3 again")
-        responder.expire(time.monotonic() + 29.0)
+        now = time.monotonic()
+        responder.expire(now)  # seen waiting from now on
+        [listing] = responder._listings.values()
+        listing.heard_at = now - 25.0  # core3's last ae_more came 25 s before the window filled: a slow compare
+        responder.expire(now + 6.0)
+        assert responder.listings == 1  # the 30 s count from when it began to wait
+        responder.expire(now + 29.0)
         assert responder.listings == 1
         responder.expire(time.monotonic() + 31.0)
         assert responder.listings == 0 and counters["ae_listings_stalled"] == 1
