@@ -47,10 +47,12 @@ class NodeRuntime:
         started_at: float,
         clock_keeper: ClockKeeper | None = None,
         on_set_aside: Callable[[str], None] | None = None,
+        kept_aside: Callable[[], list[str]] | None = None,
     ) -> None:
         self._clock_keeper = clock_keeper
         # Asks the node to stop, set its data directory aside and start again empty (a core only; the reason).
         self._on_set_aside = on_set_aside
+        self._kept_aside = kept_aside  # a core's old data directories kept for the operator (`store.kept_aside`)
         self.set_aside_asked: str | None = None
         self._set_aside_refused = False
         self.membership = membership
@@ -251,6 +253,11 @@ class NodeRuntime:
         if self.store.local is not None:
             status["hints_pending"] = self.store.local.count("hints")  # writes held for peers that missed them
             status["fsync_failed"] = self.store.local.durability_lost  # why it refuses writes until restarted
+        if self._kept_aside is not None:
+            try:
+                status["kept_aside"] = self._kept_aside()
+            except OSError:  # the data directory's parent cannot be listed: nothing to report, not a failed status
+                status["kept_aside"] = []
         status.update(
             pid=os.getpid(),
             uptime_s=round(now - self._started_at, 3),

@@ -36,6 +36,7 @@ from iris_mesh.store import (
     StoreAdmin,
     StoreService,
     checkpoint,
+    kept_aside,
     partition_key,
 )
 from iris_mesh._runtime import NodeRuntime
@@ -209,6 +210,7 @@ class Node:
                                    post=self._post),
             started_at=time.monotonic(),
             on_set_aside=self._set_aside if self._on_set_aside is not None and local is not None else None,
+            kept_aside=(lambda: [str(path) for path in kept_aside(config.data_path)]) if local else None,
         )
         self._engine = Engine(
             node_id=config.node_id,
@@ -243,6 +245,11 @@ class Node:
             ports.mesh, ports.heartbeat, ports.admin, f", clients {ports.client}" if ports.client else "",
             self.incarnation,
         )
+        kept = kept_aside(config.data_path) if local else []
+        if kept:
+            logger.warning("old data of this core is kept in {} (set aside, or replaced by a restore): delete it once "
+                           "this core has caught up (no hints held for it: `meshctl status`), to free its disk space",
+                           ", ".join(map(str, kept)))
 
     def carried_over(self) -> tuple[int, int]:
         """This run's incarnation and clock reading, for a directory it starts again on (`seed_directory`)."""

@@ -90,7 +90,7 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
     disk, misplaced, too_few = problems["fsync_failed"], problems["misplaced"], problems["too_few_cores"]
     seen_by = f" (as {one_node} sees it)" if one_node else ""
     if not (down or unheard or refused or silent or joining or disk or misplaced or too_few):
-        return f"all nodes alive, writes safe{seen_by}{_catching_up(entries)}{_no_margin(entries)}"
+        return f"all nodes alive, writes safe{seen_by}{_catching_up(entries)}{_no_margin(entries)}{_kept(entries)}"
     found, steps = [], []
     if too_few:
         cores, quorum = max(too_few.values())
@@ -164,6 +164,17 @@ def _catching_up(entries: list[dict[str, Any]]) -> str:
     held = ", ".join(f"{node} {count:,}" for node, count in sorted(holding.items()))
     return (f"\n  catching up: writes that a restarted core missed are still being handed to it (hints held: {held}); "
             "until they are, those writes have fewer copies than usual: restart no other core yet")
+
+
+def _kept(entries: list[dict[str, Any]]) -> str:
+    """"\n  old data kept (...)" while cores keep data a restore replaced or a set-aside moved away."""
+    kept = {entry["node_id"]: entry["kept_aside"] for entry in entries
+            if entry.get("reachable") and isinstance(entry.get("kept_aside"), list) and entry["kept_aside"]}
+    if not kept:
+        return ""
+    where = "; ".join(f"{node}: {', '.join(map(str, paths))}" for node, paths in sorted(kept.items()))
+    return (f"\n  old data kept ({where}): set aside or replaced by a restore; delete it once the core has caught up "
+            "(no hints held for it), to free its disk space")
 
 
 def _no_margin(entries: list[dict[str, Any]]) -> str:

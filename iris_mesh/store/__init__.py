@@ -6,6 +6,7 @@ from iris_mesh.store._admin import StoreAdmin
 from iris_mesh.store._backup import (
     MissingCores,
     Restored,
+    kept_aside,
     restore,
     restore_all,
     restore_backup,
@@ -48,6 +49,7 @@ __all__ = [
     "ScanDone",
     "checkpoint",
     "compose",
+    "kept_aside",
     "partition_key",
     "restore",
     "restore_all",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, INSIDE_ASIDE_PREFIX, 
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 
-__all__ = ["MissingCores", "Restored", "restore", "restore_all", "restore_backup", "set_aside"]
+__all__ = ["MissingCores", "Restored", "kept_aside", "restore", "restore_all", "restore_backup", "set_aside"]
 
 
 def restore(checkpoint_dir: Path, data_dir: Path, *, keep_replaced: bool = True) -> Path | None:
@@ -419,6 +420,17 @@ def _free_name(parent: Path, stem: str) -> Path:
         if not candidate.exists():
             return candidate
     raise OSError(errno.EEXIST, f"too many {stem}* directories in {parent}")
+
+
+def kept_aside(data_dir: Path) -> list[Path]:
+    """The data of this node that a restore replaced or a set-aside moved away, kept until the operator deletes it
+    (NODE.replaced-TIME and NODE.forgotten-TIME beside `data_dir`, .forgotten-TIME inside it): each takes as much
+    disk as the data did."""
+    stem = glob.escape(data_dir.name)
+    found = [*data_dir.parent.glob(f"{stem}.replaced-*"), *data_dir.parent.glob(f"{stem}.forgotten-*")]
+    if data_dir.is_dir():
+        found += data_dir.glob(f"{INSIDE_ASIDE_PREFIX}*")
+    return sorted(path for path in found if path.is_dir())
 
 
 def set_aside(data_dir: Path) -> Path:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from support.nodes import CORES, LocalCluster
@@ -377,6 +378,10 @@ def test_forget_shrinks_the_expected_core_set_everywhere(local_cluster: LocalClu
     wait_until(lambda: list(aside.glob("core4.forgotten-*")), 15.0, "core4 to set its data aside")
     core4.wait_serving()
     assert core4.incarnation > first and core4.proc is not None and core4.proc.poll() is None
+    # Until the operator deletes it, the old data is named: at each start, and in `meshctl status`.
+    kept = [Path(path) for path in core4.status()["kept_aside"]]
+    assert [path.name for path in kept] == [path.name for path in aside.glob("core4.forgotten-*")], kept
+    assert "old data of this core is kept in" in core4.log_tail(200)
     wait_until(lambda: core1.status()["expected_cores"] == 4, 10.0, "core4 to be let back in")
     assert "set its data aside" in core4.log_tail(200) or "data of this core is kept in" in core4.log_tail(200)
     core4.stop()

@@ -43,6 +43,17 @@ def test_cores_still_holding_hints_pass_the_check_and_say_they_are_catching_up()
     assert "\n" not in status_summary([dict(entries[0], hints_pending=0), entries[1]])
 
 
+def test_old_data_kept_beside_a_core_passes_the_check_and_is_named_with_why_to_delete_it() -> None:
+    entries = [dict(node_status("core1", {"core4": "alive"}), kept_aside=[]),
+               dict(node_status("core4", {"core1": "alive"}), kept_aside=["/d/core4.forgotten-20261129T210000Z"]),
+               node_status("edge1", {})]
+    verdict, kept = status_summary(entries).split("\n")
+    assert verdict == "all nodes alive, writes safe"
+    assert kept == ("  old data kept (core4: /d/core4.forgotten-20261129T210000Z): set aside or replaced by a restore; "
+                    "delete it once the core has caught up (no hints held for it), to free its disk space")
+    assert "\n" not in status_summary([entries[0], dict(entries[1], kept_aside=[])])
+
+
 def test_a_failed_check_names_the_nodes_down_and_those_refusing_writes_and_what_to_do() -> None:
     entries = [
         node_status("core1", {"core2": "dead", "core3": "dead", "edge1": "alive"}, safe=False),

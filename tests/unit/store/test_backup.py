@@ -22,6 +22,7 @@ from rocksdict import Options, Rdict
 
 from iris_mesh.store._backup import (
     MissingCores,
+    kept_aside,
     restore,
     restore_all,
     restore_backup,
@@ -667,3 +668,15 @@ def test_a_data_directory_that_cannot_be_renamed_is_set_aside_inside_itself(
     monkeypatch.setattr(Path, "rename", rename)
     moved = set_aside(data_dir)  # renamable again: beside it, as usual
     assert moved.parent == tmp_path and moved.name.startswith("core3.forgotten-")
+
+
+def test_the_data_a_core_keeps_aside_is_found_beside_and_inside_its_directory_and_only_its_own(tmp_path: Path) -> None:
+    data_dir = tmp_path / "core1"
+    assert kept_aside(data_dir) == []  # no directory yet
+    for name in ("core1.replaced-20261101T000000Z", "core1.forgotten-20261102T000000Z-2", "core1/.forgotten-X",
+                 "core10.replaced-20261101T000000Z", "core1.restore-tmp", ".core1.restore-x"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "core1.replaced-file").write_text("not a directory")
+    assert kept_aside(data_dir) == [tmp_path / "core1" / ".forgotten-X",
+                                    tmp_path / "core1.forgotten-20261102T000000Z-2",
+                                    tmp_path / "core1.replaced-20261101T000000Z"]
