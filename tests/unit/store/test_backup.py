@@ -680,3 +680,13 @@ def test_the_data_a_core_keeps_aside_is_found_beside_and_inside_its_directory_an
     assert kept_aside(data_dir) == [tmp_path / "core1" / ".forgotten-X",
                                     tmp_path / "core1.forgotten-20261102T000000Z-2",
                                     tmp_path / "core1.replaced-20261101T000000Z"]
+
+
+def test_a_database_still_open_is_not_set_aside(tmp_path: Path) -> None:
+    db = Database(tmp_path / "core3")
+    try:
+        with pytest.raises(StoreError, match=r"core3 is open in this process; close it before setting it aside"):
+            set_aside(tmp_path / "core3")
+        assert [path.name for path in tmp_path.iterdir()] == ["core3"]
+    finally:
+        db.close()
