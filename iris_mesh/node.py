@@ -77,6 +77,7 @@ class Node:
         self.failed = threading.Event()
         self._on_failure = on_failure
         self._on_set_aside = on_set_aside
+        self._kept_inside: list[Path] = []  # old data set aside inside the data directory, found at the start
         self.set_aside_reason: str | None = None
         self._keys = cluster_keys(cookie)
         self._cookie = cookie
@@ -200,6 +201,8 @@ class Node:
             )
             membership.clients_here = edge.logged_in_count  # in its heartbeats, for the other edges' rebalancing
             store.other_latency["sends"] = edge.send_latency  # `meshctl latency`: what users of this edge feel
+        kept = kept_aside(config.data_path) if local else []
+        self._kept_inside = [path for path in kept if path.parent == config.data_path.resolve()]
         self.runtime = NodeRuntime(
             clock_keeper=ClockKeeper(meta, lambda: store.clock.last_hlc),
             membership=membership,
@@ -210,7 +213,7 @@ class Node:
                                    post=self._post),
             started_at=time.monotonic(),
             on_set_aside=self._set_aside if self._on_set_aside is not None and local is not None else None,
-            kept_aside=(lambda: [str(path) for path in kept_aside(config.data_path)]) if local else None,
+            kept_aside=self._kept_aside_now if local else None,
         )
         self._engine = Engine(
             node_id=config.node_id,
@@ -245,11 +248,16 @@ class Node:
             ports.mesh, ports.heartbeat, ports.admin, f", clients {ports.client}" if ports.client else "",
             self.incarnation,
         )
-        kept = kept_aside(config.data_path) if local else []
         if kept:
             logger.warning("old data of this core is kept in {} (set aside, or replaced by a restore): delete it once "
                            "this core has caught up (no hints held for it: `meshctl status`), to free its disk space",
                            ", ".join(map(str, kept)))
+
+    def _kept_aside_now(self) -> list[str]:
+        """The status's `kept_aside` (engine thread): set-asides inside the data directory are only made before a
+        start, so those found then are looked up again, not the whole database directory listed per status."""
+        inside = [path for path in self._kept_inside if path.is_dir()]
+        return [str(path) for path in sorted([*kept_aside(self.config.data_path, inside=False), *inside])]
 
     def carried_over(self) -> tuple[int, int]:
         """This run's incarnation and clock reading, for a directory it starts again on (`seed_directory`)."""

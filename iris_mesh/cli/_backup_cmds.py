@@ -136,7 +136,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                        "create it first)", EXIT_CHECK_FAILED)
     nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
     unfinished = [p for p in nodes if p.name.endswith(PARTIAL_SUFFIX)]
-    if unfinished:  # a copy onto another disk that its core did not finish (it stopped, or the disk filled)
+    if unfinished:  # a copy onto another disk that its core did not finish (it stopped or was killed meanwhile)
         print(f"leaving out {', '.join(p.name for p in unfinished)}: unfinished copies, no checkpoints",
               file=sys.stderr)
         nodes = [p for p in nodes if p not in unfinished]

@@ -251,12 +251,14 @@ class MembershipService:
             if card is None:
                 del self._relink_at[node_id]
             elif now >= due:
-                taken = any(other != node_id and endpoint == card.mesh_endpoint
-                            for other, endpoint in self._io.async_link_endpoints().items())
-                if taken:  # another node is linked there now (it said so itself): this card is out of date
-                    del self._relink_at[node_id]
+                wait = min(2 * wait, _RELINK_RETRY_MAX_S)
+                if any(other != node_id and endpoint == card.mesh_endpoint
+                       for other, endpoint in self._io.async_link_endpoints().items()):
+                    # Another node was linked there meanwhile, at its own word: not now (a second link to the
+                    # address would take the first one's frames); tried again while this card is the node's.
+                    self._relink_at[node_id] = (now + wait, wait)
                 else:
-                    self._link(card, card, now, wait=min(2 * wait, _RELINK_RETRY_MAX_S))
+                    self._link(card, card, now, wait=wait)
         for transition in self.detector.tick(now):
             self._on_transition(transition, now)
         if self._forget_when_dead:
@@ -530,9 +532,10 @@ class MembershipService:
             return
         # One link per address: this node's links all carry its own routing id, so a second link to an address
         # takes that id over at the other end, and every frame of the first link is lost without an error.
+        # A node whose link waits to be made again (out of sockets) holds its address as if linked.
         claimant = next((node_id for node_id, other in self.cards.items()
                          if node_id != card.node_id and other.mesh_endpoint == card.mesh_endpoint
-                         and self._io.async_has_link(node_id)), None)
+                         and (self._io.async_has_link(node_id) or node_id in self._relink_at)), None)
         if claimant is not None:
             if not firsthand:
                 return  # mDNS (anyone on the LAN) or gossip naming another node's address: not linked

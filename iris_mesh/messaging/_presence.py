@@ -6,8 +6,9 @@ incarnation; a write the store refuses (safe mode, too few cores) is made
 again, the newest state only, until it is stored. A row saying on counts only
 while its edge is alive and in the run that wrote it: an edge that crashed
 never wrote its users off. An edge knows its own sessions and reads no row of
-its own. An origin edge finds the edges a recipient is online on with one
-quorum prefix scan, remembered for PRESENCE_TTL_S: an edge named by a stale
+its own. An origin edge finds the edges a recipient is online on with a
+quorum prefix scan (a page per 64 rows: a row per edge the user ever logged
+in on), remembered for PRESENCE_TTL_S: an edge named by a stale
 entry only declines the offer (and the origin then forgets the entry, see
 `forget`), so the cost of staleness is a message that goes to the inbox
 instead of live.
@@ -203,6 +204,8 @@ class PresenceBook:
             if result.more and len(items) < _MAX_ROWS_PER_USER:
                 self._async_rows(user, self._now(), then, result.cursor, items)
             else:
+                if result.more:  # the user's rows past the cap are not read: an edge among them is not found
+                    self._counters["presence_rows_cut"] += 1
                 then(dataclasses.replace(result, items=items, more=False))
 
         self._store.async_scan("presence", presence_prefix(user), start_after=start_after, limit=_ROWS_PER_PAGE,

@@ -404,6 +404,9 @@ def _swap_all(staged: list[tuple[Path | None, Path]], keep_replaced: bool, when:
     return dict(done)
 
 
+_STAMP_GLOB = "[0-9]" * 8 + "T" + "[0-9]" * 6 + "Z*"  # what _utc_stamp makes (and _free_name's -N after it)
+
+
 def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
@@ -422,15 +425,15 @@ def _free_name(parent: Path, stem: str) -> Path:
     raise OSError(errno.EEXIST, f"too many {stem}* directories in {parent}")
 
 
-def kept_aside(data_dir: Path) -> list[Path]:
+def kept_aside(data_dir: Path, *, inside: bool = True) -> list[Path]:
     """The data of this node that a restore replaced or a set-aside moved away, kept until the operator deletes it
-    (NODE.replaced-TIME and NODE.forgotten-TIME beside `data_dir`, .forgotten-TIME inside it): each takes as much
-    disk as the data did."""
+    (NODE.replaced-TIME and NODE.forgotten-TIME beside `data_dir`, and with `inside` .forgotten-TIME in it, which
+    lists the whole database directory): each takes as much disk as the data did. Absolute paths."""
     stem = glob.escape(data_dir.name)
-    found = [*data_dir.parent.glob(f"{stem}.replaced-*"), *data_dir.parent.glob(f"{stem}.forgotten-*")]
-    if data_dir.is_dir():
-        found += data_dir.glob(f"{INSIDE_ASIDE_PREFIX}*")
-    return sorted(path for path in found if path.is_dir())
+    found = [path for why in ("replaced", "forgotten") for path in data_dir.parent.glob(f"{stem}.{why}-{_STAMP_GLOB}")]
+    if inside and data_dir.is_dir():
+        found += data_dir.glob(f"{INSIDE_ASIDE_PREFIX}{_STAMP_GLOB}")
+    return sorted(path.resolve() for path in found if path.is_dir())
 
 
 def set_aside(data_dir: Path) -> Path:

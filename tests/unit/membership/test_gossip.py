@@ -846,3 +846,14 @@ def test_a_link_tried_again_is_not_made_to_an_address_another_node_took_meanwhil
     for at in (T0 + 1.0, T0 + 3.0, T0 + 40.0):
         service.async_tick(at)
     assert mesh.links == {"core3": core3.mesh_endpoint}  # two links to one address would lose the first's frames
+
+
+def test_a_node_waiting_for_a_socket_keeps_its_address_from_a_card_of_another_node_that_is_not_first_hand() -> None:
+    service, mesh = membership()
+    mesh.out_of_sockets = True
+    core2 = card("core2", 7, 6000)
+    service.async_on_hello(hello(core2), T0)  # core2 itself, at :6000: no socket for its link yet
+    mesh.out_of_sockets = False
+    service.async_on_discovered(card("core3", 3, 6000), T0 + 0.2)  # a stale mDNS record naming :6000
+    service.async_tick(T0 + 1.0)
+    assert mesh.links == {"core2": core2.mesh_endpoint}

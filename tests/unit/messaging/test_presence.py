@@ -4,6 +4,9 @@ the fake store and manual clock of support.edge_harness."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from iris_mesh.messaging import _presence
 from iris_mesh.messaging._inbox import decode_presence, encode_presence, presence_key
 from iris_mesh.messaging._protocol import Limits
 from iris_mesh.messaging._tokens import issue_token
@@ -175,3 +178,13 @@ def test_a_page_of_a_users_rows_the_store_refuses_fails_the_whole_answer() -> No
     edge.store.run()
     answer = edge.reply(ALICE, cid)
     assert (answer["op"], answer["code"]) == ("error", "unavailable"), answer
+
+
+def test_a_lookup_stops_at_the_row_cap_and_counts_it(monkeypatch: Any) -> None:
+    monkeypatch.setattr(_presence, "_MAX_ROWS_PER_USER", 128)  # two pages, as 4,096 would be 64
+    edge = edge_with_bob_behind_100_old_rows()
+    for n in range(100, 200):
+        edge.store.tables["presence"][presence_key("bob", f"edge-old-{n:03d}")] = encode_presence(False, n, 1)
+    scans = edge.store.scans
+    assert offered_to(edge, "bob") == [] and edge.store.scans - scans == 2  # edge2's row, 201st, is not read
+    assert edge.service.counters["presence_rows_cut"] == 1

@@ -673,13 +673,14 @@ def test_a_data_directory_that_cannot_be_renamed_is_set_aside_inside_itself(
 def test_the_data_a_core_keeps_aside_is_found_beside_and_inside_its_directory_and_only_its_own(tmp_path: Path) -> None:
     data_dir = tmp_path / "core1"
     assert kept_aside(data_dir) == []  # no directory yet
-    for name in ("core1.replaced-20261101T000000Z", "core1.forgotten-20261102T000000Z-2", "core1/.forgotten-X",
-                 "core10.replaced-20261101T000000Z", "core1.restore-tmp", ".core1.restore-x"):
+    for name in ("core1.replaced-20261101T000000Z", "core1.forgotten-20261102T000000Z-2",
+                 "core1/.forgotten-20261103T000000Z", "core10.replaced-20261101T000000Z", "core1.restore-tmp",
+                 ".core1.restore-x", "core1.forgotten-node"):  # the last: a node of that name, whose data it is
         (tmp_path / name).mkdir(parents=True)
-    (tmp_path / "core1.replaced-file").write_text("not a directory")
-    assert kept_aside(data_dir) == [tmp_path / "core1" / ".forgotten-X",
-                                    tmp_path / "core1.forgotten-20261102T000000Z-2",
-                                    tmp_path / "core1.replaced-20261101T000000Z"]
+    (tmp_path / "core1.replaced-20261104T000000Z").write_text("not a directory")
+    beside = [tmp_path / "core1.forgotten-20261102T000000Z-2", tmp_path / "core1.replaced-20261101T000000Z"]
+    assert kept_aside(data_dir) == sorted([tmp_path / "core1" / ".forgotten-20261103T000000Z", *beside])
+    assert kept_aside(data_dir, inside=False) == beside  # the database directory is not listed
 
 
 def test_a_database_still_open_is_not_set_aside(tmp_path: Path) -> None:
