@@ -6,9 +6,9 @@ buckets that differ (`ae_diff`), round 2 and full passes with a listing of our s
 rows of those buckets (`ae_list`, `ae_keys` in key order, then `ae_end`), and an
 `ae_pull` by pushing the keys asked (`ae_pulled`). A listing runs at most
 `LIST_WINDOW` rows ahead of what the peer has compared (`ae_more`), and is dropped
-when the peer ends its session (`ae_stop`) or after waiting `_LIST_STALL_S` for it with no word from it.
-The frames are described in `_anti_entropy.py`, whose driver owns this responder,
-runs its scans, and says when it is too busy to list.
+when the peer ends its session (`ae_stop`) or after waiting `_LIST_STALL_S` for the
+peer with no word from it. The frames are described in `_anti_entropy.py`, whose
+driver owns this responder, runs its scans, and says when it is too busy to list.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ from typing import Any, NamedTuple
 from rocksdict import AccessType, Options, Rdict
 
 from iris_mesh.store._checkpoint import fsync_dir, fsync_tree
-from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, INSIDE_ASIDE_PREFIX, Database, StoreError, held_by_this_process
+from iris_mesh.store._db import (CHECKPOINT_STAGING_PREFIX, INSIDE_ASIDE_PREFIX, Database, StoreError,
+                                 held_by_this_process)
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
 from iris_mesh.store._restore_mark import read_marker, remove_markers, write_markers
 

@@ -37,8 +37,8 @@ from rocksdict import (BlockBasedOptions, Checkpoint, DBRecoveryMode, Options, R
 from iris_mesh.store._restore_mark import refuse_if_restoring
 
 __all__ = [
-    "CHECKPOINT_STAGING_PREFIX", "Database", "ENGINE_FIELDS", "ENGINE_PROPERTIES", "INSIDE_ASIDE_PREFIX", "MAX_WAL_BYTES", "StoreError", "TABLES",
-    "held_by_this_process",
+    "CHECKPOINT_STAGING_PREFIX", "Database", "ENGINE_FIELDS", "ENGINE_PROPERTIES", "INSIDE_ASIDE_PREFIX",
+    "MAX_WAL_BYTES", "StoreError", "TABLES", "held_by_this_process",
 ]
 
 TABLES = ("offline_msg", "cross_region_queue", "presence", "hints", "meta")
