@@ -209,7 +209,8 @@ class Node:
             placement=placement,
             store=store,
             edge=edge,
-            store_admin=StoreAdmin(store, checkpoint=(lambda dest: checkpoint(db, dest)) if local else None,
+            store_admin=StoreAdmin(store, checkpoint=(lambda dest, progress: checkpoint(db, dest, progress))
+                                   if local else None,
                                    post=self._post),
             started_at=time.monotonic(),
             on_set_aside=self._set_aside if self._on_set_aside is not None and local is not None else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK, CtlError, Target, 
 from iris_mesh.sockets import AdminError
 
 __all__ = ["cmd_backup", "cmd_restore"]
+
+PROGRESS_EVERY_S = 5.0  # while cores copy their checkpoints onto another disk, how often their progress is shown
 
 
 def cmd_backup(target: Target, args: argparse.Namespace) -> int:
@@ -26,7 +29,7 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
     else:
         print(f"checkpointing every core into {directory} (writes go on; up to {args.wait:g} s per core) ...",
               file=sys.stderr)
-    results = target.each("backup", dir=directory, timeout_s=args.wait)
+    results = _backup_showing_copies(target, directory, args.wait)
     if args.node:  # named by its HOST:PORT: the node's own id is what the expected cores list
         results = [(_node_id_at(target, endpoint) or name, result)
                    for (name, result), (_, endpoint) in zip(results, target.endpoints())]
@@ -77,6 +80,35 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
             lines.append(f"(the checkpoints that were written stay in {directory})")
     emit(args, data, "\n".join(lines))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _backup_showing_copies(target: Target, directory: str, wait_s: float) -> list[tuple[str, Any]]:
+    """Every node's answer to `backup`; meanwhile, every PROGRESS_EVERY_S, the cores copying onto another disk."""
+    target.endpoints()  # found once, here, before two threads ask them
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answers = pool.submit(target.each, "backup", dir=directory, timeout_s=wait_s)
+        while True:
+            try:
+                return answers.result(timeout=PROGRESS_EVERY_S)
+            except TimeoutError:
+                for line in copy_progress(target.each("status", timeout_s=2.0)):
+                    print(line, file=sys.stderr)
+
+
+def copy_progress(statuses: list[tuple[str, Any]]) -> list[str]:
+    """'core1: copying its checkpoint into DIR: 3.2 of 10.5 GB (30 %)' for each node whose status says so."""
+    lines = []
+    for name, answer in statuses:
+        copy = answer.get("status", {}).get("backup_copy") if isinstance(answer, dict) else None
+        if not isinstance(copy, dict):
+            continue
+        done, total = copy.get("copied_bytes"), copy.get("total_bytes")
+        if not (isinstance(done, int) and isinstance(total, int) and total > 0):
+            continue
+        scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
+        lines.append(f"{name}: copying its checkpoint into {copy.get('dir')}: {done / scale:.1f} of "
+                     f"{total / scale:.1f} {unit} ({100 * done // total} %)")
+    return lines
 
 
 def _linked_note(cores: list[str], directory: str) -> str:

@@ -68,11 +68,18 @@ def _key(msg: dict[str, Any]) -> bytes | None:
 class StoreAdmin:
     """Handlers keyed by admin op, for the node runtime's table."""
 
-    def __init__(self, store: StoreService, *, checkpoint: Callable[[Path], Checkpointed] | None,
+    def __init__(self, store: StoreService, *,
+                 checkpoint: Callable[[Path, Callable[[int, int], None]], Checkpointed] | None,
                  post: Callable[[Callable[[float], None]], None] | None = None) -> None:
         self._store = store
         self._checkpoint = checkpoint
         self._post = post
+        # The checkpoint being copied onto another disk now (set by the backup thread, read for the status).
+        self._copying: dict[str, Any] | None = None
+
+    def copying(self) -> dict[str, Any] | None:
+        """A backup copying its checkpoint onto another disk now: where to, and its bytes copied of all (None: none)."""
+        return self._copying
 
     def ops(self) -> dict[str, Callable[[Any, float], None]]:
         return {
@@ -194,10 +201,13 @@ class StoreAdmin:
             raise RuntimeError("StoreAdmin needs `post` to run backups off the engine thread")
         checkpoint, post, node_id = self._checkpoint, self._post, self._store.node_id
 
+        def progress(done: int, total: int) -> None:
+            self._copying = {"dir": directory, "copied_bytes": done, "total_bytes": total}
+
         def run() -> None:
             # A checkpoint takes seconds or more (flushes, copies onto another disk): never on the engine thread.
             try:
-                taken = checkpoint(Path(directory) / node_id)
+                taken = checkpoint(Path(directory) / node_id, progress)
             except Exception as exc:  # the operator needs the reason, the node keeps serving
                 # A StoreError says what failed in words; anything else is a bug, named as such.
                 failure = {"ok": False, "error": "backup_failed",
@@ -205,6 +215,8 @@ class StoreAdmin:
                            "cause": exc.cause if isinstance(exc, BackupError) else "checkpoint"}
                 post(lambda _now: request.reply(failure))
                 return
+            finally:
+                self._copying = None
             # linked: its table files are hard links to the data's own (same disk), not copies
             post(lambda _now: request.reply({"ok": True, "node": node_id, "path": str(taken.path),
                                              "linked": taken.linked}))

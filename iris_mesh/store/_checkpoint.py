@@ -26,6 +26,7 @@ import errno
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,10 +58,11 @@ class Checkpointed(NamedTuple):
     linked: bool
 
 
-def checkpoint(db: Database, dest: Path) -> Checkpointed:
+def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | None = None) -> Checkpointed:
     """Write a consistent online checkpoint of `db` into `dest` (must not exist). BackupError if not.
 
     Runs off the engine thread; writes go on meanwhile. Every file of the checkpoint is fsync'd before it returns.
+    A copy onto another filesystem calls `progress(bytes copied, bytes to copy)` before and after each file.
     """
     partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
     for path in (dest, partial):
@@ -84,7 +86,7 @@ def checkpoint(db: Database, dest: Path) -> Checkpointed:
                 raise
             partial.mkdir()  # FileExistsError: another backup of this core into the same directory, going on now
             made, copied = partial, True
-            _copy_files(stage, partial)
+            _copy_files(stage, partial, progress or (lambda _done, _total: None))
             fsync_tree(partial)
             os.rename(partial, dest)
         made = dest
@@ -98,10 +100,16 @@ def checkpoint(db: Database, dest: Path) -> Checkpointed:
     return Checkpointed(dest, linked=not copied)
 
 
-def _copy_files(source: Path, dest: Path) -> None:
+def _copy_files(source: Path, dest: Path, progress: Callable[[int, int], None]) -> None:
     """Copy a checkpoint's files (it has no subdirectories); shutil's copy releases the interpreter lock."""
-    for entry in sorted(source.iterdir()):
+    files = [(entry, entry.stat().st_size) for entry in sorted(source.iterdir())]
+    total = sum(size for _entry, size in files)
+    done = 0
+    progress(done, total)
+    for entry, size in files:
         shutil.copyfile(entry, dest / entry.name)
+        done += size
+        progress(done, total)
 
 
 def fsync_tree(root: Path) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from iris_mesh.cli._backup_cmds import _backup_advice, _cause_in_words
+from iris_mesh.cli import _backup_cmds
+from iris_mesh.cli._backup_cmds import _backup_advice, _backup_showing_copies, _cause_in_words, copy_progress
 from iris_mesh.cli._target import EXIT_CHECK_FAILED, CtlError
 from iris_mesh.cli.meshctl import (
     _duration_text,
@@ -26,6 +28,7 @@ from iris_mesh.cli.meshctl import (
     cmd_resync,
     main,
 )
+from iris_mesh.sockets import AdminError
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_FIELDS
 
@@ -339,3 +342,46 @@ def test_a_resync_of_a_core_that_is_not_running_says_so_even_if_no_node_has_hear
     with pytest.raises(CtlError, match=says) as raised:
         cmd_resync(target, args)  # type: ignore[arg-type]
     assert raised.value.code == EXIT_CHECK_FAILED
+
+
+def test_backup_shows_the_cores_copying_onto_another_disk_and_how_far_they_got() -> None:
+    statuses = [
+        ("core1", {"ok": True, "status": {"backup_copy": {"dir": "/mnt/b", "copied_bytes": 3_200_000_000,
+                                                          "total_bytes": 10_500_000_000}}}),
+        ("core2", {"ok": True, "status": {}}),  # linked on its own disk, or done
+        ("core3", AdminError("timeout", "no answer")),
+        ("core4", {"ok": True, "status": {"backup_copy": {"dir": "/mnt/b", "copied_bytes": 0, "total_bytes": 0}}}),
+    ]
+    assert copy_progress(statuses) == ["core1: copying its checkpoint into /mnt/b: 3.2 of 10.5 GB (30 %)"]
+    statuses[0][1]["status"]["backup_copy"].update(copied_bytes=120_000_000, total_bytes=640_000_000)
+    assert copy_progress(statuses) == ["core1: copying its checkpoint into /mnt/b: 120.0 of 640.0 MB (18 %)"]
+
+
+def test_backup_shows_the_copies_while_it_waits_for_the_cores(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(_backup_cmds, "PROGRESS_EVERY_S", 0.01)
+    polled = threading.Event()
+
+    class Copying:
+        """core1 copies 100 of 400 bytes while the backup waits; the backup ends once that was shown twice."""
+
+        def __init__(self) -> None:
+            self.polls = 0
+
+        def endpoints(self) -> list[tuple[str, str]]:
+            return [("core1", "tcp://127.0.0.1:1")]
+
+        def each(self, op: str, timeout_s: float | None = None, **fields: Any) -> list[tuple[str, Any]]:
+            if op == "backup":
+                assert polled.wait(30)
+                return [("core1", {"ok": True, "node": "core1", "path": "/mnt/b/core1", "linked": False})]
+            self.polls += 1
+            if self.polls == 2:
+                polled.set()
+            return [("core1", {"ok": True, "status": {"backup_copy": {"dir": "/mnt/b", "copied_bytes": 100,
+                                                                      "total_bytes": 400}}})]
+
+    answers = _backup_showing_copies(Copying(), "/mnt/b", 600.0)  # type: ignore[arg-type]
+    assert answers == [("core1", {"ok": True, "node": "core1", "path": "/mnt/b/core1", "linked": False})]
+    shown = capsys.readouterr().err.splitlines()
+    assert len(shown) >= 2 and set(shown) == {"core1: copying its checkpoint into /mnt/b: 0.0 of 0.0 MB (25 %)"}

@@ -7,13 +7,16 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iris_mesh.store import _checkpoint
-from iris_mesh.store._checkpoint import BackupError, checkpoint
+from iris_mesh.store._admin import StoreAdmin
+from iris_mesh.store._checkpoint import BackupError, Checkpointed, checkpoint
 from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, TABLES, Database
 
 ROWS = 20_000
@@ -100,12 +103,17 @@ def other_filesystem(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_checkpoint_for_another_filesystem_is_taken_on_the_datas_and_copied_by_the_node(
         tmp_path: Path, other_filesystem: None) -> None:
     db = WatchedDatabase(tmp_path / "db")
+    progress: list[tuple[int, int]] = []
     try:
         rows = fill(db)
-        taken = checkpoint(db, tmp_path / "backup" / "core1")
+        taken = checkpoint(db, tmp_path / "backup" / "core1", lambda done, total: progress.append((done, total)))
         [(asked, _)] = db.asked
         assert asked.parent == db.path  # RocksDB links there; the node copies from there
         assert not taken.linked
+        total = sum(f.stat().st_size for f in taken.path.iterdir())
+        assert progress[0] == (0, total) and progress[-1] == (total, total)  # told before and after each file
+        assert len(progress) == len(list(taken.path.iterdir())) + 1
+        assert [done for done, _ in progress] == sorted(done for done, _ in progress)
         assert table_files(taken.path) and all(f.stat().st_nlink == 1 for f in table_files(taken.path))
         assert sorted(os.listdir(tmp_path / "backup")) == ["core1"]  # no partial copy left beside it
         assert staging_left(db.path) == []
@@ -209,3 +217,37 @@ def test_a_checkpoint_whose_last_sync_fails_is_not_left_looking_whole(
         assert os.listdir(tmp_path / "backup") == [] and staging_left(db.path) == []
     finally:
         db.close()
+
+
+class Request:
+    def __init__(self, **msg: Any) -> None:
+        self.msg = msg
+        self.answers: list[dict[str, Any]] = []
+
+    def reply(self, body: dict[str, Any]) -> None:
+        self.answers.append(body)
+
+
+def test_a_backup_copying_onto_another_disk_shows_how_far_it_got_until_it_ends(tmp_path: Path) -> None:
+    halfway, go_on = threading.Event(), threading.Event()
+
+    def copying(dest: Path, progress: Any) -> Checkpointed:
+        progress(0, 300)
+        progress(100, 300)
+        halfway.set()
+        assert go_on.wait(30)
+        progress(300, 300)
+        return Checkpointed(dest, linked=False)
+
+    admin = StoreAdmin(types.SimpleNamespace(node_id="core1"), checkpoint=copying,  # type: ignore[arg-type]
+                       post=lambda fn: fn(0.0))
+    request = Request(dir=str(tmp_path / "b"))
+    assert admin.copying() is None
+    admin.ops()["backup"](request, 0.0)
+    assert halfway.wait(30)
+    assert admin.copying() == {"dir": str(tmp_path / "b"), "copied_bytes": 100, "total_bytes": 300}
+    go_on.set()
+    for thread in [t for t in threading.enumerate() if t.name == "iris-backup-core1"]:
+        thread.join(30)
+    assert request.answers == [{"ok": True, "node": "core1", "path": str(tmp_path / "b" / "core1"), "linked": False}]
+    assert admin.copying() is None  # done: no more progress to show
