@@ -181,3 +181,17 @@ def mark(cluster: Cluster, node: str, state: str) -> None:
             membership.states[node] = state
             for listener in membership.listeners:
                 listener(Transition(node, state), time.monotonic())
+
+
+class AdminRequest:
+    """An operator's request as StoreAdmin's handlers get it (`msg`), recording their answers."""
+
+    def __init__(self, **msg: Any) -> None:
+        self.msg = msg
+        self.answers: list[dict[str, Any]] = []
+
+    def reply(self, body: dict[str, Any]) -> None:
+        self.answers.append(body)
+
+    def error(self, code: str, detail: str) -> None:
+        self.answers.append({"ok": False, "error": code, "detail": detail})

@@ -8,24 +8,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from _store_cluster import TABLE, THREE, Cluster
+from _store_cluster import TABLE, THREE, AdminRequest, Cluster
 from iris_mesh.store._admin import StoreAdmin
 from iris_mesh.store._versioned import Version
 
 EDGE = "edge1"
 DAY_MS = 24 * 3600 * 1000
-
-
-class Request:
-    def __init__(self, **msg: Any) -> None:
-        self.msg = msg
-        self.answers: list[dict[str, Any]] = []
-
-    def reply(self, body: dict[str, Any]) -> None:
-        self.answers.append(body)
-
-    def error(self, code: str, detail: str) -> None:
-        self.answers.append({"ok": False, "error": code, "detail": detail})
 
 
 @pytest.fixture
@@ -38,7 +26,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def ask(cluster: Cluster, op: str, **msg: Any) -> dict[str, Any]:
-    request = Request(**msg)
+    request = AdminRequest(**msg)
     StoreAdmin(cluster.services[EDGE], checkpoint=None).ops()[op](request, time.monotonic())
     cluster.run_until(lambda: request.answers, f"the answer to {op}")
     return request.answers[0]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from iris_mesh.store import _checkpoint
+from _store_cluster import AdminRequest
 from iris_mesh.store._admin import StoreAdmin
 from iris_mesh.store._checkpoint import BackupError, Checkpointed, checkpoint
 from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, TABLES, Database
@@ -219,15 +220,6 @@ def test_a_checkpoint_whose_last_sync_fails_is_not_left_looking_whole(
         db.close()
 
 
-class Request:
-    def __init__(self, **msg: Any) -> None:
-        self.msg = msg
-        self.answers: list[dict[str, Any]] = []
-
-    def reply(self, body: dict[str, Any]) -> None:
-        self.answers.append(body)
-
-
 def test_a_backup_copying_onto_another_disk_shows_how_far_it_got_until_it_ends(tmp_path: Path) -> None:
     halfway, go_on = threading.Event(), threading.Event()
 
@@ -241,7 +233,7 @@ def test_a_backup_copying_onto_another_disk_shows_how_far_it_got_until_it_ends(t
 
     admin = StoreAdmin(types.SimpleNamespace(node_id="core1"), checkpoint=copying,  # type: ignore[arg-type]
                        post=lambda fn: fn(0.0))
-    request = Request(dir=str(tmp_path / "b"))
+    request = AdminRequest(dir=str(tmp_path / "b"))
     assert admin.copying() is None
     admin.ops()["backup"](request, 0.0)
     assert halfway.wait(30)
