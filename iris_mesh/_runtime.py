@@ -58,7 +58,7 @@ class NodeRuntime:
         self.membership = membership
         membership.on_forgotten_later = self._drop_hints_of
         self.placement = placement
-        self._store_admin = store_admin
+        self.store_admin = store_admin
         self.store = store
         self.edge = edge
         self._started_at = started_at
@@ -254,7 +254,7 @@ class NodeRuntime:
         if self.store.local is not None:
             status["hints_pending"] = self.store.local.count("hints")  # writes held for peers that missed them
             status["fsync_failed"] = self.store.local.durability_lost  # why it refuses writes until restarted
-        copying = self._store_admin.copying()
+        copying = self.store_admin.copying()
         if copying is not None:
             status["backup_copy"] = copying  # `meshctl backup` shows it while it waits
         if self._kept_aside is not None:

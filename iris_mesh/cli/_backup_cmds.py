@@ -45,7 +45,7 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
         elif not result.get("ok"):
             failed[name] = str(result.get("detail"))
             cause = result.get("cause") or _cause_in_words(failed[name])
-            causes.setdefault(cause if cause in ("exists", "create") else "checkpoint", []).append(name)
+            causes.setdefault(cause if cause in ("exists", "create", "stopping") else "checkpoint", []).append(name)
         elif "path" in result:
             done[result["node"]] = result["path"]
             if result.get("linked"):
@@ -150,6 +150,10 @@ def _backup_advice(cause: str, cores: list[str], directory: str) -> str:
                   f"disk copies every table file and may still be running into {directory}/NODE: give it longer "
                   "with --wait",
         "not_asked": "leave out --node to checkpoint every core",
+        "stopping": f"{named} stopped while {'its checkpoint was' if len(cores) == 1 else 'their checkpoints were'} "
+                    "taken (nothing of it was kept): once "
+                    f"{'it is' if len(cores) == 1 else 'they are'} back (`meshctl status`), take the backup again "
+                    "into a new directory",
     }[cause]
 
 

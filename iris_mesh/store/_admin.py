@@ -8,6 +8,7 @@ in one request (bulk loads), `drop_hints` forgets the hints a node keeps for one
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -69,13 +70,27 @@ class StoreAdmin:
     """Handlers keyed by admin op, for the node runtime's table."""
 
     def __init__(self, store: StoreService, *,
-                 checkpoint: Callable[[Path, Callable[[int, int], None]], Checkpointed] | None,
+                 checkpoint: Callable[[Path, Callable[[int, int], None], threading.Event], Checkpointed] | None,
                  post: Callable[[Callable[[float], None]], None] | None = None) -> None:
         self._store = store
         self._checkpoint = checkpoint
         self._post = post
         # The checkpoint being copied onto another disk now (set by the backup thread, read for the status).
         self._copying: dict[str, Any] | None = None
+        self._stopping = threading.Event()  # set once by stop_backups: backups going on give up, new ones are refused
+        self._backups: list[threading.Thread] = []  # started, maybe ended
+        self._backups_lock = threading.Lock()  # a backup starts before stop_backups, or is refused
+
+    def stop_backups(self, timeout_s: float) -> bool:
+        """Have the backups going on give up (each answers that the node is stopping) and wait up to `timeout_s` for
+        them; False if one still runs (it may be inside RocksDB: the database must not be closed under it)."""
+        with self._backups_lock:
+            self._stopping.set()
+            backups = list(self._backups)
+        deadline = time.monotonic() + timeout_s
+        for thread in backups:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in backups)
 
     def copying(self) -> dict[str, Any] | None:
         """A backup copying its checkpoint onto another disk now: where to, and its bytes copied of all (None: none)."""
@@ -199,7 +214,7 @@ class StoreAdmin:
             return
         if self._post is None:
             raise RuntimeError("StoreAdmin needs `post` to run backups off the engine thread")
-        checkpoint, post, node_id = self._checkpoint, self._post, self._store.node_id
+        checkpoint, post, node_id, stopping = self._checkpoint, self._post, self._store.node_id, self._stopping
 
         def progress(done: int, total: int) -> None:
             self._copying = {"dir": directory, "copied_bytes": done, "total_bytes": total}
@@ -207,7 +222,7 @@ class StoreAdmin:
         def run() -> None:
             # A checkpoint takes seconds or more (flushes, copies onto another disk): never on the engine thread.
             try:
-                taken = checkpoint(Path(directory) / node_id, progress)
+                taken = checkpoint(Path(directory) / node_id, progress, stopping)
             except Exception as exc:  # the operator needs the reason, the node keeps serving
                 # A StoreError says what failed in words; anything else is a bug, named as such.
                 failure = {"ok": False, "error": "backup_failed",
@@ -221,7 +236,14 @@ class StoreAdmin:
             post(lambda _now: request.reply({"ok": True, "node": node_id, "path": str(taken.path),
                                              "linked": taken.linked}))
 
-        threading.Thread(target=run, name=f"iris-backup-{node_id}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"iris-backup-{node_id}", daemon=True)
+        with self._backups_lock:
+            if stopping.is_set():
+                request.reply({"ok": False, "error": "backup_failed", "cause": "stopping",
+                               "detail": "the node is stopping: no backup is taken now"})
+                return
+            self._backups = [t for t in self._backups if t.is_alive()] + [thread]
+            thread.start()
 
     def _put_batch(self, request: Request, now: float) -> None:
         """Write (value null: delete) up to PUT_BATCH_MAX keys of one table; answers once every write is answered."""

@@ -15,6 +15,9 @@ taken in three steps, each of which leaves the lock free for all but moments:
    copied there file by file by this module (the copy and its fsyncs run
    with the lock released) and then deleted.
 
+A node that stops meanwhile sets `stopping`: the checkpoint is given up
+between two steps or two chunks of the copy, and what it made is deleted.
+
 A checkpoint renamed into place shares its table files with the live data
 (hard links): it costs no disk space at first, and is lost with that disk.
 A staging directory a crash left behind is deleted at the next open.
@@ -25,8 +28,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,13 +41,14 @@ __all__ = ["PARTIAL_SUFFIX", "BackupError", "Checkpointed", "checkpoint", "fsync
 # How long the memtable flush may take before the checkpoint goes ahead and RocksDB flushes the rest itself.
 _FLUSH_WAIT_S = 60.0
 PARTIAL_SUFFIX = ".partial"  # a copy onto another filesystem, until it is whole and synced
+_COPY_CHUNK = 4 << 20  # a copy looks at `stopping` and tells its progress after each chunk
 
 
 class BackupError(StoreError):
     """A checkpoint was not taken; `cause` says why, for the advice meshctl gives.
 
     `exists`: the destination is there already (an earlier backup's); `create`: its directory cannot
-    be made; `checkpoint`: RocksDB or the disk failed while writing it.
+    be made; `checkpoint`: RocksDB or the disk failed while writing it; `stopping`: the node is stopping.
     """
 
     def __init__(self, cause: str, message: str) -> None:
@@ -58,12 +63,21 @@ class Checkpointed(NamedTuple):
     linked: bool
 
 
-def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | None = None) -> Checkpointed:
+def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | None = None,
+               stopping: threading.Event | None = None) -> Checkpointed:
     """Write a consistent online checkpoint of `db` into `dest` (must not exist). BackupError if not.
 
     Runs off the engine thread; writes go on meanwhile. Every file of the checkpoint is fsync'd before it returns.
-    A copy onto another filesystem calls `progress(bytes copied, bytes to copy)` before and after each file.
+    A copy onto another filesystem calls `progress(bytes copied, bytes to copy)` first and after each chunk.
+    Once `stopping` is set it gives up at the next step or chunk (BackupError "stopping"), leaving nothing.
     """
+    stopping = stopping or threading.Event()
+
+    def go_on() -> None:
+        if stopping.is_set():
+            raise BackupError("stopping", f"the node is stopping: the checkpoint into {dest} was given up "
+                                          "(nothing of it kept)")
+
     partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
     for path in (dest, partial):
         if path.exists():
@@ -76,8 +90,11 @@ def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | 
     made: Path | None = None  # what this call put in the backup directory: deleted if the checkpoint fails
     copied = False
     try:
-        db.flush_memtables(_FLUSH_WAIT_S)
+        go_on()
+        db.flush_memtables(_FLUSH_WAIT_S, stopping)
+        go_on()
         db.checkpoint(stage)
+        go_on()
         fsync_tree(stage)  # "backup done" means on disk, also after power loss
         try:
             os.rename(stage, dest)
@@ -86,7 +103,8 @@ def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | 
                 raise
             partial.mkdir()  # FileExistsError: another backup of this core into the same directory, going on now
             made, copied = partial, True
-            _copy_files(stage, partial, progress or (lambda _done, _total: None))
+            _copy_files(stage, partial, progress or (lambda _done, _total: None), go_on)
+            go_on()
             fsync_tree(partial)
             os.rename(partial, dest)
         made = dest
@@ -94,22 +112,39 @@ def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | 
     except Exception as exc:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+        if isinstance(exc, BackupError):
+            raise
         raise BackupError("checkpoint", f"checkpoint into {dest} failed: {exc}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return Checkpointed(dest, linked=not copied)
 
 
-def _copy_files(source: Path, dest: Path, progress: Callable[[int, int], None]) -> None:
-    """Copy a checkpoint's files (it has no subdirectories); shutil's copy releases the interpreter lock."""
-    files = [(entry, entry.stat().st_size) for entry in sorted(source.iterdir())]
-    total = sum(size for _entry, size in files)
+def _copy_files(source: Path, dest: Path, progress: Callable[[int, int], None], go_on: Callable[[], None]) -> None:
+    """Copy a checkpoint's files (it has no subdirectories), calling `go_on` before each chunk."""
+    files = sorted(source.iterdir())
+    total = sum(entry.stat().st_size for entry in files)
     done = 0
     progress(done, total)
-    for entry, size in files:
-        shutil.copyfile(entry, dest / entry.name)
-        done += size
-        progress(done, total)
+    for entry in files:
+        for copied in _copy_file(entry, dest / entry.name, go_on):
+            done += copied
+            progress(done, total)
+
+
+def _copy_file(source: Path, dest: Path, go_on: Callable[[], None]) -> Iterator[int]:
+    """Copy one file a chunk at a time (reads and writes release the interpreter lock); yields each chunk's size."""
+    buffer = bytearray(_COPY_CHUNK)
+    with open(source, "rb", buffering=0) as src, open(dest, "xb", buffering=0) as dst:
+        while True:
+            go_on()
+            size = src.readinto(buffer)
+            if not size:
+                return
+            view = memoryview(buffer)[:size]
+            while view:
+                view = view[dst.write(view):]
+            yield size
 
 
 def fsync_tree(root: Path) -> None:

@@ -279,17 +279,17 @@ class Database:
                         pass
         return total
 
-    def flush_memtables(self, wait_s: float) -> bool:
+    def flush_memtables(self, wait_s: float, stopping: threading.Event | None = None) -> bool:
         """Have RocksDB flush every table's memtable and wait until it has, polling with the interpreter lock free
-        (RocksDB's own flush call holds it while it waits); False if `wait_s` passed first."""
+        (RocksDB's own flush call holds it while it waits); False if `wait_s` passed first or `stopping` was set."""
         for table in self._tables.values():
             table.flush(False)
         deadline = time.monotonic() + wait_s
+        stopping = stopping or threading.Event()
         while any(table.property_int_value("rocksdb.mem-table-flush-pending") for table in self._tables.values()) \
                 or self._db.property_int_value("rocksdb.num-running-flushes"):
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or stopping.wait(_FLUSH_POLL_S):
                 return False
-            time.sleep(_FLUSH_POLL_S)
         return True
 
     def checkpoint(self, dest: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import threading
 import types
 from pathlib import Path
@@ -112,9 +111,9 @@ def test_a_checkpoint_for_another_filesystem_is_taken_on_the_datas_and_copied_by
         assert asked.parent == db.path  # RocksDB links there; the node copies from there
         assert not taken.linked
         total = sum(f.stat().st_size for f in taken.path.iterdir())
-        assert progress[0] == (0, total) and progress[-1] == (total, total)  # told before and after each file
-        assert len(progress) == len(list(taken.path.iterdir())) + 1
-        assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+        assert progress[0] == (0, total) and progress[-1] == (total, total)  # told first and after each chunk
+        steps = [later[0] - earlier[0] for earlier, later in zip(progress, progress[1:])]
+        assert steps and all(0 < step <= _checkpoint._COPY_CHUNK for step in steps)
         assert table_files(taken.path) and all(f.stat().st_nlink == 1 for f in table_files(taken.path))
         assert sorted(os.listdir(tmp_path / "backup")) == ["core1"]  # no partial copy left beside it
         assert staging_left(db.path) == []
@@ -125,16 +124,16 @@ def test_a_checkpoint_for_another_filesystem_is_taken_on_the_datas_and_copied_by
 
 def test_a_copy_that_fails_leaves_neither_a_checkpoint_nor_a_partial_copy(
         tmp_path: Path, other_filesystem: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    copyfile = shutil.copyfile
+    copy_file = _checkpoint._copy_file
     copied: list[str] = []
 
-    def disk_full_at_the_second_file(src: Any, dst: Any, **kwargs: Any) -> Any:
+    def disk_full_at_the_second_file(src: Path, dst: Path, go_on: Any) -> Any:
         if copied:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         copied.append(str(dst))
-        return copyfile(src, dst, **kwargs)
+        return copy_file(src, dst, go_on)
 
-    monkeypatch.setattr(shutil, "copyfile", disk_full_at_the_second_file)
+    monkeypatch.setattr(_checkpoint, "_copy_file", disk_full_at_the_second_file)
     db = Database(tmp_path / "db")
     try:
         fill(db)
@@ -223,7 +222,7 @@ def test_a_checkpoint_whose_last_sync_fails_is_not_left_looking_whole(
 def test_a_backup_copying_onto_another_disk_shows_how_far_it_got_until_it_ends(tmp_path: Path) -> None:
     halfway, go_on = threading.Event(), threading.Event()
 
-    def copying(dest: Path, progress: Any) -> Checkpointed:
+    def copying(dest: Path, progress: Any, stopping: threading.Event) -> Checkpointed:
         progress(0, 300)
         progress(100, 300)
         halfway.set()
@@ -243,3 +242,82 @@ def test_a_backup_copying_onto_another_disk_shows_how_far_it_got_until_it_ends(t
         thread.join(30)
     assert request.answers == [{"ok": True, "node": "core1", "path": str(tmp_path / "b" / "core1"), "linked": False}]
     assert admin.copying() is None  # done: no more progress to show
+
+
+def test_a_node_stopping_gives_up_a_copy_onto_another_disk_and_leaves_nothing_of_it(
+        tmp_path: Path, other_filesystem: None) -> None:
+    stopping = threading.Event()
+    copied: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        copied.append((done, total))
+        if done:
+            stopping.set()  # the node is told to stop while the first file is being copied
+
+    db = Database(tmp_path / "db")
+    try:
+        fill(db)
+        with pytest.raises(BackupError, match=r"^the node is stopping: the checkpoint into .*/backup/core1 was given "
+                                              r"up \(nothing of it kept\)$") as given_up:
+            checkpoint(db, tmp_path / "backup" / "core1", progress, stopping)
+        assert given_up.value.cause == "stopping"
+        done, total = copied[-1]
+        assert 0 < done < total  # it stopped copying at once, not at the end
+        assert os.listdir(tmp_path / "backup") == [] and staging_left(db.path) == []
+    finally:
+        db.close()
+
+
+def test_a_node_stopping_before_the_memtables_are_flushed_takes_no_checkpoint(tmp_path: Path) -> None:
+    stopping = threading.Event()
+    stopping.set()
+    db = WatchedDatabase(tmp_path / "db")
+    try:
+        fill(db)
+        with pytest.raises(BackupError, match="the node is stopping") as given_up:
+            checkpoint(db, tmp_path / "backup" / "core1", None, stopping)
+        assert given_up.value.cause == "stopping" and db.asked == []
+        assert staging_left(db.path) == [] and not (tmp_path / "backup" / "core1").exists()
+    finally:
+        db.close()
+
+
+def test_a_stopping_node_answers_the_backup_going_on_and_refuses_new_ones(tmp_path: Path) -> None:
+    taking = threading.Event()
+
+    def taken_until_the_node_stops(dest: Path, progress: Any, stopping: threading.Event) -> Checkpointed:
+        taking.set()
+        assert stopping.wait(30)
+        raise BackupError("stopping", f"the node is stopping: the checkpoint into {dest} was given up")
+
+    admin = StoreAdmin(types.SimpleNamespace(node_id="core1"),  # type: ignore[arg-type]
+                       checkpoint=taken_until_the_node_stops, post=lambda fn: fn(0.0))
+    request = AdminRequest(dir=str(tmp_path / "b"))
+    admin.ops()["backup"](request, 0.0)
+    assert taking.wait(30)
+    assert admin.stop_backups(30.0)  # every backup thread ended: the database may be closed
+    given_up = {"ok": False, "error": "backup_failed", "cause": "stopping",
+                "detail": f"the node is stopping: the checkpoint into {tmp_path / 'b' / 'core1'} was given up"}
+    assert request.answers == [given_up]
+    later = AdminRequest(dir=str(tmp_path / "c"))
+    admin.ops()["backup"](later, 0.0)
+    assert later.answers == [{"ok": False, "error": "backup_failed", "cause": "stopping",
+                              "detail": "the node is stopping: no backup is taken now"}]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_backup_that_does_not_end_when_asked_keeps_the_node_from_closing_its_database(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def inside_rocksdb(dest: Path, progress: Any, stopping: threading.Event) -> Checkpointed:
+        assert release.wait(30)  # a call that cannot look at `stopping`
+        return Checkpointed(dest, linked=True)
+
+    admin = StoreAdmin(types.SimpleNamespace(node_id="core1"),  # type: ignore[arg-type]
+                       checkpoint=inside_rocksdb, post=lambda fn: fn(0.0))
+    request = AdminRequest(dir=str(tmp_path / "b"))
+    admin.ops()["backup"](request, 0.0)
+    assert not admin.stop_backups(0.2)
+    release.set()
+    assert admin.stop_backups(30.0)
+    assert request.answers == [{"ok": True, "node": "core1", "path": str(tmp_path / "b" / "core1"), "linked": True}]
