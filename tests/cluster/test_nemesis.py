@@ -25,6 +25,16 @@ def test_a_plan_uses_every_kind_one_fault_at_a_time_and_ends_in_time() -> None:
     assert steps[-1].at_s + steps[-1].hold_s <= 600
 
 
+def test_the_schedule_make_test_replays_has_every_kind_of_fault_on_cores_and_edges() -> None:
+    from test_chaos import CLIENT_HOSTS, DEFAULT_SECONDS, DEFAULT_SEED
+    from test_chaos import CORES as CHAOS_CORES, EDGES as CHAOS_EDGES
+
+    steps = plan(DEFAULT_SEED, DEFAULT_SECONDS, CHAOS_CORES, CHAOS_EDGES, CLIENT_HOSTS)
+    hit = {(s.kind, target.rstrip("0123456789")) for s in steps for target in s.targets}
+    assert hit >= {("pause", "core"), ("pause", "edge"), ("kill", "core"), ("stop", "edge"), ("isolate", "client"),
+                   ("partition", "core"), ("partition", "edge")}, steps
+
+
 @pytest.mark.parametrize("cores", [CORES, ("c1", "c2", "c3", "c4"), ("c1", "c2", "c3", "c4", "c5")])
 def test_a_partition_cuts_off_a_minority_of_the_cores_and_never_every_edge(cores: Sequence[str]) -> None:
     partitions = [s for seed in range(20) for s in plan(seed, 300, cores, EDGES) if s.kind == "partition"]
