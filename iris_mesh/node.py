@@ -377,10 +377,9 @@ class Node:
             except Exception:
                 logger.exception("closing mDNS discovery failed")
             self._discovery = None
-        backups_ended = True
-        if self._engine is not None and self.runtime is not None:
-            # A backup going on gives up and tells meshctl so (its answer goes out before the engine halts).
-            backups_ended = self.runtime.store_admin.stop_backups(_BACKUP_STOP_S)
+        # A backup going on gives up and tells meshctl so (its answer goes out before the engine halts). Asked at
+        # every call: a database left open under a backup is closed by a later call only once the backup ended.
+        backups_ended = self.runtime is None or self.runtime.store_admin.stop_backups(_BACKUP_STOP_S)
         if self._engine is not None:
             if self.runtime is not None:
                 membership, edge = self.runtime.membership, self.runtime.edge

@@ -150,10 +150,9 @@ def _backup_advice(cause: str, cores: list[str], directory: str) -> str:
                   f"disk copies every table file and may still be running into {directory}/NODE: give it longer "
                   "with --wait",
         "not_asked": "leave out --node to checkpoint every core",
-        "stopping": f"{named} stopped while {'its checkpoint was' if len(cores) == 1 else 'their checkpoints were'} "
-                    "taken (nothing of it was kept): once "
-                    f"{'it is' if len(cores) == 1 else 'they are'} back (`meshctl status`), take the backup again "
-                    "into a new directory",
+        "stopping": f"{named} {'was' if len(cores) == 1 else 'were'} shutting down (the checkpoint was given up "
+                    f"or not begun; nothing of it was kept): once {'it is' if len(cores) == 1 else 'they are'} back "
+                    "(`meshctl status`), take the backup again into a new directory",
     }[cause]
 
 
@@ -172,7 +171,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                        "create it first)", EXIT_CHECK_FAILED)
     nodes = sorted(p for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
     unfinished = [p for p in nodes if p.name.endswith(PARTIAL_SUFFIX)]
-    if unfinished:  # a copy onto another disk that its core did not finish (it stopped or was killed meanwhile)
+    if unfinished:  # a copy onto another disk that its core did not finish (killed meanwhile, or hung)
         print(f"leaving out {', '.join(p.name for p in unfinished)}: unfinished copies, no checkpoints",
               file=sys.stderr)
         nodes = [p for p in nodes if p not in unfinished]

@@ -60,6 +60,7 @@ _MAILBOX_PER_TURN = 256
 _MAX_WAIT_S = 0.05
 _MAX_DRAIN_FAILURES = 1000  # in a row, on one socket: the engine stops (and the node exits) rather than spin deaf
 _LAST_FRAMES_LINGER_MS = 200  # on close: how long frames queued to live peers and clients may still take to leave
+_LAST_ANSWERS_LINGER_MS = 1000  # ... and answers to operators (a status can be large; a meshctl waits for it)
 _MIN_WAIT_S = 0.001  # a tick asked for sooner waits this long: no busy loop of poll(0)
 # A turn (or tick) busy this long held back the node's heartbeats and every answer by about a heartbeat interval
 # (0.25 s by default): logged, so that a peer's "no heartbeat" can be told from a network fault.
@@ -294,6 +295,10 @@ class Engine(PeerLinks):
         if self._gateway is not None:
             self._gateway.close(_LAST_FRAMES_LINGER_MS)
             self._gateway = None
+        admin = getattr(self, "_admin", None)
+        if admin is not None:  # the last answers to operators (a backup given up as the node stops) leave too
+            admin.close(_LAST_ANSWERS_LINGER_MS)
+            self._admin = None
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
             self._ctx = None

@@ -104,8 +104,7 @@ def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | 
             partial.mkdir()  # FileExistsError: another backup of this core into the same directory, going on now
             made, copied = partial, True
             _copy_files(stage, partial, progress or (lambda _done, _total: None), go_on)
-            go_on()
-            fsync_tree(partial)
+            fsync_tree(partial, go_on)
             os.rename(partial, dest)
         made = dest
         fsync_dir(dest.parent)
@@ -147,10 +146,11 @@ def _copy_file(source: Path, dest: Path, go_on: Callable[[], None]) -> Iterator[
             yield size
 
 
-def fsync_tree(root: Path) -> None:
-    """Fsync every file and directory under `root`."""
+def fsync_tree(root: Path, go_on: Callable[[], None] = lambda: None) -> None:
+    """Fsync every file and directory under `root`, calling `go_on` before each file (it may raise to give up)."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
+            go_on()
             fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
             try:
                 os.fsync(fd)

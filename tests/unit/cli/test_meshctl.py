@@ -170,8 +170,8 @@ def test_a_node_s_backup_failure_gets_advice_for_its_cause() -> None:
     assert _backup_advice("silent", ["core2"], "/b").endswith(
         "may still be running into /b/NODE: give it longer with --wait")
     assert _backup_advice("stopping", ["core3"], "/b") == (
-        "core3 stopped while its checkpoint was taken (nothing of it was kept): once it is back (`meshctl status`), "
-        "take the backup again into a new directory")
+        "core3 was shutting down (the checkpoint was given up or not begun; nothing of it was kept): once it is back "
+        "(`meshctl status`), take the backup again into a new directory")
 
 
 def test_a_backup_waits_for_each_core_as_long_as_asked_ten_minutes_by_default() -> None:

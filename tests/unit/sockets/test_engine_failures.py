@@ -6,8 +6,10 @@ import threading
 from typing import Any
 
 import pytest
+import zmq
 
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
+from iris_mesh.sockets._codec import decode, encode, envelope
 from iris_mesh.sockets._engine import Engine
 from support.waiting import wait_until
 
@@ -115,4 +117,32 @@ def test_a_drain_that_keeps_failing_ends_the_loop_instead_of_spinning_deaf() -> 
                 client.request("status", timeout_s=2.0)
         assert failed.wait(10.0) and not engine.running
     finally:
+        engine.stop()
+
+
+def test_an_admin_answer_given_as_the_engine_halts_still_reaches_the_operator() -> None:
+    """A stopping node's last answers (a backup it gave up, say) leave before its sockets close, even a large one
+    that takes a while to go."""
+
+    class HaltingAfterAnswer(Handler):
+        def async_on_admin(self, request: Any, now: float) -> None:
+            request.reply({"ok": True, "answered": "x" * 10_000_000})
+            threading.Thread(target=engine.stop).start()  # halts right after this turn
+
+    engine = Engine(node_id="halting", incarnation=1, keys=KEYS, handler=HaltingAfterAnswer(),  # type: ignore[arg-type]
+                    bind_address="127.0.0.1")
+    ports = engine.start()
+    ctx = zmq.Context()
+    operator = ctx.socket(zmq.DEALER)  # no frame limit, unlike AdminClient: the answer is read whole
+    operator.linger = 0
+    operator.rcvtimeo = 10_000
+    KEYS.client(operator)
+    try:
+        operator.connect(f"tcp://127.0.0.1:{ports.admin}")
+        operator.send(encode(envelope("status", rid=1)))
+        assert decode(operator.recv(), max_frame_bytes=1 << 26)["answered"] == "x" * 10_000_000
+        wait_until(lambda: not engine.running, 10.0, "the engine halted")
+    finally:
+        operator.close()
+        ctx.term()
         engine.stop()

@@ -179,9 +179,9 @@ def test_a_copy_is_synced_before_it_takes_the_checkpoints_name(
     events: list[tuple[str, str]] = []
     fsync_tree, rename = _checkpoint.fsync_tree, os.rename
 
-    def synced(root: Path) -> None:
+    def synced(root: Path, *go_on: Any) -> None:
         events.append(("synced", Path(root).name))
-        fsync_tree(root)
+        fsync_tree(root, *go_on)
 
     def renamed(src: Any, dst: Any) -> None:
         events.append(("renamed", Path(src).name))
@@ -321,3 +321,27 @@ def test_a_backup_that_does_not_end_when_asked_keeps_the_node_from_closing_its_d
     release.set()
     assert admin.stop_backups(30.0)
     assert request.answers == [{"ok": True, "node": "core1", "path": str(tmp_path / "b" / "core1"), "linked": True}]
+
+
+def test_a_node_stopping_while_the_copy_is_synced_gives_it_up_too(
+        tmp_path: Path, other_filesystem: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    stopping = threading.Event()
+    fsync, synced = os.fsync, []
+
+    def stop_after_the_first_file(fd: int) -> None:
+        fsync(fd)
+        if any((tmp_path / "backup").glob("*.partial")):
+            synced.append(fd)
+            stopping.set()  # told to stop while the copy is being synced (a slow disk takes long here)
+
+    db = Database(tmp_path / "db")
+    try:
+        fill(db)
+        monkeypatch.setattr(os, "fsync", stop_after_the_first_file)
+        with pytest.raises(BackupError, match="the node is stopping") as given_up:
+            checkpoint(db, tmp_path / "backup" / "core1", None, stopping)
+        assert given_up.value.cause == "stopping" and len(synced) == 1  # no file synced after it was told
+        assert os.listdir(tmp_path / "backup") == [] and staging_left(db.path) == []
+    finally:
+        monkeypatch.undo()
+        db.close()
