@@ -12,6 +12,12 @@ in on), remembered for PRESENCE_TTL_S: an edge named by a stale
 entry only declines the offer (and the origin then forgets the entry, see
 `forget`), so the cost of staleness is a message that goes to the inbox
 instead of live.
+
+A user read with more than _TIDY_ABOVE rows has those that can no longer
+say it is online deleted (rows saying off, and rows of an edge that
+restarted since), all but the newest, which says when it was last seen.
+Each delete is versioned just above the row read, so a row written again
+meanwhile (the user logged in there) wins over it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 from iris_mesh.messaging._inbox import Store, decode_presence, encode_presence, presence_key, presence_prefix
 from iris_mesh.messaging._protocol import PresenceRequest, build_error, build_presence
 from iris_mesh.messaging._sessions import Session, SessionTable
+from iris_mesh.store import Version
 
 __all__ = ["PRESENCE_TTL_S", "PresenceBook"]
 
@@ -32,6 +39,8 @@ PRESENCE_TTL_S = 1.0
 # names leave theirs), so a user's rows are read page after page, up to _MAX_ROWS_PER_USER.
 _ROWS_PER_PAGE = 64
 _MAX_ROWS_PER_USER = 4096
+# A user read with more rows than this has its stale ones deleted (a user's few edges cost no deletes).
+_TIDY_ABOVE = 8
 # Refused presence writes are made again after this, doubled at each round still refused up to _RETRY_MAX_S (a long
 # outage must not cost a write per logged-in user every second); the first write stored starts over.
 _RETRY_S = 1.0
@@ -42,7 +51,8 @@ class PresenceBook:
     """Writes this edge's presence rows, finds a user's edges (cached briefly), answers the `presence` op."""
 
     __slots__ = ("_node_id", "_run", "_run_of", "_store", "_sessions", "_wall_ms", "_now", "_to_client", "_cache",
-                 "_live_edges", "_counters", "_unsaved", "_refused", "_writing", "_next_retry", "_retry_s")
+                 "_live_edges", "_counters", "_unsaved", "_refused", "_writing", "_next_retry", "_retry_s",
+                 "_tidying")
 
     def __init__(
         self,
@@ -77,6 +87,7 @@ class PresenceBook:
         self._writing: set[str] = set()  # users whose row is being written now
         self._next_retry = 0.0
         self._retry_s = _RETRY_S
+        self._tidying: dict[str, int] = {}  # user -> deletes of stale rows not answered yet
 
     def async_write(self, user: str, online: bool, now: float) -> None:
         """Record that `user` is (no longer) online on this edge; the cached entry for `user` goes.
@@ -206,7 +217,48 @@ class PresenceBook:
             else:
                 if result.more:  # the user's rows past the cap are not read: an edge among them is not found
                     self._counters["presence_rows_cut"] += 1
+                if len(items) > _TIDY_ABOVE:
+                    self._async_tidy(user, items, self._now())
                 then(dataclasses.replace(result, items=items, more=False))
 
         self._store.async_scan("presence", presence_prefix(user), start_after=start_after, limit=_ROWS_PER_PAGE,
                                on_done=page, now=now)
+
+    def _async_tidy(self, user: str, items: tuple[Any, ...], now: float) -> None:
+        """Delete `user`'s rows read in `items` that can no longer say it is online, but the newest (last seen)."""
+        if user in self._tidying:
+            return  # the deletes of an earlier read are still going
+        rows = []
+        for key, item in items:
+            try:
+                rows.append((key, item.version, decode_presence(item.value)))
+            except ValueError:
+                continue
+        if not rows:
+            return
+        newest = max(rows, key=lambda row: row[2].ts_ms)[0]
+        stale = [(key, version) for key, version, row in rows
+                 if key != newest and not self._could_hold(key[key.index(b"\x00") + 1 :].decode(errors="replace"),
+                                                           row.on, row.run)]
+        if not stale:
+            return
+        self._tidying[user] = len(stale)
+
+        def done(_result: Any) -> None:  # a delete refused is made at a later read
+            self._tidying[user] -= 1
+            if not self._tidying[user]:
+                del self._tidying[user]
+
+        for key, version in stale:
+            self._counters["presence_rows_tidied"] += 1
+            # Just above the version read: a row written since (the user logged in there again) is newer and stays.
+            self._store.async_put("presence", key, None, durability="quorum", on_done=done, now=now,
+                                  version=Version(version.hlc + 1, ""))
+
+    def _could_hold(self, edge: str, on: bool, run: int | None) -> bool:
+        """Whether a row may say, now or later, that the user is online: it says on, and its edge has not been
+        heard of in a later run (this edge's own row from before a restart is stale too)."""
+        if not on:
+            return False
+        current = self._run if edge == self._node_id else self._run_of(edge)
+        return current is None or run is None or run >= current

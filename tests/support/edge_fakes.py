@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from iris_mesh.store import Version
+
 __all__ = ["Answer", "FakeStore", "Row", "mid"]
 
 
@@ -18,6 +20,7 @@ def mid(n: int) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Row:
     value: bytes
+    version: Version = Version(0, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +37,8 @@ class Answer:
 
 class FakeStore:
     """Tables in dicts. Every answer waits in a queue, in request order, until run() (run_newest() lets the newest
-    overtake); refuse_next_put fails one write."""
+    overtake); refuse_next_put fails one write. Writes are versioned as the real store's: one not newer than the
+    key's last (a pinned `version`) changes nothing; a row put in `tables` by a test is of version (0, "")."""
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[bytes, bytes]] = collections.defaultdict(dict)
@@ -51,6 +55,8 @@ class FakeStore:
         self.dead: dict[str, set[bytes]] = collections.defaultdict(set)
         self.rows_scanned = 0  # rows (tombstones included) the scans read
         self.unreadable: set[str] = set()  # tables whose scans are refused (`unavailable`) while they are in it
+        self.versions: dict[str, dict[bytes, Version]] = collections.defaultdict(dict)  # of rows and tombstones
+        self._clock = 0
 
     def refuse_next_put(self, table: str, code: str) -> None:
         self._refusals[table].append(code)
@@ -64,6 +70,12 @@ class FakeStore:
             if refusal is not None:
                 on_done(Answer(False, refusal, f"{table} write refused by the test"))
                 return
+            self._clock += 1
+            written = version or Version(max(self._clock, min_hlc + 1), "store")
+            if key in self.versions[table] and written <= self.versions[table][key]:
+                on_done(Answer(True))  # not newer: the write is a no-op
+                return
+            self.versions[table][key] = written
             if value is None:
                 self.tables[table].pop(key, None)
                 if self.tombstones:
@@ -92,7 +104,9 @@ class FakeStore:
             keys = sorted(k for k in rows if k.startswith(prefix) and (start_after is None or k > start_after))
             page = keys[:limit]
             self.rows_scanned += len(page)
-            items = [(k, Row(self.tables[table][k])) for k in page if k in self.tables[table]]
+            versions = self.versions[table]
+            items = [(k, Row(self.tables[table][k], versions.get(k, Version(0, "")))) for k in page
+                     if k in self.tables[table]]
             return Answer(True, items=items, more=len(keys) > limit, cursor=page[-1] if page else start_after)
 
         if self.scans_read_when_asked:

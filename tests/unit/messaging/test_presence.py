@@ -188,3 +188,50 @@ def test_a_lookup_stops_at_the_row_cap_and_counts_it(monkeypatch: Any) -> None:
     scans = edge.store.scans
     assert offered_to(edge, "bob") == [] and edge.store.scans - scans == 2  # edge2's row, 201st, is not read
     assert edge.service.counters["presence_rows_cut"] == 1
+
+
+def bob_rows(edge: Edge) -> dict[str, bool]:
+    """bob's presence rows now: edge -> on."""
+    prefix = presence_key("bob", "")
+    return {key[len(prefix):].decode(): decode_presence(value).on
+            for key, value in edge.store.tables["presence"].items() if key.startswith(prefix)}
+
+
+def test_a_users_rows_of_edges_left_long_ago_are_deleted_when_read_but_the_newest_which_says_when_last_seen() -> None:
+    edge = edge_with_bob_behind_100_old_rows()  # off rows at ts 0..99 and an on row of edge2 at LOGIN_MS
+    edge.store.tables["presence"][presence_key("bob", "edge3")] = encode_presence(True, 5, 2)  # edge3 restarted since
+    edge.runs["edge3"] = 3
+    assert offered_to(edge, "bob") == ["edge2"]
+    # The rows that can no longer say bob is online are gone; edge2's stays (the newest too: when last seen).
+    assert bob_rows(edge) == {"edge2": True}
+    assert edge.service.counters["presence_rows_tidied"] == 101
+    assert presence(edge, "bob") == (True, LOGIN_MS)
+    edge.runs["edge2"] = 6  # edge2 restarted: its row is stale now, but the newest (last seen), so it stays
+    for n in range(20):
+        edge.store.tables["presence"][presence_key("bob", f"edge-new-{n:03d}")] = encode_presence(False, n, 1)
+    assert offered_to(edge, "bob") == []
+    assert bob_rows(edge) == {"edge2": True}
+    assert presence(edge, "bob") == (False, LOGIN_MS)
+
+
+def test_a_user_with_few_rows_has_none_deleted() -> None:
+    edge = bob_logged_in_on_edge2(run=5)
+    for n in range(3):
+        edge.store.tables["presence"][presence_key("bob", f"edge-old-{n}")] = encode_presence(False, n, 1)
+    before = len(edge.store.puts)
+    assert offered_to(edge, "bob") == ["edge2"] and presence(edge, "bob") == (True, LOGIN_MS)
+    assert len(edge.store.puts) == before and len(bob_rows(edge)) == 4  # a user's few edges cost no writes
+
+
+def test_a_row_written_again_after_it_was_read_is_not_deleted_by_the_tidying() -> None:
+    edge = edge_with_bob_behind_100_old_rows()
+    edge.service._presence.forget("bob")
+    edge.service._presence.async_lookup("bob", edge.now, lambda _edges: None)
+    while not any(value is None for _table, _key, value in edge.store.puts):
+        edge.store.run_one()  # up to the first delete asked for, which waits
+    # edge-old-005 came back under its name and bob logged in there meanwhile: its write lands first.
+    edge.store.async_put("presence", presence_key("bob", "edge-old-005"), encode_presence(True, LOGIN_MS + 9, 2),
+                         durability="quorum", on_done=lambda _done: None, now=edge.now)
+    edge.store.run_newest()
+    edge.store.run()
+    assert bob_rows(edge) == {"edge2": True, "edge-old-005": True}
