@@ -72,3 +72,26 @@ def test_an_operators_write_to_a_node_in_safe_mode_says_why_in_the_words_of_its_
     answer = ask(cluster, "put", table=TABLE, key=b"bob\x00m3", value="x")
     assert not answer["ok"] and answer["code"] == "partition_detected", answer
     assert answer["detail"] == f"{EDGE} refuses writes: " + cluster.memberships[EDGE].safe_mode_reason(), answer
+
+
+def test_a_delete_pinned_just_above_the_version_read_removes_that_row_and_never_a_newer_one(cluster: Cluster) -> None:
+    """What presence's tidying relies on: a compare-and-delete from a version read earlier."""
+    def write(key: bytes, value: bytes | None, version: Version | None = None) -> None:
+        answers: list[Any] = []
+        cluster.services[EDGE].async_put(TABLE, key, value, durability="quorum", on_done=answers.append,
+                                         now=time.monotonic(), version=version)
+        cluster.run_until(lambda: answers, f"the write of {key!r}")
+        assert answers[0].ok
+
+    def read_version(key: bytes) -> Version:
+        return cluster.rows("core1")[key].version
+
+    write(b"bob\x00edge-a", b"off")
+    write(b"bob\x00edge-b", b"off")
+    seen_a, seen_b = read_version(b"bob\x00edge-a"), read_version(b"bob\x00edge-b")
+    write(b"bob\x00edge-b", b"on")  # written again after it was read
+    write(b"bob\x00edge-a", None, Version(seen_a.hlc + 1, ""))
+    write(b"bob\x00edge-b", None, Version(seen_b.hlc + 1, ""))
+    for core in THREE:
+        assert ask(cluster, "get", table=TABLE, key=b"bob\x00edge-a", replica=core)["found"] is False
+        assert ask(cluster, "get", table=TABLE, key=b"bob\x00edge-b", replica=core)["value"] == b"on"
