@@ -10,7 +10,8 @@ to it), a second line says so: the check passes, but no other core should be res
 A node that others saw say goodbye (a planned stop) is "stopped on purpose", not a failure.
 A node that did not answer and is dead to the others is down, hung, or cut off from every
 node that answered; when those see only a minority of the cores, a cut is as likely as a
-crash, and the verdict says to look from the other side before starting anything.
+crash, and the verdict says to look from the other side before starting anything. How each such node looks
+from where meshctl runs (`_reach.py`: not running, hung, not answering, not reachable) narrows the advice.
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -> str:
-    """The verdict line and, when something is wrong, the next steps."""
+def status_summary(entries: list[dict[str, Any]], one_node: str | None = None,
+                   reach: dict[str, str] | None = None) -> str:
+    """The verdict line and, when something is wrong, the next steps. `reach`: how nodes the others see dead look
+    from here at their admin ports (`iris_mesh.sockets.reach`: answers, refused, silent, unreachable)."""
+    reach = reach or {}
     problems = status_problems(entries)
     down, unheard = problems["not_alive"], problems["running_unheard"]
     refused, silent, joining = problems["writes_refused"], problems["no_answer"], problems["joining"]
@@ -117,13 +121,13 @@ def status_summary(entries: list[dict[str, Any]], one_node: str | None = None) -
         if margin is not None:
             found.append(margin)
     if down:
-        found.append("not alive: " + ", ".join(f"{peer} ({_seen_text(counts)})" for peer, counts in sorted(down.items())))
+        found.append("not alive: " + ", ".join(f"{peer} ({_seen_text(counts)}{_reach_text(reach.get(peer))})"
+                                               for peer, counts in sorted(down.items())))
         if problems["minority_side"]:
             steps.append("the cores that answered see only a minority of the cores: the others may run and take "
                          "writes beyond a network cut (runbook: Network partition); look from a host on their side "
                          "(meshctl --node HOST:PORT status) before starting anything")
-        steps.append("start the nodes that are down; one whose process still runs is hung (its log has stopped) or "
-                     "cut off from the nodes that answered (runbook: Network partition)")
+        steps.extend(_reach_steps({peer: reach.get(peer) for peer in down}))
         margin = _write_margin(entries, joining)
         if margin is not None:
             found.append(margin)
@@ -205,6 +209,41 @@ def _write_margin(entries: list[dict[str, Any]], joining: list[str]) -> str | No
     if visible - (expected // 2 + 1) > 0:
         return None
     return f"writes go on with {visible} of {expected} cores: one more core down stops them"
+
+
+def _reach_advice(kind: str, names: str, one: bool) -> str:
+    """What to do about nodes down that look `kind` from here (`iris_mesh.sockets.reach`)."""
+    its, it, they, s = ("its", "it", "it", "") if one else ("their", "them", "they", "s")
+    return {
+        "refused": f"start {names} if {they} {'is' if one else 'are'} not running ({its} admin port{s} "
+                   f"{'refuses' if one else 'refuse'} connections: nothing listens, or a firewall rejects them)",
+        "hung": f"{names} {'takes' if one else 'take'} connections but {'says' if one else 'say'} nothing: "
+                f"{'a process' if one else 'processes'} stopped by a signal (resume {it}: kill -CONT PID{s}) "
+                f"or frozen; restart {it} if {they} {'stays' if one else 'stay'} so",
+        "stuck": f"{names} {'runs' if one else 'run'} but {'does' if one else 'do'} not answer in time "
+                 f"(overloaded or stuck): read {its} log{s}; restart {it} if {they} {'stays' if one else 'stay'} so",
+        "unreachable": f"{names} cannot be reached from here either: {its} host{s} {'is' if one else 'are'} down, "
+                       "or a network cut is in between (check from another host; runbook: Network partition)",
+        "answers": f"{names} {'answers' if one else 'answer'} from here, but the nodes that answered do not hear "
+                   f"{it}: a network cut between {it} and them (runbook: Network partition)",
+    }.get(kind, "start the nodes that are down; one whose process still runs is hung (its log has stopped) or cut "
+                "off from the nodes that answered (runbook: Network partition)")
+
+
+_REACH_WORDS = {"refused": "not running", "hung": "hung", "stuck": "not answering", "unreachable": "not reachable",
+                "answers": "answers"}
+
+
+def _reach_text(kind: str | None) -> str:
+    return f"; from here: {_REACH_WORDS[kind]}" if kind in _REACH_WORDS else ""
+
+
+def _reach_steps(reach: dict[str, str | None]) -> list[str]:
+    """What to do about the nodes down, grouped by how each looks from here (None: not tried)."""
+    by_kind: dict[str, list[str]] = {}
+    for node, kind in sorted(reach.items()):
+        by_kind.setdefault(kind if kind in _REACH_WORDS else "", []).append(node)
+    return [_reach_advice(kind, ", ".join(nodes), len(nodes) == 1) for kind, nodes in by_kind.items()]
 
 
 def _seen_text(counts: dict[str, int]) -> str:

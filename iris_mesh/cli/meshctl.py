@@ -18,6 +18,7 @@ from typing import Any, Callable
 from iris_mesh.cli import _verdict
 from iris_mesh.cli._backup_cmds import cmd_backup, cmd_restore
 from iris_mesh.cli._output import checked, emit, jsonable, table_text, value_text
+from iris_mesh.cli._reach import reach_from_here
 from iris_mesh.cli._rebalance_cmd import cmd_rebalance
 from iris_mesh.cli._target import (
     DEFAULT_DATA_ROOT,
@@ -122,10 +123,15 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
             _duration_text(status["uptime_s"]), _mib_text(status.get("process", {}).get("rss_bytes")),
             _reason_text(status, no_quorum),
         ])
-    summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"])
-    emit(args, {"ok": ok, "nodes": entries, "problems": _verdict.status_problems(entries), "verdict": summary},
+    problems = _verdict.status_problems(entries)
+    dead = sorted(peer for peer, counts in problems["not_alive"].items() if counts.get("dead"))
+    asked = next((name for name, entry in zip((name for name, _ in results), entries) if entry["reachable"]), None)
+    reached = reach_from_here(target, asked, dead) if dead and asked else {}
+    summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"], reached)
+    emit(args, {"ok": ok, "nodes": entries, "problems": problems, "reach_from_here": reached, "verdict": summary},
           f"{table_text(rows)}\n{summary}")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
 
 
 def cmd_ping(target: Target, args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iris_mesh.sockets._admin_client import AdminClient, AdminError
+from iris_mesh.sockets._admin_client import AdminClient, AdminError, reach
 from iris_mesh.sockets._codec import DEFAULT_MAX_FRAME_BYTES, FrameError, decode, decode_mesh, encode, envelope
 from iris_mesh.sockets._curve import ClusterKeys, cluster_keys
 from iris_mesh.sockets._engine import Engine
@@ -27,4 +27,5 @@ __all__ = [
     "decode_mesh",
     "encode",
     "envelope",
+    "reach",
 ]

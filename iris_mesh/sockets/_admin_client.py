@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import time
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 import zmq.utils.monitor as zmq_monitor
@@ -12,7 +13,7 @@ import zmq.utils.monitor as zmq_monitor
 from iris_mesh.sockets._codec import FrameError, decode, encode, envelope
 from iris_mesh.sockets._curve import ClusterKeys
 
-__all__ = ["AdminClient", "AdminError"]
+__all__ = ["AdminClient", "AdminError", "reach"]
 
 # A handshake that fails without detail this soon after the connection was made was ended by the node:
 # it could not read our CURVE hello (another cookie's keys). One that fails after about `handshake_ivl`
@@ -46,6 +47,7 @@ class AdminClient:
         self._sock.connect(endpoint)
         self._rids = itertools.count(1)
         self._handshaken = False
+        self.timed_out = False  # the last request failed for want of an answer in time (not for what answered)
         self._handshake_s = timeout_s
         self._connected_at = time.monotonic()
         self._ever_connected = False
@@ -62,6 +64,7 @@ class AdminClient:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                self.timed_out = True
                 if self._handshaken:
                     raise AdminError("unreachable", f"{self.endpoint} did not answer {op!r} within {timeout} s")
                 raise AdminError("unreachable", f"cannot reach {self.endpoint} within {timeout} s (is the node running?)")
@@ -98,6 +101,7 @@ class AdminClient:
                                             "(is it an iris_mesh node's admin port?)")
         elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and \
                 time.monotonic() - self._connected_at >= _REFUSED_WITHIN_IVL_FRACTION * self._handshake_s:
+            self.timed_out = True
             raise AdminError("unreachable", f"{self.endpoint} accepted the connection but did not complete the "
                                             f"handshake within {self._handshake_s:g} s: the node is stuck or paused, "
                                             "or this is not an iris_mesh admin port")
@@ -107,6 +111,16 @@ class AdminClient:
                 f"authentication failed at {self.endpoint}: this cookie is not the cluster's "
                 "(check --cookie-file or IRIS_MESH_COOKIE)",
             )
+
+    @property
+    def connected(self) -> bool:
+        """Whether a TCP connection was made (the handshake may not have followed)."""
+        return self._ever_connected
+
+    @property
+    def handshaken(self) -> bool:
+        """Whether the CURVE handshake with the node was completed: a process that speaks ZeroMQ runs there."""
+        return self._handshaken
 
     def close(self) -> None:
         self._sock.disable_monitor()
@@ -119,3 +133,44 @@ class AdminClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+
+Reach = Literal["answers", "refused", "unreachable", "hung", "stuck"]
+
+
+def reach(endpoint: str, keys: ClusterKeys, node_id: str, timeout_s: float) -> Reach | None:
+    """How node `node_id` looks from here at its admin endpoint `tcp://HOST:PORT`, for one its peers see dead; takes
+    up to about 2 x `timeout_s`:
+
+    - "answers": it answers, as that node;
+    - "refused": the port refuses connections (nothing listens: not running; or a firewall rejects them);
+    - "unreachable": no connection within `timeout_s` (its host is down, a network cut is in between; or the
+      connection queue of a node hung for long is full);
+    - "hung": the connection is taken (by the kernel) but nothing speaks on it: a process stopped by a signal;
+    - "stuck": the connection and its handshake are made but no answer comes in time: overloaded or stuck;
+    - None: something else answers there (another cluster's node, another node, not an admin port).
+
+    ValueError for another kind of endpoint.
+    """
+    host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not endpoint.startswith("tcp://") or not sep or not host or not port.isdigit():
+        raise ValueError(f"{endpoint!r} is not a tcp://HOST:PORT endpoint")
+    try:  # refused and unreachable told apart by the kernel (ZeroMQ retries both alike)
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:  # timed out, no route to the host
+        return "unreachable"
+    with AdminClient(endpoint, keys, timeout_s=timeout_s) as client:
+        try:
+            reply = client.request("status")
+        except AdminError as exc:
+            if exc.code == "refused":  # it stopped meanwhile
+                return "refused"
+            if not client.timed_out:
+                return None
+            return "stuck" if client.handshaken else "hung" if client.connected else "unreachable"
+    status = reply.get("status")
+    return "answers" if isinstance(status, dict) and status.get("node_id") == node_id else None

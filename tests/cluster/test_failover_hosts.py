@@ -284,6 +284,9 @@ def test_network_partition_minority_core_refuses_writes_and_converges_after_heal
             status = mesh.ask("core3", "status", "--json")
             entry = (status.doc or {}).get("nodes", [{}])[0]
             assert status.returncode == EXIT_CHECK_FAILED and entry.get("safe_for_writes") is False, status
+            # Tried from core3's host, the cores beyond the cut do not take a connection: not reachable, not down.
+            reach = (status.doc or {}).get("reach_from_here", {})
+            assert (reach.get("core1"), reach.get("core2")) == ("unreachable", "unreachable"), status
             refused = mesh.ask("core3", "put", "offline_msg", "drill-part-minority", "minority-write", "--json")
             assert refused.returncode == EXIT_CHECK_FAILED and (refused.doc or {}).get("error") == "partition_detected", (
                 f"a write on the minority core was not refused with partition_detected: {refused!r}")

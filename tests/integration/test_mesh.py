@@ -112,9 +112,9 @@ def test_killed_node_is_marked_dead_and_rejoins_with_a_higher_incarnation(local_
     # What an operator reads: the verdict and the mesh check name the node that is down.
     status = meshctl(local_cluster, "--cluster", local_cluster.name, "status")
     assert status.returncode == 1, status.stdout + status.stderr
-    assert re.search(r"(?m)^CHECK FAILED: not alive: core2 \(dead to \d\); writes go on with 2 of 3 cores: one more "
-                     r"core down stops them\n  next: start the nodes that are down",
-                     status.stdout), status.stdout
+    assert re.search(r"(?m)^CHECK FAILED: not alive: core2 \(dead to \d; from here: not running\); writes go on with "
+                     r"2 of 3 cores: one more core down stops them\n  next: start core2 if it is not running \(its admin "
+                     r"port refuses connections", status.stdout), status.stdout
     mesh = meshctl(local_cluster, "--cluster", local_cluster.name, "mesh", "--expect", "4", "--wait", "1")
     assert mesh.returncode == 1, mesh.stdout + mesh.stderr
     assert re.search(r"mesh NOT complete .* nodes found \(.*\); not found: .*core2 \(dead\)", mesh.stdout), mesh.stdout

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from typing import Any
 
 import pytest
 
 from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK
 from iris_mesh.cli.meshctl import cmd_status
+from iris_mesh.sockets import cluster_keys
 
 
 def core(node_id: str, **changed: Any) -> dict[str, Any]:
@@ -63,3 +65,35 @@ def test_a_region_with_too_few_cores_for_a_quorum_says_every_write_fails(capsys:
 def test_a_healthy_node_keeps_its_guards_reason(capsys: pytest.CaptureFixture[str]) -> None:
     code, text = run(FakeCluster(core("core1"), core("core2"), core("core3")), capsys, as_json=False)
     assert code == EXIT_OK and text.count("accepting writes (3 of 3 cores visible)") == 3
+
+
+class ClusterWithACoreDown(FakeCluster):
+    """core1 and core2 answer and see core3 dead; their view gives core3's admin address (nothing listens there)."""
+
+    def __init__(self) -> None:
+        down = {"core1": "alive", "core2": "alive", "core3": "dead"}
+        super().__init__(*(core(n, peers={p: s for p, s in down.items() if p != n}, visible_cores=2)
+                           for n in ("core1", "core2")))
+        self.keys = cluster_keys(b"status-test-cookie")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.core3_port = probe.getsockname()[1]  # free a moment ago: nothing listens there now
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        return [("core1", "tcp://127.0.0.1:1"), ("core2", "tcp://127.0.0.1:2")]
+
+    def request(self, endpoint: str, op: str, **fields: Any) -> dict[str, Any]:
+        assert (endpoint, op) == ("tcp://127.0.0.1:1", "nodes")  # asked of a node that answered
+        return {"ok": True, "nodes": [
+            {"node_id": "core2", "host": "127.0.0.1", "admin_port": 1, "state": "alive"},
+            {"node_id": "core3", "host": "127.0.0.1", "admin_port": self.core3_port, "state": "dead"}]}
+
+
+def test_a_core_the_others_see_dead_is_probed_from_here_and_named_not_running(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = run(ClusterWithACoreDown(), capsys, as_json=False)
+    assert code == EXIT_CHECK_FAILED
+    assert "not alive: core3 (dead to 2; from here: not running)" in text
+    assert "next: start core3 if it is not running (its admin port refuses connections" in text
+    _code, out = run(ClusterWithACoreDown(), capsys, as_json=True)
+    assert json.loads(out)["reach_from_here"] == {"core3": "refused"}

@@ -212,3 +212,30 @@ def test_a_cluster_that_one_lost_core_would_stop_says_so_under_a_passing_check()
                       "quorum write needs 2): start another core (it joins the expected set by itself)")
     three = [dict(entry, expected_cores=3, visible_cores=3) for entry in after_forget]
     assert status_summary(three) == "all nodes alive, writes safe"
+
+
+def test_how_each_node_down_looks_from_here_says_what_to_do_about_it() -> None:
+    """meshctl tries the admin port of each node the others see dead: not running, hung, stuck, not reachable."""
+    down = {"core2": "dead", "core3": "dead", "core5": "dead", "edge1": "dead", "edge2": "dead"}
+    entries = [node_status("core1", down), node_status("core4", dict(down, core1="alive"))]
+    reach = {"core2": "refused", "core3": "hung", "core5": "stuck", "edge1": "unreachable", "edge2": "answers"}
+    verdict, steps = status_summary(entries, reach=reach).split("\n")
+    assert ("not alive: core2 (dead to 2; from here: not running), core3 (dead to 2; from here: hung), "
+            "core5 (dead to 2; from here: not answering), edge1 (dead to 2; from here: not reachable), "
+            "edge2 (dead to 2; from here: answers)") in verdict
+    assert ("start core2 if it is not running (its admin port refuses connections: nothing listens, or a firewall "
+            "rejects them)") in steps
+    assert ("core3 takes connections but says nothing: a process stopped by a signal (resume it: kill -CONT PID) "
+            "or frozen; restart it if it stays so") in steps
+    assert "core5 runs but does not answer in time (overloaded or stuck): read its log; restart it if it stays so" \
+        in steps
+    assert ("edge1 cannot be reached from here either: its host is down, or a network cut is in between (check "
+            "from another host; runbook: Network partition)") in steps
+    assert ("edge2 answers from here, but the nodes that answered do not hear it: a network cut between it and "
+            "them (runbook: Network partition)") in steps
+    # Two alike read as one step; a node that could not be tried (no address in the view) gets the advice of old.
+    verdict, steps = status_summary(entries, reach={"core2": "hung", "core3": "hung"}).split("\n")
+    assert "core2, core3 take connections but say nothing: processes stopped by a signal (resume them: kill -CONT " \
+           "PIDs) or frozen; restart them if they stay so" in steps
+    assert "core5 (dead to 2)," in verdict
+    assert "start the nodes that are down; one whose process still runs is hung" in steps

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
+from iris_mesh.sockets import AdminClient, AdminError, cluster_keys, reach
 from iris_mesh.sockets._engine import Engine
 
 KEYS = cluster_keys(b"admin-client-test-cookie")
@@ -25,7 +25,7 @@ class Handler:
         return None
 
     def async_on_admin(self, request: Any, now: float) -> None:
-        request.reply({"ok": True})
+        request.reply({"ok": True, "status": {"node_id": "admin"}})
 
     def async_on_stop(self, now: float) -> None:
         pass
@@ -79,3 +79,43 @@ def test_a_port_where_nothing_listens_is_refused_at_once() -> None:
             client.request("status")
     assert refused.value.code == "refused" and "nothing listens at" in str(refused.value), str(refused.value)
     assert time.monotonic() - started < 5.0  # not the 20 s timeout
+
+
+def test_how_a_node_that_others_see_dead_looks_from_here(admin_endpoint: str) -> None:
+    """`meshctl status` tells a process that is not running from a hung one and from one beyond a network cut."""
+    assert reach(admin_endpoint, KEYS, "admin", timeout_s=2.0) == "answers"
+    assert reach(admin_endpoint, KEYS, "core9", timeout_s=2.0) is None  # another node has its port now
+    assert reach(admin_endpoint, cluster_keys(b"some-other-cookie"), "admin", timeout_s=2.0) is None
+    with socket.socket() as probe:  # nothing listens there now
+        probe.bind(("127.0.0.1", 0))
+        free = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    assert reach(free, KEYS, "admin", timeout_s=2.0) == "refused"
+    with socket.socket() as listener:  # a paused (SIGSTOP) node: the kernel takes the connection, nothing answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        started = time.monotonic()
+        assert reach(f"tcp://127.0.0.1:{listener.getsockname()[1]}", KEYS, "admin", timeout_s=0.5) == "hung"
+        assert time.monotonic() - started < 3.0
+    with socket.socket() as listener, socket.socket() as first:  # SYNs dropped, as beyond a cut (its queue is full)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        first.connect(listener.getsockname())
+        started = time.monotonic()
+        assert reach(f"tcp://127.0.0.1:{listener.getsockname()[1]}", KEYS, "admin", timeout_s=0.5) == "unreachable"
+        assert time.monotonic() - started < 3.0
+    with pytest.raises(ValueError, match="not a tcp://HOST:PORT endpoint"):
+        reach("ipc:///tmp/x", KEYS, "admin", timeout_s=0.5)
+
+
+def test_a_node_whose_engine_takes_the_handshake_but_never_answers_is_stuck_not_hung() -> None:
+    class Silent(Handler):
+        def async_on_admin(self, request: Any, now: float) -> None:
+            pass  # an engine too busy to answer
+
+    engine = Engine(node_id="busy", incarnation=1, keys=KEYS, handler=Silent(),  # type: ignore[arg-type]
+                    bind_address="127.0.0.1")
+    ports = engine.start()
+    try:
+        assert reach(f"tcp://127.0.0.1:{ports.admin}", KEYS, "busy", timeout_s=0.5) == "stuck"
+    finally:
+        engine.stop()
