@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from rocksdict import AccessType, Options, Rdict
 
-from iris_mesh.store._checkpoint import fsync_dir, fsync_tree
+from iris_mesh.store._checkpoint import copy_tree, fsync_dir, fsync_tree
 from iris_mesh.store._db import (CHECKPOINT_STAGING_PREFIX, INSIDE_ASIDE_PREFIX, Database, StoreError,
                                  held_by_this_process)
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
@@ -120,6 +120,25 @@ def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Calla
                     elsewhere=tuple(sorted(core for core, data_dir in missing.items() if data_dir is None)))
 
 
+# While a restore copies a checkpoint, how often it tells how far it got (a large core takes minutes).
+_PROGRESS_EVERY_S = 5.0
+
+def _shown_every(every_s: float, name: str, progress: Callable[[str], None]) -> Callable[[int, int], None]:
+    """A copy's progress callback that tells `progress` how far it got, at most once every `every_s`."""
+    shown_at = time.monotonic()
+
+    def copied(done: int, total: int) -> None:
+        nonlocal shown_at
+        now = time.monotonic()
+        if total and now - shown_at >= every_s:
+            shown_at = now
+            scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
+            progress(f"  {name}: {done / scale:.1f} {unit} of {total / scale:.1f} {unit} copied "
+                     f"({100 * done // total} %)")
+
+    return copied
+
+
 def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], None] = lambda _text: None, *,
                 keep_replaced: bool = True, aside: Sequence[Path] = ()) -> dict[Path, Path | None]:
     """Replace each data directory with a copy of its checkpoint: all of them, or none if any is refused.
@@ -130,7 +149,7 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
     directories swapped. The directories in `aside` are moved out of the way in the same swap
     (checked and locked like the others), leaving an empty one in their place (so a symbolic
     link to one still leads to a directory the node can start on). `progress` gets a line
-    before each copy. Returns, for each data directory and each of `aside` (resolved), where its
+    before each copy, and how far it got every _PROGRESS_EVERY_S while it goes on. Returns, for each data directory and each of `aside` (resolved), where its
     old data was kept: NODE.replaced-TIME beside it, or None if it had none or `keep_replaced`
     is False (then it is deleted once every copy is in).
     """
@@ -170,7 +189,8 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
                 work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
                 works.append(work)
                 copy = work / "data"
-                shutil.copytree(checkpoint_dir, copy)
+                copy.mkdir()
+                copy_tree(checkpoint_dir, copy, _shown_every(_PROGRESS_EVERY_S, data_dir.name, progress))
                 fsync_tree(copy)
             except OSError as exc:
                 raise StoreError(f"copying {checkpoint_dir} next to {data_dir} failed ({exc}); nothing was changed") from None

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from iris_mesh.store._db import CHECKPOINT_STAGING_PREFIX, Database, StoreError
 
-__all__ = ["PARTIAL_SUFFIX", "BackupError", "Checkpointed", "checkpoint", "fsync_dir", "fsync_tree"]
+__all__ = ["PARTIAL_SUFFIX", "BackupError", "Checkpointed", "checkpoint", "copy_tree", "fsync_dir", "fsync_tree"]
 
 # How long the memtable flush may take before the checkpoint goes ahead and RocksDB flushes the rest itself.
 _FLUSH_WAIT_S = 60.0
@@ -103,7 +103,7 @@ def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | 
                 raise
             partial.mkdir()  # FileExistsError: another backup of this core into the same directory, going on now
             made, copied = partial, True
-            _copy_files(stage, partial, progress or (lambda _done, _total: None), go_on)
+            copy_tree(stage, partial, progress or (lambda _done, _total: None), go_on)
             fsync_tree(partial, go_on)
             os.rename(partial, dest)
         made = dest
@@ -119,14 +119,22 @@ def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | 
     return Checkpointed(dest, linked=not copied)
 
 
-def _copy_files(source: Path, dest: Path, progress: Callable[[int, int], None], go_on: Callable[[], None]) -> None:
-    """Copy a checkpoint's files (it has no subdirectories), calling `go_on` before each chunk."""
-    files = sorted(source.iterdir())
-    total = sum(entry.stat().st_size for entry in files)
+def copy_tree(source: Path, dest: Path, progress: Callable[[int, int], None],
+              go_on: Callable[[], None] = lambda: None) -> None:
+    """Copy every file under `source` into the directory `dest` (its subdirectories made as in `source`), a chunk
+    at a time with the interpreter lock free: `progress(bytes copied, bytes to copy)` first and after each chunk,
+    `go_on()` before each chunk (it may raise to give up)."""
+    files: list[tuple[Path, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        into = dest / Path(dirpath).relative_to(source)
+        for name in dirnames:
+            (into / name).mkdir()
+        files += [(Path(dirpath) / name, into / name) for name in sorted(filenames)]
+    total = sum(src.stat().st_size for src, _dst in files)
     done = 0
     progress(done, total)
-    for entry in files:
-        for copied in _copy_file(entry, dest / entry.name, go_on):
+    for src, dst in files:
+        for copied in _copy_file(src, dst, go_on):
             done += copied
             progress(done, total)
 

@@ -691,3 +691,17 @@ def test_a_database_still_open_is_not_set_aside(tmp_path: Path) -> None:
         assert [path.name for path in tmp_path.iterdir()] == ["core3"]
     finally:
         db.close()
+
+
+def test_a_restore_shows_how_far_each_copy_got_while_it_takes_long(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("iris_mesh.store._backup._PROGRESS_EVERY_S", 0.0)  # as if each chunk took long: all shown
+    pairs = two_cores_backed_up(tmp_path)
+    lines: list[str] = []
+    restore_all(pairs, progress=lines.append)
+    for core in ("core1", "core2"):
+        copied = [line for line in lines if line.startswith(f"  {core}: ")]
+        assert copied and all(re.fullmatch(rf"  {core}: \d+\.\d MB of \d+\.\d MB copied \(\d+ %\)", line)
+                              for line in copied), lines
+        assert copied[-1].endswith("(100 %)")
+    assert [k for k, _ in dump(tmp_path / "data" / "core2")["offline_msg"]] == [b"a"]
