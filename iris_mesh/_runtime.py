@@ -254,6 +254,8 @@ class NodeRuntime:
         if self.store.local is not None:
             status["hints_pending"] = self.store.local.count("hints")  # writes held for peers that missed them
             status["fsync_failed"] = self.store.local.durability_lost  # why it refuses writes until restarted
+        if self.store.anti_entropy is not None and (resyncs := self.store.anti_entropy.resyncs(now)):
+            status["resync"] = resyncs  # `meshctl resync` shows how far it got while it waits
         copying = self.store_admin.copying()
         if copying is not None:
             status["backup_copy"] = copying  # `meshctl backup` shows it while it waits

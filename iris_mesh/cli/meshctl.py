@@ -20,6 +20,7 @@ from iris_mesh.cli._backup_cmds import cmd_backup, cmd_restore
 from iris_mesh.cli._output import checked, emit, jsonable, table_text, value_text
 from iris_mesh.cli._reach import reach_from_here
 from iris_mesh.cli._rebalance_cmd import cmd_rebalance
+from iris_mesh.cli._resync_cmd import cmd_resync
 from iris_mesh.cli._target import (
     DEFAULT_DATA_ROOT,
     EXIT_CHECK_FAILED,
@@ -126,7 +127,7 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
     problems = _verdict.status_problems(entries)
     dead = sorted(peer for peer, counts in problems["not_alive"].items() if counts.get("dead"))
     asked = next((name for name, entry in zip((name for name, _ in results), entries) if entry["reachable"]), None)
-    reached = reach_from_here(target, asked, dead) if dead and asked else {}
+    reached = reach_from_here(target, asked, dead) if dead and asked and not getattr(args, "no_reach", False) else {}
     summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"], reached)
     emit(args, {"ok": ok, "nodes": entries, "problems": problems, "reach_from_here": reached, "verdict": summary},
           f"{table_text(rows)}\n{summary}")
@@ -396,46 +397,6 @@ def cmd_latency(target: Target, args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_CHECK_FAILED
 
 
-# ---- resync (anti-entropy) ---------------------------------------------------------------------
-
-
-def cmd_resync(target: Target, args: argparse.Namespace) -> int:
-    """Force a full anti-entropy pass of one core with every alive peer core, and show what it repaired."""
-    node_id = args.target_node
-    if args.node:
-        endpoint = endpoint_of(args.node)  # the node refuses (wrong_node) if it is not node_id
-    else:
-        found = dict(target.endpoints())
-        if node_id not in found:
-            _, reply = target.first("status")
-            status = reply.get("status") or {}
-            states = dict(status.get("peers") or {})
-            if node_id not in states and node_id in (status.get("expected") or ()):
-                states[node_id] = "not seen"  # an expected core not heard since that node started
-            if node_id not in states:
-                raise CtlError(f"{node_id} is not a known node of this cluster", EXIT_CHECK_FAILED)
-            raise CtlError(f"{node_id} did not answer mDNS within {args.mdns_timeout} s and is {states[node_id]} "
-                           "to the others: start it first (or name it with --node)", EXIT_CHECK_FAILED)
-        endpoint = found[node_id]
-    print(f"resyncing {node_id} with every alive peer core (up to {args.wait:g} s) ...", file=sys.stderr)
-    try:
-        reply = target.request(endpoint, "resync", timeout_s=args.wait + 5.0, node=node_id, wait_s=args.wait)
-    except AdminError as exc:
-        raise CtlError(f"{node_id}: {exc}") from None
-    if "peers" not in reply:
-        emit(args, reply, f"resync of {node_id} FAILED: {reply.get('error')}: {reply.get('detail')}")
-        return EXIT_CHECK_FAILED
-    rows = [["PEER", "RESULT", "BUCKETS", "LISTED", "PUSHED", "PULLED", "REFUSED", "TIME"]]
-    for peer in reply["peers"]:
-        rows.append([peer["peer"], peer["code"], str(peer["buckets"]), str(peer["listed"]), str(peer["pushed"]),
-                     str(peer["pulled"]), str(peer["refused"]), f"{peer['duration_s']:.2f}s"])
-    verdict = "ok" if reply["ok"] else f"INCOMPLETE ({reply.get('detail')})"
-    text = (f"full anti-entropy pass of {node_id} with {len(reply['peers'])} peers: {verdict}\n{table_text(rows)}\n"
-            f"{node_id} pushed {reply['pushed']} and pulled {reply['pulled']} keys")
-    emit(args, reply, text)
-    return EXIT_OK if reply["ok"] else EXIT_CHECK_FAILED
-
-
 def cmd_token(args: argparse.Namespace) -> int:
     """A login token for USER, signed with a key derived from the cluster cookie (no node is contacted)."""
     from iris_mesh.messaging import issue_token, token_secret
@@ -492,7 +453,10 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     add("nodes", cmd_nodes, "the nodes one node sees, with their state (like nodes())")
-    add("status", cmd_status, "per node: safe for writes?, visible cores, peers not alive")
+    status = add("status", cmd_status, "per node: safe for writes?, visible cores, peers not alive")
+    status.add_argument("--no-reach", action="store_true",
+                        help="do not try the admin port of each node the others see dead (how it looks from here: "
+                             "not running, hung, not reachable); each try takes up to 2 s, all at once")
     add("ping", cmd_ping, "ping a node over the mesh (like net_adm:ping)").add_argument("target_node", metavar="NODE")
     add("replicas", cmd_replicas, "the replica set of a key and how many are live").add_argument("key", metavar="KEY")
     forget = add("forget", cmd_forget, "drop a dead node from the expected core set, everywhere")

@@ -246,6 +246,13 @@ class AntiEntropy:
             self._start(peer, now, full=True, timeout_s=timeout_s).waiters.append(one)
         return None
 
+    def resyncs(self, now: float) -> list[dict[str, Any]]:
+        """The full passes going on (`meshctl resync`), one per peer: its step, the rows it listed so far, the
+        repairs so far and how long it has run."""
+        return [{"peer": s.peer, "step": s.state, "listed": s.listed, "pushed": s.pushed, "pulled": s.pulled,
+                 "running_s": round(max(0.0, now - s.started), 1)}
+                for s in sorted(self._sessions.values(), key=lambda s: s.peer) if s.full]
+
     def async_tick(self, now: float) -> float | None:
         """Sessions, scans and maintenance; returns how soon to tick again while scans are pending."""
         self._now = now

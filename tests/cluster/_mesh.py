@@ -360,7 +360,7 @@ class MeshOnHosts:
 
     def status(self, node_id: str) -> dict[str, Any] | None:
         """The node's own `meshctl status` entry (safe_for_writes, peers, ...), or None if it did not answer."""
-        answer = self.ask(node_id, "status", "--json")
+        answer = self.ask(node_id, "status", "--json", "--no-reach")  # polled during faults: no tries of dead nodes
         entries = (answer.doc or {}).get("nodes", [])
         if answer.returncode not in (EXIT_OK, EXIT_CHECK_FAILED) or len(entries) != 1:
             return None

@@ -66,7 +66,7 @@ def _all_see_all_alive(mesh: MeshOnHosts) -> bool:
 
 def _status(mesh: MeshOnHosts, node_id: str) -> tuple[int, dict[str, Any]] | None:
     """`meshctl status` of `node_id` inside its own host: (exit code, its one entry), or None."""
-    answer = mesh.ask(node_id, "status", "--json")
+    answer = mesh.ask(node_id, "status", "--json", "--no-reach")  # polled: no tries of the nodes it sees dead
     if answer.returncode not in (EXIT_OK, EXIT_CHECK_FAILED) or answer.doc is None:
         return None
     entries = answer.doc.get("nodes", [])

@@ -97,3 +97,11 @@ def test_a_core_the_others_see_dead_is_probed_from_here_and_named_not_running(
     assert "next: start core3 if it is not running (its admin port refuses connections" in text
     _code, out = run(ClusterWithACoreDown(), capsys, as_json=True)
     assert json.loads(out)["reach_from_here"] == {"core3": "refused"}
+
+
+def test_no_reach_leaves_the_nodes_down_untried(capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = ClusterWithACoreDown()
+    cluster.request = None  # type: ignore[assignment,method-assign]  # asking anything would fail
+    code = cmd_status(cluster, argparse.Namespace(json=False, node=None, no_reach=True))  # type: ignore[arg-type]
+    text = capsys.readouterr().out
+    assert code == EXIT_CHECK_FAILED and "not alive: core3 (dead to 2);" in text and "from here" not in text

@@ -329,6 +329,25 @@ def test_resync_finds_rows_that_bypassed_the_digests_and_reports_counts(cluster:
     assert all(b"extra" in cluster.rows(c) for c in THREE)
 
 
+def test_a_resync_going_on_says_how_far_it_got_with_each_peer(cluster: Cluster) -> None:
+    """What `meshctl resync` shows while it waits: each peer's step, rows listed and repairs so far."""
+    for i in range(50):
+        assert cluster.put("core1", b"k%d" % i, b"v").ok
+    cluster.locals["core3"].async_apply(TABLE, b"extra", Versioned(Version(10, "core9"), b"extra"))
+    cluster.run_until(lambda: b"extra" in cluster.rows("core3"), "the extra row")
+    anti_entropy = cluster.services["core3"].anti_entropy
+    assert anti_entropy.resyncs(time.monotonic()) == []
+    box: list[list[SessionResult]] = []
+    assert cluster.services["core3"].async_resync(time.monotonic(), 20.0, box.append) is None
+    first = anti_entropy.resyncs(time.monotonic())
+    assert [(r["peer"], r["listed"], r["pushed"], r["pulled"]) for r in first] == [("core1", 0, 0, 0), ("core2", 0, 0, 0)]
+    assert all(isinstance(r["step"], str) and r["running_s"] >= 0 for r in first)
+    seen: list[list[dict[str, Any]]] = []
+    cluster.run_until(lambda: seen.append(anti_entropy.resyncs(time.monotonic())) or box, "the resync")
+    assert any(r["listed"] == 50 for sample in seen for r in sample)  # the peers' rows, listed before it ended
+    assert anti_entropy.resyncs(time.monotonic()) == []  # over: nothing going on
+
+
 def test_sessions_refused_in_safe_mode_are_retried(cluster: Cluster) -> None:
     cluster.down.add("core3")
     mark(cluster, "core3", "dead")
