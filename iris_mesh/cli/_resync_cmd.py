@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Any
 
 from iris_mesh.cli._output import emit, table_text
 from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK, CtlError, Target, endpoint_of
-from iris_mesh.sockets import AdminError
+from iris_mesh.sockets import AdminClient, AdminError
 
 __all__ = ["PROGRESS_EVERY_S", "cmd_resync", "resync_progress"]
 
@@ -58,23 +58,35 @@ def cmd_resync(target: Target, args: argparse.Namespace) -> int:
 
 
 def _resync_showing_progress(target: Target, endpoint: str, node_id: str, wait_s: float) -> dict[str, Any]:
-    """The core's answer to `resync`; meanwhile, every PROGRESS_EVERY_S, how far it got with each peer."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        answer = pool.submit(target.request, endpoint, "resync", timeout_s=wait_s + 5.0, node=node_id, wait_s=wait_s)
-        while True:
-            try:
-                return answer.result(timeout=PROGRESS_EVERY_S)
-            except TimeoutError:
-                try:
-                    status = target.request(endpoint, "status", timeout_s=2.0).get("status")
-                except AdminError:
-                    continue  # a busy core: the next look may get through
+    """The core's answer to `resync`, asked on this thread (Ctrl-C ends the wait); meanwhile, every
+    PROGRESS_EVERY_S, another thread shows how far it got with each peer."""
+    done = threading.Event()
+
+    def show() -> None:
+        while not done.wait(PROGRESS_EVERY_S):
+            try:  # straight to the node: a look that fails is no reason to search for another port
+                with AdminClient(endpoint, target.keys, timeout_s=2.0) as client:
+                    status = client.request("status").get("status")
+            except AdminError:
+                continue  # a busy core: the next look may get through
+            if not done.is_set():
                 for line in resync_progress(node_id, status):
                     print(line, file=sys.stderr)
 
+    threading.Thread(target=show, name="resync-progress", daemon=True).start()
+    try:
+        return target.request(endpoint, "resync", timeout_s=wait_s + 5.0, node=node_id, wait_s=wait_s)
+    finally:
+        done.set()
+
+
+_STEPS = {"digest": "comparing digests", "recheck": "rechecking the buckets that differ", "listing": "listing rows",
+          "merging": "comparing rows", "repairing": "repairing", "ended": "ending"}
+
 
 def resync_progress(node_id: str, status: Any) -> list[str]:
-    """'core3 with core1: listing, 120,000 rows listed, pushed 3, pulled 10 (12.0 s)' per pass the status shows."""
+    """'core3 with core1: comparing rows, 120,000 rows listed, pushed 3, pulled 10 (12 s)' per pass the status
+    shows."""
     going = status.get("resync") if isinstance(status, dict) else None
     lines = []
     for row in going if isinstance(going, list) else []:
@@ -84,6 +96,7 @@ def resync_progress(node_id: str, status: Any) -> list[str]:
                                   for name in ("listed", "pushed", "pulled"))
         running_s = row.get("running_s")
         took = f" ({running_s:g} s)" if isinstance(running_s, (int, float)) else ""
-        lines.append(f"{node_id} with {row.get('peer')}: {row.get('step')}, {listed:,} rows listed, pushed {pushed:,}, "
+        step = _STEPS.get(str(row.get("step")), row.get("step"))
+        lines.append(f"{node_id} with {row.get('peer')}: {step}, {listed:,} rows listed, pushed {pushed:,}, "
                      f"pulled {pulled:,}{took}")
     return lines

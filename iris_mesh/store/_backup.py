@@ -133,8 +133,7 @@ def _shown_every(every_s: float, name: str, progress: Callable[[str], None]) -> 
         if total and now - shown_at >= every_s:
             shown_at = now
             scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
-            progress(f"  {name}: {done / scale:.1f} {unit} of {total / scale:.1f} {unit} copied "
-                     f"({100 * done // total} %)")
+            progress(f"  {name}: copied {done / scale:.1f} of {total / scale:.1f} {unit} ({100 * done // total} %)")
 
     return copied
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -121,19 +122,28 @@ def checkpoint(db: Database, dest: Path, progress: Callable[[int, int], None] | 
 
 def copy_tree(source: Path, dest: Path, progress: Callable[[int, int], None],
               go_on: Callable[[], None] = lambda: None) -> None:
-    """Copy every file under `source` into the directory `dest` (its subdirectories made as in `source`), a chunk
-    at a time with the interpreter lock free: `progress(bytes copied, bytes to copy)` first and after each chunk,
-    `go_on()` before each chunk (it may raise to give up)."""
-    files: list[tuple[Path, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(source):
+    """Copy every file under `source` into the directory `dest` (its subdirectories made as in `source`, links
+    followed), a chunk at a time with the interpreter lock free: `progress(bytes copied, bytes to copy)` first and
+    after each chunk, `go_on()` before each chunk (it may raise to give up). The copies get this process's default
+    modes. OSError for a directory that cannot be listed or anything but regular files and directories."""
+    def unlisted(exc: OSError) -> None:
+        raise exc
+
+    files: list[tuple[Path, Path, int]] = []
+    for dirpath, dirnames, filenames in os.walk(source, onerror=unlisted, followlinks=True):
         into = dest / Path(dirpath).relative_to(source)
         for name in dirnames:
             (into / name).mkdir()
-        files += [(Path(dirpath) / name, into / name) for name in sorted(filenames)]
-    total = sum(src.stat().st_size for src, _dst in files)
+        for name in sorted(filenames):
+            info = os.stat(Path(dirpath) / name)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file (a checkpoint holds only files)",
+                              str(Path(dirpath) / name))
+            files.append((Path(dirpath) / name, into / name, info.st_size))
+    total = sum(size for _src, _dst, size in files)
     done = 0
     progress(done, total)
-    for src, dst in files:
+    for src, dst, _size in files:
         for copied in _copy_file(src, dst, go_on):
             done += copied
             progress(done, total)

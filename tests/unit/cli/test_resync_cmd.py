@@ -10,6 +10,10 @@ import pytest
 
 from iris_mesh.cli import _resync_cmd
 from iris_mesh.cli._resync_cmd import cmd_resync, resync_progress
+from iris_mesh.sockets import cluster_keys
+from iris_mesh.sockets._engine import Engine
+
+KEYS = cluster_keys(b"resync-test-cookie")
 
 GOING = [{"peer": "core1", "step": "merging", "listed": 120_000, "pushed": 3, "pulled": 10, "running_s": 12.5},
          {"peer": "core2", "step": "digest", "listed": 0, "pushed": 0, "pulled": 0, "running_s": 12.5}]
@@ -18,35 +22,62 @@ DONE = {"ok": True, "pushed": 3, "pulled": 10, "peers": [
      "duration_s": 20.0} for p in ("core1", "core2")]}
 
 
-class SlowResync:
-    """core3 answers `resync` only once it was asked for its status twice meanwhile."""
+class Core3:
+    """A real admin endpoint answering `status` with a pass going on; counts the looks."""
 
     def __init__(self) -> None:
         self.looked = 0
         self.twice = threading.Event()
 
+    def async_on_start(self, engine: Any, now: float) -> None:
+        pass
+
+    def async_tick(self, now: float) -> float:
+        return 1.0
+
+    def async_after_batch(self, now: float) -> None:
+        return None
+
+    def async_on_admin(self, request: Any, now: float) -> None:
+        self.looked += 1
+        if self.looked == 2:
+            self.twice.set()
+        request.reply({"ok": True, "status": {"node_id": "core3", "resync": GOING}})
+
+    def async_on_stop(self, now: float) -> None:
+        pass
+
+
+class SlowResync:
+    """meshctl's view of core3, which answers `resync` only once it was asked for its status twice meanwhile."""
+
+    def __init__(self, core3: Core3, endpoint: str) -> None:
+        self.core3, self.endpoint, self.keys = core3, endpoint, KEYS
+
     def endpoints(self) -> list[tuple[str, str]]:
-        return [("core3", "tcp://127.0.0.1:7003")]
+        return [("core3", self.endpoint)]
 
     def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
-        if op == "status":
-            self.looked += 1
-            if self.looked == 2:
-                self.twice.set()
-            return {"ok": True, "status": {"node_id": "core3", "resync": GOING}}
-        assert (op, fields) == ("resync", {"node": "core3", "wait_s": 600.0})
-        assert self.twice.wait(30)
+        assert (endpoint, op, fields) == (self.endpoint, "resync", {"node": "core3", "wait_s": 600.0})
+        assert self.core3.twice.wait(30)
         return DONE
 
 
 def test_a_resync_shows_each_peers_progress_while_it_waits(monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(_resync_cmd, "PROGRESS_EVERY_S", 0.01)
-    args = argparse.Namespace(target_node="core3", node=None, wait=600.0, json=False, mdns_timeout=1.5)
-    assert cmd_resync(SlowResync(), args) == 0  # type: ignore[arg-type]
+    core3 = Core3()
+    engine = Engine(node_id="core3", incarnation=1, keys=KEYS, handler=core3,  # type: ignore[arg-type]
+                    bind_address="127.0.0.1")
+    ports = engine.start()
+    try:
+        args = argparse.Namespace(target_node="core3", node=None, wait=600.0, json=False, mdns_timeout=1.5)
+        assert cmd_resync(SlowResync(core3, f"tcp://127.0.0.1:{ports.admin}"), args) == 0  # type: ignore[arg-type]
+    finally:
+        engine.stop()
     out, err = capsys.readouterr()
-    assert "core3 with core1: merging, 120,000 rows listed, pushed 3, pulled 10 (12.5 s)" in err
-    assert "core3 with core2: digest, 0 rows listed, pushed 0, pulled 0 (12.5 s)" in err
+    assert "core3 with core1: comparing rows, 120,000 rows listed, pushed 3, pulled 10 (12.5 s)" in err
+    assert "core3 with core2: comparing digests, 0 rows listed, pushed 0, pulled 0 (12.5 s)" in err
     assert "core3 pushed 3 and pulled 10 keys" in out
 
 
@@ -54,4 +85,4 @@ def test_a_status_without_a_resync_or_with_odd_rows_shows_nothing_and_never_fail
     assert resync_progress("core3", {"node_id": "core3"}) == []
     assert resync_progress("core3", None) == []
     assert resync_progress("core3", {"resync": ["x", {"peer": "core1", "step": "listing", "listed": "many"}]}) == [
-        "core3 with core1: listing, 0 rows listed, pushed 0, pulled 0"]
+        "core3 with core1: listing rows, 0 rows listed, pushed 0, pulled 0"]

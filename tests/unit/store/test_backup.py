@@ -701,7 +701,31 @@ def test_a_restore_shows_how_far_each_copy_got_while_it_takes_long(tmp_path: Pat
     restore_all(pairs, progress=lines.append)
     for core in ("core1", "core2"):
         copied = [line for line in lines if line.startswith(f"  {core}: ")]
-        assert copied and all(re.fullmatch(rf"  {core}: \d+\.\d MB of \d+\.\d MB copied \(\d+ %\)", line)
+        assert copied and all(re.fullmatch(rf"  {core}: copied \d+\.\d of \d+\.\d MB \(\d+ %\)", line)
                               for line in copied), lines
         assert copied[-1].endswith("(100 %)")
     assert [k for k, _ in dump(tmp_path / "data" / "core2")["offline_msg"]] == [b"a"]
+
+
+def test_a_checkpoint_that_cannot_be_read_whole_is_not_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory that cannot be listed, or a file that is no file, stops the restore: an empty or partial copy
+    must never take the data's place."""
+    pairs = two_cores_backed_up(tmp_path)
+    before = {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")}
+    fifo = pairs[1][0] / "000099.log"
+    os.mkfifo(fifo)
+    with pytest.raises(StoreError, match=r"copying .*core2 next to .* failed .*not a regular file.*nothing was changed"):
+        restore_all(pairs)
+    fifo.unlink()
+    scandir = os.scandir
+
+    def unlistable(path: Any) -> Any:
+        if isinstance(path, (str, os.PathLike)) and Path(path) == pairs[0][0]:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", unlistable)
+    with pytest.raises(StoreError, match=r"copying .*core1 next to .* failed .*Permission denied.*nothing was changed"):
+        restore_all(pairs)
+    monkeypatch.undo()
+    assert {name: dump(tmp_path / "data" / name) for name in ("core1", "core2")} == before
