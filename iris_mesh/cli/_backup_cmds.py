@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Any
 
 from iris_mesh.cli._output import emit
 from iris_mesh.cli._target import EXIT_CHECK_FAILED, EXIT_OK, CtlError, Target, expected_cores_missing
-from iris_mesh.sockets import AdminError
+from iris_mesh.sockets import AdminClient, AdminError
 
 __all__ = ["cmd_backup", "cmd_restore"]
 
@@ -83,16 +83,30 @@ def cmd_backup(target: Target, args: argparse.Namespace) -> int:
 
 
 def _backup_showing_copies(target: Target, directory: str, wait_s: float) -> list[tuple[str, Any]]:
-    """Every node's answer to `backup`; meanwhile, every PROGRESS_EVERY_S, the cores copying onto another disk."""
-    target.endpoints()  # found once, here, before two threads ask them
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        answers = pool.submit(target.each, "backup", dir=directory, timeout_s=wait_s)
-        while True:
-            try:
-                return answers.result(timeout=PROGRESS_EVERY_S)
-            except TimeoutError:
-                for line in copy_progress(target.each("status", timeout_s=2.0)):
+    """Every node's answer to `backup`, asked on this thread (Ctrl-C ends the wait); meanwhile, every
+    PROGRESS_EVERY_S, another thread shows the cores copying onto another disk."""
+    endpoints = target.endpoints()  # found once, here, before two threads ask them
+    done = threading.Event()
+
+    def look(endpoint: str) -> Any:
+        try:  # straight to the node: a look that fails is no reason to search for another port
+            with AdminClient(endpoint, target.keys, timeout_s=2.0) as client:
+                return client.request("status")
+        except AdminError as exc:
+            return exc
+
+    def show() -> None:
+        while not done.wait(PROGRESS_EVERY_S):
+            statuses = [(name, look(endpoint)) for name, endpoint in endpoints]
+            if not done.is_set():
+                for line in copy_progress(statuses):
                     print(line, file=sys.stderr)
+
+    threading.Thread(target=show, name="backup-progress", daemon=True).start()
+    try:
+        return target.each("backup", dir=directory, timeout_s=wait_s)
+    finally:
+        done.set()
 
 
 def copy_progress(statuses: list[tuple[str, Any]]) -> list[str]:

@@ -7,7 +7,7 @@ import errno
 import itertools
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -251,8 +251,7 @@ class Target:
             except AdminError as exc:
                 return item[0], exc
 
-        with ThreadPoolExecutor(max_workers=min(16, len(endpoints))) as pool:
-            results = list(pool.map(ask, endpoints))
+        results = in_threads(ask, endpoints, at_once=16)
         auth = [r for _, r in results if isinstance(r, AdminError) and r.code == "auth_failed"]
         if auth and len(auth) == len(results):
             raise CtlError(str(auth[0]))
@@ -405,3 +404,29 @@ class _KnownNodes:
         self._states = {str(node): str(state) for node, state in status["peers"].items()}
         self._states[str(status.get("node_id", card.node_id))] = "alive"
         self._settled = settled
+
+
+def in_threads(work: Callable[[Any], Any], items: list[Any], *, at_once: int) -> list[Any]:
+    """`[work(item) for item in items]`, up to `at_once` of them at a time. The threads are daemons, so Ctrl-C ends
+    the command at once instead of waiting for every node's answer (a backup waits minutes for its cores)."""
+    results: list[Any] = [None] * len(items)
+    failures: list[BaseException] = []
+    taken = itertools.count()
+
+    def worker() -> None:
+        while (index := next(taken)) < len(items):
+            try:
+                results[index] = work(items[index])
+            except BaseException as exc:  # handed to the caller's thread
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker, name="meshctl-ask", daemon=True)
+               for _ in range(min(at_once, len(items)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # a signal (Ctrl-C) interrupts the wait
+    if failures:
+        raise failures[0]
+    return results

@@ -28,7 +28,8 @@ from iris_mesh.cli.meshctl import (
     cmd_resync,
     main,
 )
-from iris_mesh.sockets import AdminError
+from iris_mesh.sockets import AdminError, cluster_keys
+from iris_mesh.sockets._engine import Engine
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_FIELDS
 
@@ -365,26 +366,53 @@ def test_backup_shows_the_copies_while_it_waits_for_the_cores(monkeypatch: pytes
     monkeypatch.setattr(_backup_cmds, "PROGRESS_EVERY_S", 0.01)
     polled = threading.Event()
 
-    class Copying:
-        """core1 copies 100 of 400 bytes while the backup waits; the backup ends once that was shown twice."""
+    class Core1:
+        """A real admin endpoint: core1 copies 100 of 400 bytes while the backup waits; it counts the looks."""
 
-        def __init__(self) -> None:
-            self.polls = 0
+        polls = 0
 
-        def endpoints(self) -> list[tuple[str, str]]:
-            return [("core1", "tcp://127.0.0.1:1")]
+        def async_on_start(self, engine: Any, now: float) -> None:
+            pass
 
-        def each(self, op: str, timeout_s: float | None = None, **fields: Any) -> list[tuple[str, Any]]:
-            if op == "backup":
-                assert polled.wait(30)
-                return [("core1", {"ok": True, "node": "core1", "path": "/mnt/b/core1", "linked": False})]
+        def async_tick(self, now: float) -> float:
+            return 1.0
+
+        def async_after_batch(self, now: float) -> None:
+            return None
+
+        def async_on_admin(self, request: Any, now: float) -> None:
             self.polls += 1
             if self.polls == 2:
                 polled.set()
-            return [("core1", {"ok": True, "status": {"backup_copy": {"dir": "/mnt/b", "copied_bytes": 100,
-                                                                      "total_bytes": 400}}})]
+            request.reply({"ok": True, "status": {"backup_copy": {"dir": "/mnt/b", "copied_bytes": 100,
+                                                                  "total_bytes": 400}}})
 
-    answers = _backup_showing_copies(Copying(), "/mnt/b", 600.0)  # type: ignore[arg-type]
+        def async_on_stop(self, now: float) -> None:
+            pass
+
+    class Copying:
+        """meshctl's view: the backup ends once core1 was looked at twice meanwhile."""
+
+        keys = cluster_keys(b"backup-progress-test-cookie")
+
+        def __init__(self, endpoint: str) -> None:
+            self.endpoint = endpoint
+
+        def endpoints(self) -> list[tuple[str, str]]:
+            return [("core1", self.endpoint)]
+
+        def each(self, op: str, timeout_s: float | None = None, **fields: Any) -> list[tuple[str, Any]]:
+            assert op == "backup"
+            assert polled.wait(30)
+            return [("core1", {"ok": True, "node": "core1", "path": "/mnt/b/core1", "linked": False})]
+
+    engine = Engine(node_id="core1", incarnation=1, keys=Copying.keys, handler=Core1(),  # type: ignore[arg-type]
+                    bind_address="127.0.0.1")
+    ports = engine.start()
+    try:
+        answers = _backup_showing_copies(Copying(f"tcp://127.0.0.1:{ports.admin}"), "/mnt/b", 600.0)  # type: ignore[arg-type]
+    finally:
+        engine.stop()
     assert answers == [("core1", {"ok": True, "node": "core1", "path": "/mnt/b/core1", "linked": False})]
     shown = capsys.readouterr().err.splitlines()
-    assert len(shown) >= 2 and set(shown) == {"core1: copying its checkpoint into /mnt/b: 0.0 of 0.0 MB (25 %)"}
+    assert len(shown) >= 1 and set(shown) == {"core1: copying its checkpoint into /mnt/b: 0.0 of 0.0 MB (25 %)"}

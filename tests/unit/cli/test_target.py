@@ -221,3 +221,30 @@ def test_a_write_refused_by_a_node_in_safe_mode_is_asked_of_the_next(monkeypatch
     target = Writing(monkeypatch, [["core1"], ["core1", "core2"]], ALL_ALIVE)
     assert cmd_put(target, args) == 1
     assert "FAILED: partition_detected: core1 refuses writes: waiting" in capsys.readouterr().out
+
+
+def test_ctrl_c_ends_a_command_waiting_for_the_nodes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup can wait ten minutes for its cores: Ctrl-C must not wait for them too."""
+    import os
+    import signal
+    import threading
+    import time
+
+    class Waiting(ScriptedTarget):
+        def request(self, endpoint: str, op: str, timeout_s: float | None = None, **fields: Any) -> dict[str, Any]:
+            if op == "status":
+                return super().request(endpoint, op, timeout_s, **fields)
+            released.wait(5.0)  # a checkpoint onto another disk, still copying
+            return {"ok": True}
+
+    released = threading.Event()
+    target = Waiting(monkeypatch, [["core1", "core2", "core3", "edge1"]], ALL_ALIVE)
+    target.endpoints()
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # the operator presses Ctrl-C
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            target.each("backup", dir="/b")
+        assert time.monotonic() - started < 2.0  # not when the nodes answer
+    finally:
+        released.set()
