@@ -29,7 +29,7 @@ from iris_mesh.cli.meshctl import (
     main,
 )
 from iris_mesh.sockets import AdminError, cluster_keys
-from iris_mesh.sockets._engine import Engine
+from support.admin_endpoint import admin_endpoint
 from iris_mesh.store import Database, NodeMeta, checkpoint
 from iris_mesh.store._db import ENGINE_FIELDS
 
@@ -366,29 +366,14 @@ def test_backup_shows_the_copies_while_it_waits_for_the_cores(monkeypatch: pytes
     monkeypatch.setattr(_backup_cmds, "PROGRESS_EVERY_S", 0.01)
     polled = threading.Event()
 
-    class Core1:
-        """A real admin endpoint: core1 copies 100 of 400 bytes while the backup waits; it counts the looks."""
+    looks = []
 
-        polls = 0
-
-        def async_on_start(self, engine: Any, now: float) -> None:
-            pass
-
-        def async_tick(self, now: float) -> float:
-            return 1.0
-
-        def async_after_batch(self, now: float) -> None:
-            return None
-
-        def async_on_admin(self, request: Any, now: float) -> None:
-            self.polls += 1
-            if self.polls == 2:
-                polled.set()
-            request.reply({"ok": True, "status": {"backup_copy": {"dir": "/mnt/b", "copied_bytes": 100,
-                                                                  "total_bytes": 400}}})
-
-        def async_on_stop(self, now: float) -> None:
-            pass
+    def copying_a_quarter(request: Any) -> None:  # core1 copies 100 of 400 bytes while the backup waits
+        looks.append(request)
+        if len(looks) == 2:
+            polled.set()
+        request.reply({"ok": True, "status": {"backup_copy": {"dir": "/mnt/b", "copied_bytes": 100,
+                                                              "total_bytes": 400}}})
 
     class Copying:
         """meshctl's view: the backup ends once core1 was looked at twice meanwhile."""
@@ -406,13 +391,8 @@ def test_backup_shows_the_copies_while_it_waits_for_the_cores(monkeypatch: pytes
             assert polled.wait(30)
             return [("core1", {"ok": True, "node": "core1", "path": "/mnt/b/core1", "linked": False})]
 
-    engine = Engine(node_id="core1", incarnation=1, keys=Copying.keys, handler=Core1(),  # type: ignore[arg-type]
-                    bind_address="127.0.0.1")
-    ports = engine.start()
-    try:
-        answers = _backup_showing_copies(Copying(f"tcp://127.0.0.1:{ports.admin}"), "/mnt/b", 600.0)  # type: ignore[arg-type]
-    finally:
-        engine.stop()
+    with admin_endpoint(Copying.keys, copying_a_quarter, "core1") as endpoint:
+        answers = _backup_showing_copies(Copying(endpoint), "/mnt/b", 600.0)  # type: ignore[arg-type]
     assert answers == [("core1", {"ok": True, "node": "core1", "path": "/mnt/b/core1", "linked": False})]
     shown = capsys.readouterr().err.splitlines()
     assert len(shown) >= 1 and set(shown) == {"core1: copying its checkpoint into /mnt/b: 0.0 of 0.0 MB (25 %)"}

@@ -11,7 +11,7 @@ import pytest
 from iris_mesh.cli import _resync_cmd
 from iris_mesh.cli._resync_cmd import cmd_resync, resync_progress
 from iris_mesh.sockets import cluster_keys
-from iris_mesh.sockets._engine import Engine
+from support.admin_endpoint import admin_endpoint
 
 KEYS = cluster_keys(b"resync-test-cookie")
 
@@ -23,29 +23,17 @@ DONE = {"ok": True, "pushed": 3, "pulled": 10, "peers": [
 
 
 class Core3:
-    """A real admin endpoint answering `status` with a pass going on; counts the looks."""
+    """Answers `status` with a pass going on; counts the looks."""
 
     def __init__(self) -> None:
         self.looked = 0
         self.twice = threading.Event()
 
-    def async_on_start(self, engine: Any, now: float) -> None:
-        pass
-
-    def async_tick(self, now: float) -> float:
-        return 1.0
-
-    def async_after_batch(self, now: float) -> None:
-        return None
-
-    def async_on_admin(self, request: Any, now: float) -> None:
+    def answer(self, request: Any) -> None:
         self.looked += 1
         if self.looked == 2:
             self.twice.set()
         request.reply({"ok": True, "status": {"node_id": "core3", "resync": GOING}})
-
-    def async_on_stop(self, now: float) -> None:
-        pass
 
 
 class SlowResync:
@@ -67,14 +55,9 @@ def test_a_resync_shows_each_peers_progress_while_it_waits(monkeypatch: pytest.M
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(_resync_cmd, "PROGRESS_EVERY_S", 0.01)
     core3 = Core3()
-    engine = Engine(node_id="core3", incarnation=1, keys=KEYS, handler=core3,  # type: ignore[arg-type]
-                    bind_address="127.0.0.1")
-    ports = engine.start()
-    try:
-        args = argparse.Namespace(target_node="core3", node=None, wait=600.0, json=False, mdns_timeout=1.5)
-        assert cmd_resync(SlowResync(core3, f"tcp://127.0.0.1:{ports.admin}"), args) == 0  # type: ignore[arg-type]
-    finally:
-        engine.stop()
+    args = argparse.Namespace(target_node="core3", node=None, wait=600.0, json=False, mdns_timeout=1.5)
+    with admin_endpoint(KEYS, core3.answer, "core3") as endpoint:
+        assert cmd_resync(SlowResync(core3, endpoint), args) == 0  # type: ignore[arg-type]
     out, err = capsys.readouterr()
     assert "core3 with core1: comparing rows, 120,000 rows listed, pushed 3, pulled 10 (12.5 s)" in err
     assert "core3 with core2: comparing digests, 0 rows listed, pushed 0, pulled 0 (12.5 s)" in err

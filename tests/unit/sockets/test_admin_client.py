@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys, reach
-from iris_mesh.sockets._engine import Engine
+from support.admin_endpoint import admin_endpoint as answering
 
 KEYS = cluster_keys(b"admin-client-test-cookie")
 
 
-class Handler:
-    def async_on_start(self, engine: Any, now: float) -> None:
-        pass
-
-    def async_tick(self, now: float) -> float:
-        return 1.0
-
-    def async_after_batch(self, now: float) -> None:
-        return None
-
-    def async_on_admin(self, request: Any, now: float) -> None:
-        request.reply({"ok": True, "status": {"node_id": "admin"}})
-
-    def async_on_stop(self, now: float) -> None:
-        pass
-
-
 @pytest.fixture
 def admin_endpoint() -> Iterator[str]:
-    engine = Engine(node_id="admin", incarnation=1, keys=KEYS, handler=Handler(),  # type: ignore[arg-type]
-                    bind_address="127.0.0.1")
-    ports = engine.start()
-    try:
-        yield f"tcp://127.0.0.1:{ports.admin}"
-    finally:
-        engine.stop()
+    with answering(KEYS, lambda request: request.reply({"ok": True, "status": {"node_id": "admin"}}), "admin") as at:
+        yield at
 
 
 def test_the_cluster_cookie_gets_an_answer(admin_endpoint: str) -> None:
@@ -108,14 +86,5 @@ def test_how_a_node_that_others_see_dead_looks_from_here(admin_endpoint: str) ->
 
 
 def test_a_node_whose_engine_takes_the_handshake_but_never_answers_is_stuck_not_hung() -> None:
-    class Silent(Handler):
-        def async_on_admin(self, request: Any, now: float) -> None:
-            pass  # an engine too busy to answer
-
-    engine = Engine(node_id="busy", incarnation=1, keys=KEYS, handler=Silent(),  # type: ignore[arg-type]
-                    bind_address="127.0.0.1")
-    ports = engine.start()
-    try:
-        assert reach(f"tcp://127.0.0.1:{ports.admin}", KEYS, "busy", timeout_s=0.5) == "stuck"
-    finally:
-        engine.stop()
+    with answering(KEYS, lambda request: None, "busy") as endpoint:  # an engine too busy to answer
+        assert reach(endpoint, KEYS, "busy", timeout_s=0.5) == "stuck"
