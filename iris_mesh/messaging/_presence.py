@@ -258,7 +258,6 @@ class PresenceBook:
     def _could_hold(self, edge: str, on: bool, run: int | None) -> bool:
         """Whether a row may say, now or later, that the user is online: it says on, and its edge has not been
         heard of in a later run (this edge's own row from before a restart is stale too)."""
-        if not on:
-            return False
-        current = self._run if edge == self._node_id else self._run_of(edge)
-        return current is None or run is None or run >= current
+        if edge == self._node_id:
+            return on and (run is None or run >= self._run)
+        return self._holds(edge, on, run, dead_too=True)
