@@ -6,10 +6,9 @@ see `iris_mesh.sockets.reach` for what each means.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from iris_mesh.cli._target import CtlError, Target
+from iris_mesh.cli._target import CtlError, Target, in_threads
 from iris_mesh.sockets import AdminError, reach
 
 __all__ = ["reach_from_here"]
@@ -41,6 +40,5 @@ def reach_from_here(target: Target, asked: str, nodes: list[str]) -> dict[str, s
         except Exception:  # a try that fails (out of sockets, say) says nothing of the node: the status goes on
             return None
 
-    with ThreadPoolExecutor(max_workers=min(_MOST_AT_ONCE, len(addresses))) as pool:
-        found = dict(zip(addresses, pool.map(tried, addresses)))
+    found = dict(zip(addresses, in_threads(tried, list(addresses), at_once=_MOST_AT_ONCE)))
     return {node: kind for node, kind in found.items() if kind is not None}

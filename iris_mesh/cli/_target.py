@@ -17,7 +17,7 @@ from iris_mesh.membership import PeerCard, browse_cluster
 from iris_mesh.sockets import AdminClient, AdminError, cluster_keys
 
 __all__ = ["CtlError", "DEFAULT_DATA_ROOT", "EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "Target", "UsageError",
-           "endpoint_of", "expected_cores_missing", "no_answer", "read_cookie_file"]
+           "endpoint_of", "expected_cores_missing", "in_threads", "no_answer", "read_cookie_file"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
