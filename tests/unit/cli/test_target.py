@@ -225,7 +225,6 @@ def test_a_write_refused_by_a_node_in_safe_mode_is_asked_of_the_next(monkeypatch
 
 def test_ctrl_c_ends_a_command_waiting_for_the_nodes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A backup can wait ten minutes for its cores: Ctrl-C must not wait for them too."""
-    import os
     import signal
     import threading
     import time
@@ -240,11 +239,16 @@ def test_ctrl_c_ends_a_command_waiting_for_the_nodes_at_once(monkeypatch: pytest
     released = threading.Event()
     target = Waiting(monkeypatch, [["core1", "core2", "core3", "edge1"]], ALL_ALIVE)
     target.endpoints()
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # the operator presses Ctrl-C
+    # As in a terminal (a shell's background job ignores SIGINT, and Python then keeps ignoring it).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ctrl_c = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     started = time.monotonic()
     try:
+        ctrl_c.start()  # the operator presses Ctrl-C
         with pytest.raises(KeyboardInterrupt):
             target.each("backup", dir="/b")
         assert time.monotonic() - started < 2.0  # not when the nodes answer
     finally:
+        ctrl_c.join()
+        signal.signal(signal.SIGINT, previous)
         released.set()
