@@ -119,9 +119,9 @@ def copy_progress(statuses: list[tuple[str, Any]]) -> list[str]:
         done, total = copy.get("copied_bytes"), copy.get("total_bytes")
         if not (isinstance(done, int) and isinstance(total, int) and total > 0):
             continue
-        scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
-        lines.append(f"{name}: copying its checkpoint into {copy.get('dir')}: {done / scale:.1f} of "
-                     f"{total / scale:.1f} {unit} ({100 * done // total} %)")
+        from iris_mesh.store import copied_text  # here: meshctl's other commands load no storage engine
+
+        lines.append(f"{name}: copying its checkpoint into {copy.get('dir')}: {copied_text(done, total)}")
     return lines
 
 

@@ -86,7 +86,7 @@ def status_problems(entries: list[dict[str, Any]]) -> dict[str, Any]:
 def status_summary(entries: list[dict[str, Any]], one_node: str | None = None,
                    reach: dict[str, str] | None = None) -> str:
     """The verdict line and, when something is wrong, the next steps. `reach`: how nodes the others see dead look
-    from here at their admin ports (`iris_mesh.sockets.reach`: answers, refused, silent, unreachable)."""
+    from here at their admin ports (`iris_mesh.sockets.reach`: answers, refused, hung, stuck, unreachable)."""
     reach = reach or {}
     problems = status_problems(entries)
     down, unheard = problems["not_alive"], problems["running_unheard"]

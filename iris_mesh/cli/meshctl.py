@@ -126,13 +126,12 @@ def cmd_status(target: Target, args: argparse.Namespace) -> int:
         ])
     problems = _verdict.status_problems(entries)
     dead = sorted(peer for peer, counts in problems["not_alive"].items() if counts.get("dead"))
-    asked = next((name for name, entry in zip((name for name, _ in results), entries) if entry["reachable"]), None)
-    reached = reach_from_here(target, asked, dead) if dead and asked and not getattr(args, "no_reach", False) else {}
+    asked = next((name for (name, _), entry in zip(results, entries) if entry["reachable"]), None)  # its view
+    reached = reach_from_here(target, asked, dead) if dead and asked and not args.no_reach else {}
     summary = _verdict.status_summary(entries, args.node and entries[0]["node_id"], reached)
     emit(args, {"ok": ok, "nodes": entries, "problems": problems, "reach_from_here": reached, "verdict": summary},
           f"{table_text(rows)}\n{summary}")
     return EXIT_OK if ok else EXIT_CHECK_FAILED
-
 
 
 def cmd_ping(target: Target, args: argparse.Namespace) -> int:

@@ -135,7 +135,6 @@ class AdminClient:
         self.close()
 
 
-
 Reach = Literal["answers", "refused", "unreachable", "hung", "stuck"]
 
 

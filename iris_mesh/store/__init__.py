@@ -12,7 +12,7 @@ from iris_mesh.store._backup import (
     restore_backup,
     set_aside,
 )
-from iris_mesh.store._checkpoint import PARTIAL_SUFFIX, Checkpointed, checkpoint
+from iris_mesh.store._checkpoint import PARTIAL_SUFFIX, Checkpointed, checkpoint, copied_text
 from iris_mesh.store._coordinator import DURABILITIES, Done, QuorumCoordinator
 from iris_mesh.store._db import TABLES, Database, StoreError
 from iris_mesh.store._journal import LocalJournal
@@ -43,6 +43,7 @@ __all__ = [
     "StoreService",
     "TABLES",
     "USER_TABLES",
+    "copied_text",
     "Version",
     "Versioned",
     "QuorumScanner",

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from rocksdict import AccessType, Options, Rdict
 
-from iris_mesh.store._checkpoint import copy_tree, fsync_dir, fsync_tree
+from iris_mesh.store._checkpoint import copied_text, copy_tree, fsync_dir, fsync_tree
 from iris_mesh.store._db import (CHECKPOINT_STAGING_PREFIX, INSIDE_ASIDE_PREFIX, Database, StoreError,
                                  held_by_this_process)
 from iris_mesh.store._meta import CLUSTER_KEY, EXPECTED_PREFIX, NODE_ID_KEY, RESTORED_KEY
@@ -123,6 +123,7 @@ def restore_backup(checkpoints: Sequence[Path], data_root: Path, progress: Calla
 # While a restore copies a checkpoint, how often it tells how far it got (a large core takes minutes).
 _PROGRESS_EVERY_S = 5.0
 
+
 def _shown_every(every_s: float, name: str, progress: Callable[[str], None]) -> Callable[[int, int], None]:
     """A copy's progress callback that tells `progress` how far it got, at most once every `every_s`."""
     shown_at = time.monotonic()
@@ -132,8 +133,7 @@ def _shown_every(every_s: float, name: str, progress: Callable[[str], None]) -> 
         now = time.monotonic()
         if total and now - shown_at >= every_s:
             shown_at = now
-            scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
-            progress(f"  {name}: copied {done / scale:.1f} of {total / scale:.1f} {unit} ({100 * done // total} %)")
+            progress(f"  {name}: copied {copied_text(done, total)}")
 
     return copied
 
@@ -148,9 +148,10 @@ def restore_all(pairs: Sequence[tuple[Path, Path]], progress: Callable[[str], No
     directories swapped. The directories in `aside` are moved out of the way in the same swap
     (checked and locked like the others), leaving an empty one in their place (so a symbolic
     link to one still leads to a directory the node can start on). `progress` gets a line
-    before each copy, and how far it got every _PROGRESS_EVERY_S while it goes on. Returns, for each data directory and each of `aside` (resolved), where its
-    old data was kept: NODE.replaced-TIME beside it, or None if it had none or `keep_replaced`
-    is False (then it is deleted once every copy is in).
+    before each copy, and how far it got every _PROGRESS_EVERY_S while it goes on. Returns,
+    for each data directory and each of `aside` (resolved), where its old data was kept:
+    NODE.replaced-TIME beside it, or None if it had none or `keep_replaced` is False (then it
+    is deleted once every copy is in).
     """
     pairs = [(checkpoint_dir.resolve(), data_dir.resolve()) for checkpoint_dir, data_dir in pairs]
     aside = [data_dir.resolve() for data_dir in aside]

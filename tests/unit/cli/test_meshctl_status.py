@@ -37,7 +37,7 @@ class FakeCluster:
 
 
 def run(cluster: FakeCluster, capsys: pytest.CaptureFixture[str], *, as_json: bool) -> tuple[int, str]:
-    code = cmd_status(cluster, argparse.Namespace(json=as_json, node=None))  # type: ignore[arg-type]
+    code = cmd_status(cluster, argparse.Namespace(json=as_json, node=None, no_reach=False))  # type: ignore[arg-type]
     return code, capsys.readouterr().out
 
 
